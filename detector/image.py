@@ -1,0 +1,374 @@
+"""Safe decoding of untrusted image bytes.
+
+``decode(data)`` is the only way a ``DecodedImage`` is made. It enforces size limits before any
+pixel is decompressed, applies the EXIF orientation, converts every pixel mode to 8-bit RGB by an
+explicit rule, keeps the container metadata the metadata methods read, and turns every failure
+into one ``ImageError`` whose message is fit to show a user. Nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+from PIL import ExifTags, Image, ImageOps, TiffImagePlugin
+
+__all__ = [
+    "SUPPORTED_FORMATS",
+    "ContainerMetadata",
+    "DecodeLimits",
+    "DecodedImage",
+    "ImageError",
+    "decode",
+    "decode_file",
+]
+
+# Pillow plugins we open. Pillow's JPEG plugin also opens MPO, the multi-picture JPEG that many
+# cameras and phones write (reported with format "MPO").
+SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+_MIME = {
+    "JPEG": "image/jpeg",
+    "MPO": "image/jpeg",
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+    "GIF": "image/gif",
+}
+# EXIF tags that are binary blobs or pointers, never useful as text evidence.
+_SKIP_EXIF = {0x927C, 0x8769, 0x8825, 0xA005, 0x02BC, 0x83BB, 0x8773, 0x9C9B, 0x9C9C, 0x9C9D}
+_MAX_EXIF_TEXT = 64 * 1024
+_MAX_XMP = 4 * 1024 * 1024
+
+
+class ImageError(ValueError):
+    """The bytes are not an image we can safely score. ``str(err)`` is the reason."""
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Resource limits applied before decompression. Defaults suit a public endpoint.
+
+    ``max_pixels`` stays below Pillow's own decompression-bomb warning level (89.5 MP), so the
+    larger of the two never silently decides.
+    """
+
+    max_bytes: int = 64 * 1024 * 1024
+    max_pixels: int = 80_000_000
+    max_side: int = 32_768
+    max_frames: int = 1_000
+
+    def __post_init__(self) -> None:
+        for name in ("max_bytes", "max_pixels", "max_side", "max_frames"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"DecodeLimits.{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ContainerMetadata:
+    """What the file says about itself, before any pixel analysis."""
+
+    exif: dict[str, Any] = field(default_factory=dict)
+    xmp: str | None = None
+    text: dict[str, str] = field(default_factory=dict)  # PNG tEXt / zTXt / iTXt chunks
+    comment: str | None = None  # JPEG COM segment, GIF comment extension
+    icc_profile: bool = False
+    quantization: dict[int, tuple[int, ...]] | None = None  # JPEG quantization tables
+    has_gps: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class DecodedImage:
+    """RGB pixels after EXIF orientation, plus the original bytes and container metadata."""
+
+    pixels: np.ndarray  # (H, W, 3) uint8, read-only
+    data: bytes
+    format: str
+    metadata: ContainerMetadata
+    frames: int = 1
+    orientation: int = 1  # the EXIF orientation that was applied (1: none)
+    source_mode: str = "RGB"
+    notes: tuple[str, ...] = ()
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def mime(self) -> str:
+        return _MIME.get(self.format, "application/octet-stream")
+
+    @cached_property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+def decode(data: bytes, limits: DecodeLimits | None = None) -> DecodedImage:
+    """Decode untrusted bytes into a ``DecodedImage`` or raise ``ImageError`` with the reason."""
+    limits = limits or DecodeLimits()
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ImageError(f"expected image bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if not data:
+        raise ImageError("empty input: 0 bytes")
+    if len(data) > limits.max_bytes:
+        raise ImageError(f"file too large: {len(data)} bytes > limit of {limits.max_bytes}")
+    try:
+        return _decode(data, limits)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        # Pillow's own hard limit (2x its warning level) fired inside Image.open, before ours.
+        raise ImageError(f"too many pixels: refused as a decompression bomb ({exc})") from None
+    except (OSError, EOFError, SyntaxError) as exc:
+        # Pillow reports truncation and corrupt streams as OSError / SyntaxError.
+        raise ImageError(f"corrupt or truncated image data ({_short(exc)})") from None
+    except MemoryError:
+        raise ImageError("image needs more memory than is available") from None
+    except Exception as exc:  # the promise: no other exception type escapes decode()
+        raise ImageError(f"could not decode image ({type(exc).__name__}: {_short(exc)})") from None
+
+
+def decode_file(path: str | os.PathLike[str], limits: DecodeLimits | None = None) -> DecodedImage:
+    """Read and decode a file, refusing oversized files before reading them."""
+    limits = limits or DecodeLimits()
+    try:
+        size = os.path.getsize(path)
+        if size > limits.max_bytes:
+            raise ImageError(f"file too large: {size} bytes > limit of {limits.max_bytes}")
+        with open(path, "rb") as fh:
+            data = fh.read(limits.max_bytes + 1)
+    except ImageError:
+        raise
+    except IsADirectoryError:
+        raise ImageError("is a directory, not an image file") from None
+    except FileNotFoundError:
+        raise ImageError("no such file") from None
+    except PermissionError:
+        raise ImageError("permission denied") from None
+    except OSError as exc:
+        raise ImageError(f"cannot read file ({_short(exc)})") from None
+    return decode(data, limits)
+
+
+def _decode(data: bytes, limits: DecodeLimits) -> DecodedImage:
+    try:
+        im = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+    except Image.UnidentifiedImageError:
+        sniffed = _sniff(data)
+        if sniffed:
+            raise ImageError(f"corrupt or truncated {sniffed} file (header unreadable)") from None
+        names = ", ".join(SUPPORTED_FORMATS)
+        raise ImageError(f"not a recognized image (supported: {names})") from None
+    with im:
+        fmt = im.format or "unknown"
+        _check_size(im.size, limits)
+        frames = int(getattr(im, "n_frames", 1) or 1)
+        if frames > limits.max_frames:
+            raise ImageError(f"too many frames: {frames} > limit of {limits.max_frames}")
+        notes: list[str] = []
+        if frames > 1:
+            kind = "pages" if fmt == "TIFF" else "frames"
+            notes.append(f"{fmt} with {frames} {kind}: only the first was scored")
+        im.seek(0)
+        im.load()
+        metadata = _metadata(im)
+        orientation = _orientation(im)
+        source_mode = im.mode
+        if orientation != 1:
+            im = ImageOps.exif_transpose(im)
+            notes.append(f"EXIF orientation {orientation} applied")
+        pixels, mode_note = _to_rgb(im)
+    if mode_note:
+        notes.append(mode_note)
+    pixels.setflags(write=False)
+    return DecodedImage(
+        pixels=pixels,
+        data=data,
+        format=fmt,
+        metadata=metadata,
+        frames=frames,
+        orientation=orientation,
+        source_mode=source_mode,
+        notes=tuple(notes),
+    )
+
+
+_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+
+
+def _sniff(data: bytes) -> str | None:
+    """The format a file claims by its magic bytes, to tell "truncated" from "not an image"."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for magic, name in _MAGIC if data.startswith(magic)), None)
+
+
+def _check_size(size: tuple[int, int], limits: DecodeLimits) -> None:
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise ImageError(f"invalid dimensions {width}x{height}")
+    if max(width, height) > limits.max_side:
+        raise ImageError(f"image side too long: {width}x{height} > limit of {limits.max_side} px")
+    if width * height > limits.max_pixels:
+        raise ImageError(
+            f"too many pixels: {width}x{height} = {width * height} > limit of {limits.max_pixels}"
+        )
+
+
+def _to_rgb(im: Image.Image) -> tuple[np.ndarray, str | None]:
+    """Convert any Pillow mode to (H, W, 3) uint8 RGB, saying what was changed and how."""
+    mode = im.mode
+    if mode == "RGB":
+        return np.array(im, dtype=np.uint8), None
+    if mode.startswith("I;16") or mode == "I":
+        # 16-bit samples (Pillow opens 16-bit greyscale PNG/TIFF as I;16 or I): round to 8 bits.
+        wide = np.asarray(im).astype(np.int64)
+        if mode == "I" and wide.size and (wide.min() < 0 or wide.max() > 65535):
+            raise ImageError("32-bit integer pixels outside the 16-bit range are not supported")
+        grey = ((wide * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2), "16-bit greyscale reduced to 8-bit RGB"
+    if mode == "F":
+        raise ImageError("floating-point pixel data is not supported")
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        mode == "P" and "transparency" in im.info
+    )
+    if has_alpha:
+        # Transparent pixels have no colour of their own: composite onto white, deliberately.
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        rgb = Image.alpha_composite(background, rgba).convert("RGB")
+        return np.array(rgb, dtype=np.uint8), f"{mode} alpha composited onto white"
+    rgb = im.convert("RGB")
+    note = None
+    if mode == "CMYK":
+        note = "CMYK converted to RGB without colour management"
+    elif mode not in ("L", "1", "P"):
+        note = f"{mode} converted to RGB"
+    return np.array(rgb, dtype=np.uint8), note
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        value = int(im.getexif().get(ExifTags.Base.Orientation, 1))
+    except Exception:  # a broken EXIF block must not make the image undecodable
+        return 1
+    return value if 2 <= value <= 8 else 1
+
+
+def _metadata(im: Image.Image) -> ContainerMetadata:
+    info = im.info
+    exif, has_gps = _exif(im)
+    quant = getattr(im, "quantization", None)
+    text: dict[str, str] = {}
+    if im.format == "PNG":
+        text = {str(k): str(v) for k, v in getattr(im, "text", {}).items()}
+    comment = info.get("comment")
+    return ContainerMetadata(
+        exif=exif,
+        xmp=_xmp(im),
+        text=text,
+        comment=_as_text(comment) if comment else None,
+        icc_profile=bool(info.get("icc_profile")),
+        quantization={int(k): tuple(int(x) for x in v) for k, v in quant.items()}
+        if quant
+        else None,
+        has_gps=has_gps,
+    )
+
+
+def _xmp(im: Image.Image) -> str | None:
+    raw: Any = im.info.get("xmp") or im.info.get("XML:com.adobe.xmp")
+    if raw is None and isinstance(im, TiffImagePlugin.TiffImageFile):
+        raw = im.tag_v2.get(700)  # TIFF XMLPacket
+    if not raw:
+        return None
+    text = _as_text(raw)[:_MAX_XMP].strip("\x00 \r\n\t")
+    return text or None
+
+
+def _exif(im: Image.Image) -> tuple[dict[str, Any], bool]:
+    """Base IFD + Exif IFD as {tag name: JSON-friendly value}; GPS only as a flag (privacy)."""
+    try:
+        exif = im.getexif()
+        ifds = [dict(exif), dict(exif.get_ifd(ExifTags.IFD.Exif))]
+        has_gps = bool(exif.get_ifd(ExifTags.IFD.GPSInfo))
+    except Exception:
+        return {}, False
+    out: dict[str, Any] = {}
+    for ifd in ifds:
+        for tag, value in ifd.items():
+            if tag in _SKIP_EXIF:
+                continue
+            name = ExifTags.TAGS.get(tag, f"Tag0x{tag:04X}")
+            if tag == ExifTags.Base.UserComment:
+                value = decode_user_comment(value)
+            clean = _exif_value(value)
+            if clean is not None and clean != "":
+                out[name] = clean
+    return out, has_gps
+
+
+def decode_user_comment(value: Any) -> str | None:
+    """EXIF UserComment: an 8-byte character-code prefix, then the text."""
+    if isinstance(value, str):
+        return value.strip("\x00 ")
+    if not isinstance(value, bytes):
+        return None
+    prefix, body = value[:8], value[8:]
+    if prefix.startswith(b"UNICODE"):
+        # The byte order is not recorded reliably (A1111 writes UTF-16BE through piexif);
+        # pick the order whose text has fewer NULs.
+        candidates = [body.decode(enc, errors="replace") for enc in ("utf-16-be", "utf-16-le")]
+        text = min(candidates, key=lambda s: s.count("\x00") + s.count("\ufffd"))
+    elif prefix.startswith(b"ASCII") or prefix == b"\x00" * 8:
+        text = body.decode("utf-8", errors="replace")
+    else:
+        text = value.decode("utf-8", errors="replace")
+    return text.strip("\x00 ")
+
+
+def _exif_value(value: Any) -> Any:
+    if isinstance(value, bytes):
+        text = value.decode("utf-8", errors="replace").strip("\x00 ")
+        printable = sum(ch.isprintable() or ch in "\r\n\t" for ch in text)
+        return text[:_MAX_EXIF_TEXT] if text and printable / len(text) > 0.95 else None
+    if isinstance(value, str):
+        return value.strip("\x00 ")[:_MAX_EXIF_TEXT]
+    if isinstance(value, TiffImagePlugin.IFDRational):
+        return float(value) if value.denominator else None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, tuple):
+        items = [_exif_value(v) for v in value[:16]]
+        return items if all(v is not None for v in items) else None
+    return None
+
+
+def _as_text(raw: Any) -> str:
+    if isinstance(raw, bytes):
+        return raw.decode("utf-8", errors="replace")
+    return str(raw)
+
+
+def _short(exc: BaseException, limit: int = 160) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,264 @@
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+from detector.image import DecodedImage, DecodeLimits, ImageError, decode, decode_file
+from tests.imagefiles import bmp_header_only, bomb_png, png16_rgb, raw_png, save
+from training import provenance as P
+
+pytestmark = pytest.mark.unit
+
+
+def _jpeg(scene) -> bytes:
+    return save(Image.fromarray(scene), "JPEG", quality=90)
+
+
+# --- the bad-input matrix: every case is one ImageError with a readable reason --------------
+
+BAD_INPUTS = {
+    "empty": (b"", "empty input"),
+    "text": (b"hello, I am not an image" * 10, "not a recognized image"),
+    "html": (b"<html><body>nope</body></html>", "not a recognized image"),
+    "png_signature_only": (b"\x89PNG\r\n\x1a\n", "corrupt or truncated"),
+    "zero_width_png": (raw_png(0, 10, 8, 0, b""), ""),
+    "zero_height_png": (raw_png(10, 0, 8, 0, b""), ""),
+    "huge_declared_bmp": (bmp_header_only(200_000, 200_000), ""),
+    "bomb_png": (bomb_png(20_000), "too many pixels"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_bad_input_raises_image_error(name):
+    data, expected = BAD_INPUTS[name]
+    with pytest.raises(ImageError) as info:
+        decode(data)
+    assert str(info.value), "the reason must not be empty"
+    assert expected in str(info.value)
+    assert "Traceback" not in str(info.value)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF", "GIF", "BMP"])
+def test_truncated_files_raise_image_error(scene, fmt):
+    noisy = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    data = save(Image.fromarray(noisy), fmt)
+    for cut in (len(data) // 2, 40, 12):
+        with pytest.raises(ImageError):
+            decode(data[:cut])
+
+
+def test_limits_bytes_pixels_side_frames(scene):
+    data = _jpeg(scene)
+    with pytest.raises(ImageError, match="file too large"):
+        decode(data, DecodeLimits(max_bytes=len(data) - 1))
+    with pytest.raises(ImageError, match="too many pixels"):
+        decode(data, DecodeLimits(max_pixels=320 * 320 - 1))
+    with pytest.raises(ImageError, match="side too long"):
+        decode(data, DecodeLimits(max_side=319))
+    frames = [Image.fromarray(P.synthetic_scene(i, 32, 32)) for i in range(5)]
+    gif = save(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    with pytest.raises(ImageError, match="too many frames"):
+        decode(gif, DecodeLimits(max_frames=4))
+    assert decode(data, DecodeLimits(max_pixels=320 * 320)).width == 320
+
+
+def test_bomb_is_refused_before_decompression():
+    # 20000^2 = 400 MP declared in a few kB: refused from the header alone.
+    data = bomb_png(20_000)
+    assert len(data) < 50_000
+    with pytest.raises(ImageError, match="too many pixels"):
+        decode(data)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, None])
+def test_limits_validate(bad):
+    with pytest.raises(ValueError):
+        DecodeLimits(max_pixels=bad)
+
+
+def test_non_bytes_input():
+    with pytest.raises(ImageError, match="expected image bytes"):
+        decode("not bytes")  # type: ignore[arg-type]
+
+
+def test_mutated_files_never_raise_anything_but_image_error(scene):
+    """A small fuzz: random byte flips and cuts of valid files of every format."""
+    rng = np.random.default_rng(1234)
+    small = scene[:96, :96]
+    originals = [
+        save(Image.fromarray(small), fmt) for fmt in ("JPEG", "PNG", "WEBP", "TIFF", "GIF", "BMP")
+    ]
+    for _ in range(300):
+        data = bytearray(originals[int(rng.integers(len(originals)))])
+        for _ in range(int(rng.integers(1, 8))):
+            data[int(rng.integers(len(data)))] = int(rng.integers(256))
+        if rng.random() < 0.3:
+            data = data[: int(rng.integers(1, len(data)))]
+        try:
+            image = decode(bytes(data))
+        except ImageError:
+            continue
+        assert image.pixels.dtype == np.uint8 and image.pixels.shape[2] == 3
+
+
+# --- formats and modes ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"])
+def test_every_supported_format_decodes_to_rgb(scene, fmt):
+    image = decode(save(Image.fromarray(scene), fmt))
+    assert isinstance(image, DecodedImage)
+    assert image.format == fmt
+    assert image.pixels.shape == (320, 320, 3) and image.pixels.dtype == np.uint8
+    assert not image.pixels.flags.writeable
+    assert image.mime.startswith("image/")
+    if fmt in ("PNG", "BMP", "TIFF"):  # lossless
+        assert np.array_equal(image.pixels, scene)
+
+
+def test_cmyk_jpeg(scene):
+    data = save(Image.fromarray(scene).convert("CMYK"), "JPEG", quality=95)
+    image = decode(data)
+    assert image.source_mode == "CMYK"
+    assert image.pixels.shape == (320, 320, 3)
+    assert any("CMYK" in n for n in image.notes)
+    assert np.abs(image.pixels.astype(int) - scene.astype(int)).mean() < 12
+
+
+def test_16bit_grey_png_is_scaled_not_clipped():
+    values = np.array([[0, 257, 32768, 65535]], dtype=np.uint16)
+    image = decode(save(Image.fromarray(values), "PNG"))
+    assert image.pixels[0, :, 0].tolist() == [0, 1, 128, 255]
+    assert any("16-bit" in n for n in image.notes)
+
+
+def test_16bit_rgb_png():
+    values = np.zeros((4, 5, 3), dtype=np.uint16)
+    values[..., 0] = 65535
+    values[..., 2] = 32768
+    image = decode(png16_rgb(values))
+    assert image.pixels.shape == (4, 5, 3)
+    assert image.pixels[0, 0].tolist() == [255, 0, 128]
+
+
+def test_animated_gif_scores_first_frame_and_says_so():
+    frames = [
+        Image.new("RGB", (40, 30), color) for color in ((255, 0, 0), (0, 0, 255), (0, 255, 0))
+    ]
+    data = save(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50)
+    image = decode(data)
+    assert image.frames == 3
+    assert tuple(image.pixels[0, 0]) == (255, 0, 0)
+    assert any("only the first was scored" in n for n in image.notes)
+
+
+def test_exif_orientation_is_applied():
+    img = np.zeros((20, 40, 3), dtype=np.uint8)
+    img[:5, :5] = (255, 0, 0)  # red marker, stored top-left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display = stored rotated 90 degrees clockwise
+    image = decode(save(Image.fromarray(img), "JPEG", quality=95, exif=exif.tobytes()))
+    assert (image.width, image.height) == (20, 40)
+    assert image.orientation == 6
+    assert image.pixels[2, -3, 0] > 200 and image.pixels[2, -3, 2] < 60  # now top-right
+
+
+def test_palette_with_transparency_composited_on_white():
+    img = Image.new("P", (8, 8), 0)
+    img.putpalette([255, 0, 0] + [0, 0, 255] * 255)
+    img.putpixel((0, 0), 1)
+    data = save(img, "PNG", transparency=0)
+    image = decode(data)
+    assert tuple(image.pixels[0, 0]) == (0, 0, 255)
+    assert tuple(image.pixels[4, 4]) == (255, 255, 255)  # transparent -> white
+    assert any("alpha composited onto white" in n for n in image.notes)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_alpha_modes_composited_on_white(mode):
+    img = Image.new(mode, (4, 4), (0, 0, 0, 0) if mode == "RGBA" else (0, 0))
+    image = decode(save(img, "PNG"))
+    assert image.pixels.min() == 255
+
+
+@pytest.mark.parametrize("mode", ["L", "1", "P"])
+def test_grey_and_palette_modes(mode):
+    img = Image.fromarray(P.synthetic_scene(3, 16, 16)).convert(mode)
+    image = decode(save(img, "PNG"))
+    assert image.pixels.shape == (16, 16, 3)
+
+
+def test_float_tiff_is_refused_clearly():
+    img = Image.fromarray(np.ones((4, 4), dtype=np.float32))
+    with pytest.raises(ImageError, match="floating-point"):
+        decode(save(img, "TIFF"))
+
+
+# --- container metadata --------------------------------------------------------------------
+
+
+def test_jpeg_metadata_kept(scene):
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    xmp = P.iptc_xmp("digitalCapture")
+    exif = P.camera_exif()
+    data = P.encode(scene, "JPEG", exif=exif, xmp=xmp, comment="hello")
+    img = Image.open(io.BytesIO(data))
+    data = save(
+        img,
+        "JPEG",
+        quality=90,
+        exif=exif.tobytes(),
+        xmp=xmp.encode(),
+        icc_profile=icc,
+        comment=b"hello",
+    )
+    meta = decode(data).metadata
+    assert meta.exif["Make"] == "Canon" and meta.exif["FNumber"] == 4.0
+    assert "digitalCapture" in meta.xmp
+    assert meta.icc_profile is True
+    assert meta.comment == "hello"
+    assert meta.quantization and set(meta.quantization) == {0, 1}
+    assert len(meta.quantization[0]) == 64
+
+
+def test_png_text_and_xmp_kept(scene):
+    data = P.encode(scene, "PNG", png_text={"parameters": "x", "Comment": "é"}, xmp=P.iptc_xmp("x"))
+    meta = decode(data).metadata
+    assert meta.text["parameters"] == "x" and meta.text["Comment"] == "é"
+    assert meta.xmp and "DigitalSourceType" in meta.xmp
+    assert meta.quantization is None
+
+
+def test_webp_exif_user_comment_decoded(scene):
+    data = P.encode(scene, "WEBP", exif=P.user_comment_exif("Steps: 20, Seed: 1"))
+    assert decode(data).metadata.exif["UserComment"] == "Steps: 20, Seed: 1"
+
+
+def test_gps_is_only_a_flag(scene):
+    exif = Image.Exif()
+    exif.get_ifd(0x8825)[2] = (48.0, 51.0, 24.0)  # GPSLatitude
+    meta = decode(P.encode(scene, "JPEG", exif=exif)).metadata
+    assert meta.has_gps is True
+    assert "GPSLatitude" not in meta.exif
+
+
+def test_sha256_is_of_the_bytes(scene):
+    import hashlib
+
+    data = _jpeg(scene)
+    assert decode(data).sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_decode_file_errors(tmp_path, scene):
+    with pytest.raises(ImageError, match="no such file"):
+        decode_file(tmp_path / "missing.jpg")
+    with pytest.raises(ImageError, match="directory"):
+        decode_file(tmp_path)
+    big = tmp_path / "big.jpg"
+    big.write_bytes(_jpeg(scene))
+    with pytest.raises(ImageError, match="file too large"):
+        decode_file(big, DecodeLimits(max_bytes=100))
+    assert decode_file(big).width == 320
