@@ -1,0 +1,161 @@
+"""Fusion: many method results in, one explained ``Verdict`` out.
+
+The rule (also in the README):
+
+1. Abstentions are ignored. If every method abstained, the label is ``uncertain`` and the
+   probability is ``None``: having no evidence is not evidence of a camera.
+2. A *decisive* result (an explicit declaration of AI generation: a C2PA manifest that
+   validates, an IPTC DigitalSourceType, generation parameters written by the tool) sets the
+   probability to the largest decisive probability. Declarations of generation win over
+   statistics because they are statements by the tool that made the file, and nobody gains by
+   falsely labelling their own image as generated.
+3. Otherwise the probability is a weighted mean of the results' log-odds, with the weights
+   normalised by ``max(1, sum of weights)``:
+
+       p = sigmoid( sum_i w_i * logit(p_i) / max(1, sum_i w_i) )
+
+   A calibrated model has weight 1. Weak hints (EXIF fields, weight 0.25 to 0.5) on their own
+   therefore stay close to 0.5 instead of being stretched into confident scores, and correlated
+   signals are averaged rather than multiplied as if they were independent.
+4. The label is ``generated`` when p >= ``threshold``, ``camera`` when p <= ``camera_threshold``,
+   otherwise ``uncertain``. The default threshold 0.5 is replaced by the model's calibrated
+   threshold (chosen for a target false-positive rate) when a model is loaded.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from detector.methods.base import Evidence, MethodResult, Supports
+
+__all__ = ["FusionConfig", "Verdict", "fuse"]
+
+_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    threshold: float = 0.5
+    camera_threshold: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.camera_threshold < self.threshold < 1.0:
+            raise ValueError(
+                "need 0 < camera_threshold < threshold < 1, got "
+                f"camera_threshold={self.camera_threshold}, threshold={self.threshold}"
+            )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    label: str  # "generated" | "camera" | "uncertain"
+    probability: float | None  # P(generated); None when no method could judge
+    threshold: float
+    decided_by: str  # "declaration" | "fusion" | "none"
+    generator: str | None  # the tool or generator family named by the evidence, if any
+    results: tuple[MethodResult, ...]
+    evidence: tuple[tuple[str, Evidence], ...]  # (method, evidence), strongest first
+    summary: str
+    image: dict[str, Any] = field(default_factory=dict)  # format, size, sha256, decode notes
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "probability": None if self.probability is None else round(self.probability, 6),
+            "threshold": self.threshold,
+            "decided_by": self.decided_by,
+            "generator": self.generator,
+            "summary": self.summary,
+            "image": dict(self.image),
+            "evidence": [{"method": m, **e.to_dict()} for m, e in self.evidence],
+            "methods": {r.method: r.to_dict() for r in self.results},
+            "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+        }
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, _EPS), 1 - _EPS)
+    return math.log(p / (1 - p))
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def fuse(results: Sequence[MethodResult], config: FusionConfig | None = None) -> Verdict:
+    """Combine one image's method results into a verdict (rule in the module docstring)."""
+    config = config or FusionConfig()
+    scored = [r for r in results if r.probability is not None]
+    decisive = [r for r in scored if r.decisive]
+    if decisive:
+        probability: float | None = max(r.probability for r in decisive)  # type: ignore[type-var]
+        decided_by = "declaration"
+    elif scored:
+        total = sum(r.weight for r in scored)
+        mean = sum(r.weight * _logit(r.probability) for r in scored) / max(1.0, total)  # type: ignore[arg-type]
+        probability = _sigmoid(mean)
+        decided_by = "fusion"
+    else:
+        probability, decided_by = None, "none"
+
+    if probability is None:
+        label = "uncertain"
+    elif probability >= config.threshold:
+        label = "generated"
+    elif probability <= config.camera_threshold:
+        label = "camera"
+    else:
+        label = "uncertain"
+
+    evidence = sorted(
+        ((r.method, e) for r in results for e in r.evidence),
+        key=lambda me: (-me[1].strength.rank, me[0]),
+    )
+    return Verdict(
+        label=label,
+        probability=probability,
+        threshold=config.threshold,
+        decided_by=decided_by,
+        generator=_generator(decisive or scored),
+        results=tuple(results),
+        evidence=tuple(evidence),
+        summary=_summary(label, results, evidence),
+    )
+
+
+def _generator(results: Sequence[MethodResult]) -> str | None:
+    for r in sorted(results, key=lambda r: -(r.probability or 0.0)):
+        if (r.probability or 0.0) < 0.5:
+            continue
+        for key in ("generator", "tool", "claim_generator"):
+            if r.details.get(key):
+                return str(r.details[key])
+        if r.details.get("payload"):
+            return str(r.details["payload"])
+    return None
+
+
+def _summary(
+    label: str, results: Sequence[MethodResult], evidence: Sequence[tuple[str, Evidence]]
+) -> str:
+    """One line a person can read: the strongest evidence, or who abstained and why."""
+    if results and all(r.abstained for r in results):
+        kinds = {r.kind.value for r in results}
+        who = "metadata methods" if kinds == {"metadata"} else "all methods"
+        names = ", ".join(r.method for r in results)
+        text = f"{who} abstain, no provenance signal found ({names})"
+        return text + (f"; {evidence[0][1].message}" if evidence else "")
+    scored = {r.method for r in results if not r.abstained}
+    directional = [
+        e
+        for m, e in evidence
+        if m in scored and e.supports is not Supports.NEITHER and e.strength.rank > 0
+    ]
+    if directional:
+        more = len(directional) - 1
+        return directional[0].message + (f" (+{more} more)" if more else "")
+    return f"{label} by fused score of {', '.join(sorted(scored))}"

@@ -1,0 +1,182 @@
+"""The one interface every detection method implements.
+
+A ``Method`` scores a batch of decoded images and returns exactly one ``MethodResult`` per image,
+in order. A result carries the probability that the image is AI-generated, or ``None`` when the
+method abstains: it found nothing it can judge by (no metadata is an abstention, never "camera").
+Whatever the method saw is listed as ``Evidence`` so that a verdict can be explained.
+
+Methods come in three kinds:
+
+- ``model``: a trained classifier on pixels (ONNX Runtime or torch);
+- ``artifact``: hand-crafted spectral / residual statistics on pixels;
+- ``metadata``: what the file declares about itself (C2PA, IPTC, generator parameters,
+  invisible watermarks, EXIF hints).
+
+``weight`` and ``decisive`` on a result tell the fusion how much to trust it (see
+``detector.fusion``). A method must not raise for one bad image in a batch: it abstains for that
+image with an ``error`` evidence item, so one odd file never loses the other results.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Any, ClassVar
+
+from detector.image import DecodedImage
+
+__all__ = [
+    "Evidence",
+    "Kind",
+    "Method",
+    "MethodResult",
+    "PerImageMethod",
+    "Strength",
+    "Supports",
+]
+
+
+class Kind(str, Enum):
+    MODEL = "model"
+    ARTIFACT = "artifact"
+    METADATA = "metadata"
+
+
+class Strength(str, Enum):
+    """How much one piece of evidence should move a reader, not a probability."""
+
+    INFO = "info"  # context, moves nothing
+    WEAK = "weak"  # a hint: trivially forged or often missing
+    MODERATE = "moderate"
+    STRONG = "strong"  # an explicit declaration or a statistically reliable signal
+
+    @property
+    def rank(self) -> int:
+        return ["info", "weak", "moderate", "strong"].index(self.value)
+
+
+class Supports(str, Enum):
+    GENERATED = "generated"
+    CAMERA = "camera"
+    NEITHER = "neither"
+
+
+@dataclass(frozen=True)
+class Evidence:
+    code: str  # stable, machine-readable, e.g. "c2pa.ai_generated"
+    message: str  # one human-readable sentence
+    strength: Strength = Strength.INFO
+    supports: Supports = Supports.NEITHER
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "code": self.code,
+            "message": self.message,
+            "strength": self.strength.value,
+            "supports": self.supports.value,
+        }
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    method: str
+    kind: Kind
+    probability: float | None  # P(generated); None = abstain
+    evidence: tuple[Evidence, ...] = ()
+    weight: float = 1.0  # trust in this result relative to a calibrated model (1.0)
+    decisive: bool = False  # an explicit declaration of AI generation that overrides statistics
+    details: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0  # this image's share of the batch's wall time
+
+    def __post_init__(self) -> None:
+        if self.probability is not None and not (
+            math.isfinite(self.probability) and 0.0 <= self.probability <= 1.0
+        ):
+            raise ValueError(f"{self.method}: probability {self.probability!r} not in [0, 1]")
+        if self.weight < 0:
+            raise ValueError(f"{self.method}: negative weight {self.weight}")
+        if self.decisive and self.probability is None:
+            raise ValueError(f"{self.method}: an abstention cannot be decisive")
+
+    @property
+    def abstained(self) -> bool:
+        return self.probability is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind.value,
+            "probability": self.probability,
+            "abstained": self.abstained,
+            "weight": self.weight,
+            "decisive": self.decisive,
+            "evidence": [e.to_dict() for e in self.evidence],
+            "details": dict(self.details),
+            "ms": round(self.seconds * 1000, 3),
+        }
+
+
+class Method(ABC):
+    """Base class of every registered method; see the module docstring for the contract."""
+
+    name: ClassVar[str]
+    kind: ClassVar[Kind]
+    description: ClassVar[str] = ""
+    # Constructor keyword options this method accepts from a shared option set (CLI flags).
+    options: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def availability(cls) -> str | None:
+        """None when the method can run here, else why not (e.g. a missing optional package)."""
+        return None
+
+    @abstractmethod
+    def score(self, images: Sequence[DecodedImage]) -> list[MethodResult]:
+        """One result per image, in order."""
+
+    def result(
+        self,
+        probability: float | None,
+        evidence: Sequence[Evidence] = (),
+        **kwargs: Any,
+    ) -> MethodResult:
+        """Build a result of this method (saves repeating name and kind)."""
+        return MethodResult(self.name, self.kind, probability, tuple(evidence), **kwargs)
+
+    def abstain(self, *evidence: Evidence, **details: Any) -> MethodResult:
+        return MethodResult(self.name, self.kind, None, tuple(evidence), details=details)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind.value,
+            "description": self.description,
+            "available": self.availability() is None,
+        }
+
+
+class PerImageMethod(Method):
+    """A method that judges each image on its own (all metadata methods).
+
+    ``score`` isolates failures: an exception on one image becomes an abstention with an
+    ``<name>.error`` evidence item, and the rest of the batch is still scored.
+    """
+
+    @abstractmethod
+    def score_one(self, image: DecodedImage) -> MethodResult:
+        """The result for one image."""
+
+    def score(self, images: Sequence[DecodedImage]) -> list[MethodResult]:
+        results = []
+        for image in images:
+            start = time.perf_counter()
+            try:
+                res = self.score_one(image)
+            except Exception as exc:  # one odd file must not lose the batch
+                err = Evidence(f"{self.name}.error", f"{self.name} failed: {exc}")
+                res = self.abstain(err)
+            results.append(replace(res, seconds=time.perf_counter() - start))
+        return results

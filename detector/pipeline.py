@@ -1,0 +1,94 @@
+"""Scoring images end to end: decode -> every method on the batch -> fusion -> verdicts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from detector.fusion import FusionConfig, Verdict, fuse
+from detector.image import DecodedImage, DecodeLimits, ImageError, decode
+from detector.methods import Method, create_methods
+
+__all__ = ["Detector", "image_info"]
+
+
+def image_info(image: DecodedImage) -> dict[str, Any]:
+    return {
+        "format": image.format,
+        "width": image.width,
+        "height": image.height,
+        "frames": image.frames,
+        "bytes": len(image.data),
+        "sha256": image.sha256,
+        "notes": list(image.notes),
+    }
+
+
+class Detector:
+    """Runs a set of registered methods on batches of images and fuses their results.
+
+    ``methods`` names registered methods (default: every method that can run here);
+    ``method_options`` reach the methods that accept them (e.g. ``include_prompt=True``).
+    """
+
+    def __init__(
+        self,
+        methods: Sequence[str] | None = None,
+        fusion: FusionConfig | None = None,
+        limits: DecodeLimits | None = None,
+        **method_options: Any,
+    ) -> None:
+        self.methods: list[Method] = create_methods(methods, **method_options)
+        if not self.methods:
+            raise ValueError("no methods selected")
+        self.fusion = fusion or FusionConfig()
+        self.limits = limits or DecodeLimits()
+
+    @property
+    def method_names(self) -> list[str]:
+        return [m.name for m in self.methods]
+
+    def score(self, images: Sequence[DecodedImage]) -> list[Verdict]:
+        """One verdict per decoded image, in order."""
+        if not images:
+            return []
+        per_method = []
+        for method in self.methods:
+            results = method.score(images)
+            if len(results) != len(images):
+                raise RuntimeError(
+                    f"method {method.name!r} returned {len(results)} results for "
+                    f"{len(images)} images"
+                )
+            per_method.append(results)
+        verdicts = []
+        for i, image in enumerate(images):
+            results = [res[i] for res in per_method]
+            verdict = fuse(results, self.fusion)
+            timings = {r.method: r.seconds * 1000 for r in results}
+            verdicts.append(replace(verdict, image=image_info(image), timings_ms=timings))
+        return verdicts
+
+    def score_bytes(self, blobs: Sequence[bytes]) -> list[Verdict | ImageError]:
+        """Decode and score; an undecodable input yields its ``ImageError`` in its place."""
+        decoded: list[DecodedImage | ImageError] = []
+        decode_ms: list[float] = []
+        for blob in blobs:
+            start = time.perf_counter()
+            try:
+                decoded.append(decode(blob, self.limits))
+            except ImageError as exc:
+                decoded.append(exc)
+            decode_ms.append((time.perf_counter() - start) * 1000)
+        good = [d for d in decoded if isinstance(d, DecodedImage)]
+        verdicts = iter(self.score(good))
+        out: list[Verdict | ImageError] = []
+        for item, ms in zip(decoded, decode_ms, strict=True):
+            if isinstance(item, ImageError):
+                out.append(item)
+            else:
+                v = next(verdicts)
+                out.append(replace(v, timings_ms={"decode": ms, **v.timings_ms}))
+        return out

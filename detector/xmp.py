@@ -1,0 +1,84 @@
+"""A small, defensive reader of XMP packets.
+
+XMP is RDF/XML written by many tools in several equivalent shapes: a property can be an
+attribute of ``rdf:Description``, an element with text, an element with ``rdf:resource``, or an
+``rdf:Alt/Seq/Bag`` of ``rdf:li`` items. ``parse_xmp`` flattens all of them into
+``{(namespace, name): [values]}``. Packets that declare a DTD or entities are refused outright:
+that is where XML bombs and external-entity tricks live, and no legitimate XMP needs them.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections import defaultdict
+
+__all__ = ["NS", "XmpError", "parse_xmp"]
+
+NS = {
+    "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
+    "xmp": "http://ns.adobe.com/xap/1.0/",
+    "dc": "http://purl.org/dc/elements/1.1/",
+    "Iptc4xmpExt": "http://iptc.org/std/Iptc4xmpExt/2008-02-29/",
+    "photoshop": "http://ns.adobe.com/photoshop/1.0/",
+    "tiff": "http://ns.adobe.com/tiff/1.0/",
+    "exif": "http://ns.adobe.com/exif/1.0/",
+}
+_RDF = NS["rdf"]
+_MAX_CHARS = 4 * 1024 * 1024
+
+
+class XmpError(ValueError):
+    """The packet is not well-formed or is refused."""
+
+
+def parse_xmp(packet: str) -> dict[tuple[str, str], list[str]]:
+    """Flatten an XMP packet to ``{(namespace URI, local name): [values]}``."""
+    if len(packet) > _MAX_CHARS:
+        raise XmpError(f"XMP packet too large ({len(packet)} characters)")
+    head = packet[:4096].upper()
+    if "<!DOCTYPE" in head or "<!ENTITY" in packet.upper():
+        raise XmpError("XMP packet declares a DTD or entities; refused")
+    body = _strip_packet_wrapper(packet)
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError as exc:
+        raise XmpError(f"malformed XMP: {exc}") from None
+    values: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for elem in root.iter():
+        for key, value in elem.attrib.items():
+            ns, name = _split(key)
+            if ns and ns != _RDF and value.strip():
+                values[(ns, name)].append(value.strip())
+        ns, name = _split(elem.tag)
+        if not ns or ns == _RDF or ns == "adobe:ns:meta/":
+            continue
+        resource = elem.attrib.get(f"{{{_RDF}}}resource")
+        if resource:
+            values[(ns, name)].append(resource.strip())
+        if elem.text and elem.text.strip():
+            values[(ns, name)].append(elem.text.strip())
+        for li in elem.iter(f"{{{_RDF}}}li"):
+            if li.text and li.text.strip():
+                values[(ns, name)].append(li.text.strip())
+    return dict(values)
+
+
+def _split(tag: str) -> tuple[str, str]:
+    if tag.startswith("{"):
+        ns, _, name = tag[1:].partition("}")
+        return ns, name
+    return "", tag
+
+
+def _strip_packet_wrapper(packet: str) -> str:
+    """Drop the ``<?xpacket ...?>`` processing instructions and anything outside the XML."""
+    start = packet.find("<x:xmpmeta")
+    if start < 0:
+        start = packet.find("<rdf:RDF")
+    if start < 0:
+        start = packet.find("<")
+    end_marker = "</x:xmpmeta>" if "<x:xmpmeta" in packet else "</rdf:RDF>"
+    end = packet.rfind(end_marker)
+    if start < 0 or end < 0:
+        raise XmpError("no XMP root element found")
+    return packet[start : end + len(end_marker)]

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from detector.fusion import FusionConfig, fuse
+from detector.methods.base import Evidence, Kind, MethodResult, Strength, Supports
+
+pytestmark = pytest.mark.unit
+
+
+def r(name, p, weight=1.0, decisive=False, evidence=(), kind=Kind.METADATA, **details):
+    return MethodResult(
+        name, kind, p, tuple(evidence), weight=weight, decisive=decisive, details=details
+    )
+
+
+def test_all_abstain_is_uncertain_with_no_probability():
+    v = fuse([r("a", None), r("b", None)])
+    assert v.label == "uncertain" and v.probability is None and v.decided_by == "none"
+    assert "metadata methods abstain" in v.summary
+
+
+def test_decisive_declaration_overrides_a_low_model_score():
+    ev = Evidence("x.ai", "declared", Strength.STRONG, Supports.GENERATED)
+    v = fuse(
+        [
+            r("model", 0.05, kind=Kind.MODEL),
+            r("params", 0.99, decisive=True, evidence=[ev], generator="ComfyUI"),
+        ]
+    )
+    assert v.label == "generated" and v.probability == pytest.approx(0.99)
+    assert v.decided_by == "declaration" and v.generator == "ComfyUI"
+    assert v.summary == "declared"
+
+
+def test_weighted_mean_of_log_odds():
+    v = fuse([r("model", 0.9, kind=Kind.MODEL), r("hint", 0.9, weight=0.5)])
+    logit = math.log(9)
+    expected = 1 / (1 + math.exp(-(1.0 * logit + 0.5 * logit) / 1.5))
+    assert v.probability == pytest.approx(expected)
+    assert v.decided_by == "fusion"
+
+
+def test_weak_hint_alone_stays_near_half():
+    v = fuse([r("hint", 0.9, weight=0.25)])
+    assert 0.5 < v.probability < 0.65
+
+
+def test_labels_follow_thresholds():
+    cfg = FusionConfig(threshold=0.7, camera_threshold=0.3)
+    assert fuse([r("m", 0.71)], cfg).label == "generated"
+    assert fuse([r("m", 0.5)], cfg).label == "uncertain"
+    assert fuse([r("m", 0.29)], cfg).label == "camera"
+    assert fuse([r("m", 0.71)], cfg).threshold == 0.7
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"threshold": 0.1, "camera_threshold": 0.2}, {"threshold": 1.0}, {"camera_threshold": 0.0}],
+)
+def test_bad_config_fails_at_construction(kwargs):
+    with pytest.raises(ValueError):
+        FusionConfig(**kwargs)
+
+
+def test_extreme_probabilities_do_not_overflow():
+    v = fuse([r("a", 1.0), r("b", 0.0)])
+    assert v.probability == pytest.approx(0.5)
+
+
+def test_evidence_sorted_strongest_first_and_json_serialisable():
+    weak = Evidence("w", "weak one", Strength.WEAK, Supports.CAMERA)
+    strong = Evidence("s", "strong one", Strength.STRONG, Supports.GENERATED)
+    v = fuse([r("a", None, evidence=[weak]), r("b", 0.95, evidence=[strong])])
+    assert [e.code for _, e in v.evidence] == ["s", "w"]
+    json.dumps(v.to_dict())
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
+def test_results_validate_probability(bad):
+    with pytest.raises(ValueError):
+        r("a", bad)
+
+
+def test_abstention_cannot_be_decisive():
+    with pytest.raises(ValueError):
+        r("a", None, decisive=True)

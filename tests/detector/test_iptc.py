@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import pytest
+
+from detector.image import decode
+from detector.methods import create_method
+from detector.methods.base import Supports
+from detector.provenance import IPTC_DST_PREFIX, SourceCategory, parse_source_type
+from training import provenance as P
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def method():
+    return create_method("iptc_source_type")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+@pytest.mark.parametrize("as_attribute", [True, False])
+def test_trained_algorithmic_media_is_decisive(method, scene, fmt, as_attribute):
+    data = P.encode(
+        scene, fmt, xmp=P.iptc_xmp("trainedAlgorithmicMedia", as_attribute=as_attribute)
+    )
+    res = method.score([decode(data)])[0]
+    assert res.decisive and res.probability == pytest.approx(0.98)
+    assert res.evidence[0].code == "iptc.ai_generated"
+    assert res.details["source_types"] == ["trainedAlgorithmicMedia"]
+
+
+def test_element_text_form_and_https_variant(method, scene):
+    uri = "https://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
+    xmp = (
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/">'
+        f"<Iptc4xmpExt:DigitalSourceType>{uri}</Iptc4xmpExt:DigitalSourceType>"
+        "</rdf:Description></rdf:RDF></x:xmpmeta>"
+    )
+    res = method.score([decode(P.encode(scene, "JPEG", xmp=xmp))])[0]
+    assert res.decisive and res.evidence[0].code == "iptc.ai_composite"
+
+
+def test_capture_declaration_is_weak_and_not_decisive(method, scene):
+    res = method.score([decode(P.encode(scene, "JPEG", xmp=P.iptc_xmp("digitalCapture")))])[0]
+    assert not res.decisive and res.probability == pytest.approx(0.25) and res.weight == 0.5
+    assert res.evidence[0].supports is Supports.CAMERA
+
+
+def test_unknown_code_abstains_with_info(method, scene):
+    res = method.score([decode(P.encode(scene, "JPEG", xmp=P.iptc_xmp("madeUpCode")))])[0]
+    assert res.abstained and res.evidence[0].code == "iptc.unknown_source_type"
+
+
+def test_other_category_abstains(method, scene):
+    res = method.score([decode(P.encode(scene, "JPEG", xmp=P.iptc_xmp("screenCapture")))])[0]
+    assert res.abstained and "screenCapture" in res.evidence[0].message
+
+
+def test_malformed_and_hostile_xmp(method, scene):
+    broken = method.score([decode(P.encode(scene, "JPEG", xmp="<x:xmpmeta><rdf:RDF"))])[0]
+    assert broken.abstained and broken.evidence[0].code == "xmp.malformed"
+    bomb = (
+        '<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;">]>'
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        "<rdf:Description>&lol2;</rdf:Description></rdf:RDF></x:xmpmeta>"
+    )
+    res = method.score([decode(P.encode(scene, "JPEG", xmp=bomb))])[0]
+    assert res.abstained and "refused" in res.evidence[0].message
+
+
+def test_no_xmp_abstains_silently(method, scene):
+    res = method.score([decode(P.encode(scene, "JPEG"))])[0]
+    assert res.abstained and res.evidence == ()
+
+
+@pytest.mark.parametrize(
+    "value,category",
+    [
+        ("trainedAlgorithmicMedia", SourceCategory.AI_GENERATED),
+        (IPTC_DST_PREFIX + "trainedAlgorithmicMedia", SourceCategory.AI_GENERATED),
+        ("https://cv.iptc.org/newscodes/digitalsourcetype/digitalCapture/", SourceCategory.CAPTURE),
+        ("algorithmicMedia", SourceCategory.SYNTHETIC),
+        ("digitalArt", SourceCategory.OTHER),
+    ],
+)
+def test_source_type_vocabulary(value, category):
+    assert parse_source_type(value).category is category
+
+
+def test_unknown_source_type_is_none():
+    assert parse_source_type("http://example.com/whatever") is None

@@ -1,0 +1,104 @@
+"""The method registry contract, checked for every registered method."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from detector.image import decode
+from detector.methods import (
+    METHODS,
+    Kind,
+    MethodResult,
+    create_method,
+    method_names,
+    register_method,
+)
+from detector.methods.base import PerImageMethod
+from detector.registry import Registry, RegistryError
+from training import provenance as P
+
+pytestmark = pytest.mark.unit
+
+
+def test_duplicate_and_invalid_names_are_errors():
+    reg: Registry[int] = Registry("thing")
+    reg.register("a")(1)
+    with pytest.raises(RegistryError, match="already registered"):
+        reg.register("a")(2)
+    with pytest.raises(RegistryError, match="invalid"):
+        reg.register("Bad-Name")
+    with pytest.raises(RegistryError, match=r"unknown thing 'b' \(known: a\)"):
+        reg.get("b")
+
+
+def test_registering_a_builtin_name_again_fails():
+    with pytest.raises(RegistryError):
+
+        @register_method("c2pa")
+        class Again(PerImageMethod):  # pragma: no cover - never registered
+            kind = Kind.METADATA
+
+            def score_one(self, image):
+                return self.abstain()
+
+
+def test_kinds_filter():
+    assert set(method_names(Kind.METADATA)) >= {
+        "c2pa",
+        "iptc_source_type",
+        "generator_params",
+        "invisible_watermark",
+        "exif_hints",
+    }
+
+
+@pytest.fixture(scope="module")
+def batch(scene):
+    images = [
+        P.encode(scene, "JPEG"),
+        P.encode(scene, "PNG", png_text={"parameters": P.a1111_parameters()}),
+        P.encode(scene[:40, :30], "GIF"),
+        P.encode(scene, "WEBP", xmp=P.iptc_xmp("trainedAlgorithmicMedia")),
+    ]
+    return [decode(d) for d in images]
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_keeps_the_contract(name, batch):
+    method = create_method(name)
+    assert method.name == name and method.kind in Kind
+    results = method.score(batch)
+    assert len(results) == len(batch)
+    for res in results:
+        assert isinstance(res, MethodResult) and res.method == name and res.kind == method.kind
+        json.dumps(res.to_dict())
+    assert results[0].abstained, "a plain JPEG without metadata carries no provenance signal"
+    assert method.score([]) == []
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_is_deterministic(name, batch):
+    method = create_method(name)
+    first = [r.to_dict() for r in method.score(batch)]
+    second = [r.to_dict() for r in method.score(batch)]
+    for a, b in zip(first, second, strict=True):
+        a.pop("ms"), b.pop("ms")
+    assert first == second
+
+
+def test_one_failing_image_does_not_lose_the_batch(batch, monkeypatch):
+    method = create_method("generator_params")
+    original = type(method).score_one
+
+    def flaky(self, image):
+        if image is batch[0]:
+            raise RuntimeError("boom")
+        return original(self, image)
+
+    monkeypatch.setattr(type(method), "score_one", flaky)
+    results = method.score(batch)
+    assert results[0].abstained and results[0].evidence[0].code == "generator_params.error"
+    assert "boom" in results[0].evidence[0].message
+    assert results[1].decisive
