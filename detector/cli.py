@@ -1,0 +1,292 @@
+"""The ``synthdetect`` command line.
+
+Scoring commands live here. Other packages of the distribution (training, serving, benchmarks)
+add their subcommands through the ``synthdetect.commands`` entry-point group, so ``detector``
+never imports them. Every user error ends with a one-line message and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from detector.image import DecodeLimits, ImageError, decode_file
+from detector.registry import RegistryError
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_NONE_READABLE = 2
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A user error: printed as ``synthdetect: <message>``, exit code 2."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # Pillow warns about odd-but-readable files (corrupt EXIF, large images); decode() already
+    # reports what matters, so the command line keeps its output to results and errors.
+    warnings.filterwarnings("ignore", module=r"PIL\.")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.func(args) or 0)
+    except CliError as exc:
+        print(f"synthdetect: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("synthdetect: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `synthdetect score ... | head`
+        return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from detector import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="synthdetect",
+        description="Detect AI-generated images: model, artifact and provenance methods.",
+    )
+    parser.add_argument("--version", action="version", version=f"synthdetect {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_score(sub)
+    _add_scan(sub)
+    _add_methods(sub)
+    _load_plugins(sub)
+    return parser
+
+
+# --- shared options -----------------------------------------------------------------------
+
+
+def _add_detector_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--methods",
+        metavar="LIST",
+        help="comma-separated method names (default: every available method; see "
+        "`synthdetect methods`)",
+    )
+    p.add_argument(
+        "--include-prompt",
+        action="store_true",
+        help="include prompt text found in generation parameters (user data; off by default)",
+    )
+    p.add_argument("--max-bytes", type=_positive_int, default=DecodeLimits.max_bytes)
+    p.add_argument("--max-pixels", type=_positive_int, default=DecodeLimits.max_pixels)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {value}")
+    return value
+
+
+def _make_detector(args: argparse.Namespace) -> Any:
+    from detector.methods import MethodUnavailable
+    from detector.pipeline import Detector
+
+    names = None
+    if args.methods:
+        names = [n.strip() for n in args.methods.split(",") if n.strip()]
+        if not names:
+            raise CliError("--methods is empty")
+    limits = DecodeLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels)
+    try:
+        return Detector(names, limits=limits, include_prompt=args.include_prompt)
+    except (RegistryError, MethodUnavailable, ValueError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def record(path: str, sha256: str | None, verdict: Any = None, error: str | None = None) -> dict:
+    """One output record, the same shape for `score --json` and `scan` lines."""
+    rec: dict[str, Any] = {"path": path, "sha256": sha256}
+    if error is not None:
+        rec["error"] = error
+    else:
+        rec["verdict"] = verdict.to_dict()
+    return rec
+
+
+# --- score --------------------------------------------------------------------------------
+
+
+def _add_score(sub: Any) -> None:
+    p = sub.add_parser(
+        "score",
+        help="score image files and print verdicts",
+        description="Score image files. Exit code 0 when at least one file could be read "
+        "(whatever the verdicts), 2 when none could.",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="print JSON records instead of a table")
+    p.add_argument("-v", "--verbose", action="store_true", help="show every method's result")
+    _add_detector_options(p)
+    p.set_defaults(func=_cmd_score)
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    detector = _make_detector(args)
+    records: list[dict[str, Any]] = []
+    decoded = []  # (index into records, image)
+    for path in args.files:
+        try:
+            image = decode_file(path, detector.limits)
+        except ImageError as exc:
+            records.append(record(path, None, error=str(exc)))
+            continue
+        decoded.append((len(records), image))
+        records.append({})  # filled in once the batch is scored
+    verdicts = detector.score([image for _, image in decoded])
+    for (i, image), verdict in zip(decoded, verdicts, strict=True):
+        records[i] = record(args.files[i], image.sha256, verdict)
+    if args.json:
+        json.dump(records, sys.stdout, indent=2)
+        print()
+    else:
+        for rec in records:
+            if "error" in rec:
+                print(f"{rec['path']}: unreadable: {rec['error']}", file=sys.stderr)
+        if decoded:
+            _print_table([rec for rec in records if "verdict" in rec], args.verbose)
+    return EXIT_OK if decoded else EXIT_NONE_READABLE
+
+
+def _print_table(records: list[dict], verbose: bool) -> None:
+    width = min(max(len(r["path"]) for r in records), 48)
+    print(f"{'FILE':<{width}}  {'VERDICT':<10} {'P(AI)':>6}  EVIDENCE")
+    for rec in records:
+        v = rec["verdict"]
+        path = rec["path"] if len(rec["path"]) <= width else "..." + rec["path"][-(width - 3) :]
+        prob = "-" if v["probability"] is None else f"{v['probability']:.3f}"
+        print(f"{path:<{width}}  {v['label']:<10} {prob:>6}  {v['summary']}")
+        if verbose:
+            _print_details(v)
+
+
+def _print_details(v: dict) -> None:
+    img = v["image"]
+    print(f"    image: {img['format']} {img['width']}x{img['height']}, sha256 {img['sha256'][:16]}")
+    for note in img["notes"]:
+        print(f"    note: {note}")
+    for name, res in v["methods"].items():
+        prob = "abstains" if res["abstained"] else f"p={res['probability']:.3f}"
+        flags = " decisive" if res["decisive"] else ""
+        print(f"    {name:<20} {res['kind']:<9} {prob}{flags}  ({res['ms']:.1f} ms)")
+        for ev in res["evidence"]:
+            print(f"        [{ev['strength']}, {ev['supports']}] {ev['message']}")
+
+
+# --- scan ---------------------------------------------------------------------------------
+
+
+def _add_scan(sub: Any) -> None:
+    p = sub.add_parser(
+        "scan",
+        help="score every image under a directory into a JSONL file (resumable)",
+        description="Recursively score a directory. Each result is appended to OUT as one JSON "
+        "line and flushed at once; re-running skips files whose path and sha256 are already in "
+        "OUT, so an interrupted scan resumes where it stopped.",
+    )
+    p.add_argument("directory", metavar="DIR")
+    p.add_argument("--out", required=True, metavar="OUT.jsonl")
+    p.add_argument("--workers", type=_positive_int, default=None, help="decoding threads")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument(
+        "--all-files", action="store_true", help="try every file, not only image extensions"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_detector_options(p)
+    p.set_defaults(func=_cmd_scan)
+
+
+def _cmd_scan(args: argparse.Namespace) -> int:
+    from detector.scan import ScanError, scan_directory
+
+    root = Path(args.directory)
+    if not root.is_dir():
+        raise CliError(f"not a directory: {args.directory}")
+    detector = _make_detector(args)
+    try:
+        stats = scan_directory(
+            root,
+            Path(args.out),
+            detector,
+            workers=args.workers,
+            batch_size=args.batch_size,
+            all_files=args.all_files,
+            progress=not args.no_progress,
+        )
+    except ScanError as exc:
+        raise CliError(str(exc)) from None
+    print(stats.summary(), file=sys.stderr)
+    return EXIT_OK
+
+
+# --- methods ------------------------------------------------------------------------------
+
+
+def _add_methods(sub: Any) -> None:
+    p = sub.add_parser("methods", help="list the registered detection methods")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_methods)
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from detector.methods import METHODS
+
+    rows = []
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        reason = cls.availability()
+        rows.append(
+            {
+                "name": name,
+                "kind": cls.kind.value,
+                "available": reason is None,
+                "reason": reason,
+                "description": cls.description,
+            }
+        )
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        print()
+        return EXIT_OK
+    for r in rows:
+        state = "" if r["available"] else f"  [unavailable: {r['reason']}]"
+        print(f"{r['name']:<20} {r['kind']:<9} {r['description']}{state}")
+    return EXIT_OK
+
+
+# --- plugins ------------------------------------------------------------------------------
+
+
+def _load_plugins(sub: Any) -> None:
+    """Subcommands contributed by other packages (entry-point group ``synthdetect.commands``).
+
+    Each entry point is a function ``register(subparsers)``. A plugin that fails to load is
+    reported on stderr and skipped, so one broken optional dependency never breaks scoring.
+    """
+    for ep in sorted(metadata.entry_points(group="synthdetect.commands"), key=lambda e: e.name):
+        try:
+            ep.load()(sub)
+        except Exception as exc:
+            print(f"synthdetect: command {ep.name!r} unavailable: {exc}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

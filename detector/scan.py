@@ -1,0 +1,215 @@
+"""Resumable, parallel scoring of a directory tree into a JSONL file.
+
+Reading, hashing and decoding run in a thread pool (Pillow and zlib release the GIL while they
+decompress); methods run on batches in the calling thread. Every finished result is written as
+one line and flushed immediately, and the file is fsynced every few seconds and at the end, so a
+crash or Ctrl-C loses no finished result. A re-run skips every file whose path and sha256 are
+already in the output; a changed file is scored again and its new line appended (readers take
+the last line per path).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections import Counter, deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from detector.image import DecodedImage, ImageError, decode
+from detector.pipeline import Detector
+
+__all__ = ["IMAGE_EXTENSIONS", "ScanError", "ScanStats", "scan_directory"]
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".dib", ".tif", ".tiff", ".gif"}
+)
+_FSYNC_EVERY_S = 2.0
+
+
+class ScanError(Exception):
+    """The scan cannot start (unwritable output, corrupt results file)."""
+
+
+@dataclass
+class ScanStats:
+    files: int = 0
+    skipped: int = 0
+    labels: Counter[str] = field(default_factory=Counter)
+    errors: int = 0
+
+    def summary(self) -> str:
+        scored = sum(self.labels.values())
+        parts = ", ".join(f"{n} {label}" for label, n in sorted(self.labels.items()))
+        return (
+            f"scanned {self.files} files: {scored} scored ({parts or 'none'}), "
+            f"{self.errors} unreadable, {self.skipped} already in the results"
+        )
+
+
+@dataclass
+class _Loaded:
+    rel: str
+    sha256: str | None
+    image: DecodedImage | None = None
+    error: str | None = None
+    skip: bool = False
+
+
+def scan_directory(
+    root: Path,
+    out: Path,
+    detector: Detector,
+    *,
+    workers: int | None = None,
+    batch_size: int = 32,
+    all_files: bool = False,
+    progress: bool = True,
+) -> ScanStats:
+    from tqdm import tqdm
+
+    done = _load_done(out)
+    files = list(_walk(root, out, all_files))
+    stats = ScanStats(files=len(files))
+    workers = workers or min(8, os.cpu_count() or 1)
+    try:
+        fh = open(out, "a", encoding="utf-8")  # noqa: SIM115 - closed in the finally below
+    except OSError as exc:
+        raise ScanError(f"cannot write {out}: {exc.strerror or exc}") from None
+    writer = _Writer(fh)
+    bar = tqdm(total=len(files), unit="img", disable=not progress, file=sys.stderr)
+    batch: list[_Loaded] = []
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+            for item in _bounded_map(
+                pool, lambda p: _load(root, p, done, detector), files, workers * 4
+            ):
+                if item.skip:
+                    stats.skipped += 1
+                    bar.update(1)
+                elif item.image is None:
+                    stats.errors += 1
+                    writer.write({"path": item.rel, "sha256": item.sha256, "error": item.error})
+                    bar.update(1)
+                else:
+                    batch.append(item)
+                    if len(batch) >= batch_size:
+                        _flush_batch(batch, detector, writer, stats, bar)
+            _flush_batch(batch, detector, writer, stats, bar)
+    finally:
+        writer.close()
+        bar.close()
+    return stats
+
+
+def _flush_batch(batch: list[_Loaded], detector: Detector, writer: _Writer, stats, bar) -> None:
+    if not batch:
+        return
+    verdicts = detector.score([item.image for item in batch])  # type: ignore[misc]
+    for item, verdict in zip(batch, verdicts, strict=True):
+        writer.write({"path": item.rel, "sha256": item.sha256, "verdict": verdict.to_dict()})
+        stats.labels[verdict.label] += 1
+    bar.update(len(batch))
+    batch.clear()
+
+
+class _Writer:
+    """Appends JSON lines; flushes each line, fsyncs at most every few seconds."""
+
+    def __init__(self, fh: IO[str]) -> None:
+        self.fh = fh
+        self.last_sync = time.monotonic()
+
+    def write(self, rec: dict[str, Any]) -> None:
+        self.fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        self.fh.flush()
+        if time.monotonic() - self.last_sync > _FSYNC_EVERY_S:
+            os.fsync(self.fh.fileno())
+            self.last_sync = time.monotonic()
+
+    def close(self) -> None:
+        try:
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+        finally:
+            self.fh.close()
+
+
+def _load(root: Path, rel: str, done: dict[str, str], detector: Detector) -> _Loaded:
+    path = root / rel
+    try:
+        size = path.stat().st_size
+        if size > detector.limits.max_bytes:
+            return _Loaded(rel, None, error=f"file too large: {size} bytes")
+        data = path.read_bytes()
+    except OSError as exc:
+        return _Loaded(rel, None, error=f"cannot read file ({exc.strerror or exc})")
+    sha = hashlib.sha256(data).hexdigest()
+    if done.get(rel) == sha:
+        return _Loaded(rel, sha, skip=True)
+    try:
+        return _Loaded(rel, sha, image=decode(data, detector.limits))
+    except ImageError as exc:
+        return _Loaded(rel, sha, error=str(exc))
+
+
+def _bounded_map(pool: ThreadPoolExecutor, fn, items: list[str], window: int) -> Iterator[Any]:
+    """Like ``pool.map`` but with at most ``window`` tasks in flight (bounded memory)."""
+    pending: deque[Future] = deque()
+    it = iter(items)
+    for item in it:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            break
+    while pending:
+        yield pending.popleft().result()
+        nxt = next(it, None)
+        if nxt is not None:
+            pending.append(pool.submit(fn, nxt))
+
+
+def _walk(root: Path, out: Path, all_files: bool) -> Iterator[str]:
+    out_resolved = out.resolve()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if not all_files and path.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            if path.resolve() == out_resolved:
+                continue
+            yield path.relative_to(root).as_posix()
+
+
+def _load_done(out: Path) -> dict[str, str]:
+    """{path: sha256} of finished results; repairs a last line cut off by a crash."""
+    if not out.exists():
+        return {}
+    try:
+        raw = out.read_bytes()
+    except OSError as exc:
+        raise ScanError(f"cannot read {out}: {exc.strerror or exc}") from None
+    if raw and not raw.endswith(b"\n"):
+        # A crash mid-write leaves a partial line; drop it so appends stay line-aligned.
+        keep = raw.rfind(b"\n") + 1
+        with open(out, "r+b") as fh:
+            fh.truncate(keep)
+        raw = raw[:keep]
+    done: dict[str, str] = {}
+    for lineno, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            done[str(rec["path"])] = str(rec["sha256"])
+        except (ValueError, KeyError, TypeError):
+            raise ScanError(
+                f"{out} line {lineno} is not a synthdetect result; choose another --out"
+            ) from None
+    return done

@@ -1,0 +1,237 @@
+"""The command line, end to end through subprocesses, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from training import provenance as P
+
+pytestmark = pytest.mark.integration
+
+CLI = [sys.executable, "-m", "detector.cli"]
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, scene):
+    d = tmp_path_factory.mktemp("imgs")
+    paths = {
+        "a1111": d / "x.png",
+        "camera": d / "camera.jpg",
+        "truncated": d / "broken.jpg",
+        "text": d / "notes.txt",
+    }
+    paths["a1111"].write_bytes(
+        P.encode(
+            scene, "PNG", png_text={"parameters": P.a1111_parameters(prompt="a secret prompt")}
+        )
+    )
+    paths["camera"].write_bytes(P.encode(scene, "JPEG", exif=P.camera_exif()))
+    jpeg = P.encode(scene, "JPEG")
+    paths["truncated"].write_bytes(jpeg[: len(jpeg) // 2])
+    paths["text"].write_text("not an image")
+    return paths
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "synthdetect"
+    assert script.exists()
+    out = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("synthdetect ")
+
+
+def test_a1111_png_says_generated_and_names_the_tool(files):
+    out = run("score", str(files["a1111"]))
+    assert out.returncode == 0, out.stderr
+    row = out.stdout.splitlines()[1]
+    assert "generated" in row
+    assert "Stable Diffusion web UI (AUTOMATIC1111)" in row
+    assert "PNG text chunk 'parameters'" in row
+    assert "a secret prompt" not in out.stdout
+
+
+def test_camera_jpeg_metadata_methods_abstain(files):
+    out = run("score", str(files["camera"]))
+    assert out.returncode == 0
+    assert "uncertain" in out.stdout
+    assert "metadata methods abstain" in out.stdout
+
+
+def test_truncated_file_one_clear_line_and_nonzero_exit(files):
+    out = run("score", str(files["truncated"]))
+    assert out.returncode == 2
+    assert out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert "broken.jpg" in lines[0] and "truncated" in lines[0]
+    assert "Traceback" not in out.stderr
+
+
+def test_mixed_files_exit_zero_and_report_each(files):
+    out = run("score", str(files["a1111"]), str(files["text"]), str(files["camera"]))
+    assert out.returncode == 0
+    assert "notes.txt: unreadable: not a recognized image" in out.stderr
+    assert len(out.stdout.strip().splitlines()) == 3  # header + two rows
+
+
+def test_json_output(files):
+    out = run("score", "--json", "--include-prompt", str(files["a1111"]), str(files["truncated"]))
+    assert out.returncode == 0
+    records = json.loads(out.stdout)
+    assert [Path(r["path"]).name for r in records] == ["x.png", "broken.jpg"]
+    verdict = records[0]["verdict"]
+    assert verdict["label"] == "generated" and verdict["decided_by"] == "declaration"
+    assert verdict["methods"]["generator_params"]["details"]["prompt"] == "a secret prompt"
+    assert "verdict" not in records[1] and "truncated" in records[1]["error"]
+
+
+def test_verbose_lists_every_method(files):
+    out = run("score", "-v", str(files["camera"]))
+    for name in (
+        "c2pa",
+        "exif_hints",
+        "generator_params",
+        "invisible_watermark",
+        "iptc_source_type",
+    ):
+        assert name in out.stdout
+    assert "[weak, camera]" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["score", "--methods", "nope", "x.png"], "unknown method 'nope'"),
+        (["score", "--methods", ",", "x.png"], "--methods is empty"),
+        (["score", "missing.png"], "no such file"),
+        (["score", "--max-pixels", "0", "x.png"], "must be positive"),
+        (["scan", "missing-dir", "--out", "r.jsonl"], "not a directory"),
+        ([], "usage"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(args, message, tmp_path):
+    out = run(*args, cwd=tmp_path)
+    assert out.returncode == 2
+    assert message in (out.stderr + out.stdout)
+    assert "Traceback" not in out.stderr
+
+
+def test_methods_command():
+    out = run("methods", "--json")
+    names = {m["name"] for m in json.loads(out.stdout)}
+    assert {
+        "c2pa",
+        "iptc_source_type",
+        "generator_params",
+        "invisible_watermark",
+        "exif_hints",
+    } <= names
+
+
+def _tree(root: Path, scene, n: int) -> None:
+    (root / "sub" / "deeper").mkdir(parents=True)
+    for i in range(n):
+        where = root / ("sub/deeper" if i % 3 == 0 else "sub" if i % 3 == 1 else "")
+        where.joinpath(f"img{i:03d}.png").write_bytes(
+            P.encode(
+                scene[i % 50 :, :],
+                "PNG",
+                png_text={"parameters": P.a1111_parameters(seed=i)} if i % 2 else None,
+            )
+        )
+    (root / "sub" / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (root / "readme.txt").write_text("skipped: not an image extension")
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_scan_is_recursive_and_resumable(tmp_path, scene):
+    root, out = tmp_path / "tree", tmp_path / "results.jsonl"
+    _tree(root, scene, 12)
+    first = run("scan", str(root), "--out", str(out), "--no-progress", "--batch-size", "4")
+    assert first.returncode == 0, first.stderr
+    recs = _lines(out)
+    assert len(recs) == 13  # 12 images + the unreadable one; readme.txt is not an image
+    assert {r["path"] for r in recs} >= {"sub/deeper/img000.png", "sub/img001.png", "img002.png"}
+    errors = [r for r in recs if "error" in r]
+    assert [r["path"] for r in errors] == ["sub/bad.jpg"]
+    generated = [r for r in recs if "verdict" in r and r["verdict"]["label"] == "generated"]
+    assert len(generated) == 6
+    assert "12 scored" in first.stderr and "1 unreadable" in first.stderr
+
+    again = run("scan", str(root), "--out", str(out), "--no-progress")
+    assert again.returncode == 0 and "13 already in the results" in again.stderr
+    assert len(_lines(out)) == 13
+
+    (root / "img002.png").write_bytes(P.encode(scene, "JPEG"))  # changed file: scored again
+    with open(out, "a") as fh:
+        fh.write('{"path": "sub/img0')  # a line cut off by a crash
+    third = run("scan", str(root), "--out", str(out), "--no-progress")
+    assert third.returncode == 0, third.stderr
+    recs = _lines(out)
+    assert len(recs) == 14 and recs[-1]["path"] == "img002.png"
+
+
+def test_scan_refuses_a_foreign_output_file(tmp_path, scene):
+    root = tmp_path / "tree"
+    _tree(root, scene, 2)
+    out = tmp_path / "other.jsonl"
+    out.write_text("this is somebody's notes file\n")
+    res = run("scan", str(root), "--out", str(out), "--no-progress")
+    assert res.returncode == 2 and "not a synthdetect result" in res.stderr
+    assert out.read_text() == "this is somebody's notes file\n"
+
+
+def test_scan_killed_midway_loses_no_finished_result(tmp_path, scene):
+    root, out = tmp_path / "tree", tmp_path / "results.jsonl"
+    _tree(root, scene, 60)
+    proc = subprocess.Popen(
+        [
+            *CLI,
+            "scan",
+            str(root),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--batch-size",
+            "1",
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists() and out.read_text().count("\n") >= 5:
+            break
+        time.sleep(0.01)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    before = out.read_text().count("\n")
+    assert before >= 5
+    done = subprocess.run(
+        [*CLI, "scan", str(root), "--out", str(out), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    recs = _lines(out)
+    assert len({r["path"] for r in recs}) == 61
+    assert len(recs) == 61, "finished results were kept and not scored twice"
+    assert f"{before} already in the results" in done.stderr
