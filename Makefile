@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $@
 
 run: $(STAMP)
-	$(BIN)/synthdetect score detector/assets/samples/*
+	cd detector/assets/samples && $(abspath $(BIN))/synthdetect score *
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
