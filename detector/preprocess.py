@@ -1,0 +1,125 @@
+"""The one function that turns decoded pixels into model input.
+
+Generation artifacts live in the highest frequencies, so pixels are never resized: images are
+cut into tiles of ``input_size`` at native resolution. At inference the tiles form an even grid
+over the image (at most ``max_tiles``; the model averages the tiles' logits); in training one
+tile is cut at a random place. An image smaller than a tile is padded by reflection, the same
+way for every class, so padding carries no label information.
+
+``PreprocessConfig`` travels with the weights (in checkpoints and beside ONNX files); training,
+evaluation, export checks, the server and the benchmarks all call ``preprocess`` with it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+
+__all__ = ["PreprocessConfig", "preprocess", "tile_origins"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    version: int = 1
+    input_size: int = 128
+    max_tiles: int = 9
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    channel_order: str = "RGB"
+    pad_mode: str = "reflect"
+
+    def __post_init__(self) -> None:
+        if self.input_size < 16 or self.max_tiles < 1:
+            raise ValueError(f"bad PreprocessConfig: {self}")
+        if self.channel_order not in ("RGB", "BGR"):
+            raise ValueError(f"channel_order must be RGB or BGR, got {self.channel_order!r}")
+        if self.pad_mode not in ("reflect", "edge", "constant"):
+            raise ValueError(f"pad_mode must be reflect, edge or constant, got {self.pad_mode!r}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError("mean and std need three values, std > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown PreprocessConfig fields: {sorted(unknown)}")
+        values = dict(data)
+        for key in ("mean", "std"):
+            if key in values:
+                values[key] = tuple(float(v) for v in values[key])
+        return cls(**values)
+
+
+def tile_origins(height: int, width: int, size: int, max_tiles: int) -> list[tuple[int, int]]:
+    """Top-left corners of an even grid of ``size`` tiles covering (height, width).
+
+    The grid has as many rows and columns as needed to cover the image, spread so the first
+    and last tiles touch the borders; if that exceeds ``max_tiles`` the grid is thinned evenly.
+    """
+    ny = max(1, math.ceil(height / size))
+    nx = max(1, math.ceil(width / size))
+    while ny * nx > max_tiles:
+        if ny >= nx and ny > 1:
+            ny -= 1
+        elif nx > 1:
+            nx -= 1
+        else:
+            break
+    ys = _spread(height - size, ny)
+    xs = _spread(width - size, nx)
+    return [(y, x) for y in ys for x in xs]
+
+
+def _spread(span: int, n: int) -> list[int]:
+    if span <= 0:
+        return [0]
+    if n == 1:
+        return [span // 2]
+    return [round(i * span / (n - 1)) for i in range(n)]
+
+
+def _pad(pixels: np.ndarray, size: int, mode: str) -> np.ndarray:
+    """Pad to at least size x size (NumPy reflects repeatedly when the pad exceeds the side)."""
+    h, w = pixels.shape[:2]
+    if h >= size and w >= size:
+        return pixels
+    ph, pw = max(0, size - h), max(0, size - w)
+    return np.pad(pixels, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)), mode)
+
+
+def preprocess(
+    pixels: np.ndarray,
+    config: PreprocessConfig,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (tiles, 3, S, S) float32, normalised.
+
+    Without ``rng``: the inference grid (deterministic). With ``rng``: one random tile, as
+    training samples it.
+    """
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+        raise ValueError(f"expected (H, W, 3) uint8 pixels, got {pixels.shape} {pixels.dtype}")
+    size = config.input_size
+    img = _pad(pixels, size, config.pad_mode)
+    h, w = img.shape[:2]
+    if rng is not None:
+        origins = [(int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1)))]
+    else:
+        origins = tile_origins(h, w, size, config.max_tiles)
+    tiles = np.stack([img[y : y + size, x : x + size] for y, x in origins])
+    if config.channel_order == "BGR":
+        tiles = tiles[..., ::-1]
+    out = tiles.astype(np.float32) * np.float32(1 / 255)
+    out -= np.asarray(config.mean, dtype=np.float32)
+    out /= np.asarray(config.std, dtype=np.float32)
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))

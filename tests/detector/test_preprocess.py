@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from detector.preprocess import PreprocessConfig, preprocess, tile_origins
+
+pytestmark = pytest.mark.unit
+
+
+def test_grid_covers_the_image_and_is_capped():
+    assert tile_origins(128, 128, 128, 9) == [(0, 0)]
+    assert tile_origins(256, 256, 128, 9) == [(0, 0), (0, 128), (128, 0), (128, 128)]
+    origins = tile_origins(300, 200, 128, 9)
+    assert origins[0] == (0, 0) and origins[-1] == (300 - 128, 200 - 128)
+    assert len(tile_origins(4000, 3000, 128, 9)) == 9
+
+
+def test_inference_tiles_are_native_pixels_normalised():
+    cfg = PreprocessConfig(input_size=32, max_tiles=4, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    img = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    tiles = preprocess(img, cfg)
+    assert tiles.shape == (4, 3, 32, 32) and tiles.dtype == np.float32
+    expected = (img[:32, 32:64].astype(np.float32) / 255 - 0.5) / 0.5
+    np.testing.assert_allclose(tiles[1], expected.transpose(2, 0, 1), atol=1e-6)
+
+
+def test_small_images_are_reflect_padded_not_resized():
+    cfg = PreprocessConfig(input_size=32, mean=(0, 0, 0), std=(1, 1, 1))
+    img = np.random.default_rng(1).integers(0, 256, (10, 20, 3), dtype=np.uint8)
+    tile = preprocess(img, cfg)[0]
+    assert tile.shape == (3, 32, 32)
+    # the original pixels sit unchanged in the middle
+    np.testing.assert_allclose(tile[:, 11:21, 6:26], img.transpose(2, 0, 1) / 255, atol=1e-6)
+
+
+def test_random_crop_is_seeded():
+    cfg = PreprocessConfig(input_size=32)
+    img = np.random.default_rng(2).integers(0, 256, (100, 100, 3), dtype=np.uint8)
+    a = preprocess(img, cfg, np.random.default_rng(7))
+    b = preprocess(img, cfg, np.random.default_rng(7))
+    assert a.shape == (1, 3, 32, 32) and np.array_equal(a, b)
+
+
+def test_bgr_order():
+    img = np.zeros((16, 16, 3), np.uint8)
+    img[..., 0] = 255
+    tile = preprocess(
+        img, PreprocessConfig(input_size=16, channel_order="BGR", mean=(0, 0, 0), std=(1, 1, 1))
+    )
+    assert tile[0, 2].min() == 1.0 and tile[0, 0].max() == 0.0
+
+
+def test_config_round_trip_and_validation():
+    cfg = PreprocessConfig(input_size=96)
+    assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown"):
+        PreprocessConfig.from_dict({"size": 3})
+    with pytest.raises(ValueError):
+        PreprocessConfig(channel_order="GBR")
+    with pytest.raises(ValueError):
+        preprocess(np.zeros((4, 4), np.uint8), cfg)

@@ -1,0 +1,116 @@
+"""Each dataset reader on a small tree the test writes, and clear errors on bad layouts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from training.datasets import DatasetError, load_samples, read_manifest
+
+pytestmark = pytest.mark.unit
+
+
+def _img(path: Path, fmt: str = "PNG") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3), 128, np.uint8)).save(path, fmt)
+
+
+def test_forensynths_with_and_without_categories(tmp_path):
+    root = tmp_path / "test"
+    for cat in ("airplane", "cat"):
+        _img(root / "progan" / cat / "0_real" / f"{cat}1.png")
+        _img(root / "progan" / cat / "1_fake" / f"{cat}2.png")
+    _img(root / "stylegan" / "0_real" / "a.png")
+    _img(root / "stylegan" / "1_fake" / "b.jpg", "JPEG")
+    samples = load_samples(root)
+    assert len(samples) == 6
+    fakes = sorted((s.generator, s.source_id) for s in samples if s.label == 1)
+    assert fakes == [
+        ("progan", "progan/airplane"),
+        ("progan", "progan/cat"),
+        ("stylegan", "stylegan"),
+    ]
+    assert {s.split for s in samples} == {"test"}
+    assert all(s.generator == "real" for s in samples if s.label == 0)
+
+
+def test_genimage(tmp_path):
+    for split in ("train", "val"):
+        _img(tmp_path / "sdv1.4" / split / "ai" / "x.png")
+        _img(tmp_path / "sdv1.4" / split / "nature" / "y.JPEG", "JPEG")
+    samples = load_samples(tmp_path)
+    assert sorted((s.split, s.label) for s in samples) == [
+        ("train", 0),
+        ("train", 1),
+        ("val", 0),
+        ("val", 1),
+    ]
+    assert {s.generator for s in samples if s.label} == {"sdv1.4"}
+
+
+def test_real_fake_folders(tmp_path):
+    _img(tmp_path / "real" / "a.png")
+    _img(tmp_path / "real" / "sub" / "b.png")
+    _img(tmp_path / "fake" / "midjourney" / "c.png")
+    _img(tmp_path / "fake" / "d.png")
+    samples = load_samples(tmp_path)
+    assert sorted((s.label, s.generator) for s in samples) == [
+        (0, "real"),
+        (0, "real"),
+        (1, "midjourney"),
+        (1, "unknown"),
+    ]
+
+
+def test_manifest_csv_and_jsonl(tmp_path):
+    _img(tmp_path / "a.png")
+    _img(tmp_path / "b.png")
+    (tmp_path / "manifest.csv").write_text(
+        "path,label,generator,split\na.png,real,real,train\nb.png,fake,x,test\n"
+    )
+    samples = load_samples(tmp_path)
+    assert [(s.path.name, s.label, s.split) for s in samples] == [
+        ("a.png", 0, "train"),
+        ("b.png", 1, "test"),
+    ]
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text('{"path": "a.png", "label": 0}\n{"path": "b.png", "label": 1}\n')
+    assert [s.label for s in read_manifest(jsonl)] == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "setup,message",
+    [
+        (lambda p: None, "no dataset layout recognised"),
+        (lambda p: _img(p / "x" / "y.png"), "no dataset layout recognised"),
+        (lambda p: (p / "real").mkdir() or (p / "fake").mkdir(), "no image files"),
+        (lambda p: _img(p / "real" / "a.png") or (p / "fake").mkdir(), "no generated images"),
+        (lambda p: (p / "manifest.csv").write_text("file,kind\n"), "manifest has no rows"),
+        (lambda p: (p / "manifest.csv").write_text("file,kind\na,b\n"), "lacks columns"),
+        (
+            lambda p: (p / "manifest.csv").write_text("path,label\na.png,maybe\n"),
+            "row 2: label 'maybe'",
+        ),
+        (
+            lambda p: (
+                _img(p / "g" / "0_real" / "a.png")
+                or _img(p / "g" / "1_fake" / "b.png")
+                or (p / "h" / "0_real").mkdir(parents=True)
+            ),
+            "expected 0_real/ and 1_fake/",
+        ),
+    ],
+)
+def test_bad_layouts_name_the_path_and_the_expectation(tmp_path, setup, message):
+    setup(tmp_path)
+    with pytest.raises(DatasetError, match=message) as info:
+        load_samples(tmp_path)
+    assert str(tmp_path) in str(info.value)
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_samples(tmp_path / "nope")

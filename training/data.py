@@ -1,0 +1,91 @@
+"""Torch datasets over ``Sample`` records, through detector's one preprocessing function.
+
+Training draws one random tile per image after a sampled degradation chain (augmentation);
+evaluation returns the inference grid of tiles, exactly what the server will feed the model,
+and ``collate_tiles`` keeps track of which tiles belong to which image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from detector.image import DecodeLimits, decode_file
+from detector.preprocess import PreprocessConfig, preprocess
+from training.datasets import Sample
+from training.degrade import AugmentPolicy, apply_chain
+
+__all__ = ["EvalDataset", "TrainDataset", "collate_tiles"]
+
+
+class TrainDataset(Dataset):
+    """One random tile per image, after a sampled degradation chain.
+
+    The random stream of item ``i`` in epoch ``e`` is seeded by (seed, e, i), so a run is
+    reproducible whatever the number of loader workers.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        config: PreprocessConfig,
+        augment: AugmentPolicy | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.samples = list(samples)
+        self.config = config
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sample = self.samples[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        pixels = decode_file(sample.path, DecodeLimits()).pixels
+        if self.augment is not None:
+            pixels = apply_chain(pixels, self.augment.sample(rng), rng)
+        tile = preprocess(pixels, self.config, rng)[0]
+        return torch.from_numpy(tile), torch.tensor(float(sample.label))
+
+
+class EvalDataset(Dataset):
+    """The inference tile grid of each image (a variable number of tiles per image)."""
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        config: PreprocessConfig,
+        transform=None,
+    ) -> None:
+        self.samples = list(samples)
+        self.config = config
+        self.transform = transform  # e.g. a degradation chain for robustness evaluation
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        pixels = decode_file(self.samples[index].path, DecodeLimits()).pixels
+        if self.transform is not None:
+            pixels = self.transform(pixels)
+        return torch.from_numpy(preprocess(pixels, self.config)), index
+
+
+def collate_tiles(
+    batch: list[tuple[torch.Tensor, int]],
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """-> (all tiles stacked, image position of each tile, dataset indices of the images)."""
+    tiles = torch.cat([t for t, _ in batch])
+    owner = torch.cat(
+        [torch.full((len(t),), i, dtype=torch.long) for i, (t, _) in enumerate(batch)]
+    )
+    return tiles, owner, [idx for _, idx in batch]

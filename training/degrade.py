@@ -1,0 +1,137 @@
+"""Image degradations: one module for training augmentation and robustness benchmarks.
+
+A ``Degradation`` is one operation with a fixed setting (``jpeg:75``, ``blur:1.5``,
+``resize:0.5``, ``noise:3``); a chain applies several in order (``jpeg:50+blur:1``). Benchmarks
+evaluate a grid of chains, applied equally to both classes; training samples chains from an
+``AugmentPolicy`` (blur + JPEG as CNNDetection found essential).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+__all__ = [
+    "DEFAULT_GRID",
+    "AugmentPolicy",
+    "Degradation",
+    "apply_chain",
+    "encode_jpeg",
+    "parse_chain",
+    "parse_grid",
+]
+
+Kind = Literal["jpeg", "blur", "resize", "noise"]
+_KINDS = ("jpeg", "blur", "resize", "noise")
+DEFAULT_GRID = (
+    "none,jpeg:95,jpeg:75,jpeg:50,jpeg:30,blur:1,blur:2,resize:0.75,resize:0.5,jpeg:50+blur:1"
+)
+
+
+def encode_jpeg(pixels: np.ndarray, quality: int) -> bytes:
+    """Baseline JPEG with 4:2:0 chroma subsampling, no metadata (Pillow/libjpeg defaults)."""
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=int(quality))
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class Degradation:
+    kind: Kind
+    value: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise ValueError(f"unknown degradation {self.kind!r} (known: {', '.join(_KINDS)})")
+        lo, hi = {"jpeg": (1, 100), "blur": (0, 50), "resize": (0.01, 4), "noise": (0, 255)}[
+            self.kind
+        ]
+        if not lo <= self.value <= hi:
+            raise ValueError(f"{self.kind} setting {self.value} outside [{lo}, {hi}]")
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.value:g}"
+
+    def apply(self, pixels: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        """(H, W, 3) uint8 -> degraded (H', W', 3) uint8. ``rng`` is only used by noise."""
+        if self.kind == "jpeg":
+            with Image.open(io.BytesIO(encode_jpeg(pixels, round(self.value)))) as im:
+                return np.asarray(im.convert("RGB"))
+        if self.kind == "blur":
+            if self.value == 0:
+                return pixels
+            img = Image.fromarray(pixels).filter(ImageFilter.GaussianBlur(radius=self.value))
+            return np.asarray(img)
+        if self.kind == "resize":
+            h, w = pixels.shape[:2]
+            size = (max(1, round(w * self.value)), max(1, round(h * self.value)))
+            return np.asarray(Image.fromarray(pixels).resize(size, Image.BICUBIC))
+        rng = rng or np.random.default_rng(0)
+        noisy = pixels.astype(np.float32) + rng.normal(0, self.value, pixels.shape)
+        return np.clip(np.round(noisy), 0, 255).astype(np.uint8)
+
+
+def parse_chain(text: str) -> list[Degradation]:
+    """``"jpeg:50+blur:1"`` -> [Degradation("jpeg", 50), Degradation("blur", 1)]; "none" -> []."""
+    text = text.strip()
+    if text in ("", "none"):
+        return []
+    chain = []
+    for part in text.split("+"):
+        kind, sep, value = part.strip().partition(":")
+        if not sep:
+            raise ValueError(f"degradation {part!r} needs a setting, e.g. jpeg:75")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"degradation {part!r}: {value!r} is not a number") from None
+        chain.append(Degradation(kind.strip(), number))  # type: ignore[arg-type]
+    return chain
+
+
+def parse_grid(text: str) -> list[list[Degradation]]:
+    """Comma-separated chains, e.g. the benchmark grid ``DEFAULT_GRID``."""
+    return [parse_chain(item) for item in text.split(",")]
+
+
+def chain_name(chain: list[Degradation]) -> str:
+    return "+".join(str(d) for d in chain) or "none"
+
+
+def apply_chain(
+    pixels: np.ndarray, chain: list[Degradation], rng: np.random.Generator | None = None
+) -> np.ndarray:
+    for step in chain:
+        pixels = step.apply(pixels, rng)
+    return pixels
+
+
+@dataclass(frozen=True)
+class AugmentPolicy:
+    """Sampled degradations for training: each operation fires with its probability."""
+
+    p_blur: float = 0.1
+    blur_sigma: tuple[float, float] = (0.1, 3.0)
+    p_jpeg: float = 0.1
+    jpeg_quality: tuple[int, int] = (30, 100)
+    p_resize: float = 0.0
+    resize_scale: tuple[float, float] = (0.5, 1.0)
+    p_noise: float = 0.0
+    noise_sigma: tuple[float, float] = (0.5, 4.0)
+
+    def sample(self, rng: np.random.Generator) -> list[Degradation]:
+        chain: list[Degradation] = []
+        if rng.random() < self.p_resize:
+            chain.append(Degradation("resize", float(rng.uniform(*self.resize_scale))))
+        if rng.random() < self.p_blur:
+            chain.append(Degradation("blur", float(rng.uniform(*self.blur_sigma))))
+        if rng.random() < self.p_noise:
+            chain.append(Degradation("noise", float(rng.uniform(*self.noise_sigma))))
+        if rng.random() < self.p_jpeg:
+            lo, hi = self.jpeg_quality
+            chain.append(Degradation("jpeg", float(rng.integers(lo, hi + 1))))
+        return chain
