@@ -82,6 +82,13 @@ def _add_detector_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="include prompt text found in generation parameters (user data; off by default)",
     )
+    p.add_argument(
+        "--model",
+        dest="model_path",
+        metavar="PATH",
+        help="model for the model method: ONNX folder, run folder or .pt (default: bundled)",
+    )
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="for the model method")
     p.add_argument("--max-bytes", type=_positive_int, default=DecodeLimits.max_bytes)
     p.add_argument("--max-pixels", type=_positive_int, default=DecodeLimits.max_pixels)
 
@@ -106,9 +113,16 @@ def _make_detector(args: argparse.Namespace) -> Any:
         if not names:
             raise CliError("--methods is empty")
     limits = DecodeLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels)
+    options: dict[str, Any] = {"include_prompt": args.include_prompt, "device": args.device}
+    if args.model_path:
+        options["model_path"] = args.model_path
+        if names is None:  # an explicit model makes the model method run even if none is bundled
+            from detector.methods import method_names
+
+            names = sorted(set(method_names(available_only=True)) | {"model"})
     try:
-        return Detector(names, limits=limits, include_prompt=args.include_prompt)
-    except (RegistryError, MethodUnavailable, ValueError) as exc:
+        return Detector(names, limits=limits, **options)
+    except (RegistryError, MethodUnavailable, ValueError, FileNotFoundError) as exc:
         raise CliError(str(exc)) from None
 
 

@@ -43,8 +43,16 @@ class Detector:
         self.methods: list[Method] = create_methods(methods, **method_options)
         if not self.methods:
             raise ValueError("no methods selected")
-        self.fusion = fusion or FusionConfig()
+        self.fusion = fusion or self._default_fusion()
         self.limits = limits or DecodeLimits()
+
+    def _default_fusion(self) -> FusionConfig:
+        """The model's calibrated threshold when a model runs, else the neutral 0.5."""
+        thresholds = [m.threshold for m in self.methods if hasattr(m, "threshold")]
+        if not thresholds:
+            return FusionConfig()
+        threshold = thresholds[0]
+        return FusionConfig(threshold=threshold, camera_threshold=threshold / 2)
 
     @property
     def method_names(self) -> list[str]:

@@ -39,3 +39,80 @@ def scene():
 @pytest.fixture(scope="session")
 def signing_chain() -> P.SigningChain:
     return P.make_signing_chain()
+
+
+@pytest.fixture(scope="session")
+def untrained_checkpoint(tmp_path_factory):
+    """A calibrated checkpoint of an untrained small model (for engine/export/method tests)."""
+    import torch
+
+    from detector.checkpoint import FORMAT
+    from detector.models import ModelSpec, build_model
+    from detector.preprocess import PreprocessConfig
+
+    torch.manual_seed(0)
+    spec = ModelSpec("mobilenetv3_small", input_size=64, spectrum_block=32, pretrained=None)
+    model = build_model(spec).eval()
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    torch.save(
+        {
+            "format": FORMAT,
+            "model_spec": spec.to_dict(),
+            "preprocess": PreprocessConfig(input_size=64, max_tiles=4).to_dict(),
+            "state_dict": model.state_dict(),
+            "calibration": {
+                "temperature": 1.5,
+                "threshold": 0.6,
+                "target_fpr": 0.01,
+                "fitted_on": "test",
+            },
+            "train_config": {},
+            "step": 0,
+            "epoch": 0,
+        },
+        path,
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def exported_model(untrained_checkpoint, tmp_path_factory, scene):
+    from training.export import export_onnx
+
+    images = tmp_path_factory.mktemp("parity")
+    for i in range(3):
+        (images / f"{i}.png").write_bytes(P.encode(P.synthetic_scene(i, 96, 128), "PNG"))
+    out = tmp_path_factory.mktemp("onnx")
+    export_onnx(untrained_checkpoint, out, sorted(images.iterdir()))
+    return out
+
+
+@pytest.fixture(scope="session")
+def artifact_model(tmp_path_factory):
+    """An artifact-method model fitted on procedural images (for contract tests only)."""
+    import json
+
+    import numpy as np
+
+    from detector.methods.artifact import FEATURE_NAMES, artifact_features
+    from training.linear import fit_logistic
+
+    x = np.stack(
+        [artifact_features(P.synthetic_scene(i, 96, 96, noise=3.0 * (i % 2))) for i in range(12)]
+    )
+    y = np.array([i % 2 for i in range(12)], dtype=float)
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    w = fit_logistic((x - mean) / std, y, l2=1.0)
+    path = tmp_path_factory.mktemp("artifact") / "artifact.json"
+    path.write_text(json.dumps({
+        "features": FEATURE_NAMES, "mean": mean.tolist(), "std": std.tolist(),
+        "weights": w[:-1].tolist(), "bias": float(w[-1]),
+        "calibration": {"temperature": 1.0, "threshold": 0.5},
+    }))  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="session")
+def method_options(exported_model, artifact_model):
+    """Constructor options that make every registered method runnable in tests."""
+    return {"model": {"model_path": exported_model}, "artifact": {"artifact_model": artifact_model}}

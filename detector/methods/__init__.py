@@ -4,7 +4,15 @@ Importing this package registers the built-in methods. See ``base`` for the cont
 """
 
 # Built-in methods register themselves on import.
-from detector.methods import c2pa_manifest, exif_hints, generator_params, iptc, watermark  # noqa: F401
+from detector.methods import (  # noqa: F401
+    artifact,
+    c2pa_manifest,
+    exif_hints,
+    generator_params,
+    iptc,
+    model,
+    watermark,
+)
 from detector.methods.base import (
     Evidence,
     Kind,

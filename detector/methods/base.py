@@ -129,8 +129,9 @@ class Method(ABC):
     options: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
-    def availability(cls) -> str | None:
-        """None when the method can run here, else why not (e.g. a missing optional package)."""
+    def availability(cls, **options: Any) -> str | None:
+        """None when the method can run here with these options, else why not (e.g. a missing
+        optional package or model file)."""
         return None
 
     @abstractmethod

@@ -69,7 +69,7 @@ class C2paManifest(PerImageMethod):
         self._local = threading.local()
 
     @classmethod
-    def availability(cls) -> str | None:
+    def availability(cls, **options: Any) -> str | None:
         return _IMPORT_ERROR
 
     def _context(self) -> Any:

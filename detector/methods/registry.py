@@ -54,7 +54,7 @@ def method_names(kind: Kind | str | None = None, available_only: bool = False) -
 def create_method(name: str, **options: Any) -> Method:
     """Build a method by name; raises ``MethodUnavailable`` if it cannot run here."""
     cls = METHODS.get(name)
-    reason = cls.availability()
+    reason = cls.availability(**options)
     if reason is not None:
         raise MethodUnavailable(f"method {name!r} is unavailable: {reason}")
     return cls(**options)

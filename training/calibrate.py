@@ -1,0 +1,55 @@
+"""Temperature scaling and a threshold for a target false-positive rate, fitted on validation."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from detector.calibration import Calibration
+from training.metrics import threshold_at_fpr
+
+__all__ = ["fit_calibration", "fit_temperature"]
+
+
+def _nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    z = logits / temperature
+    # log(1 + exp(-z)) for positives, log(1 + exp(z)) for negatives, computed stably
+    return float(np.mean(np.logaddexp(0.0, np.where(labels == 1, -z, z))))
+
+
+def fit_temperature(logits, labels) -> float:
+    """The temperature minimising validation NLL (golden-section search in log space)."""
+    z = np.asarray(logits, np.float64)
+    y = np.asarray(labels, np.int64)
+    if len(z) == 0 or y.min() == y.max():
+        return 1.0
+    lo, hi = np.log(0.05), np.log(20.0)
+    ratio = (np.sqrt(5) - 1) / 2
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = _nll(z, y, np.exp(a)), _nll(z, y, np.exp(b))
+    for _ in range(60):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = _nll(z, y, np.exp(a))
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = _nll(z, y, np.exp(b))
+    return float(np.exp((lo + hi) / 2))
+
+
+def fit_calibration(logits, labels, target_fpr: float, description: str) -> Calibration:
+    """Temperature by NLL, then the threshold that flags at most ``target_fpr`` of the reals."""
+    z = np.asarray(logits, np.float64)
+    y = np.asarray(labels, np.int64)
+    temperature = fit_temperature(z, y)
+    probs = Calibration(temperature=temperature).probability(z)
+    reals = probs[y == 0]
+    threshold = threshold_at_fpr(reals, target_fpr) if len(reals) else 0.5
+    threshold = float(np.clip(threshold, 1e-6, 1 - 1e-6))
+    return Calibration(
+        temperature=temperature,
+        threshold=threshold,
+        target_fpr=target_fpr,
+        fitted_on=f"{description}: {int((y == 0).sum())} real / {int((y == 1).sum())} generated",
+    )

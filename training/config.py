@@ -1,0 +1,109 @@
+"""Typed training configuration: YAML file + ``key=value`` overrides, saved into every run.
+
+synthdetect train --config configs/default.yaml epochs=5 model=mobilenetv3_small augment.p_jpeg=0.5
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from training.degrade import AugmentPolicy
+
+__all__ = ["TrainConfig", "load_config"]
+
+CONFIG_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    version: int = CONFIG_VERSION
+    data: str = ""  # manifest or dataset layout (see training.datasets)
+    out: str = "runs/default"
+    model: str = "efficientnet_lite0"
+    branches: list[str] = field(default_factory=lambda: ["rgb", "residual", "spectrum"])
+    input_size: int = 128
+    max_tiles: int = 9
+    pretrained: str | None = "auto"
+    epochs: int = 10
+    max_steps: int | None = None  # stop after this many optimizer steps (smoke runs, tests)
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
+    channels_last: str = "auto"  # auto (on CUDA) | on | off
+    workers: int = 2
+    seed: int = 0
+    device: str = "auto"
+    augment: AugmentPolicy = field(default_factory=lambda: AugmentPolicy(p_blur=0.2, p_jpeg=0.4))
+    balance: bool = True  # balanced sampling: reals and each generator weighted equally
+    patience: int = 3  # epochs without a better validation AP before stopping
+    exclude_families: list[str] = field(default_factory=list)  # leave-one-out training
+    target_fpr: float = 0.01  # for the decision threshold chosen on validation
+    eval_batch_images: int = 16
+    resume: bool = True  # continue from <out>/checkpoints/last.pt when it exists
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _coerce(cls: type, data: dict[str, Any], where: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown settings {unknown}; known: {sorted(known)}")
+    return cls(**data)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Defaults <- YAML file <- ``key=value`` overrides (values parsed as YAML scalars)."""
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"cannot read config {path}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: a training config is a mapping of settings")
+        data.update(loaded)
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} is not key=value")
+        value = yaml.safe_load(raw) if raw else None
+        target = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ValueError(f"override {item!r}: {part} is not a group of settings")
+        target[parts[-1]] = value
+    if data.get("version", CONFIG_VERSION) != CONFIG_VERSION:
+        raise ValueError(
+            f"config version {data['version']} is not supported (expected {CONFIG_VERSION})"
+        )
+    if isinstance(data.get("augment"), dict):
+        aug = data["augment"]
+        for key in ("blur_sigma", "jpeg_quality", "resize_scale", "noise_sigma"):
+            if key in aug:
+                aug[key] = tuple(aug[key])
+        data["augment"] = _coerce(AugmentPolicy, aug, "augment")
+    config = _coerce(TrainConfig, data, "config")
+    _validate(config)
+    return config
+
+
+def _validate(c: TrainConfig) -> None:
+    if c.epochs < 1 or c.batch_size < 1 or c.lr <= 0:
+        raise ValueError("epochs, batch_size and lr must be positive")
+    if c.amp not in ("auto", "bf16", "fp16", "off"):
+        raise ValueError(f"amp must be auto, bf16, fp16 or off, got {c.amp!r}")
+    if c.channels_last not in ("auto", "on", "off"):
+        raise ValueError(f"channels_last must be auto, on or off, got {c.channels_last!r}")
+    if not 0 < c.target_fpr < 0.5:
+        raise ValueError("target_fpr must be in (0, 0.5)")

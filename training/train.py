@@ -1,0 +1,414 @@
+"""The training loop: a short step, and hooks for evaluation, checkpoints, schedule and logging.
+
+A run folder holds ``config.yaml`` (resolved), ``checkpoints/last.pt`` (resumable),
+``checkpoints/best.pt`` (best validation AP, calibrated at the end), ``metrics.jsonl`` and
+``train.log``. Multi-GPU / multi-node: launch with ``torchrun``; each rank draws its own shard
+of one seeded balanced sample per epoch (gloo on CPU, NCCL on CUDA).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch.utils.data import DataLoader, Sampler
+
+from detector.checkpoint import FORMAT, read_checkpoint
+from detector.models import ModelSpec, build_model
+from detector.preprocess import PreprocessConfig
+from training.calibrate import fit_calibration
+from training.config import TrainConfig
+from training.data import TrainDataset
+from training.datasets import Sample, load_samples
+from training.debian import sha256_file
+from training.evaluate import evaluate_scores, git_commit, predict_logits
+from training.metrics import average_precision
+
+__all__ = ["BalancedSampler", "seed_everything", "split_samples", "train"]
+
+log = logging.getLogger("synthdetect.train")
+
+
+def seed_everything(seed: int) -> None:
+    """The one seeding function: Python, NumPy and torch (all devices)."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class BalancedSampler(Sampler[int]):
+    """Draws, with replacement, half reals and half fakes spread evenly over generators.
+
+    All ranks draw the same seeded sequence for an epoch and keep every ``world``-th index, so
+    shards are disjoint and the run is reproducible for a given world size.
+    """
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        per_rank: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        balance: bool = True,
+    ) -> None:
+        self.per_rank, self.seed, self.rank, self.world = per_rank, seed, rank, world
+        self.epoch = 0
+        if balance:
+            strata = ["real" if s.label == 0 else f"fake:{s.generator}" for s in samples]
+            counts = Counter(strata)
+            n_fake_strata = max(1, sum(1 for k in counts if k.startswith("fake:")))
+            share = {
+                k: (0.5 if k == "real" else 0.5 / n_fake_strata) / n for k, n in counts.items()
+            }
+            self.weights = torch.tensor([share[k] for k in strata], dtype=torch.float64)
+        else:
+            self.weights = torch.ones(len(samples), dtype=torch.float64)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        idx = torch.multinomial(
+            self.weights, self.per_rank * self.world, replacement=True, generator=g
+        )
+        return iter(idx[self.rank :: self.world].tolist())
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+
+def split_samples(
+    samples: list[Sample], exclude_families: list[str]
+) -> tuple[list[Sample], list[Sample], list[Sample]]:
+    """(train, val, test); without a val split, 10% of train sources (by hash) become val."""
+    kept = [s for s in samples if s.family not in exclude_families]
+    train = [s for s in kept if s.split == "train"]
+    val = [s for s in kept if s.split == "val"]
+    test = [s for s in kept if s.split == "test"]
+    if not train:
+        train = [s for s in kept if s.split in ("", "train")]
+    if not val:
+        import zlib
+
+        val = [s for s in train if zlib.crc32((s.source_id or str(s.path)).encode()) % 10 == 0]
+        train = [s for s in train if s not in set(val)]
+    if not train or not val:
+        raise ValueError("need training and validation images (a train and a val split)")
+    return train, val, test
+
+
+@dataclass
+class _Dist:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(config: TrainConfig) -> _Dist:
+    want_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if want_cuda else "gloo")
+    if want_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return _Dist(rank, world, torch.device("cuda", local))
+    return _Dist(rank, world, torch.device("cpu"))
+
+
+def _lr_lambda(warmup: int, total: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if config.amp == "off" or (config.amp == "auto" and device.type != "cuda"):
+        return None
+    if config.amp == "fp16":
+        return torch.float16
+    return torch.bfloat16
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.d = _init_distributed(config)
+        self.run = Path(config.out)
+        (self.run / "checkpoints").mkdir(parents=True, exist_ok=True)
+        self._setup_logging()
+        seed_everything(config.seed)
+        samples = load_samples(config.data)
+        self.train_s, self.val_s, self.test_s = split_samples(samples, config.exclude_families)
+        self.spec = ModelSpec(
+            config.model, tuple(config.branches), config.input_size, pretrained=config.pretrained
+        )
+        self.prep = PreprocessConfig(input_size=config.input_size, max_tiles=config.max_tiles)
+        self.model = build_model(self.spec).to(self.d.device)
+        if config.channels_last == "on" or (
+            config.channels_last == "auto" and self.d.device.type == "cuda"
+        ):
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.net = self.model
+        if self.d.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model,
+                device_ids=[self.d.device.index] if self.d.device.type == "cuda" else None,
+            )
+        per_rank = (
+            math.ceil(len(self.train_s) / self.d.world / config.batch_size) * config.batch_size
+        )
+        self.steps_per_epoch = per_rank // config.batch_size
+        self.total_steps = config.max_steps or self.steps_per_epoch * config.epochs
+        self.opt = torch.optim.AdamW(_param_groups(self.model, config.weight_decay), lr=config.lr)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, _lr_lambda(config.warmup_steps, self.total_steps)
+        )
+        self.amp = _amp_dtype(config, self.d.device)
+        self.scaler = torch.amp.GradScaler(enabled=self.amp == torch.float16)
+        self.sampler = BalancedSampler(
+            self.train_s, per_rank, config.seed, self.d.rank, self.d.world, config.balance
+        )
+        self.dataset = TrainDataset(self.train_s, self.prep, config.augment, config.seed)
+        self.loader = DataLoader(
+            self.dataset,
+            batch_size=config.batch_size,
+            sampler=self.sampler,
+            num_workers=config.workers,
+            drop_last=True,
+            persistent_workers=False,
+        )
+        self.step, self.epoch, self.best_ap, self.stale = 0, 0, -1.0, 0
+        self.data_sha = sha256_file(Path(config.data)) if Path(config.data).is_file() else ""
+        if config.resume and (self.run / "checkpoints" / "last.pt").exists():
+            self._resume()
+
+    # --- hooks ----------------------------------------------------------------------------
+
+    def _setup_logging(self) -> None:
+        if not self.d.main:
+            return
+        handler = logging.FileHandler(self.run / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        (self.run / "config.yaml").write_text(
+            yaml.safe_dump(_plain(self.config.to_dict()), sort_keys=False)
+        )
+
+    def _log_metrics(self, record: dict) -> None:
+        if self.d.main:
+            with open(self.run / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            log.info(json.dumps(record))
+
+    def _checkpoint(
+        self, path: Path, calibration: dict | None = None, with_optimizer: bool = True
+    ) -> None:
+        if not self.d.main:
+            return
+        ckpt = {
+            "format": FORMAT,
+            "model_spec": self.spec.to_dict(),
+            "preprocess": self.prep.to_dict(),
+            "state_dict": self.model.state_dict(),
+            "train_config": _plain(self.config.to_dict()),
+            "calibration": calibration,
+            "data": {"path": str(self.config.data), "sha256": self.data_sha},
+            "commit": git_commit(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "best_val_ap": self.best_ap,
+            "stale_epochs": self.stale,
+        }
+        if with_optimizer:
+            ckpt["optimizer"] = self.opt.state_dict()
+            ckpt["scheduler"] = self.sched.state_dict()
+        tmp = path.with_suffix(".tmp")
+        torch.save(ckpt, tmp)
+        tmp.replace(path)
+
+    def _resume(self) -> None:
+        ckpt = read_checkpoint(self.run / "checkpoints" / "last.pt")
+        self.model.load_state_dict(ckpt["state_dict"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sched.load_state_dict(ckpt["scheduler"])
+        self.step, self.epoch = int(ckpt["step"]), int(ckpt["epoch"])
+        self.best_ap, self.stale = float(ckpt["best_val_ap"]), int(ckpt.get("stale_epochs", 0))
+        log.info("resumed from step %d (epoch %d)", self.step, self.epoch)
+
+    # --- the step and the epoch -----------------------------------------------------------
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        x = x.to(self.d.device, non_blocking=True)
+        y = y.to(self.d.device, non_blocking=True)
+        if self.d.device.type == "cuda" and self.config.channels_last != "off":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(
+            self.d.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None
+        ):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                self.net(x).squeeze(1).float(), y
+            )
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.opt)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+        self.step += 1
+        return float(loss.detach())
+
+    def run_epoch(self) -> float:
+        from tqdm import tqdm
+
+        self.net.train()
+        self.sampler.set_epoch(self.epoch)
+        self.dataset.set_epoch(self.epoch)
+        losses, seen, start = [], 0, time.perf_counter()
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            desc=f"epoch {self.epoch}",
+            disable=not self.d.main,
+            leave=False,
+        )
+        for x, y in self.loader:
+            losses.append(self.train_step(x, y))
+            seen += len(x) * self.d.world
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{np.mean(losses[-20:]):.3f}",
+                img_s=f"{seen / (time.perf_counter() - start):.0f}",
+            )
+            if self.step >= self.total_steps:
+                break
+        bar.close()
+        self.throughput = seen / max(1e-9, time.perf_counter() - start)
+        return float(np.mean(losses)) if losses else float("nan")
+
+    def scores(self, samples: list[Sample]) -> np.ndarray:
+        self.model.eval()
+
+        def run(tiles: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return (
+                    self.model(torch.from_numpy(tiles).to(self.d.device))
+                    .float()
+                    .reshape(-1)
+                    .cpu()
+                    .numpy()
+                )
+
+        return predict_logits(run, samples, self.prep, batch_images=self.config.eval_batch_images)
+
+    def validate(self) -> float:
+        ap = (
+            average_precision([s.label for s in self.val_s], self.scores(self.val_s))
+            if self.d.main
+            else 0.0
+        )
+        if self.d.world > 1:  # every rank needs the same early-stopping decision
+            t = torch.tensor([ap], dtype=torch.float64)
+            dist.broadcast(t, 0)
+            ap = float(t.item())
+        return ap
+
+    def fit(self) -> Path:
+        c = self.config
+        log.info("train %d / val %d / test %d images; %d steps of %d; model %s %s", len(self.train_s),
+                 len(self.val_s), len(self.test_s), self.total_steps, c.batch_size, c.model, c.branches)  # fmt: skip
+        while self.epoch < c.epochs and self.step < self.total_steps and self.stale < c.patience:
+            loss = self.run_epoch()
+            ap = self.validate()
+            self.epoch += 1
+            improved = ap > self.best_ap
+            self.best_ap, self.stale = (ap, 0) if improved else (self.best_ap, self.stale + 1)
+            self._log_metrics({"epoch": self.epoch, "step": self.step, "train_loss": loss, "val_ap": ap,
+                               "lr": self.sched.get_last_lr()[0], "images_per_s": round(self.throughput, 1)})  # fmt: skip
+            if improved:
+                self._checkpoint(self.run / "checkpoints" / "best.pt", with_optimizer=False)
+            self._checkpoint(self.run / "checkpoints" / "last.pt")
+        if self.d.main:
+            self.finish()
+        if self.d.world > 1:
+            dist.barrier()
+        return self.run
+
+    def finish(self) -> None:
+        """Calibrate the best weights on validation, store it, report the test split."""
+        best = read_checkpoint(self.run / "checkpoints" / "best.pt")
+        self.model.load_state_dict(best["state_dict"])
+        val_logits = self.scores(self.val_s)
+        labels = [s.label for s in self.val_s]
+        calib = fit_calibration(
+            val_logits, labels, self.config.target_fpr, f"val split of {self.config.data}"
+        )
+        best["calibration"] = calib.to_dict()
+        torch.save(best, self.run / "checkpoints" / "best.pt")
+        record = {"final": True, "best_val_ap": self.best_ap, "calibration": calib.to_dict()}
+        if self.test_s:
+            report = evaluate_scores(
+                self.test_s,
+                self.scores(self.test_s),
+                calib,
+                "test",
+                model=str(self.run),
+                data=str(self.config.data),
+            )
+            report.write(self.run / "eval_test.json")
+            record["test"] = report.overall.to_dict()
+            log.info("\n%s", report.render())
+        self._log_metrics(record)
+
+
+def _plain(value):
+    """Dataclass dicts with tuples -> YAML/JSON-friendly lists."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def train(config: TrainConfig) -> Path:
+    """Train (or resume) a run described by ``config``; returns the run folder."""
+    if not config.data:
+        raise ValueError("config.data is empty: point it at a manifest or dataset folder")
+    config = replace(config, out=str(Path(config.out)))
+    return Trainer(config).fit()
