@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: run test venv lint samples clean
+.PHONY: run test venv lint samples corpus-small train-default bench bench-baseline clean
 
 venv: $(STAMP)
 
@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps gan-face-generate==1.1.1
 	touch $@
 
+# The scoring server on the bundled default model, on 127.0.0.1:8000 (it prints a curl to try).
 run: $(STAMP)
-	cd detector/assets/samples && $(abspath $(BIN))/synthdetect score *
+	$(BIN)/synthdetect serve
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -33,6 +34,22 @@ lint: $(STAMP)
 # Rebuild the bundled sample images (deterministic apart from the C2PA signature).
 samples: $(STAMP)
 	$(BIN)/python scripts/make_samples.py detector/assets/samples
+
+# Longer jobs (not part of the two set-up commands).
+corpus-small: $(STAMP)
+	$(BIN)/synthdetect corpus build --size small --out runs/corpus-small
+
+train-default: $(STAMP)
+	scripts/train_default.sh
+
+# Reference benchmark runs (CPU), committed under benchmarks/results/.
+bench: $(STAMP)
+	scripts/run_benchmarks.sh
+
+# Re-record the quick profile's baseline after an intended change (new model, new corpus).
+bench-baseline: $(STAMP)
+	[ -f runs/corpus-tiny-baseline/manifest.csv ] || $(BIN)/synthdetect corpus build --size tiny --out runs/corpus-tiny-baseline
+	$(BIN)/synthdetect bench quick --data runs/corpus-tiny-baseline/manifest.csv --out benchmarks/results/quick-baseline.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -5,7 +5,8 @@ The rule (also in the README):
 1. Abstentions are ignored. If every method abstained, the label is ``uncertain`` and the
    probability is ``None``: having no evidence is not evidence of a camera.
 2. A *decisive* result (an explicit declaration of AI generation: a C2PA manifest that
-   validates, an IPTC DigitalSourceType, generation parameters written by the tool) sets the
+   validates, an IPTC DigitalSourceType, generation parameters written by the tool, a
+   Stable Diffusion watermark at the "very likely" level) sets the
    probability to the largest decisive probability. Declarations of generation win over
    statistics because they are statements by the tool that made the file, and nobody gains by
    falsely labelling their own image as generated.
@@ -155,7 +156,11 @@ def _summary(
         for m, e in evidence
         if m in scored and e.supports is not Supports.NEITHER and e.strength.rank > 0
     ]
+    metadata = [r for r in results if r.kind.value == "metadata"]
+    tail = ""
+    if metadata and all(r.abstained for r in metadata):
+        tail = "; metadata methods abstain, no provenance signal found"
     if directional:
         more = len(directional) - 1
-        return directional[0].message + (f" (+{more} more)" if more else "")
-    return f"{label} by fused score of {', '.join(sorted(scored))}"
+        return directional[0].message + (f" (+{more} more)" if more else "") + tail
+    return f"{label} by fused score of {', '.join(sorted(scored))}" + tail

@@ -11,7 +11,17 @@ from detector.fusion import FusionConfig, Verdict, fuse
 from detector.image import DecodedImage, DecodeLimits, ImageError, decode
 from detector.methods import Method, create_methods
 
-__all__ = ["Detector", "image_info"]
+__all__ = ["Detector", "default_fusion", "image_info"]
+
+
+def default_fusion(methods: Sequence[Method]) -> FusionConfig:
+    """The model's calibrated threshold when a model runs, else the neutral 0.5."""
+    thresholds = [
+        m.threshold for m in methods if m.kind.value == "model" and hasattr(m, "threshold")
+    ]
+    if not thresholds:
+        return FusionConfig()
+    return FusionConfig(threshold=thresholds[0], camera_threshold=thresholds[0] / 2)
 
 
 def image_info(image: DecodedImage) -> dict[str, Any]:
@@ -43,16 +53,8 @@ class Detector:
         self.methods: list[Method] = create_methods(methods, **method_options)
         if not self.methods:
             raise ValueError("no methods selected")
-        self.fusion = fusion or self._default_fusion()
+        self.fusion = fusion or default_fusion(self.methods)
         self.limits = limits or DecodeLimits()
-
-    def _default_fusion(self) -> FusionConfig:
-        """The model's calibrated threshold when a model runs, else the neutral 0.5."""
-        thresholds = [m.threshold for m in self.methods if hasattr(m, "threshold")]
-        if not thresholds:
-            return FusionConfig()
-        threshold = thresholds[0]
-        return FusionConfig(threshold=threshold, camera_threshold=threshold / 2)
 
     @property
     def method_names(self) -> list[str]:

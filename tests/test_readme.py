@@ -38,8 +38,8 @@ def test_exactly_two_setup_commands():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_make_run_output_shown_in_readme_matches_the_samples():
-    shown = _blocks(_section("Set up"), "text")[0].splitlines()[1:]
+def test_sample_output_shown_in_readme_matches_the_samples():
+    shown = _blocks(_section("Score images from the command line"), "text")[0].splitlines()[1:]
     out = subprocess.run(
         [
             sys.executable,
@@ -66,24 +66,37 @@ def test_make_run_output_shown_in_readme_matches_the_samples():
         assert actual[name]["summary"].startswith(summary)
 
 
-def test_usage_flags_exist():
-    block = _blocks(_section("Use"), "sh")[0]
-    for line in block.splitlines():
-        cmd = line.split("#")[0].split()
-        assert cmd[0] == "synthdetect"
-        helptext = subprocess.run(
-            [sys.executable, "-m", "detector.cli", cmd[1], "--help"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
-        for flag in [w for w in cmd if w.startswith("-")]:
-            assert flag in helptext, f"{flag} of `{line.strip()}` is not an option of {cmd[1]}"
+@pytest.mark.parametrize(
+    "section",
+    ["Score images from the command line", "Serve", "Train, evaluate, export", "Benchmarks"],
+)
+def test_documented_commands_and_flags_exist(section):
+    for block in _blocks(_section(section), "sh"):
+        for line in block.splitlines():
+            cmd = line.split("#")[0].split()
+            assert cmd[0] == "synthdetect"
+            words = [w for w in cmd[1:] if not w.startswith(("-", "[")) and "=" not in w]
+            sub = [w for w in words[:2] if w.replace("-", "").isalpha() and w.islower()]
+            helptext = subprocess.run(
+                [sys.executable, "-m", "detector.cli", *sub[:2], "--help"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            if helptext.returncode != 0:  # a positional argument, not a second subcommand
+                helptext = subprocess.run(
+                    [sys.executable, "-m", "detector.cli", sub[0], "--help"],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=True,
+                )
+            for flag in [w.strip("[]").split("=")[0] for w in cmd if w.lstrip("[").startswith("-")]:
+                assert flag in helptext.stdout, f"{flag} of `{line.strip()}` is not an option"
 
 
 def test_python_example_runs(tmp_path):
-    code = _blocks(_section("Use"), "python")[0]
+    code = _blocks(_section("Score images from the command line"), "python")[0]
     shutil.copy(SAMPLES / "sd-webui-parameters.png", tmp_path / "x.png")
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
@@ -92,9 +105,16 @@ def test_python_example_runs(tmp_path):
     assert out.stdout.startswith("generated 0.99")
 
 
+def test_serve_and_make_run_agree():
+    makefile = (ROOT / "Makefile").read_text()
+    run_recipe = makefile.split("\nrun:", 1)[1].split("\n\n", 1)[0]
+    assert "synthdetect serve" in run_recipe
+    assert "127.0.0.1:8000" in _section("Set up")
+
+
 def test_methods_table_lists_every_registered_method():
     from detector.methods import METHODS
 
-    table = _section("Methods")
+    table = _section("Methods and fusion")
     for name in METHODS.names():
         assert f"| `{name}` |" in table

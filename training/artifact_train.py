@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
+from detector.buildinfo import git_commit
 from detector.image import decode_file
 from detector.methods.artifact import FEATURE_NAMES, artifact_features
 from training.calibrate import fit_calibration
 from training.datasets import Sample, load_samples
-from training.evaluate import evaluate_scores, git_commit
+from training.evaluate import evaluate_scores
 from training.linear import fit_logistic
 
 __all__ = ["features_of", "train_artifact"]

@@ -9,7 +9,6 @@ grid as at inference, and a tile's logits are averaged per image.
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from training.data import EvalDataset, collate_tiles
 from training.datasets import Sample
 from training.metrics import Metrics, compute_metrics
 
-__all__ = ["EvalReport", "evaluate_scores", "git_commit", "predict_logits"]
+__all__ = ["EvalReport", "evaluate_scores", "predict_logits"]
 
 
 def predict_logits(
@@ -145,17 +144,3 @@ def evaluate_scores(
         calibration=calibration.to_dict(),
         **meta,
     )
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).resolve().parent,
-            timeout=5,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"

@@ -22,8 +22,9 @@ def evaluate_model(
 ) -> EvalReport:
     bundle = load_bundle(model, device=device)
     samples = load_samples(data)
-    if split != "all":
-        samples = [s for s in samples if s.split == split]
+    if split != "all":  # one split or several, comma-separated (e.g. test,heldout-generators)
+        wanted = {x.strip() for x in split.split(",")}
+        samples = [s for s in samples if s.split in wanted]
     if not samples:
         raise ValueError(f"{data}: no images in split {split!r}")
     chain = parse_chain(degrade)

@@ -24,6 +24,7 @@ import torch.distributed as dist
 import yaml
 from torch.utils.data import DataLoader, Sampler
 
+from detector.buildinfo import git_commit
 from detector.checkpoint import FORMAT, read_checkpoint
 from detector.models import ModelSpec, build_model
 from detector.preprocess import PreprocessConfig
@@ -32,7 +33,7 @@ from training.config import TrainConfig
 from training.data import TrainDataset
 from training.datasets import Sample, load_samples
 from training.debian import sha256_file
-from training.evaluate import evaluate_scores, git_commit, predict_logits
+from training.evaluate import evaluate_scores, predict_logits
 from training.metrics import average_precision
 
 __all__ = ["BalancedSampler", "seed_everything", "split_samples", "train"]

@@ -29,15 +29,24 @@ __all__ = ["ModelMethod"]
 class ModelMethod(Method):
     kind = Kind.MODEL
     description = "trained CNN/ViT detector (RGB + pixel residual + frequency branches)"
-    options: ClassVar[tuple[str, ...]] = ("model_path", "device")
+    options: ClassVar[tuple[str, ...]] = ("model_path", "device", "bundle")
 
-    def __init__(self, model_path: str | Path | None = None, device: str = "cpu") -> None:
-        path = Path(model_path) if model_path else DEFAULT_MODEL
-        self.bundle: ModelBundle = load_bundle(path, device=device)
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        device: str = "cpu",
+        bundle: ModelBundle | None = None,
+    ) -> None:
+        # ``bundle`` lets a host share one loaded model (the server passes its batcher here).
+        if bundle is None:
+            bundle = load_bundle(Path(model_path) if model_path else DEFAULT_MODEL, device=device)
+        self.bundle: ModelBundle = bundle
 
     @classmethod
-    def availability(cls, model_path: str | Path | None = None, **options: object) -> str | None:
-        if model_path is None and not (DEFAULT_MODEL / "model.onnx").exists():
+    def availability(
+        cls, model_path: str | Path | None = None, bundle: object = None, **options: object
+    ) -> str | None:
+        if model_path is None and bundle is None and not (DEFAULT_MODEL / "model.onnx").exists():
             return f"no bundled model at {DEFAULT_MODEL} (pass --model PATH, or train one)"
         return None
 

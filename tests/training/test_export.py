@@ -69,3 +69,41 @@ def test_tampered_onnx_is_refused(exported_model, tmp_path):
     (copy / "model.onnx").write_bytes(bytes(data))
     with pytest.raises(ValueError, match="sha256"):
         load_bundle(copy)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_reduced_precision_exports_run_and_stay_close(untrained_checkpoint, tmp_path, precision):
+    images = []
+    for i in range(4):
+        path = tmp_path / f"{i}.png"
+        path.write_bytes(P.encode(P.synthetic_scene(40 + i, 96, 96), "PNG"))
+        images.append(path)
+    result = export_onnx(
+        untrained_checkpoint, tmp_path / precision, images, precision=precision, calib_images=images
+    )
+    assert result.sidecar["precision"] == precision
+    bundle = load_bundle(tmp_path / precision)
+    tiles = np.random.default_rng(1).normal(size=(3, 3, 64, 64)).astype(np.float32)
+    assert np.isfinite(bundle.logits(tiles)).all()
+    if precision == "fp16":
+        assert result.sidecar["parity"]["max_abs_logit_diff"] <= 5e-2
+
+
+def test_triton_repository_parses_with_the_model_config_protobuf(exported_model, tmp_path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from serving.triton_repo import write_triton_repo
+
+    target = write_triton_repo(exported_model, tmp_path / "repo", max_batch_size=32, tensorrt=True)
+    assert (target / "1" / "model.onnx").exists()
+    config = text_format.Parse(
+        (target / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+    )
+    assert config.name == "synthdetect_tiles" and config.backend == "onnxruntime"
+    assert config.max_batch_size == 32 and list(config.input[0].dims) == [3, 64, 64]
+    assert config.input[0].data_type == model_config_pb2.TYPE_FP32
+    assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    accel = config.optimization.execution_accelerators.gpu_execution_accelerator[0]
+    assert accel.name == "tensorrt" and accel.parameters["precision_mode"] == "FP16"

@@ -1,0 +1,279 @@
+"""``synthdetect bench ...``: accuracy, robustness, latency, load, reports and the gate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register"]
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("values must be positive integers")
+    return values
+
+
+def register(sub: Any) -> None:
+    bench = sub.add_parser(
+        "bench", help="benchmarks: accuracy, robustness, latency, load, regression gate"
+    )
+    bsub = bench.add_subparsers(title="bench commands", metavar="COMMAND")
+    bench.set_defaults(func=lambda a: bench.print_help() or 2)
+
+    a = bsub.add_parser(
+        "accuracy", help="every method and the fused verdict on one set, under degradations"
+    )
+    a.add_argument("--data", required=True, type=Path)
+    a.add_argument("--methods", help="comma-separated (default: every method that can run)")
+    a.add_argument(
+        "--degrade", default="none", help="grid of chains, e.g. none,jpeg:75,blur:1 or 'default'"
+    )
+    a.add_argument("--split", default="test")
+    a.add_argument("--limit", type=int, help="at most this many images (evenly spread)")
+    a.add_argument("--model", type=Path, help="model for the model method (default: bundled)")
+    a.add_argument("--out", type=Path)
+    a.set_defaults(func=_accuracy)
+
+    m = bsub.add_parser("metadata-set", help="build the metadata test set (declared vs stripped)")
+    m.add_argument("--corpus", required=True, type=Path)
+    m.add_argument("--out", required=True, type=Path)
+    m.add_argument("--per-signal", type=int, default=12)
+    m.set_defaults(func=_metadata_set)
+
+    lat = bsub.add_parser(
+        "latency", help="in-process latency over engines, precisions and batch sizes"
+    )
+    lat.add_argument("--model", required=True, type=Path, help="fp32 ONNX folder")
+    lat.add_argument("--fp16", type=Path, help="fp16 ONNX folder")
+    lat.add_argument("--int8", type=Path, help="int8 ONNX folder")
+    lat.add_argument(
+        "--checkpoint", type=Path, help="also time the torch engine on this checkpoint"
+    )
+    lat.add_argument("--batches", type=_ints, default=[1, 8, 32, 128])
+    lat.add_argument("--seconds", type=float, default=3.0)
+    lat.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    lat.add_argument("--out", type=Path)
+    lat.set_defaults(func=_latency)
+
+    s = bsub.add_parser("serving", help="server vs in-process throughput and latency (same run)")
+    s.add_argument("--model", required=True, type=Path)
+    s.add_argument("--seconds", type=float, default=15.0)
+    s.add_argument("--batch", type=int, default=8)
+    s.add_argument("--out", type=Path)
+    s.set_defaults(func=_serving)
+
+    ld = bsub.add_parser("load", help="closed-loop load on a running server (loopback only)")
+    ld.add_argument("--url", default="http://127.0.0.1:8000")
+    ld.add_argument("--concurrency", type=_ints, default=[1, 4, 16, 64])
+    ld.add_argument("--payload", choices=["tiles", "score", "bytes"], default="score")
+    ld.add_argument("--batch", type=int, default=8, help="tiles per request (tiles payload)")
+    ld.add_argument("--input-size", type=int, default=128)
+    ld.add_argument("--seconds", type=float, default=10.0)
+    ld.add_argument("--requests", type=int, default=100_000)
+    ld.add_argument("--out", type=Path)
+    ld.set_defaults(func=_load)
+
+    p = bsub.add_parser(
+        "peers", help="our server vs a naive server and a PyTriton server, same model"
+    )
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--concurrency", type=_ints, default=[1, 4, 16, 64])
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument(
+        "--pytriton-python", type=Path, help="python of the venv holding nvidia-pytriton"
+    )
+    p.add_argument("--out", type=Path)
+    p.set_defaults(func=_peers)
+
+    c = bsub.add_parser(
+        "compare", help="regression gate: exit 1 when NEW regresses against BASELINE"
+    )
+    c.add_argument("baseline", type=Path)
+    c.add_argument("new", type=Path)
+    c.add_argument("--accuracy-tol", type=float, default=0.02)
+    c.add_argument("--speed-tol", type=float, default=0.25)
+    c.set_defaults(func=_compare)
+
+    q = bsub.add_parser("quick", help="the quick profile CI runs (tiny corpus, a few batch sizes)")
+    q.add_argument("--data", required=True, type=Path)
+    q.add_argument("--model", type=Path)
+    q.add_argument("--out", required=True, type=Path)
+    q.set_defaults(func=_quick)
+
+    r = bsub.add_parser("report", help="Markdown summary and plots from result files")
+    r.add_argument("results", type=Path, help="folder of result JSON files")
+    r.add_argument("--out", type=Path, help="output folder (default: the results folder)")
+    r.set_defaults(func=_report)
+
+
+def _fail(exc: Exception) -> int:
+    print(f"synthdetect: {exc}", file=sys.stderr)
+    return 2
+
+
+def _accuracy(args: argparse.Namespace) -> int:
+    from benchmarks.accuracy import accuracy_benchmark
+    from training.datasets import DatasetError
+    from training.degrade import DEFAULT_GRID
+
+    options = {"model": {"model_path": args.model}} if args.model else {}
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    grid = DEFAULT_GRID if args.degrade == "default" else args.degrade
+    try:
+        result = accuracy_benchmark(args.data, methods=methods, grid=grid, split=args.split, limit=args.limit,
+                                    options=options, out=args.out, log=lambda m: print(m, file=sys.stderr))  # fmt: skip
+    except (ValueError, DatasetError, FileNotFoundError) as exc:
+        return _fail(exc)
+    from benchmarks.report import accuracy_table
+
+    print(accuracy_table(result))
+    return 0
+
+
+def _metadata_set(args: argparse.Namespace) -> int:
+    from benchmarks.metadata_set import build_metadata_set
+
+    try:
+        path = build_metadata_set(args.corpus, args.out, args.per_signal)
+    except (ValueError, FileNotFoundError) as exc:
+        return _fail(exc)
+    print(f"wrote {path}")
+    return 0
+
+
+def _latency(args: argparse.Namespace) -> int:
+    from benchmarks.latency import latency_benchmark
+
+    models = {"fp32": args.model}
+    if args.fp16:
+        models["fp16"] = args.fp16
+    if args.int8:
+        models["int8"] = args.int8
+    try:
+        result = latency_benchmark(
+            models,
+            checkpoint=args.checkpoint,
+            batches=tuple(args.batches),
+            seconds=args.seconds,
+            device=args.device,
+            out=args.out,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        return _fail(exc)
+    from benchmarks.report import latency_table
+
+    print(latency_table(result))
+    return 0
+
+
+def _serving(args: argparse.Namespace) -> int:
+    from benchmarks.serving import serving_benchmark
+
+    try:
+        result = serving_benchmark(args.model, args.out, seconds=args.seconds, batch=args.batch)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        return _fail(exc)
+    print(
+        json.dumps(
+            {
+                "in_process": result["in_process"],
+                "ratios": result["ratios"],
+                "meets_targets": result["meets_targets"],
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def _load(args: argparse.Namespace) -> int:
+    from benchmarks.env import environment
+    from benchmarks.loadgen import bytes_payload, run_load, score_payload, tiles_payload
+    from benchmarks.serving import benchmark_images
+
+    images = benchmark_images()
+    payload = {
+        "tiles": lambda: tiles_payload("synthdetect_tiles", args.batch, args.input_size),
+        "score": lambda: score_payload(images),
+        "bytes": lambda: bytes_payload("synthdetect", images),
+    }[args.payload]()
+    rows = []
+    try:
+        for c in args.concurrency:
+            res = run_load(args.url, payload, c, requests=args.requests, seconds=args.seconds)
+            rows.append(res.to_dict())
+            print(
+                f"c={c:<4} {res.items_per_s:9.1f} items/s  p50 {res.p50_ms:8.2f} ms  p99 {res.p99_ms:8.2f} ms  errors {res.errors}"
+            )
+    except (ValueError, OSError) as exc:
+        return _fail(exc)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(
+            json.dumps(
+                {**environment(), "benchmark": "load", "payload": args.payload, "rows": rows},
+                indent=2,
+            )
+            + "\n"
+        )
+    return 0
+
+
+def _peers(args: argparse.Namespace) -> int:
+    from benchmarks.peers import peers_benchmark
+
+    try:
+        result = peers_benchmark(
+            args.model, tuple(args.concurrency), args.seconds, args.pytriton_python, args.out
+        )
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        return _fail(exc)
+    from benchmarks.report import peers_table
+
+    print(peers_table(result))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from benchmarks.compare import compare_results, load_result
+
+    try:
+        gate = compare_results(
+            load_result(args.baseline), load_result(args.new), args.accuracy_tol, args.speed_tol
+        )
+    except ValueError as exc:
+        return _fail(exc)
+    print(gate.render())
+    return 0 if gate.ok else 1
+
+
+def _quick(args: argparse.Namespace) -> int:
+    from benchmarks.quick import quick_profile
+
+    try:
+        result = quick_profile(args.data, args.out, args.model)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        return _fail(exc)
+    print(json.dumps(result["gate"], indent=2))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from benchmarks.report import write_report
+
+    try:
+        path = write_report(args.results, args.out or args.results)
+    except (ValueError, FileNotFoundError) as exc:
+        return _fail(exc)
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,65 @@
+"""The regression gate: compare a new result with a baseline and fail on regressions.
+
+Result files carry a ``gate`` section: ``{"accuracy": {name: value}, "speed_ratio": {name:
+value}}``, every value higher-is-better. Accuracy may drop by at most ``accuracy_tol``
+(absolute); a speed ratio by at most ``speed_tol`` (relative). Only ratios measured within one
+run are gated for speed (e.g. server / in-process), never absolute times from two machines.
+A metric in the baseline that the new result lacks is a failure too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["GateResult", "compare_results", "load_result"]
+
+
+@dataclass
+class GateResult:
+    failures: list[str]
+    checked: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def render(self) -> str:
+        lines = [*self.checked, *(f"REGRESSION: {f}" for f in self.failures)]
+        lines.append("gate: PASS" if self.ok else f"gate: FAIL ({len(self.failures)} regressions)")
+        return "\n".join(lines)
+
+
+def load_result(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read result {path}: {exc}") from None
+    if "gate" not in data:
+        raise ValueError(f"{path} has no 'gate' section (not a benchmark result?)")
+    return data
+
+
+def compare_results(
+    baseline: dict, new: dict, accuracy_tol: float = 0.02, speed_tol: float = 0.25
+) -> GateResult:
+    failures, checked = [], []
+    for kind, tol, relative in (
+        ("accuracy", accuracy_tol, False),
+        ("speed_ratio", speed_tol, True),
+    ):
+        for name, old in (baseline["gate"].get(kind) or {}).items():
+            value = (new["gate"].get(kind) or {}).get(name)
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                failures.append(f"{kind} {name}: missing in the new result")
+                continue
+            floor = old * (1 - tol) if relative else old - tol
+            line = (
+                f"{kind:<11} {name:<45} baseline {old:8.4f}  new {value:8.4f}  floor {floor:8.4f}"
+            )
+            checked.append(line)
+            if value < floor:
+                failures.append(line)
+    return GateResult(failures, checked)

@@ -1,0 +1,93 @@
+"""A metadata test set: the same images with their provenance signals, then without them.
+
+Fakes (pixels from a corpus's generated images) are written the way real tools write them:
+A1111 ``parameters``, ComfyUI graphs, a signed C2PA manifest, IPTC DigitalSourceType, the SDXL
+invisible watermark, an AI tool in EXIF ``Software``. Reals (corpus photos) carry camera EXIF.
+The ``stripped`` split holds every image again after a JPEG q90 re-encode without metadata, as
+most upload pipelines deliver it. Metadata methods should win on ``declared`` and go silent on
+``stripped``; pixel methods should not care.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from detector.image import decode_file
+from training import provenance as P
+from training.datasets import load_samples
+from training.degrade import encode_jpeg
+
+__all__ = ["SIGNALS", "build_metadata_set"]
+
+SIGNALS = ("a1111", "comfyui", "c2pa", "iptc", "sdxl_watermark", "exif_software")
+
+
+def _declared(signal: str, pixels: np.ndarray, chain: P.SigningChain) -> bytes:
+    if signal == "a1111":
+        return P.encode(pixels, "PNG", png_text={"parameters": P.a1111_parameters()})
+    if signal == "comfyui":
+        return P.encode(pixels, "PNG", png_text=P.comfyui_chunks())
+    if signal == "c2pa":
+        return P.c2pa_sign(P.encode(pixels, "JPEG", quality=92), "image/jpeg", chain)
+    if signal == "iptc":
+        return P.encode(pixels, "JPEG", quality=92, xmp=P.iptc_xmp("trainedAlgorithmicMedia"))
+    if signal == "sdxl_watermark":
+        return P.encode(P.embed_watermark(pixels, "sdxl"), "PNG")
+    if signal == "exif_software":
+        return P.encode(pixels, "JPEG", quality=92, exif=P.software_exif("Midjourney v6"))
+    raise ValueError(f"unknown signal {signal!r}")
+
+
+def build_metadata_set(corpus: Path, out: Path, per_signal: int = 12, min_side: int = 256) -> Path:
+    """Write ``out/manifest.csv`` with splits ``declared`` and ``stripped``."""
+    samples = [s for s in load_samples(corpus) if s.split == "test"]
+    fakes = [s for s in samples if s.label == 1]
+    reals = [s for s in samples if s.label == 0]
+    chain = P.make_signing_chain("synthdetect benchmark signer")
+    rows = []
+    out.mkdir(parents=True, exist_ok=True)
+
+    def big(s) -> np.ndarray | None:
+        px = decode_file(s.path).pixels
+        return px if min(px.shape[:2]) >= min_side else None  # the watermark needs 256x256
+
+    fake_pixels = [p for p in (big(s) for s in fakes) if p is not None]
+    real_pixels = [p for p in (big(s) for s in reals) if p is not None]
+    if len(fake_pixels) < per_signal or len(real_pixels) < per_signal:
+        raise ValueError(f"{corpus}: not enough test images of at least {min_side}px")
+    jobs = []
+    for k, signal in enumerate(SIGNALS):
+        for i in range(per_signal):
+            jobs.append(("fake", signal, fake_pixels[(k * per_signal + i) % len(fake_pixels)]))
+    for i in range(per_signal * len(SIGNALS)):
+        jobs.append(("real", "real", real_pixels[i % len(real_pixels)]))
+    for n, (label, signal, pixels) in enumerate(jobs):
+        if label == "fake":
+            declared = _declared(signal, pixels, chain)
+        else:
+            declared = P.encode(pixels, "JPEG", quality=92, exif=P.camera_exif())
+        for split, data in (
+            ("declared", declared),
+            ("stripped", encode_jpeg(decode_file_bytes(declared), 90)),
+        ):
+            ext = "jpg" if data[:3] == b"\xff\xd8\xff" else "png"
+            rel = f"{split}/{label}/{signal}-{n:04d}.{ext}"
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            (out / rel).write_bytes(data)
+            rows.append({"path": rel, "label": label, "generator": signal, "family": f"metadata-{signal}" if label == "fake" else "camera",
+                         "source_id": f"item{n}", "split": split, "sha256": hashlib.sha256(data).hexdigest()})  # fmt: skip
+    with open(out / "manifest.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return out / "manifest.csv"
+
+
+def decode_file_bytes(data: bytes) -> np.ndarray:
+    from detector.image import decode
+
+    return decode(data).pixels

@@ -1,0 +1,123 @@
+"""Our server against its peers, same model, same ONNX Runtime thread settings, one run.
+
+Peers: a real Triton server (PyTriton, ONNX Runtime inside, Triton's dynamic batcher) and a
+naive server (one request at a time, no batching). The tensor model is driven at each
+concurrency with batch-1 requests (what a moderation pipeline sends per image tile); the
+naive server is also driven on ``/v1/score``. The report gives ratios to the peers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from benchmarks.env import environment
+from benchmarks.loadgen import run_load, score_payload, tiles_payload
+from benchmarks.serving import benchmark_images, start_server
+from detector.engine import load_bundle
+
+__all__ = ["peers_benchmark"]
+
+
+def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:
+    """Wait for the *model* to be ready: a Triton server reports itself ready before it has
+    loaded its models."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"peer exited: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
+        try:
+            if (
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status
+                == 200
+            ):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"peer on port {port} not ready in {timeout} s")
+
+
+def _sweep(url: str, payload, concurrency: tuple[int, ...], seconds: float) -> list[dict]:
+    return [
+        run_load(url, payload, c, requests=10**6, seconds=seconds).to_dict() for c in concurrency
+    ]
+
+
+def peers_benchmark(
+    model: Path,
+    concurrency: tuple[int, ...],
+    seconds: float,
+    pytriton_python: Path | None,
+    out: Path | None,
+) -> dict:
+    size = load_bundle(model).preprocess.input_size
+    tiles = tiles_payload("synthdetect_tiles", 1, size)
+    scores = score_payload(benchmark_images(), "model")
+    servers: dict[str, dict] = {}
+    procs = {}
+    try:
+        procs["synthdetect"] = start_server(model, 8765, ["--max-batch-size", "32"])
+        servers["synthdetect"] = {"tiles": _sweep("http://127.0.0.1:8765", tiles, concurrency, seconds),
+                                  "score": _sweep("http://127.0.0.1:8765", scores, concurrency, seconds)}  # fmt: skip
+        procs["synthdetect"].terminate()
+        procs["synthdetect"].wait(60)
+        naive = subprocess.Popen([sys.executable, "-m", "benchmarks.naive_server", "--model", str(model), "--port", "8766"],
+                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
+        procs["naive"] = naive
+        _wait_ready(8766, naive)
+        servers["naive"] = {"tiles": _sweep("http://127.0.0.1:8766", tiles, concurrency, seconds),
+                            "score": _sweep("http://127.0.0.1:8766", scores, concurrency, seconds)}  # fmt: skip
+        naive.terminate()
+        naive.wait(60)
+        if pytriton_python and Path(pytriton_python).exists():
+            script = Path(__file__).with_name("pytriton_server.py")
+            env = {**os.environ, "LD_LIBRARY_PATH": _libdir(pytriton_python)}
+            pt = subprocess.Popen([str(pytriton_python), str(script), "--model", str(model), "--port", "8767"],
+                                  stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)  # fmt: skip
+            procs["pytriton"] = pt
+            _wait_ready(8767, pt)
+            servers["pytriton"] = {
+                "tiles": _sweep("http://127.0.0.1:8767", tiles, concurrency, seconds)
+            }
+            pt.terminate()
+            pt.wait(60)
+        else:
+            servers["pytriton"] = {"skipped": "no PyTriton venv (run benchmarks/setup_pytriton.sh)"}
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+    ratios = {}
+    for i, c in enumerate(concurrency):
+        ours = servers["synthdetect"]["tiles"][i]
+        for peer in ("naive", "pytriton"):
+            rows = servers[peer].get("tiles")
+            if rows:
+                ratios[f"tiles_throughput_vs_{peer}_c{c}"] = ours["items_per_s"] / max(
+                    rows[i]["items_per_s"], 1e-9
+                )
+                ratios[f"tiles_p99_vs_{peer}_c{c}"] = ours["p99_ms"] / max(rows[i]["p99_ms"], 1e-9)
+        ratios[f"score_throughput_vs_naive_c{c}"] = servers["synthdetect"]["score"][i][
+            "items_per_s"
+        ] / max(servers["naive"]["score"][i]["items_per_s"], 1e-9)
+    result = {**environment(), "benchmark": "peers", "model": str(model), "concurrency": list(concurrency),
+              "servers": servers, "ratios": ratios,
+              "gate": {"speed_ratio": {k: v for k, v in ratios.items() if "throughput" in k and k.endswith("c16")}}}  # fmt: skip
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _libdir(python: Path) -> str:
+    """PyTriton's stub must load the same libpython as its venv (see the notes)."""
+    out = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return out.stdout.strip() + (
+        ":" + os.environ["LD_LIBRARY_PATH"] if os.environ.get("LD_LIBRARY_PATH") else ""
+    )

@@ -1,0 +1,108 @@
+"""The quick profile that ``make test`` runs against a committed baseline (a few minutes).
+
+Accuracy: the model, artifact and fused verdict on the tiny corpus's test split (the same
+images on every machine up to floating-point differences in generator training; the gate's
+accuracy tolerance allows for them). Speed: ratios measured within this run only: the server's
+tensor throughput over the in-process engine's at the same batch size, and the engine's
+batch-8 throughput over its batch-1 throughput.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.accuracy import accuracy_benchmark
+from benchmarks.env import environment
+from benchmarks.latency import _measure
+from benchmarks.loadgen import run_load, tiles_payload
+from benchmarks.serving import start_server
+from detector.bundled import DEFAULT_MODEL
+from detector.engine import load_bundle
+
+__all__ = ["quick_profile"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _own_pools(manifest: Path, workdir: Path) -> Path:
+    """The manifest without the wild pool: ../shared is on developer machines and in CI but
+    not with users, and the profile must measure the same images everywhere."""
+    import csv
+
+    if manifest.is_dir():
+        manifest = manifest / "manifest.csv"
+    with open(manifest, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("pool") != "wild"]
+    if not rows:
+        raise ValueError(f"{manifest}: no images outside the wild pool")
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = workdir / "quick-manifest.csv"
+    with open(out, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            r["path"] = str((manifest.parent / r["path"]).resolve())
+            w.writerow(r)
+    return out
+
+
+def quick_profile(data: Path, out: Path, model: Path | None = None, seconds: float = 3.0) -> dict:
+    model = Path(model or DEFAULT_MODEL)
+    options = {"model": {"model_path": model}}
+    acc = accuracy_benchmark(
+        data,
+        methods=["model", "artifact", "c2pa", "generator_params"],
+        options=options,
+        log=lambda m: None,
+    )
+    bundle = load_bundle(model)
+    size = bundle.preprocess.input_size
+    rng = np.random.default_rng(0)
+    t1 = rng.normal(size=(1, 3, size, size)).astype(np.float32)
+    t8 = rng.normal(size=(8, 3, size, size)).astype(np.float32)
+    b1 = 1 / np.median(_measure(lambda: bundle.engine.run(t1), seconds))
+    b8 = 8 / np.median(_measure(lambda: bundle.engine.run(t8), seconds))
+    port = _free_port()
+    server = start_server(model, port)
+    try:
+        load = run_load(
+            f"http://127.0.0.1:{port}",
+            tiles_payload("synthdetect_tiles", 8, size),
+            16,
+            requests=10**6,
+            seconds=seconds,
+        )
+    finally:
+        server.terminate()
+        server.wait(60)
+    result = {
+        **environment(),
+        "benchmark": "quick",
+        "data": str(data),
+        "model": str(model),
+        "accuracy_rows": [r for r in acc["rows"] if r["method"] in ("model", "artifact", "fused")],
+        "engine_tiles_per_s": {"batch1": b1, "batch8": b8},
+        "server_tiles_per_s_c16": load.items_per_s,
+        "gate": {
+            "accuracy": {
+                k: v
+                for k, v in acc["gate"]["accuracy"].items()
+                if k.split("@")[0] in ("model", "artifact", "fused")
+            },
+            "speed_ratio": {
+                "server_vs_inprocess_tiles_c16": load.items_per_s / b8,
+                "engine_batch8_vs_batch1": b8 / b1,
+            },
+        },
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return result

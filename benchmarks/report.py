@@ -1,0 +1,220 @@
+"""Markdown summary and plots from benchmark result files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+__all__ = ["accuracy_table", "latency_table", "peers_table", "write_report"]
+
+
+def _f(v, digits: int = 3) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def accuracy_table(result: dict) -> str:
+    lines = [
+        f"Accuracy on {result['data']} (split {result['split']}, {result['images']} images)",
+        "",
+        "| degradation | method | kind | coverage | AP | ROC-AUC | acc@thr | real acc | fake acc | TPR@1%FPR | ms/img |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['degradation']} | {r['method']} | {r['kind']} | {_f(r['coverage'], 2)} | {_f(r.get('ap'))} | "
+            f"{_f(r.get('roc_auc'))} | {_f(r.get('accuracy_at_threshold'))} | {_f(r.get('real_accuracy_at_threshold'))} | "
+            f"{_f(r.get('fake_accuracy_at_threshold'))} | {_f(r.get('tpr_at_1pct_fpr'))} | {_f(r['ms_per_image'], 1)} |"
+        )
+    return "\n".join(lines)
+
+
+def latency_table(result: dict) -> str:
+    lines = [
+        "| engine | precision | batch | p50 ms | p99 ms | items/s |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in result["model_only"]:
+        lines.append(
+            f"| {r['engine']} | {r['precision']} | {r['batch']} | {_f(r['p50_ms'], 2)} | {_f(r['p99_ms'], 2)} | {_f(r['items_per_s'], 1)} |"
+        )
+    for r in result["end_to_end"]:
+        lines.append(
+            f"| {r['engine']} (end to end) | {r['precision']} | 1 image | {_f(r['p50_ms'], 2)} | {_f(r['p99_ms'], 2)} | {_f(r['items_per_s'], 1)} |"
+        )
+    return "\n".join(lines)
+
+
+def peers_table(result: dict) -> str:
+    lines = [
+        "| server | payload | concurrency | items/s | p50 ms | p99 ms | errors |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, runs in result["servers"].items():
+        if "skipped" in runs:
+            lines.append(f"| {name} | - | - | skipped: {runs['skipped']} | | | |")
+            continue
+        for payload, rows in runs.items():
+            for r in rows:
+                lines.append(
+                    f"| {name} | {payload} | {r['concurrency']} | {_f(r['items_per_s'], 1)} | {_f(r['p50_ms'], 2)} | {_f(r['p99_ms'], 2)} | {r['errors']} |"
+                )
+    lines += ["", "| ratio | value |", "|---|---:|"]
+    lines += [f"| {k} | {_f(v, 2)} |" for k, v in sorted(result["ratios"].items())]
+    return "\n".join(lines)
+
+
+def _plots(results: dict[str, dict], accuracy: list[dict], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    acc = next((r for r in accuracy if r["split"] == "test"), None) if accuracy else None
+    if acc:
+        grid = list(dict.fromkeys(r["degradation"] for r in acc["rows"]))
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        for method in dict.fromkeys(r["method"] for r in acc["rows"]):
+            ys = [
+                next(
+                    (
+                        r.get("ap")
+                        for r in acc["rows"]
+                        if r["method"] == method and r["degradation"] == g
+                    ),
+                    None,
+                )
+                for g in grid
+            ]
+            if any(y is not None for y in ys):
+                ax.plot(
+                    grid, [float("nan") if y is None else y for y in ys], marker="o", label=method
+                )
+        ax.set_ylabel("AP (over images the method judged)")
+        ax.set_title("Robustness: AP under degradations (both classes degraded alike)")
+        ax.tick_params(axis="x", rotation=30)
+        ax.set_ylim(0.3, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "robustness.png", dpi=110)
+        plt.close(fig)
+        made.append("robustness.png")
+        rocs = [r for r in acc["rows"] if r["degradation"] == "none" and r.get("roc")]
+        if rocs:
+            fig, ax = plt.subplots(figsize=(5.5, 5))
+            for r in rocs:
+                ax.plot(
+                    r["roc"]["fpr"],
+                    r["roc"]["tpr"],
+                    label=f"{r['method']} (AUC {_f(r.get('roc_auc'), 3)}, cov {r['coverage']:.2f})",
+                )
+            ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+            ax.set_xlabel("false positive rate (reals)")
+            ax.set_ylabel("true positive rate (generated)")
+            ax.set_title("ROC per method (no degradation)")
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            fig.savefig(out / "roc.png", dpi=110)
+            plt.close(fig)
+            made.append("roc.png")
+    lat = results.get("latency")
+    if lat:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key in dict.fromkeys((r["engine"], r["precision"]) for r in lat["model_only"]):
+            rows = [r for r in lat["model_only"] if (r["engine"], r["precision"]) == key]
+            ax.plot(
+                [r["batch"] for r in rows],
+                [r["items_per_s"] for r in rows],
+                marker="o",
+                label=f"{key[0]} {key[1]}",
+            )
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size (tiles)")
+        ax.set_ylabel("tiles / s")
+        ax.set_title(f"Model throughput vs batch size ({lat['device']['cpu'][:40]})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "latency_vs_batch.png", dpi=110)
+        plt.close(fig)
+        made.append("latency_vs_batch.png")
+    peers = results.get("peers")
+    if peers:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, runs in peers["servers"].items():
+            for payload, rows in runs.items():
+                if isinstance(rows, list):
+                    ax.plot(
+                        [r["concurrency"] for r in rows],
+                        [r["items_per_s"] for r in rows],
+                        marker="o",
+                        label=f"{name} ({payload})",
+                    )
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel("items / s")
+        ax.set_title("Server throughput vs concurrency")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "throughput_vs_concurrency.png", dpi=110)
+        plt.close(fig)
+        made.append("throughput_vs_concurrency.png")
+    return made
+
+
+def write_report(results_dir: Path, out: Path) -> Path:
+    results: dict[str, dict] = {}
+    accuracy: list[dict] = []
+    for path in sorted(Path(results_dir).glob("*.json")):
+        data = json.loads(path.read_text())
+        kind = data.get("benchmark")
+        if kind == "accuracy":
+            accuracy.append(data)
+        if kind:
+            results.setdefault(kind, data)
+    if not results:
+        raise ValueError(f"no benchmark results in {results_dir}")
+    out.mkdir(parents=True, exist_ok=True)
+    sections = ["# Benchmark report", ""]
+    env = next(iter(results.values()))
+    sections += [
+        f"Measured on {env['device']['cpu']} ({env['device']['cores']} cores), commit {env['commit']}, {env['time']}.",
+        "",
+    ]
+    if accuracy:
+        sections += ["## Accuracy and robustness", ""]
+        for acc in accuracy:
+            sections += [accuracy_table(acc), ""]
+    if "latency" in results:
+        sections += ["## In-process latency", "", latency_table(results["latency"]), ""]
+    if "serving" in results:
+        s = results["serving"]
+        sections += [
+            "## Server vs in-process (same run)",
+            "",
+            "```json",
+            json.dumps(
+                {
+                    "in_process": s["in_process"],
+                    "ratios": s["ratios"],
+                    "meets_targets": s["meets_targets"],
+                },
+                indent=2,
+            ),
+            "```",
+            "",
+        ]
+    if "peers" in results:
+        sections += [
+            "## Server vs peers (same run, same model)",
+            "",
+            peers_table(results["peers"]),
+            "",
+        ]
+    plots = _plots(results, accuracy, out)
+    sections += [f"![{p}]({p})" for p in plots]
+    path = out / "REPORT.md"
+    path.write_text("\n".join(sections) + "\n")
+    return path

@@ -1,0 +1,183 @@
+"""Dynamic batching: tiles from many requests, one engine call.
+
+Requests (each a stack of tiles) wait in a bounded queue. One engine thread per device takes
+the oldest request, then keeps taking requests until the batch would exceed ``max_batch_size``
+tiles or ``max_queue_delay_us`` has passed since the oldest arrived, runs the engine once, and
+hands each request its slice of the logits. A full queue rejects at once (``QueueFull``), so
+overload costs a fast 503 instead of unbounded memory and latency.
+
+``take_batch`` is the decision, a plain function with its own tests.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["BatcherConfig", "BatchingEngine", "QueueFull", "take_batch"]
+
+
+class QueueFull(RuntimeError):
+    """The request queue is at capacity; the caller should answer 503 and retry later."""
+
+
+@dataclass(frozen=True)
+class BatcherConfig:
+    max_batch_size: int = 32  # tiles per engine call
+    max_queue_delay_us: int = 2000
+    max_queue_tiles: int = 4096  # bound on tiles waiting; beyond it requests are refused
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.max_queue_delay_us < 0:
+            raise ValueError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
+        if self.max_queue_tiles < self.max_batch_size:
+            raise ValueError("max_queue_tiles must be at least max_batch_size")
+
+
+def take_batch(sizes: Sequence[int], max_batch_size: int) -> int:
+    """How many queued requests (oldest first) form the next batch.
+
+    Requests are never split between batches, except that the oldest is always taken even
+    when it alone exceeds the batch size (the engine then runs it in chunks).
+    """
+    if not sizes:
+        return 0
+    total, count = sizes[0], 1
+    for size in sizes[1:]:
+        if total + size > max_batch_size:
+            break
+        total += size
+        count += 1
+    return count
+
+
+@dataclass
+class _Request:
+    tiles: np.ndarray
+    future: Future
+    arrived: float = field(default_factory=time.monotonic)
+
+
+class BatchingEngine:
+    """Thread-safe front of an engine: ``run(tiles)`` blocks until its batch has run.
+
+    ``observe`` is called with each batch's tile count (for metrics).
+    """
+
+    def __init__(
+        self,
+        run: Callable[[np.ndarray], np.ndarray],
+        config: BatcherConfig,
+        name: str = "engine",
+        observe: Callable[[int], None] | None = None,
+        upstream: Callable[[], int] | None = None,
+    ) -> None:
+        self._run = run
+        # ``upstream()``: requests in the host that may still submit tiles (decoding, say).
+        # When none can, waiting out the queue delay only adds latency, so the batch runs.
+        self._upstream = upstream
+        self.config = config
+        self.name = name
+        self.device = "cpu"
+        self._observe = observe or (lambda n: None)
+        self._queue: collections.deque[_Request] = collections.deque()
+        self._queued_tiles = 0
+        self._running = 0  # requests in the batch the engine is running
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def queued_tiles(self) -> int:
+        return self._queued_tiles
+
+    def submit(self, tiles: np.ndarray) -> Future:
+        fut: Future = Future()
+        n = len(tiles)
+        if n == 0:
+            fut.set_result(np.zeros(0, np.float32))
+            return fut
+        with self._cond:
+            if self._closed:
+                raise QueueFull("server is shutting down")
+            # A request larger than the whole bound is still served when nothing waits.
+            if self._queued_tiles and self._queued_tiles + n > self.config.max_queue_tiles:
+                raise QueueFull(f"queue full ({self._queued_tiles} tiles waiting)")
+            self._queue.append(_Request(tiles, fut))
+            self._queued_tiles += n
+            self._cond.notify()
+        return fut
+
+    def run(self, tiles: np.ndarray) -> np.ndarray:
+        """Engine interface: block until this request's logits are ready."""
+        return self.submit(tiles).result()
+
+    def close(self, drain: bool = True, timeout: float = 30.0) -> None:
+        """Stop accepting work; by default finish what is queued first."""
+        with self._cond:
+            self._closed = True
+            if not drain:
+                while self._queue:
+                    req = self._queue.popleft()
+                    req.future.set_exception(QueueFull("server stopped"))
+                self._queued_tiles = 0
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    # --- the engine thread ----------------------------------------------------------------
+
+    def _next_batch(self) -> list[_Request] | None:
+        delay = self.config.max_queue_delay_us / 1e6
+        with self._cond:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            deadline = self._queue[0].arrived + delay
+            while True:
+                sizes = [len(r.tiles) for r in self._queue]
+                count = take_batch(sizes, self.config.max_batch_size)
+                full = count < len(sizes) or sum(sizes[:count]) >= self.config.max_batch_size
+                remaining = deadline - time.monotonic()
+                nobody_else = (
+                    self._upstream is not None
+                    and self._upstream() <= len(self._queue) + self._running
+                )
+                if full or remaining <= 0 or self._closed or nobody_else:
+                    break
+                self._cond.wait(min(remaining, 0.0005) if self._upstream is not None else remaining)
+            batch = [self._queue.popleft() for _ in range(count)]
+            self._queued_tiles -= sum(len(r.tiles) for r in batch)
+            self._running = len(batch)
+            return batch
+
+    def _loop(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            tiles = np.concatenate([r.tiles for r in batch]) if len(batch) > 1 else batch[0].tiles
+            try:
+                step = self.config.max_batch_size
+                logits = np.concatenate(
+                    [self._run(tiles[i : i + step]) for i in range(0, len(tiles), step)]
+                )
+                self._observe(len(tiles))
+            except Exception as exc:  # the engine failed: every request of the batch learns why
+                for r in batch:
+                    r.future.set_exception(exc)
+                with self._cond:
+                    self._running = 0
+                continue
+            start = 0
+            for r in batch:
+                r.future.set_result(logits[start : start + len(r.tiles)])
+                start += len(r.tiles)
+            with self._cond:
+                self._running = 0

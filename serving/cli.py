@@ -1,0 +1,107 @@
+"""``synthdetect serve``: the scoring server (registered through the entry point)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register", "serve"]
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve the model over HTTP (KServe v2 / Triton protocol and /v1/score)",
+        description="Serve the detector. Binds to 127.0.0.1 unless --host says otherwise. "
+        "API keys: --api-key-file (one key per line) or SYNTHDETECT_API_KEYS (comma-separated).",
+    )
+    p.add_argument("--model", type=Path, help="ONNX model folder or checkpoint (default: bundled)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "tensorrt"])
+    p.add_argument("--max-batch-size", type=int, default=32, help="tiles per engine call")
+    p.add_argument("--max-queue-delay-us", type=int, default=2000)
+    p.add_argument("--max-queue-tiles", type=int, default=4096, help="queued tiles before 503")
+    p.add_argument("--workers", type=int, default=32, help="decode/score threads")
+    p.add_argument("--max-inflight", type=int, default=256, help="concurrent requests before 503")
+    p.add_argument("--max-body-mb", type=float, default=64)
+    p.add_argument("--api-key-file", type=Path)
+    p.add_argument("--rate-limit", type=float, help="requests per second per API key")
+    p.add_argument(
+        "--cors-origin", action="append", default=[], help="allow this origin (repeatable)"
+    )
+    p.add_argument("--no-access-log", action="store_true")
+    p.add_argument(
+        "--no-ort-spinning",
+        action="store_true",
+        help="stop ONNX Runtime threads busy-waiting (frees CPU for other work; adds latency)",
+    )
+    p.set_defaults(func=serve)
+
+
+def _api_keys(args: argparse.Namespace) -> tuple[str, ...]:
+    keys: list[str] = []
+    if args.api_key_file:
+        keys += [k.strip() for k in args.api_key_file.read_text().splitlines() if k.strip()]
+    keys += [k.strip() for k in os.environ.get("SYNTHDETECT_API_KEYS", "").split(",") if k.strip()]
+    return tuple(keys)
+
+
+def serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from serving.app import HttpConfig, make_app
+    from serving.batcher import BatcherConfig
+    from serving.service import Service, ServiceConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        batcher = BatcherConfig(args.max_batch_size, args.max_queue_delay_us, args.max_queue_tiles)
+        service = Service(
+            ServiceConfig(
+                model=args.model,
+                device="cuda" if args.device == "tensorrt" else args.device,
+                batcher=batcher,
+                workers=args.workers,
+                max_inflight=args.max_inflight,
+                spinning=not args.no_ort_spinning,
+            )
+        )
+        http = HttpConfig(
+            max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+            api_keys=_api_keys(args),
+            rate_limit=args.rate_limit,
+            cors_origins=tuple(args.cors_origin),
+            access_log=not args.no_access_log,
+        )
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        print(f"synthdetect: {exc}", file=sys.stderr)
+        return 2
+    app = make_app(service, http)
+
+    async def drain(app: web.Application) -> None:
+        service.close()
+
+    app.on_cleanup.append(drain)
+    url = f"http://{args.host}:{args.port}"
+    auth = ' -H "Authorization: Bearer $KEY"' if http.api_keys else ""
+    print(
+        f"synthdetect serving {service.bundle.name} ({service.engine_name}) on {url}",
+        file=sys.stderr,
+    )
+    print(
+        f"try: curl -s{auth} --data-binary @detector/assets/samples/no-metadata.jpg {url}/v1/score",
+        file=sys.stderr,
+    )
+    try:
+        web.run_app(
+            app, host=args.host, port=args.port, print=None, shutdown_timeout=30, access_log=None
+        )
+    except OSError as exc:
+        print(f"synthdetect: cannot listen on {url}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,224 @@
+"""KServe v2 / Open Inference Protocol as Triton speaks it, including the binary extension.
+
+Requests: a JSON header ``{id?, parameters?, inputs: [{name, shape, datatype, parameters?,
+data?}], outputs?: [{name, parameters?}]}``, optionally followed by raw tensors (the
+``Inference-Header-Content-Length`` header gives the JSON's length; each binary input names
+its size in ``parameters.binary_data_size``). BYTES elements are a 4-byte little-endian length
+and the bytes. Responses mirror this; outputs asked with ``binary_data: true`` (or all, with
+``binary_data_output``) are sent raw after the JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "DTYPES",
+    "InferRequest",
+    "ProtocolError",
+    "decode_bytes_tensor",
+    "encode_bytes_tensor",
+    "encode_response",
+    "parse_request",
+]
+
+HEADER = "Inference-Header-Content-Length"
+DTYPES: dict[str, np.dtype | None] = {
+    "BOOL": np.dtype(bool),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BYTES": None,
+}
+_MAX_ELEMENTS = 1 << 28
+
+
+class ProtocolError(ValueError):
+    """A malformed request; the message is returned to the client in ``{"error": ...}``."""
+
+
+@dataclass
+class InferRequest:
+    id: str | None
+    inputs: dict[str, np.ndarray | list[bytes]]
+    datatypes: dict[str, str]
+    shapes: dict[str, list[int]]
+    outputs: list[str] | None = None  # None: all outputs
+    binary_outputs: set[str] = field(default_factory=set)
+    binary_all: bool = False
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def encode_bytes_tensor(items: list[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(b)) + b for b in items)
+
+
+def decode_bytes_tensor(raw: bytes, count: int) -> list[bytes]:
+    items, pos = [], 0
+    for _ in range(count):
+        if pos + 4 > len(raw):
+            raise ProtocolError("BYTES tensor is truncated (missing a length prefix)")
+        (n,) = struct.unpack_from("<I", raw, pos)
+        pos += 4
+        if pos + n > len(raw):
+            raise ProtocolError("BYTES tensor is truncated (an element is shorter than its length)")
+        items.append(raw[pos : pos + n])
+        pos += n
+    if pos != len(raw):
+        raise ProtocolError(f"BYTES tensor has {len(raw) - pos} trailing bytes")
+    return items
+
+
+def _count(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _shape(value: Any, name: str) -> list[int]:
+    if not isinstance(value, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
+    ):
+        raise ProtocolError(f"input {name!r}: shape must be a list of non-negative integers")
+    if _count(value) > _MAX_ELEMENTS:
+        raise ProtocolError(f"input {name!r}: too many elements")
+    return value
+
+
+def _flatten(data: Any) -> list:
+    if isinstance(data, list):
+        out: list = []
+        for item in data:
+            out.extend(_flatten(item) if isinstance(item, list) else [item])
+        return out
+    return [data]
+
+
+def parse_request(body: bytes, header_length: int | None) -> InferRequest:
+    if header_length is not None:
+        if header_length < 0 or header_length > len(body):
+            raise ProtocolError(f"{HEADER} {header_length} does not fit a {len(body)}-byte body")
+        head, binary = body[:header_length], body[header_length:]
+    else:
+        head, binary = body, b""
+    try:
+        req = json.loads(head)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"request header is not valid JSON ({exc})") from None
+    if not isinstance(req, dict) or not isinstance(req.get("inputs"), list) or not req["inputs"]:
+        raise ProtocolError("request needs a non-empty 'inputs' list")
+    inputs, dtypes, shapes, pos = {}, {}, {}, 0
+    for spec in req["inputs"]:
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise ProtocolError("every input needs a 'name'")
+        name = spec["name"]
+        dtype = spec.get("datatype")
+        if dtype not in DTYPES:
+            raise ProtocolError(f"input {name!r}: unknown datatype {dtype!r}")
+        shape = _shape(spec.get("shape"), name)
+        count = _count(shape)
+        size = (spec.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or pos + size > len(binary):
+                raise ProtocolError(f"input {name!r}: binary_data_size {size} exceeds the body")
+            raw = binary[pos : pos + size]
+            pos += size
+            if dtype == "BYTES":
+                value: Any = decode_bytes_tensor(raw, count)
+            else:
+                expected = count * DTYPES[dtype].itemsize  # type: ignore[union-attr]
+                if size != expected:
+                    raise ProtocolError(
+                        f"input {name!r}: {size} bytes for shape {shape} {dtype} (expected {expected})"
+                    )
+                value = np.frombuffer(raw, dtype=DTYPES[dtype]).reshape(shape)
+        else:
+            if "data" not in spec:
+                raise ProtocolError(f"input {name!r} has neither data nor binary_data_size")
+            flat = _flatten(spec["data"])
+            if len(flat) != count:
+                raise ProtocolError(f"input {name!r}: {len(flat)} values for shape {shape}")
+            if dtype == "BYTES":
+                value = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in flat]
+            else:
+                try:
+                    value = np.asarray(flat, dtype=DTYPES[dtype]).reshape(shape)
+                except (TypeError, ValueError) as exc:
+                    raise ProtocolError(
+                        f"input {name!r}: data does not match {dtype} ({exc})"
+                    ) from None
+        if name in inputs:
+            raise ProtocolError(f"input {name!r} given twice")
+        inputs[name], dtypes[name], shapes[name] = value, dtype, shape
+    if pos != len(binary):
+        raise ProtocolError(f"{len(binary) - pos} bytes after the declared binary inputs")
+    params = req.get("parameters") or {}
+    outputs, binary_outputs = None, set()
+    if isinstance(req.get("outputs"), list):
+        outputs = []
+        for out in req["outputs"]:
+            if not isinstance(out, dict) or not isinstance(out.get("name"), str):
+                raise ProtocolError("every requested output needs a 'name'")
+            outputs.append(out["name"])
+            if (out.get("parameters") or {}).get("binary_data"):
+                binary_outputs.add(out["name"])
+    return InferRequest(
+        id=str(req["id"]) if req.get("id") is not None else None,
+        inputs=inputs,
+        datatypes=dtypes,
+        shapes=shapes,
+        outputs=outputs,
+        binary_outputs=binary_outputs,
+        binary_all=bool(params.get("binary_data_output")),
+        parameters=params,
+    )
+
+
+def encode_response(
+    model: str,
+    version: str,
+    request_id: str | None,
+    outputs: list[tuple[str, str, np.ndarray | list[bytes], list[int]]],
+    binary: set[str],
+) -> tuple[bytes, dict[str, str]]:
+    """outputs: (name, datatype, value, shape). Returns (body, extra headers)."""
+    header: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": []}
+    if request_id is not None:
+        header["id"] = request_id
+    blobs = []
+    for name, dtype, value, shape in outputs:
+        entry: dict[str, Any] = {"name": name, "datatype": dtype, "shape": shape}
+        if name in binary:
+            raw = (
+                encode_bytes_tensor(value)
+                if dtype == "BYTES"
+                else np.ascontiguousarray(value, DTYPES[dtype]).tobytes()
+            )  # type: ignore[arg-type]
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        elif dtype == "BYTES":
+            entry["data"] = [b.decode("utf-8", errors="replace") for b in value]  # type: ignore[union-attr]
+        else:
+            entry["data"] = np.asarray(value).ravel().tolist()
+        header["outputs"].append(entry)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    if not blobs:
+        return head, {"Content-Type": "application/json"}
+    return head + b"".join(blobs), {
+        "Content-Type": "application/octet-stream",
+        HEADER: str(len(head)),
+    }

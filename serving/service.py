@@ -1,0 +1,162 @@
+"""The scoring service behind the HTTP server: models, batcher, worker pool, metrics.
+
+No HTTP here: handlers in ``serving.app`` translate requests into calls on a ``Service`` and
+its results back into responses. The model method's engine is replaced by the dynamic batcher,
+so a request's tiles are batched with other requests' tiles on their way to the engine, for
+``/v1/score``, for the BYTES model and for the tensor model alike.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from detector.bundled import DEFAULT_MODEL
+from detector.engine import ModelBundle, load_bundle
+from detector.fusion import Verdict
+from detector.image import DecodeLimits, ImageError
+from detector.methods import method_names
+from detector.pipeline import Detector
+from serving.batcher import BatcherConfig, BatchingEngine
+
+__all__ = ["Service", "ServiceConfig"]
+
+BYTES_MODEL = "synthdetect"
+TENSOR_MODEL = "synthdetect_tiles"
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    model: Path | None = None  # default: the bundled model
+    device: str = "cpu"
+    batcher: BatcherConfig = field(default_factory=BatcherConfig)
+    workers: int = 32  # threads that decode, run the per-image methods and wait for batches
+    max_inflight: int = 256  # requests being served at once; more get 503
+    limits: DecodeLimits = field(default_factory=DecodeLimits)
+    methods: tuple[str, ...] | None = None  # default for /v1/score: every available method
+    spinning: bool = True  # ONNX Runtime's busy-waiting threads: lower latency (measured)
+
+    def __post_init__(self) -> None:
+        if self.workers < 1 or self.max_inflight < 1:
+            raise ValueError("workers and max_inflight must be >= 1")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "synthdetect_requests", "HTTP requests", ["endpoint", "code"], registry=self.registry
+        )
+        self.errors = Counter(
+            "synthdetect_errors", "Failed requests by reason", ["reason"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "synthdetect_request_seconds",
+            "Request latency",
+            ["endpoint"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.batch = Histogram(
+            "synthdetect_batch_tiles",
+            "Tiles per engine call",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=self.registry,
+        )
+        self.queue = Gauge(
+            "synthdetect_queue_tiles", "Tiles waiting for the engine", registry=self.registry
+        )
+        self.inflight = Gauge(
+            "synthdetect_inflight_requests", "Requests being served", registry=self.registry
+        )
+
+
+@dataclass
+class ModelStats:
+    """Triton-style per-model statistics (counts and nanoseconds)."""
+
+    success: int = 0
+    success_ns: int = 0
+    fail: int = 0
+    fail_ns: int = 0
+    inferences: int = 0  # items (images or tiles)
+    executions: int = 0
+    last: int = 0
+
+
+class Service:
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        path = Path(config.model) if config.model else DEFAULT_MODEL
+        bundle = load_bundle(path, device=config.device, spinning=config.spinning)
+        self.active = 0  # scoring tasks in flight (kept by the HTTP layer)
+        self.batcher = BatchingEngine(
+            bundle.engine.run,
+            config.batcher,
+            bundle.engine.name,
+            self.metrics.batch.observe,
+            lambda: self.active,
+        )
+        self.batcher.device = bundle.engine.device
+        self.bundle: ModelBundle = replace(bundle, engine=self.batcher)
+        self.engine_name = bundle.engine.name
+        self.pool = ThreadPoolExecutor(config.workers, thread_name_prefix="score")
+        names = (
+            list(config.methods)
+            if config.methods
+            else sorted(set(method_names(available_only=True)) | {"model"})
+        )
+        self.default_methods = names
+        self._detectors: dict[tuple[tuple[str, ...], bool], Detector] = {}
+        self.detector = self.make_detector(names)
+        self.stats = {BYTES_MODEL: ModelStats(), TENSOR_MODEL: ModelStats()}
+        self.ready = True
+
+    def make_detector(self, names: list[str], include_prompt: bool = False) -> Detector:
+        """A detector over these methods, sharing the batched model (cached per method set)."""
+        key = (tuple(names), include_prompt)
+        if key not in self._detectors:
+            if len(self._detectors) > 64:  # bounded: method sets come from query strings
+                self._detectors.clear()
+            self._detectors[key] = Detector(
+                names, limits=self.config.limits, include_prompt=include_prompt, bundle=self.bundle
+            )
+        return self._detectors[key]
+
+    @property
+    def input_size(self) -> int:
+        return self.bundle.preprocess.input_size
+
+    def score_blobs(
+        self, blobs: list[bytes], detector: Detector | None = None
+    ) -> list[Verdict | ImageError]:
+        """Decode and score (called from a worker thread; blocks on the batcher)."""
+        return (detector or self.detector).score_bytes(blobs)
+
+    def infer_tiles(self, tiles: np.ndarray) -> np.ndarray:
+        return self.batcher.run(tiles)
+
+    def record(self, model: str, ok: bool, started: float, items: int) -> None:
+        st = self.stats[model]
+        ns = int((time.perf_counter() - started) * 1e9)
+        if ok:
+            st.success += 1
+            st.success_ns += ns
+            st.inferences += items
+            st.executions += 1
+        else:
+            st.fail += 1
+            st.fail_ns += ns
+        st.last = int(time.time() * 1000)
+
+    def close(self) -> None:
+        """Drain: finish queued batches, then stop the worker threads."""
+        self.ready = False
+        self.pool.shutdown(wait=True)
+        self.batcher.close(drain=True)

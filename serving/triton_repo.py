@@ -1,0 +1,58 @@
+"""A Triton Inference Server model repository for users who outgrow one machine.
+
+    <repo>/<name>/config.pbtxt
+    <repo>/<name>/1/model.onnx
+
+The model is the tensor model the synthdetect server also serves (``synthdetect_tiles``):
+FP32 tiles in, logits out, with Triton's dynamic batcher and the ONNX Runtime backend,
+optionally with the TensorRT accelerator. Pre- and post-processing (tiling, calibration)
+stay with the client: ``detector.preprocess`` and the sidecar's calibration.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from detector.engine import ONNX_FILE, SIDECAR
+
+__all__ = ["write_triton_repo"]
+
+
+def write_triton_repo(
+    model_dir: Path,
+    repo: Path,
+    *,
+    name: str = "synthdetect_tiles",
+    max_batch_size: int = 64,
+    max_queue_delay_us: int = 2000,
+    gpu: bool = True,
+    instances: int = 1,
+    tensorrt: bool = False,
+) -> Path:
+    meta = json.loads((model_dir / SIDECAR).read_text())
+    (dims,) = [i["shape"][1:] for i in meta["inputs"]]
+    target = repo / name
+    (target / "1").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(model_dir / ONNX_FILE, target / "1" / ONNX_FILE)
+    shutil.copy2(model_dir / SIDECAR, target / SIDECAR)  # preprocessing + calibration for clients
+    accel = ""
+    if tensorrt:
+        accel = """optimization { execution_accelerators { gpu_execution_accelerator: [ {
+  name: "tensorrt"
+  parameters { key: "precision_mode" value: "FP16" }
+  parameters { key: "max_workspace_size_bytes" value: "1073741824" }
+  parameters { key: "trt_engine_cache_enable" value: "1" }
+} ] } }
+"""
+    config = f"""name: "{name}"
+backend: "onnxruntime"
+max_batch_size: {max_batch_size}
+input [ {{ name: "images" data_type: TYPE_FP32 dims: {json.dumps(dims)} }} ]
+output [ {{ name: "logits" data_type: TYPE_FP32 dims: [ 1 ] }} ]
+dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}
+instance_group [ {{ count: {instances} kind: {"KIND_GPU" if gpu else "KIND_CPU"} }} ]
+{accel}"""
+    (target / "config.pbtxt").write_text(config)
+    return target

@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from serving.batcher import BatcherConfig, BatchingEngine, QueueFull, take_batch
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    "sizes,limit,expected",
+    [
+        ([], 8, 0),
+        ([3], 8, 1),
+        ([3, 4, 2], 8, 2),
+        ([3, 5], 8, 2),
+        ([9, 1], 8, 1),
+        ([1] * 20, 8, 8),
+        ([8, 1], 8, 1),
+    ],
+)
+def test_take_batch(sizes, limit, expected):
+    assert take_batch(sizes, limit) == expected
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_batch_size": 0},
+        {"max_queue_delay_us": -1},
+        {"max_batch_size": 8, "max_queue_tiles": 4},
+    ],
+)
+def test_bad_settings_fail_at_construction(kwargs):
+    with pytest.raises(ValueError):
+        BatcherConfig(**kwargs)
+
+
+class _Recorder:
+    def __init__(self, delay: float = 0.0) -> None:
+        self.calls: list[int] = []
+        self.delay = delay
+
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        self.calls.append(len(tiles))
+        time.sleep(self.delay)
+        return tiles.reshape(len(tiles), -1).sum(axis=1).astype(np.float32)
+
+
+def test_concurrent_requests_are_batched_and_routed_back():
+    rec = _Recorder(delay=0.01)
+    engine = BatchingEngine(rec, BatcherConfig(max_batch_size=16, max_queue_delay_us=20_000))
+    inputs = [np.full((1 + i % 3, 2), float(i), np.float32) for i in range(30)]
+    outputs: dict[int, np.ndarray] = {}
+
+    def client(i: int) -> None:
+        outputs[i] = engine.run(inputs[i])
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    engine.close()
+    for i, x in enumerate(inputs):
+        np.testing.assert_array_equal(outputs[i], x.sum(axis=1))
+    assert max(rec.calls) > 3, "requests were batched together"
+    assert max(rec.calls) <= 16
+
+
+def test_oversized_request_runs_in_chunks():
+    rec = _Recorder()
+    engine = BatchingEngine(
+        rec, BatcherConfig(max_batch_size=4, max_queue_delay_us=0, max_queue_tiles=64)
+    )
+    out = engine.run(np.ones((10, 3), np.float32))
+    engine.close()
+    assert out.tolist() == [3.0] * 10 and rec.calls == [4, 4, 2]
+
+
+def test_full_queue_refuses_at_once():
+    gate = threading.Event()
+
+    def slow(tiles):
+        gate.wait(5)
+        return np.zeros(len(tiles), np.float32)
+
+    engine = BatchingEngine(
+        slow, BatcherConfig(max_batch_size=2, max_queue_delay_us=0, max_queue_tiles=4)
+    )
+    first = engine.submit(np.zeros((2, 1), np.float32))  # taken by the engine thread, blocked
+    time.sleep(0.05)
+    engine.submit(np.zeros((4, 1), np.float32))  # fills the queue
+    start = time.perf_counter()
+    with pytest.raises(QueueFull):
+        engine.submit(np.zeros((1, 1), np.float32))
+    assert time.perf_counter() - start < 0.05
+    gate.set()
+    assert first.result(5).shape == (2,)
+    engine.close()
+
+
+def test_engine_errors_reach_every_request_of_the_batch():
+    def broken(tiles):
+        raise RuntimeError("engine exploded")
+
+    engine = BatchingEngine(broken, BatcherConfig(max_batch_size=8, max_queue_delay_us=0))
+    with pytest.raises(RuntimeError, match="exploded"):
+        engine.run(np.zeros((2, 1), np.float32))
+    engine.close()
+
+
+def test_close_drains_queued_work():
+    rec = _Recorder(delay=0.02)
+    engine = BatchingEngine(rec, BatcherConfig(max_batch_size=1, max_queue_delay_us=0))
+    futures = [engine.submit(np.ones((1, 1), np.float32)) for _ in range(5)]
+    engine.close(drain=True)
+    assert all(f.result(1).tolist() == [1.0] for f in futures)
+    with pytest.raises(QueueFull):
+        engine.submit(np.ones((1, 1), np.float32))

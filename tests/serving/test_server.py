@@ -1,0 +1,286 @@
+"""The server against real clients: tritonclient, raw HTTP, concurrency, bad input, overload."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import struct
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+
+from serving.app import HttpConfig
+from serving.batcher import BatcherConfig
+from tests.imagefiles import bomb_png
+from training import provenance as P
+
+pytestmark = pytest.mark.integration
+
+
+def request(
+    url: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict | None = None,
+    method: str | None = None,
+):
+    req = urllib.request.Request(
+        f"http://{url}{path}", data=body, headers=headers or {}, method=method
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def jpeg(seed: int, size: int = 96) -> bytes:
+    return P.encode(P.synthetic_scene(seed, size, size + 16), "JPEG")
+
+
+# --- Triton protocol through tritonclient -------------------------------------------------------
+
+
+def test_health_and_metadata(server):
+    client = httpclient.InferenceServerClient(server.url)
+    assert client.is_server_live() and client.is_server_ready()
+    meta = client.get_server_metadata()
+    assert meta["name"] == "synthdetect" and "binary_tensor_data" in meta["extensions"]
+    for model in ("synthdetect", "synthdetect_tiles"):
+        assert client.is_model_ready(model)
+        md = client.get_model_metadata(model)
+        assert md["name"] == model and md["versions"] == ["1"]
+    cfg = client.get_model_config("synthdetect_tiles")
+    assert cfg["max_batch_size"] == 16 and cfg["input"][0]["dims"] == [3, 64, 64]
+    assert "dynamic_batching" in cfg
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_tensor_model_matches_the_engine(server, binary):
+    client = httpclient.InferenceServerClient(server.url)
+    tiles = np.random.default_rng(3).normal(size=(5, 3, 64, 64)).astype(np.float32)
+    inp = httpclient.InferInput("images", list(tiles.shape), "FP32")
+    inp.set_data_from_numpy(tiles, binary_data=binary)
+    out = httpclient.InferRequestedOutput("logits", binary_data=binary)
+    result = client.infer("synthdetect_tiles", [inp], outputs=[out])
+    logits = result.as_numpy("logits")
+    assert logits.shape == (5, 1)
+    expected = server.service.bundle.engine._run(tiles)  # the engine behind the batcher
+    np.testing.assert_allclose(logits.ravel(), expected, atol=1e-5)
+
+
+def test_bytes_model_scores_encoded_images(server):
+    client = httpclient.InferenceServerClient(server.url)
+    images = [
+        jpeg(1),
+        P.encode(
+            P.synthetic_scene(2, 80, 80), "PNG", png_text={"parameters": P.a1111_parameters()}
+        ),
+    ]
+    data = np.array([[b] for b in images], dtype=np.object_)
+    inp = httpclient.InferInput("image", [2, 1], "BYTES")
+    inp.set_data_from_numpy(data, binary_data=True)
+    result = client.infer("synthdetect", [inp])
+    probs = result.as_numpy("probability").ravel()
+    labels = [x.decode() for x in result.as_numpy("label").ravel()]
+    assert probs.shape == (2,) and labels[1] == "generated" and probs[1] == pytest.approx(0.99)
+    _, _, body = request(server.url, "/v1/score", images[0])
+    assert json.loads(body)["verdict"]["probability"] == pytest.approx(float(probs[0]), abs=1e-6)
+
+
+def test_model_config_parses_as_triton_protobuf(server):
+    from google.protobuf import json_format
+    from tritonclient.grpc import model_config_pb2
+
+    _, _, body = request(server.url, "/v2/models/synthdetect_tiles/config")
+    config = json_format.Parse(body, model_config_pb2.ModelConfig())
+    assert config.max_batch_size == 16 and config.input[0].data_type == model_config_pb2.TYPE_FP32
+
+
+# --- /v1/score ------------------------------------------------------------------------------
+
+
+def test_score_single_and_multipart(server):
+    status, _, body = request(server.url, "/v1/score", jpeg(4), {"Content-Type": "image/jpeg"})
+    verdict = json.loads(body)["verdict"]
+    assert status == 200 and verdict["methods"]["model"]["probability"] is not None
+    boundary = "XyZ"
+    parts = []
+    for name, data in (("a.jpg", jpeg(5)), ("b.txt", b"not an image")):
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n".encode()
+            + data
+            + b"\r\n"
+        )
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    status, _, out = request(
+        server.url, "/v1/score", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+    results = json.loads(out)["results"]
+    assert status == 200 and [r["filename"] for r in results] == ["a.jpg", "b.txt"]
+    assert "verdict" in results[0] and "not a recognized image" in results[1]["error"]
+
+
+def test_score_method_selection_and_prompt(server):
+    png = P.encode(
+        P.synthetic_scene(6, 64, 64),
+        "PNG",
+        png_text={"parameters": P.a1111_parameters(prompt="blue fox")},
+    )
+    _, _, body = request(server.url, "/v1/score?methods=generator_params&include_prompt=true", png)
+    verdict = json.loads(body)["verdict"]
+    assert list(verdict["methods"]) == ["generator_params"]
+    assert verdict["methods"]["generator_params"]["details"]["prompt"] == "blue fox"
+    status, _, body = request(server.url, "/v1/score?methods=nope", png)
+    assert status == 400 and "unknown method" in json.loads(body)["error"]
+
+
+def test_200_concurrent_requests_each_get_their_own_score(server):
+    images = [jpeg(100 + i, 64 + 8 * (i % 5)) for i in range(40)]
+    alone = [
+        json.loads(request(server.url, "/v1/score", img)[2])["verdict"]["probability"]
+        for img in images
+    ]
+    with concurrent.futures.ThreadPoolExecutor(64) as pool:
+        jobs = [pool.submit(request, server.url, "/v1/score", images[i % 40]) for i in range(200)]
+        results = [(i, j.result()) for i, j in enumerate(jobs)]
+    for i, (status, _, body) in results:
+        assert status == 200
+        assert json.loads(body)["verdict"]["probability"] == pytest.approx(alone[i % 40], abs=1e-5)
+    _, _, metrics = request(server.url, "/metrics")
+    text = metrics.decode()
+    assert "synthdetect_batch_tiles_bucket" in text and "synthdetect_request_seconds_bucket" in text
+    batches = [
+        line for line in text.splitlines() if line.startswith("synthdetect_batch_tiles_count")
+    ]
+    sums = [line for line in text.splitlines() if line.startswith("synthdetect_batch_tiles_sum")]
+    assert float(sums[0].split()[-1]) / float(batches[0].split()[-1]) > 1.5, "tiles were batched"
+
+
+# --- bad input: 4xx JSON with a reason, and the server keeps serving ------------------------------
+
+
+def _binary_infer(
+    model: str, header: dict, blob: bytes, declared: int | None = None
+) -> tuple[bytes, dict]:
+    head = json.dumps(header).encode()
+    return head + blob, {
+        "Inference-Header-Content-Length": str(len(head) if declared is None else declared)
+    }
+
+
+BAD = {
+    "garbage bytes": ("/v1/score", b"\x00\x01garbage" * 10, {}, 422, "not a recognized image"),
+    "truncated jpeg": ("/v1/score", jpeg(7)[:300], {}, 422, "truncated"),
+    "bomb": ("/v1/score", bomb_png(20_000), {}, 422, "too many pixels"),
+    "empty body": ("/v1/score", b"", {}, 400, "empty body"),
+    "not json": ("/v2/models/synthdetect_tiles/infer", b"{nope", {}, 400, "not valid JSON"),
+    "unknown model": ("/v2/models/gpt/infer", b"{}", {}, 404, "unknown model"),
+    "unknown version": ("/v2/models/synthdetect_tiles/versions/7/infer", b"{}", {}, 404, "no version"),
+    "wrong shape": ("/v2/models/synthdetect_tiles/infer",
+                    json.dumps({"inputs": [{"name": "images", "shape": [1, 3, 8, 8], "datatype": "FP32", "data": [0.0] * 192}]}).encode(),
+                    {}, 400, "must have shape"),
+    "wrong dtype": ("/v2/models/synthdetect_tiles/infer",
+                    json.dumps({"inputs": [{"name": "images", "shape": [1, 3, 64, 64], "datatype": "INT32", "data": [0] * 12288}]}).encode(),
+                    {}, 400, "must be FP32"),
+    "count mismatch": ("/v2/models/synthdetect_tiles/infer",
+                       json.dumps({"inputs": [{"name": "images", "shape": [1, 3, 64, 64], "datatype": "FP32", "data": [0.0] * 5}]}).encode(),
+                       {}, 400, "5 values"),
+    "bytes not bytes": ("/v2/models/synthdetect/infer",
+                        json.dumps({"inputs": [{"name": "image", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}).encode(),
+                        {}, 400, "must be BYTES"),
+    "bad image in bytes": ("/v2/models/synthdetect/infer",
+                           *_binary_infer("synthdetect", {"inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES", "parameters": {"binary_data_size": 12}}]},
+                                          struct.pack("<I", 8) + b"notimage"), 422, "image 0"),
+    "bad header length": ("/v2/models/synthdetect_tiles/infer", *_binary_infer("t", {"inputs": []}, b"", declared=9999), 400, "does not fit"),
+    "binary size too big": ("/v2/models/synthdetect_tiles/infer",
+                            *_binary_infer("t", {"inputs": [{"name": "images", "shape": [1, 3, 64, 64], "datatype": "FP32", "parameters": {"binary_data_size": 49152}}]}, b"\x00" * 100),
+                            400, "exceeds the body"),
+    "unknown route": ("/v3/whatever", b"x", {}, 404, "Not Found"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_gets_4xx_json_and_the_server_keeps_serving(server, case):
+    path, body, headers, code, reason = BAD[case]
+    status, resp_headers, out = request(server.url, path, body, headers, method="POST")
+    assert status == code, out
+    assert resp_headers["Content-Type"].startswith("application/json")
+    assert reason in json.loads(out)["error"]
+    assert request(server.url, "/v1/score", jpeg(8))[0] == 200
+
+
+def _raw(server, payload: bytes, half_close: bool = True) -> bytes:
+    import socket
+
+    host, port = server.url.split(":")
+    with socket.create_connection((host, int(port)), timeout=20) as s:
+        s.sendall(payload)
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
+        chunks = []
+        s.settimeout(20)
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_body_shorter_than_its_content_length(make_server):
+    live = make_server(HttpConfig(body_timeout_s=1.0, access_log=False))
+    reply = _raw(
+        live,
+        b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\nonly-this",
+        half_close=False,
+    )
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), reply[:200]
+    assert "not received" in json.loads(body)["error"]
+    assert request(live.url, "/v1/score", jpeg(9))[0] == 200
+
+
+def test_unparseable_content_length(server):
+    # Rejected by the HTTP parser itself, before any handler: a plain 400, connection closed.
+    reply = _raw(
+        server,
+        b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\nhello",
+        half_close=False,
+    )
+    assert reply.split(b" ")[1] == b"400"
+    assert request(server.url, "/v1/score", jpeg(9))[0] == 200
+
+
+def test_huge_body_is_413(make_server):
+    live = make_server(HttpConfig(max_body_bytes=10_000, access_log=False))
+    status, _, body = request(live.url, "/v1/score", b"\xff" * 20_000)
+    assert status == 413 and "exceeds" in json.loads(body)["error"]
+
+
+def test_api_keys_and_rate_limit(make_server):
+    live = make_server(
+        HttpConfig(api_keys=("s3cret", "other"), rate_limit=2, rate_burst=2, access_log=False)
+    )
+    assert request(live.url, "/v2/health/live")[0] == 200  # probes stay open
+    status, _, body = request(live.url, "/v2")
+    assert status == 401 and json.loads(body)["error"] == "missing or invalid API key"
+    assert request(live.url, "/v2", headers={"Authorization": "Bearer s3cre"})[0] == 401
+    ok = {"Authorization": "Bearer s3cret"}
+    codes = [request(live.url, "/v2", headers=ok)[0] for _ in range(5)]
+    assert codes[:2] == [200, 200] and 429 in codes
+    assert request(live.url, "/v2", headers={"X-API-Key": "other"})[0] == 200  # its own bucket
+
+
+def test_overload_answers_503_fast_and_recovers(make_server):
+    live = make_server(
+        batcher=BatcherConfig(max_batch_size=1, max_queue_delay_us=0, max_queue_tiles=2), workers=64
+    )
+    images = [jpeg(200 + i, 48) for i in range(8)]  # one tile each
+    with concurrent.futures.ThreadPoolExecutor(64) as pool:
+        results = list(pool.map(lambda i: request(live.url, "/v1/score", images[i % 8]), range(96)))
+    codes = [r[0] for r in results]
+    assert 503 in codes and 200 in codes
+    assert all("overloaded" in json.loads(r[2])["error"] for r in results if r[0] == 503)
+    assert request(live.url, "/v1/score", images[0])[0] == 200
