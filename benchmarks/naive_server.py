@@ -40,7 +40,11 @@ def make_handler(bundle):
             self.wfile.write(body)
 
         def do_GET(self) -> None:
-            self._send(200 if self.path.startswith("/v2/health") else 404, b"", {})
+            ready = (
+                self.path.startswith("/v2/health")
+                or self.path == "/v2/models/synthdetect_tiles/ready"
+            )
+            self._send(200 if ready else 404, b"", {})
 
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))

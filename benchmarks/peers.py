@@ -12,34 +12,14 @@ import json
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 from benchmarks.env import environment
 from benchmarks.loadgen import run_load, score_payload, tiles_payload
-from benchmarks.serving import benchmark_images, start_server
+from benchmarks.serving import benchmark_images, spawn_ready, start_server
 from detector.engine import load_bundle
 
 __all__ = ["peers_benchmark"]
-
-
-def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:
-    """Wait for the *model* to be ready: a Triton server reports itself ready before it has
-    loaded its models."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"peer exited: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
-        try:
-            if (
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status
-                == 200
-            ):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"peer on port {port} not ready in {timeout} s")
 
 
 def _sweep(url: str, payload, concurrency: tuple[int, ...], seconds: float) -> list[dict]:
@@ -66,10 +46,8 @@ def peers_benchmark(
                                   "score": _sweep("http://127.0.0.1:8765", scores, concurrency, seconds)}  # fmt: skip
         procs["synthdetect"].terminate()
         procs["synthdetect"].wait(60)
-        naive = subprocess.Popen([sys.executable, "-m", "benchmarks.naive_server", "--model", str(model), "--port", "8766"],
-                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
+        naive = spawn_ready([sys.executable, "-m", "benchmarks.naive_server", "--model", str(model), "--port", "8766"], 8766)  # fmt: skip
         procs["naive"] = naive
-        _wait_ready(8766, naive)
         servers["naive"] = {"tiles": _sweep("http://127.0.0.1:8766", tiles, concurrency, seconds),
                             "score": _sweep("http://127.0.0.1:8766", scores, concurrency, seconds)}  # fmt: skip
         naive.terminate()
@@ -77,10 +55,8 @@ def peers_benchmark(
         if pytriton_python and Path(pytriton_python).exists():
             script = Path(__file__).with_name("pytriton_server.py")
             env = {**os.environ, "LD_LIBRARY_PATH": _libdir(pytriton_python)}
-            pt = subprocess.Popen([str(pytriton_python), str(script), "--model", str(model), "--port", "8767"],
-                                  stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)  # fmt: skip
+            pt = spawn_ready([str(pytriton_python), str(script), "--model", str(model), "--port", "8767"], 8767, env=env)  # fmt: skip
             procs["pytriton"] = pt
-            _wait_ready(8767, pt)
             servers["pytriton"] = {
                 "tiles": _sweep("http://127.0.0.1:8767", tiles, concurrency, seconds)
             }

@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -103,34 +104,42 @@ def single_image_p50(model_dir: Path, images: list[bytes], repeats: int = 3) -> 
     return float(np.percentile(np.array(lat) * 1000, 50))
 
 
-def start_server(model_dir: Path, port: int, extra: list[str] | None = None) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-m",
-        "detector.cli",
-        "serve",
-        "--model",
-        str(model_dir),
-        "--port",
-        str(port),
-        "--no-access-log",
-        *(extra or []),
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read()[-2000:]}")
-        try:
-            if (
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status
-                == 200
-            ):
-                return proc
-        except OSError:
-            time.sleep(0.3)
+def spawn_ready(
+    cmd: list[str],
+    port: int,
+    *,
+    model: str = "synthdetect_tiles",
+    timeout: float = 180,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen:
+    """Start a server process and wait until ``model`` answers ready on ``port``.
+
+    Polls the *model's* ready endpoint: a Triton server answers ``/v2/health/ready`` before
+    its models are loaded, and requests sent then fail with 404. The server's stderr goes to
+    a temporary file (a pipe nobody reads would fill and stall it) and is quoted if it exits.
+    """
+    url = f"http://127.0.0.1:{port}/v2/models/{model}/ready"
+    # The child keeps its own descriptor of the (already unlinked) file after ours closes.
+    with tempfile.TemporaryFile(mode="w+") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(f"{cmd[0]} exited ({proc.returncode}): {log.read()[-2000:]}")
+            try:
+                if urllib.request.urlopen(url, timeout=1).status == 200:
+                    return proc
+            except OSError:
+                time.sleep(0.3)
     proc.kill()
-    raise RuntimeError("server did not become ready in 120 s")
+    raise RuntimeError(f"{' '.join(cmd[:4])} did not become ready in {timeout:.0f} s")
+
+
+def start_server(model_dir: Path, port: int, extra: list[str] | None = None) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "detector.cli", "serve", "--model", str(model_dir),
+           "--port", str(port), "--no-access-log", *(extra or [])]  # fmt: skip
+    return spawn_ready(cmd, port, timeout=120)
 
 
 def perf_analyzer(port: int, model_dir: Path, batch: int) -> dict:
@@ -141,7 +150,6 @@ def perf_analyzer(port: int, model_dir: Path, batch: int) -> dict:
             "ran": False,
             "reason": "perf_analyzer not installed (benchmarks/setup_perf_analyzer.sh)",
         }
-    import tempfile
 
     bundle = load_bundle(model_dir)
     size = bundle.preprocess.input_size
