@@ -13,24 +13,18 @@ mkdir -p "$WORK"
 [ -f "$CORPUS/manifest.csv" ] || $SD corpus build --size small --out "$CORPUS" --seed 0
 $SD corpus check-shortcut "$CORPUS" | tee "$WORK/shortcut.txt"
 
-# 2. The model (candidates were compared on the same corpus; see the model card).
+# 2. The model (the backbone was chosen with scripts/compare_candidates.sh; see the model card).
 $SD train --config configs/default.yaml data="$CORPUS/manifest.csv" out="$WORK/lite0-all"
 
-# 3. Branch ablation: RGB only, RGB + residual (same settings otherwise).
-$SD train --config configs/default.yaml data="$CORPUS/manifest.csv" out="$WORK/lite0-rgb" branches='[rgb]'
-$SD train --config configs/default.yaml data="$CORPUS/manifest.csv" out="$WORK/lite0-rgb-res" branches='[rgb, residual]'
-
-# 4. Export (parity-checked), bundle, and the artifact baseline.
+# 3. Export (parity-checked), bundle, and the artifact baseline.
 $SD export "$WORK/lite0-all" --out detector/assets/models/default --name efficientnet_lite0_default
 $SD train-artifact --data "$CORPUS/manifest.csv" --out detector/assets/models/artifact.json
 
-# 5. Evaluation for the model card.
+# 4. Evaluation for the model card.
 for split in test heldout-real heldout-generators; do
   $SD evaluate --model detector/assets/models/default --data "$CORPUS/manifest.csv" --split "$split" --out "$WORK/eval-$split.json"
 done
 $SD evaluate --model detector/assets/models/default --data "$CORPUS/manifest.csv" --split test --degrade jpeg:75 --out "$WORK/eval-test-jpeg75.json"
-for run in lite0-rgb lite0-rgb-res; do
-  $SD evaluate --model "$WORK/$run" --data "$CORPUS/manifest.csv" --split test --out "$WORK/eval-$run.json"
-done
-# Leave-one-generator-out (one training per family, shorter schedule).
-$SD evaluate --leave-one-out --config configs/default.yaml --data "$CORPUS/manifest.csv" --model "$WORK/loo" epochs=6 --out "$WORK/eval-loo.json"
+
+# 5. Branch ablation and leave-one-generator-out (shorter schedules; see that script).
+scripts/ablation_loo.sh "$CORPUS/manifest.csv" "$WORK"
