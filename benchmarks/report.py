@@ -12,54 +12,53 @@ def _f(v, digits: int = 3) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+def _table(header: list[str], rows: list[list[str]], text_columns: int) -> list[str]:
+    """A Markdown table; the first ``text_columns`` columns left-aligned, numbers right."""
+    align = ["---"] * text_columns + ["---:"] * (len(header) - text_columns)
+    return [f"| {' | '.join(line)} |" for line in (header, align, *rows)]
+
+
 def accuracy_table(result: dict) -> str:
-    lines = [
-        f"Accuracy on {result['data']} (split {result['split']}, {result['images']} images)",
-        "",
-        "| degradation | method | kind | coverage | AP | ROC-AUC | acc@thr | real acc | fake acc | TPR@1%FPR | ms/img |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in result["rows"]:
-        lines.append(
-            f"| {r['degradation']} | {r['method']} | {r['kind']} | {_f(r['coverage'], 2)} | {_f(r.get('ap'))} | "
-            f"{_f(r.get('roc_auc'))} | {_f(r.get('accuracy_at_threshold'))} | {_f(r.get('real_accuracy_at_threshold'))} | "
-            f"{_f(r.get('fake_accuracy_at_threshold'))} | {_f(r.get('tpr_at_1pct_fpr'))} | {_f(r['ms_per_image'], 1)} |"
-        )
-    return "\n".join(lines)
+    rows = [
+        [r["degradation"], r["method"], r["kind"], _f(r["coverage"], 2), _f(r.get("ap")),
+         _f(r.get("roc_auc")), _f(r.get("accuracy_at_threshold")),
+         _f(r.get("real_accuracy_at_threshold")), _f(r.get("fake_accuracy_at_threshold")),
+         _f(r.get("tpr_at_1pct_fpr")), _f(r["ms_per_image"], 1)]
+        for r in result["rows"]
+    ]  # fmt: skip
+    header = ["degradation", "method", "kind", "coverage", "AP", "ROC-AUC", "acc@thr",
+              "real acc", "fake acc", "TPR@1%FPR", "ms/img"]  # fmt: skip
+    title = f"Accuracy on {result['data']} (split {result['split']}, {result['images']} images)"
+    return "\n".join([title, "", *_table(header, rows, 3)])
 
 
 def latency_table(result: dict) -> str:
-    lines = [
-        "| engine | precision | batch | p50 ms | p99 ms | items/s |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    for r in result["model_only"]:
-        lines.append(
-            f"| {r['engine']} | {r['precision']} | {r['batch']} | {_f(r['p50_ms'], 2)} | {_f(r['p99_ms'], 2)} | {_f(r['items_per_s'], 1)} |"
-        )
-    for r in result["end_to_end"]:
-        lines.append(
-            f"| {r['engine']} (end to end) | {r['precision']} | 1 image | {_f(r['p50_ms'], 2)} | {_f(r['p99_ms'], 2)} | {_f(r['items_per_s'], 1)} |"
-        )
-    return "\n".join(lines)
+    def row(r: dict, engine: str, batch) -> list[str]:
+        return [engine, r["precision"], str(batch), _f(r["p50_ms"], 2), _f(r["p99_ms"], 2),
+                _f(r["items_per_s"], 1)]  # fmt: skip
+
+    rows = [row(r, r["engine"], r["batch"]) for r in result["model_only"]]
+    rows += [row(r, f"{r['engine']} (end to end)", "1 image") for r in result["end_to_end"]]
+    header = ["engine", "precision", "batch", "p50 ms", "p99 ms", "items/s"]
+    return "\n".join(_table(header, rows, 2))
 
 
 def peers_table(result: dict) -> str:
-    lines = [
-        "| server | payload | concurrency | items/s | p50 ms | p99 ms | errors |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
+    rows = []
     for name, runs in result["servers"].items():
         if "skipped" in runs:
-            lines.append(f"| {name} | - | - | skipped: {runs['skipped']} | | | |")
+            rows.append([name, "-", "-", f"skipped: {runs['skipped']}", "", "", ""])
             continue
-        for payload, rows in runs.items():
-            for r in rows:
-                lines.append(
-                    f"| {name} | {payload} | {r['concurrency']} | {_f(r['items_per_s'], 1)} | {_f(r['p50_ms'], 2)} | {_f(r['p99_ms'], 2)} | {r['errors']} |"
-                )
-    lines += ["", "| ratio | value |", "|---|---:|"]
-    lines += [f"| {k} | {_f(v, 2)} |" for k, v in sorted(result["ratios"].items())]
+        for payload, load in runs.items():
+            rows += [
+                [name, payload, str(r["concurrency"]), _f(r["items_per_s"], 1),
+                 _f(r["p50_ms"], 2), _f(r["p99_ms"], 2), str(r["errors"])]
+                for r in load
+            ]  # fmt: skip
+    header = ["server", "payload", "concurrency", "items/s", "p50 ms", "p99 ms", "errors"]
+    lines = _table(header, rows, 2)
+    ratios = [[k, _f(v, 2)] for k, v in sorted(result["ratios"].items())]
+    lines += ["", *_table(["ratio", "value"], ratios, 1)]
     return "\n".join(lines)
 
 

@@ -1,0 +1,50 @@
+"""The Markdown report and plots, built from the committed reference results."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from benchmarks.report import write_report
+
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+
+
+@pytest.mark.unit
+def test_report_from_the_committed_results_has_every_section_and_plot(tmp_path):
+    for name in (
+        "accuracy-small-test.json",
+        "latency-cpu.json",
+        "serving-cpu.json",
+        "peers-cpu.json",
+    ):
+        shutil.copy(RESULTS / name, tmp_path)
+    report = write_report(tmp_path, tmp_path / "out")
+    text = report.read_text()
+    for section in ("## Accuracy and robustness", "## In-process latency",
+                    "## Server vs in-process", "## Server vs peers"):  # fmt: skip
+        assert section in text
+    # Every table row has as many cells as its header.
+    table: list[int] = []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            table.append(line.count("|"))
+        elif table:
+            assert len(set(table)) == 1, table
+            table = []
+    for png in (
+        "robustness.png",
+        "roc.png",
+        "latency_vs_batch.png",
+        "throughput_vs_concurrency.png",
+    ):
+        assert (tmp_path / "out" / png).stat().st_size > 10_000
+        assert f"![{png}]({png})" in text
+
+
+@pytest.mark.unit
+def test_report_without_results_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no benchmark results"):
+        write_report(tmp_path, tmp_path / "out")
