@@ -62,6 +62,16 @@ def peers_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _save(fig, path: Path) -> str:
+    """Write one figure as PNG, free it, and return its file name for the report."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
 def _plots(results: dict[str, dict], accuracy: list[dict], out: Path) -> list[str]:
     import matplotlib
 
@@ -95,10 +105,7 @@ def _plots(results: dict[str, dict], accuracy: list[dict], out: Path) -> list[st
         ax.set_ylim(0.3, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "robustness.png", dpi=110)
-        plt.close(fig)
-        made.append("robustness.png")
+        made.append(_save(fig, out / "robustness.png"))
         rocs = [r for r in acc["rows"] if r["degradation"] == "none" and r.get("roc")]
         if rocs:
             fig, ax = plt.subplots(figsize=(5.5, 5))
@@ -113,10 +120,7 @@ def _plots(results: dict[str, dict], accuracy: list[dict], out: Path) -> list[st
             ax.set_ylabel("true positive rate (generated)")
             ax.set_title("ROC per method (no degradation)")
             ax.legend(fontsize=7)
-            fig.tight_layout()
-            fig.savefig(out / "roc.png", dpi=110)
-            plt.close(fig)
-            made.append("roc.png")
+            made.append(_save(fig, out / "roc.png"))
     lat = results.get("latency")
     if lat:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -134,10 +138,7 @@ def _plots(results: dict[str, dict], accuracy: list[dict], out: Path) -> list[st
         ax.set_title(f"Model throughput vs batch size ({lat['device']['cpu'][:40]})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "latency_vs_batch.png", dpi=110)
-        plt.close(fig)
-        made.append("latency_vs_batch.png")
+        made.append(_save(fig, out / "latency_vs_batch.png"))
     peers = results.get("peers")
     if peers:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -156,10 +157,7 @@ def _plots(results: dict[str, dict], accuracy: list[dict], out: Path) -> list[st
         ax.set_title("Server throughput vs concurrency")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "throughput_vs_concurrency.png", dpi=110)
-        plt.close(fig)
-        made.append("throughput_vs_concurrency.png")
+        made.append(_save(fig, out / "throughput_vs_concurrency.png"))
     return made
 
 

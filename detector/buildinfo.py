@@ -8,27 +8,19 @@ from pathlib import Path
 __all__ = ["git_commit"]
 
 
+def _git(*args: str) -> subprocess.CompletedProcess:
+    here = Path(__file__).resolve().parent
+    return subprocess.run(["git", *args], capture_output=True, text=True, cwd=here, timeout=5)
+
+
 def git_commit() -> str:
     """Short commit hash of the source tree (``-dirty`` when tracked files changed), or
     ``unknown`` outside a git checkout."""
-    here = Path(__file__).resolve().parent
     try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=here,
-            timeout=5,
-        )
+        head = _git("rev-parse", "--short", "HEAD")
         if head.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            cwd=here,
-            timeout=5,
-        )
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
         return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
