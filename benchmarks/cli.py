@@ -23,6 +23,18 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+def _precisions(text: str) -> list[str]:
+    from detector.engine import TORCH_PRECISIONS
+
+    values = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [v for v in values if v not in TORCH_PRECISIONS]
+    if not values or bad:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated precisions from {', '.join(TORCH_PRECISIONS)}, got {text!r}"
+        )
+    return values
+
+
 def register(sub: Any) -> None:
     bench = sub.add_parser(
         "bench", help="benchmarks: accuracy, robustness, latency, load, regression gate"
@@ -59,11 +71,32 @@ def register(sub: Any) -> None:
     lat.add_argument(
         "--checkpoint", type=Path, help="also time the torch engine on this checkpoint"
     )
+    lat.add_argument(
+        "--torch-precisions",
+        type=_precisions,
+        default=["fp32"],
+        help="precisions for the torch engine (comma-separated: fp32,fp16,bf16)",
+    )
+    lat.add_argument(
+        "--cuda-graphs", action="store_true", help="also time the torch engine with CUDA graphs"
+    )
     lat.add_argument("--batches", type=_ints, default=[1, 8, 32, 128])
     lat.add_argument("--seconds", type=float, default=3.0)
     lat.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     lat.add_argument("--out", type=Path)
     lat.set_defaults(func=_latency)
+
+    t = bsub.add_parser(
+        "train-throughput", help="training steps/s per model, precision and batch size"
+    )
+    t.add_argument("--models", default="efficientnet_lite0", help="comma-separated model names")
+    t.add_argument("--batches", type=_ints, default=[32, 128])
+    t.add_argument("--amp", default="off", help="comma-separated: off, bf16, fp16 (CUDA)")
+    t.add_argument("--input-size", type=int, default=128)
+    t.add_argument("--seconds", type=float, default=3.0)
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--out", type=Path)
+    t.set_defaults(func=_train_throughput)
 
     s = bsub.add_parser("serving", help="server vs in-process throughput and latency (same run)")
     s.add_argument("--model", required=True, type=Path)
@@ -92,6 +125,11 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--pytriton-python", type=Path, help="python of the venv holding nvidia-pytriton"
     )
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument(
+        "--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="torch engine only"
+    )
+    p.add_argument("--cuda-graphs", action="store_true", help="torch engine on CUDA only")
     p.add_argument("--out", type=Path)
     p.set_defaults(func=_peers)
 
@@ -166,6 +204,8 @@ def _latency(args: argparse.Namespace) -> int:
             batches=tuple(args.batches),
             seconds=args.seconds,
             device=args.device,
+            torch_precisions=tuple(args.torch_precisions),
+            cuda_graphs=args.cuda_graphs,
             out=args.out,
         )
     except (ValueError, FileNotFoundError) as exc:
@@ -173,6 +213,27 @@ def _latency(args: argparse.Namespace) -> int:
     from benchmarks.report import latency_table
 
     print(latency_table(result))
+    return 0
+
+
+def _train_throughput(args: argparse.Namespace) -> int:
+    from benchmarks.train_throughput import train_throughput
+
+    try:
+        result = train_throughput(
+            tuple(m.strip() for m in args.models.split(",") if m.strip()),
+            tuple(args.batches),
+            tuple(a.strip() for a in args.amp.split(",") if a.strip()),
+            input_size=args.input_size,
+            seconds=args.seconds,
+            device=args.device,
+            out=args.out,
+        )
+    except (ValueError, RuntimeError) as exc:
+        return _fail(exc)
+    from benchmarks.report import train_throughput_table
+
+    print(train_throughput_table(result))
     return 0
 
 
@@ -233,8 +294,14 @@ def _peers(args: argparse.Namespace) -> int:
     from benchmarks.peers import peers_benchmark
 
     try:
+        engine_args = ["--device", args.device, "--precision", args.precision]
         result = peers_benchmark(
-            args.model, tuple(args.concurrency), args.seconds, args.pytriton_python, args.out
+            args.model,
+            tuple(args.concurrency),
+            args.seconds,
+            args.pytriton_python,
+            args.out,
+            tuple(engine_args + ["--cuda-graphs"] * args.cuda_graphs),
         )
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         return _fail(exc)

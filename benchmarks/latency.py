@@ -46,11 +46,18 @@ def _row(engine: str, precision: str, batch: int, times: np.ndarray, items: int)
 
 
 def _bundles(
-    models: dict[str, Path], checkpoint: Path | None, device: str
+    models: dict[str, Path],
+    checkpoint: Path | None,
+    device: str,
+    torch_precisions: tuple[str, ...],
+    cuda_graphs: bool,
 ) -> list[tuple[str, ModelBundle]]:
     out = [(precision, load_bundle(path, device=device)) for precision, path in models.items()]
     if checkpoint is not None:
-        out.append(("fp32", load_bundle(checkpoint, device=device)))
+        for precision in torch_precisions:
+            for graphs in (False, True) if cuda_graphs and device == "cuda" else (False,):
+                bundle = load_bundle(checkpoint, device, precision=precision, cuda_graphs=graphs)
+                out.append((precision, bundle))
     return out
 
 
@@ -61,15 +68,19 @@ def latency_benchmark(
     batches: tuple[int, ...] = (1, 8, 32),
     seconds: float = 3.0,
     device: str = "cpu",
+    torch_precisions: tuple[str, ...] = ("fp32",),
+    cuda_graphs: bool = False,
     images: list[bytes] | None = None,
     out: Path | None = None,
 ) -> dict:
-    """``models`` maps a precision (fp32, fp16, int8) to an exported ONNX directory."""
+    """``models`` maps a precision (fp32, fp16, int8) to an exported ONNX directory; the torch
+    engine runs ``checkpoint`` in each of ``torch_precisions``, and with ``cuda_graphs`` each
+    once more with CUDA graphs (on CUDA)."""
     from benchmarks.serving import benchmark_images
 
     images = images or benchmark_images(8)
     rows, e2e = [], []
-    for precision, bundle in _bundles(models, checkpoint, device):
+    for precision, bundle in _bundles(models, checkpoint, device, torch_precisions, cuda_graphs):
         size = bundle.preprocess.input_size
         for batch in batches:
             tiles = (

@@ -97,8 +97,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
     parser.add_argument("--port", type=int, default=8766)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    parser.add_argument("--cuda-graphs", action="store_true")
     args = parser.parse_args()
-    server = _Server(("127.0.0.1", args.port), make_handler(load_bundle(args.model)))
+    bundle = load_bundle(
+        args.model, device=args.device, precision=args.precision, cuda_graphs=args.cuda_graphs
+    )
+    server = _Server(("127.0.0.1", args.port), make_handler(bundle))
     server.serve_forever()
 
 

@@ -34,25 +34,30 @@ def peers_benchmark(
     seconds: float,
     pytriton_python: Path | None,
     out: Path | None,
+    engine_args: tuple[str, ...] = (),
 ) -> dict:
+    """``engine_args`` (e.g. ``--device cuda --precision fp16 --cuda-graphs``) go to our server
+    and the naive one alike, so both run the same engine; PyTriton runs the ONNX model on the
+    CPU and is left out when they name another device."""
     size = load_bundle(model).preprocess.input_size
+    on_cpu = "cuda" not in engine_args
     tiles = tiles_payload("synthdetect_tiles", 1, size)
     scores = score_payload(benchmark_images(), "model")
     servers: dict[str, dict] = {}
     procs = {}
     try:
-        procs["synthdetect"] = start_server(model, 8765, ["--max-batch-size", "32"])
+        procs["synthdetect"] = start_server(model, 8765, ["--max-batch-size", "32", *engine_args])
         servers["synthdetect"] = {"tiles": _sweep("http://127.0.0.1:8765", tiles, concurrency, seconds),
                                   "score": _sweep("http://127.0.0.1:8765", scores, concurrency, seconds)}  # fmt: skip
         procs["synthdetect"].terminate()
         procs["synthdetect"].wait(60)
-        naive = spawn_ready([sys.executable, "-m", "benchmarks.naive_server", "--model", str(model), "--port", "8766"], 8766)  # fmt: skip
+        naive = spawn_ready([sys.executable, "-m", "benchmarks.naive_server", "--model", str(model), "--port", "8766", *engine_args], 8766)  # fmt: skip
         procs["naive"] = naive
         servers["naive"] = {"tiles": _sweep("http://127.0.0.1:8766", tiles, concurrency, seconds),
                             "score": _sweep("http://127.0.0.1:8766", scores, concurrency, seconds)}  # fmt: skip
         naive.terminate()
         naive.wait(60)
-        if pytriton_python and Path(pytriton_python).exists():
+        if pytriton_python and Path(pytriton_python).exists() and on_cpu:
             script = Path(__file__).with_name("pytriton_server.py")
             env = {**os.environ, "LD_LIBRARY_PATH": _libdir(pytriton_python)}
             pt = spawn_ready([str(pytriton_python), str(script), "--model", str(model), "--port", "8767"], 8767, env=env)  # fmt: skip
@@ -63,7 +68,11 @@ def peers_benchmark(
             pt.terminate()
             pt.wait(60)
         else:
-            servers["pytriton"] = {"skipped": "no PyTriton venv (run benchmarks/setup_pytriton.sh)"}
+            servers["pytriton"] = {
+                "skipped": "no PyTriton venv (run benchmarks/setup_pytriton.sh)"
+                if on_cpu
+                else "PyTriton peer runs ONNX Runtime on the CPU only"
+            }
     finally:
         for p in procs.values():
             if p.poll() is None:
@@ -82,6 +91,7 @@ def peers_benchmark(
             "items_per_s"
         ] / max(servers["naive"]["score"][i]["items_per_s"], 1e-9)
     result = {**environment(), "benchmark": "peers", "model": str(model), "concurrency": list(concurrency),
+              "engine_args": list(engine_args),
               "servers": servers, "ratios": ratios,
               "gate": {"speed_ratio": {k: v for k, v in ratios.items() if "throughput" in k and k.endswith("c16")}}}  # fmt: skip
     if out:

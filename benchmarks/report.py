@@ -43,6 +43,18 @@ def latency_table(result: dict) -> str:
     return "\n".join(_table(header, rows, 2))
 
 
+def train_throughput_table(result: dict) -> str:
+    rows = []
+    for r in result["rows"]:
+        if "error" in r:
+            rows.append([r["model"], r["amp"], str(r["batch"]), r["error"], "-", "-", "-"])
+        else:
+            rows.append([r["model"], r["amp"], str(r["batch"]), "", _f(r["step_ms"], 1),
+                         _f(r["images_per_s"], 0), _f(r.get("peak_memory_mib"), 0)])  # fmt: skip
+    header = ["model", "amp", "batch", "error", "step ms", "images/s", "peak MiB"]
+    return "\n".join(_table(header, rows, 4))
+
+
 def peers_table(result: dict) -> str:
     rows = []
     for name, runs in result["servers"].items():
@@ -176,8 +188,9 @@ def write_report(results_dir: Path, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     sections = ["# Benchmark report", ""]
     env = next(iter(results.values()))
+    gpu = f" with {env['device']['gpu']}" if env["device"].get("gpu") else ""
     sections += [
-        f"Measured on {env['device']['cpu']} ({env['device']['cores']} cores), commit {env['commit']}, {env['time']}.",
+        f"Measured on {env['device']['cpu']} ({env['device']['cores']} cores){gpu}, commit {env['commit']}, {env['time']}.",
         "",
     ]
     if accuracy:
@@ -186,6 +199,15 @@ def write_report(results_dir: Path, out: Path) -> Path:
             sections += [accuracy_table(acc), ""]
     if "latency" in results:
         sections += ["## In-process latency", "", latency_table(results["latency"]), ""]
+    if "train-throughput" in results:
+        sections += [
+            "## Training throughput (model ceiling)",
+            "",
+            results["train-throughput"]["what"] + ".",
+            "",
+            train_throughput_table(results["train-throughput"]),
+            "",
+        ]
     if "serving" in results:
         s = results["serving"]
         sections += [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -15,7 +16,10 @@ def _git(*args: str) -> subprocess.CompletedProcess:
 
 def git_commit() -> str:
     """Short commit hash of the source tree (``-dirty`` when tracked files changed), or
-    ``unknown`` outside a git checkout."""
+    ``unknown`` outside a git checkout. ``SYNTHDETECT_COMMIT`` names it for a tree copied
+    without its ``.git`` (a container, a remote GPU machine)."""
+    if os.environ.get("SYNTHDETECT_COMMIT"):
+        return os.environ["SYNTHDETECT_COMMIT"]
     try:
         head = _git("rev-parse", "--short", "HEAD")
         if head.returncode != 0:

@@ -26,6 +26,7 @@ from detector.preprocess import PreprocessConfig
 
 __all__ = [
     "SIDECAR",
+    "TORCH_PRECISIONS",
     "Engine",
     "ModelBundle",
     "OnnxEngine",
@@ -106,28 +107,95 @@ class OnnxEngine:
         return np.asarray(out[0], np.float32).reshape(len(tiles))
 
 
-class TorchEngine:
-    """Runs a SynthDetectNet in torch (for GPUs without onnxruntime-gpu, and for checkpoints)."""
+TORCH_PRECISIONS = ("fp32", "fp16", "bf16")
 
-    def __init__(self, model: Any, device: str = "cpu", half: bool = False) -> None:
+
+class TorchEngine:
+    """Runs a SynthDetectNet in torch (for GPUs without onnxruntime-gpu, and for checkpoints).
+
+    ``precision`` fp16/bf16 runs the network under autocast (weights stay fp32; reductions and
+    the loss-free head stay in fp32 where autocast keeps them). On CUDA the model and its
+    input are channels_last, and ``cuda_graphs`` captures one CUDA graph per batch bucket
+    (powers of two; a batch is zero-padded up to its bucket) on first use and replays it after:
+    a small network at small batches is bound by kernel launches, which a replay removes.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        device: str = "cpu",
+        precision: str = "fp32",
+        cuda_graphs: bool = False,
+    ) -> None:
+        import threading
+
         import torch
 
+        if precision not in TORCH_PRECISIONS:
+            raise ValueError(f"precision must be one of {TORCH_PRECISIONS}, got {precision!r}")
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"the torch engine runs on cpu or cuda, got {device!r}")
         self.torch = torch
         if device == "cuda" and not torch.cuda.is_available():
             log.warning("CUDA requested but not available; torch engine runs on the CPU")
             device = "cpu"
+        if cuda_graphs and device != "cuda":
+            log.warning("CUDA graphs need a CUDA device; running without them")
+            cuda_graphs = False
         self.device = device
-        self.dtype = torch.float16 if half and device == "cuda" else torch.float32
-        self.model = model.to(device=device, dtype=self.dtype).eval()
-        self.name = f"torch:{device}:{str(self.dtype).removeprefix('torch.')}"
+        self.precision = precision
+        self.amp = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        self.cuda_graphs = cuda_graphs
+        self.memory_format = torch.channels_last if device == "cuda" else torch.contiguous_format
+        self.model = model.to(device=device).to(memory_format=self.memory_format).eval()
+        self.name = f"torch:{device}:{precision}" + ("+graphs" if cuda_graphs else "")
+        self._graphs: dict[tuple[int, ...], tuple[Any, Any, Any]] = {}
+        self._lock = threading.Lock()
+
+    def _forward(self, x):
+        with self.torch.autocast(
+            self.device,
+            dtype=self.amp or self.torch.float32,
+            enabled=self.amp is not None,
+            cache_enabled=not self.cuda_graphs,  # cached casts must not outlive a capture
+        ):
+            return self.model(x).float().reshape(-1)
+
+    def _graph(self, shape: tuple[int, ...]):
+        """(graph, static input, static output) for this padded shape, captured once."""
+        torch = self.torch
+        if shape not in self._graphs:
+            static_in = torch.zeros(shape, device="cuda").contiguous(
+                memory_format=self.memory_format
+            )
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up outside the capture (cuDNN autotuning)
+                for _ in range(3):
+                    self._forward(static_in)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self._forward(static_in)
+            self._graphs[shape] = (graph, static_in, static_out)
+        return self._graphs[shape]
 
     def run(self, tiles: np.ndarray) -> np.ndarray:
         torch = self.torch
+        n = len(tiles)
+        if n == 0:
+            return np.zeros(0, np.float32)
+        x = torch.from_numpy(np.ascontiguousarray(tiles, np.float32))
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(tiles, np.float32)).to(
-                self.device, self.dtype
-            )
-            return self.model(x).float().reshape(-1).cpu().numpy()
+            if not self.cuda_graphs:
+                x = x.to(self.device).contiguous(memory_format=self.memory_format)
+                return self._forward(x).cpu().numpy()
+            bucket = 1 << (n - 1).bit_length()
+            with self._lock:  # one capture per shape; replays share the static buffers
+                graph, static_in, static_out = self._graph((bucket, *x.shape[1:]))
+                static_in[:n].copy_(x, non_blocking=False)
+                graph.replay()
+                return static_out[:n].cpu().numpy()
 
 
 @dataclass
@@ -155,9 +223,18 @@ class ModelBundle:
 
 
 def load_bundle(
-    path: str | Path, device: str = "cpu", engine: str = "auto", spinning: bool = True
+    path: str | Path,
+    device: str = "cpu",
+    engine: str = "auto",
+    spinning: bool = True,
+    precision: str = "fp32",
+    cuda_graphs: bool = False,
 ) -> ModelBundle:
-    """An exported directory / ``.onnx`` file (ONNX Runtime) or a ``.pt`` checkpoint / run dir."""
+    """An exported directory / ``.onnx`` file (ONNX Runtime) or a ``.pt`` checkpoint / run dir.
+
+    ``precision`` and ``cuda_graphs`` are torch-engine settings; an ONNX file's precision is
+    the one it was exported in (``synthdetect export --precision``).
+    """
     path = Path(path)
     if path.is_dir() and (path / ONNX_FILE).exists():
         path = path / ONNX_FILE
@@ -174,9 +251,10 @@ def load_bundle(
         expected = meta.get("onnx_sha256")
         if expected and expected != hashlib.sha256(path.read_bytes()).hexdigest():
             raise ValueError(f"{path} does not match the sha256 recorded in {SIDECAR}")
-        if engine == "torch":
+        if engine == "torch" or precision != "fp32" or cuda_graphs:
             raise ValueError(
-                "an ONNX file runs on ONNX Runtime; pass a checkpoint for the torch engine"
+                "an ONNX file runs on ONNX Runtime in the precision it was exported in; pass a"
+                " checkpoint (.pt) for the torch engine's precision and CUDA graphs"
             )
         return ModelBundle(
             OnnxEngine(path, device, spinning=spinning),
@@ -194,7 +272,7 @@ def load_bundle(
             if k not in ("state_dict", "optimizer", "scheduler", "rng")
         }
         return ModelBundle(
-            TorchEngine(model, device),
+            TorchEngine(model, device, precision, cuda_graphs),
             PreprocessConfig.from_dict(ckpt["preprocess"]),
             Calibration.from_dict(ckpt.get("calibration")),
             meta,

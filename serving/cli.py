@@ -23,6 +23,17 @@ def register(sub: Any) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "tensorrt"])
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "fp16", "bf16"],
+        help="torch engine (a .pt checkpoint) only; an ONNX model runs in its exported precision",
+    )
+    p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="torch engine on CUDA: replay one captured CUDA graph per batch bucket",
+    )
     p.add_argument("--max-batch-size", type=int, default=32, help="tiles per engine call")
     p.add_argument("--max-queue-delay-us", type=int, default=2000)
     p.add_argument("--max-queue-tiles", type=int, default=4096, help="queued tiles before 503")
@@ -64,7 +75,9 @@ def serve(args: argparse.Namespace) -> int:
         service = Service(
             ServiceConfig(
                 model=args.model,
-                device="cuda" if args.device == "tensorrt" else args.device,
+                device=args.device,
+                precision=args.precision,
+                cuda_graphs=args.cuda_graphs,
                 batcher=batcher,
                 workers=args.workers,
                 max_inflight=args.max_inflight,

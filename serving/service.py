@@ -33,7 +33,9 @@ TENSOR_MODEL = "synthdetect_tiles"
 @dataclass(frozen=True)
 class ServiceConfig:
     model: Path | None = None  # default: the bundled model
-    device: str = "cpu"
+    device: str = "cpu"  # cpu, cuda or tensorrt (ONNX Runtime's TensorRT provider)
+    precision: str = "fp32"  # torch engine only
+    cuda_graphs: bool = False  # torch engine on CUDA only
     batcher: BatcherConfig = field(default_factory=BatcherConfig)
     workers: int = 32  # threads that decode, run the per-image methods and wait for batches
     max_inflight: int = 256  # requests being served at once; more get 503
@@ -94,7 +96,13 @@ class Service:
         self.config = config
         self.metrics = Metrics()
         path = Path(config.model) if config.model else DEFAULT_MODEL
-        bundle = load_bundle(path, device=config.device, spinning=config.spinning)
+        bundle = load_bundle(
+            path,
+            device=config.device,
+            spinning=config.spinning,
+            precision=config.precision,
+            cuda_graphs=config.cuda_graphs,
+        )
         self.active = 0  # scoring tasks in flight (kept by the HTTP layer)
         self.batcher = BatchingEngine(
             bundle.engine.run,

@@ -36,7 +36,7 @@ from training.debian import sha256_file
 from training.evaluate import evaluate_scores, predict_logits
 from training.metrics import average_precision
 
-__all__ = ["BalancedSampler", "seed_everything", "split_samples", "train"]
+__all__ = ["BalancedSampler", "optimization_step", "seed_everything", "split_samples", "train"]
 
 log = logging.getLogger("synthdetect.train")
 
@@ -166,6 +166,28 @@ def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
+def optimization_step(
+    net: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    amp: torch.dtype | None,
+    grad_clip: float,
+) -> torch.Tensor:
+    """Forward, loss, backward, clipping and the update: a training step past data loading
+    (the Trainer's and the training-throughput benchmark's). Returns the loss, on device."""
+    with torch.autocast(x.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x).squeeze(1).float(), y)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+    scaler.step(opt)
+    scaler.update()
+    return loss.detach()
+
+
 class Trainer:
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
@@ -213,6 +235,7 @@ class Trainer:
             num_workers=config.workers,
             drop_last=True,
             persistent_workers=False,
+            pin_memory=self.d.device.type == "cuda",
         )
         self.step, self.epoch, self.best_ap, self.stale = 0, 0, -1.0, 0
         self.data_sha = sha256_file(Path(config.data)) if Path(config.data).is_file() else ""
@@ -280,21 +303,12 @@ class Trainer:
         y = y.to(self.d.device, non_blocking=True)
         if self.d.device.type == "cuda" and self.config.channels_last != "off":
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(
-            self.d.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None
-        ):
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                self.net(x).squeeze(1).float(), y
-            )
-        self.opt.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.opt)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self.scaler.step(self.opt)
-        self.scaler.update()
+        loss = optimization_step(
+            self.net, self.opt, self.scaler, x, y, self.amp, self.config.grad_clip
+        )
         self.sched.step()
         self.step += 1
-        return float(loss.detach())
+        return float(loss)
 
     def run_epoch(self) -> float:
         from tqdm import tqdm
@@ -336,7 +350,13 @@ class Trainer:
                     .numpy()
                 )
 
-        return predict_logits(run, samples, self.prep, batch_images=self.config.eval_batch_images)
+        return predict_logits(
+            run,
+            samples,
+            self.prep,
+            batch_images=self.config.eval_batch_images,
+            workers=self.config.workers,
+        )
 
     def validate(self) -> float:
         ap = (

@@ -202,7 +202,8 @@ def _efficientnet_lite0(spec: ModelSpec, in_chans: int) -> tuple[nn.Module, int]
         log.info("efficientnet_lite0: ImageNet weights from %s", weights)
     else:
         net = EfficientNet.from_name("efficientnet-lite0")
-        log.info("efficientnet_lite0: no weights package, training from scratch")
+        if spec.pretrained == "auto":  # None: the weights come from a checkpoint, or none wanted
+            log.info("efficientnet_lite0: no weights package, training from scratch")
     if in_chans != 3:
         old = net._conv_stem
         # Same type as the original stem (TF "same" padding), with more input channels.

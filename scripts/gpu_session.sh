@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Everything this project measures or trains on a CUDA GPU, stage by stage, so that a short
+# lease of a GPU machine can run them in a few calls. Results (JSON naming the device) land in
+# $RESULTS (default benchmarks/results/gpu); models in $WORK (default runs/gpu).
+#
+#   scripts/gpu_session.sh check                 # device, library versions, the GPU tests
+#   scripts/gpu_session.sh throughput            # training steps/s: models x precision x batch
+#   scripts/gpu_session.sh bench CHECKPOINT      # in-process latency and server load on CUDA
+#   scripts/gpu_session.sh train MANIFEST        # the default model on the GPU schedule
+#   scripts/gpu_session.sh loo MANIFEST          # leave-one-generator-out on the GPU schedule
+#
+# SD names the synthdetect command (default: the one on PATH). Speed does not depend on the
+# weights, so `bench` may time any checkpoint of the shipped architecture; the results record
+# which one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SD=${SD:-synthdetect}
+RESULTS=${RESULTS:-benchmarks/results/gpu}
+WORK=${WORK:-runs/gpu}
+mkdir -p "$RESULTS" "$WORK"
+# The GPU schedule: 5x the epochs of configs/default.yaml (one random tile per image per
+# epoch, so more epochs = more distinct tiles seen), a larger batch, loader workers for 16 cores.
+GPU_TRAIN=(device=cuda epochs=60 patience=15 batch_size=64 warmup_steps=200 workers=12)
+
+stage=${1:?usage: scripts/gpu_session.sh check|throughput|bench CKPT|train MANIFEST|loo MANIFEST}
+shift
+case $stage in
+  check)
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+    python3 -c "import torch, onnxruntime as o; print('torch', torch.__version__, torch.cuda.get_device_name(0), '| onnxruntime', o.__version__, o.get_available_providers())"
+    python3 -m pytest -q -p no:cacheprovider -m gpu tests/
+    ;;
+  throughput)
+    $SD bench train-throughput \
+      --models efficientnet_lite0,mobilenetv3_large,resnet50,convnext_atto,vit_tiny \
+      --batches 64,256 --amp off,bf16 --seconds 2 --device cuda \
+      --out "$RESULTS/train-throughput.json"
+    ;;
+  bench)
+    ckpt=${1:?usage: scripts/gpu_session.sh bench CHECKPOINT}
+    # ONNX Runtime here is the CPU wheel (onnxruntime-gpu does not fit this lease's transfer):
+    # its rows are the machine's CPU cores; the torch rows are the GPU.
+    $SD bench latency --model detector/assets/models/default --checkpoint "$ckpt" \
+      --torch-precisions fp32,fp16,bf16 --cuda-graphs --batches 1,8,32,128,256 \
+      --seconds 2 --device cuda --out "$RESULTS/latency-cuda.json"
+    $SD bench peers --model "$ckpt" --device cuda --precision fp16 --cuda-graphs \
+      --concurrency 1,4,16,64 --seconds 6 --out "$RESULTS/peers-cuda.json"
+    ;;
+  train)
+    data=${1:?usage: scripts/gpu_session.sh train MANIFEST}
+    $SD train --config configs/default.yaml data="$data" out="$WORK/lite0-all" "${GPU_TRAIN[@]}"
+    $SD export "$WORK/lite0-all" --out "$WORK/onnx" --name efficientnet_lite0_default
+    for split in test heldout-real heldout-generators; do
+      $SD evaluate --model "$WORK/onnx" --data "$data" --split "$split" \
+        --out "$WORK/eval-$split.json"
+    done
+    $SD evaluate --model "$WORK/onnx" --data "$data" --split test --degrade jpeg:75 \
+      --out "$WORK/eval-test-jpeg75.json"
+    ;;
+  loo)
+    data=${1:?usage: scripts/gpu_session.sh loo MANIFEST}
+    $SD evaluate --leave-one-out --config configs/default.yaml --data "$data" \
+      --model "$WORK/loo" "${GPU_TRAIN[@]}" epochs=30 patience=8 \
+      --out "$RESULTS/leave-one-out.json"
+    ;;
+  *)
+    echo "unknown stage $stage" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,61 @@
+"""The torch engine: precisions, CUDA graphs (on a GPU) and its refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from detector.engine import load_bundle
+
+pytestmark = pytest.mark.integration
+
+
+def _tiles(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, 3, 64, 64)).astype(np.float32)
+
+
+def test_reduced_precision_on_cpu_stays_close_to_fp32(untrained_checkpoint):
+    fp32 = load_bundle(untrained_checkpoint)
+    bf16 = load_bundle(untrained_checkpoint, precision="bf16")
+    assert bf16.engine.name == "torch:cpu:bf16"
+    tiles = _tiles(5, 1)
+    a, b = fp32.engine.run(tiles), bf16.engine.run(tiles)
+    assert not np.allclose(a, b, atol=1e-7), "bf16 ran in fp32"
+    assert np.abs(a - b).max() <= 0.05 * max(1.0, np.abs(a).max())
+
+
+def test_torch_settings_are_refused_for_onnx_and_bad_values(exported_model, untrained_checkpoint):
+    with pytest.raises(ValueError, match="checkpoint"):
+        load_bundle(exported_model, precision="fp16")
+    with pytest.raises(ValueError, match="checkpoint"):
+        load_bundle(exported_model, cuda_graphs=True)
+    with pytest.raises(ValueError, match="precision"):
+        load_bundle(untrained_checkpoint, precision="int4")
+    with pytest.raises(ValueError, match="cpu or cuda"):
+        load_bundle(untrained_checkpoint, device="tensorrt")
+
+
+def test_empty_batch_gives_no_logits(untrained_checkpoint):
+    assert load_bundle(untrained_checkpoint).engine.run(_tiles(0, 0)).shape == (0,)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision, tol", [("fp32", 2e-3), ("fp16", 3e-2), ("bf16", 8e-2)])
+def test_cuda_engine_matches_cpu_eager_and_graphs_match_eager(untrained_checkpoint, precision, tol):
+    cpu = load_bundle(untrained_checkpoint)
+    eager = load_bundle(untrained_checkpoint, "cuda", precision=precision)
+    graphs = load_bundle(untrained_checkpoint, "cuda", precision=precision, cuda_graphs=True)
+    assert eager.engine.name == f"torch:cuda:{precision}"
+    assert graphs.engine.name == f"torch:cuda:{precision}+graphs"
+    # Sizes that hit a bucket exactly and ones that are padded; fresh inputs each call so a
+    # replay that returned a stale output buffer would fail.
+    for seed, n in enumerate((1, 3, 8, 5, 3, 16)):
+        tiles = _tiles(n, 100 + seed)
+        ref = cpu.engine.run(tiles)
+        scale = max(1.0, float(np.abs(ref).max()))
+        e, g = eager.engine.run(tiles), graphs.engine.run(tiles)
+        assert e.shape == g.shape == (n,)
+        assert np.isfinite(g).all()
+        assert np.abs(e - ref).max() <= tol * scale, (precision, n)
+        assert np.abs(g - e).max() <= 1e-3 * scale, (precision, n)
+    assert sorted(s[0] for s in graphs.engine._graphs) == [1, 4, 8, 16]
