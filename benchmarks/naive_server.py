@@ -104,6 +104,7 @@ def main() -> None:
     bundle = load_bundle(
         args.model, device=args.device, precision=args.precision, cuda_graphs=args.cuda_graphs
     )
+    bundle.engine.warmup(bundle.preprocess.input_size, 32)  # as our server does before ready
     server = _Server(("127.0.0.1", args.port), make_handler(bundle))
     server.serve_forever()
 

@@ -47,6 +47,10 @@ class Engine(Protocol):
         """(N, 3, S, S) float32 -> (N,) float32 logits."""
         ...
 
+    def warmup(self, input_size: int, max_batch: int) -> None:
+        """Pay one-time costs (kernel selection, graph capture) before the first request."""
+        ...
+
 
 def _cpu_threads() -> int:
     """Physical cores are what ONNX Runtime's intra-op pool should use; os.cpu_count counts
@@ -97,6 +101,10 @@ class OnnxEngine:
         log.log(level, "ONNX Runtime active providers: %s (asked for %s)", active, wanted[0])
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
+
+    def warmup(self, input_size: int, max_batch: int) -> None:
+        for n in sorted({1, max_batch}):
+            self.run(np.zeros((n, 3, input_size, input_size), np.float32))
 
     def run(self, tiles: np.ndarray) -> np.ndarray:
         if len(tiles) == 0:
@@ -179,6 +187,16 @@ class TorchEngine:
                 static_out = self._forward(static_in)
             self._graphs[shape] = (graph, static_in, static_out)
         return self._graphs[shape]
+
+    def warmup(self, input_size: int, max_batch: int) -> None:
+        """Run (and with CUDA graphs, capture) every batch bucket up to ``max_batch``: a
+        capture costs far more than a replay, and a server must not pay it mid-traffic."""
+        n = 1
+        while True:
+            self.run(np.zeros((min(n, max_batch), 3, input_size, input_size), np.float32))
+            if n >= max_batch:
+                break
+            n *= 2
 
     def run(self, tiles: np.ndarray) -> np.ndarray:
         torch = self.torch

@@ -103,6 +103,7 @@ class Service:
             precision=config.precision,
             cuda_graphs=config.cuda_graphs,
         )
+        bundle.engine.warmup(bundle.preprocess.input_size, config.batcher.max_batch_size)
         self.active = 0  # scoring tasks in flight (kept by the HTTP layer)
         self.batcher = BatchingEngine(
             bundle.engine.run,

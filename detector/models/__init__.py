@@ -117,7 +117,12 @@ class SynthDetectNet(nn.Module):
             pixels.append(npr_residual(x))
         feats = self.backbone(torch.cat(pixels, 1) if len(pixels) > 1 else pixels[0])
         if self.spectrum is not None:
-            spec = block_log_spectrum(highpass(x, self.laplace), self.dft_cos, self.dft_sin)
+            # Power spectra span many orders of magnitude: fp16 overflows (inf -> NaN after
+            # the log), so under autocast this branch's features are computed in fp32.
+            with torch.autocast(x.device.type, enabled=False):
+                spec = block_log_spectrum(
+                    highpass(x.float(), self.laplace), self.dft_cos, self.dft_sin
+                )
             feats = torch.cat([feats, self.spectrum(spec)], 1)
         return self.head(feats)
 
@@ -137,7 +142,7 @@ def _timm(arch: str, **fixed: Any) -> Callable[[ModelSpec, int], tuple[nn.Module
         )
         if spec.pretrained not in (None, "auto"):
             _load_local_weights(model, spec.pretrained, in_chans)
-        else:
+        elif spec.pretrained == "auto":  # None: the weights come from a checkpoint
             log.info("%s: no pretrained weights here, training from scratch", arch)
         return model, _feature_dim(model, in_chans, spec.input_size)
 
