@@ -147,7 +147,8 @@ def _plots(results: dict[str, dict], accuracy: list[dict], out: Path) -> list[st
         ax.set_xscale("log", base=2)
         ax.set_xlabel("batch size (tiles)")
         ax.set_ylabel("tiles / s")
-        ax.set_title(f"Model throughput vs batch size ({lat['device']['cpu'][:40]})")
+        where = lat["device"].get("gpu") or lat["device"]["cpu"]
+        ax.set_title(f"Model throughput vs batch size ({where[:40]})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         made.append(_save(fig, out / "latency_vs_batch.png"))
@@ -176,13 +177,17 @@ def _plots(results: dict[str, dict], accuracy: list[dict], out: Path) -> list[st
 def write_report(results_dir: Path, out: Path) -> Path:
     results: dict[str, dict] = {}
     accuracy: list[dict] = []
+    sources: list[str] = []
     for path in sorted(Path(results_dir).glob("*.json")):
         data = json.loads(path.read_text())
         kind = data.get("benchmark")
         if kind == "accuracy":
             accuracy.append(data)
-        if kind:
+        if kind and (kind == "accuracy" or kind not in results):
             results.setdefault(kind, data)
+            sources.append(
+                f"- `{path.name}`: {kind}, commit {data.get('commit')}, {data.get('time')}"
+            )
     if not results:
         raise ValueError(f"no benchmark results in {results_dir}")
     out.mkdir(parents=True, exist_ok=True)
@@ -190,7 +195,9 @@ def write_report(results_dir: Path, out: Path) -> Path:
     env = next(iter(results.values()))
     gpu = f" with {env['device']['gpu']}" if env["device"].get("gpu") else ""
     sections += [
-        f"Measured on {env['device']['cpu']} ({env['device']['cores']} cores){gpu}, commit {env['commit']}, {env['time']}.",
+        f"Measured on {env['device']['cpu']} ({env['device']['cores']} cores){gpu}, from:",
+        "",
+        *sources,
         "",
     ]
     if accuracy:
@@ -229,6 +236,14 @@ def write_report(results_dir: Path, out: Path) -> Path:
         sections += [
             "## Server vs peers (same run, same model)",
             "",
+            *(
+                [
+                    f"Engine settings (both servers): `{' '.join(results['peers']['engine_args'])}`",
+                    "",
+                ]
+                if results["peers"].get("engine_args")
+                else []
+            ),
             peers_table(results["peers"]),
             "",
         ]

@@ -26,6 +26,8 @@ def test_report_from_the_committed_results_has_every_section_and_plot(tmp_path):
     for section in ("## Accuracy and robustness", "## In-process latency",
                     "## Server vs in-process", "## Server vs peers"):  # fmt: skip
         assert section in text
+    for name in ("accuracy-small-test.json", "latency-cpu.json", "peers-cpu.json"):
+        assert f"- `{name}`: " in text  # each result names its own commit
     # Every table row has as many cells as its header.
     table: list[int] = []
     for line in [*text.splitlines(), ""]:
@@ -42,6 +44,17 @@ def test_report_from_the_committed_results_has_every_section_and_plot(tmp_path):
     ):
         assert (tmp_path / "out" / png).stat().st_size > 10_000
         assert f"![{png}]({png})" in text
+
+
+@pytest.mark.unit
+def test_gpu_report_has_training_throughput_and_names_the_gpu(tmp_path):
+    gpu = RESULTS / "gpu-h100"
+    for path in gpu.glob("*.json"):
+        shutil.copy(path, tmp_path)
+    text = write_report(tmp_path, tmp_path / "out").read_text()
+    assert "H100" in text.splitlines()[2]
+    assert "## Training throughput" in text and "| efficientnet_lite0 | bf16 | 256 |" in text
+    assert "torch:cuda:fp16+graphs" in text
 
 
 @pytest.mark.unit

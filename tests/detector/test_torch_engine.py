@@ -59,3 +59,20 @@ def test_cuda_engine_matches_cpu_eager_and_graphs_match_eager(untrained_checkpoi
         assert np.abs(e - ref).max() <= tol * scale, (precision, n)
         assert np.abs(g - e).max() <= 1e-3 * scale, (precision, n)
     assert sorted(s[0] for s in graphs.engine._graphs) == [1, 4, 8, 16]
+
+
+def test_warmup_runs_every_power_of_two_bucket_up_to_the_batch_limit(untrained_checkpoint):
+    engine = load_bundle(untrained_checkpoint).engine
+    seen = []
+    run = engine.run
+    engine.run = lambda tiles: seen.append(tiles.shape) or run(tiles)
+    engine.warmup(64, 24)
+    assert [s[0] for s in seen] == [1, 2, 4, 8, 16, 24]
+    assert all(s[1:] == (3, 64, 64) for s in seen)
+
+
+@pytest.mark.gpu
+def test_warmup_captures_every_bucket_before_traffic(untrained_checkpoint):
+    engine = load_bundle(untrained_checkpoint, "cuda", precision="fp16", cuda_graphs=True).engine
+    engine.warmup(64, 24)
+    assert sorted(s[0] for s in engine._graphs) == [1, 2, 4, 8, 16, 32]
