@@ -44,7 +44,7 @@ case $stage in
       --torch-precisions fp32,fp16,bf16 --cuda-graphs --batches 1,8,32,128,256 \
       --seconds 2 --device cuda --out "$RESULTS/latency-cuda.json"
     $SD bench peers --model "$ckpt" --device cuda --precision fp16 --cuda-graphs \
-      --concurrency 1,4,16,64 --seconds 6 --out "$RESULTS/peers-cuda.json"
+      --concurrency 1,4,16,64 --seconds 5 --out "$RESULTS/peers-cuda.json"
     ;;
   train)
     data=${1:?usage: scripts/gpu_session.sh train MANIFEST}
@@ -60,7 +60,7 @@ case $stage in
   loo)
     data=${1:?usage: scripts/gpu_session.sh loo MANIFEST}
     $SD evaluate --leave-one-out --config configs/default.yaml --data "$data" \
-      --model "$WORK/loo" "${GPU_TRAIN[@]}" epochs=30 patience=8 \
+      --model "$WORK/loo" "${GPU_TRAIN[@]}" epochs=15 patience=6 \
       --out "$RESULTS/leave-one-out.json"
     ;;
   *)
