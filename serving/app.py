@@ -204,11 +204,22 @@ class _Routes:
         self.loop_pool = service.pool
 
     async def run(self, fn, *args):
+        """``fn(*args)`` on a worker thread: for work that decodes images or blocks."""
+        return await self._scoring(
+            lambda: asyncio.get_running_loop().run_in_executor(self.loop_pool, fn, *args)
+        )
+
+    async def run_tiles(self, tiles: np.ndarray) -> np.ndarray:
+        """Tiles go from the event loop straight into the batcher (``submit`` never blocks)
+        and the batch's future is awaited: no worker-thread hop for tensor requests."""
+        return await self._scoring(lambda: asyncio.wrap_future(self.s.batcher.submit(tiles)))
+
+    async def _scoring(self, start):
         # ``active`` counts scoring tasks not yet finished; each submits to the batcher at most
         # once, so the batcher knows when no one else can join a batch (see serving.batcher).
         self.s.active += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.loop_pool, fn, *args)
+            return await start()
         except QueueFull as exc:
             raise HttpError(503, f"server overloaded: {exc}", {"Retry-After": "1"}) from None
         except RuntimeError as exc:
@@ -397,7 +408,7 @@ class _Routes:
             )
         if not np.isfinite(tiles).all():
             raise HttpError(400, "input 'images' contains NaN or infinity")
-        logits = await self.run(self.s.infer_tiles, np.ascontiguousarray(tiles, np.float32))
+        logits = await self.run_tiles(np.ascontiguousarray(tiles, np.float32))
         return [("logits", "FP32", logits.reshape(-1, 1).astype(np.float32), [len(tiles), 1])], len(
             tiles
         )

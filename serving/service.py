@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from detector.bundled import DEFAULT_MODEL
@@ -147,9 +146,6 @@ class Service:
     ) -> list[Verdict | ImageError]:
         """Decode and score (called from a worker thread; blocks on the batcher)."""
         return (detector or self.detector).score_bytes(blobs)
-
-    def infer_tiles(self, tiles: np.ndarray) -> np.ndarray:
-        return self.batcher.run(tiles)
 
     def record(self, model: str, ok: bool, started: float, items: int) -> None:
         st = self.stats[model]
