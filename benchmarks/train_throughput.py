@@ -14,18 +14,16 @@ from pathlib import Path
 
 from benchmarks.env import environment
 
-__all__ = ["AMP_CHOICES", "train_throughput"]
-
-AMP_CHOICES = ("off", "bf16", "fp16")
+__all__ = ["train_throughput"]
 
 
 def _one(name: str, amp: str, batch: int, input_size: int, seconds: float, device) -> dict:
     import torch
 
     from detector.models import ModelSpec, build_model
-    from training.train import optimization_step
+    from training.train import AMP_DTYPES, optimization_step
 
-    dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    dtype = AMP_DTYPES[amp]
     model = build_model(ModelSpec(name, input_size=input_size, pretrained=None)).to(device)
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     model = model.to(memory_format=fmt).train()
@@ -80,13 +78,14 @@ def train_throughput(
     import torch
 
     from detector.models import MODELS
+    from training.train import AMP_DTYPES
 
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise ValueError(f"unknown model(s) {unknown}; registered: {', '.join(MODELS)}")
-    bad = [a for a in amps if a not in AMP_CHOICES]
+    bad = [a for a in amps if a not in AMP_DTYPES]
     if bad:
-        raise ValueError(f"amp must be among {AMP_CHOICES}, got {bad}")
+        raise ValueError(f"amp must be among {tuple(AMP_DTYPES)}, got {bad}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():

@@ -36,7 +36,14 @@ from training.debian import sha256_file
 from training.evaluate import evaluate_scores, predict_logits
 from training.metrics import average_precision
 
-__all__ = ["BalancedSampler", "optimization_step", "seed_everything", "split_samples", "train"]
+__all__ = [
+    "AMP_DTYPES",
+    "BalancedSampler",
+    "optimization_step",
+    "seed_everything",
+    "split_samples",
+    "train",
+]
 
 log = logging.getLogger("synthdetect.train")
 
@@ -158,12 +165,18 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+# Mixed-precision settings by name (the config's ``amp`` and the throughput benchmark's).
+AMP_DTYPES: dict[str, torch.dtype | None] = {
+    "off": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+
 def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if config.amp == "off" or (config.amp == "auto" and device.type != "cuda"):
-        return None
-    if config.amp == "fp16":
-        return torch.float16
-    return torch.bfloat16
+    if config.amp == "auto":  # bf16 on CUDA, full precision elsewhere
+        return torch.bfloat16 if device.type == "cuda" else None
+    return AMP_DTYPES[config.amp]
 
 
 def optimization_step(
