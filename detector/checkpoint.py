@@ -19,7 +19,12 @@ FORMAT = "synthdetect-checkpoint/1"
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     import torch
 
-    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # unpickling a damaged or foreign file fails in many ways
+        raise ValueError(f"{path} cannot be read as a torch checkpoint: {exc!r}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path} is not a synthdetect checkpoint (format {FORMAT})")
     return ckpt

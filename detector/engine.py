@@ -31,6 +31,7 @@ __all__ = [
     "ModelBundle",
     "OnnxEngine",
     "TorchEngine",
+    "cpu_threads",
     "load_bundle",
 ]
 
@@ -52,7 +53,7 @@ class Engine(Protocol):
         ...
 
 
-def _cpu_threads() -> int:
+def cpu_threads() -> int:
     """Physical cores are what ONNX Runtime's intra-op pool should use; os.cpu_count counts
     logical ones, an upper bound that is right on the 2-core machines this targets."""
     try:
@@ -77,7 +78,7 @@ class OnnxEngine:
         self.path = Path(path)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = threads or _cpu_threads()
+        opts.intra_op_num_threads = threads or cpu_threads()
         opts.inter_op_num_threads = 1
         if not spinning:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -91,7 +92,10 @@ class OnnxEngine:
             raise ValueError(f"device must be cpu, cuda or tensorrt, got {device!r}")
         available = set(ort.get_available_providers())
         providers = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
+        except Exception as exc:  # ONNX Runtime's errors derive from Exception only
+            raise ValueError(f"ONNX Runtime cannot load {self.path}: {exc}") from None
         active = self.session.get_providers()
         self.device = (
             "cuda" if active[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
@@ -247,11 +251,13 @@ def load_bundle(
     spinning: bool = True,
     precision: str = "fp32",
     cuda_graphs: bool = False,
+    threads: int | None = None,
 ) -> ModelBundle:
     """An exported directory / ``.onnx`` file (ONNX Runtime) or a ``.pt`` checkpoint / run dir.
 
     ``precision`` and ``cuda_graphs`` are torch-engine settings; an ONNX file's precision is
-    the one it was exported in (``synthdetect export --precision``).
+    the one it was exported in (``synthdetect export --precision``). ``threads``: ONNX Runtime's
+    intra-op threads (default: every core this process may use).
     """
     path = Path(path)
     if path.is_dir() and (path / ONNX_FILE).exists():
@@ -275,7 +281,7 @@ def load_bundle(
                 " checkpoint (.pt) for the torch engine's precision and CUDA graphs"
             )
         return ModelBundle(
-            OnnxEngine(path, device, spinning=spinning),
+            OnnxEngine(path, device, threads=threads, spinning=spinning),
             PreprocessConfig.from_dict(meta.get("preprocess", {})),
             Calibration.from_dict(meta.get("calibration")),
             meta,

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 import numpy as np
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, ContentLengthError
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from detector.fusion import Verdict
 from detector.image import ImageError
@@ -351,8 +350,8 @@ class _Routes:
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(
-            body=generate_latest(self.s.metrics.registry),
-            headers={"Content-Type": CONTENT_TYPE_LATEST},
+            body=self.s.metrics.exposition(),
+            headers={"Content-Type": self.s.metrics.content_type},
         )
 
     # --- inference --------------------------------------------------------------------------

@@ -6,10 +6,11 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["register", "serve"]
+__all__ = ["register", "serve", "serve_one"]
 
 
 def register(sub: Any) -> None:
@@ -37,7 +38,14 @@ def register(sub: Any) -> None:
     p.add_argument("--max-batch-size", type=int, default=32, help="tiles per engine call")
     p.add_argument("--max-queue-delay-us", type=int, default=2000)
     p.add_argument("--max-queue-tiles", type=int, default=4096, help="queued tiles before 503")
-    p.add_argument("--workers", type=int, default=32, help="decode/score threads")
+    p.add_argument("--workers", type=int, default=32, help="decode/score threads (per process)")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="server processes on the one port, each with its own engine and batcher (for a"
+        " GPU or many-core host; see serving/processes.py)",
+    )
     p.add_argument("--max-inflight", type=int, default=256, help="concurrent requests before 503")
     p.add_argument("--max-body-mb", type=float, default=64)
     p.add_argument("--api-key-file", type=Path)
@@ -63,8 +71,29 @@ def _api_keys(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def serve(args: argparse.Namespace) -> int:
+    if args.processes < 1:
+        print("synthdetect: --processes must be >= 1", file=sys.stderr)
+        return 2
+    if args.model is not None and not Path(args.model).exists():
+        print(f"synthdetect: no model at {args.model}", file=sys.stderr)
+        return 2
+    if args.processes == 1:
+        return serve_one(args)
+    from serving.processes import supervise
+
+    return supervise(serve_one, args, args.processes)
+
+
+def serve_one(
+    args: argparse.Namespace,
+    index: int = 0,
+    total: int = 1,
+    on_started: Callable[[], None] | None = None,
+) -> int:
+    """One server process; ``index`` of ``total`` sharing the port (``serve --processes``)."""
     from aiohttp import web
 
+    from detector.engine import cpu_threads
     from serving.app import HttpConfig, make_app
     from serving.batcher import BatcherConfig
     from serving.service import Service, ServiceConfig
@@ -82,6 +111,7 @@ def serve(args: argparse.Namespace) -> int:
                 workers=args.workers,
                 max_inflight=args.max_inflight,
                 spinning=not args.no_ort_spinning,
+                threads=max(1, cpu_threads() // total) if total > 1 else None,
             )
         )
         http = HttpConfig(
@@ -100,19 +130,33 @@ def serve(args: argparse.Namespace) -> int:
         service.close()
 
     app.on_cleanup.append(drain)
+    if on_started is not None:
+
+        async def started(app: web.Application) -> None:
+            on_started()
+
+        app.on_startup.append(started)
     url = f"http://{args.host}:{args.port}"
     auth = ' -H "Authorization: Bearer $KEY"' if http.api_keys else ""
+    where = f" (process {index + 1} of {total}, pid {os.getpid()})" if total > 1 else ""
     print(
-        f"synthdetect serving {service.bundle.name} ({service.engine_name}) on {url}",
+        f"synthdetect serving {service.bundle.name} ({service.engine_name}) on {url}{where}",
         file=sys.stderr,
     )
-    print(
-        f"try: curl -s{auth} --data-binary @detector/assets/samples/no-metadata.jpg {url}/v1/score",
-        file=sys.stderr,
-    )
+    if index == 0:
+        print(
+            f"try: curl -s{auth} --data-binary @detector/assets/samples/no-metadata.jpg {url}/v1/score",
+            file=sys.stderr,
+        )
     try:
         web.run_app(
-            app, host=args.host, port=args.port, print=None, shutdown_timeout=30, access_log=None
+            app,
+            host=args.host,
+            port=args.port,
+            print=None,
+            shutdown_timeout=30,
+            access_log=None,
+            reuse_port=total > 1,
         )
     except OSError as exc:
         print(f"synthdetect: cannot listen on {url}: {exc.strerror or exc}", file=sys.stderr)

@@ -8,12 +8,21 @@ so a request's tiles are batched with other requests' tiles on their way to the 
 
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 from detector.bundled import DEFAULT_MODEL
 from detector.engine import ModelBundle, load_bundle
@@ -22,6 +31,7 @@ from detector.image import DecodeLimits, ImageError
 from detector.methods import method_names
 from detector.pipeline import Detector
 from serving.batcher import BatcherConfig, BatchingEngine
+from serving.processes import METRICS_DIR_ENV
 
 __all__ = ["Service", "ServiceConfig"]
 
@@ -41,6 +51,7 @@ class ServiceConfig:
     limits: DecodeLimits = field(default_factory=DecodeLimits)
     methods: tuple[str, ...] | None = None  # default for /v1/score: every available method
     spinning: bool = True  # ONNX Runtime's busy-waiting threads: lower latency (measured)
+    threads: int | None = None  # ONNX Runtime intra-op threads (default: every usable core)
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.max_inflight < 1:
@@ -69,12 +80,31 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=self.registry,
         )
+        # Gauges are summed over live processes under ``serve --processes``.
         self.queue = Gauge(
-            "synthdetect_queue_tiles", "Tiles waiting for the engine", registry=self.registry
+            "synthdetect_queue_tiles",
+            "Tiles waiting for the engine",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.inflight = Gauge(
-            "synthdetect_inflight_requests", "Requests being served", registry=self.registry
+            "synthdetect_inflight_requests",
+            "Requests being served",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def exposition(self) -> bytes:
+        """Prometheus text: this process's metrics, or, when prometheus_client runs in its
+        multiprocess mode (``serve --processes``), every server process's."""
+        folder = os.environ.get(METRICS_DIR_ENV)
+        if not folder:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, folder)
+        return generate_latest(registry)
 
 
 @dataclass
@@ -101,6 +131,7 @@ class Service:
             spinning=config.spinning,
             precision=config.precision,
             cuda_graphs=config.cuda_graphs,
+            threads=config.threads,
         )
         bundle.engine.warmup(bundle.preprocess.input_size, config.batcher.max_batch_size)
         self.active = 0  # scoring tasks in flight (kept by the HTTP layer)

@@ -120,10 +120,14 @@ def test_verbose_lists_every_method(files):
         (["score", "missing.png"], "no such file"),
         (["score", "--max-pixels", "0", "x.png"], "must be positive"),
         (["scan", "missing-dir", "--out", "r.jsonl"], "not a directory"),
+        (["score", "--model", "junk.onnx", "x.png"], "ONNX Runtime cannot load"),
+        (["score", "--model", "junk.pt", "x.png"], "cannot be read as a torch checkpoint"),
         ([], "usage"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(args, message, tmp_path):
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")  # damaged model files
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     out = run(*args, cwd=tmp_path)
     assert out.returncode == 2
     assert message in (out.stderr + out.stdout)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -55,3 +56,153 @@ def test_serve_process_drains_on_sigterm(exported_model):
     err = proc.stderr.read()
     assert "synthdetect serving" in err and "try: curl" in err
     assert "Traceback" not in err
+
+
+def _serve(model, port: int, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "detector.cli", "serve", "--model", str(model), "--port", str(port),
+         "--no-access-log", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _wait_until(proc: subprocess.Popen, check, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited ({proc.returncode}): {proc.stderr.read()[-2000:]}")
+        if check():
+            return
+        time.sleep(0.2)
+    pytest.fail("timeout")
+
+
+def _children(pid: int) -> set[int]:
+    """Live processes whose parent is ``pid`` (Linux /proc)."""
+    out = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    # the field after the parenthesised name: state, then the parent's pid
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.add(int(entry))
+    return out
+
+
+def _metric(url: str, name: str, **labels: str) -> float:
+    text = urllib.request.urlopen(f"http://{url}/metrics", timeout=10).read().decode()
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            got = line[len(name) + 1 : line.index("}")]
+            if ",".join(sorted(got.split(","))) == want:
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _servers(proc: subprocess.Popen, count: int) -> set[int]:
+    """The supervisor's server processes, once ``count`` of them listen (not multiprocessing's
+    resource tracker, which is a child too)."""
+    found: set[int] = set()
+
+    def listening() -> bool:
+        found.clear()
+        for pid in _children(proc.pid):
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if b"spawn_main" in fh.read() and _listens(pid):
+                    found.add(pid)
+        return len(found) == count
+
+    _wait_until(proc, listening)
+    return set(found)
+
+
+def _listens(pid: int) -> bool:
+    try:
+        return any(
+            os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+            for fd in os.listdir(f"/proc/{pid}/fd")
+        )
+    except OSError:
+        return False
+
+
+def test_serve_processes_share_the_port_and_metrics(exported_model):
+    """``--processes 2``: two server processes answer on one port, /metrics counts both, and
+    SIGTERM to the supervisor drains and stops them all."""
+    port = free_port()
+    url = f"127.0.0.1:{port}"
+    proc = _serve(exported_model, port, "--processes", "2")
+    try:
+        servers = _servers(proc, 2)
+
+        def ready() -> bool:
+            try:
+                return (
+                    urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=1).status == 200
+                )
+            except OSError:
+                return False
+
+        _wait_until(proc, ready)
+        before = _metric(url, "synthdetect_requests_total", endpoint="/v1/score", code="200")
+        # a new connection per request: the kernel spreads them over both processes, so a
+        # /metrics answer from one process that counted only its own requests would be short
+        images = [jpeg(400 + i, 160) for i in range(24)]
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda b: request(url, "/v1/score", b), images))
+        assert [r[0] for r in results] == [200] * 24
+        after = _metric(url, "synthdetect_requests_total", endpoint="/v1/score", code="200")
+        assert after - before == 24
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) == 0
+        time.sleep(0.5)
+        assert not any(_alive(pid) for pid in servers)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = proc.stderr.read()
+    assert "2 server processes up" in err and "Traceback" not in err
+
+
+def test_serve_processes_stop_when_one_dies(exported_model):
+    port = free_port()
+    proc = _serve(exported_model, port, "--processes", "2")
+    try:
+        servers = _servers(proc, 2)
+        os.kill(min(servers), signal.SIGKILL)
+        assert proc.wait(timeout=90) != 0
+        time.sleep(0.5)
+        assert not any(_alive(pid) for pid in servers)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "exited with code -9; stopping the others" in proc.stderr.read()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_serve_rejects_bad_process_count_and_model(exported_model, tmp_path):
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"not a model")
+    for extra, message in (
+        (["--processes", "0"], "--processes must be >= 1"),
+        (["--processes", "2", "--model", str(bad)], "ONNX Runtime cannot load"),
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "detector.cli", "serve", "--port", str(free_port()), *extra],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert out.returncode == 2, out.stderr
+        assert message in out.stderr and "Traceback" not in out.stderr
