@@ -113,6 +113,9 @@ def register(sub: Any) -> None:
     ld.add_argument("--input-size", type=int, default=128)
     ld.add_argument("--seconds", type=float, default=10.0)
     ld.add_argument("--requests", type=int, default=100_000)
+    ld.add_argument(
+        "--client-processes", type=int, default=1, help="spread the workers over processes"
+    )
     ld.add_argument("--out", type=Path)
     ld.set_defaults(func=_load)
 
@@ -130,6 +133,10 @@ def register(sub: Any) -> None:
         "--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="torch engine only"
     )
     p.add_argument("--cuda-graphs", action="store_true", help="torch engine on CUDA only")
+    p.add_argument(
+        "--server-processes", type=int, default=1, help="our server's --processes (only ours)"
+    )
+    p.add_argument("--client-processes", type=int, default=1, help="load generator processes")
     p.add_argument("--out", type=Path)
     p.set_defaults(func=_peers)
 
@@ -271,7 +278,14 @@ def _load(args: argparse.Namespace) -> int:
     rows = []
     try:
         for c in args.concurrency:
-            res = run_load(args.url, payload, c, requests=args.requests, seconds=args.seconds)
+            res = run_load(
+                args.url,
+                payload,
+                c,
+                requests=args.requests,
+                seconds=args.seconds,
+                processes=args.client_processes,
+            )
             rows.append(res.to_dict())
             print(
                 f"c={c:<4} {res.items_per_s:9.1f} items/s  p50 {res.p50_ms:8.2f} ms  p99 {res.p99_ms:8.2f} ms  errors {res.errors}"
@@ -294,14 +308,17 @@ def _peers(args: argparse.Namespace) -> int:
     from benchmarks.peers import peers_benchmark
 
     try:
-        engine_args = ["--device", args.device, "--precision", args.precision]
         result = peers_benchmark(
             args.model,
             tuple(args.concurrency),
             args.seconds,
             args.pytriton_python,
             args.out,
-            tuple(engine_args + ["--cuda-graphs"] * args.cuda_graphs),
+            device=args.device,
+            precision=args.precision,
+            cuda_graphs=args.cuda_graphs,
+            server_processes=args.server_processes,
+            client_processes=args.client_processes,
         )
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         return _fail(exc)

@@ -18,10 +18,10 @@ from detector.engine import ModelBundle, load_bundle
 from detector.image import decode
 from detector.preprocess import preprocess
 
-__all__ = ["latency_benchmark"]
+__all__ = ["latency_benchmark", "measure"]
 
 
-def _measure(fn, seconds: float, warmup: int = 3, min_calls: int = 5) -> np.ndarray:
+def measure(fn, seconds: float, warmup: int = 3, min_calls: int = 5) -> np.ndarray:
     for _ in range(warmup):
         fn()
     times = []
@@ -86,7 +86,7 @@ def latency_benchmark(
             tiles = (
                 np.random.default_rng(batch).normal(size=(batch, 3, size, size)).astype(np.float32)
             )
-            times = _measure(lambda t=tiles, b=bundle: b.engine.run(t), seconds)
+            times = measure(lambda t=tiles, b=bundle: b.engine.run(t), seconds)
             rows.append(_row(bundle.engine.name, precision, batch, times, batch))
 
         def one(b: ModelBundle = bundle, state: dict = {"i": 0}) -> None:  # noqa: B006 - a counter
@@ -94,7 +94,7 @@ def latency_benchmark(
             state["i"] += 1
             b.engine.run(preprocess(decode(blob).pixels, b.preprocess))
 
-        times = _measure(one, seconds)
+        times = measure(one, seconds)
         e2e.append(
             _row(bundle.engine.name, precision, 1, times, 1)
             | {"what": "decode+preprocess+model, 512x512 JPEG"}

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing as mp
+import queue
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from urllib.parse import urlparse
 
@@ -109,9 +112,25 @@ class LoadResult:
         return asdict(self)
 
 
+@dataclass
+class _Raw:
+    """One client process's share: what it sent and how long each success took."""
+
+    sent: int
+    latencies: list[float]
+    codes: dict[str, int]
+    seconds: float
+
+
 async def _run(
-    url: str, payload: Payload, concurrency: int, requests: int, seconds: float, warmup: int
-) -> LoadResult:
+    url: str,
+    payload: Payload,
+    concurrency: int,
+    requests: int,
+    seconds: float,
+    warmup: int,
+    ready: Callable[[], None] | None = None,
+) -> _Raw:
     import aiohttp
 
     latencies: list[float] = []
@@ -139,6 +158,8 @@ async def _run(
 
         for i in range(warmup):
             await one(i)
+        if ready is not None:
+            ready()  # every client process starts its clock together
         deadline = time.perf_counter() + seconds
         start = time.perf_counter()
 
@@ -153,12 +174,24 @@ async def _run(
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         total = time.perf_counter() - start
+    return _Raw(counter["sent"], latencies, codes, total)
+
+
+def _summary(concurrency: int, payload: Payload, parts: list[_Raw]) -> LoadResult:
+    """Throughput over the longest client's window (the processes start together)."""
+    latencies = [t for p in parts for t in p.latencies]
+    sent = sum(p.sent for p in parts)
+    codes: dict[str, int] = {}
+    for p in parts:
+        for code, n in p.codes.items():
+            codes[code] = codes.get(code, 0) + n
+    total = max(p.seconds for p in parts)
     ok = len(latencies)
     lat = np.array(latencies or [np.nan]) * 1000
     return LoadResult(
         concurrency=concurrency,
-        requests=counter["sent"],
-        errors=counter["sent"] - ok,
+        requests=sent,
+        errors=sent - ok,
         seconds=round(total, 3),
         items_per_s=ok * payload.items_per_request / total,
         requests_per_s=ok / total,
@@ -169,6 +202,21 @@ async def _run(
     )
 
 
+def _split(total: int, parts: int) -> list[int]:
+    return [total // parts + (i < total % parts) for i in range(parts)]
+
+
+def _client(url, payload, concurrency, requests, seconds, warmup, barrier, results) -> None:
+    try:
+        raw = asyncio.run(
+            _run(url, payload, concurrency, requests, seconds, warmup, lambda: barrier.wait(300))
+        )
+        results.put(asdict(raw))
+    except Exception as exc:  # reported by the parent, which owns the error message
+        barrier.abort()
+        results.put({"error": f"{type(exc).__name__}: {exc}"})
+
+
 def run_load(
     url: str,
     payload: Payload,
@@ -177,9 +225,48 @@ def run_load(
     requests: int = 2000,
     seconds: float = 20.0,
     warmup: int = 10,
+    processes: int = 1,
 ) -> LoadResult:
-    """Drive ``url`` (loopback only) with ``concurrency`` closed-loop workers."""
+    """Drive ``url`` (loopback only) with ``concurrency`` closed-loop workers.
+
+    ``processes`` > 1 spreads the workers (and the request budget) over that many client
+    processes that start their clocks together: one Python client tops out at a few thousand
+    requests/s, below what a server on a GPU host can answer."""
     host = urlparse(url).hostname
     if host not in _LOOPBACK:
         raise ValueError(f"the load generator only targets loopback servers, not {host!r}")
-    return asyncio.run(_run(url.rstrip("/"), payload, concurrency, requests, seconds, warmup))
+    if processes < 1 or concurrency < 1:
+        raise ValueError("concurrency and processes must be >= 1")
+    url = url.rstrip("/")
+    processes = min(processes, concurrency)
+    if processes == 1:
+        return _summary(
+            concurrency,
+            payload,
+            [asyncio.run(_run(url, payload, concurrency, requests, seconds, warmup))],
+        )
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(processes), ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=_client,
+            args=(url, payload, c, r, seconds, max(1, warmup // processes), barrier, results),
+            daemon=True,
+        )
+        for c, r in zip(_split(concurrency, processes), _split(requests, processes), strict=True)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        parts = [results.get(timeout=seconds + 600) for _ in procs]
+    except queue.Empty:
+        raise RuntimeError("a load generator process did not report back") from None
+    finally:
+        for proc in procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+    errors = [p["error"] for p in parts if "error" in p]
+    if errors:
+        raise RuntimeError(f"load generator process failed: {errors[0]}")
+    return _summary(concurrency, payload, [_Raw(**p) for p in parts])

@@ -14,7 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from benchmarks.env import environment
+from benchmarks.latency import measure
 from benchmarks.loadgen import run_load, score_payload, tiles_payload
 from benchmarks.serving import benchmark_images, spawn_ready, start_server
 from detector.engine import load_bundle
@@ -22,10 +25,34 @@ from detector.engine import load_bundle
 __all__ = ["peers_benchmark"]
 
 
-def _sweep(url: str, payload, concurrency: tuple[int, ...], seconds: float) -> list[dict]:
+def _sweep(
+    url: str, payload, concurrency: tuple[int, ...], seconds: float, processes: int
+) -> list[dict]:
     return [
-        run_load(url, payload, c, requests=10**6, seconds=seconds).to_dict() for c in concurrency
+        run_load(url, payload, c, requests=10**6, seconds=seconds, processes=processes).to_dict()
+        for c in concurrency
     ]
+
+
+def engine_ceiling(
+    model: Path, device: str, precision: str, cuda_graphs: bool, max_batch: int, seconds: float
+) -> dict:
+    """The engine alone, in process: tiles/s one tile per call and at the servers' largest
+    batch. No server can serve tiles faster than its engine at its largest batch, so that rate
+    over the naive server's measured throughput bounds our server's ratio to it
+    (``tiles_ceiling_vs_naive_c*``): a target above that bound cannot be met on this machine
+    with this model, whatever the HTTP stack (and on a small CPU the HTTP work takes cores
+    from the engine, so the bound is loose)."""
+    bundle = load_bundle(model, device, precision=precision, cuda_graphs=cuda_graphs)
+    size = bundle.preprocess.input_size
+    bundle.engine.warmup(size, max_batch)
+    rates: dict = {"engine": bundle.engine.name, "max_batch": max_batch}
+    for key, batch in (("b1_tiles_per_s", 1), ("max_batch_tiles_per_s", max_batch)):
+        tiles = np.random.default_rng(batch).normal(size=(batch, 3, size, size)).astype(np.float32)
+        times = measure(lambda t=tiles: bundle.engine.run(t), seconds)
+        rates[key] = float(batch / np.median(times))
+    rates["batching_gain"] = rates["max_batch_tiles_per_s"] / rates["b1_tiles_per_s"]
+    return rates
 
 
 def peers_benchmark(
@@ -34,27 +61,44 @@ def peers_benchmark(
     seconds: float,
     pytriton_python: Path | None,
     out: Path | None,
-    engine_args: tuple[str, ...] = (),
+    *,
+    device: str = "cpu",
+    precision: str = "fp32",
+    cuda_graphs: bool = False,
+    server_processes: int = 1,
+    client_processes: int = 1,
 ) -> dict:
-    """``engine_args`` (e.g. ``--device cuda --precision fp16 --cuda-graphs``) go to our server
-    and the naive one alike, so both run the same engine; PyTriton runs the ONNX model on the
-    CPU and is left out when they name another device."""
+    """The engine settings (device, precision, CUDA graphs) go to our server and the naive one
+    alike, so both run the same engine; PyTriton runs the ONNX model on the CPU and is left
+    out on another device. ``server_processes`` applies to our server only (the naive server
+    is one process by definition); ``client_processes`` to the load generator for every peer."""
+    engine_args = ("--device", device, "--precision", precision) + ("--cuda-graphs",) * cuda_graphs
+    max_batch = 32
+    ceiling = engine_ceiling(model, device, precision, cuda_graphs, max_batch, min(seconds, 5.0))
     size = load_bundle(model).preprocess.input_size
-    on_cpu = "cuda" not in engine_args
+    on_cpu = device == "cpu"
     tiles = tiles_payload("synthdetect_tiles", 1, size)
     scores = score_payload(benchmark_images(), "model")
+    ours = ["--max-batch-size", str(max_batch), *engine_args]
+    if server_processes > 1:
+        ours += ["--processes", str(server_processes)]
     servers: dict[str, dict] = {}
     procs = {}
+
+    def sweep(port: int, payloads: dict) -> dict:
+        url = f"http://127.0.0.1:{port}"
+        return {
+            k: _sweep(url, v, concurrency, seconds, client_processes) for k, v in payloads.items()
+        }
+
     try:
-        procs["synthdetect"] = start_server(model, 8765, ["--max-batch-size", "32", *engine_args])
-        servers["synthdetect"] = {"tiles": _sweep("http://127.0.0.1:8765", tiles, concurrency, seconds),
-                                  "score": _sweep("http://127.0.0.1:8765", scores, concurrency, seconds)}  # fmt: skip
+        procs["synthdetect"] = start_server(model, 8765, ours)
+        servers["synthdetect"] = sweep(8765, {"tiles": tiles, "score": scores})
         procs["synthdetect"].terminate()
-        procs["synthdetect"].wait(60)
+        procs["synthdetect"].wait(90)
         naive = spawn_ready([sys.executable, "-m", "benchmarks.naive_server", "--model", str(model), "--port", "8766", *engine_args], 8766)  # fmt: skip
         procs["naive"] = naive
-        servers["naive"] = {"tiles": _sweep("http://127.0.0.1:8766", tiles, concurrency, seconds),
-                            "score": _sweep("http://127.0.0.1:8766", scores, concurrency, seconds)}  # fmt: skip
+        servers["naive"] = sweep(8766, {"tiles": tiles, "score": scores})
         naive.terminate()
         naive.wait(60)
         if pytriton_python and Path(pytriton_python).exists() and on_cpu:
@@ -62,9 +106,7 @@ def peers_benchmark(
             env = {**os.environ, "LD_LIBRARY_PATH": _libdir(pytriton_python)}
             pt = spawn_ready([str(pytriton_python), str(script), "--model", str(model), "--port", "8767"], 8767, env=env)  # fmt: skip
             procs["pytriton"] = pt
-            servers["pytriton"] = {
-                "tiles": _sweep("http://127.0.0.1:8767", tiles, concurrency, seconds)
-            }
+            servers["pytriton"] = sweep(8767, {"tiles": tiles})
             pt.terminate()
             pt.wait(60)
         else:
@@ -79,19 +121,25 @@ def peers_benchmark(
                 p.kill()
     ratios = {}
     for i, c in enumerate(concurrency):
-        ours = servers["synthdetect"]["tiles"][i]
+        ours_row = servers["synthdetect"]["tiles"][i]
         for peer in ("naive", "pytriton"):
             rows = servers[peer].get("tiles")
             if rows:
-                ratios[f"tiles_throughput_vs_{peer}_c{c}"] = ours["items_per_s"] / max(
+                ratios[f"tiles_throughput_vs_{peer}_c{c}"] = ours_row["items_per_s"] / max(
                     rows[i]["items_per_s"], 1e-9
                 )
-                ratios[f"tiles_p99_vs_{peer}_c{c}"] = ours["p99_ms"] / max(rows[i]["p99_ms"], 1e-9)
+                ratios[f"tiles_p99_vs_{peer}_c{c}"] = ours_row["p99_ms"] / max(
+                    rows[i]["p99_ms"], 1e-9
+                )
+        ratios[f"tiles_ceiling_vs_naive_c{c}"] = ceiling["max_batch_tiles_per_s"] / max(
+            servers["naive"]["tiles"][i]["items_per_s"], 1e-9
+        )
         ratios[f"score_throughput_vs_naive_c{c}"] = servers["synthdetect"]["score"][i][
             "items_per_s"
         ] / max(servers["naive"]["score"][i]["items_per_s"], 1e-9)
     result = {**environment(), "benchmark": "peers", "model": str(model), "concurrency": list(concurrency),
-              "engine_args": list(engine_args),
+              "engine_args": list(engine_args), "server_processes": server_processes,
+              "client_processes": client_processes, "engine_ceiling": ceiling,
               "servers": servers, "ratios": ratios,
               "gate": {"speed_ratio": {k: v for k, v in ratios.items() if "throughput" in k and k.endswith("c16")}}}  # fmt: skip
     if out:

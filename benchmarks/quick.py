@@ -17,7 +17,7 @@ import numpy as np
 
 from benchmarks.accuracy import accuracy_benchmark
 from benchmarks.env import environment
-from benchmarks.latency import _measure
+from benchmarks.latency import measure
 from benchmarks.loadgen import run_load, tiles_payload
 from benchmarks.serving import start_server
 from detector.bundled import DEFAULT_MODEL
@@ -68,8 +68,8 @@ def quick_profile(data: Path, out: Path, model: Path | None = None, seconds: flo
     rng = np.random.default_rng(0)
     t1 = rng.normal(size=(1, 3, size, size)).astype(np.float32)
     t8 = rng.normal(size=(8, 3, size, size)).astype(np.float32)
-    b1 = 1 / np.median(_measure(lambda: bundle.engine.run(t1), seconds))
-    b8 = 8 / np.median(_measure(lambda: bundle.engine.run(t8), seconds))
+    b1 = 1 / np.median(measure(lambda: bundle.engine.run(t1), seconds))
+    b8 = 8 / np.median(measure(lambda: bundle.engine.run(t8), seconds))
     port = _free_port()
     server = start_server(model, port)
     try:

@@ -74,6 +74,28 @@ def peers_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _peers_settings(peers: dict) -> list[str]:
+    """How the peers run was set up, and the engine's own ceiling measured in it."""
+    lines = []
+    if peers.get("engine_args"):
+        lines.append(f"Engine settings (both servers): `{' '.join(peers['engine_args'])}`.")
+    if "server_processes" in peers:
+        lines.append(
+            f"Our server ran {peers['server_processes']} process(es) (`serve --processes`), the"
+            f" naive server one; the load generator ran {peers['client_processes']} process(es)."
+        )
+    ceiling = peers.get("engine_ceiling")
+    if ceiling:
+        lines.append(
+            f"The engine alone in process ({ceiling['engine']}): {ceiling['b1_tiles_per_s']:.0f}"
+            f" tiles/s one tile per call, {ceiling['max_batch_tiles_per_s']:.0f} at batch"
+            f" {ceiling['max_batch']}"
+            f" ({ceiling['batching_gain']:.2f}x). No server outruns its engine, so"
+            " `tiles_ceiling_vs_naive` bounds our server's throughput ratio to the naive one."
+        )
+    return [" ".join(lines), ""] if lines else []
+
+
 def _save(fig, path: Path) -> str:
     """Write one figure as PNG, free it, and return its file name for the report."""
     import matplotlib.pyplot as plt
@@ -236,14 +258,7 @@ def write_report(results_dir: Path, out: Path) -> Path:
         sections += [
             "## Server vs peers (same run, same model)",
             "",
-            *(
-                [
-                    f"Engine settings (both servers): `{' '.join(results['peers']['engine_args'])}`",
-                    "",
-                ]
-                if results["peers"].get("engine_args")
-                else []
-            ),
+            *_peers_settings(results["peers"]),
             peers_table(results["peers"]),
             "",
         ]

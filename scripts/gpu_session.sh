@@ -6,6 +6,7 @@
 #   scripts/gpu_session.sh check                 # device, library versions, the GPU tests
 #   scripts/gpu_session.sh throughput            # training steps/s: models x precision x batch
 #   scripts/gpu_session.sh bench CHECKPOINT      # in-process latency and server load on CUDA
+#   scripts/gpu_session.sh serve CHECKPOINT      # server load: 1 vs 8 server processes
 #   scripts/gpu_session.sh train MANIFEST        # the default model on the GPU schedule
 #   scripts/gpu_session.sh loo MANIFEST          # leave-one-generator-out on the GPU schedule
 #
@@ -22,7 +23,7 @@ mkdir -p "$RESULTS" "$WORK"
 # epoch, so more epochs = more distinct tiles seen), a larger batch, loader workers for 16 cores.
 GPU_TRAIN=(device=cuda epochs=60 patience=15 batch_size=64 warmup_steps=200 workers=12)
 
-stage=${1:?usage: scripts/gpu_session.sh check|throughput|bench CKPT|train MANIFEST|loo MANIFEST}
+stage=${1:?usage: scripts/gpu_session.sh check|throughput|bench CKPT|serve CKPT|train MANIFEST|loo MANIFEST}
 shift
 case $stage in
   check)
@@ -45,6 +46,17 @@ case $stage in
       --seconds 2 --device cuda --out "$RESULTS/latency-cuda.json"
     $SD bench peers --model "$ckpt" --device cuda --precision fp16 --cuda-graphs \
       --concurrency 1,4,16,64 --seconds 5 --out "$RESULTS/peers-cuda.json"
+    ;;
+  serve)
+    ckpt=${1:?usage: scripts/gpu_session.sh serve CHECKPOINT}
+    # One server process is limited by its Python HTTP path, not by the GPU (peers-cuda.json):
+    # the same load with the client in 4 processes, then our server in 8 processes
+    # (serve --processes). The naive server is one process by definition.
+    engine=(--device cuda --precision fp16 --cuda-graphs --seconds 5 --client-processes 4)
+    $SD bench peers --model "$ckpt" "${engine[@]}" --concurrency 1,4,16,64 \
+      --out "$RESULTS/peers-cuda-1proc.json"
+    $SD bench peers --model "$ckpt" "${engine[@]}" --concurrency 1,4,16,64,256 \
+      --server-processes 8 --out "$RESULTS/peers-cuda-8proc.json"
     ;;
   train)
     data=${1:?usage: scripts/gpu_session.sh train MANIFEST}

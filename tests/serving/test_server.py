@@ -284,3 +284,21 @@ def test_overload_answers_503_fast_and_recovers(make_server):
     assert 503 in codes and 200 in codes
     assert all("overloaded" in json.loads(r[2])["error"] for r in results if r[0] == 503)
     assert request(live.url, "/v1/score", images[0])[0] == 200
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_load_generator_counts_every_request(server, processes):
+    """The benchmarks' load generator, in one process or spread over two, sends exactly its
+    request budget and counts each answer."""
+    from benchmarks.loadgen import run_load, tiles_payload
+
+    payload = tiles_payload("synthdetect_tiles", 2, server.service.input_size, variants=2)
+    res = run_load(
+        f"http://{server.url}", payload, 4, requests=40, seconds=60, warmup=2, processes=processes
+    )
+    assert res.requests == 40 and res.errors == 0 and res.status_codes == {"200": 40}
+    assert res.items_per_s > 0 and 0 < res.p50_ms <= res.p99_ms
+    closed = run_load(
+        "http://127.0.0.1:9", payload, 2, requests=4, seconds=10, warmup=0, processes=processes
+    )
+    assert closed.errors == 4 and closed.status_codes == {"0": 4}
