@@ -92,6 +92,13 @@ class OnnxEngine:
             raise ValueError(f"device must be cpu, cuda or tensorrt, got {device!r}")
         available = set(ort.get_available_providers())
         providers = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+        if providers[0] != "CPUExecutionProvider" and hasattr(ort, "preload_dlls"):
+            # onnxruntime-gpu finds CUDA and cuDNN in the nvidia-* pip packages (or torch's)
+            # only when asked; without it they must be on LD_LIBRARY_PATH.
+            try:
+                ort.preload_dlls()
+            except Exception as exc:  # missing libraries: the session falls back and says so
+                log.warning("onnxruntime.preload_dlls failed: %s", exc)
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
         except Exception as exc:  # ONNX Runtime's errors derive from Exception only

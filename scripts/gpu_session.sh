@@ -7,6 +7,7 @@
 #   scripts/gpu_session.sh throughput            # training steps/s: models x precision x batch
 #   scripts/gpu_session.sh bench CHECKPOINT      # in-process latency and server load on CUDA
 #   scripts/gpu_session.sh serve CHECKPOINT      # server load: 1 vs 8 server processes
+#   scripts/gpu_session.sh ort CHECKPOINT        # the ONNX model on onnxruntime-gpu (CUDA EP)
 #   scripts/gpu_session.sh train MANIFEST        # the default model on the GPU schedule
 #   scripts/gpu_session.sh loo MANIFEST          # leave-one-generator-out on the GPU schedule
 #
@@ -23,7 +24,7 @@ mkdir -p "$RESULTS" "$WORK"
 # epoch, so more epochs = more distinct tiles seen), a larger batch, loader workers for 16 cores.
 GPU_TRAIN=(device=cuda epochs=60 patience=15 batch_size=64 warmup_steps=200 workers=12)
 
-stage=${1:?usage: scripts/gpu_session.sh check|throughput|bench CKPT|serve CKPT|train MANIFEST|loo MANIFEST}
+stage=${1:?usage: scripts/gpu_session.sh check|throughput|bench CKPT|serve CKPT|ort CKPT|train MANIFEST|loo MANIFEST}
 shift
 case $stage in
   check)
@@ -57,6 +58,19 @@ case $stage in
       --out "$RESULTS/peers-cuda-1proc.json"
     $SD bench peers --model "$ckpt" "${engine[@]}" --concurrency 1,4,16,64,256 \
       --server-processes 8 --out "$RESULTS/peers-cuda-8proc.json"
+    ;;
+  ort)
+    # The bundled ONNX model on ONNX Runtime's CUDA provider: needs onnxruntime-gpu (the [gpu]
+    # extra) installed in place of onnxruntime. CHECKPOINT (the shipped architecture) is
+    # exported once more in fp16 for the latency rows; speed does not depend on the weights.
+    ckpt=${1:?usage: scripts/gpu_session.sh ort CHECKPOINT}
+    python3 -c "import onnxruntime as o; p = o.get_available_providers(); print('onnxruntime', o.__version__, p); assert 'CUDAExecutionProvider' in p"
+    python3 -m pytest -q -p no:cacheprovider -m gpu tests/detector/test_onnx_cuda.py
+    $SD export "$ckpt" --out "$WORK/onnx-fp16" --fp16 --name efficientnet_lite0_default
+    $SD bench latency --model detector/assets/models/default --fp16 "$WORK/onnx-fp16" \
+      --batches 1,8,32,128,256 --seconds 2 --device cuda --out "$RESULTS/latency-cuda-ort.json"
+    $SD bench peers --model detector/assets/models/default --device cuda --seconds 5 \
+      --client-processes 4 --concurrency 1,4,16,64 --out "$RESULTS/peers-cuda-ort.json"
     ;;
   train)
     data=${1:?usage: scripts/gpu_session.sh train MANIFEST}
