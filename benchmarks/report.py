@@ -74,6 +74,11 @@ def peers_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _subhead(name: str, files: list) -> list[str]:
+    """A heading per result file where a kind has several (e.g. GPU runs of different setups)."""
+    return [f"### `{name}.json`", ""] if len(files) > 1 else []
+
+
 def _peers_settings(peers: dict) -> list[str]:
     """How the peers run was set up, and the engine's own ceiling measured in it."""
     lines = []
@@ -106,7 +111,9 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
-def _plots(results: dict[str, dict], accuracy: list[dict], out: Path) -> list[str]:
+def _plots(
+    results: dict[str, dict], every: dict[str, list], accuracy: list[dict], out: Path
+) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -158,8 +165,9 @@ def _plots(results: dict[str, dict], accuracy: list[dict], out: Path) -> list[st
     lat = results.get("latency")
     if lat:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for key in dict.fromkeys((r["engine"], r["precision"]) for r in lat["model_only"]):
-            rows = [r for r in lat["model_only"] if (r["engine"], r["precision"]) == key]
+        model_only = [r for _, data in every["latency"] for r in data["model_only"]]
+        for key in dict.fromkeys((r["engine"], r["precision"]) for r in model_only):
+            rows = [r for r in model_only if (r["engine"], r["precision"]) == key]
             ax.plot(
                 [r["batch"] for r in rows],
                 [r["items_per_s"] for r in rows],
@@ -174,8 +182,7 @@ def _plots(results: dict[str, dict], accuracy: list[dict], out: Path) -> list[st
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         made.append(_save(fig, out / "latency_vs_batch.png"))
-    peers = results.get("peers")
-    if peers:
+    for file, peers in every.get("peers", []):
         fig, ax = plt.subplots(figsize=(6, 4))
         for name, runs in peers["servers"].items():
             for payload, rows in runs.items():
@@ -189,15 +196,19 @@ def _plots(results: dict[str, dict], accuracy: list[dict], out: Path) -> list[st
         ax.set_xscale("log", base=2)
         ax.set_xlabel("concurrent clients")
         ax.set_ylabel("items / s")
-        ax.set_title("Server throughput vs concurrency")
+        ax.set_title(
+            "Server throughput vs concurrency" + (f" ({file})" if len(every["peers"]) > 1 else "")
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        made.append(_save(fig, out / "throughput_vs_concurrency.png"))
+        suffix = f"-{file}" if len(every["peers"]) > 1 else ""
+        made.append(_save(fig, out / f"throughput_vs_concurrency{suffix}.png"))
     return made
 
 
 def write_report(results_dir: Path, out: Path) -> Path:
-    results: dict[str, dict] = {}
+    results: dict[str, dict] = {}  # the first file of each kind (header, serving, training)
+    every: dict[str, list[tuple[str, dict]]] = {}  # latency and peers: every file, by name
     accuracy: list[dict] = []
     sources: list[str] = []
     for path in sorted(Path(results_dir).glob("*.json")):
@@ -205,8 +216,9 @@ def write_report(results_dir: Path, out: Path) -> Path:
         kind = data.get("benchmark")
         if kind == "accuracy":
             accuracy.append(data)
-        if kind and (kind == "accuracy" or kind not in results):
+        if kind and (kind in ("accuracy", "latency", "peers") or kind not in results):
             results.setdefault(kind, data)
+            every.setdefault(kind, []).append((path.stem, data))
             sources.append(
                 f"- `{path.name}`: {kind}, commit {data.get('commit')}, {data.get('time')}"
             )
@@ -227,7 +239,9 @@ def write_report(results_dir: Path, out: Path) -> Path:
         for acc in accuracy:
             sections += [accuracy_table(acc), ""]
     if "latency" in results:
-        sections += ["## In-process latency", "", latency_table(results["latency"]), ""]
+        sections += ["## In-process latency", ""]
+        for name, lat in every["latency"]:
+            sections += [*_subhead(name, every["latency"]), latency_table(lat), ""]
     if "train-throughput" in results:
         sections += [
             "## Training throughput (model ceiling)",
@@ -255,14 +269,15 @@ def write_report(results_dir: Path, out: Path) -> Path:
             "",
         ]
     if "peers" in results:
-        sections += [
-            "## Server vs peers (same run, same model)",
-            "",
-            *_peers_settings(results["peers"]),
-            peers_table(results["peers"]),
-            "",
-        ]
-    plots = _plots(results, accuracy, out)
+        sections += ["## Server vs peers (same run, same model)", ""]
+        for name, peers in every["peers"]:
+            sections += [
+                *_subhead(name, every["peers"]),
+                *_peers_settings(peers),
+                peers_table(peers),
+                "",
+            ]
+    plots = _plots(results, every, accuracy, out)
     sections += [f"![{p}]({p})" for p in plots]
     path = out / "REPORT.md"
     path.write_text("\n".join(sections) + "\n")

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -112,10 +113,25 @@ class OnnxEngine:
                 ort.preload_dlls()
             except Exception as exc:  # missing libraries: the session falls back and says so
                 log.warning("onnxruntime.preload_dlls failed: %s", exc)
-        try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
-        except Exception as exc:  # ONNX Runtime's errors derive from Exception only
-            raise ValueError(f"ONNX Runtime cannot load {self.path}: {exc}") from None
+        # cuDNN's exhaustive algorithm search (the CUDA provider's default) costs ~1 s per new
+        # shape on an H100; the heuristic choice ran as fast in our measurements.
+        options = {"cudnn_conv_algo_search": "HEURISTIC"}
+        if providers[0] != "CPUExecutionProvider":
+            # The GPU does the work: one CPU thread per session, not a spinning pool per bucket
+            # session (6 x 16 busy-waiting threads starved the server's decoding).
+            opts.intra_op_num_threads = 1
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers = [(p, options) if p == "CUDAExecutionProvider" else p for p in providers]
+
+        def session() -> Any:
+            try:
+                return ort.InferenceSession(str(self.path), opts, providers=providers)
+            except Exception as exc:  # ONNX Runtime's errors derive from Exception only
+                raise ValueError(f"ONNX Runtime cannot load {self.path}: {exc}") from None
+
+        self._new_session = session
+        self.session = session()
+        self._lock = threading.Lock()
         active = self.session.get_providers()
         self.device = (
             "cuda" if active[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
@@ -125,6 +141,17 @@ class OnnxEngine:
         log.log(level, "ONNX Runtime active providers: %s (asked for %s)", active, wanted[0])
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
+        # On CUDA, one session per power-of-two batch bucket: the CUDA provider re-plans every
+        # convolution whenever a session's input shape differs from its previous call (~0.2-1 s
+        # on an H100), and a dynamic batcher changes it on nearly every call (server throughput
+        # fell from 300 to 3 tiles/s). A session that only ever sees one shape plans once.
+        self._buckets: dict[int, Any] = {}
+
+    def _session_for(self, bucket: int) -> Any:
+        with self._lock:
+            if bucket not in self._buckets:
+                self._buckets[bucket] = self.session if not self._buckets else self._new_session()
+            return self._buckets[bucket]
 
     def warmup(self, input_size: int, max_batch: int) -> None:
         sizes = _bucket_batches(max_batch) if self.device == "cuda" else sorted({1, max_batch})
@@ -136,13 +163,13 @@ class OnnxEngine:
         if n == 0:
             return np.zeros(0, np.float32)
         x = np.ascontiguousarray(tiles, np.float32)
-        if self.device == "cuda" and _bucket(n) != n:
-            # The CUDA provider searches cuDNN algorithms for every new input shape (measured
-            # on an H100: ~1.7 s a shape, server throughput fell from 300 to 3 tiles/s while a
-            # dynamic batcher produced new sizes). Padding to a power of two bounds the shapes
-            # to the few that warmup() searches before the first request.
-            x = np.concatenate([x, np.zeros((_bucket(n) - n, *x.shape[1:]), np.float32)])
-        out = self.session.run([self.output_name], {self.input_name: x})
+        session = self.session
+        if self.device == "cuda":
+            bucket = _bucket(n)
+            if bucket != n:
+                x = np.concatenate([x, np.zeros((bucket - n, *x.shape[1:]), np.float32)])
+            session = self._session_for(bucket)
+        out = session.run([self.output_name], {self.input_name: x})
         return np.asarray(out[0], np.float32).reshape(len(x))[:n]
 
 
