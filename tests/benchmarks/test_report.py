@@ -28,6 +28,7 @@ def test_report_from_the_committed_results_has_every_section_and_plot(tmp_path):
         assert section in text
     for name in ("accuracy-small-test.json", "latency-cpu.json", "peers-cpu.json"):
         assert f"- `{name}`: " in text  # each result names its own commit
+    assert "The engine alone in process" in text and "tiles_ceiling_vs_naive_c16" in text
     # Every table row has as many cells as its header.
     table: list[int] = []
     for line in [*text.splitlines(), ""]:
@@ -55,6 +56,14 @@ def test_gpu_report_has_training_throughput_and_names_the_gpu(tmp_path):
     assert "H100" in text.splitlines()[2]
     assert "## Training throughput" in text and "| efficientnet_lite0 | bf16 | 256 |" in text
     assert "torch:cuda:fp16+graphs" in text
+    # several latency and peers files: each gets its own table (and peers plot), none is hidden
+    for name in ("latency-cuda", "latency-cuda-ort", "peers-cuda", "peers-cuda-8proc"):
+        assert f"### `{name}.json`" in text
+    assert "onnxruntime:CUDAExecutionProvider" in text
+    assert "Our server ran 8 process(es)" in text and "tiles_ceiling_vs_naive_c16" in text
+    for name in ("peers-cuda", "peers-cuda-1proc", "peers-cuda-8proc"):
+        png = f"throughput_vs_concurrency-{name}.png"
+        assert (tmp_path / "out" / png).stat().st_size > 10_000 and f"![{png}]({png})" in text
 
 
 @pytest.mark.unit
