@@ -30,6 +30,29 @@ from serving.service import BYTES_MODEL, TENSOR_MODEL, Service
 __all__ = ["HttpConfig", "make_app"]
 
 log = logging.getLogger("synthdetect.server")
+
+
+class _OneLineProtocolErrors(logging.Filter):
+    """aiohttp answers a malformed HTTP message (bad Content-Length, chunking, method) with a
+    400 before any handler runs, and logs the parser's traceback. A client's bad bytes are not
+    a server fault: log them as one line with the parser's reason."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, BadHttpMessage):
+            reason = " ".join(str(exc.message).split())
+            record.msg, record.args = f"malformed HTTP request (400): {reason}", ()
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def _quiet_protocol_errors() -> None:
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _OneLineProtocolErrors) for f in server_log.filters):
+        server_log.addFilter(_OneLineProtocolErrors())
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
 SERVICE = web.AppKey("service", Service)
@@ -103,6 +126,7 @@ class Guard:
 
 def make_app(service: Service, config: HttpConfig | None = None) -> web.Application:
     config = config or HttpConfig()
+    _quiet_protocol_errors()
     guard = Guard(config)
     inflight = {"n": 0}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import struct
+import time
 import urllib.error
 import urllib.request
 
@@ -302,3 +303,25 @@ def test_load_generator_counts_every_request(server, processes):
         "http://127.0.0.1:9", payload, 2, requests=4, seconds=10, warmup=0, processes=processes
     )
     assert closed.errors == 4 and closed.status_codes == {"0": 4}
+
+
+def test_malformed_http_is_a_400_and_one_log_line(server, caplog):
+    """aiohttp rejects a malformed message before any handler runs: the client gets a 400
+    with the parser's reason, the log one line instead of a traceback."""
+    import logging
+    import socket
+
+    host, port = server.url.split(":")
+    with caplog.at_level(logging.INFO, logger="aiohttp.server"):
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n")
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        deadline = time.monotonic() + 5
+        while not caplog.records and time.monotonic() < deadline:
+            time.sleep(0.05)  # the server logs from its own thread
+    assert reply.startswith(b"HTTP/1.0 400") and b"Content-Length" in reply
+    records = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert records and all(r.exc_info is None for r in records)
+    assert records[0].getMessage().startswith("malformed HTTP request (400): Invalid character")
