@@ -25,15 +25,6 @@ from detector.engine import load_bundle
 __all__ = ["peers_benchmark"]
 
 
-def _sweep(
-    url: str, payload, concurrency: tuple[int, ...], seconds: float, processes: int
-) -> list[dict]:
-    return [
-        run_load(url, payload, c, requests=10**6, seconds=seconds, processes=processes).to_dict()
-        for c in concurrency
-    ]
-
-
 def engine_ceiling(
     model: Path, device: str, precision: str, cuda_graphs: bool, max_batch: int, seconds: float
 ) -> dict:
@@ -86,9 +77,16 @@ def peers_benchmark(
     procs = {}
 
     def sweep(port: int, payloads: dict) -> dict:
+        """Each payload at each concurrency, closed loop for ``seconds``."""
         url = f"http://127.0.0.1:{port}"
         return {
-            k: _sweep(url, v, concurrency, seconds, client_processes) for k, v in payloads.items()
+            kind: [
+                run_load(
+                    url, payload, c, requests=10**6, seconds=seconds, processes=client_processes
+                ).to_dict()
+                for c in concurrency
+            ]
+            for kind, payload in payloads.items()
         }
 
     try:

@@ -208,14 +208,11 @@ def _plots(
 
 def write_report(results_dir: Path, out: Path) -> Path:
     results: dict[str, dict] = {}  # the first file of each kind (header, serving, training)
-    every: dict[str, list[tuple[str, dict]]] = {}  # latency and peers: every file, by name
-    accuracy: list[dict] = []
+    every: dict[str, list[tuple[str, dict]]] = {}  # accuracy, latency, peers: every file
     sources: list[str] = []
     for path in sorted(Path(results_dir).glob("*.json")):
         data = json.loads(path.read_text())
         kind = data.get("benchmark")
-        if kind == "accuracy":
-            accuracy.append(data)
         if kind and (kind in ("accuracy", "latency", "peers") or kind not in results):
             results.setdefault(kind, data)
             every.setdefault(kind, []).append((path.stem, data))
@@ -224,6 +221,7 @@ def write_report(results_dir: Path, out: Path) -> Path:
             )
     if not results:
         raise ValueError(f"no benchmark results in {results_dir}")
+    accuracy = [data for _, data in every.get("accuracy", [])]
     out.mkdir(parents=True, exist_ok=True)
     sections = ["# Benchmark report", ""]
     env = next(iter(results.values()))

@@ -90,12 +90,6 @@ class OnnxEngine:
         import onnxruntime as ort
 
         self.path = Path(path)
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = threads or cpu_threads()
-        opts.inter_op_num_threads = 1
-        if not spinning:
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if device == "cuda":
             wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         elif device == "tensorrt":
@@ -106,22 +100,26 @@ class OnnxEngine:
             raise ValueError(f"device must be cpu, cuda or tensorrt, got {device!r}")
         available = set(ort.get_available_providers())
         providers = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
-        if providers[0] != "CPUExecutionProvider" and hasattr(ort, "preload_dlls"):
+        on_gpu = providers[0] != "CPUExecutionProvider"
+        if on_gpu and hasattr(ort, "preload_dlls"):
             # onnxruntime-gpu finds CUDA and cuDNN in the nvidia-* pip packages (or torch's)
             # only when asked; without it they must be on LD_LIBRARY_PATH.
             try:
                 ort.preload_dlls()
             except Exception as exc:  # missing libraries: the session falls back and says so
                 log.warning("onnxruntime.preload_dlls failed: %s", exc)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # On a GPU the GPU does the work: one idle-waiting CPU thread per session rather than a
+        # spinning pool of every core in each bucket's session (measured on an H100: server
+        # tiles/s at 64 clients 2.3k -> 3.0k).
+        opts.intra_op_num_threads = 1 if on_gpu else threads or cpu_threads()
+        opts.inter_op_num_threads = 1
+        if on_gpu or not spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # cuDNN's exhaustive algorithm search (the CUDA provider's default) costs ~1 s per new
         # shape on an H100; the heuristic choice costs ~0.2 s and ran within 5% as fast.
         options = {"cudnn_conv_algo_search": "HEURISTIC"}
-        if providers[0] != "CPUExecutionProvider":
-            # The GPU does the work: one idle-waiting CPU thread per session rather than a
-            # spinning pool of every core in each bucket's session (measured on an H100: server
-            # tiles/s at 64 clients 2.3k -> 3.0k).
-            opts.intra_op_num_threads = 1
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = [(p, options) if p == "CUDAExecutionProvider" else p for p in providers]
 
         def session() -> Any:
@@ -194,8 +192,6 @@ class TorchEngine:
         precision: str = "fp32",
         cuda_graphs: bool = False,
     ) -> None:
-        import threading
-
         import torch
 
         if precision not in TORCH_PRECISIONS:
