@@ -116,6 +116,11 @@ def register(sub: Any) -> None:
     ld.add_argument(
         "--client-processes", type=int, default=1, help="spread the workers over processes"
     )
+    ld.add_argument(
+        "--server",
+        default="",
+        help="what serves at --url (e.g. its serve command line), recorded in the results",
+    )
     ld.add_argument("--out", type=Path)
     ld.set_defaults(func=_load)
 
@@ -296,7 +301,14 @@ def _load(args: argparse.Namespace) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(
             json.dumps(
-                {**environment(), "benchmark": "load", "payload": args.payload, "rows": rows},
+                {
+                    **environment(),
+                    "benchmark": "load",
+                    "payload": args.payload,
+                    "server": args.server,
+                    "client_processes": args.client_processes,
+                    "rows": rows,
+                },
                 indent=2,
             )
             + "\n"

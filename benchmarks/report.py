@@ -74,6 +74,31 @@ def peers_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+_PAYLOADS = {
+    "tiles": "preprocessed tiles to the KServe v2 model `synthdetect_tiles`",
+    "bytes": "encoded images as a KServe v2 BYTES tensor",
+    "score": "encoded images to `/v1/score` with the server's default methods",
+}
+
+
+def load_table(result: dict) -> str:
+    """One `bench load` file: what was served, what was sent, and the rows."""
+    what = _PAYLOADS.get(result["payload"], result["payload"])
+    server = f"`{result['server']}`" if result.get("server") else "a server not recorded"
+    lines = [
+        f"Load on {server}: {what}, from {result.get('client_processes', 1)} client"
+        " process(es).",
+        "",
+    ]
+    rows = [
+        [str(r["concurrency"]), _f(r["items_per_s"], 1), _f(r["p50_ms"], 2),
+         _f(r["p99_ms"], 2), str(r["errors"])]
+        for r in result["rows"]
+    ]  # fmt: skip
+    lines += _table(["concurrency", "items/s", "p50 ms", "p99 ms", "errors"], rows, 1)
+    return "\n".join(lines)
+
+
 def _subhead(name: str, files: list) -> list[str]:
     """A heading per result file where a kind has several (e.g. GPU runs of different setups)."""
     return [f"### `{name}.json`", ""] if len(files) > 1 else []
@@ -208,12 +233,12 @@ def _plots(
 
 def write_report(results_dir: Path, out: Path) -> Path:
     results: dict[str, dict] = {}  # the first file of each kind (header, serving, training)
-    every: dict[str, list[tuple[str, dict]]] = {}  # accuracy, latency, peers: every file
+    every: dict[str, list[tuple[str, dict]]] = {}  # accuracy, latency, peers, load: every file
     sources: list[str] = []
     for path in sorted(Path(results_dir).glob("*.json")):
         data = json.loads(path.read_text())
         kind = data.get("benchmark")
-        if kind and (kind in ("accuracy", "latency", "peers") or kind not in results):
+        if kind and (kind in ("accuracy", "latency", "peers", "load") or kind not in results):
             results.setdefault(kind, data)
             every.setdefault(kind, []).append((path.stem, data))
             sources.append(
@@ -275,6 +300,10 @@ def write_report(results_dir: Path, out: Path) -> Path:
                 peers_table(peers),
                 "",
             ]
+    if "load" in results:
+        sections += ["## Our server alone under load", ""]
+        for name, load in every["load"]:
+            sections += [*_subhead(name, every["load"]), load_table(load), ""]
     plots = _plots(results, every, accuracy, out)
     sections += [f"![{p}]({p})" for p in plots]
     path = out / "REPORT.md"

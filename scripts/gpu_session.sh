@@ -8,6 +8,7 @@
 #   scripts/gpu_session.sh bench CHECKPOINT      # in-process latency and server load on CUDA
 #   scripts/gpu_session.sh serve CHECKPOINT      # server load: 1 vs 8 server processes
 #   scripts/gpu_session.sh ort CHECKPOINT        # the ONNX model on onnxruntime-gpu (CUDA EP)
+#   scripts/gpu_session.sh score CHECKPOINT      # /v1/score with every method, 1 vs 8 processes
 #   scripts/gpu_session.sh train MANIFEST        # the default model on the GPU schedule
 #   scripts/gpu_session.sh loo MANIFEST          # leave-one-generator-out on the GPU schedule
 #
@@ -24,7 +25,7 @@ mkdir -p "$RESULTS" "$WORK"
 # epoch, so more epochs = more distinct tiles seen), a larger batch, loader workers for 16 cores.
 GPU_TRAIN=(device=cuda epochs=60 patience=15 batch_size=64 warmup_steps=200 workers=12)
 
-stage=${1:?usage: scripts/gpu_session.sh check|throughput|bench CKPT|serve CKPT|ort CKPT|train MANIFEST|loo MANIFEST}
+stage=${1:?usage: scripts/gpu_session.sh check|throughput|bench CKPT|serve CKPT|ort CKPT|score CKPT|train MANIFEST|loo MANIFEST}
 shift
 case $stage in
   check)
@@ -71,6 +72,32 @@ case $stage in
       --batches 1,8,32,128,256 --seconds 2 --device cuda --out "$RESULTS/latency-cuda-ort.json"
     $SD bench peers --model detector/assets/models/default --device cuda --seconds 5 \
       --client-processes 4 --concurrency 1,4,16,64 --out "$RESULTS/peers-cuda-ort.json"
+    ;;
+  score)
+    # /v1/score with every method (the server's default), not only the model: the artifact
+    # features, metadata readers and watermark decoder run on the host's cores beside the model
+    # on the GPU. Our server alone (the peers have no such endpoint), 1 and 8 processes.
+    ckpt=${1:?usage: scripts/gpu_session.sh score CHECKPOINT}
+    for n in 1 8; do
+      cmd=(serve --model "$ckpt" --device cuda --precision fp16 --cuda-graphs --port 8020
+           --processes "$n" --no-access-log)
+      $SD "${cmd[@]}" &
+      pid=$!
+      python3 -c "
+import time, urllib.request
+for _ in range(600):
+    try:
+        urllib.request.urlopen('http://127.0.0.1:8020/v2/health/ready', timeout=2); break
+    except OSError:
+        time.sleep(0.5)
+else:
+    raise SystemExit('server not ready after 300 s')"
+      $SD bench load --url http://127.0.0.1:8020 --payload score --concurrency 1,4,16,64 \
+        --seconds 5 --client-processes 4 --server "synthdetect ${cmd[*]}" \
+        --out "$RESULTS/score-all-cuda-${n}proc.json"
+      kill -TERM "$pid"
+      wait "$pid"
+    done
     ;;
   train)
     data=${1:?usage: scripts/gpu_session.sh train MANIFEST}
