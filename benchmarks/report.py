@@ -86,8 +86,7 @@ def load_table(result: dict) -> str:
     what = _PAYLOADS.get(result["payload"], result["payload"])
     server = f"`{result['server']}`" if result.get("server") else "a server not recorded"
     lines = [
-        f"Load on {server}: {what}, from {result.get('client_processes', 1)} client"
-        " process(es).",
+        f"Load on {server}: {what}, from {result.get('client_processes', 1)} client process(es).",
         "",
     ]
     rows = [
