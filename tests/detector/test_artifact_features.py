@@ -55,3 +55,37 @@ def test_residual_kurtosis_matches_the_moment_definition():
     m2, m4 = np.mean([v * v for v in x]), np.mean([v**4 for v in x])
     got = artifact_features(pixels)[FEATURE_NAMES.index("npr_kurtosis")]
     assert got == pytest.approx(math.log1p(m4 / (m2 * m2 + 1e-12)), rel=1e-9)
+
+
+def _laplace_padded(plane: np.ndarray) -> np.ndarray:
+    """The 5-point Laplacian on an edge-padded copy."""
+    p = np.pad(plane, 1, mode="edge")
+    return 4 * p[1:-1, 1:-1] - p[:-2, 1:-1] - p[2:, 1:-1] - p[1:-1, :-2] - p[1:-1, 2:]
+
+
+def test_spectrum_features_match_the_full_fft():
+    pixels = _image(seed=5, h=150, w=200)  # 2 x 3 blocks of 64 from the 150 x 200 image
+    grey = pixels.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    lap = _laplace_padded(grey)
+    blocks = [lap[y : y + 64, x : x + 64] for y in (0, 64) for x in (0, 64, 128)]
+    power = np.mean([np.abs(np.fft.fftshift(np.fft.fft2(b))) ** 2 for b in blocks], axis=0)
+    logp = np.log1p(power)
+    yy, xx = np.mgrid[0:64, 0:64] - 32
+    ring = np.minimum((np.sqrt(yy**2 + xx**2) / 32 * 24).astype(int), 24)
+    want = np.array([logp[ring == r].mean() for r in range(24)])
+    want -= want.mean()
+    got = artifact_features(pixels)[: FEATURE_NAMES.index("spectrum_r23") + 1]
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_channel_correlation_matches_corrcoef_and_constant_images_are_finite():
+    pixels = _image(seed=6)
+    img = pixels.astype(np.float64)
+    res = np.stack([_laplace_padded(img[..., c]).ravel() for c in range(3)])
+    want = np.corrcoef(res)[[0, 0, 1], [1, 2, 2]]
+    got = artifact_features(pixels)
+    names = ["corr_rg", "corr_rb", "corr_gb"]
+    np.testing.assert_allclose([got[FEATURE_NAMES.index(n)] for n in names], want, rtol=1e-9)
+    flat = artifact_features(np.full((40, 40, 3), 90, dtype=np.uint8))
+    assert np.isfinite(flat).all()
+    assert [flat[FEATURE_NAMES.index(n)] for n in names] == [0.0, 0.0, 0.0]  # identity
