@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -120,6 +122,12 @@ def register(sub: Any) -> None:
         "--server",
         default="",
         help="what serves at --url (e.g. its serve command line), recorded in the results",
+    )
+    ld.add_argument(
+        "--serve",
+        metavar="ARGS",
+        help="start `synthdetect serve ARGS` on a free loopback port, wait until every one of"
+        " its processes is up, load it instead of --url, then stop it",
     )
     ld.add_argument("--out", type=Path)
     ld.set_defaults(func=_load)
@@ -281,10 +289,14 @@ def _load(args: argparse.Namespace) -> int:
         "bytes": lambda: bytes_payload("synthdetect", images),
     }[args.payload]()
     rows = []
+    server, url, described = None, args.url, args.server
     try:
+        if args.serve is not None:
+            server, url = _start_serve(args.serve)
+            described = f"synthdetect serve {args.serve}"
         for c in args.concurrency:
             res = run_load(
-                args.url,
+                url,
                 payload,
                 c,
                 requests=args.requests,
@@ -295,8 +307,12 @@ def _load(args: argparse.Namespace) -> int:
             print(
                 f"c={c:<4} {res.items_per_s:9.1f} items/s  p50 {res.p50_ms:8.2f} ms  p99 {res.p99_ms:8.2f} ms  errors {res.errors}"
             )
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, RuntimeError) as exc:
         return _fail(exc)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(120)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(
@@ -305,7 +321,7 @@ def _load(args: argparse.Namespace) -> int:
                     **environment(),
                     "benchmark": "load",
                     "payload": args.payload,
-                    "server": args.server,
+                    "server": described,
                     "client_processes": args.client_processes,
                     "rows": rows,
                 },
@@ -314,6 +330,25 @@ def _load(args: argparse.Namespace) -> int:
             + "\n"
         )
     return 0
+
+
+def _start_serve(arg_line: str) -> tuple[subprocess.Popen, str]:
+    """`synthdetect serve ARGS` on a free port (the bundled model unless ARGS name one)."""
+    from benchmarks.serving import free_port, start_server
+    from detector.bundled import DEFAULT_MODEL
+
+    extra = shlex.split(arg_line)
+    if "--port" in extra or "--host" in extra:
+        raise ValueError("--serve picks a free loopback port itself: leave out --port/--host")
+    model = DEFAULT_MODEL
+    if "--model" in extra:
+        i = extra.index("--model")
+        if i + 1 == len(extra):
+            raise ValueError("--serve: --model needs a path")
+        model = Path(extra[i + 1])
+        del extra[i : i + 2]
+    port = free_port()
+    return start_server(model, port, extra), f"http://127.0.0.1:{port}"
 
 
 def _peers(args: argparse.Namespace) -> int:

@@ -10,7 +10,6 @@ batch-8 throughput over its batch-1 throughput.
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -19,17 +18,11 @@ from benchmarks.accuracy import accuracy_benchmark
 from benchmarks.env import environment
 from benchmarks.latency import measure
 from benchmarks.loadgen import run_load, tiles_payload
-from benchmarks.serving import start_server
+from benchmarks.serving import free_port, start_server
 from detector.bundled import DEFAULT_MODEL
 from detector.engine import load_bundle
 
 __all__ = ["quick_profile"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _own_pools(manifest: Path, workdir: Path) -> Path:
@@ -70,7 +63,7 @@ def quick_profile(data: Path, out: Path, model: Path | None = None, seconds: flo
     t8 = rng.normal(size=(8, 3, size, size)).astype(np.float32)
     b1 = 1 / np.median(measure(lambda: bundle.engine.run(t1), seconds))
     b8 = 8 / np.median(measure(lambda: bundle.engine.run(t8), seconds))
-    port = _free_port()
+    port = free_port()
     server = start_server(model, port)
     try:
         load = run_load(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +33,7 @@ from detector.engine import load_bundle
 from detector.image import decode
 from detector.preprocess import preprocess
 
-__all__ = ["benchmark_images", "serving_benchmark", "start_server"]
+__all__ = ["benchmark_images", "free_port", "serving_benchmark", "start_server"]
 
 TARGETS = {"tensor_ratio_c16": 0.85, "score_ratio_c16": 0.80, "latency_overhead_ms_c1": 3.0}
 
@@ -111,12 +112,15 @@ def spawn_ready(
     model: str = "synthdetect_tiles",
     timeout: float = 180,
     env: dict[str, str] | None = None,
+    wait_for: str | None = None,
 ) -> subprocess.Popen:
     """Start a server process and wait until ``model`` answers ready on ``port``.
 
     Polls the *model's* ready endpoint: a Triton server answers ``/v2/health/ready`` before
     its models are loaded, and requests sent then fail with 404. The server's stderr goes to
     a temporary file (a pipe nobody reads would fill and stall it) and is quoted if it exits.
+    ``wait_for``: a line the server also has to print first (``serve --processes`` answers
+    ready as soon as its first process listens; the others are not up until it says so).
     """
     url = f"http://127.0.0.1:{port}/v2/models/{model}/ready"
     # The child keeps its own descriptor of the (already unlinked) file after ours closes.
@@ -129,17 +133,30 @@ def spawn_ready(
                 raise RuntimeError(f"{cmd[0]} exited ({proc.returncode}): {log.read()[-2000:]}")
             try:
                 if urllib.request.urlopen(url, timeout=1).status == 200:
-                    return proc
+                    log.seek(0)
+                    if wait_for is None or wait_for in log.read():
+                        return proc
+                    time.sleep(0.3)
             except OSError:
                 time.sleep(0.3)
     proc.kill()
     raise RuntimeError(f"{' '.join(cmd[:4])} did not become ready in {timeout:.0f} s")
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def start_server(model_dir: Path, port: int, extra: list[str] | None = None) -> subprocess.Popen:
+    extra = list(extra or [])
     cmd = [sys.executable, "-m", "detector.cli", "serve", "--model", str(model_dir),
-           "--port", str(port), "--no-access-log", *(extra or [])]  # fmt: skip
-    return spawn_ready(cmd, port, timeout=120)
+           "--port", str(port), "--no-access-log", *extra]  # fmt: skip
+    several = "--processes" in extra and int(extra[extra.index("--processes") + 1]) > 1
+    return spawn_ready(cmd, port, timeout=300 if several else 120,
+                       wait_for="server processes up" if several else None)  # fmt: skip
 
 
 def perf_analyzer(port: int, model_dir: Path, batch: int) -> dict:

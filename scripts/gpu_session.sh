@@ -79,24 +79,10 @@ case $stage in
     # on the GPU. Our server alone (the peers have no such endpoint), 1 and 8 processes.
     ckpt=${1:?usage: scripts/gpu_session.sh score CHECKPOINT}
     for n in 1 8; do
-      cmd=(serve --model "$ckpt" --device cuda --precision fp16 --cuda-graphs --port 8020
-           --processes "$n" --no-access-log)
-      $SD "${cmd[@]}" &
-      pid=$!
-      python3 -c "
-import time, urllib.request
-for _ in range(600):
-    try:
-        urllib.request.urlopen('http://127.0.0.1:8020/v2/health/ready', timeout=2); break
-    except OSError:
-        time.sleep(0.5)
-else:
-    raise SystemExit('server not ready after 300 s')"
-      $SD bench load --url http://127.0.0.1:8020 --payload score --concurrency 1,4,16,64 \
-        --seconds 5 --client-processes 4 --server "synthdetect ${cmd[*]}" \
-        --out "$RESULTS/score-all-cuda-${n}proc.json"
-      kill -TERM "$pid"
-      wait "$pid"
+      args=(--model "$ckpt" --device cuda --precision fp16 --cuda-graphs --processes "$n")
+      # bench load --serve starts the server and waits for all its processes to be up
+      $SD bench load --serve "${args[*]}" --payload score --concurrency 1,4,16,64 \
+        --seconds 5 --client-processes 4 --out "$RESULTS/score-all-cuda-${n}proc.json"
     done
     ;;
   train)

@@ -1,0 +1,49 @@
+"""Benchmarks start loading a server only once all of it is up."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+
+import pytest
+
+from benchmarks.serving import spawn_ready
+
+pytestmark = pytest.mark.unit
+
+# A server that answers ready at once but says it is fully up only ~3 s later, as
+# `serve --processes N` does while its other processes load their engines.
+SERVER = """
+import http.server, sys, threading, time
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers()
+    def log_message(self, *a):
+        pass
+srv = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+threading.Timer(3.0, lambda: print("synthdetect: 2 server processes up", file=sys.stderr,
+                                   flush=True)).start()
+srv.serve_forever()
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("wait_for", [None, "server processes up"])
+def test_spawn_ready_waits_for_the_line_when_asked(wait_for):
+    port = _free_port()
+    start = time.monotonic()
+    proc = spawn_ready([sys.executable, "-c", SERVER, str(port)], port, timeout=30,
+                       wait_for=wait_for)  # fmt: skip
+    elapsed = time.monotonic() - start
+    proc.kill()
+    proc.wait(10)
+    if wait_for:
+        assert elapsed >= 3.0
+    else:
+        assert elapsed < 3.0
