@@ -114,10 +114,11 @@ def _channel_correlation(planes: np.ndarray) -> np.ndarray:
 def artifact_features(pixels: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 -> feature vector in ``FEATURE_NAMES`` order.
 
-    Elementwise operations and reductions only, no BLAS call (matrix products on whole images
-    wake OpenBLAS's thread pool, whose threads then spin and slow the model running next:
-    33 -> 19 ms per image for the model method on 2 cores); the 8x8 DCT products are too
-    small to be threaded.
+    Elementwise operations and reductions only, no BLAS call on a whole image: such a product
+    wakes OpenBLAS's thread pool, whose threads then spin beside the model's ONNX Runtime
+    threads (a version of this function that took the channel covariance as a matrix product
+    slowed the model method from 19 to 33 ms per 512 px image on 2 cores). The 8x8 DCT
+    products are too small to be threaded.
     """
     img = _center(pixels)
     grey = 0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2]
