@@ -293,7 +293,9 @@ def _load(args: argparse.Namespace) -> int:
     try:
         if args.serve is not None:
             server, url = _start_serve(args.serve)
-            described = f"synthdetect serve {args.serve}"
+            described = f"synthdetect serve {args.serve}".strip()
+            if "--model" not in args.serve:
+                described += " (the bundled model)"
         for c in args.concurrency:
             res = run_load(
                 url,
