@@ -10,19 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from detector.argtypes import positive_float, positive_int, positive_ints
+
 __all__ = ["register"]
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError("values must be positive integers")
-    return values
 
 
 def _precisions(text: str) -> list[str]:
@@ -53,7 +43,7 @@ def register(sub: Any) -> None:
         "--degrade", default="none", help="grid of chains, e.g. none,jpeg:75,blur:1 or 'default'"
     )
     a.add_argument("--split", default="test")
-    a.add_argument("--limit", type=int, help="at most this many images (evenly spread)")
+    a.add_argument("--limit", type=positive_int, help="at most this many images (evenly spread)")
     a.add_argument("--model", type=Path, help="model for the model method (default: bundled)")
     a.add_argument("--out", type=Path)
     a.set_defaults(func=_accuracy)
@@ -61,7 +51,7 @@ def register(sub: Any) -> None:
     m = bsub.add_parser("metadata-set", help="build the metadata test set (declared vs stripped)")
     m.add_argument("--corpus", required=True, type=Path)
     m.add_argument("--out", required=True, type=Path)
-    m.add_argument("--per-signal", type=int, default=12)
+    m.add_argument("--per-signal", type=positive_int, default=12)
     m.set_defaults(func=_metadata_set)
 
     lat = bsub.add_parser(
@@ -82,8 +72,8 @@ def register(sub: Any) -> None:
     lat.add_argument(
         "--cuda-graphs", action="store_true", help="also time the torch engine with CUDA graphs"
     )
-    lat.add_argument("--batches", type=_ints, default=[1, 8, 32, 128])
-    lat.add_argument("--seconds", type=float, default=3.0)
+    lat.add_argument("--batches", type=positive_ints, default=[1, 8, 32, 128])
+    lat.add_argument("--seconds", type=positive_float, default=3.0)
     lat.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     lat.add_argument("--out", type=Path)
     lat.set_defaults(func=_latency)
@@ -92,31 +82,33 @@ def register(sub: Any) -> None:
         "train-throughput", help="training steps/s per model, precision and batch size"
     )
     t.add_argument("--models", default="efficientnet_lite0", help="comma-separated model names")
-    t.add_argument("--batches", type=_ints, default=[32, 128])
+    t.add_argument("--batches", type=positive_ints, default=[32, 128])
     t.add_argument("--amp", default="off", help="comma-separated: off, bf16, fp16 (CUDA)")
-    t.add_argument("--input-size", type=int, default=128)
-    t.add_argument("--seconds", type=float, default=3.0)
+    t.add_argument("--input-size", type=positive_int, default=128)
+    t.add_argument("--seconds", type=positive_float, default=3.0)
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     t.add_argument("--out", type=Path)
     t.set_defaults(func=_train_throughput)
 
     s = bsub.add_parser("serving", help="server vs in-process throughput and latency (same run)")
     s.add_argument("--model", required=True, type=Path)
-    s.add_argument("--seconds", type=float, default=15.0)
-    s.add_argument("--batch", type=int, default=8)
+    s.add_argument("--seconds", type=positive_float, default=15.0)
+    s.add_argument("--batch", type=positive_int, default=8)
     s.add_argument("--out", type=Path)
     s.set_defaults(func=_serving)
 
     ld = bsub.add_parser("load", help="closed-loop load on a running server (loopback only)")
     ld.add_argument("--url", default="http://127.0.0.1:8000")
-    ld.add_argument("--concurrency", type=_ints, default=[1, 4, 16, 64])
+    ld.add_argument("--concurrency", type=positive_ints, default=[1, 4, 16, 64])
     ld.add_argument("--payload", choices=["tiles", "score", "bytes"], default="score")
-    ld.add_argument("--batch", type=int, default=8, help="tiles per request (tiles payload)")
-    ld.add_argument("--input-size", type=int, default=128)
-    ld.add_argument("--seconds", type=float, default=10.0)
-    ld.add_argument("--requests", type=int, default=100_000)
     ld.add_argument(
-        "--client-processes", type=int, default=1, help="spread the workers over processes"
+        "--batch", type=positive_int, default=8, help="tiles per request (tiles payload)"
+    )
+    ld.add_argument("--input-size", type=positive_int, default=128)
+    ld.add_argument("--seconds", type=positive_float, default=10.0)
+    ld.add_argument("--requests", type=positive_int, default=100_000)
+    ld.add_argument(
+        "--client-processes", type=positive_int, default=1, help="spread the workers over processes"
     )
     ld.add_argument(
         "--server",
@@ -136,8 +128,8 @@ def register(sub: Any) -> None:
         "peers", help="our server vs a naive server and a PyTriton server, same model"
     )
     p.add_argument("--model", required=True, type=Path)
-    p.add_argument("--concurrency", type=_ints, default=[1, 4, 16, 64])
-    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--concurrency", type=positive_ints, default=[1, 4, 16, 64])
+    p.add_argument("--seconds", type=positive_float, default=10.0)
     p.add_argument(
         "--pytriton-python", type=Path, help="python of the venv holding nvidia-pytriton"
     )
@@ -147,9 +139,14 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--cuda-graphs", action="store_true", help="torch engine on CUDA only")
     p.add_argument(
-        "--server-processes", type=int, default=1, help="our server's --processes (only ours)"
+        "--server-processes",
+        type=positive_int,
+        default=1,
+        help="our server's --processes (only ours)",
     )
-    p.add_argument("--client-processes", type=int, default=1, help="load generator processes")
+    p.add_argument(
+        "--client-processes", type=positive_int, default=1, help="load generator processes"
+    )
     p.add_argument("--out", type=Path)
     p.set_defaults(func=_peers)
 
@@ -315,6 +312,15 @@ def _load(args: argparse.Namespace) -> int:
         if server is not None:
             server.terminate()
             server.wait(120)
+    failed = [r for r in rows if r["errors"] == r["requests"]]
+    if failed:
+        codes = failed[0]["status_codes"]
+        print(
+            f"synthdetect: every request failed at concurrency {failed[0]['concurrency']}"
+            f" (status codes {codes}; 0 = connection failed); no results written",
+            file=sys.stderr,
+        )
+        return 1
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(

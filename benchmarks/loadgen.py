@@ -11,6 +11,7 @@ import asyncio
 import json
 import multiprocessing as mp
 import queue
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -238,6 +239,10 @@ def run_load(
     if processes < 1 or concurrency < 1:
         raise ValueError("concurrency and processes must be >= 1")
     url = url.rstrip("/")
+    try:  # a refused connection is a wrong URL or a stopped server, not a measurement
+        socket.create_connection((host, urlparse(url).port or 80), timeout=5).close()
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {url}: {exc.strerror or exc}") from None
     processes = min(processes, concurrency)
     if processes == 1:
         return _summary(

@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from detector.argtypes import positive_int
 from detector.image import DecodeLimits, ImageError, decode_file
 from detector.registry import RegistryError
 
@@ -89,18 +90,8 @@ def _add_detector_options(p: argparse.ArgumentParser) -> None:
         help="model for the model method: ONNX folder, run folder or .pt (default: bundled)",
     )
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="for the model method")
-    p.add_argument("--max-bytes", type=_positive_int, default=DecodeLimits.max_bytes)
-    p.add_argument("--max-pixels", type=_positive_int, default=DecodeLimits.max_pixels)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {value}")
-    return value
+    p.add_argument("--max-bytes", type=positive_int, default=DecodeLimits.max_bytes)
+    p.add_argument("--max-pixels", type=positive_int, default=DecodeLimits.max_pixels)
 
 
 def _make_detector(args: argparse.Namespace) -> Any:
@@ -218,8 +209,8 @@ def _add_scan(sub: Any) -> None:
     )
     p.add_argument("directory", metavar="DIR")
     p.add_argument("--out", required=True, metavar="OUT.jsonl")
-    p.add_argument("--workers", type=_positive_int, default=None, help="decoding threads")
-    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--workers", type=positive_int, default=None, help="decoding threads")
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument(
         "--all-files", action="store_true", help="try every file, not only image extensions"
     )

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from detector.argtypes import port, positive_float, positive_int
+
 __all__ = ["register", "serve", "serve_one"]
 
 
@@ -22,7 +24,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--model", type=Path, help="ONNX model folder or checkpoint (default: bundled)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=port, default=8000)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "tensorrt"])
     p.add_argument(
         "--precision",
@@ -35,21 +37,27 @@ def register(sub: Any) -> None:
         action="store_true",
         help="torch engine on CUDA: replay one captured CUDA graph per batch bucket",
     )
-    p.add_argument("--max-batch-size", type=int, default=32, help="tiles per engine call")
+    p.add_argument("--max-batch-size", type=positive_int, default=32, help="tiles per engine call")
     p.add_argument("--max-queue-delay-us", type=int, default=2000)
-    p.add_argument("--max-queue-tiles", type=int, default=4096, help="queued tiles before 503")
-    p.add_argument("--workers", type=int, default=32, help="decode/score threads (per process)")
+    p.add_argument(
+        "--max-queue-tiles", type=positive_int, default=4096, help="queued tiles before 503"
+    )
+    p.add_argument(
+        "--workers", type=positive_int, default=32, help="decode/score threads (per process)"
+    )
     p.add_argument(
         "--processes",
-        type=int,
+        type=positive_int,
         default=1,
         help="server processes on the one port, each with its own engine and batcher (for a"
         " GPU or many-core host; see serving/processes.py)",
     )
-    p.add_argument("--max-inflight", type=int, default=256, help="concurrent requests before 503")
-    p.add_argument("--max-body-mb", type=float, default=64)
+    p.add_argument(
+        "--max-inflight", type=positive_int, default=256, help="concurrent requests before 503"
+    )
+    p.add_argument("--max-body-mb", type=positive_float, default=64)
     p.add_argument("--api-key-file", type=Path)
-    p.add_argument("--rate-limit", type=float, help="requests per second per API key")
+    p.add_argument("--rate-limit", type=positive_float, help="requests per second per API key")
     p.add_argument(
         "--cors-origin", action="append", default=[], help="allow this origin (repeatable)"
     )
@@ -71,9 +79,6 @@ def _api_keys(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def serve(args: argparse.Namespace) -> int:
-    if args.processes < 1:
-        print("synthdetect: --processes must be >= 1", file=sys.stderr)
-        return 2
     if args.model is not None and not Path(args.model).exists():
         print(f"synthdetect: no model at {args.model}", file=sys.stderr)
         return 2
@@ -130,30 +135,31 @@ def serve_one(
         service.close()
 
     app.on_cleanup.append(drain)
-    if on_started is not None:
-
-        async def started(app: web.Application) -> None:
-            on_started()
-
-        app.on_startup.append(started)
     url = f"http://{args.host}:{args.port}"
     auth = ' -H "Authorization: Bearer $KEY"' if http.api_keys else ""
     where = f" (process {index + 1} of {total}, pid {os.getpid()})" if total > 1 else ""
-    print(
-        f"synthdetect serving {service.bundle.name} ({service.engine_name}) on {url}{where}",
-        file=sys.stderr,
-    )
-    if index == 0:
+
+    def listening(_banner: str) -> None:
+        """Called by aiohttp once the socket is bound: only then say so (and signal ready)."""
         print(
-            f"try: curl -s{auth} --data-binary @detector/assets/samples/no-metadata.jpg {url}/v1/score",
+            f"synthdetect serving {service.bundle.name} ({service.engine_name}) on {url}{where}",
             file=sys.stderr,
         )
+        if index == 0:
+            print(
+                f"try: curl -s{auth} --data-binary @detector/assets/samples/no-metadata.jpg"
+                f" {url}/v1/score",
+                file=sys.stderr,
+            )
+        if on_started is not None:
+            on_started()
+
     try:
         web.run_app(
             app,
             host=args.host,
             port=args.port,
-            print=None,
+            print=listening,
             shutdown_timeout=30,
             access_log=None,
             reuse_port=total > 1,

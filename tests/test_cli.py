@@ -122,12 +122,20 @@ def test_verbose_lists_every_method(files):
         (["scan", "missing-dir", "--out", "r.jsonl"], "not a directory"),
         (["score", "--model", "junk.onnx", "x.png"], "ONNX Runtime cannot load"),
         (["score", "--model", "junk.pt", "x.png"], "cannot be read as a torch checkpoint"),
+        (["serve", "--port", "99999"], "a port is 0-65535, got 99999"),
+        (["serve", "--rate-limit", "-1"], "--rate-limit: must be a positive number"),
+        (["serve", "--max-body-mb", "0"], "--max-body-mb: must be a positive number"),
+        (["train", "--config", "bad.yaml", "epochs=abc"], "config.epochs must be a whole number"),
+        (["bench", "accuracy", "--data", "m.csv", "--limit", "0"], "--limit: must be positive"),
+        (["bench", "load", "--url", "http://127.0.0.1:9", "--seconds", "1"], "nothing answers"),
+        (["bench", "load", "--serve", "--port 1"], "leave out --port/--host"),
         ([], "usage"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(args, message, tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"not a model")  # damaged model files
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "bad.yaml").write_text("epochs: 3\n")
     out = run(*args, cwd=tmp_path)
     assert out.returncode == 2
     assert message in (out.stderr + out.stdout)
@@ -242,3 +250,33 @@ def test_scan_killed_midway_loses_no_finished_result(tmp_path, scene):
     assert len({r["path"] for r in recs}) == 61
     assert len(recs) == 61, "finished results were kept and not scored twice"
     assert f"{before} already in the results" in done.stderr
+
+
+def test_bench_load_fails_when_every_request_fails(tmp_path):
+    """A server that answers but rejects every request gives exit 1 and no results file."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # http.server answers POST with 501: a server, but not one that scores
+    srv = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        out_file = tmp_path / "load.json"
+        url = f"http://127.0.0.1:{port}"
+        out = run("bench", "load", "--url", url, "--concurrency", "1", "--seconds", "1",
+                  "--requests", "20", "--out", str(out_file))  # fmt: skip
+    finally:
+        srv.kill()
+        srv.wait(10)
+    assert out.returncode == 1
+    assert "every request failed at concurrency 1" in out.stderr and "'501'" in out.stderr
+    assert not out_file.exists()

@@ -5,6 +5,8 @@ synthdetect train --config configs/default.yaml epochs=5 model=mobilenetv3_small
 
 from __future__ import annotations
 
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -52,12 +54,53 @@ class TrainConfig:
         return asdict(self)
 
 
+def _typed(value: Any, hint: Any, name: str) -> Any:
+    """``value`` as the type ``hint`` names, or a ValueError naming the setting.
+
+    YAML 1.1 reads ``on``/``off``/``yes``/``no`` as booleans; a text setting given one gets
+    ``"on"`` or ``"off"`` (``amp=off``, ``channels_last=on``).
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _typed(value, inner, name)
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{name} must be a list, got {value!r}")
+        items = args[:1] * len(value) if origin is list or args[-1] is Ellipsis else args
+        if len(items) != len(value):
+            raise ValueError(f"{name} must have {len(items)} values, got {value!r}")
+        return origin(_typed(v, h, name) for v, h in zip(value, items, strict=True))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if not isinstance(value, str | int | float):
+            raise ValueError(f"{name} must be text, got {value!r}")
+        return str(value)
+    return value  # nested settings (augment) are checked by their own _coerce
+
+
 def _coerce(cls: type, data: dict[str, Any], where: str) -> Any:
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"{where}: unknown settings {unknown}; known: {sorted(known)}")
-    return cls(**data)
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: _typed(v, hints[k], f"{where}.{k}") for k, v in data.items()})
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
@@ -87,12 +130,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ValueError(
             f"config version {data['version']} is not supported (expected {CONFIG_VERSION})"
         )
-    if isinstance(data.get("augment"), dict):
-        aug = data["augment"]
-        for key in ("blur_sigma", "jpeg_quality", "resize_scale", "noise_sigma"):
-            if key in aug:
-                aug[key] = tuple(aug[key])
-        data["augment"] = _coerce(AugmentPolicy, aug, "augment")
+    if "augment" in data:
+        if not isinstance(data["augment"], dict):
+            raise ValueError(f"config.augment must be a group of settings, got {data['augment']!r}")
+        data["augment"] = _coerce(AugmentPolicy, data["augment"], "config.augment")
     config = _coerce(TrainConfig, data, "config")
     _validate(config)
     return config

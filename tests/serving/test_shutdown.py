@@ -197,7 +197,7 @@ def test_serve_rejects_bad_process_count_and_model(exported_model, tmp_path):
     bad = tmp_path / "model.onnx"
     bad.write_bytes(b"not a model")
     for extra, message in (
-        (["--processes", "0"], "--processes must be >= 1"),
+        (["--processes", "0"], "argument --processes: must be positive: 0"),
         (["--processes", "2", "--model", str(bad)], "ONNX Runtime cannot load"),
     ):
         out = subprocess.run(

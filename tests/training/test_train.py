@@ -121,3 +121,20 @@ def test_bad_configs():
         load_config(None, ["amp=fp8"])
     with pytest.raises(ValueError, match="augment: unknown"):
         load_config(None, ["augment.p_sharpen=1"])
+
+
+def test_config_values_are_checked_against_their_types():
+    for override, message in [
+        ("epochs=abc", "config.epochs must be a whole number"),
+        ("batch_size=1.5", "config.batch_size must be a whole number"),
+        ("balance=3", "config.balance must be true or false"),
+        ("branches=rgb", "config.branches must be a list"),
+        ("augment.jpeg_quality=[1,2,3]", "jpeg_quality must have 2 values"),
+        ("augment=5", "config.augment must be a group of settings"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            load_config(None, [override])
+    # YAML 1.1 reads off/on as booleans; text settings get them back as text
+    c = load_config(None, ["amp=off", "channels_last=on", "lr=1", "max_steps=null"])
+    assert (c.amp, c.channels_last, c.lr, c.max_steps) == ("off", "on", 1.0, None)
+    assert isinstance(c.lr, float)
