@@ -299,7 +299,7 @@ def test_load_generator_counts_every_request(server, processes):
     )
     assert res.requests == 40 and res.errors == 0 and res.status_codes == {"200": 40}
     assert res.items_per_s > 0 and 0 < res.p50_ms <= res.p99_ms
-    with pytest.raises(ConnectionError, match="nothing answers at http://127.0.0.1:9"):
+    with pytest.raises(ConnectionError, match=r"nothing answers at http://127\.0\.0\.1:9"):
         run_load(
             "http://127.0.0.1:9", payload, 2, requests=4, seconds=10, warmup=0, processes=processes
         )
