@@ -58,13 +58,14 @@ def _typed(value: Any, hint: Any, name: str) -> Any:
     """``value`` as the type ``hint`` names, or a ValueError naming the setting.
 
     YAML 1.1 reads ``on``/``off``/``yes``/``no`` as booleans; a text setting given one gets
-    ``"on"`` or ``"off"`` (``amp=off``, ``channels_last=on``).
+    ``"on"`` or ``"off"`` (``amp=off``, ``channels_last=on``), an optional one ``false`` as
+    none (``pretrained=false``).
     """
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (types.UnionType, typing.Union):
-        if value is None and type(None) in args:
-            return None
         (inner,) = [a for a in args if a is not type(None)]
+        if value is None or (value is False and inner is str):  # pretrained=false: none
+            return None
         return _typed(value, inner, name)
     if origin in (list, tuple):
         if not isinstance(value, list | tuple):

@@ -135,6 +135,9 @@ def test_config_values_are_checked_against_their_types():
         with pytest.raises(ValueError, match=message):
             load_config(None, [override])
     # YAML 1.1 reads off/on as booleans; text settings get them back as text
-    c = load_config(None, ["amp=off", "channels_last=on", "lr=1", "max_steps=null"])
+    c = load_config(
+        None, ["amp=off", "channels_last=on", "lr=1", "max_steps=null", "pretrained=false"]
+    )
     assert (c.amp, c.channels_last, c.lr, c.max_steps) == ("off", "on", 1.0, None)
+    assert c.pretrained is None
     assert isinstance(c.lr, float)
