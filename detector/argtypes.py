@@ -4,25 +4,27 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 __all__ = ["port", "positive_float", "positive_int", "positive_ints"]
 
 
-def positive_int(text: str) -> int:
+def _number(text: str, cast: type, what: str) -> Any:
     try:
-        value = int(text)
+        return cast(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    value = _number(text, int, "an integer")
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {value}")
     return value
 
 
 def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    value = _number(text, float, "a number")
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number: {text}")
     return value
@@ -43,10 +45,7 @@ def positive_ints(text: str) -> list[int]:
 
 def port(text: str) -> int:
     """A TCP port to listen on: 1-65535, or 0 for one the system picks."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    value = _number(text, int, "a port number")
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"a port is 0-65535, got {value}")
     return value
