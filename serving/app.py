@@ -75,6 +75,9 @@ class HttpError(Exception):
         self.status, self.reason, self.headers = status, reason, headers or {}
 
 
+_FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+
 def _json(status: int, payload: dict, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
         status=status,
@@ -467,9 +470,16 @@ class _Routes:
     async def score(self, request: web.Request) -> web.Response:
         detector = self.s.detector
         methods = request.query.get("methods")
-        include_prompt = request.query.get("include_prompt", "").lower() in ("1", "true", "yes")
-        if methods or include_prompt:
-            names = [m.strip() for m in methods.split(",")] if methods else self.s.default_methods
+        flag = request.query.get("include_prompt", "false").lower()
+        if flag not in _FLAGS:
+            raise HttpError(400, f"include_prompt must be true or false, got {flag!r}")
+        include_prompt = _FLAGS[flag]
+        if methods is not None or include_prompt:
+            names = self.s.default_methods
+            if methods is not None:
+                names = [m.strip() for m in methods.split(",") if m.strip()]
+                if not names:
+                    raise HttpError(400, "methods is empty: name at least one method")
             try:
                 detector = self.s.make_detector(names, include_prompt)
             except (RegistryError, ValueError, RuntimeError) as exc:

@@ -138,6 +138,12 @@ def test_score_method_selection_and_prompt(server):
     assert verdict["methods"]["generator_params"]["details"]["prompt"] == "blue fox"
     status, _, body = request(server.url, "/v1/score?methods=nope", png)
     assert status == 400 and "unknown method" in json.loads(body)["error"]
+    status, _, body = request(server.url, "/v1/score?methods=,", png)
+    assert status == 400 and "methods is empty" in json.loads(body)["error"]
+    status, _, body = request(server.url, "/v1/score?include_prompt=maybe", png)
+    assert status == 400 and "include_prompt must be true or false" in json.loads(body)["error"]
+    _, _, body = request(server.url, "/v1/score?methods=generator_params&include_prompt=0", png)
+    assert "prompt" not in json.loads(body)["verdict"]["methods"]["generator_params"]["details"]
 
 
 def test_200_concurrent_requests_each_get_their_own_score(server):
