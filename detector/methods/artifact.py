@@ -42,7 +42,7 @@ def _dct_matrix(n: int = 8) -> np.ndarray:
     return m
 
 
-_DCT8 = _dct_matrix()
+_DCT8 = _dct_matrix().astype(np.float32)  # the planes are float32: no upcast per block
 _yy, _xx = np.mgrid[0:_BLOCK, 0:_BLOCK] - _BLOCK // 2
 _RADIUS = np.sqrt(_yy**2 + _xx**2)
 _NEG = -np.arange(_BLOCK) % _BLOCK  # row index of the frequency -k
@@ -59,12 +59,16 @@ FEATURE_NAMES = (
 
 
 def _center(pixels: np.ndarray) -> np.ndarray:
-    """The central region (at most ``_MAX_SIDE`` square) as (3, H, W) float64 planes."""
+    """The central region (at most ``_MAX_SIDE`` square) as (3, H, W) float32 planes.
+
+    float32 halves the memory traffic of every pass (27 -> 19 ms per 512 px image on 2 cores);
+    the features stay within 1.7e-5 of float64 ones, and the shipped linear model's logits
+    within 4.2e-6 over the small corpus' test split (441 images)."""
     h, w = pixels.shape[:2]
     th, tw = min(h, _MAX_SIDE), min(w, _MAX_SIDE)
     y, x = (h - th) // 2, (w - tw) // 2
     crop = pixels[y : y + th, x : x + tw].transpose(2, 0, 1)
-    img = np.ascontiguousarray(crop, dtype=np.float64)
+    img = np.ascontiguousarray(crop, dtype=np.float32)
     ph, pw = max(0, _BLOCK - th), max(0, _BLOCK - tw)
     if ph or pw:  # small images: reflect to one block, as the model's preprocessing does
         img = np.pad(img, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), "reflect")

@@ -1,4 +1,7 @@
-"""The artifact method's features against textbook formulations written out in the test."""
+"""The artifact method's features against textbook formulations written out in the test.
+
+The features are computed in float32 and the references here in float64: tolerances are
+float32's (a wrong formula is off by far more)."""
 
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ def test_dct_features_match_the_defining_sum():
     want = np.log1p(np.mean([np.abs(_dct2(b)) for b in blocks], axis=0)).ravel()[1:]
     got = artifact_features(pixels)
     first = FEATURE_NAMES.index("dct_01")
-    np.testing.assert_allclose(got[first : first + 63], want, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got[first : first + 63], want, rtol=1e-5, atol=1e-6)
 
 
 def test_residual_kurtosis_matches_the_moment_definition():
@@ -54,7 +57,7 @@ def test_residual_kurtosis_matches_the_moment_definition():
     x = npr.ravel() - npr.mean()
     m2, m4 = np.mean([v * v for v in x]), np.mean([v**4 for v in x])
     got = artifact_features(pixels)[FEATURE_NAMES.index("npr_kurtosis")]
-    assert got == pytest.approx(math.log1p(m4 / (m2 * m2 + 1e-12)), rel=1e-9)
+    assert got == pytest.approx(math.log1p(m4 / (m2 * m2 + 1e-12)), rel=1e-5)
 
 
 def _laplace_padded(plane: np.ndarray) -> np.ndarray:
@@ -75,7 +78,7 @@ def test_spectrum_features_match_the_full_fft():
     want = np.array([logp[ring == r].mean() for r in range(24)])
     want -= want.mean()
     got = artifact_features(pixels)[: FEATURE_NAMES.index("spectrum_r23") + 1]
-    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_channel_correlation_matches_corrcoef_and_constant_images_are_finite():
@@ -85,7 +88,7 @@ def test_channel_correlation_matches_corrcoef_and_constant_images_are_finite():
     want = np.corrcoef(res)[[0, 0, 1], [1, 2, 2]]
     got = artifact_features(pixels)
     names = ["corr_rg", "corr_rb", "corr_gb"]
-    np.testing.assert_allclose([got[FEATURE_NAMES.index(n)] for n in names], want, rtol=1e-9)
+    np.testing.assert_allclose([got[FEATURE_NAMES.index(n)] for n in names], want, rtol=1e-5)
     flat = artifact_features(np.full((40, 40, 3), 90, dtype=np.uint8))
     assert np.isfinite(flat).all()
     assert [flat[FEATURE_NAMES.index(n)] for n in names] == [0.0, 0.0, 0.0]  # identity
