@@ -20,5 +20,6 @@ $SD export "$RUN" --out runs/export-int8 --int8 --calib-data "$CORPUS/manifest.c
 $SD bench latency --model $MODEL --int8 runs/export-int8 --checkpoint "$RUN" --batches 1,8,32,128,256 --out $OUT/latency-cpu.json
 $SD bench serving --model $MODEL --out $OUT/serving-cpu.json
 $SD bench peers --model $MODEL --pytriton-python .venv-pytriton/bin/python --out $OUT/peers-cpu.json
+$SD bench peers --model $MODEL --pytriton-python .venv-pytriton/bin/python --server-processes 2 --out $OUT/peers-cpu-2proc.json
 $SD bench load --serve "--model $MODEL" --payload score --concurrency 1,4,16 --seconds 8 --out $OUT/score-all-cpu.json
 $SD bench report $OUT
