@@ -312,12 +312,13 @@ def _load(args: argparse.Namespace) -> int:
         if server is not None:
             server.terminate()
             server.wait(120)
-    failed = [r for r in rows if r["errors"] == r["requests"]]
+    failed = [r for r in rows if r["requests"] == r["errors"]]  # no answer was a success
     if failed:
-        codes = failed[0]["status_codes"]
+        row = failed[0]
         print(
-            f"synthdetect: every request failed at concurrency {failed[0]['concurrency']}"
-            f" (status codes {codes}; 0 = connection failed); no results written",
+            f"synthdetect: no request succeeded at concurrency {row['concurrency']} (sent"
+            f" {row['requests']}; status codes {row['status_codes']}, 0 = connection failed);"
+            " no results written",
             file=sys.stderr,
         )
         return 1
