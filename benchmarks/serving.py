@@ -150,11 +150,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _several_processes(args: list[str]) -> bool:
+    """Whether serve ``args`` ask for more than one process (``--processes N`` or ``=N``).
+
+    The value is not checked here: a bad one makes the server exit with its own usage error.
+    """
+    for i, arg in enumerate(args):
+        if arg == "--processes":
+            return args[i + 1 : i + 2] != ["1"]
+        if arg.startswith("--processes="):
+            return arg.partition("=")[2] != "1"
+    return False
+
+
 def start_server(model_dir: Path, port: int, extra: list[str] | None = None) -> subprocess.Popen:
     extra = list(extra or [])
     cmd = [sys.executable, "-m", "detector.cli", "serve", "--model", str(model_dir),
            "--port", str(port), "--no-access-log", *extra]  # fmt: skip
-    several = "--processes" in extra and int(extra[extra.index("--processes") + 1]) > 1
+    several = _several_processes(extra)
     return spawn_ready(cmd, port, timeout=300 if several else 120,
                        wait_for="server processes up" if several else None)  # fmt: skip
 

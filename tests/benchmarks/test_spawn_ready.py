@@ -47,3 +47,11 @@ def test_spawn_ready_waits_for_the_line_when_asked(wait_for):
         assert elapsed >= 3.0
     else:
         assert elapsed < 3.0
+
+
+def test_several_processes_reads_both_spellings_and_never_raises():
+    from benchmarks.serving import _several_processes
+
+    assert _several_processes(["--processes", "8"]) and _several_processes(["--processes=2"])
+    assert not _several_processes(["--processes", "1"]) and not _several_processes([])
+    assert _several_processes(["--processes"])  # left to the server's own usage error
