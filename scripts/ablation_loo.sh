@@ -14,7 +14,8 @@ LOO_EPOCHS=${LOO_EPOCHS:-3}
 RESULTS=benchmarks/results/default-model
 SD=.venv/bin/synthdetect
 
-for variant in "rgb:[rgb]" "rgb-res:[rgb, residual]" "all:[rgb, residual, spectrum]"; do
+for variant in "rgb:[rgb]" "rgb-res:[rgb, residual]" "all:[rgb, residual, spectrum]" \
+  "res-spec:[residual, spectrum]"; do
   name=${variant%%:*}
   branches=${variant#*:}
   $SD train --config configs/default.yaml data="$DATA" out="$WORK/ablation-$name" \
