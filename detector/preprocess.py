@@ -18,7 +18,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PreprocessConfig", "preprocess", "tile_origins"]
+__all__ = ["MIN_SIDE", "PreprocessConfig", "preprocess", "tile_origins", "too_small"]
+
+# Pixel methods judge no image smaller than this on a side: the smallest images the default
+# model was trained on are 64 px, and the artifact method's spectral blocks are 64 px. Below it,
+# padding would be most of what they see, and a score would look like evidence without being it.
+MIN_SIDE = 64
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -78,6 +83,14 @@ def tile_origins(height: int, width: int, size: int, max_tiles: int) -> list[tup
     ys = _spread(height - size, ny)
     xs = _spread(width - size, nx)
     return [(y, x) for y in ys for x in xs]
+
+
+def too_small(pixels: np.ndarray) -> str | None:
+    """Why a pixel method must not judge this image, or None when it is large enough."""
+    h, w = pixels.shape[:2]
+    if min(h, w) >= MIN_SIDE:
+        return None
+    return f"{w}x{h} px is too small to judge by its pixels (at least {MIN_SIDE} px on each side)"
 
 
 def _spread(span: int, n: int) -> list[int]:

@@ -27,6 +27,7 @@ from detector.calibration import Calibration
 from detector.image import DecodedImage
 from detector.methods.base import Evidence, Kind, MethodResult, PerImageMethod, Strength, Supports
 from detector.methods.registry import register_method
+from detector.preprocess import too_small
 
 __all__ = ["FEATURE_NAMES", "ArtifactMethod", "artifact_features"]
 
@@ -187,6 +188,9 @@ class ArtifactMethod(PerImageMethod):
         return float(z @ self.weights + self.bias)
 
     def score_one(self, image: DecodedImage) -> MethodResult:
+        small = too_small(image.pixels)
+        if small:
+            return self.abstain(Evidence("artifact.too_small", small))
         logit = self.logit(image.pixels)
         p = float(self.calibration.probability(np.array([logit]))[0])
         thr = self.calibration.threshold

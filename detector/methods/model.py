@@ -20,7 +20,7 @@ from detector.engine import ModelBundle, load_bundle
 from detector.image import DecodedImage
 from detector.methods.base import Evidence, Kind, Method, MethodResult, Strength, Supports
 from detector.methods.registry import register_method
-from detector.preprocess import preprocess
+from detector.preprocess import preprocess, too_small
 
 __all__ = ["ModelMethod"]
 
@@ -60,15 +60,25 @@ class ModelMethod(Method):
         import time
 
         start = time.perf_counter()
-        tiles = [preprocess(img.pixels, self.bundle.preprocess) for img in images]
-        logits = self.bundle.logits(np.concatenate(tiles))
-        owner = np.repeat(np.arange(len(images)), [len(t) for t in tiles])
-        mean = np.bincount(owner, weights=logits, minlength=len(images)) / [len(t) for t in tiles]
-        probs = self.bundle.calibration.probability(mean)
-        share = (time.perf_counter() - start) / len(images)
+        small = [too_small(img.pixels) for img in images]
+        judged = [img for img, why in zip(images, small, strict=True) if why is None]
+        tiles = [preprocess(img.pixels, self.bundle.preprocess) for img in judged]
+        scored: list[MethodResult] = []
+        if judged:
+            logits = self.bundle.logits(np.concatenate(tiles))
+            owner = np.repeat(np.arange(len(judged)), [len(t) for t in tiles])
+            counts = [len(t) for t in tiles]
+            mean = np.bincount(owner, weights=logits, minlength=len(judged)) / counts
+            probs = self.bundle.calibration.probability(mean)
+            share = (time.perf_counter() - start) / len(judged)
+            scored = [
+                self._result(float(p), float(z), len(t), share)
+                for p, z, t in zip(probs, mean, tiles, strict=True)
+            ]
+        it = iter(scored)
         return [
-            self._result(float(p), float(z), len(t), share)
-            for p, z, t in zip(probs, mean, tiles, strict=True)
+            next(it) if why is None else self.abstain(Evidence("model.too_small", why))
+            for why in small
         ]
 
     def _result(self, p: float, logit: float, n_tiles: int, seconds: float) -> MethodResult:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detector.preprocess import PreprocessConfig, preprocess, tile_origins
+from detector.preprocess import MIN_SIDE, PreprocessConfig, preprocess, tile_origins, too_small
 
 pytestmark = pytest.mark.unit
 
@@ -60,3 +60,12 @@ def test_config_round_trip_and_validation():
         PreprocessConfig(channel_order="GBR")
     with pytest.raises(ValueError):
         preprocess(np.zeros((4, 4), np.uint8), cfg)
+
+
+def test_too_small_is_the_one_size_floor_of_pixel_methods():
+    assert MIN_SIDE == 64
+    assert too_small(np.zeros((64, 5000, 3), np.uint8)) is None
+    assert too_small(np.zeros((63, 5000, 3), np.uint8)) == (
+        "5000x63 px is too small to judge by its pixels (at least 64 px on each side)"
+    )
+    assert too_small(np.zeros((1, 1, 3), np.uint8)) is not None

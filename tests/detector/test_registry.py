@@ -16,6 +16,7 @@ from detector.methods import (
     register_method,
 )
 from detector.methods.base import PerImageMethod
+from detector.preprocess import MIN_SIDE
 from detector.registry import Registry, RegistryError
 from training import provenance as P
 
@@ -76,8 +77,17 @@ def test_every_method_keeps_the_contract(name, batch, method_options):
         json.dumps(res.to_dict())
     if method.kind == Kind.METADATA:
         assert results[0].abstained, "a plain JPEG without metadata carries no provenance signal"
-    else:  # pixel methods always judge
-        assert all(r.probability is not None for r in results)
+    else:  # pixel methods judge every image of at least MIN_SIDE px, in batch order
+        big = [
+            r
+            for img, r in zip(batch, results, strict=True)
+            if min(img.pixels.shape[:2]) >= MIN_SIDE
+        ]
+        assert len(big) == 3 and all(r.probability is not None for r in big)
+        small = results[2]  # the 40x30 GIF: padding would be most of what the method sees
+        assert small.abstained
+        assert [e.code for e in small.evidence] == [f"{name}.too_small"]
+        assert "30x40 px is too small" in small.evidence[0].message
     assert method.score([]) == []
 
 

@@ -284,7 +284,7 @@ def test_overload_answers_503_fast_and_recovers(make_server):
     live = make_server(
         batcher=BatcherConfig(max_batch_size=1, max_queue_delay_us=0, max_queue_tiles=2), workers=64
     )
-    images = [jpeg(200 + i, 48) for i in range(8)]  # one tile each
+    images = [jpeg(200 + i, 64) for i in range(8)]  # one tile each (the smallest judged)
     with concurrent.futures.ThreadPoolExecutor(64) as pool:
         results = list(pool.map(lambda i: request(live.url, "/v1/score", images[i % 8]), range(96)))
     codes = [r[0] for r in results]
