@@ -118,3 +118,11 @@ def test_methods_table_lists_every_registered_method():
     table = _section("Methods and fusion")
     for name in METHODS.names():
         assert f"| `{name}` |" in table
+
+
+def test_backbone_list_names_every_registered_model():
+    from detector.models import MODELS
+
+    section = _section("Train, evaluate, export")
+    missing = [name for name in MODELS.names() if f"`{name}`" not in section]
+    assert not missing, f"README's backbone list lacks {missing}"

