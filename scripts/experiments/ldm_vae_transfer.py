@@ -13,6 +13,10 @@ a corpus (the test split is untouched) and scores a leave-one-family-out model.
     python scripts/experiments/ldm_vae_transfer.py family-ap runs/exp/loo-wd-ldm \
         runs/corpus-small/manifest.csv wild-diffusion
 
+The model card's other two rows of this comparison: the same training on manifest.csv (the
+baseline; `evaluate --leave-one-out` trains it too), and with `"branches=[residual, spectrum]"`
+added (no RGB), each scored by `family-ap` the same way.
+
 Result on the small corpus (2026-11-22, CPU, 1,200 VAE steps; 541 reconstructions at 27.6 dB
 after matching each channel's mean and std to the real crop, without which the under-trained
 VAE tinted every crop, a colour cue no real decoder gives): held-out wild-diffusion AP 0.424
