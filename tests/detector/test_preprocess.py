@@ -62,10 +62,12 @@ def test_config_round_trip_and_validation():
         preprocess(np.zeros((4, 4), np.uint8), cfg)
 
 
-def test_too_small_is_the_one_size_floor_of_pixel_methods():
-    assert MIN_SIDE == 64
-    assert too_small(np.zeros((64, 5000, 3), np.uint8)) is None
-    assert too_small(np.zeros((63, 5000, 3), np.uint8)) == (
-        "5000x63 px is too small to judge by its pixels (at least 64 px on each side)"
+def test_too_small_is_the_size_floor_of_pixel_methods():
+    assert MIN_SIDE == 32
+    assert too_small(np.zeros((32, 5000, 3), np.uint8)) is None
+    assert too_small(np.zeros((31, 5000, 3), np.uint8)) == (
+        "5000x31 px is too small to judge by its pixels (at least 32 px on each side)"
     )
     assert too_small(np.zeros((1, 1, 3), np.uint8)) is not None
+    # a method with coarser statistics passes its own floor
+    assert too_small(np.zeros((48, 48, 3), np.uint8), 64).endswith("(at least 64 px on each side)")
