@@ -22,7 +22,28 @@ from benchmarks.loadgen import run_load, score_payload, tiles_payload
 from benchmarks.serving import benchmark_images, spawn_ready, start_server
 from detector.engine import load_bundle
 
-__all__ = ["peers_benchmark"]
+__all__ = ["TARGETS", "TARGET_CONCURRENCY", "peers_benchmark", "target_status"]
+
+
+# The issue's targets for this comparison, read at one concurrency: our tile throughput over
+# each peer's (at least) and our p99 over PyTriton's (at most).
+TARGET_CONCURRENCY = 16
+TARGETS = {
+    "tiles_throughput_vs_pytriton": (">=", 1.0),
+    "tiles_p99_vs_pytriton": ("<=", 1.0),
+    "tiles_throughput_vs_naive": (">=", 2.0),
+}
+
+
+def target_status(ratios: dict[str, float]) -> list[tuple[str, str, float, float, bool]]:
+    """(ratio, comparison, target, measured, met) for each target this run's ratios cover."""
+    rows = []
+    for name, (op, target) in TARGETS.items():
+        value = ratios.get(f"{name}_c{TARGET_CONCURRENCY}")
+        if value is not None:
+            met = value >= target if op == ">=" else value <= target
+            rows.append((name, op, target, value, met))
+    return rows
 
 
 def engine_ceiling(

@@ -125,6 +125,23 @@ def _peers_settings(peers: dict) -> list[str]:
     return [" ".join(lines), ""] if lines else []
 
 
+def _peers_targets(peers: dict) -> list[str]:
+    """The issue's targets beside what this run measured, with the engine's bound."""
+    from benchmarks.peers import TARGET_CONCURRENCY, target_status
+
+    rows = []
+    for name, op, target, value, met in target_status(peers.get("ratios", {})):
+        measured = f"{value:.2f}x"
+        ceiling = peers["ratios"].get(f"tiles_ceiling_vs_naive_c{TARGET_CONCURRENCY}")
+        if name == "tiles_throughput_vs_naive" and ceiling is not None:
+            measured += f" (engine ceiling {ceiling:.2f}x)"
+        rows.append([f"`{name}` {op} {target:g}", measured, "yes" if met else "**no**"])
+    if not rows:
+        return []
+    header = [f"target (concurrency {TARGET_CONCURRENCY})", "measured", "met"]
+    return [*_table(header, rows, 1), ""]
+
+
 def _save(fig, path: Path) -> str:
     """Write one figure as PNG, free it, and return its file name for the report."""
     import matplotlib.pyplot as plt
@@ -296,6 +313,7 @@ def write_report(results_dir: Path, out: Path) -> Path:
             sections += [
                 *_subhead(name, every["peers"]),
                 *_peers_settings(peers),
+                *_peers_targets(peers),
                 peers_table(peers),
                 "",
             ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -29,6 +30,17 @@ def test_report_from_the_committed_results_has_every_section_and_plot(tmp_path):
     for name in ("accuracy-small-test.json", "latency-cpu.json", "peers-cpu.json"):
         assert f"- `{name}`: " in text  # each result names its own commit
     assert "The engine alone in process" in text and "tiles_ceiling_vs_naive_c16" in text
+    # the targets at a glance, read from the run's own ratios
+    ratios = json.loads((RESULTS / "peers-cpu.json").read_text())["ratios"]
+    naive, ceiling = ratios["tiles_throughput_vs_naive_c16"], ratios["tiles_ceiling_vs_naive_c16"]
+    assert (
+        f"| `tiles_throughput_vs_naive` >= 2 | {naive:.2f}x (engine ceiling {ceiling:.2f}x) |"
+        f" {'yes' if naive >= 2 else '**no**'} |"
+    ) in text
+    p99 = ratios["tiles_p99_vs_pytriton_c16"]
+    assert (
+        f"| `tiles_p99_vs_pytriton` <= 1 | {p99:.2f}x | {'yes' if p99 <= 1 else '**no**'} |" in text
+    )
     # Every table row has as many cells as its header.
     table: list[int] = []
     for line in [*text.splitlines(), ""]:
@@ -70,3 +82,24 @@ def test_gpu_report_has_training_throughput_and_names_the_gpu(tmp_path):
 def test_report_without_results_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="no benchmark results"):
         write_report(tmp_path, tmp_path / "out")
+
+
+@pytest.mark.unit
+def test_target_status_reads_the_target_concurrency_only():
+    from benchmarks.peers import target_status
+
+    ratios = {
+        "tiles_throughput_vs_pytriton_c16": 0.9,
+        "tiles_p99_vs_pytriton_c16": 0.8,
+        "tiles_throughput_vs_naive_c16": 2.0,
+        "tiles_throughput_vs_naive_c4": 0.1,
+    }
+    assert target_status(ratios) == [
+        ("tiles_throughput_vs_pytriton", ">=", 1.0, 0.9, False),
+        ("tiles_p99_vs_pytriton", "<=", 1.0, 0.8, True),
+        ("tiles_throughput_vs_naive", ">=", 2.0, 2.0, True),
+    ]
+    # a run without the PyTriton peer (GPU runs) is judged on the naive target alone
+    assert [r[0] for r in target_status({"tiles_throughput_vs_naive_c16": 3.0})] == [
+        "tiles_throughput_vs_naive"
+    ]
