@@ -7,14 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.engine import load_bundle
+from detector.engine import ModelBundle, load_bundle
 from training.config import load_config
-from training.datasets import load_samples
+from training.datasets import Sample, load_samples
 from training.degrade import apply_chain, chain_name, parse_chain
 from training.evaluate import EvalReport, evaluate_scores, predict_logits
 from training.metrics import compute_metrics
 
-__all__ = ["evaluate_model", "leave_one_out"]
+__all__ = ["evaluate_model", "leave_one_out", "score_held_out_family"]
 
 
 def evaluate_model(
@@ -43,6 +43,18 @@ def evaluate_model(
     )
 
 
+def score_held_out_family(
+    bundle: ModelBundle, samples: list[Sample], family: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and calibrated probabilities of a family's test (and held-out generator) fakes
+    and the test reals of the same pools: what leave-one-out scores each family's model on."""
+    fakes = [s for s in samples if s.split in ("test", "heldout-generators") and s.family == family]
+    pools = {s.pool for s in fakes}
+    chosen = fakes + [s for s in samples if s.split == "test" and s.label == 0 and s.pool in pools]
+    probs = bundle.calibration.probability(predict_logits(bundle.logits, chosen, bundle.preprocess))
+    return np.array([s.label for s in chosen]), probs
+
+
 def leave_one_out(
     config_path: Path | None, overrides: list[str], data: Path, out_root: Path
 ) -> EvalReport:
@@ -65,18 +77,9 @@ def leave_one_out(
             replace(base, out=str(Path(out_root) / f"loo-{family}"), exclude_families=[family])
         )
         bundle = load_bundle(run)
-        fakes = [
-            s for s in samples if s.split in ("test", "heldout-generators") and s.family == family
-        ]
-        pools = {s.pool for s in fakes}
-        reals = [s for s in samples if s.split == "test" and s.label == 0 and s.pool in pools]
-        chosen = fakes + reals
-        probs = bundle.calibration.probability(
-            predict_logits(bundle.logits, chosen, bundle.preprocess)
-        )
-        labels = [s.label for s in chosen]
+        labels, probs = score_held_out_family(bundle, samples, family)
         per_family[family] = compute_metrics(labels, probs, bundle.calibration.threshold)
-        all_labels += labels
+        all_labels += list(labels)
         all_probs += list(probs)
     report = EvalReport(
         split="test (held-out family)",

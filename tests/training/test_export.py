@@ -107,3 +107,21 @@ def test_triton_repository_parses_with_the_model_config_protobuf(exported_model,
     assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
     accel = config.optimization.execution_accelerators.gpu_execution_accelerator[0]
     assert accel.name == "tensorrt" and accel.parameters["precision_mode"] == "FP16"
+
+
+def test_held_out_family_is_scored_against_the_test_reals_of_its_pools(exported_model, tiny_corpus):
+    """What leave-one-out scores each family's model on: the family's test and held-out
+    generator fakes, and only the test reals of the pools those fakes belong to."""
+    from training.datasets import load_samples
+    from training.run_eval import score_held_out_family
+
+    samples = load_samples(tiny_corpus / "manifest.csv")
+    bundle = load_bundle(exported_model)
+    labels, probs = score_held_out_family(bundle, samples, "gan")
+    fakes = [s for s in samples if s.family == "gan" and s.split == "test"]
+    reals = [s for s in samples if s.label == 0 and s.split == "test" and s.pool == "crops64"]
+    assert fakes and reals and {s.pool for s in fakes} == {"crops64"}
+    assert labels.tolist() == [1] * len(fakes) + [0] * len(reals)
+    assert probs.shape == labels.shape and ((probs >= 0) & (probs <= 1)).all()
+    empty_labels, empty_probs = score_held_out_family(bundle, samples, "no-such-family")
+    assert len(empty_labels) == 0 and len(empty_probs) == 0
