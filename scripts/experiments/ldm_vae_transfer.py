@@ -19,9 +19,10 @@ added (no RGB), each scored by `family-ap` the same way.
 
 Result on the small corpus (2026-11-22, CPU, 1,200 VAE steps; 541 reconstructions at 27.6 dB
 after matching each channel's mean and std to the real crop, without which the under-trained
-VAE tinted every crop, a colour cue no real decoder gives): held-out wild-diffusion AP 0.424
-(ROC-AUC 0.459) against 0.383 (0.355) without the family, at a chance AP of 0.47. A first run
-of the same recipe, which seeded the JPEG post-processing differently, gave 0.448 (0.479).
+VAE tinted every crop, a colour cue no real decoder gives): held-out wild-diffusion AP 0.429
+(ROC-AUC 0.456) against 0.383 (0.355) without the family, at a chance AP of 0.47. Two earlier
+runs, which post-processed the reconstructions with the script's own copy of the corpus'
+JPEG/PNG step instead of the corpus writer, gave 0.424 (0.459) and 0.448 (0.479).
 No transfer; see the model card.
 """
 
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
+import json
 import sys
 import time
 from pathlib import Path
@@ -40,7 +41,8 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from training.degrade import encode_jpeg
+from training.corpus import CorpusConfig, _Item, _psnr, _Stats, _Writer
+from training.generators.trained import _random_patches
 
 GENERATOR = "ae_ldm"
 CHANNELS = (32, 64, 128, 128)  # SD's VAE: (128, 256, 512, 512) with two ResBlocks a level
@@ -139,13 +141,7 @@ def build(manifest: Path, steps: int, seed: int) -> None:
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 1e-3, total_steps=steps, pct_start=0.05)
     start = time.perf_counter()
     for step in range(steps):  # L1 + a light KL, on random 64 px patches of train crops
-        idx = rng.integers(0, len(train), 16)
-        ys, xs = rng.integers(0, train.shape[1] - 63, 16), rng.integers(0, train.shape[2] - 63, 16)
-        x = _tensor(
-            np.stack(
-                [train[i, y : y + 64, x_ : x_ + 64] for i, y, x_ in zip(idx, ys, xs, strict=True)]
-            )
-        )
+        x = _tensor(_random_patches(train, 16, 64, rng))
         rec, kl = model(x)
         loss = (rec - x).abs().mean() + 1e-6 * kl
         opt.zero_grad(set_to_none=True)
@@ -155,59 +151,44 @@ def build(manifest: Path, steps: int, seed: int) -> None:
         if step % 200 == 0 or step == steps - 1:
             print(f"step {step}: loss {loss.item():.4f} ({time.perf_counter() - start:.0f} s)")
     model.eval()
-    added, psnr = [], []
+    # The corpus' own writer: the same post-processing (JPEG or PNG, seeded per item) as both
+    # classes of the corpus got, and manifest rows with their sha256.
+    config = CorpusConfig(**json.loads((root / "corpus.json").read_text())["config"])
+    stats, psnr = _Stats(), []
+    writer = _Writer(root, config, stats)
     with torch.inference_mode():
         for r in reals:
             if r["split"] not in ("train", "val"):
                 continue
             px = load(r)
             fake = _reconstruct(model, px)
-            psnr.append(10 * np.log10(255**2 / np.mean((fake.astype(float) - px) ** 2)))
+            psnr.append(_psnr(fake, px))
             key = f"{Path(r['path']).stem}-{GENERATOR}"
-            enc = np.random.default_rng([seed, int.from_bytes(key.encode()[-8:], "little")])
-            if enc.random() < 0.7:  # the corpus' post-processing, for both classes
-                quality = int(enc.integers(70, 99))
-                data, fmt, ext = encode_jpeg(fake, quality), "JPEG", "jpg"
-            else:
-                buf = io.BytesIO()
-                Image.fromarray(fake).save(buf, "PNG")
-                data, fmt, ext, quality = buf.getvalue(), "PNG", "png", ""
-            rel = f"images-exp/{r['split']}/fake/{GENERATOR}/{key}.{ext}"
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            (root / rel).write_bytes(data)
-            added.append({**r, "path": rel, "label": "fake", "generator": GENERATOR,
-                          "family": "autoencoder", "format": fmt, "quality": quality,
-                          "pair": r["path"], "sha256": ""})  # fmt: skip
+            writer.write(_Item(fake, "fake", GENERATOR, "autoencoder", r["pool"], r["source_id"],
+                               r["split"], key, pair=r["path"]))  # fmt: skip
     out = root / "manifest-ldm.csv"
     with open(out, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows + added)
-    print(f"{len(added)} reconstructions, mean PSNR {np.mean(psnr):.2f} dB -> {out}")
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows + stats.rows)
+    print(f"{len(stats.rows)} reconstructions, mean PSNR {np.mean(psnr):.2f} dB -> {out}")
 
 
 def family_ap(model: str, manifest: Path, family: str) -> None:
     """A family's test fakes against the test reals of the same pools, as leave-one-out does."""
     from detector.engine import load_bundle
     from training.datasets import read_manifest
-    from training.evaluate import predict_logits
     from training.metrics import compute_metrics
+    from training.run_eval import score_held_out_family
 
     bundle = load_bundle(model)
-    samples = read_manifest(manifest)
-    fakes = [s for s in samples if s.split in ("test", "heldout-generators") and s.family == family]
-    if not fakes:
+    labels, probs = score_held_out_family(bundle, read_manifest(manifest), family)
+    if not labels.any():
         sys.exit(f"no test fakes of family {family!r} in {manifest}")
-    pools = {s.pool for s in fakes}
-    chosen = fakes + [s for s in samples if s.split == "test" and s.label == 0 and s.pool in pools]
-    probs = bundle.calibration.probability(
-        predict_logits(bundle.engine.run, chosen, bundle.preprocess)
-    )
-    labels = np.array([s.label for s in chosen])
     m = compute_metrics(labels, probs, bundle.calibration.threshold)
     print(
-        f"{model} {family}: {len(fakes)} fakes / {int((labels == 0).sum())} reals, AP {m.ap:.3f}"
-        f" (chance {len(fakes) / len(chosen):.2f}), ROC-AUC {m.roc_auc:.3f},"
+        f"{model} {family}: {int(labels.sum())} fakes / {int((labels == 0).sum())} reals,"
+        f" AP {m.ap:.3f} (chance {labels.mean():.2f}), ROC-AUC {m.roc_auc:.3f},"
         f" TPR@1%FPR {m.tpr_at_1pct_fpr:.3f}, flagged {m.fake_accuracy_at_threshold:.3f}"
     )
 
