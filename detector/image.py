@@ -28,10 +28,27 @@ __all__ = [
     "decode_file",
 ]
 
+
+def _phone_formats() -> tuple[str, ...]:
+    """AVIF (Pillow's own plugin, when built with libavif) and HEIF, the iPhone default
+    (``pillow-heif``'s plugin), when this installation can read them."""
+    from PIL import features
+
+    found = ["AVIF"] if features.check("avif") else []
+    try:
+        import pillow_heif
+    except ImportError:
+        return tuple(found)
+    pillow_heif.register_heif_opener()  # registers the "HEIF" format with Pillow
+    return (*found, "HEIF")
+
+
 # Pillow plugins we open. Pillow's JPEG plugin also opens MPO, the multi-picture JPEG that many
 # cameras and phones write (reported with format "MPO").
-SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", *_phone_formats())
 _MIME = {
+    "AVIF": "image/avif",
+    "HEIF": "image/heif",
     "JPEG": "image/jpeg",
     "MPO": "image/jpeg",
     "PNG": "image/png",
@@ -219,6 +236,12 @@ def _sniff(data: bytes) -> str | None:
     """The format a file claims by its magic bytes, to tell "truncated" from "not an image"."""
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WebP"
+    if data[4:8] == b"ftyp":  # ISO base media: the brand says which image format
+        brand = data[8:12]
+        if brand in (b"avif", b"avis"):
+            return "AVIF"
+        if brand in (b"heic", b"heix", b"mif1", b"msf1", b"hevc", b"heim", b"heis"):
+            return "HEIF"
     return next((name for magic, name in _MAGIC if data.startswith(magic)), None)
 
 

@@ -42,6 +42,7 @@ from PIL import Image
 from training.debian import DebianError, cache_dir
 from training.degrade import encode_jpeg
 from training.generators import GENERATORS, Generator, PrepareContext
+from training.pinned import PinnedError, Store
 from training.sources import (
     DEBIAN_PHOTOS,
     HELDOUT_PHOTOS,
@@ -53,7 +54,19 @@ from training.sources import (
     wild_images,
 )
 
-__all__ = ["MANIFEST_FIELDS", "SIZES", "CorpusConfig", "CorpusError", "build_corpus"]
+__all__ = [
+    "MANIFEST_FIELDS",
+    "SIZES",
+    "CorpusConfig",
+    "CorpusError",
+    "CorpusItem",
+    "CorpusStats",
+    "CorpusWriter",
+    "build_corpus",
+    "psnr",
+    "stream_rng",
+    "write_manifest",
+]
 
 MANIFEST_FIELDS = [
     "path", "label", "generator", "family", "pool", "source_id", "split",
@@ -93,9 +106,13 @@ class CorpusConfig:
 
 
 SIZES = {
+    # tiny: the tests' and the quick benchmark's corpus; its generators are fixed so that it
+    # builds offline without pinned weights and its baseline does not move when one is added.
     "tiny": CorpusConfig(
         "tiny", photos=8, crops_per_photo=4, gan_images=12, heldout_real_crops=1,
         wild_limit=48, train_steps=30, gan_steps=30,
+        generators=("ae_bilinear", "ae_nearest", "ae_pixelshuffle", "ae_transposed",
+                    "dcgan_faces", "dcgan_texture", "realesrgan_animevideov3", "realesrgan_x4plus"),
     ),
     "small": CorpusConfig("small", crops_per_photo=20, gan_images=300, train_steps=400),
     "full": CorpusConfig(
@@ -106,7 +123,7 @@ SIZES = {
 
 
 @dataclass
-class _Item:
+class CorpusItem:
     pixels: np.ndarray
     label: str
     generator: str
@@ -116,10 +133,11 @@ class _Item:
     split: str
     key: str  # unique, stable: names the file and seeds its post-processing
     pair: str = ""
+    extra: dict[str, object] = field(default_factory=dict)  # more manifest columns (provenance)
 
 
 @dataclass
-class _Stats:
+class CorpusStats:
     rows: list[dict] = field(default_factory=list)
     sheet: dict[str, list[tuple[np.ndarray, np.ndarray | None]]] = field(
         default_factory=lambda: defaultdict(list)
@@ -133,9 +151,14 @@ def build_corpus(
     real_dir: Path | None = None,
     wild_dir: Path | None = WILD_DEFAULT,
     cache: Path | None = None,
+    store: Store | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Build the corpus into ``out`` (must be empty or absent); returns the corpus.json dict."""
+    """Build the corpus into ``out`` (must be empty or absent); returns the corpus.json dict.
+
+    ``store`` gives generators with pinned weights (TAEF2) their files: git mirrors, or clones
+    of the pinned commits; without it they must already be in the cache.
+    """
     start = time.perf_counter()
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -157,11 +180,16 @@ def build_corpus(
     log("preparing generators:")
     for gen in generators.values():
         steps = config.gan_steps if gen.family == "gan" else config.train_steps
-        gen.prepare(PrepareContext(cache, config.seed, steps, train_crops, log))
+        try:
+            gen.prepare(PrepareContext(cache, config.seed, steps, train_crops, log, store))
+        except PinnedError as exc:
+            raise CorpusError(
+                f"generator {gen.name}: {exc}. Or leave it out with --generators"
+            ) from None
 
     (out / "images").mkdir(parents=True)
-    stats = _Stats()
-    writer = _Writer(out, config, stats)
+    stats = CorpusStats()
+    writer = CorpusWriter(out, config, stats)
     for item in crops256:
         writer.write(item)
     fidelity = _aligned_fakes(crops256, generators, config, writer, log)
@@ -174,7 +202,7 @@ def build_corpus(
     except DebianError as exc:
         log(f"heldout-real skipped: {exc}")
 
-    _write_manifest(out, stats.rows)
+    write_manifest(out, stats.rows)
     summary = _summary_table(stats.rows)
     (out / "summary.md").write_text(summary)
     _contact_sheet(stats.sheet, out / "contact_sheet.png")
@@ -197,7 +225,7 @@ def build_corpus(
     return info
 
 
-def _rng(seed: int, *parts: object) -> np.random.Generator:
+def stream_rng(seed: int, *parts: object) -> np.random.Generator:
     """An independent, reproducible stream per (seed, purpose, item)."""
     digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
     return np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
@@ -243,7 +271,7 @@ def _real_photos(config: CorpusConfig, real_dir: Path | None, cache: Path) -> li
 
 def _split_photos(photos: list[SourcePhoto], config: CorpusConfig) -> dict[str, str]:
     """Assign whole photos to splits, so no photo's crops are on two sides."""
-    order = _rng(config.seed, "split").permutation(len(photos))
+    order = stream_rng(config.seed, "split").permutation(len(photos))
     n = len(photos)
     n_test = max(1, round(n * config.split_fractions[2]))
     n_val = max(1, round(n * config.split_fractions[1]))
@@ -281,17 +309,17 @@ def _grid(
 
 def _cut_crops(
     photos: list[SourcePhoto], splits: dict[str, str], config: CorpusConfig
-) -> tuple[list[_Item], list[_Item]]:
-    crops256: list[_Item] = []
-    crops64: list[_Item] = []
+) -> tuple[list[CorpusItem], list[CorpusItem]]:
+    crops256: list[CorpusItem] = []
+    crops64: list[CorpusItem] = []
     per_photo_64 = max(4, 3 * config.gan_images * 2 // max(1, len(photos)))
     for photo in photos:
-        rng = _rng(config.seed, "photo", photo.source_id)
+        rng = stream_rng(config.seed, "photo", photo.source_id)
         pixels = _downscale(load_pixels(photo.path), rng, config)
         split, slug = splits[photo.source_id], _slug(photo.source_id)
         for i, crop in enumerate(_grid(pixels, config.crop, rng, config.crops_per_photo)):
             crops256.append(
-                _Item(
+                CorpusItem(
                     crop,
                     "real",
                     "real",
@@ -304,7 +332,7 @@ def _cut_crops(
             )
         for i, crop in enumerate(_grid(pixels, config.small_crop, rng, per_photo_64)):
             crops64.append(
-                _Item(
+                CorpusItem(
                     crop,
                     "real",
                     "real",
@@ -320,15 +348,15 @@ def _cut_crops(
     return crops256, crops64
 
 
-class _Writer:
+class CorpusWriter:
     """Equalized post-processing and the manifest rows, for real and fake alike."""
 
-    def __init__(self, out: Path, config: CorpusConfig, stats: _Stats) -> None:
+    def __init__(self, out: Path, config: CorpusConfig, stats: CorpusStats) -> None:
         self.out, self.config, self.stats = out, config, stats
         self.by_key: dict[str, str] = {}  # item key -> relative path
 
-    def write(self, item: _Item) -> str:
-        rng = _rng(self.config.seed, "encode", item.key)
+    def write(self, item: CorpusItem) -> str:
+        rng = stream_rng(self.config.seed, "encode", item.key)
         if rng.random() < self.config.jpeg_probability:
             quality = int(
                 rng.integers(self.config.jpeg_quality[0], self.config.jpeg_quality[1] + 1)
@@ -351,7 +379,7 @@ class _Writer:
                 "family": item.family, "pool": item.pool, "source_id": item.source_id,
                 "split": item.split, "sha256": hashlib.sha256(data).hexdigest(),
                 "width": w, "height": h, "format": fmt, "quality": quality if quality else "",
-                "pair": item.pair,
+                "pair": item.pair, **item.extra,
             }
         )  # fmt: skip
         self.by_key[item.key] = rel
@@ -362,20 +390,24 @@ class _Writer:
             self.stats.sheet[generator].append((fake, real))
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return 99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def _aligned_fakes(
-    reals: list[_Item], generators: dict[str, Generator], config: CorpusConfig, writer: _Writer, log
+    reals: list[CorpusItem],
+    generators: dict[str, Generator],
+    config: CorpusConfig,
+    writer: CorpusWriter,
+    log,
 ) -> dict[str, float]:
     """Write the aligned fakes; returns each generator's mean PSNR to its real twins (dB)."""
     aligned = [n for n, g in generators.items() if g.aligned and n not in config.heldout_generators]
     held = [n for n, g in generators.items() if g.aligned and n in config.heldout_generators]
     if not aligned:
         return {}
-    jobs: dict[str, list[tuple[_Item, str]]] = defaultdict(list)
+    jobs: dict[str, list[tuple[CorpusItem, str]]] = defaultdict(list)
     k = min(config.fakes_per_real, len(aligned))
     for i, item in enumerate(reals):
         for j in range(k):
@@ -383,7 +415,7 @@ def _aligned_fakes(
         if item.split == "test":
             for name in held:
                 jobs[name].append((item, "heldout-generators"))
-    psnr: dict[str, list[float]] = defaultdict(list)
+    fidelity: dict[str, list[float]] = defaultdict(list)
     for name, todo in jobs.items():
         gen = generators[name]
         log(f"  {name}: {len(todo)} fakes")
@@ -392,12 +424,12 @@ def _aligned_fakes(
             fakes = gen.transform([it.pixels for it, _ in chunk])
             for (real, split), fake in zip(chunk, fakes, strict=True):
                 writer.write(
-                    _Item(fake, "fake", name, gen.family, gen.pool, real.source_id, split,
+                    CorpusItem(fake, "fake", name, gen.family, gen.pool, real.source_id, split,
                           f"{real.key}-{name}", pair=writer.by_key[real.key])
                 )  # fmt: skip
                 writer.sheet(name, fake, real.pixels)
-                psnr[name].append(_psnr(fake, real.pixels))
-    return {name: round(float(np.mean(v)), 2) for name, v in sorted(psnr.items())}
+                fidelity[name].append(psnr(fake, real.pixels))
+    return {name: round(float(np.mean(v)), 2) for name, v in sorted(fidelity.items())}
 
 
 def _index_splits(n: int, config: CorpusConfig, rng: np.random.Generator) -> list[str]:
@@ -409,21 +441,25 @@ def _index_splits(n: int, config: CorpusConfig, rng: np.random.Generator) -> lis
 
 
 def _gan_pool(
-    candidates: list[_Item], generators: dict[str, Generator], config: CorpusConfig, writer, log
+    candidates: list[CorpusItem],
+    generators: dict[str, Generator],
+    config: CorpusConfig,
+    writer,
+    log,
 ) -> None:
     """Non-aligned fakes, balanced per split by as many real crops of the same size."""
     fake_complexity: dict[str, list[float]] = defaultdict(list)
     for name, gen in generators.items():
         if gen.aligned:
             continue
-        rng = _rng(config.seed, "sample", name)
+        rng = stream_rng(config.seed, "sample", name)
         splits = _index_splits(config.gan_images, config, rng)
         log(f"  {name}: {config.gan_images} samples")
         for i, (fake, split) in enumerate(
             zip(gen.sample(config.gan_images, rng), splits, strict=True)
         ):
             writer.write(
-                _Item(
+                CorpusItem(
                     fake,
                     "fake",
                     name,
@@ -486,13 +522,13 @@ def _assign_groups(sizes: dict[str, int], fractions: tuple[float, float, float])
     return out
 
 
-def _wild(root: Path, config: CorpusConfig, writer: _Writer, log) -> None:
+def _wild(root: Path, config: CorpusConfig, writer: CorpusWriter, log) -> None:
     rows = wild_images(Path(root))
     if not rows:
         log(f"wild images: {root} not found, skipped (only developer machines and CI have it)")
         return
     if config.wild_limit is not None:
-        rng = _rng(config.seed, "wild-limit")
+        rng = stream_rng(config.seed, "wild-limit")
         keep = []
         for label in ("real", "fake"):
             group = [r for r in rows if r.label == label]
@@ -511,7 +547,7 @@ def _wild(root: Path, config: CorpusConfig, writer: _Writer, log) -> None:
     for row in rows:
         pixels = load_pixels(row.path)
         fake = row.label == "fake"
-        item = _Item(
+        item = CorpusItem(
             pixels, row.label, row.slug if fake else "real",
             wild_family(row.slug) if fake else "wild-real", "wild", f"wild:{row.slug}",
             split_of[(row.label, row.slug)], f"wild-{row.path.stem}",
@@ -520,23 +556,23 @@ def _wild(root: Path, config: CorpusConfig, writer: _Writer, log) -> None:
         writer.sheet("wild fake" if fake else "wild real", pixels)
 
 
-def _heldout_real(config: CorpusConfig, cache: Path, writer: _Writer) -> None:
+def _heldout_real(config: CorpusConfig, cache: Path, writer: CorpusWriter) -> None:
     for photo in debian_photos(HELDOUT_PHOTOS, cache):
-        rng = _rng(config.seed, "heldout", photo.source_id)
+        rng = stream_rng(config.seed, "heldout", photo.source_id)
         pixels = _downscale(load_pixels(photo.path), rng, config)
         for i, crop in enumerate(_grid(pixels, config.crop, rng, config.heldout_real_crops)):
             key = f"heldout-{_slug(photo.source_id)}-c{i:02d}"
             writer.write(
-                _Item(
+                CorpusItem(
                     crop, "real", "real", "camera", "crops256", photo.source_id, "heldout-real", key
                 )
             )
             writer.sheet("heldout-real", crop)
 
 
-def _write_manifest(out: Path, rows: list[dict]) -> None:
+def write_manifest(out: Path, rows: list[dict], fields: list[str] = MANIFEST_FIELDS) -> None:
     with open(out / "manifest.csv", "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=MANIFEST_FIELDS)
+        w = csv.DictWriter(fh, fieldnames=fields)
         w.writeheader()
         w.writerows(sorted(rows, key=lambda r: r["path"]))
 

@@ -41,7 +41,7 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from training.corpus import CorpusConfig, _Item, _psnr, _Stats, _Writer
+from training.corpus import CorpusConfig, CorpusItem, CorpusStats, CorpusWriter, psnr
 from training.generators.trained import _random_patches
 
 GENERATOR = "ae_ldm"
@@ -154,24 +154,24 @@ def build(manifest: Path, steps: int, seed: int) -> None:
     # The corpus' own writer: the same post-processing (JPEG or PNG, seeded per item) as both
     # classes of the corpus got, and manifest rows with their sha256.
     config = CorpusConfig(**json.loads((root / "corpus.json").read_text())["config"])
-    stats, psnr = _Stats(), []
-    writer = _Writer(root, config, stats)
+    stats, fidelity = CorpusStats(), []
+    writer = CorpusWriter(root, config, stats)
     with torch.inference_mode():
         for r in reals:
             if r["split"] not in ("train", "val"):
                 continue
             px = load(r)
             fake = _reconstruct(model, px)
-            psnr.append(_psnr(fake, px))
+            fidelity.append(psnr(fake, px))
             key = f"{Path(r['path']).stem}-{GENERATOR}"
-            writer.write(_Item(fake, "fake", GENERATOR, "autoencoder", r["pool"], r["source_id"],
+            writer.write(CorpusItem(fake, "fake", GENERATOR, "autoencoder", r["pool"], r["source_id"],
                                r["split"], key, pair=r["path"]))  # fmt: skip
     out = root / "manifest-ldm.csv"
     with open(out, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows + stats.rows)
-    print(f"{len(stats.rows)} reconstructions, mean PSNR {np.mean(psnr):.2f} dB -> {out}")
+    print(f"{len(stats.rows)} reconstructions, mean PSNR {np.mean(fidelity):.2f} dB -> {out}")
 
 
 def family_ap(model: str, manifest: Path, family: str) -> None:
