@@ -18,6 +18,7 @@ from typing import ClassVar
 import numpy as np
 
 from detector.registry import Registry
+from training.pinned import Store
 
 __all__ = ["GENERATORS", "Generator", "PrepareContext", "register_generator"]
 
@@ -29,6 +30,7 @@ class PrepareContext:
     steps: int  # training steps for generators the project trains
     train_crops: np.ndarray  # (N, S, S, 3) uint8 real crops from the train split only
     log: object = print
+    store: Store | None = None  # pinned weights come from git mirrors / clones through it
 
     def data_key(self) -> str:
         """Identifies the training data, so cached weights are rebuilt when it changes."""
