@@ -2,7 +2,10 @@
 
 Each degradation chain of the grid is applied to both classes alike; the degraded pixels are
 stored losslessly (PNG) before scoring, so every method, metadata methods included, sees the
-degraded file as an upload pipeline would hand it over. Metadata methods abstain on most
+degraded file as an upload pipeline would hand it over. With ``equalise`` (``jpeg:Q``) every
+chain is also scored after re-encoding each image of both classes as a JPEG of quality Q (no
+metadata), in rows marked ``equalise``, beside the as-is rows: a method that separates the
+classes by file format loses that edge there. Metadata methods abstain on most
 images: their row reports *coverage* (the share of images they judged) and their metrics over
 the images they judged, not an accuracy that counts abstentions as "camera".
 """
@@ -25,17 +28,19 @@ from detector.image import decode
 from detector.methods import METHODS, create_method
 from detector.pipeline import default_fusion
 from training.datasets import Sample, load_samples
-from training.degrade import apply_chain, chain_name, parse_grid
+from training.degrade import apply_chain, chain_name, encode_jpeg, parse_grid
 from training.metrics import compute_metrics
 
 __all__ = ["accuracy_benchmark"]
 
 
-def _degraded_bytes(sample: Sample, chain) -> bytes:
+def _degraded_bytes(sample: Sample, chain, equalise=None) -> bytes:
     data = sample.path.read_bytes()
-    if not chain:
+    if not chain and not equalise:
         return data
     pixels = apply_chain(decode(data).pixels, chain, np.random.default_rng(0))
+    if equalise:
+        return encode_jpeg(pixels, round(equalise[0].value))
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, "PNG", compress_level=1)
     return buf.getvalue()
@@ -101,9 +106,13 @@ def accuracy_benchmark(
     limit: int | None = None,
     options: dict | None = None,
     out: Path | None = None,
+    equalise: str | None = None,
     log=print,
 ) -> dict:
+    from training.run_eval import parse_equalise
+
     options = options or {}
+    eq = parse_equalise(equalise)
     samples = load_samples(data)
     if split != "all":
         samples = [s for s in samples if s.split == split]
@@ -118,9 +127,11 @@ def accuracy_benchmark(
     labels = np.array([s.label for s in samples])
     generators = [s.generator for s in samples]
     rows = []
-    for chain in parse_grid(grid):
+    variants = [(chain, e) for chain in parse_grid(grid) for e in ([[], eq] if eq else [[]])]
+    for chain, e in variants:
         cname = chain_name(chain)
-        images = [decode(_degraded_bytes(s, chain)) for s in samples]
+        ename = chain_name(e)
+        images = [decode(_degraded_bytes(s, chain, e)) for s in samples]
         per_method: dict[str, list] = {}
         timing: dict[str, float] = defaultdict(float)
         for name, method in built.items():
@@ -138,18 +149,21 @@ def accuracy_benchmark(
                 labels, [r.probability for r in results], threshold, generators, timing[name]
             )
             rows.append(
-                {"degradation": cname, "method": name, "kind": built[name].kind.value, **row}
-            )
+                {"degradation": cname, "equalise": ename, "method": name,
+                 "kind": built[name].kind.value, **row}
+            )  # fmt: skip
         verdicts = [fuse([per_method[n][i] for n in built], config) for i in range(len(images))]
         fused = [v.probability for v in verdicts]
         row = _metrics_row(labels, fused, config.threshold, generators, sum(timing.values()))
-        rows.append({"degradation": cname, "method": "fused", "kind": "fused", **row})
+        rows.append(
+            {"degradation": cname, "equalise": ename, "method": "fused", "kind": "fused", **row}
+        )
         log(
-            f"  {cname}: "
+            f"  {cname} (equalise {ename}): "
             + ", ".join(
                 f"{r['method']} AP {r.get('ap', float('nan')):.3f} cov {r['coverage']:.2f}"
                 for r in rows
-                if r["degradation"] == cname
+                if r["degradation"] == cname and r["equalise"] == ename
             )
         )
     result = {
@@ -159,10 +173,13 @@ def accuracy_benchmark(
         "split": split,
         "images": len(samples),
         "methods": names,
+        "equalise": chain_name(eq),
         "rows": rows,
         "gate": {
             "accuracy": {
-                f"{r['method']}@{r['degradation']}.ap": r["ap"]
+                f"{r['method']}@{r['degradation']}"
+                + (f"|eq={r['equalise']}" if r["equalise"] != "none" else "")
+                + ".ap": r["ap"]
                 for r in rows
                 if r.get("ap") is not None
             }

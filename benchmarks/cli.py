@@ -45,6 +45,12 @@ def register(sub: Any) -> None:
     a.add_argument("--split", default="test")
     a.add_argument("--limit", type=positive_int, help="at most this many images (evenly spread)")
     a.add_argument("--model", type=Path, help="model for the model method (default: bundled)")
+    a.add_argument(
+        "--equalise",
+        metavar="jpeg:Q",
+        help="also score every chain after re-encoding each image of both classes as a JPEG "
+        "of quality Q (rows marked equalise), beside the as-is rows",
+    )
     a.add_argument("--out", type=Path)
     a.set_defaults(func=_accuracy)
 
@@ -186,7 +192,8 @@ def _accuracy(args: argparse.Namespace) -> int:
     grid = DEFAULT_GRID if args.degrade == "default" else args.degrade
     try:
         result = accuracy_benchmark(args.data, methods=methods, grid=grid, split=args.split, limit=args.limit,
-                                    options=options, out=args.out, log=lambda m: print(m, file=sys.stderr))  # fmt: skip
+                                    options=options, out=args.out, equalise=args.equalise,
+                                    log=lambda m: print(m, file=sys.stderr))  # fmt: skip
     except (ValueError, DatasetError, FileNotFoundError) as exc:
         return _fail(exc)
     from benchmarks.report import accuracy_table

@@ -20,16 +20,16 @@ def _table(header: list[str], rows: list[list[str]], text_columns: int) -> list[
 
 def accuracy_table(result: dict) -> str:
     rows = [
-        [r["degradation"], r["method"], r["kind"], _f(r["coverage"], 2), _f(r.get("ap")),
+        [r["degradation"], r.get("equalise", "none"), r["method"], r["kind"], _f(r["coverage"], 2), _f(r.get("ap")),
          _f(r.get("roc_auc")), _f(r.get("accuracy_at_threshold")),
          _f(r.get("real_accuracy_at_threshold")), _f(r.get("fake_accuracy_at_threshold")),
          _f(r.get("tpr_at_1pct_fpr")), _f(r["ms_per_image"], 1)]
         for r in result["rows"]
     ]  # fmt: skip
-    header = ["degradation", "method", "kind", "coverage", "AP", "ROC-AUC", "acc@thr",
+    header = ["degradation", "equalise", "method", "kind", "coverage", "AP", "ROC-AUC", "acc@thr",
               "real acc", "fake acc", "TPR@1%FPR", "ms/img"]  # fmt: skip
     title = f"Accuracy on {result['data']} (split {result['split']}, {result['images']} images)"
-    return "\n".join([title, "", *_table(header, rows, 3)])
+    return "\n".join([title, "", *_table(header, rows, 4)])
 
 
 def latency_table(result: dict) -> str:
@@ -163,6 +163,7 @@ def _plots(
     made = []
     acc = next((r for r in accuracy if r["split"] == "test"), None) if accuracy else None
     if acc:
+        acc = {**acc, "rows": [r for r in acc["rows"] if r.get("equalise", "none") == "none"]}
         grid = list(dict.fromkeys(r["degradation"] for r in acc["rows"]))
         fig, ax = plt.subplots(figsize=(9, 4.5))
         for method in dict.fromkeys(r["method"] for r in acc["rows"]):

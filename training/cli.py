@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from detector.argtypes import positive_int
+
 __all__ = ["register"]
 
 
@@ -35,9 +37,63 @@ def register(sub: Any) -> None:
     )
     b.add_argument("--no-wild", action="store_true", help="leave the wild images out")
     b.add_argument("--generators", help="comma-separated generator names (default: all)")
+    b.add_argument(
+        "--fakes-per-real",
+        type=positive_int,
+        help="aligned fakes made from each real crop (default: the size's; small: 1)",
+    )
     b.add_argument("--cache-dir", type=Path, help="downloads and generator weights")
+    b.add_argument(
+        "--mirror",
+        type=Path,
+        help="folder of git mirrors (<owner>+<name>) holding pinned generator weights (TAEF2); "
+        "without it they are cloned with git, or taken from the cache",
+    )
+    b.add_argument("--git-url-base", default="https://github.com/", help=argparse.SUPPRESS)
     b.set_defaults(func=_build)
     corpus.set_defaults(func=lambda a: corpus.print_help() or 2)
+
+    s = csub.add_parser(
+        "sources",
+        help="build a corpus from a pinned sources list (public repositories, blob-checked)",
+        description="Extract every file of a sources list (repo, commit, path, blob_sha, label, "
+        "family, source_group, licence, notes) from local git mirrors (--mirror DIR holding "
+        "<owner>+<name>) or, without --mirror, from clones of the pinned commits fetched with "
+        "git. Files are blob-checked, decoded, cut into grid tiles or crop boxes as their notes "
+        "say, cropped at native resolution (never resized) and written with the corpus's "
+        "post-processing; splits are by source group (and repository).",
+    )
+    s.add_argument("--sources", required=True, type=Path, help="the sources list (CSV)")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--mirror", type=Path, help="folder of git mirrors, <owner>+<name> each")
+    s.add_argument(
+        "--git-url-base",
+        default="https://github.com/",
+        help="where to clone from without --mirror (default https://github.com/)",
+    )
+    s.add_argument("--cache-dir", type=Path, help="clones made without --mirror go here")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--crop", type=positive_int, default=384, help="largest crop side (px)")
+    s.add_argument("--crops-per-image", type=positive_int, default=2)
+    s.add_argument("--families", help="comma-separated families to take (default: all)")
+    s.add_argument("--workers", type=positive_int, default=2, help="decoding threads")
+    s.add_argument(
+        "--skip-unusable",
+        action="store_true",
+        help="leave out files that cannot be decoded or cut (each is recorded in corpus.json)",
+    )
+    s.set_defaults(func=_build_sources)
+
+    m = csub.add_parser(
+        "merge",
+        help="one manifest over several corpora (paths rewritten, images left in place)",
+    )
+    m.add_argument("corpora", nargs="+", type=Path, help="corpus folders or manifest.csv files")
+    m.add_argument("--out", required=True, type=Path, help="folder for the merged manifest.csv")
+    m.add_argument(
+        "--exclude-pools", default="", help="comma-separated pools to leave out (e.g. wild)"
+    )
+    m.set_defaults(func=_merge)
 
     c = csub.add_parser(
         "check-shortcut",
@@ -71,13 +127,44 @@ def register(sub: Any) -> None:
     e.add_argument(
         "--degrade", default="none", help="degradation chain applied to every image, e.g. jpeg:75"
     )
+    e.add_argument(
+        "--equalise",
+        metavar="jpeg:Q",
+        help="also report every number after decoding and re-encoding each image of both "
+        "classes the same way (e.g. jpeg:90), beside the as-is numbers",
+    )
     e.add_argument("--out", type=Path, help="write the JSON report here")
     e.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     e.add_argument(
+        "--generalisation",
+        action="store_true",
+        help="what a model is chosen by, never the test split: validation sources per family "
+        "and pooled, the families its run held out of training (or --held-out), held-out "
+        "real photos flagged; as-is and with --equalise (default jpeg:90)",
+    )
+    e.add_argument(
+        "--held-out",
+        help="comma-separated families for --generalisation (default: the run's excluded ones); "
+        "with --holdouts they are scored by group",
+    )
+    e.add_argument(
         "--leave-one-out",
         action="store_true",
-        help="train one model per generator family with that family held out (settings from "
-        "--config and overrides), then evaluate each on its held-out family",
+        help="train one model per hold-out group (each family, or the groups of --holdouts) "
+        "with it left out (settings from --config and overrides), then score each on it",
+    )
+    e.add_argument(
+        "--holdouts",
+        type=Path,
+        help="YAML of hold-out groups for --leave-one-out: name: [families] or "
+        "name: {exclude: [...], score: [...]}",
+    )
+    e.add_argument(
+        "--score-on",
+        choices=["validation", "test"],
+        default="validation",
+        help="--leave-one-out: score a group's fakes from every split but test against the "
+        "validation reals (default), or its test fakes against the test reals",
     )
     e.add_argument("--config", type=Path, help="training config for --leave-one-out")
     e.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
@@ -126,26 +213,83 @@ def _build(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from training.corpus import SIZES, WILD_DEFAULT, CorpusError, build_corpus
+    from training.debian import cache_dir
+    from training.pinned import PinnedError, Store
 
     config = replace(SIZES[args.size], seed=args.seed)
     if args.generators:
         config = replace(config, generators=tuple(g.strip() for g in args.generators.split(",")))
+    if args.fakes_per_real:
+        config = replace(config, fakes_per_real=args.fakes_per_real)
     wild = None if args.no_wild else (args.wild_dir or WILD_DEFAULT)
     if args.wild_dir and not args.wild_dir.exists():
         print(f"synthdetect: --wild-dir {args.wild_dir} does not exist", file=sys.stderr)
         return 2
     try:
+        cache = cache_dir(args.cache_dir)
         build_corpus(
             args.out,
             config,
             real_dir=args.real_dir,
             wild_dir=wild,
-            cache=args.cache_dir,
+            cache=cache,
+            store=Store(args.mirror, cache, url_base=args.git_url_base),
             log=lambda m: print(m, file=sys.stderr),
         )
-    except (CorpusError, ValueError) as exc:
+    except (CorpusError, PinnedError, ValueError) as exc:
         print(f"synthdetect: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _build_sources(args: argparse.Namespace) -> int:
+    from training.corpus import CorpusError
+    from training.debian import cache_dir
+    from training.pinned import PinnedError, Store, read_sources
+    from training.sources_corpus import SourcesConfig, build_sources_corpus
+
+    try:
+        families = tuple(f.strip() for f in args.families.split(",")) if args.families else None
+        config = SourcesConfig(
+            seed=args.seed,
+            crop=args.crop,
+            crops_per_image=args.crops_per_image,
+            families=families,
+            skip_unusable=args.skip_unusable,
+            workers=args.workers,
+        )
+        rows = read_sources(args.sources)
+        store = Store(
+            args.mirror,
+            None if args.mirror else cache_dir(args.cache_dir),
+            url_base=args.git_url_base,
+        )
+        build_sources_corpus(
+            rows,
+            args.out,
+            store,
+            config,
+            log=lambda m: print(m, file=sys.stderr),
+            sources_file=str(args.sources),
+        )
+    except (CorpusError, PinnedError, ValueError) as exc:
+        print(f"synthdetect: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from training.merge import merge_manifests
+
+    pools = tuple(p.strip() for p in args.exclude_pools.split(",") if p.strip())
+    try:
+        info = merge_manifests(args.corpora, args.out, pools)
+    except ValueError as exc:
+        print(f"synthdetect: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {args.out / 'manifest.csv'}: {info['rows']} images from {len(args.corpora)} corpora"
+    )
     return 0
 
 
@@ -166,13 +310,25 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from training.datasets import DatasetError
-    from training.run_eval import evaluate_model, leave_one_out
+    from training.run_eval import HELD_OUT_FAKE_SPLITS, evaluate_model, leave_one_out
 
     try:
+        if args.generalisation:
+            return _generalisation(args)
         if args.leave_one_out:
-            report = leave_one_out(args.config, args.overrides, args.data, args.model)
+            splits = (
+                (HELD_OUT_FAKE_SPLITS, "val")
+                if args.score_on == "validation"
+                else (("test", "heldout-generators"), "test")
+            )
+            report = leave_one_out(
+                args.config, args.overrides, args.data, args.model, args.holdouts,
+                args.equalise, *splits,
+            )  # fmt: skip
         else:
-            report = evaluate_model(args.model, args.data, args.split, args.degrade, args.device)
+            report = evaluate_model(
+                args.model, args.data, args.split, args.degrade, args.device, args.equalise
+            )
     except (ValueError, DatasetError, FileNotFoundError) as exc:
         print(f"synthdetect: {exc}", file=sys.stderr)
         return 2
@@ -180,6 +336,41 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.out:
         report.write(args.out)
         print(f"wrote {args.out}")
+    return 0
+
+
+def _generalisation(args: argparse.Namespace) -> int:
+    import json
+
+    from detector.engine import load_bundle
+    from training.datasets import load_samples
+    from training.run_eval import generalisation, read_holdouts, write_json
+
+    samples = load_samples(args.data)
+    bundle = load_bundle(args.model, device=args.device)
+    held: list[str] | dict[str, list[str]] | None = None
+    if args.held_out:
+        held = [f.strip() for f in args.held_out.split(",")]
+    if args.holdouts:  # name the run's excluded families by the groups they belong to
+        excluded = held or (bundle.meta.get("train_config") or {}).get("exclude_families") or []
+        groups = read_holdouts(args.holdouts, samples)
+        held = {n: g["score"] for n, g in groups.items() if set(g["exclude"]) <= set(excluded)}
+    report = generalisation(bundle, samples, held, args.equalise or "jpeg:90")
+    report = {"model": str(args.model), "data": str(args.data), **report}
+    for kind in ("as_is", "equalised"):
+        if kind in report:
+            r = report[kind]
+            val = r["val"]["overall"]
+            print(
+                f"{kind:>9}: val AP {val['ap']:.3f} ROC-AUC {val['roc_auc']:.3f} "
+                f"(mean family AP {r['val']['mean_family_ap'] or float('nan'):.3f}); "
+                f"held-out families mean AP {r['mean_held_out_ap'] or float('nan'):.3f}"
+            )
+    if args.out:
+        write_json(report, args.out)
+        print(f"wrote {args.out}")
+    else:
+        print(json.dumps(report, indent=2))
     return 0
 
 

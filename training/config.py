@@ -43,11 +43,16 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     augment: AugmentPolicy = field(default_factory=lambda: AugmentPolicy(p_blur=0.2, p_jpeg=0.4))
-    balance: bool = True  # balanced sampling: reals and each generator weighted equally
+    balance: bool = True  # balanced sampling: half reals, half fakes spread over generators
+    balance_power: float = 0.0  # generator g drawn in proportion to n_g**power (0: equally)
+    pool_weights: dict[str, float] = field(default_factory=dict)  # share of each pool; {}: by size
     patience: int = 3  # epochs without a better validation AP before stopping
     exclude_families: list[str] = field(default_factory=list)  # leave-one-out training
     target_fpr: float = 0.01  # for the decision threshold chosen on validation
     eval_batch_images: int = 16
+    val_max_images: int | None = None  # per-epoch validation on a seeded subset (None: all);
+    # the final calibration always uses the whole validation split
+    eval_test: bool = True  # score the test split when training ends (eval_test.json)
     resume: bool = True  # continue from <out>/checkpoints/last.pt when it exists
 
     def to_dict(self) -> dict[str, Any]:
@@ -74,6 +79,16 @@ def _typed(value: Any, hint: Any, name: str) -> Any:
         if len(items) != len(value):
             raise ValueError(f"{name} must have {len(items)} values, got {value!r}")
         return origin(_typed(v, h, name) for v, h in zip(value, items, strict=True))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(
+                f"{name} must be a mapping, e.g. {{wild: 0.7, crops256: 0.3}}, got {value!r}"
+            )
+        key_hint, value_hint = args
+        return {
+            _typed(k, key_hint, name): _typed(v, value_hint, f"{name}.{k}")
+            for k, v in value.items()
+        }
     if hint is bool:
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be true or false, got {value!r}")
@@ -147,5 +162,11 @@ def _validate(c: TrainConfig) -> None:
         raise ValueError(f"amp must be auto, bf16, fp16 or off, got {c.amp!r}")
     if c.channels_last not in ("auto", "on", "off"):
         raise ValueError(f"channels_last must be auto, on or off, got {c.channels_last!r}")
+    if c.val_max_images is not None and c.val_max_images < 10:
+        raise ValueError(f"val_max_images must be at least 10, got {c.val_max_images}")
+    if not 0 <= c.balance_power <= 1:
+        raise ValueError(f"balance_power must be in [0, 1], got {c.balance_power}")
+    if any(w < 0 for w in c.pool_weights.values()):
+        raise ValueError(f"pool_weights must not be negative: {c.pool_weights}")
     if not 0 < c.target_fpr < 0.5:
         raise ValueError("target_fpr must be in (0, 0.5)")

@@ -67,12 +67,15 @@ class EvalReport:
     model: str = ""
     data: str = ""
     extra: dict = field(default_factory=dict)
+    equalise: str = "none"  # the re-encoding applied to both classes before scoring
+    equalised: EvalReport | None = None  # the same evaluation after --equalise, beside this one
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "schema": 1,
             "split": self.split,
             "degradation": self.degradation,
+            "equalise": self.equalise,
             "model": self.model,
             "data": self.data,
             "calibration": self.calibration,
@@ -81,11 +84,15 @@ class EvalReport:
             "per_generator": {k: v.to_dict() for k, v in self.per_generator.items()},
             **self.extra,
         }
+        if self.equalised is not None:
+            out["equalised"] = self.equalised.to_dict()
+        return out
 
     def render(self) -> str:
         head = f"{'group':<28} {'n_real':>6} {'n_fake':>6} {'AP':>6} {'AUC':>6} {'acc.5':>6} {'real':>6} {'fake':>6} {'TPR@1%':>7} {'ECE':>6}"
         lines = [
-            f"split={self.split} degradation={self.degradation} threshold={self.calibration.get('threshold')}",
+            f"split={self.split} degradation={self.degradation} equalise={self.equalise} "
+            f"threshold={self.calibration.get('threshold')}",
             head,
         ]
 
@@ -104,6 +111,8 @@ class EvalReport:
         lines += [row(f"pool:{k}", v) for k, v in sorted(self.per_pool.items())]
         lines += [row(k, v) for k, v in sorted(self.per_generator.items())]
         lines.append("(real/fake: accuracy at the shipped threshold; acc.5: accuracy at 0.5)")
+        if self.equalised is not None:
+            lines += ["", self.equalised.render()]
         return "\n".join(lines)
 
     def write(self, path: Path) -> None:

@@ -1,94 +1,313 @@
-"""``synthdetect evaluate``: a model (checkpoint or ONNX) on a dataset, and leave-one-out."""
+"""``synthdetect evaluate``: a model on a dataset, how it generalises, and leave-one-out.
+
+Three questions, three functions:
+
+- ``evaluate_model``: per-generator and overall metrics on one split, as the files are
+  (``as-is``) and, with ``equalise``, after decoding and re-encoding every image of both classes
+  the same way (e.g. ``jpeg:90``), reported side by side so that a format shortcut cannot pass
+  for detection;
+- ``generalisation``: what a model is chosen by. Validation sources (never trained on), per
+  family and pooled; the families the run held out of training (its checkpoint says which),
+  scored from every split but test against the validation reals of their pools; held-out real
+  photos flagged. Never the test split;
+- ``leave_one_out``: one training run per hold-out group (a family, or a few related ones), each
+  scored on the group's fakes as above: how the recipe does on a generator it never saw.
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from detector.engine import ModelBundle, load_bundle
 from training.config import load_config
 from training.datasets import Sample, load_samples
-from training.degrade import apply_chain, chain_name, parse_chain
+from training.degrade import Degradation, apply_chain, chain_name, parse_chain
 from training.evaluate import EvalReport, evaluate_scores, predict_logits
-from training.metrics import compute_metrics
+from training.metrics import Metrics, compute_metrics
 
-__all__ = ["evaluate_model", "leave_one_out", "score_held_out_family"]
+__all__ = [
+    "evaluate_model",
+    "generalisation",
+    "leave_one_out",
+    "parse_equalise",
+    "read_holdouts",
+    "score_held_out_family",
+]
+
+# Fakes of a held-out family may come from any split but test (the run never saw them).
+HELD_OUT_FAKE_SPLITS = ("train", "val", "heldout-generators")
+
+
+def parse_equalise(text: str | None) -> list[Degradation]:
+    """``jpeg:Q`` -> the re-encoding applied to every image of both classes; none -> []."""
+    if not text or text.strip() == "none":
+        return []
+    chain = parse_chain(text)
+    if len(chain) != 1 or chain[0].kind != "jpeg":
+        raise ValueError(f"--equalise takes jpeg:QUALITY (e.g. jpeg:90), got {text!r}")
+    return chain
+
+
+def _transform(chain: list[Degradation]):
+    if not chain:
+        return None
+    return lambda px: apply_chain(px, chain, np.random.default_rng(0))
+
+
+def _select(samples: list[Sample], split: str) -> list[Sample]:
+    if split == "all":
+        return samples
+    wanted = {x.strip() for x in split.split(",")}  # one split or several: test,heldout-generators
+    return [s for s in samples if s.split in wanted]
 
 
 def evaluate_model(
-    model: Path, data: Path, split: str = "test", degrade: str = "none", device: str = "cpu"
+    model: Path,
+    data: Path,
+    split: str = "test",
+    degrade: str = "none",
+    device: str = "cpu",
+    equalise: str | None = None,
 ) -> EvalReport:
+    """Metrics on ``split``; with ``equalise`` the report carries the equalised one beside it."""
     bundle = load_bundle(model, device=device)
-    samples = load_samples(data)
-    if split != "all":  # one split or several, comma-separated (e.g. test,heldout-generators)
-        wanted = {x.strip() for x in split.split(",")}
-        samples = [s for s in samples if s.split in wanted]
+    samples = _select(load_samples(data), split)
     if not samples:
         raise ValueError(f"{data}: no images in split {split!r}")
     chain = parse_chain(degrade)
-    transform = (lambda px: apply_chain(px, chain, np.random.default_rng(0))) if chain else None
-    logits = predict_logits(
-        bundle.logits, samples, bundle.preprocess, transform=transform, progress=True
-    )
-    return evaluate_scores(
-        samples,
-        logits,
-        bundle.calibration,
-        split,
-        degradation=chain_name(chain),
-        model=f"{model} ({bundle.engine.name})",
-        data=str(data),
-    )
+    eq = parse_equalise(equalise)
+    reports = []
+    for extra in ([], eq) if eq else ([],):
+        logits = predict_logits(
+            bundle.logits, samples, bundle.preprocess, transform=_transform(chain + extra),
+            progress=True,
+        )  # fmt: skip
+        reports.append(
+            evaluate_scores(
+                samples,
+                logits,
+                bundle.calibration,
+                split,
+                degradation=chain_name(chain),
+                model=f"{model} ({bundle.engine.name})",
+                data=str(data),
+            )
+        )
+    report = reports[0]
+    if eq:
+        report.equalised = reports[1]
+        report.equalised.equalise = chain_name(eq)
+    return report
 
 
 def score_held_out_family(
-    bundle: ModelBundle, samples: list[Sample], family: str
+    bundle: ModelBundle,
+    samples: list[Sample],
+    family: str | list[str],
+    fake_splits: tuple[str, ...] = ("test", "heldout-generators"),
+    real_split: str = "test",
+    equalise: list[Degradation] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and calibrated probabilities of a family's test (and held-out generator) fakes
-    and the test reals of the same pools: what leave-one-out scores each family's model on."""
-    fakes = [s for s in samples if s.split in ("test", "heldout-generators") and s.family == family]
+    """Labels and calibrated probabilities of a family's fakes in ``fake_splits`` and the
+    ``real_split`` reals of the same pools: what a family held out of training is scored on."""
+    families = {family} if isinstance(family, str) else set(family)
+    fakes = [s for s in samples if s.label == 1 and s.split in fake_splits and s.family in families]
     pools = {s.pool for s in fakes}
-    chosen = fakes + [s for s in samples if s.split == "test" and s.label == 0 and s.pool in pools]
-    probs = bundle.calibration.probability(predict_logits(bundle.logits, chosen, bundle.preprocess))
-    return np.array([s.label for s in chosen]), probs
+    chosen = fakes + [
+        s for s in samples if s.split == real_split and s.label == 0 and s.pool in pools
+    ]
+    logits = predict_logits(
+        bundle.logits, chosen, bundle.preprocess, transform=_transform(equalise or [])
+    )
+    return np.array([s.label for s in chosen]), bundle.calibration.probability(logits)
+
+
+def _row(m: Metrics) -> dict:
+    d = m.to_dict()
+    d["chance_ap"] = m.n_fake / max(1, m.n_fake + m.n_real)
+    return d
+
+
+def generalisation(
+    bundle: ModelBundle,
+    samples: list[Sample],
+    held_out: list[str] | dict[str, list[str]] | None = None,
+    equalise: str | None = "jpeg:90",
+    min_family: int = 5,
+) -> dict:
+    """The numbers a model is chosen by (never the test split), as-is and equalised.
+
+    - ``val``: the validation split (sources never trained on): overall, per pool, and per
+      family (its fakes against the validation reals of its pools; families with at least
+      ``min_family`` fakes), with the mean family AP;
+    - ``held_out``: each held-out group (a family, or ``name: [families]``; default: each
+      family the run excluded from training), its fakes from every split but test against the
+      validation reals;
+    - ``heldout_real``: the share of the ``heldout-real`` photos flagged at the threshold.
+    """
+    if held_out is None:
+        held_out = list((bundle.meta.get("train_config") or {}).get("exclude_families") or [])
+    groups = held_out if isinstance(held_out, dict) else {f: [f] for f in held_out}
+    excluded = {f for fams in groups.values() for f in fams}
+    thr = bundle.calibration.threshold
+    out: dict = {"threshold": thr, "held_out": groups}
+    for name, chain in (("as_is", []), ("equalised", parse_equalise(equalise))):
+        if name == "equalised" and not chain:
+            continue
+        val = [s for s in samples if s.split == "val" and s.family not in excluded]
+        probs = bundle.calibration.probability(
+            predict_logits(bundle.logits, val, bundle.preprocess, transform=_transform(chain))
+        )
+        labels = np.array([s.label for s in val])
+        res: dict = {
+            "equalise": chain_name(chain),
+            "val": {"overall": _row(compute_metrics(labels, probs, thr))},
+        }
+        for pool in sorted({s.pool for s in val}):
+            m = np.array([s.pool == pool for s in val])
+            if len(set(labels[m])) == 2:
+                res["val"][f"pool:{pool}"] = _row(compute_metrics(labels[m], probs[m], thr))
+        fams = {}
+        for fam in sorted({s.family for s in val if s.label == 1}):
+            fam_pools = {s.pool for s in val if s.label == 1 and s.family == fam}
+            m = np.array(
+                [
+                    (s.label == 1 and s.family == fam) or (s.label == 0 and s.pool in fam_pools)
+                    for s in val
+                ]
+            )
+            if sum(1 for s in val if s.label == 1 and s.family == fam) >= min_family:
+                fams[fam] = _row(compute_metrics(labels[m], probs[m], thr))
+        res["val"]["families"] = fams
+        res["val"]["mean_family_ap"] = (
+            float(np.mean([f["ap"] for f in fams.values()])) if fams else None
+        )
+        held = {}
+        for name, fams in groups.items():
+            y, p = score_held_out_family(bundle, samples, fams, HELD_OUT_FAKE_SPLITS, "val", chain)
+            if (y == 1).any() and (y == 0).any():
+                held[name] = _row(compute_metrics(y, p, thr))
+        res["held_out"] = held
+        res["mean_held_out_ap"] = float(np.mean([h["ap"] for h in held.values()])) if held else None
+        hr = [s for s in samples if s.split == "heldout-real"]
+        if hr:
+            p = bundle.calibration.probability(
+                predict_logits(bundle.logits, hr, bundle.preprocess, transform=_transform(chain))
+            )
+            res["heldout_real_flagged"] = float(np.mean(p >= thr))
+        out[name] = res
+    return out
+
+
+def read_holdouts(path: Path | None, samples: list[Sample]) -> dict[str, dict[str, list[str]]]:
+    """Hold-out groups from a YAML file (``name: [families]`` or ``name: {exclude: [...],
+    score: [...]}``), or one group per family of the data when no file is given."""
+    families = sorted({s.family for s in samples if s.label == 1 and s.family})
+    if path is None:
+        return {f: {"exclude": [f], "score": [f]} for f in families}
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read hold-out groups {path}: {exc}") from None
+    if not isinstance(raw, dict) or not raw:
+        raise ValueError(f"{path}: expected a mapping of group name -> families")
+    groups = {}
+    for name, spec in raw.items():
+        if isinstance(spec, list):
+            spec = {"exclude": spec}
+        if not isinstance(spec, dict) or not isinstance(spec.get("exclude"), list):
+            raise ValueError(f"{path}: group {name!r} needs a list of families (or exclude: [...])")
+        exclude = [str(f) for f in spec["exclude"]]
+        score = [str(f) for f in spec.get("score", exclude)]
+        unknown = sorted(set(exclude + score) - set(families))
+        if unknown:
+            raise ValueError(f"{path}: group {name!r} names families not in the data: {unknown}")
+        groups[str(name)] = {"exclude": exclude, "score": score}
+    return groups
 
 
 def leave_one_out(
-    config_path: Path | None, overrides: list[str], data: Path, out_root: Path
+    config_path: Path | None,
+    overrides: list[str],
+    data: Path,
+    out_root: Path,
+    holdouts: Path | None = None,
+    equalise: str | None = None,
+    fake_splits: tuple[str, ...] = ("test", "heldout-generators"),
+    real_split: str = "test",
 ) -> EvalReport:
-    """Train once per family with it held out; score each on its family's test fakes.
+    """Train once per hold-out group with its families left out; score each on them.
 
-    The held-out family's fakes are compared with the reals of the same pools in the test
-    split. The report's ``per_generator`` rows are the held-out families; ``overall`` pools
-    their scores, and ``extra.mean_ap`` is the mean over families.
+    The group's fakes (from ``fake_splits``) are compared with the ``real_split`` reals of the
+    same pools. The report's ``per_generator`` rows are the groups; ``overall`` pools their
+    scores; ``extra`` holds the mean and lowest group AP and, with ``equalise``, the same after
+    re-encoding both classes. A group whose run already finished is scored without retraining.
     """
     from training.train import train
 
     samples = load_samples(data)
-    families = sorted({s.family for s in samples if s.label == 1 and s.family})
-    if len(families) < 2:
+    groups = read_holdouts(holdouts, samples)
+    if len(groups) < 2 and holdouts is None:
         raise ValueError(f"{data}: leave-one-out needs at least two generator families")
     base = load_config(config_path, [*overrides, f"data={data}"])
-    per_family, all_labels, all_probs = {}, [], []
-    for family in families:
+    eq = parse_equalise(equalise)
+    per: dict[str, dict[str, Metrics]] = {"as_is": {}, "equalised": {}}
+    pooled: dict[str, tuple[list, list]] = {"as_is": ([], []), "equalised": ([], [])}
+    for name, group in groups.items():
         run = train(
-            replace(base, out=str(Path(out_root) / f"loo-{family}"), exclude_families=[family])
+            replace(
+                base, out=str(Path(out_root) / f"loo-{name}"), exclude_families=group["exclude"]
+            )
         )
         bundle = load_bundle(run)
-        labels, probs = score_held_out_family(bundle, samples, family)
-        per_family[family] = compute_metrics(labels, probs, bundle.calibration.threshold)
-        all_labels += list(labels)
-        all_probs += list(probs)
+        for kind, chain in (("as_is", []), ("equalised", eq)):
+            if kind == "equalised" and not eq:
+                continue
+            y, p = score_held_out_family(
+                bundle, samples, group["score"], fake_splits, real_split, chain
+            )
+            per[kind][name] = compute_metrics(y, p, bundle.calibration.threshold)
+            pooled[kind][0].extend(y)
+            pooled[kind][1].extend(p)
+    summary = {
+        kind: {
+            "mean_ap": float(np.mean([m.ap for m in rows.values()])),
+            "min_ap": float(np.min([m.ap for m in rows.values()])),
+            "mean_roc_auc": float(np.mean([m.roc_auc for m in rows.values()])),
+            "groups": {n: {**groups[n], **_row(m)} for n, m in rows.items()},
+        }
+        for kind, rows in per.items()
+        if rows
+    }
     report = EvalReport(
-        split="test (held-out family)",
-        overall=compute_metrics(all_labels, all_probs),
-        per_generator=per_family,
+        split=f"held-out group: fakes from {','.join(fake_splits)}, reals from {real_split}",
+        overall=compute_metrics(*pooled["as_is"]),
+        per_generator=per["as_is"],
         per_pool={},
-        calibration={"threshold": "per family model"},
+        calibration={"threshold": "per group model"},
         model=f"leave-one-out runs under {out_root}",
         data=str(data),
-        extra={"mean_ap": float(np.mean([m.ap for m in per_family.values()]))},
+        extra={"mean_ap": summary["as_is"]["mean_ap"], "leave_one_out": summary},
     )
+    if eq:
+        report.equalised = EvalReport(
+            split=report.split,
+            overall=compute_metrics(*pooled["equalised"]),
+            per_generator=per["equalised"],
+            per_pool={},
+            calibration=report.calibration,
+            model=report.model,
+            data=report.data,
+            equalise=chain_name(eq),
+        )
     return report
+
+
+def write_json(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2) + "\n")

@@ -40,6 +40,7 @@ __all__ = [
     "AMP_DTYPES",
     "BalancedSampler",
     "optimization_step",
+    "sample_weights",
     "seed_everything",
     "split_samples",
     "train",
@@ -58,7 +59,14 @@ def seed_everything(seed: int) -> None:
 
 
 class BalancedSampler(Sampler[int]):
-    """Draws, with replacement, half reals and half fakes spread evenly over generators.
+    """Draws, with replacement, half reals and half fakes, the fakes spread over generators.
+
+    Within the fakes, generator ``g`` with ``n_g`` training images gets a share proportional to
+    ``n_g ** power`` (0: every generator equally, however few its images; 0.5: square root,
+    so a generator with one image is not drawn as often as one with a thousand). With
+    ``power > 0`` the reals are spread over their source groups the same way. With
+    ``pool_weights`` each pool (``crops256``, ``crops64``, ``wild``, ...) gets that share of
+    every batch, half real and half fake within the pool; a pool without a weight is not drawn.
 
     All ranks draw the same seeded sequence for an epoch and keep every ``world``-th index, so
     shards are disjoint and the run is reproducible for a given world size.
@@ -72,17 +80,15 @@ class BalancedSampler(Sampler[int]):
         rank: int = 0,
         world: int = 1,
         balance: bool = True,
+        power: float = 0.0,
+        pool_weights: dict[str, float] | None = None,
     ) -> None:
         self.per_rank, self.seed, self.rank, self.world = per_rank, seed, rank, world
         self.epoch = 0
         if balance:
-            strata = ["real" if s.label == 0 else f"fake:{s.generator}" for s in samples]
-            counts = Counter(strata)
-            n_fake_strata = max(1, sum(1 for k in counts if k.startswith("fake:")))
-            share = {
-                k: (0.5 if k == "real" else 0.5 / n_fake_strata) / n for k, n in counts.items()
-            }
-            self.weights = torch.tensor([share[k] for k in strata], dtype=torch.float64)
+            self.weights = torch.tensor(
+                sample_weights(samples, power, pool_weights), dtype=torch.float64
+            )
         else:
             self.weights = torch.ones(len(samples), dtype=torch.float64)
 
@@ -98,6 +104,39 @@ class BalancedSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.per_rank
+
+
+def sample_weights(
+    samples: list[Sample], power: float = 0.0, pool_weights: dict[str, float] | None = None
+) -> list[float]:
+    """Drawing weight of each sample (see ``BalancedSampler``); they sum to 1."""
+    if pool_weights:
+        present = {s.pool for s in samples}
+        unknown = set(pool_weights) - present
+        if unknown:
+            raise ValueError(f"pool_weights names pools not in the data: {sorted(unknown)}")
+        share = {p: float(pool_weights.get(p, 0.0)) for p in present}
+        if sum(share.values()) <= 0:
+            raise ValueError(f"pool_weights {pool_weights} give no weight to any pool")
+    else:
+        share = {"": 1.0}
+    total = sum(share.values())
+
+    def key(s: Sample) -> tuple[str, int, str]:
+        stratum = s.generator if s.label else (s.source_id if power > 0 else "real")
+        return (s.pool if pool_weights else "", s.label, stratum)
+
+    counts = Counter(key(s) for s in samples)
+    mass: Counter[tuple[str, int]] = Counter()  # sum of n**power over each class's strata
+    for (pool, label, _), n in counts.items():
+        mass[(pool, label)] += n**power
+    classes_in = Counter(pool for pool, _ in mass)  # 2, or 1 where a pool lacks a class
+    out = []
+    for s in samples:
+        pool, label, _ = k = key(s)
+        class_share = share[pool] / total / classes_in[pool]
+        out.append(class_share * counts[k] ** power / mass[(pool, label)] / counts[k])
+    return out
 
 
 def split_samples(
@@ -238,7 +277,14 @@ class Trainer:
         self.amp = _amp_dtype(config, self.d.device)
         self.scaler = torch.amp.GradScaler(enabled=self.amp == torch.float16)
         self.sampler = BalancedSampler(
-            self.train_s, per_rank, config.seed, self.d.rank, self.d.world, config.balance
+            self.train_s,
+            per_rank,
+            config.seed,
+            self.d.rank,
+            self.d.world,
+            config.balance,
+            config.balance_power,
+            config.pool_weights or None,
         )
         self.dataset = TrainDataset(self.train_s, self.prep, config.augment, config.seed)
         self.loader = DataLoader(
@@ -371,12 +417,18 @@ class Trainer:
             workers=self.config.workers,
         )
 
+    def _epoch_val(self) -> list[Sample]:
+        """The validation images scored after each epoch: all, or a seeded random subset
+        (scoring every tile of every image can take longer than an epoch on a CPU)."""
+        n = self.config.val_max_images
+        if n is None or n >= len(self.val_s):
+            return self.val_s
+        keep = np.random.default_rng(self.config.seed).permutation(len(self.val_s))[:n]
+        return [self.val_s[i] for i in sorted(keep)]
+
     def validate(self) -> float:
-        ap = (
-            average_precision([s.label for s in self.val_s], self.scores(self.val_s))
-            if self.d.main
-            else 0.0
-        )
+        val = self._epoch_val()
+        ap = average_precision([s.label for s in val], self.scores(val)) if self.d.main else 0.0
         if self.d.world > 1:  # every rank needs the same early-stopping decision
             t = torch.tensor([ap], dtype=torch.float64)
             dist.broadcast(t, 0)
@@ -416,7 +468,7 @@ class Trainer:
         best["calibration"] = calib.to_dict()
         torch.save(best, self.run / "checkpoints" / "best.pt")
         record = {"final": True, "best_val_ap": self.best_ap, "calibration": calib.to_dict()}
-        if self.test_s:
+        if self.test_s and self.config.eval_test:
             report = evaluate_scores(
                 self.test_s,
                 self.scores(self.test_s),

@@ -1,0 +1,219 @@
+"""Choosing a model by generalisation: merged corpora, sampling weights, equalised evaluation,
+the generalisation report and hold-out groups."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from detector.engine import load_bundle
+from training.datasets import Sample, load_samples
+from training.merge import merge_manifests
+from training.run_eval import (
+    evaluate_model,
+    generalisation,
+    parse_equalise,
+    read_holdouts,
+    score_held_out_family,
+)
+from training.train import BalancedSampler, sample_weights
+
+pytestmark = pytest.mark.unit
+
+
+def _s(label, gen, pool="p", source="s", family=None):
+    return Sample(Path("x.png"), label, gen, family or gen, source, "train", pool)
+
+
+def test_sample_weights_balance_classes_generators_and_pools():
+    samples = (
+        [_s(0, "real", source=f"r{i % 2}") for i in range(6)]
+        + [_s(1, "big") for _ in range(100)]
+        + [_s(1, "one")]
+        + [_s(0, "real", pool="q"), _s(1, "qgen", pool="q")]
+    )
+    w = np.array(sample_weights(samples))
+    assert w.sum() == pytest.approx(1)
+    labels = np.array([s.label for s in samples])
+    assert w[labels == 0].sum() == pytest.approx(0.5)
+    gens = np.array([s.generator for s in samples])
+    # power 0: every generator alike, the lone image as often as the hundred together
+    assert w[gens == "one"].sum() == pytest.approx(w[gens == "big"].sum())
+    w = np.array(sample_weights(samples, power=0.5))
+    assert w[gens == "big"].sum() / w[gens == "one"].sum() == pytest.approx(10)
+    w = np.array(sample_weights(samples, power=0.5, pool_weights={"p": 3, "q": 1}))
+    pools = np.array([s.pool for s in samples])
+    assert w[pools == "q"].sum() == pytest.approx(0.25) and w[pools == "p"].sum() == pytest.approx(
+        0.75
+    )
+    assert w[(pools == "q") & (labels == 1)].sum() == pytest.approx(0.125)
+    w = np.array(sample_weights(samples, pool_weights={"p": 1}))
+    assert w[pools == "q"].sum() == 0  # a pool without a weight is not drawn
+    with pytest.raises(ValueError, match="not in the data"):
+        sample_weights(samples, pool_weights={"nowhere": 1})
+    sampler = BalancedSampler(samples, 4000, seed=0, power=0.5, pool_weights={"p": 3, "q": 1})
+    drawn = np.array([samples[i].pool for i in sampler])
+    assert 0.2 < (drawn == "q").mean() < 0.3
+
+
+def test_config_reads_pool_weights_and_checks_them():
+    from training.config import load_config
+
+    c = load_config(None, ["pool_weights={wild: 0.7, crops256: 0.3}", "balance_power=0.5"])
+    assert c.pool_weights == {"wild": 0.7, "crops256": 0.3} and c.balance_power == 0.5
+    with pytest.raises(ValueError, match="must be a mapping"):
+        load_config(None, ["pool_weights=3"])
+    with pytest.raises(ValueError, match="must be a number"):
+        load_config(None, ["pool_weights={wild: lots}"])
+    with pytest.raises(ValueError, match="balance_power"):
+        load_config(None, ["balance_power=2"])
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / "manifest.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def test_merge_rewrites_paths_keeps_columns_and_refuses_shared_sources(tmp_path):
+    a = _write(tmp_path / "a", [{"path": "images/1.png", "label": "real", "split": "train", "source_id": "s1", "pool": "crops256"},
+                                {"path": "images/2.png", "label": "fake", "split": "val", "source_id": "s2", "pool": "wild"}])  # fmt: skip
+    b = _write(tmp_path / "b", [{"path": "img/3.png", "label": "fake", "split": "test", "source_id": "g1", "pool": "wild", "repo": "o/r"}])  # fmt: skip
+    info = merge_manifests([a, b], tmp_path / "m", exclude_pools=())
+    rows = list(csv.DictReader((tmp_path / "m" / "manifest.csv").read_text().splitlines()))
+    assert [r["path"] for r in rows] == ["../a/images/1.png", "../a/images/2.png", "../b/img/3.png"]
+    assert rows[2]["repo"] == "o/r" and rows[0]["repo"] == "" and info["rows"] == 3
+    merged = load_samples(tmp_path / "m" / "manifest.csv")
+    assert merged[2].path.resolve() == (tmp_path / "b" / "img" / "3.png").resolve()
+    info = merge_manifests([a, b], tmp_path / "m2", exclude_pools=("wild",))
+    assert info["rows"] == 1
+    c = _write(tmp_path / "c", [{"path": "z.png", "label": "real", "split": "train", "source_id": "s1", "pool": "wild"}])  # fmt: skip
+    with pytest.raises(ValueError, match="source 's1' is in both"):
+        merge_manifests([a, c], tmp_path / "m3")
+    with pytest.raises(ValueError, match="exists"):
+        merge_manifests([a, b], tmp_path / "m")
+
+
+def test_equalise_takes_a_jpeg_quality_only():
+    assert str(parse_equalise("jpeg:90")[0]) == "jpeg:90"
+    assert parse_equalise(None) == [] and parse_equalise("none") == []
+    for bad in ("blur:1", "jpeg:90+blur:1", "jpeg", "jpeg:101"):
+        with pytest.raises(ValueError):
+            parse_equalise(bad)
+
+
+@pytest.mark.integration
+def test_evaluate_reports_equalised_numbers_beside_as_is(exported_model, tiny_corpus, tmp_path):
+    report = evaluate_model(
+        exported_model, tiny_corpus / "manifest.csv", "test", equalise="jpeg:90"
+    )
+    assert report.equalise == "none" and report.equalised.equalise == "jpeg:90"
+    d = report.to_dict()
+    assert d["equalised"]["overall"]["n_real"] == d["overall"]["n_real"]
+    assert "equalise=jpeg:90" in report.render()
+    # the equalised scores are those of the re-encoded pixels: they differ from as-is
+    assert (
+        d["equalised"]["overall"]["ap"] != d["overall"]["ap"]
+        or d["equalised"]["overall"]["ece"] != d["overall"]["ece"]
+    )
+    out = tmp_path / "r.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "detector.cli", "evaluate", "--model", str(exported_model), "--data",
+         str(tiny_corpus / "manifest.csv"), "--equalise", "blur:2", "--out", str(out)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2 and "--equalise takes jpeg:QUALITY" in done.stderr
+
+
+@pytest.mark.integration
+def test_generalisation_never_reads_the_test_split(exported_model, tiny_corpus):
+    samples = load_samples(tiny_corpus / "manifest.csv")
+    bundle = load_bundle(exported_model)
+    seen: list[Sample] = []
+    import training.run_eval as R
+
+    original = R.predict_logits
+
+    def recording(run, chosen, *a, **k):
+        seen.extend(chosen)
+        return original(run, chosen, *a, **k)
+
+    R.predict_logits = recording
+    try:
+        report = generalisation(bundle, samples, held_out=["gan"], equalise="jpeg:90")
+    finally:
+        R.predict_logits = original
+    assert seen and all(s.split != "test" for s in seen)
+    assert {s.split for s in seen} >= {"val", "heldout-real"}
+    for kind in ("as_is", "equalised"):
+        r = report[kind]
+        assert "gan" in r["held_out"] and "gan" not in r["val"]["families"]
+        assert r["held_out"]["gan"]["n_real"] == sum(
+            1 for s in samples if s.split == "val" and s.label == 0 and s.pool == "crops64"
+        )
+        assert 0 <= r["heldout_real_flagged"] <= 1
+    assert report["equalised"]["equalise"] == "jpeg:90"
+    json.dumps(report)
+    grouped = generalisation(
+        bundle, samples, held_out={"all": ["gan", "autoencoder"]}, equalise=None
+    )
+    assert list(grouped["as_is"]["held_out"]) == ["all"] and "equalised" not in grouped
+    assert not {"gan", "autoencoder"} & set(grouped["as_is"]["val"]["families"])
+
+
+@pytest.mark.integration
+def test_held_out_family_from_every_split_but_test(exported_model, tiny_corpus):
+    samples = load_samples(tiny_corpus / "manifest.csv")
+    bundle = load_bundle(exported_model)
+    labels, _ = score_held_out_family(bundle, samples, ["gan"], ("train", "val"), "val")
+    fakes = [s for s in samples if s.family == "gan" and s.split in ("train", "val")]
+    reals = [s for s in samples if s.label == 0 and s.split == "val" and s.pool == "crops64"]
+    assert labels.tolist() == [1] * len(fakes) + [0] * len(reals)
+
+
+def test_holdout_groups_from_yaml(tmp_path):
+    samples = [_s(1, "a"), _s(1, "b"), _s(1, "c"), _s(0, "real", family="camera")]
+    assert read_holdouts(None, samples) == {f: {"exclude": [f], "score": [f]} for f in "abc"}
+    f = tmp_path / "h.yaml"
+    f.write_text("ab: [a, b]\nc:\n  exclude: [c, a]\n  score: [c]\n")
+    assert read_holdouts(f, samples) == {
+        "ab": {"exclude": ["a", "b"], "score": ["a", "b"]},
+        "c": {"exclude": ["c", "a"], "score": ["c"]},
+    }
+    f.write_text("x: [a, nope]\n")
+    with pytest.raises(ValueError, match="not in the data: \\['nope'\\]"):
+        read_holdouts(f, samples)
+    f.write_text("x: 3\n")
+    with pytest.raises(ValueError, match="needs a list"):
+        read_holdouts(f, samples)
+
+
+def test_the_shipped_holdout_groups_cover_every_family_of_the_sources_list():
+    """configs/holdouts-wild.yaml names every fake family of the pinned list, each once
+    as scored (skips where ../shared is absent)."""
+    import yaml
+
+    sources = (
+        Path(__file__).resolve().parents[3] / "shared" / "data" / "wild-sources" / "sources.csv"
+    )
+    if not sources.exists():
+        pytest.skip(
+            "../shared/data/wild-sources is absent (only developer machines and CI have it)"
+        )
+    groups = yaml.safe_load(
+        (Path(__file__).resolve().parents[2] / "configs" / "holdouts-wild.yaml").read_text()
+    )
+    rows = csv.DictReader(sources.read_text(encoding="utf-8").splitlines())
+    families = {r["family"] for r in rows if r["label"] == "fake"}
+    excluded = {f for g in groups.values() for f in g["exclude"]}
+    scored = [f for g in groups.values() for f in g.get("score", g["exclude"])]
+    assert excluded == families and len(scored) == len(set(scored))

@@ -1,0 +1,85 @@
+"""One manifest over several corpora: ``synthdetect corpus merge A B ... --out DIR``.
+
+A training run reads one manifest, and its checkpoint records that manifest's sha256, so a mix
+of corpora (the offline corpus of the project's own generators and the corpus of pinned public
+sources, say) is itself described by one file. Rows keep every column of their corpus; paths are
+rewritten relative to the new manifest. The images stay where they are.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from training.corpus import MANIFEST_FIELDS
+
+__all__ = ["merge_manifests"]
+
+
+def _rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    manifest = path / "manifest.csv" if path.is_dir() else path
+    try:
+        with open(manifest, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            return list(reader.fieldnames or []), [
+                {**r, "path": str(manifest.parent / r["path"])} for r in rows
+            ]
+    except (OSError, UnicodeDecodeError, csv.Error, KeyError) as exc:
+        raise ValueError(f"{manifest}: cannot read the manifest ({exc})") from None
+
+
+def merge_manifests(inputs: list[Path], out: Path, exclude_pools: tuple[str, ...] = ()) -> dict:
+    """Write ``out/manifest.csv`` (and ``merge.json``) from ``inputs``; returns merge.json's dict.
+
+    Refuses a source id that appears in two inputs (the same source could land on both sides of
+    a split) and an image listed twice.
+    """
+    if len(inputs) < 2:
+        raise ValueError("merge needs at least two corpora")
+    out = Path(out)
+    if (out / "manifest.csv").exists():
+        raise ValueError(f"{out / 'manifest.csv'} exists; choose a new --out directory")
+    fields = list(MANIFEST_FIELDS)
+    merged: list[dict[str, str]] = []
+    owner: dict[str, Path] = {}
+    info = {"schema": 1, "inputs": []}
+    for path in inputs:
+        columns, rows = _rows(Path(path))
+        missing = {"path", "label", "split", "source_id"} - set(columns)
+        if missing:
+            raise ValueError(f"{path}: manifest lacks columns {sorted(missing)}")
+        fields += [c for c in columns if c not in fields]
+        kept = [r for r in rows if r.get("pool", "") not in exclude_pools]
+        for r in kept:
+            first = owner.setdefault(r["source_id"], Path(path))
+            if first != Path(path):
+                raise ValueError(f"source {r['source_id']!r} is in both {first} and {path}")
+        manifest = Path(path) / "manifest.csv" if Path(path).is_dir() else Path(path)
+        info["inputs"].append(
+            {
+                "manifest": str(manifest),
+                "sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),
+                "rows": len(rows),
+                "kept": len(kept),
+            }
+        )
+        merged += kept
+    paths = [r["path"] for r in merged]
+    if len(set(paths)) != len(paths):
+        raise ValueError("an image is listed twice across the inputs")
+    out.mkdir(parents=True, exist_ok=True)
+    for r in merged:
+        r["path"] = Path(os.path.relpath(r["path"], out)).as_posix()
+    with open(out / "manifest.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows(merged)
+    info["excluded_pools"] = list(exclude_pools)
+    info["rows"] = len(merged)
+    info["manifest_sha256"] = hashlib.sha256((out / "manifest.csv").read_bytes()).hexdigest()
+    (out / "merge.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
