@@ -18,11 +18,11 @@ for variant in "rgb:[rgb]" "rgb-res:[rgb, residual]" "all:[rgb, residual, spectr
   "res-spec:[residual, spectrum]"; do
   name=${variant%%:*}
   branches=${variant#*:}
-  $SD train --config configs/default.yaml data="$DATA" out="$WORK/ablation-$name" \
+  $SD train --config configs/v2-small.yaml data="$DATA" out="$WORK/ablation-$name" \
     epochs="$ABLATION_EPOCHS" "branches=$branches"
   $SD evaluate --model "$WORK/ablation-$name" --data "$DATA" --split test \
     --out "$RESULTS/ablation-$name-test.json"
 done
 
-$SD evaluate --leave-one-out --config configs/default.yaml --data "$DATA" --model "$WORK/loo" \
-  epochs="$LOO_EPOCHS" --out "$RESULTS/leave-one-out.json"
+$SD evaluate --leave-one-out --config configs/v2-small.yaml --data "$DATA" --model "$WORK/loo" \
+  --score-on test epochs="$LOO_EPOCHS" --out "$RESULTS/leave-one-out.json"

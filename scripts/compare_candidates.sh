@@ -15,7 +15,7 @@ SD=.venv/bin/synthdetect
 
 for model in mobilenetv3_large resnet18 efficientnet_lite2; do
   [ -f "$WORK/candidate-$model/checkpoints/best.pt" ] ||
-    $SD train --config configs/default.yaml data="$DATA" out="$WORK/candidate-$model" \
+    $SD train --config configs/v2-small.yaml data="$DATA" out="$WORK/candidate-$model" \
       model="$model" epochs="$EPOCHS"
 done
 

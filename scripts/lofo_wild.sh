@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Leave-one-family-out over the real-world families of the pinned sources list: the model
+# card's main table. One run of the default recipe per hold-out group of
+# configs/holdouts-wild.yaml, trained with the group left out; its fakes (from every split but
+# test) are scored against the validation reals, as-is and JPEG-q90 equalised.
+# CPU: about 20-25 minutes per group on 2 cores (the default schedule; no test scoring).
+#   scripts/lofo_wild.sh MIX_MANIFEST [WORK_DIR] [KEY=VALUE...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${1:?usage: scripts/lofo_wild.sh MIX_MANIFEST [WORK_DIR] [KEY=VALUE...]}
+WORK=${2:-runs/lofo}
+shift $(( $# > 1 ? 2 : 1 ))
+RESULTS=benchmarks/results/default-model
+mkdir -p "$RESULTS"
+.venv/bin/synthdetect evaluate --leave-one-out --config configs/default.yaml --data "$DATA" \
+  --model "$WORK" --holdouts configs/holdouts-wild.yaml --equalise jpeg:90 \
+  --out "$RESULTS/leave-one-family-out-wild.json" eval_test=false "$@"
