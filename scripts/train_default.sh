@@ -1,30 +1,44 @@
 #!/usr/bin/env bash
-# How the bundled default model is made, start to finish (CPU: about 1.5 hours on 2 cores;
-# faster on a GPU). Every number in model_cards/efficientnet_lite0_default.md comes from here.
-#   scripts/train_default.sh [WORK_DIR]
+# How the bundled default model is made, start to finish, on a CPU (2 cores: about 1 h 15 min,
+# most of it training; the times of each step are in the model card). Every number in
+# model_cards/efficientnet_lite0_default.md comes from here, from scripts/select_model.sh
+# (how the recipe was chosen) and from scripts/lofo_wild.sh (leave-one-family-out).
+#   scripts/train_default.sh SOURCES_CSV MIRROR_DIR [WORK_DIR]
+# SOURCES_CSV: the pinned sources list (../shared/data/wild-sources/sources.csv on developer
+# machines); MIRROR_DIR: git mirrors of its repositories and of madebyollin/taesd, one
+# <owner>+<name> folder each (without mirrors, omit --mirror below and git clones the pinned
+# commits).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WORK=${1:-runs/default-build}
-CORPUS=$WORK/corpus-small
+SOURCES=${1:?usage: scripts/train_default.sh SOURCES_CSV MIRROR_DIR [WORK_DIR]}
+MIRROR=${2:?usage: scripts/train_default.sh SOURCES_CSV MIRROR_DIR [WORK_DIR]}
+WORK=${3:-runs/default-build}
 SD=.venv/bin/synthdetect
-mkdir -p "$WORK"
+RESULTS=benchmarks/results/default-model
+mkdir -p "$WORK" "$RESULTS"
 
-# 1. The small corpus (includes ../shared/data/wild-train when present) and its shortcut check.
-[ -f "$CORPUS/manifest.csv" ] || $SD corpus build --size small --out "$CORPUS" --seed 0
-$SD corpus check-shortcut "$CORPUS" | tee "$WORK/shortcut.txt"
+# 1. The corpora: the pinned public sources (real photos and real generator outputs; replaces
+#    ../shared/data/wild-train, whose files it extracts whole), the project's own generators
+#    (without the wild-train pool, which would repeat those files), and one manifest over both.
+[ -f "$WORK/corpus-wild/manifest.csv" ] ||
+  $SD corpus sources --sources "$SOURCES" --mirror "$MIRROR" --out "$WORK/corpus-wild"
+[ -f "$WORK/corpus-own/manifest.csv" ] ||
+  $SD corpus build --size small --no-wild --fakes-per-real 3 --mirror "$MIRROR" --out "$WORK/corpus-own"
+[ -f "$WORK/mix/manifest.csv" ] || $SD corpus merge "$WORK/corpus-own" "$WORK/corpus-wild" --out "$WORK/mix"
+$SD corpus check-shortcut "$WORK/mix" | tee "$WORK/shortcut.txt"
 
-# 2. The model (the backbone was chosen with scripts/compare_candidates.sh; see the model card).
-$SD train --config configs/default.yaml data="$CORPUS/manifest.csv" out="$WORK/lite0-all"
+# 2. The model: the recipe chosen by scripts/select_model.sh, with every family in training.
+$SD train --config configs/default.yaml data="$WORK/mix/manifest.csv" out="$WORK/default"
 
-# 3. Export (parity-checked), bundle, and the artifact baseline.
-$SD export "$WORK/lite0-all" --out detector/assets/models/default --name efficientnet_lite0_default
-$SD train-artifact --data "$CORPUS/manifest.csv" --out detector/assets/models/artifact.json
+# 3. Export (parity-checked) and bundle.
+$SD export "$WORK/default" --out detector/assets/models/default --name efficientnet_lite0_default
 
-# 4. Evaluation for the model card.
+# 4. Evaluation for the model card: validation sources (what it was chosen and calibrated on),
+#    the untouched test split, held-out real photos and generators; as-is and equalised.
+M=detector/assets/models/default
+$SD evaluate --generalisation --model $M --data "$WORK/mix/manifest.csv" \
+  --equalise jpeg:90 --out "$RESULTS/generalisation-val.json"
 for split in test heldout-real heldout-generators; do
-  $SD evaluate --model detector/assets/models/default --data "$CORPUS/manifest.csv" --split "$split" --out "$WORK/eval-$split.json"
+  $SD evaluate --model $M --data "$WORK/mix/manifest.csv" --split "$split" --equalise jpeg:90 \
+    --out "$RESULTS/eval-$split.json"
 done
-$SD evaluate --model detector/assets/models/default --data "$CORPUS/manifest.csv" --split test --degrade jpeg:75 --out "$WORK/eval-test-jpeg75.json"
-
-# 5. Branch ablation and leave-one-generator-out (shorter schedules; see that script).
-scripts/ablation_loo.sh "$CORPUS/manifest.csv" "$WORK"

@@ -49,6 +49,9 @@ class TrainConfig:
     patience: int = 3  # epochs without a better validation AP before stopping
     exclude_families: list[str] = field(default_factory=list)  # leave-one-out training
     target_fpr: float = 0.01  # for the decision threshold chosen on validation
+    # Calibrate on the validation images as they are and re-encoded these ways too (e.g.
+    # [jpeg:90]): the threshold then holds for photos that reach it re-compressed.
+    calibration_views: list[str] = field(default_factory=list)
     eval_batch_images: int = 16
     val_max_images: int | None = None  # per-epoch validation on a seeded subset (None: all);
     # the final calibration always uses the whole validation split
@@ -168,5 +171,9 @@ def _validate(c: TrainConfig) -> None:
         raise ValueError(f"balance_power must be in [0, 1], got {c.balance_power}")
     if any(w < 0 for w in c.pool_weights.values()):
         raise ValueError(f"pool_weights must not be negative: {c.pool_weights}")
+    from training.degrade import parse_chain
+
+    for view in c.calibration_views:
+        parse_chain(view)  # a ValueError names a bad one
     if not 0 < c.target_fpr < 0.5:
         raise ValueError("target_fpr must be in (0, 0.5)")

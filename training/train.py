@@ -33,6 +33,7 @@ from training.config import TrainConfig
 from training.data import TrainDataset
 from training.datasets import Sample, load_samples
 from training.debian import sha256_file
+from training.degrade import apply_chain, parse_chain
 from training.evaluate import evaluate_scores, predict_logits
 from training.metrics import average_precision
 
@@ -396,7 +397,7 @@ class Trainer:
         self.throughput = seen / max(1e-9, time.perf_counter() - start)
         return float(np.mean(losses)) if losses else float("nan")
 
-    def scores(self, samples: list[Sample]) -> np.ndarray:
+    def scores(self, samples: list[Sample], transform=None) -> np.ndarray:
         self.model.eval()
 
         def run(tiles: np.ndarray) -> np.ndarray:
@@ -415,6 +416,7 @@ class Trainer:
             self.prep,
             batch_images=self.config.eval_batch_images,
             workers=self.config.workers,
+            transform=transform,
         )
 
     def _epoch_val(self) -> list[Sample]:
@@ -460,10 +462,21 @@ class Trainer:
         """Calibrate the best weights on validation, store it, report the test split."""
         best = read_checkpoint(self.run / "checkpoints" / "best.pt")
         self.model.load_state_dict(best["state_dict"])
-        val_logits = self.scores(self.val_s)
-        labels = [s.label for s in self.val_s]
+        val_logits = [self.scores(self.val_s)]
+        for view in self.config.calibration_views:  # the same images re-encoded, e.g. jpeg:90
+            chain = parse_chain(view)
+            val_logits.append(
+                self.scores(
+                    self.val_s, lambda px, c=chain: apply_chain(px, c, np.random.default_rng(0))
+                )
+            )
+        labels = [s.label for s in self.val_s] * len(val_logits)
+        views = "as-is" + "".join(f" + {v}" for v in self.config.calibration_views)
         calib = fit_calibration(
-            val_logits, labels, self.config.target_fpr, f"val split of {self.config.data}"
+            np.concatenate(val_logits),
+            labels,
+            self.config.target_fpr,
+            f"val split of {self.config.data} ({views})",
         )
         best["calibration"] = calib.to_dict()
         torch.save(best, self.run / "checkpoints" / "best.pt")

@@ -82,6 +82,22 @@ def test_run_folder_and_resume(tiny_corpus, tmp_path):
     assert ckpt["data"]["sha256"]
 
 
+def test_calibration_views_validation_subset_and_no_test_scoring(tiny_corpus, tmp_path):
+    out = tmp_path / "run"
+    config = _config(
+        tiny_corpus, out, "epochs=1", "val_max_images=12", "eval_test=false",
+        "calibration_views=[jpeg:90]",
+    )  # fmt: skip
+    trainer = Trainer(config)
+    assert len(trainer._epoch_val()) == 12 < len(trainer.val_s)
+    trainer.fit()
+    final = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    fitted = final["calibration"]["fitted_on"]
+    n_real = sum(1 for s in trainer.val_s if s.label == 0)
+    assert "(as-is + jpeg:90)" in fitted and f"{2 * n_real} real" in fitted
+    assert not (out / "eval_test.json").exists() and "test" not in final
+
+
 def test_ddp_two_processes_agree(tiny_corpus, tmp_path):
     worker = Path(__file__).with_name("ddp_worker.py")
     root = Path(__file__).resolve().parents[2]
