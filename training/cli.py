@@ -78,6 +78,17 @@ def register(sub: Any) -> None:
     s.add_argument("--families", help="comma-separated families to take (default: all)")
     s.add_argument("--workers", type=positive_int, default=2, help="decoding threads")
     s.add_argument(
+        "--twins",
+        help="aligned generators (e.g. taef2) that also remake each real crop: fakes with a "
+        "real photo's content, in its split and source group",
+    )
+    s.add_argument(
+        "--twin-share",
+        type=float,
+        default=1.0,
+        help="share of the real crops that get twins (seeded; default 1)",
+    )
+    s.add_argument(
         "--skip-unusable",
         action="store_true",
         help="leave out files that cannot be decoded or cut (each is recorded in corpus.json)",
@@ -257,6 +268,8 @@ def _build_sources(args: argparse.Namespace) -> int:
             families=families,
             skip_unusable=args.skip_unusable,
             workers=args.workers,
+            twins=tuple(t.strip() for t in args.twins.split(",")) if args.twins else (),
+            twin_share=args.twin_share,
         )
         rows = read_sources(args.sources)
         store = Store(
@@ -271,6 +284,7 @@ def _build_sources(args: argparse.Namespace) -> int:
             config,
             log=lambda m: print(m, file=sys.stderr),
             sources_file=str(args.sources),
+            cache=args.cache_dir,
         )
     except (CorpusError, PinnedError, ValueError) as exc:
         print(f"synthdetect: {exc}", file=sys.stderr)

@@ -142,6 +142,7 @@ class CorpusStats:
     sheet: dict[str, list[tuple[np.ndarray, np.ndarray | None]]] = field(
         default_factory=lambda: defaultdict(list)
     )
+    fidelity: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # PSNR
 
 
 def build_corpus(

@@ -188,10 +188,10 @@ def generalisation(
             float(np.mean([f["ap"] for f in fams.values()])) if fams else None
         )
         held = {}
-        for name, fams in groups.items():
+        for group, fams in groups.items():
             y, p = score_held_out_family(bundle, samples, fams, HELD_OUT_FAKE_SPLITS, "val", chain)
             if (y == 1).any() and (y == 0).any():
-                held[name] = _row(compute_metrics(y, p, thr))
+                held[group] = _row(compute_metrics(y, p, thr))
         res["held_out"] = held
         res["mean_held_out_ap"] = float(np.mean([h["ap"] for h in held.values()])) if held else None
         hr = [s for s in samples if s.split == "heldout-real"]
@@ -201,6 +201,25 @@ def generalisation(
             )
             res["heldout_real_flagged"] = float(np.mean(p >= thr))
         out[name] = res
+    return out
+
+
+def _source_groups(val: list[Sample], labels: np.ndarray, probs: np.ndarray, thr: float) -> dict:
+    """Per validation source group: its images flagged at the threshold and, for a group of
+    fakes, its ROC-AUC against every validation real of its pools."""
+    out = {}
+    for group in sorted({s.source_id for s in val}):
+        m = np.array([s.source_id == group for s in val])
+        kinds = set(labels[m].tolist())
+        label = "mixed" if len(kinds) == 2 else "fake" if 1 in kinds else "real"
+        row = {"label": label, "n": int(m.sum()), "flagged": float(np.mean(probs[m] >= thr))}
+        if label == "fake":
+            pools = {s.pool for s, k in zip(val, m, strict=True) if k}
+            reals = np.array([s.label == 0 and s.pool in pools for s in val])
+            if reals.any():
+                y = np.r_[np.ones(m.sum()), np.zeros(reals.sum())]
+                row["roc_auc"] = compute_metrics(y, np.r_[probs[m], probs[reals]]).roc_auc
+        out[group] = row
     return out
 
 

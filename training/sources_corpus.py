@@ -52,10 +52,12 @@ from training.corpus import (
     CorpusItem,
     CorpusStats,
     CorpusWriter,
+    psnr,
     stream_rng,
     write_manifest,
 )
-from training.pinned import SourceRow, Store
+from training.generators import Generator
+from training.pinned import PinnedError, SourceRow, Store
 
 __all__ = [
     "PROVENANCE_FIELDS",
@@ -83,10 +85,17 @@ class SourcesConfig:
     skip_unusable: bool = False
     families: tuple[str, ...] | None = None  # None: every family in the list
     workers: int = 2
+    # Aligned twins: each real crop (a seeded share of them) also goes through these aligned
+    # generators (e.g. taef2), giving fakes whose content is a real photo's and whose pixels a
+    # generator drew: they sit in the real's split and source group, paired with it.
+    twins: tuple[str, ...] = ()
+    twin_share: float = 1.0
 
     def __post_init__(self) -> None:
         if self.crop < 64 or self.crops_per_image < 1 or self.min_side < 16:
             raise ValueError("crop must be >= 64, crops_per_image >= 1, min_side >= 16")
+        if not 0 < self.twin_share <= 1:
+            raise ValueError(f"twin_share must be in (0, 1], got {self.twin_share}")
         if abs(sum(self.split_fractions) - 1) > 1e-6 or min(self.split_fractions) < 0:
             raise ValueError(f"split_fractions must be >= 0 and sum to 1: {self.split_fractions}")
 
@@ -257,8 +266,11 @@ def build_sources_corpus(
     *,
     log: Callable[[str], None] = print,
     sources_file: str = "",
+    cache: Path | None = None,
 ) -> dict:
-    """Build the corpus into ``out`` (must not exist or be empty); returns corpus.json's dict."""
+    """Build the corpus into ``out`` (must not exist or be empty); returns corpus.json's dict.
+
+    ``cache`` holds the weights of twin generators (``config.twins``)."""
     start = time.perf_counter()
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -273,11 +285,12 @@ def build_sources_corpus(
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise CorpusError(f"{len(problems)} pinned files are not as listed:\n  {shown}{more}")
     split_of, unit_of = assign_splits(rows, config.split_fractions)
+    twins = _twin_generators(config, store, cache, log)
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     (partial / "images").mkdir(parents=True)
     try:
-        stats, unusable = _extract(rows, split_of, store, config, partial, log)
+        stats, unusable = _extract(rows, split_of, store, config, partial, log, twins)
         if unusable and not config.skip_unusable:
             shown = "\n  ".join(f"{r.where}: {why}" for r, why in unusable[:20])
             raise CorpusError(
@@ -300,6 +313,33 @@ def build_sources_corpus(
     return info
 
 
+def _twin_generators(config: SourcesConfig, store: Store, cache, log) -> dict[str, Generator]:
+    from training.debian import cache_dir
+    from training.generators import GENERATORS, PrepareContext
+
+    out = {}
+    for name in config.twins:
+        if name not in GENERATORS:
+            raise CorpusError(
+                f"unknown twin generator {name!r}; known: {', '.join(GENERATORS.names())}"
+            )
+        cls = GENERATORS.get(name)
+        if not cls.aligned:
+            raise CorpusError(f"twin generator {name!r} is not aligned (it must transform a crop)")
+        if cls.availability():
+            raise CorpusError(f"twin generator {name}: {cls.availability()}")
+        gen = cls()
+        ctx = PrepareContext(
+            cache_dir(cache), config.seed, 0, np.zeros((1, 8, 8, 3), np.uint8), log, store
+        )
+        try:
+            gen.prepare(ctx)
+        except PinnedError as exc:
+            raise CorpusError(f"twin generator {name}: {exc}") from None
+        out[name] = gen
+    return out
+
+
 def _extract(
     rows: list[SourceRow],
     split_of: dict[str, str],
@@ -307,6 +347,7 @@ def _extract(
     config: SourcesConfig,
     out: Path,
     log: Callable[[str], None],
+    twins: dict[str, Generator],
 ) -> tuple[CorpusStats, list[tuple[SourceRow, str]]]:
     stats = CorpusStats()
     writer = CorpusWriter(out, config, stats)  # type: ignore[arg-type]  # same post-processing
@@ -315,9 +356,8 @@ def _extract(
     with ThreadPoolExecutor(max(1, config.workers)) as pool:
         pending = []
         for row, data in store.read(rows):
-            pending.append(
-                pool.submit(_one, _Job(row, data, split_of[row.source_group]), config, writer)
-            )
+            job = _Job(row, data, split_of[row.source_group])
+            pending.append(pool.submit(_one, job, config, writer, twins))
             if len(pending) >= 4 * max(1, config.workers):  # bounded: blobs can be large
                 done += _collect(pending[:1], unusable)
                 pending = pending[1:]
@@ -335,7 +375,9 @@ def _collect(futures, unusable: list[tuple[SourceRow, str]]) -> int:
     return len(futures)
 
 
-def _one(job: _Job, config: SourcesConfig, writer: CorpusWriter) -> tuple[SourceRow, str | None]:
+def _one(
+    job: _Job, config: SourcesConfig, writer: CorpusWriter, twins: dict[str, Generator]
+) -> tuple[SourceRow, str | None]:
     """Decode one file and write its crops; -> (row, why it is unusable or None)."""
     row = job.row
     try:
@@ -354,19 +396,28 @@ def _one(job: _Job, config: SourcesConfig, writer: CorpusWriter) -> tuple[Source
             _crops(region, config.crop, config.crops_per_image, rng)
         ):
             key = f"{row.source_group}-{row.blob_sha[:12]}-{_slug(name)}-c{i}"
-            writer.write(
-                CorpusItem(
-                    pixels, row.label, row.family if fake else "real", row.family, POOL,
-                    row.source_group, job.split, key,
-                    extra={
-                        "repo": row.repo, "commit": row.commit, "src_path": row.path,
-                        "blob_sha": row.blob_sha, "licence": row.licence,
-                        "source_group": row.source_group, "orig_format": image.format,
-                        "region": f"{x0 + cx0},{y0 + cy0},{x0 + cx1},{y0 + cy1}",
-                    },
-                )
+            extra = {
+                "repo": row.repo, "commit": row.commit, "src_path": row.path,
+                "blob_sha": row.blob_sha, "licence": row.licence,
+                "source_group": row.source_group, "orig_format": image.format,
+                "region": f"{x0 + cx0},{y0 + cy0},{x0 + cx1},{y0 + cy1}",
+            }  # fmt: skip
+            real = writer.write(
+                CorpusItem(pixels, row.label, row.family if fake else "real", row.family, POOL,
+                           row.source_group, job.split, key, extra=extra)
             )  # fmt: skip
             written += 1
+            if fake or not twins:
+                continue
+            if stream_rng(config.seed, "twin", key).random() >= config.twin_share:
+                continue
+            for gname, gen in twins.items():
+                twin = gen.transform([pixels])[0]
+                writer.write(
+                    CorpusItem(twin, "fake", gname, gen.family, POOL, row.source_group, job.split,
+                               f"{key}-{gname}", pair=real, extra=extra)
+                )  # fmt: skip
+                writer.stats.fidelity[gname].append(psnr(twin, pixels))
     if not written:
         return row, f"no region of at least {config.min_side} px ({image.width}x{image.height})"
     return row, None
@@ -388,6 +439,9 @@ def _info(rows, stats, unusable, split_of, unit_of, config, sources_file, out) -
         "skipped": [{"where": r.where, "line": r.line, "reason": why} for r, why in unusable],
         "splits": {g: {"split": split_of[g], "unit": unit_of[g]} for g in sorted(split_of)},
         "families": sorted({r.family for r in rows if r.is_fake}),
+        "twins_psnr_db": {
+            g: round(float(np.mean(v)), 2) for g, v in sorted(stats.fidelity.items())
+        },
         "counts": [
             {"label": lab, "family": fam, "split": sp, "images": n}
             for (lab, fam, sp), n in sorted(counts.items())

@@ -248,6 +248,51 @@ for _name, _arch, _kw in (
     MODELS.register(_name)(_timm(_arch, **_kw))
 
 
+class _Bottleneck(nn.Module):
+    """1x1 down, 3x3, 1x1 up, plus the input: widens the receptive field by 2 steps only."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        mid = width // 2
+        self.body = nn.Sequential(
+            nn.Conv2d(width, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
+            nn.Conv2d(mid, mid, 3, padding=1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
+            nn.Conv2d(mid, width, 1, bias=False), nn.BatchNorm2d(width),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + x)
+
+
+class _PatchNet(nn.Module):
+    """A patch-level detector (after LaDeDa / NPR): every output feature sees only a 23 px
+    square of the tile, so the model judges local pixel statistics, not what the tile shows;
+    the features are averaged over the tile. Trained from scratch (there is nothing to inherit
+    from ImageNet at this scale)."""
+
+    def __init__(self, in_chans: int, width: int = 48, blocks: int = 4, out: int = 128) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(in_chans, 32, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
+            nn.Conv2d(32, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            *[_Bottleneck(width) for _ in range(blocks)],
+            nn.Conv2d(width, out, 1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )  # fmt: skip
+        self.out_features = out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@MODELS.register("patchnet")
+def _patchnet(spec: ModelSpec, in_chans: int) -> tuple[nn.Module, int]:
+    if spec.pretrained not in (None, "auto"):
+        raise ValueError("patchnet has no pretrained weights; use pretrained=auto or null")
+    net = _PatchNet(in_chans, **spec.extra)
+    return net, net.out_features
+
+
 def build_model(spec: ModelSpec) -> SynthDetectNet:
     """Build an architecture by name from its spec (random or pretrained backbone weights)."""
     factory = MODELS.get(spec.name)

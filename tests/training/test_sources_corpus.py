@@ -303,3 +303,39 @@ def test_splits_keep_groups_and_repositories_on_one_side():
     assert unit["g1"] == unit["g2"] and split["g1"] == split["g2"]  # one repository, one side
     assert split["g1"] == "train"  # the largest unit of each family trains
     assert {split[f"h{k}"] for k in range(6)} >= {"val", "test"}
+
+
+def test_twins_remake_real_crops_in_their_split_and_group(gallery, tmp_path):
+    from training.generators import GENERATORS
+
+    if GENERATORS.get("span_x2").availability():
+        pytest.skip(GENERATORS.get("span_x2").availability())
+    rows = read_sources(_sources(tmp_path / "s.csv", gallery["rows"]))
+    out = tmp_path / "corpus"
+    config = SourcesConfig(crop=192, twins=("span_x2",))
+    info = build_sources_corpus(
+        rows, out, Store(gallery["mirror"]), config, log=lambda m: None, cache=tmp_path / "cache"
+    )
+    manifest = _manifest(out)
+    by_path = {r["path"]: r for r in manifest}
+    twins = [r for r in manifest if r["generator"] == "span_x2"]
+    reals = [r for r in manifest if r["label"] == "real"]
+    assert len(twins) == len(reals) > 0
+    for twin in twins:
+        real = by_path[twin["pair"]]
+        assert real["label"] == "real" and twin["label"] == "fake" and twin["family"] == "sr-span"
+        assert (twin["split"], twin["source_id"], twin["region"]) == (
+            real["split"],
+            real["source_id"],
+            real["region"],
+        )
+        assert (twin["width"], twin["height"]) == (real["width"], real["height"])
+    assert 25 < info["twins_psnr_db"]["span_x2"] < 60
+    half = build_sources_corpus(rows, tmp_path / "half", Store(gallery["mirror"]),
+                                SourcesConfig(crop=192, twins=("span_x2",), twin_share=0.5),
+                                log=lambda m: None, cache=tmp_path / "cache")  # fmt: skip
+    assert 0 < sum(r["generator"] == "span_x2" for r in _manifest(tmp_path / "half")) < len(twins)
+    del half
+    with pytest.raises(CorpusError, match="not aligned"):
+        build_sources_corpus(rows, tmp_path / "x", Store(gallery["mirror"]),
+                             SourcesConfig(twins=("dcgan_faces",)), log=lambda m: None)  # fmt: skip
