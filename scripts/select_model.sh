@@ -5,13 +5,16 @@
 # BigGAN, VQGAN), exported to ONNX, and scored by `evaluate --generalisation`: validation
 # sources (never trained on) and the held-out groups, as-is and JPEG-q90 equalised.
 #   scripts/select_model.sh MIX_MANIFEST [WORK_DIR] [CANDIDATE...]
-# Results: benchmarks/results/selection/<candidate>.json (and the ONNX speed of the backbones).
+# Results: benchmarks/results/selection/<candidate>$TAG.json. A candidate trained on other data
+# (e.g. the mix with TAEF2 twins) is scored on the same mix as the others:
+#   EVAL_DATA=runs/mix/manifest.csv TAG=-twins scripts/select_model.sh runs/mix-twins/manifest.csv runs/select-twins base
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:?usage: scripts/select_model.sh MIX_MANIFEST [WORK_DIR] [CANDIDATE...]}
 WORK=${2:-runs/select}
 shift $(( $# > 1 ? 2 : 1 ))
-RESULTS=benchmarks/results/selection
+RESULTS=${RESULTS:-benchmarks/results/selection}
+EVAL_DATA=${EVAL_DATA:-$DATA}
 SD=.venv/bin/synthdetect
 HELD=midjourney,flux,flux2,gigagan,stylegan,biggan,vqgan
 mkdir -p "$RESULTS" "$WORK"
@@ -23,11 +26,13 @@ declare -A CANDIDATES=(
   [more-own]='pool_weights={"wild":0.4,"crops256":0.5,"crops64":0.1}'  # more self-made (aligned) fakes
   [no-new-aligned]="exclude_families=[$HELD,latent-decoder,sr-cugan,sr-span]"  # without TAEF2/CUGAN/SPAN
   [lite2]="model=efficientnet_lite2"
+  [patchnet]="model=patchnet pretrained=null branches=[rgb,residual]"  # 23 px receptive field
   [long]="epochs=6"                                           # schedule length
   [power0]="balance_power=0"                                  # every generator drawn alike
+  [lr3e-4]="lr=0.0003"                                        # gentler fine-tuning
 )
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(base no-rgb wild-only more-own no-new-aligned lite2 long power0)
+[ ${#names[@]} -gt 0 ] || names=(base no-rgb wild-only more-own no-new-aligned lite2 long power0 patchnet lr3e-4)
 
 for name in "${names[@]}"; do
   extra=${CANDIDATES[$name]?unknown candidate $name}
@@ -38,6 +43,6 @@ for name in "${names[@]}"; do
       "exclude_families=[$HELD]" $extra
   fi
   [ -f "$run-onnx/model.onnx" ] || $SD export "$run" --out "$run-onnx" --name "select-$name"
-  $SD evaluate --generalisation --model "$run-onnx" --data "$DATA" --held-out "$HELD" \
-    --holdouts configs/holdouts-wild.yaml --equalise jpeg:90 --out "$RESULTS/$name.json"
+  $SD evaluate --generalisation --model "$run-onnx" --data "$EVAL_DATA" --held-out "$HELD" \
+    --holdouts configs/holdouts-wild.yaml --equalise jpeg:90 --out "$RESULTS/$name${TAG:-}.json"
 done
