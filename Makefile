@@ -39,8 +39,12 @@ samples: $(STAMP)
 corpus-small: $(STAMP)
 	$(BIN)/synthdetect corpus build --size small --out runs/corpus-small
 
+# The bundled model from its pinned sources: SOURCES (the list) and MIRROR (git mirrors of its
+# repositories; empty: clone the pinned commits), e.g. make train-default MIRROR=/data/mirrors
+SOURCES ?= ../shared/data/wild-sources/sources.csv
+MIRROR ?=
 train-default: $(STAMP)
-	scripts/train_default.sh
+	scripts/train_default.sh $(SOURCES) "$(MIRROR)"
 
 # Reference benchmark runs (CPU), committed under benchmarks/results/.
 bench: $(STAMP)

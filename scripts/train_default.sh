@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# How the bundled default model is made, start to finish, on a CPU (2 cores: about 1 h 15 min,
+# How the bundled default model is made, start to finish, on a CPU (2 cores: about 50 min,
 # most of it training; the times of each step are in the model card). Every number in
 # model_cards/efficientnet_lite0_default.md comes from here, from scripts/select_model.sh
 # (how the recipe was chosen) and from scripts/lofo_wild.sh (leave-one-family-out).
-#   scripts/train_default.sh SOURCES_CSV MIRROR_DIR [WORK_DIR]
+#   scripts/train_default.sh SOURCES_CSV [MIRROR_DIR] [WORK_DIR]
 # SOURCES_CSV: the pinned sources list (../shared/data/wild-sources/sources.csv on developer
 # machines); MIRROR_DIR: git mirrors of its repositories and of madebyollin/taesd, one
-# <owner>+<name> folder each (without mirrors, omit --mirror below and git clones the pinned
-# commits).
+# <owner>+<name> folder each. Given as "" (or left out), git clones the pinned commits instead
+# (online machines only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SOURCES=${1:?usage: scripts/train_default.sh SOURCES_CSV MIRROR_DIR [WORK_DIR]}
-MIRROR=${2:?usage: scripts/train_default.sh SOURCES_CSV MIRROR_DIR [WORK_DIR]}
+SOURCES=${1:?usage: scripts/train_default.sh SOURCES_CSV [MIRROR_DIR] [WORK_DIR]}
+MIRROR=${2:-}
 WORK=${3:-runs/default-build}
+FROM=()
+[ -z "$MIRROR" ] || FROM=(--mirror "$MIRROR")
 SD=.venv/bin/synthdetect
 RESULTS=benchmarks/results/default-model
 mkdir -p "$WORK" "$RESULTS"
@@ -21,9 +23,9 @@ mkdir -p "$WORK" "$RESULTS"
 #    ../shared/data/wild-train, whose files it extracts whole), the project's own generators
 #    (without the wild-train pool, which would repeat those files), and one manifest over both.
 [ -f "$WORK/corpus-wild/manifest.csv" ] ||
-  $SD corpus sources --sources "$SOURCES" --mirror "$MIRROR" --out "$WORK/corpus-wild"
+  $SD corpus sources --sources "$SOURCES" "${FROM[@]}" --out "$WORK/corpus-wild"
 [ -f "$WORK/corpus-own/manifest.csv" ] ||
-  $SD corpus build --size small --no-wild --fakes-per-real 3 --mirror "$MIRROR" --out "$WORK/corpus-own"
+  $SD corpus build --size small --no-wild --fakes-per-real 3 "${FROM[@]}" --out "$WORK/corpus-own"
 [ -f "$WORK/mix/manifest.csv" ] || $SD corpus merge "$WORK/corpus-own" "$WORK/corpus-wild" --out "$WORK/mix"
 $SD corpus check-shortcut "$WORK/mix" | tee "$WORK/shortcut.txt"
 

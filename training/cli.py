@@ -358,7 +358,7 @@ def _generalisation(args: argparse.Namespace) -> int:
 
     from detector.engine import load_bundle
     from training.datasets import load_samples
-    from training.run_eval import generalisation, read_holdouts, write_json
+    from training.run_eval import excluded_families, generalisation, read_holdouts, write_json
 
     samples = load_samples(args.data)
     bundle = load_bundle(args.model, device=args.device)
@@ -366,7 +366,7 @@ def _generalisation(args: argparse.Namespace) -> int:
     if args.held_out:
         held = [f.strip() for f in args.held_out.split(",")]
     if args.holdouts:  # name the run's excluded families by the groups they belong to
-        excluded = held or (bundle.meta.get("train_config") or {}).get("exclude_families") or []
+        excluded = held or excluded_families(bundle)
         groups = read_holdouts(args.holdouts, samples)
         held = {n: g["score"] for n, g in groups.items() if set(g["exclude"]) <= set(excluded)}
     report = generalisation(bundle, samples, held, args.equalise or "jpeg:90")
@@ -375,10 +375,16 @@ def _generalisation(args: argparse.Namespace) -> int:
         if kind in report:
             r = report[kind]
             val = r["val"]["overall"]
+            held = r["mean_held_out_ap"]
+            fam = r["val"]["mean_family_ap"]
             print(
                 f"{kind:>9}: val AP {val['ap']:.3f} ROC-AUC {val['roc_auc']:.3f} "
-                f"(mean family AP {r['val']['mean_family_ap'] or float('nan'):.3f}); "
-                f"held-out families mean AP {r['mean_held_out_ap'] or float('nan'):.3f}"
+                + (f"(mean family AP {fam:.3f}); " if fam is not None else "; ")
+                + (
+                    f"held-out families mean AP {held:.3f}"
+                    if held is not None
+                    else "no held-out families (the run trained on every family)"
+                )
             )
     if args.out:
         write_json(report, args.out)

@@ -124,6 +124,10 @@ def export_onnx(
             "data": ckpt.get("data"),
             "epoch": ckpt.get("epoch"),
             "best_val_ap": ckpt.get("best_val_ap"),
+            # what the run left out of training, so evaluate --generalisation scores it as held out
+            "exclude_families": list(
+                (ckpt.get("train_config") or {}).get("exclude_families") or []
+            ),
         },
     }
     (out / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")

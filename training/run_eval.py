@@ -133,6 +133,15 @@ def _row(m: Metrics) -> dict:
     return d
 
 
+def excluded_families(bundle: ModelBundle) -> list[str]:
+    """The families a model's run left out of training (checkpoint or exported model)."""
+    for key in ("train_config", "training"):
+        fams = (bundle.meta.get(key) or {}).get("exclude_families")
+        if fams:
+            return [str(f) for f in fams]
+    return []
+
+
 def generalisation(
     bundle: ModelBundle,
     samples: list[Sample],
@@ -144,14 +153,15 @@ def generalisation(
 
     - ``val``: the validation split (sources never trained on): overall, per pool, and per
       family (its fakes against the validation reals of its pools; families with at least
-      ``min_family`` fakes), with the mean family AP;
+      ``min_family`` fakes), with the mean family AP, and per source group (the share flagged
+      at the threshold; a group of fakes also its ROC-AUC against the validation reals);
     - ``held_out``: each held-out group (a family, or ``name: [families]``; default: each
       family the run excluded from training), its fakes from every split but test against the
       validation reals;
     - ``heldout_real``: the share of the ``heldout-real`` photos flagged at the threshold.
     """
     if held_out is None:
-        held_out = list((bundle.meta.get("train_config") or {}).get("exclude_families") or [])
+        held_out = excluded_families(bundle)
     groups = held_out if isinstance(held_out, dict) else {f: [f] for f in held_out}
     excluded = {f for fams in groups.values() for f in fams}
     thr = bundle.calibration.threshold
@@ -184,6 +194,7 @@ def generalisation(
             if sum(1 for s in val if s.label == 1 and s.family == fam) >= min_family:
                 fams[fam] = _row(compute_metrics(labels[m], probs[m], thr))
         res["val"]["families"] = fams
+        res["val"]["source_groups"] = _source_groups(val, labels, probs, thr)
         res["val"]["mean_family_ap"] = (
             float(np.mean([f["ap"] for f in fams.values()])) if fams else None
         )

@@ -25,6 +25,7 @@ from training.data import EvalDataset, collate_tiles
 from training.datasets import load_samples
 from training.degrade import apply_chain, parse_chain
 from training.metrics import compute_metrics
+from training.run_eval import excluded_families
 
 POOLINGS = {
     "mean": np.mean,
@@ -60,9 +61,7 @@ def main() -> None:
     args = ap.parse_args()
     bundle = load_bundle(args.run)
     samples = load_samples(args.manifest)
-    held = [f for f in args.held_out.split(",") if f] or list(
-        (bundle.meta.get("train_config") or {}).get("exclude_families") or []
-    )
+    held = [f for f in args.held_out.split(",") if f] or excluded_families(bundle)
     val = [s for s in samples if s.split == "val" and s.family not in held]
     heldout = [s for s in samples if s.label == 1 and s.split != "test" and s.family in held]
     heldout += [s for s in val if s.label == 0]
@@ -71,7 +70,8 @@ def main() -> None:
     for equalise in (None, "jpeg:90"):
         for n in (int(t) for t in args.tiles.split(",")):
             for name, pool in (("val", val), ("held_out", heldout)):
-                if not pool:
+                if len({s.label for s in pool}) < 2:
+                    print(f"{name}: no {'fakes' if pool else 'images'} to score, skipped")
                     continue
                 z = tile_logits(bundle, pool, n, equalise)
                 y = np.array([s.label for s in pool])

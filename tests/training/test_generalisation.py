@@ -17,6 +17,7 @@ from training.datasets import Sample, load_samples
 from training.merge import merge_manifests
 from training.run_eval import (
     evaluate_model,
+    excluded_families,
     generalisation,
     parse_equalise,
     read_holdouts,
@@ -103,6 +104,16 @@ def test_merge_rewrites_paths_keeps_columns_and_refuses_shared_sources(tmp_path)
         merge_manifests([a, b], tmp_path / "m")
 
 
+def test_excluded_families_read_from_checkpoints_and_exported_models():
+    from types import SimpleNamespace
+
+    ckpt = SimpleNamespace(meta={"train_config": {"exclude_families": ["flux", "gan"]}})
+    onnx = SimpleNamespace(meta={"training": {"exclude_families": ["midjourney"]}})
+    assert excluded_families(ckpt) == ["flux", "gan"]
+    assert excluded_families(onnx) == ["midjourney"]
+    assert excluded_families(SimpleNamespace(meta={"training": {"epoch": 3}})) == []
+
+
 def test_equalise_takes_a_jpeg_quality_only():
     assert str(parse_equalise("jpeg:90")[0]) == "jpeg:90"
     assert parse_equalise(None) == [] and parse_equalise("none") == []
@@ -161,6 +172,19 @@ def test_generalisation_never_reads_the_test_split(exported_model, tiny_corpus):
             1 for s in samples if s.split == "val" and s.label == 0 and s.pool == "crops64"
         )
         assert 0 <= r["heldout_real_flagged"] <= 1
+        groups = r["val"]["source_groups"]
+        val = [s for s in samples if s.split == "val" and s.family != "gan"]
+        assert set(groups) == {s.source_id for s in val}
+        assert sum(g["n"] for g in groups.values()) == len(val)
+        for name, g in groups.items():
+            labels = {s.label for s in val if s.source_id == name}
+            assert g["label"] == {frozenset({0}): "real", frozenset({1}): "fake"}.get(
+                frozenset(labels), "mixed"
+            )
+            pools = {s.pool for s in val if s.source_id == name}
+            reals = any(s.label == 0 and s.pool in pools for s in val)
+            assert 0 <= g["flagged"] <= 1
+            assert ("roc_auc" in g) == (g["label"] == "fake" and reals)
     assert report["equalised"]["equalise"] == "jpeg:90"
     json.dumps(report)
     grouped = generalisation(
