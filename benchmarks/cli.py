@@ -171,6 +171,16 @@ def register(sub: Any) -> None:
     q.add_argument("--out", required=True, type=Path)
     q.set_defaults(func=_quick)
 
+    mem = bsub.add_parser(
+        "memory", help="known-image memory: re-upload recall, false matches, lookup latency"
+    )
+    mem.add_argument("--data", required=True, type=Path, help="manifest of distinct images")
+    mem.add_argument("--queries", type=positive_int, default=500, help="images re-uploaded")
+    mem.add_argument("--distinct", type=positive_int, default=10_000)
+    mem.add_argument("--index-size", type=positive_int, default=1_000_000)
+    mem.add_argument("--out", required=True, type=Path)
+    mem.set_defaults(func=_memory)
+
     r = bsub.add_parser("report", help="Markdown summary and plots from result files")
     r.add_argument("results", type=Path, help="folder of result JSON files")
     r.add_argument("--out", type=Path, help="output folder (default: the results folder)")
@@ -412,6 +422,33 @@ def _quick(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         return _fail(exc)
     print(json.dumps(result["gate"], indent=2))
+    return 0
+
+
+def _memory(args: argparse.Namespace) -> int:
+    from benchmarks.memory import memory_benchmark
+    from training.datasets import DatasetError
+
+    try:
+        result = memory_benchmark(
+            args.data, args.queries, args.distinct, args.index_size,
+            log=lambda m: print(m, file=sys.stderr),
+        )  # fmt: skip
+    except (ValueError, DatasetError, FileNotFoundError) as exc:
+        return _fail(exc)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    m, s, lk = result["measured_rule"], result["shipped_rule"], result["lookup"]
+    for name, g in (("measured best", m), ("shipped", s)):
+        print(
+            f"{name:>13}: pHash <= {g['max_phash']}, dHash <= {g['max_dhash']}: mean recall "
+            f"{g['mean_recall']:.3f}, false matches {g['false_match_images']} of "
+            f"{result['distinct_images']} images ({g['false_match_pairs']} pairs; "
+            f"{g['same_picture_pairs']} more pairs show the same picture)"
+        )
+    print(
+        f"lookup with {lk['records']} records: p50 {lk['p50_ms']:.2f} ms, p99 {lk['p99_ms']:.2f} ms"
+    )
     return 0
 
 

@@ -248,6 +248,35 @@ def _plots(
     return made
 
 
+def memory_table(m: dict) -> str:
+    """The shipped and the measured rule: recall per re-upload, false matches, lookups."""
+    rows = []
+    seen = set()
+    for label, g in (("shipped", m["shipped_rule"]), ("measured", m["measured_rule"])):
+        key = (g["max_phash"], g["max_dhash"])
+        if key in seen:
+            continue
+        seen.add(key)
+        recall = " ".join(f"{k} {v:.3f}" for k, v in g["recall"].items())
+        rows.append(
+            f"| {label} | {g['max_phash']} / {g['max_dhash']} | {g['mean_recall']:.3f} | {recall} "
+            f"| {g['false_match_images']} ({g['false_match_rate']:.2%}) |"
+        )
+    lk = m["lookup"]
+    return "\n".join(
+        [
+            f"{m['distinct_images']} distinct images, {m['queries']} re-uploaded per transformation.",
+            "",
+            "| rule | pHash / dHash limit | mean recall | recall per re-upload | images falsely matched |",
+            "|---|---|---:|---|---:|",
+            *rows,
+            "",
+            f"Lookup with {lk['records']:,} records: p50 {lk['p50_ms']:.2f} ms, "
+            f"p99 {lk['p99_ms']:.2f} ms; index rebuilt from SQLite in {lk['index_rebuild_s']:.1f} s.",
+        ]
+    )
+
+
 def write_report(results_dir: Path, out: Path) -> Path:
     results: dict[str, dict] = {}  # the first file of each kind (header, serving, training)
     every: dict[str, list[tuple[str, dict]]] = {}  # accuracy, latency, peers, load: every file
@@ -322,6 +351,8 @@ def write_report(results_dir: Path, out: Path) -> Path:
         sections += ["## Our server alone under load", ""]
         for name, load in every["load"]:
             sections += [*_subhead(name, every["load"]), load_table(load), ""]
+    if "memory" in results:
+        sections += ["## Known-image memory", "", memory_table(results["memory"]), ""]
     plots = _plots(results, every, accuracy, out)
     sections += [f"![{p}]({p})" for p in plots]
     path = out / "REPORT.md"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from typing import Any
 
 from detector.argtypes import positive_int
 from detector.image import DecodeLimits, ImageError, decode_file
+from detector.memory import KnownImageError
 from detector.registry import RegistryError
 
 __all__ = ["main"]
@@ -64,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_score(sub)
     _add_scan(sub)
     _add_methods(sub)
+    _add_memory(sub)
     _load_plugins(sub)
     return parser
 
@@ -90,6 +93,13 @@ def _add_detector_options(p: argparse.ArgumentParser) -> None:
         help="model for the model method: ONNX folder, run folder or .pt (default: bundled)",
     )
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="for the model method")
+    p.add_argument(
+        "--memory-db",
+        metavar="PATH",
+        default=os.environ.get("SYNTHDETECT_MEMORY_DB") or None,
+        help="known-image memory (SQLite): images reviewers confirmed decide the verdict "
+        "(default: $SYNTHDETECT_MEMORY_DB; none: the known_image method does not run)",
+    )
     p.add_argument("--max-bytes", type=positive_int, default=DecodeLimits.max_bytes)
     p.add_argument("--max-pixels", type=positive_int, default=DecodeLimits.max_pixels)
 
@@ -105,16 +115,23 @@ def _make_detector(args: argparse.Namespace) -> Any:
             raise CliError("--methods is empty")
     limits = DecodeLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels)
     options: dict[str, Any] = {"include_prompt": args.include_prompt, "device": args.device}
+    extra = set()
     if args.model_path:
         options["model_path"] = args.model_path
-        if names is None:  # an explicit model makes the model method run even if none is bundled
-            from detector.methods import method_names
+        extra.add("model")  # an explicit model makes the model method run even if none is bundled
+    if args.memory_db:
+        options["memory_db"] = args.memory_db
+        extra.add("known_image")
+    if names is None and extra:
+        from detector.methods import method_names
 
-            names = sorted(set(method_names(available_only=True)) | {"model"})
+        names = sorted(set(method_names(available_only=True)) | extra)
     try:
         return Detector(names, limits=limits, **options)
     except (RegistryError, MethodUnavailable, ValueError, FileNotFoundError) as exc:
         raise CliError(str(exc)) from None
+    except KnownImageError as exc:
+        raise CliError(f"--memory-db: {exc}") from None
 
 
 def record(path: str, sha256: str | None, verdict: Any = None, error: str | None = None) -> dict:
@@ -239,6 +256,163 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     except ScanError as exc:
         raise CliError(str(exc)) from None
     print(stats.summary(), file=sys.stderr)
+    return EXIT_OK
+
+
+# --- memory -------------------------------------------------------------------------------
+
+
+def _add_memory(sub: Any) -> None:
+    p = sub.add_parser(
+        "memory",
+        help="the known-image memory: images reviewers confirmed as generated or camera",
+        description="Images confirmed by a reviewer, stored by perceptual hash in a SQLite "
+        "file (--db, or $SYNTHDETECT_MEMORY_DB). `score --memory-db` and the server use it: "
+        "a match decides the verdict.",
+    )
+    msub = p.add_subparsers(title="memory commands", metavar="COMMAND")
+    p.set_defaults(func=lambda a: p.print_help() or EXIT_USAGE)
+
+    def db(q: argparse.ArgumentParser) -> None:
+        q.add_argument(
+            "--db",
+            metavar="PATH",
+            default=os.environ.get("SYNTHDETECT_MEMORY_DB") or None,
+            help="the memory database (default: $SYNTHDETECT_MEMORY_DB)",
+        )
+
+    a = msub.add_parser("add", help="record confirmed images")
+    a.add_argument("files", nargs="+", metavar="FILE")
+    a.add_argument("--label", required=True, choices=["generated", "camera"])
+    a.add_argument(
+        "--by",
+        default=os.environ.get("USER") or "cli",
+        help="who confirmed them (default: $USER)",
+    )
+    a.add_argument("--note", default="", help="a note kept with each record")
+    a.add_argument("--source", default="cli", help="where the confirmation came from")
+    db(a)
+    a.set_defaults(func=_cmd_memory_add)
+
+    f = msub.add_parser("find", help="look images up: which confirmed images they match")
+    f.add_argument("files", nargs="+", metavar="FILE")
+    f.add_argument("--json", action="store_true")
+    db(f)
+    f.set_defaults(func=_cmd_memory_find)
+
+    e = msub.add_parser("export", help="write every record as JSON lines")
+    e.add_argument("--out", default="-", metavar="OUT.jsonl", help="default: stdout")
+    db(e)
+    e.set_defaults(func=_cmd_memory_export)
+
+    i = msub.add_parser("import", help="add the records of a JSONL export (all or none)")
+    i.add_argument("file", metavar="IN.jsonl")
+    db(i)
+    i.set_defaults(func=_cmd_memory_import)
+
+    st = msub.add_parser("stats", help="how many records, by label")
+    db(st)
+    st.set_defaults(func=_cmd_memory_stats)
+
+
+def _open_memory(args: argparse.Namespace, create: bool = True) -> Any:
+    from detector.memory import MemoryStore
+
+    if not args.db:
+        raise CliError("no memory database: pass --db PATH or set SYNTHDETECT_MEMORY_DB")
+    if not create and not Path(args.db).is_file():
+        raise CliError(f"no memory database at {args.db}")
+    try:
+        return MemoryStore(args.db)
+    except KnownImageError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _hash_files(files: list[str]) -> tuple[list[tuple[str, Any]], list[str]]:
+    from detector.memory import hash_pixels
+
+    good, bad = [], []
+    for path in files:
+        try:
+            image = decode_file(path, DecodeLimits())
+        except ImageError as exc:
+            bad.append(f"{path}: unreadable: {exc}")
+            continue
+        good.append((path, hash_pixels(image.pixels, image.data)))
+    return good, bad
+
+
+def _cmd_memory_add(args: argparse.Namespace) -> int:
+    good, bad = _hash_files(args.files)
+    for line in bad:
+        print(line, file=sys.stderr)
+    if bad:  # nothing is recorded unless every file could be read
+        raise CliError(f"{len(bad)} of {len(args.files)} files unreadable; nothing recorded")
+    with _open_memory(args) as store:
+        for path, hashes in good:
+            try:
+                rec = store.add(hashes, args.label, args.by, args.note, args.source)
+            except KnownImageError as exc:
+                raise CliError(str(exc)) from None
+            print(f"{path}: recorded #{rec.id} as {rec.label} (pHash {rec.phash})")
+    return EXIT_OK
+
+
+def _cmd_memory_find(args: argparse.Namespace) -> int:
+    good, bad = _hash_files(args.files)
+    for line in bad:
+        print(line, file=sys.stderr)
+    out = []
+    with _open_memory(args, create=False) as store:
+        for path, hashes in good:
+            matches = store.find(hashes)
+            out.append({"path": path, "matches": [m.to_dict() for m in matches]})
+    if args.json:
+        json.dump(out, sys.stdout, indent=2)
+        print()
+    else:
+        for item in out:
+            if not item["matches"]:
+                print(f"{item['path']}: no match")
+            for m in item["matches"]:
+                how = "same image" if m["exact"] else f"distance {m['distance']}"
+                print(
+                    f"{item['path']}: #{m['id']} {m['label']}, confirmed {m['confirmed_at']} "
+                    f"by {m['confirmed_by']}, {how}"
+                )
+    return EXIT_OK if good else EXIT_NONE_READABLE
+
+
+def _cmd_memory_export(args: argparse.Namespace) -> int:
+    with _open_memory(args, create=False) as store:
+        if args.out == "-":
+            n = store.export_jsonl(sys.stdout)
+        else:
+            tmp = Path(args.out + ".partial")
+            with open(tmp, "w") as fh:
+                n = store.export_jsonl(fh)
+            tmp.replace(args.out)
+    print(f"exported {n} records", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_memory_import(args: argparse.Namespace) -> int:
+    try:
+        lines = Path(args.file).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"cannot read {args.file}: {exc}") from None
+    with _open_memory(args) as store:
+        try:
+            n = store.import_jsonl(lines, origin=args.file)
+        except KnownImageError as exc:
+            raise CliError(f"{exc}; nothing imported") from None
+    print(f"imported {n} records")
+    return EXIT_OK
+
+
+def _cmd_memory_stats(args: argparse.Namespace) -> int:
+    with _open_memory(args, create=False) as store:
+        print(json.dumps(store.stats(), indent=2))
     return EXIT_OK
 
 

@@ -4,6 +4,9 @@ The rule (also in the README):
 
 1. Abstentions are ignored. If every method abstained, the label is ``uncertain`` and the
    probability is ``None``: having no evidence is not evidence of a camera.
+   A *confirmed* result (the known-image memory found an image a reviewer confirmed) decides
+   the verdict before anything else: its probability, ``decided_by`` the method's name. A
+   person looked at this picture; a confirmed photo is not flagged whatever the model says.
 2. A *decisive* result (an explicit declaration of AI generation: a C2PA manifest that
    validates, an IPTC DigitalSourceType, generation parameters written by the tool, a
    Stable Diffusion watermark at the "very likely" level) sets the
@@ -55,7 +58,7 @@ class Verdict:
     label: str  # "generated" | "camera" | "uncertain"
     probability: float | None  # P(generated); None when no method could judge
     threshold: float
-    decided_by: str  # "declaration" | "fusion" | "none"
+    decided_by: str  # "declaration" | "fusion" | "none" | a confirming method ("known_image")
     generator: str | None  # the tool or generator family named by the evidence, if any
     results: tuple[MethodResult, ...]
     evidence: tuple[tuple[str, Evidence], ...]  # (method, evidence), strongest first
@@ -92,8 +95,12 @@ def fuse(results: Sequence[MethodResult], config: FusionConfig | None = None) ->
     config = config or FusionConfig()
     scored = [r for r in results if r.probability is not None]
     decisive = [r for r in scored if r.decisive]
-    if decisive:
-        probability: float | None = max(r.probability for r in decisive)  # type: ignore[type-var]
+    confirmed = [r for r in scored if r.confirmed]
+    if confirmed:
+        probability: float | None = confirmed[0].probability
+        decided_by = confirmed[0].method
+    elif decisive:
+        probability = max(r.probability for r in decisive)  # type: ignore[type-var]
         decided_by = "declaration"
     elif scored:
         total = sum(r.weight for r in scored)
@@ -112,16 +119,17 @@ def fuse(results: Sequence[MethodResult], config: FusionConfig | None = None) ->
     else:
         label = "uncertain"
 
+    first = decided_by if confirmed else None  # a reviewer's match leads the explanation
     evidence = sorted(
         ((r.method, e) for r in results for e in r.evidence),
-        key=lambda me: (-me[1].strength.rank, me[0]),
+        key=lambda me: (me[0] != first, -me[1].strength.rank, me[0]),
     )
     return Verdict(
         label=label,
         probability=probability,
         threshold=config.threshold,
         decided_by=decided_by,
-        generator=_generator(decisive or scored),
+        generator=_generator(confirmed or decisive or scored),
         results=tuple(results),
         evidence=tuple(evidence),
         summary=_summary(label, results, evidence),

@@ -117,9 +117,14 @@ def artifact_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def method_options(exported_model, artifact_model):
+def method_options(exported_model, artifact_model, tmp_path_factory):
     """Constructor options that make every registered method runnable in tests."""
-    return {"model": {"model_path": exported_model}, "artifact": {"artifact_model": artifact_model}}
+    return {
+        "model": {"model_path": exported_model},
+        "artifact": {"artifact_model": artifact_model},
+        # an empty known-image memory: the method runs and abstains (nothing was confirmed)
+        "known_image": {"memory_db": tmp_path_factory.mktemp("memory") / "memory.sqlite"},
+    }
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from detector.methods import (  # noqa: F401
     exif_hints,
     generator_params,
     iptc,
+    known_image,
     model,
     watermark,
 )

@@ -10,7 +10,8 @@ Methods come in three kinds:
 - ``model``: a trained classifier on pixels (ONNX Runtime or torch);
 - ``artifact``: hand-crafted spectral / residual statistics on pixels;
 - ``metadata``: what the file declares about itself (C2PA, IPTC, generator parameters,
-  invisible watermarks, EXIF hints).
+  invisible watermarks, EXIF hints);
+- ``memory``: what reviewers confirmed about this very image (``known_image``).
 
 ``weight`` and ``decisive`` on a result tell the fusion how much to trust it (see
 ``detector.fusion``). A method must not raise for one bad image in a batch: it abstains for that
@@ -44,6 +45,7 @@ class Kind(str, Enum):
     MODEL = "model"
     ARTIFACT = "artifact"
     METADATA = "metadata"
+    MEMORY = "memory"  # what reviewers confirmed (known-image memory)
 
 
 class Strength(str, Enum):
@@ -89,6 +91,7 @@ class MethodResult:
     evidence: tuple[Evidence, ...] = ()
     weight: float = 1.0  # trust in this result relative to a calibrated model (1.0)
     decisive: bool = False  # an explicit declaration of AI generation that overrides statistics
+    confirmed: bool = False  # a reviewer's decision about this image: overrides everything
     details: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0  # this image's share of the batch's wall time
 
@@ -99,8 +102,8 @@ class MethodResult:
             raise ValueError(f"{self.method}: probability {self.probability!r} not in [0, 1]")
         if self.weight < 0:
             raise ValueError(f"{self.method}: negative weight {self.weight}")
-        if self.decisive and self.probability is None:
-            raise ValueError(f"{self.method}: an abstention cannot be decisive")
+        if (self.decisive or self.confirmed) and self.probability is None:
+            raise ValueError(f"{self.method}: an abstention cannot be decisive or confirmed")
 
     @property
     def abstained(self) -> bool:
@@ -113,6 +116,7 @@ class MethodResult:
             "abstained": self.abstained,
             "weight": self.weight,
             "decisive": self.decisive,
+            "confirmed": self.confirmed,
             "evidence": [e.to_dict() for e in self.evidence],
             "details": dict(self.details),
             "ms": round(self.seconds * 1000, 3),

@@ -1,0 +1,208 @@
+"""Known-image memory: store, lookups under re-encoding, restarts, two writing processes, the
+``known_image`` method's override in fusion, and the ``synthdetect memory`` commands."""
+
+from __future__ import annotations
+
+import io
+import json
+import multiprocessing as mp
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from detector.fusion import FusionConfig, fuse
+from detector.image import decode
+from detector.memory import KnownImageError, MatchRule, MemoryStore, hash_pixels
+from detector.methods import Kind, MethodResult, MethodUnavailable, create_method, method_names
+from training import provenance as P
+
+pytestmark = pytest.mark.unit
+
+
+def _scene(seed: int, size: int = 256) -> np.ndarray:
+    return P.synthetic_scene(seed, size, size)
+
+
+def _jpeg(px: np.ndarray, quality: int = 90, scale: float = 1.0) -> bytes:
+    img = Image.fromarray(px)
+    if scale != 1.0:
+        img = img.resize((round(img.width * scale), round(img.height * scale)), Image.BICUBIC)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _hashes(blob: bytes):
+    img = decode(blob)
+    return hash_pixels(img.pixels, img.data)
+
+
+def test_finds_re_encoded_and_rescaled_uploads_and_not_other_images(tmp_path):
+    store = MemoryStore(tmp_path / "m.sqlite")
+    originals = [_jpeg(_scene(s)) for s in range(6)]
+    for i, blob in enumerate(originals[:3]):
+        store.add(_hashes(blob), "generated", "alice", note=f"n{i}")
+    for i, blob in enumerate(originals[:3]):
+        px = decode(blob).pixels
+        for variant in (_jpeg(px, 50), _jpeg(px, 95, 0.5), _jpeg(px, 80, 1.5)):
+            matches = store.find(_hashes(variant))
+            assert matches and matches[0].record.note == f"n{i}", (i, matches)
+            assert matches[0].phash_distance <= store.rule.max_phash and not matches[0].exact
+        exact = store.find(_hashes(blob))
+        assert exact[0].exact and exact[0].distance == 0
+    for blob in originals[3:]:  # different pictures
+        assert store.find(_hashes(blob)) == []
+    assert store.stats()["by_label"] == {"generated": 3, "camera": 0}
+
+
+def test_records_survive_a_restart_and_are_checked(tmp_path):
+    path = tmp_path / "m.sqlite"
+    blob = _jpeg(_scene(1))
+    with MemoryStore(path) as store:
+        rec = store.add(_hashes(blob), "camera", "bob", note="beach photo", source="review")
+        with pytest.raises(KnownImageError, match="label must be one of"):
+            store.add(_hashes(blob), "fake", "bob")
+        with pytest.raises(KnownImageError, match="who confirmed"):
+            store.add(_hashes(blob), "camera", "  ")
+    with MemoryStore(path) as again:
+        (m,) = again.find(_hashes(_jpeg(decode(blob).pixels, 60)))
+        assert m.record == rec and m.record.confirmed_by == "bob"
+        assert again.stats()["indexed"] == 1
+    (tmp_path / "junk.sqlite").write_bytes(b"not a database" * 100)
+    with pytest.raises(KnownImageError, match="not a usable memory database"):
+        MemoryStore(tmp_path / "junk.sqlite")
+    with pytest.raises(KnownImageError, match="is a directory"):
+        MemoryStore(tmp_path)
+    with pytest.raises(ValueError):
+        MatchRule(max_phash=65)
+
+
+def _writer(path: str, seed: int, n: int, queue) -> None:
+    store = MemoryStore(path)
+    for i in range(n):
+        store.add(_hashes(_jpeg(_scene(seed * 1000 + i, 96))), "generated", f"writer{seed}")
+    queue.put(seed)
+
+
+def test_two_processes_write_at_once_and_each_reader_sees_all(tmp_path):
+    path = tmp_path / "m.sqlite"
+    reader = MemoryStore(path)  # opened before any write: must catch up from the database
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_writer, args=(str(path), s, 15, queue)) for s in (1, 2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    assert sorted(queue.get(timeout=5) for _ in procs) == [1, 2]
+    assert reader.stats()["records"] == 30 and reader.stats()["indexed"] == 30
+    probe = _hashes(_jpeg(_scene(2 * 1000 + 7, 96), 70))
+    assert reader.find(probe)[0].record.confirmed_by == "writer2"
+
+
+def test_export_import_round_trip_is_all_or_nothing(tmp_path):
+    a = MemoryStore(tmp_path / "a.sqlite")
+    for s in range(3):
+        a.add(_hashes(_jpeg(_scene(s))), "generated" if s else "camera", "carol", note=str(s))
+    buf = io.StringIO()
+    assert a.export_jsonl(buf) == 3
+    lines = buf.getvalue().splitlines()
+    b = MemoryStore(tmp_path / "b.sqlite")
+    assert b.import_jsonl(lines) == 3
+    assert [(r.label, r.note, r.phash) for r in b.records()] == [
+        (r.label, r.note, r.phash) for r in a.records()
+    ]
+    bad = [*lines, json.dumps({**json.loads(lines[0]), "phash": "xyz"})]
+    with pytest.raises(KnownImageError, match="line 4"):
+        b.import_jsonl(bad)
+    assert b.stats()["records"] == 3  # nothing of the bad file was written
+
+
+def test_known_image_method_decides_over_model_and_declarations(tmp_path):
+    assert "known_image" not in method_names(available_only=True)  # needs a database
+    with pytest.raises(MethodUnavailable, match="--memory-db"):
+        create_method("known_image")
+    db = tmp_path / "m.sqlite"
+    gen, photo, other = (_jpeg(_scene(s)) for s in (1, 2, 3))
+    with MemoryStore(db) as store:
+        store.add(_hashes(gen), "generated", "alice")
+        store.add(_hashes(photo), "camera", "bob", note="our photographer")
+    method = create_method("known_image", memory_db=str(db))
+    assert method.kind is Kind.MEMORY
+    images = [decode(_jpeg(decode(b).pixels, 70, 0.75)) for b in (gen, photo, other)]
+    r_gen, r_photo, r_other = method.score(images)
+    assert r_gen.confirmed and r_gen.probability > 0.99
+    assert "confirmed as generated" in r_gen.evidence[0].message and "by alice" in (
+        r_gen.evidence[0].message
+    )
+    assert r_other.abstained and not r_other.confirmed
+    # The model flags the confirmed photo and a declaration claims generation: the
+    # reviewer's decision wins, and says so first.
+    model = MethodResult("model", Kind.MODEL, 0.97)
+    declared = MethodResult("c2pa", Kind.METADATA, 0.99, decisive=True)
+    v = fuse([model, declared, r_photo], FusionConfig(threshold=0.9, camera_threshold=0.45))
+    assert v.label == "camera" and v.decided_by == "known_image"
+    assert v.evidence[0][0] == "known_image" and "our photographer" in v.summary
+    v = fuse([MethodResult("model", Kind.MODEL, 0.1), r_gen], FusionConfig(0.9, 0.45))
+    assert v.label == "generated" and v.decided_by == "known_image"
+    v = fuse([model, r_other], FusionConfig(0.9, 0.45))
+    assert v.decided_by == "fusion" and v.label == "generated"
+
+
+def _cli(*args: str, env_db: str | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "SYNTHDETECT_MEMORY_DB"}
+    if env_db:
+        env["SYNTHDETECT_MEMORY_DB"] = env_db
+    return subprocess.run(
+        [sys.executable, "-m", "detector.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def test_memory_commands(tmp_path):
+    db = str(tmp_path / "m.sqlite")
+    img, again, other = tmp_path / "a.jpg", tmp_path / "a-small.jpg", tmp_path / "b.jpg"
+    img.write_bytes(_jpeg(_scene(4)))
+    again.write_bytes(_jpeg(decode(img.read_bytes()).pixels, 60, 0.5))
+    other.write_bytes(_jpeg(_scene(5)))
+    out = _cli("memory", "add", "--label", "generated", "--by", "dana", str(img), "--db", db)
+    assert out.returncode == 0 and "recorded #1 as generated" in out.stdout
+    out = _cli("memory", "find", "--json", str(again), str(other), env_db=db)
+    found = json.loads(out.stdout)
+    assert out.returncode == 0 and found[0]["matches"][0]["confirmed_by"] == "dana"
+    assert found[1]["matches"] == []
+    out = _cli("score", "--json", "--methods", "known_image", "--memory-db", db, str(again))
+    verdict = json.loads(out.stdout)[0]["verdict"]
+    assert verdict["label"] == "generated" and verdict["decided_by"] == "known_image"
+    export = tmp_path / "mem.jsonl"
+    assert _cli("memory", "export", "--out", str(export), "--db", db).returncode == 0
+    db2 = str(tmp_path / "m2.sqlite")
+    assert _cli("memory", "import", str(export), "--db", db2).returncode == 0
+    stats = json.loads(_cli("memory", "stats", "--db", db2).stdout)
+    assert stats["records"] == 1 and stats["by_label"]["generated"] == 1
+    # Bad input: a clear message and exit 2, never a traceback; nothing half-recorded.
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"label": "generated"}) + "\n")
+    for args, message in [
+        (("memory", "stats"), "no memory database"),
+        (("memory", "stats", "--db", str(tmp_path / "none.sqlite")), "no memory database at"),
+        (("memory", "add", "--label", "generated", str(img), str(tmp_path / "x.jpg"), "--db", db),
+         "nothing recorded"),
+        (("memory", "add", "--label", "maybe", str(img), "--db", db), "invalid choice"),
+        (("memory", "import", str(bad), "--db", db), "line 1: missing field 'phash'; nothing imported"),
+        (("memory", "import", str(img), "--db", db), "cannot read"),
+        (("score", "--memory-db", str(tmp_path), str(img)), "is a directory"),
+    ]:  # fmt: skip
+        out = _cli(*args)
+        assert out.returncode == 2, (args, out.stderr)
+        assert message in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+    assert json.loads(_cli("memory", "stats", "--db", db).stdout)["records"] == 1
