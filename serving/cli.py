@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from detector.argtypes import port, positive_float, positive_int
+from detector.memory import KnownImageError
 
 __all__ = ["register", "serve", "serve_one"]
 
@@ -60,6 +61,13 @@ def register(sub: Any) -> None:
     p.add_argument("--rate-limit", type=positive_float, help="requests per second per API key")
     p.add_argument(
         "--cors-origin", action="append", default=[], help="allow this origin (repeatable)"
+    )
+    p.add_argument(
+        "--memory-db",
+        type=Path,
+        default=os.environ.get("SYNTHDETECT_MEMORY_DB") or None,
+        help="known-image memory (SQLite, `synthdetect memory`): images reviewers confirmed "
+        "decide the verdict (default: $SYNTHDETECT_MEMORY_DB; none: off)",
     )
     p.add_argument("--no-access-log", action="store_true")
     p.add_argument(
@@ -117,6 +125,7 @@ def serve_one(
                 max_inflight=args.max_inflight,
                 spinning=not args.no_ort_spinning,
                 threads=max(1, cpu_threads() // total) if total > 1 else None,
+                memory_db=args.memory_db,
             )
         )
         http = HttpConfig(
@@ -126,7 +135,7 @@ def serve_one(
             cors_origins=tuple(args.cors_origin),
             access_log=not args.no_access_log,
         )
-    except (ValueError, FileNotFoundError, OSError) as exc:
+    except (ValueError, FileNotFoundError, OSError, KnownImageError) as exc:
         print(f"synthdetect: {exc}", file=sys.stderr)
         return 2
     app = make_app(service, http)

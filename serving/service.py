@@ -28,6 +28,7 @@ from detector.bundled import DEFAULT_MODEL
 from detector.engine import ModelBundle, load_bundle
 from detector.fusion import Verdict
 from detector.image import DecodeLimits, ImageError
+from detector.memory import MemoryStore
 from detector.methods import method_names
 from detector.pipeline import Detector
 from serving.batcher import BatcherConfig, BatchingEngine
@@ -52,6 +53,7 @@ class ServiceConfig:
     methods: tuple[str, ...] | None = None  # default for /v1/score: every available method
     spinning: bool = True  # ONNX Runtime's busy-waiting threads: lower latency (measured)
     threads: int | None = None  # ONNX Runtime intra-op threads (default: every usable core)
+    memory_db: Path | None = None  # known-image memory: confirmed images decide the verdict
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.max_inflight < 1:
@@ -146,10 +148,14 @@ class Service:
         self.bundle: ModelBundle = replace(bundle, engine=self.batcher)
         self.engine_name = bundle.engine.name
         self.pool = ThreadPoolExecutor(config.workers, thread_name_prefix="score")
+        # One memory store per process, shared by every method set (SQLite WAL and the
+        # catch-up before each lookup keep processes in step).
+        self.memory = MemoryStore(config.memory_db) if config.memory_db else None
+        always = {"model"} | ({"known_image"} if self.memory else set())
         names = (
             list(config.methods)
             if config.methods
-            else sorted(set(method_names(available_only=True)) | {"model"})
+            else sorted(set(method_names(available_only=True)) | always)
         )
         self.default_methods = names
         self._detectors: dict[tuple[tuple[str, ...], bool], Detector] = {}
@@ -163,8 +169,13 @@ class Service:
         if key not in self._detectors:
             if len(self._detectors) > 64:  # bounded: method sets come from query strings
                 self._detectors.clear()
+            extra = {"memory_db": self.memory} if self.memory else {}
             self._detectors[key] = Detector(
-                names, limits=self.config.limits, include_prompt=include_prompt, bundle=self.bundle
+                names,
+                limits=self.config.limits,
+                include_prompt=include_prompt,
+                bundle=self.bundle,
+                **extra,
             )
         return self._detectors[key]
 

@@ -331,3 +331,33 @@ def test_malformed_http_is_a_400_and_one_log_line(server, caplog):
     records = [r for r in caplog.records if r.name == "aiohttp.server"]
     assert records and all(r.exc_info is None for r in records)
     assert records[0].getMessage().startswith("malformed HTTP request (400): Invalid character")
+
+
+# --- known-image memory -----------------------------------------------------------------------
+
+
+def test_memory_db_makes_confirmed_images_decide(make_server, tmp_path):
+    from detector.image import decode
+    from detector.memory import MemoryStore, hash_pixels
+
+    db = tmp_path / "memory.sqlite"
+    photo = jpeg(11, 160)
+    with MemoryStore(db) as store:
+        img = decode(photo)
+        store.add(hash_pixels(img.pixels, img.data), "camera", "erin", note="staff photo")
+    live = make_server(memory_db=db)
+    assert "known_image" in live.service.default_methods
+    status, _, body = request(live.url, "/v1/score", photo)
+    verdict = json.loads(body)["verdict"]
+    assert status == 200 and verdict["label"] == "camera"
+    assert verdict["decided_by"] == "known_image" and "by erin" in verdict["summary"]
+    # a record written after the server started (another process, the CLI) is found at once
+    other = jpeg(12, 160)
+    with MemoryStore(db) as store:
+        img = decode(other)
+        store.add(hash_pixels(img.pixels, img.data), "generated", "frank")
+    _, _, body = request(live.url, "/v1/score", other)
+    verdict = json.loads(body)["verdict"]
+    assert verdict["label"] == "generated" and verdict["decided_by"] == "known_image"
+    _, _, body = request(live.url, "/v1/score", jpeg(13, 160))
+    assert json.loads(body)["verdict"]["decided_by"] != "known_image"
