@@ -157,6 +157,13 @@ def _add_score(sub: Any) -> None:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--json", action="store_true", help="print JSON records instead of a table")
     p.add_argument("-v", "--verbose", action="store_true", help="show every method's result")
+    p.add_argument(
+        "--heatmap",
+        metavar="OUT",
+        help="where the model saw generation: per-tile probabilities over the whole image (in "
+        "--json records) and an overlay PNG, written to OUT (a .png path for one file, else a "
+        "folder that gets <name>.heatmap.png per file)",
+    )
     _add_detector_options(p)
     p.set_defaults(func=_cmd_score)
 
@@ -173,9 +180,12 @@ def _cmd_score(args: argparse.Namespace) -> int:
             continue
         decoded.append((len(records), image))
         records.append({})  # filled in once the batch is scored
+    heat_out = _heatmap_target(args, detector) if args.heatmap else None
     verdicts = detector.score([image for _, image in decoded])
     for (i, image), verdict in zip(decoded, verdicts, strict=True):
         records[i] = record(args.files[i], image.sha256, verdict)
+        if heat_out is not None:
+            records[i]["heatmap"] = _write_heatmap(heat_out, args.files[i], image)
     if args.json:
         json.dump(records, sys.stdout, indent=2)
         print()
@@ -186,6 +196,38 @@ def _cmd_score(args: argparse.Namespace) -> int:
         if decoded:
             _print_table([rec for rec in records if "verdict" in rec], args.verbose)
     return EXIT_OK if decoded else EXIT_NONE_READABLE
+
+
+def _heatmap_target(args: argparse.Namespace, detector: Any) -> tuple[Any, Path, bool]:
+    """(model bundle, output path, whether it is one file) for ``score --heatmap``."""
+    model = next((m for m in detector.methods if m.kind.value == "model"), None)
+    if model is None:
+        raise CliError("--heatmap needs the model method (it maps the model's tiles)")
+    out = Path(args.heatmap)
+    single = out.suffix.lower() == ".png"
+    if single and len(args.files) > 1:
+        raise CliError("--heatmap FILE.png takes one image; give a folder for several")
+    try:
+        (out.parent if single else out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"--heatmap {out}: {exc}") from None
+    return model.bundle, out, single
+
+
+def _write_heatmap(target: tuple[Any, Path, bool], path: str, image: Any) -> dict:
+    from detector.heatmap import overlay_png, tile_heatmap
+    from detector.preprocess import too_small
+
+    bundle, out, single = target
+    if too_small(image.pixels):
+        return {"error": "too small for the model"}
+    heat = tile_heatmap(bundle, image.pixels)
+    dest = out if single else out / f"{Path(path).name}.heatmap.png"
+    try:
+        dest.write_bytes(overlay_png(image.pixels, heat))
+    except OSError as exc:
+        raise CliError(f"--heatmap {dest}: {exc}") from None
+    return {**heat.to_dict(), "overlay": str(dest)}
 
 
 def _print_table(records: list[dict], verbose: bool) -> None:

@@ -474,6 +474,10 @@ class _Routes:
         if flag not in _FLAGS:
             raise HttpError(400, f"include_prompt must be true or false, got {flag!r}")
         include_prompt = _FLAGS[flag]
+        heat_flag = request.query.get("heatmap", "false").lower()
+        if heat_flag not in _FLAGS:
+            raise HttpError(400, f"heatmap must be true or false, got {heat_flag!r}")
+        heatmap = _FLAGS[heat_flag]
         if methods is not None or include_prompt:
             names = self.s.default_methods
             if methods is not None:
@@ -490,6 +494,10 @@ class _Routes:
                 *(self.run(self.s.score_blobs, [data], detector) for _, data in files)
             )
             out = [_record(name, res[0]) for (name, _), res in zip(files, results, strict=True)]
+            if heatmap:
+                for rec, (_, data) in zip(out, files, strict=True):
+                    if "verdict" in rec:
+                        rec["heatmap"] = await self.run(self.s.heatmap, data)
             return _json(200, {"results": out})
         body = await _read_body(request, self.body_timeout_s)
         if not body:
@@ -499,7 +507,10 @@ class _Routes:
         (res,) = await self.run(self.s.score_blobs, [body], detector)
         if isinstance(res, ImageError):
             raise HttpError(422, str(res))
-        return _json(200, _record(None, res))
+        rec = _record(None, res)
+        if heatmap:
+            rec["heatmap"] = await self.run(self.s.heatmap, body)
+        return _json(200, rec)
 
     async def _multipart(self, request: web.Request) -> list[tuple[str, bytes]]:
         reader = await request.multipart()

@@ -183,6 +183,19 @@ class Service:
     def input_size(self) -> int:
         return self.bundle.preprocess.input_size
 
+    def heatmap(self, blob: bytes) -> dict:
+        """Per-tile probabilities over the whole image and the overlay PNG (base64), through
+        the shared batcher (called from a worker thread)."""
+        from detector.heatmap import overlay_png, tile_heatmap
+        from detector.image import decode
+        from detector.preprocess import too_small
+
+        image = decode(blob, self.config.limits)
+        if too_small(image.pixels):
+            return {"error": "too small for the model"}
+        heat = tile_heatmap(self.bundle, image.pixels)
+        return heat.to_dict(overlay_png(image.pixels, heat))
+
     def score_blobs(
         self, blobs: list[bytes], detector: Detector | None = None
     ) -> list[Verdict | ImageError]:

@@ -361,3 +361,22 @@ def test_memory_db_makes_confirmed_images_decide(make_server, tmp_path):
     assert verdict["label"] == "generated" and verdict["decided_by"] == "known_image"
     _, _, body = request(live.url, "/v1/score", jpeg(13, 160))
     assert json.loads(body)["verdict"]["decided_by"] != "known_image"
+
+
+def test_score_heatmap(server):
+    import base64
+    import io
+
+    from PIL import Image
+
+    status, _, body = request(server.url, "/v1/score?heatmap=true", jpeg(21, 200))
+    rec = json.loads(body)
+    assert status == 200 and rec["verdict"]["label"] in ("generated", "camera", "uncertain")
+    tiles = rec["heatmap"]["tiles"]
+    assert len(tiles) == 4 * 4 and all(0 <= t["probability"] <= 1 for t in tiles)  # 64 px tiles
+    png = Image.open(io.BytesIO(base64.b64decode(rec["heatmap"]["overlay_png_base64"])))
+    assert png.size == (216, 200)
+    _, _, body = request(server.url, "/v1/score", jpeg(21, 200))
+    assert "heatmap" not in json.loads(body)
+    status, _, body = request(server.url, "/v1/score?heatmap=maybe", jpeg(21, 200))
+    assert status == 400 and "heatmap must be true or false" in json.loads(body)["error"]
