@@ -65,6 +65,8 @@ class Verdict:
     summary: str
     image: dict[str, Any] = field(default_factory=dict)  # format, size, sha256, decode notes
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # Methods that failed on this image (method: reason): the verdict came from the others.
+    degraded: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +80,8 @@ class Verdict:
             "evidence": [{"method": m, **e.to_dict()} for m, e in self.evidence],
             "methods": {r.method: r.to_dict() for r in self.results},
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+            "degraded": bool(self.degraded),
+            **({"degraded_reasons": list(self.degraded)} if self.degraded else {}),
         }
 
 

@@ -9,9 +9,14 @@ from typing import Any
 
 from detector.fusion import FusionConfig, Verdict, fuse
 from detector.image import DecodedImage, DecodeLimits, ImageError, decode
-from detector.methods import Method, create_methods
+from detector.methods import Evidence, Method, create_methods
 
-__all__ = ["Detector", "default_fusion", "image_info"]
+__all__ = ["Detector", "Overloaded", "default_fusion", "image_info"]
+
+
+class Overloaded(RuntimeError):
+    """A method's engine refuses work for now (its queue is full). Not a failure to degrade
+    around: the caller sheds the request (the server answers 503) and the client retries."""
 
 
 def default_fusion(methods: Sequence[Method]) -> FusionConfig:
@@ -65,20 +70,33 @@ class Detector:
         if not images:
             return []
         per_method = []
+        failed: list[str] = []
         for method in self.methods:
-            results = method.score(images)
-            if len(results) != len(images):
-                raise RuntimeError(
-                    f"method {method.name!r} returned {len(results)} results for "
-                    f"{len(images)} images"
-                )
+            # A method that fails on the whole batch (an engine error, a model that is not
+            # loaded, a timeout) abstains for every image, and the verdicts come from the
+            # methods that did answer, marked degraded with the reason: never no answer.
+            try:
+                results = method.score(images)
+                if len(results) != len(images):
+                    raise RuntimeError(f"returned {len(results)} results for {len(images)} images")
+            except Overloaded:
+                raise
+            except Exception as exc:
+                reason = f"{method.name}: {type(exc).__name__}: {exc}"
+                failed.append(reason)
+                why = Evidence(f"{method.name}.failed", f"{method.name} failed: {exc}")
+                results = [method.abstain(why, failure=type(exc).__name__) for _ in images]
             per_method.append(results)
         verdicts = []
         for i, image in enumerate(images):
             results = [res[i] for res in per_method]
             verdict = fuse(results, self.fusion)
             timings = {r.method: r.seconds * 1000 for r in results}
-            verdicts.append(replace(verdict, image=image_info(image), timings_ms=timings))
+            verdicts.append(
+                replace(
+                    verdict, image=image_info(image), timings_ms=timings, degraded=tuple(failed)
+                )
+            )
         return verdicts
 
     def score_bytes(self, blobs: Sequence[bytes]) -> list[Verdict | ImageError]:

@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from detector.pipeline import Overloaded
+
 __all__ = ["BatcherConfig", "BatchingEngine", "QueueFull", "take_batch"]
 
 
-class QueueFull(RuntimeError):
+class QueueFull(Overloaded):
     """The request queue is at capacity; the caller should answer 503 and retry later."""
 
 

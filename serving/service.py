@@ -66,6 +66,12 @@ class Metrics:
         self.requests = Counter(
             "synthdetect_requests", "HTTP requests", ["endpoint", "code"], registry=self.registry
         )
+        self.degraded = Counter(
+            "synthdetect_degraded_verdicts",
+            "Verdicts given without a method that failed, by method and error",
+            ["method", "error"],
+            registry=self.registry,
+        )
         self.errors = Counter(
             "synthdetect_errors", "Failed requests by reason", ["reason"], registry=self.registry
         )
@@ -200,7 +206,13 @@ class Service:
         self, blobs: list[bytes], detector: Detector | None = None
     ) -> list[Verdict | ImageError]:
         """Decode and score (called from a worker thread; blocks on the batcher)."""
-        return (detector or self.detector).score_bytes(blobs)
+        out = (detector or self.detector).score_bytes(blobs)
+        for v in out:
+            if isinstance(v, Verdict) and v.degraded:
+                for r in v.results:
+                    if "failure" in r.details:
+                        self.metrics.degraded.labels(r.method, r.details["failure"]).inc()
+        return out
 
     def record(self, model: str, ok: bool, started: float, items: int) -> None:
         st = self.stats[model]

@@ -380,3 +380,28 @@ def test_score_heatmap(server):
     assert "heatmap" not in json.loads(body)
     status, _, body = request(server.url, "/v1/score?heatmap=maybe", jpeg(21, 200))
     assert status == 400 and "heatmap must be true or false" in json.loads(body)["error"]
+
+
+def test_failing_engine_gives_degraded_verdicts_not_500(make_server):
+    live = make_server()
+
+    def broken(tiles):
+        raise RuntimeError("CUDA error: device lost")
+
+    working = live.service.batcher._run
+    live.service.batcher._run = broken
+    try:
+        status, _, body = request(live.url, "/v1/score", jpeg(31, 128))
+    finally:
+        live.service.batcher._run = working
+    verdict = json.loads(body)["verdict"]
+    assert status == 200 and verdict["degraded"] is True
+    assert verdict["degraded_reasons"] == ["model: RuntimeError: CUDA error: device lost"]
+    assert verdict["methods"]["model"]["abstained"] and "artifact" in verdict["methods"]
+    _, _, metrics = request(live.url, "/metrics")
+    assert (
+        'synthdetect_degraded_verdicts_total{error="RuntimeError",method="model"} 1.0'
+        in metrics.decode()
+    )
+    status, _, body = request(live.url, "/v1/score", jpeg(31, 128))  # the engine is back
+    assert status == 200 and json.loads(body)["verdict"]["degraded"] is False
