@@ -261,7 +261,12 @@ class _Routes:
         return web.Response(status=200)
 
     async def ready(self, request: web.Request) -> web.Response:
-        return web.Response(status=200 if self.s.ready else 503)
+        if not self.s.ready:
+            return web.Response(status=503)
+        if not self.s.model_healthy and not await self.run(self.s.probe_model):
+            reason = self.s.model_failure_reason or "the model keeps failing"
+            return _json(503, {"error": f"model unhealthy: {reason}"})
+        return web.Response(status=200)
 
     async def server_metadata(self, request: web.Request) -> web.Response:
         from detector import __version__

@@ -15,14 +15,19 @@ import collections
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from detector.pipeline import Overloaded
 
-__all__ = ["BatcherConfig", "BatchingEngine", "QueueFull", "take_batch"]
+__all__ = ["BatcherConfig", "BatchingEngine", "EngineTimeout", "QueueFull", "take_batch"]
+
+
+class EngineTimeout(TimeoutError):
+    """The engine did not answer a request within the deadline."""
 
 
 class QueueFull(Overloaded):
@@ -34,8 +39,13 @@ class BatcherConfig:
     max_batch_size: int = 32  # tiles per engine call
     max_queue_delay_us: int = 2000
     max_queue_tiles: int = 4096  # bound on tiles waiting; beyond it requests are refused
+    # A request's longest wait for its logits (queue + engine); past it the caller gets
+    # EngineTimeout and its tiles leave the queue if they have not started. None: no limit.
+    deadline_s: float | None = None
 
     def __post_init__(self) -> None:
+        if self.deadline_s is not None and self.deadline_s <= 0:
+            raise ValueError(f"deadline must be > 0, got {self.deadline_s}")
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         if self.max_queue_delay_us < 0:
@@ -66,6 +76,17 @@ class _Request:
     tiles: np.ndarray
     future: Future
     arrived: float = field(default_factory=time.monotonic)
+
+
+def _settle(fut: Future, result: object = None, exc: BaseException | None = None) -> None:
+    """Complete a request's future unless its caller gave up on it (deadline)."""
+    try:
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+    except InvalidStateError:  # cancelled at its deadline while the engine ran it
+        pass
 
 
 class BatchingEngine:
@@ -120,8 +141,23 @@ class BatchingEngine:
         return fut
 
     def run(self, tiles: np.ndarray) -> np.ndarray:
-        """Engine interface: block until this request's logits are ready."""
-        return self.submit(tiles).result()
+        """Engine interface: block until this request's logits are ready (at most the
+        deadline: then ``EngineTimeout``, and the request leaves the queue if still in it)."""
+        fut = self.submit(tiles)
+        deadline = self.config.deadline_s
+        try:
+            return fut.result(timeout=deadline)
+        except FutureTimeout:
+            with self._cond:
+                for req in self._queue:
+                    if req.future is fut:
+                        self._queue.remove(req)
+                        self._queued_tiles -= len(req.tiles)
+                        break
+                fut.cancel()
+            raise EngineTimeout(
+                f"the model did not answer within {deadline * 1000:.0f} ms"  # type: ignore[operator]
+            ) from None
 
     def close(self, drain: bool = True, timeout: float = 30.0) -> None:
         """Stop accepting work; by default finish what is queued first."""
@@ -173,13 +209,13 @@ class BatchingEngine:
                 self._observe(len(tiles))
             except Exception as exc:  # the engine failed: every request of the batch learns why
                 for r in batch:
-                    r.future.set_exception(exc)
+                    _settle(r.future, exc=exc)
                 with self._cond:
                     self._running = 0
                 continue
             start = 0
             for r in batch:
-                r.future.set_result(logits[start : start + len(r.tiles)])
+                _settle(r.future, logits[start : start + len(r.tiles)])
                 start += len(r.tiles)
             with self._cond:
                 self._running = 0

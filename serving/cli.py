@@ -39,6 +39,12 @@ def register(sub: Any) -> None:
         help="torch engine on CUDA: replay one captured CUDA graph per batch bucket",
     )
     p.add_argument("--max-batch-size", type=positive_int, default=32, help="tiles per engine call")
+    p.add_argument(
+        "--deadline-ms",
+        type=positive_float,
+        help="longest wait for the model per request; past it the verdict comes from the other "
+        "methods, marked degraded (default: none)",
+    )
     p.add_argument("--max-queue-delay-us", type=int, default=2000)
     p.add_argument(
         "--max-queue-tiles", type=positive_int, default=4096, help="queued tiles before 503"
@@ -113,7 +119,12 @@ def serve_one(
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        batcher = BatcherConfig(args.max_batch_size, args.max_queue_delay_us, args.max_queue_tiles)
+        batcher = BatcherConfig(
+            args.max_batch_size,
+            args.max_queue_delay_us,
+            args.max_queue_tiles,
+            deadline_s=args.deadline_ms / 1000 if args.deadline_ms else None,
+        )
         service = Service(
             ServiceConfig(
                 model=args.model,

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -167,6 +168,8 @@ class Service:
         self._detectors: dict[tuple[tuple[str, ...], bool], Detector] = {}
         self.detector = self.make_detector(names)
         self.stats = {BYTES_MODEL: ModelStats(), TENSOR_MODEL: ModelStats()}
+        self.model_failures = 0
+        self.model_failure_reason = ""
         self.ready = True
 
     def make_detector(self, names: list[str], include_prompt: bool = False) -> Detector:
@@ -208,11 +211,41 @@ class Service:
         """Decode and score (called from a worker thread; blocks on the batcher)."""
         out = (detector or self.detector).score_bytes(blobs)
         for v in out:
-            if isinstance(v, Verdict) and v.degraded:
-                for r in v.results:
-                    if "failure" in r.details:
-                        self.metrics.degraded.labels(r.method, r.details["failure"]).inc()
+            if not isinstance(v, Verdict):
+                continue
+            for r in v.results:
+                if "failure" in r.details:
+                    self.metrics.degraded.labels(r.method, r.details["failure"]).inc()
+                if r.method == "model":
+                    self._model_health("failure" not in r.details, v.degraded)
         return out
+
+    # Readiness: after UNHEALTHY_AFTER model failures in a row the server says it is not ready
+    # (load balancers route around it; verdicts still come from the other methods) until the
+    # model answers again: a scored request, or the probe the readiness check itself runs.
+    UNHEALTHY_AFTER = 3
+
+    def _model_health(self, ok: bool, reasons: tuple[str, ...] = ()) -> None:
+        if ok:
+            self.model_failures, self.model_failure_reason = 0, ""
+        else:
+            self.model_failures += 1
+            self.model_failure_reason = next((r for r in reasons if r.startswith("model:")), "")
+
+    @property
+    def model_healthy(self) -> bool:
+        return self.model_failures < self.UNHEALTHY_AFTER
+
+    def probe_model(self) -> bool:
+        """One tile through the batcher: does the model answer now? (blocks; worker thread)"""
+        size = self.bundle.preprocess.input_size
+        try:
+            self.bundle.logits(np.zeros((1, 3, size, size), np.float32))
+        except Exception as exc:
+            self._model_health(False, (f"model: {type(exc).__name__}: {exc}",))
+            return False
+        self._model_health(True)
+        return True
 
     def record(self, model: str, ok: bool, started: float, items: int) -> None:
         st = self.stats[model]

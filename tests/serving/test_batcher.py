@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from serving.batcher import BatcherConfig, BatchingEngine, QueueFull, take_batch
+from serving.batcher import BatcherConfig, BatchingEngine, EngineTimeout, QueueFull, take_batch
 
 pytestmark = pytest.mark.unit
 
@@ -122,3 +122,26 @@ def test_close_drains_queued_work():
     assert all(f.result(1).tolist() == [1.0] for f in futures)
     with pytest.raises(QueueFull):
         engine.submit(np.ones((1, 1), np.float32))
+
+
+def test_deadline_gives_up_and_takes_queued_tiles_back():
+    gate = threading.Event()
+
+    def engine(tiles):
+        gate.wait(5)
+        return tiles.reshape(len(tiles), -1)[:, 0]
+
+    eng = BatchingEngine(
+        engine,
+        BatcherConfig(max_batch_size=4, max_queue_delay_us=0, max_queue_tiles=8, deadline_s=0.05),
+    )
+    with pytest.raises(EngineTimeout, match="within 50 ms"):
+        eng.run(np.ones((4, 1)))  # taken by the engine, which hangs past the deadline
+    with pytest.raises(EngineTimeout):
+        eng.run(np.ones((3, 1)))  # waits in the queue behind it past its deadline
+    assert eng.queued_tiles == 0  # it left the queue
+    gate.set()  # the engine finishes the abandoned batch without tripping over it
+    np.testing.assert_array_equal(eng.run(np.arange(2.0).reshape(2, 1)), [0.0, 1.0])
+    eng.close()
+    with pytest.raises(ValueError, match="deadline"):
+        BatcherConfig(deadline_s=0)

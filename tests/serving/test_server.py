@@ -405,3 +405,46 @@ def test_failing_engine_gives_degraded_verdicts_not_500(make_server):
     )
     status, _, body = request(live.url, "/v1/score", jpeg(31, 128))  # the engine is back
     assert status == 200 and json.loads(body)["verdict"]["degraded"] is False
+
+
+def test_readiness_follows_model_health_and_deadline_degrades(make_server):
+    live = make_server()
+
+    def broken(tiles):
+        raise RuntimeError("CUDA error: device lost")
+
+    working = live.service.batcher._run
+    live.service.batcher._run = broken
+    try:
+        for i in range(live.service.UNHEALTHY_AFTER):
+            assert request(live.url, "/v2/health/ready")[0] == 200
+            assert request(live.url, "/v1/score", jpeg(40 + i, 128))[0] == 200  # degraded
+        status, _, body = request(live.url, "/v2/health/ready")
+        assert status == 503 and "model unhealthy" in json.loads(body)["error"]
+        assert "device lost" in json.loads(body)["error"]
+    finally:
+        live.service.batcher._run = working
+    assert request(live.url, "/v2/health/ready")[0] == 200  # the probe answered: recovered
+
+    slow = make_server(
+        batcher=BatcherConfig(max_batch_size=16, max_queue_delay_us=0, deadline_s=0.05)
+    )
+    fast = slow.service.batcher._run
+
+    def sluggish(tiles):
+        time.sleep(0.5)
+        return fast(tiles)
+
+    slow.service.batcher._run = sluggish
+    try:
+        status, _, body = request(slow.url, "/v1/score", jpeg(50, 128))
+    finally:
+        time.sleep(0.6)  # let the engine finish the batch it was stuck on
+        slow.service.batcher._run = fast
+    verdict = json.loads(body)["verdict"]
+    assert status == 200 and verdict["degraded"] is True
+    assert verdict["degraded_reasons"] == [
+        "model: EngineTimeout: the model did not answer within 50 ms"
+    ]
+    status, _, body = request(slow.url, "/v1/score", jpeg(50, 128))
+    assert status == 200 and json.loads(body)["verdict"]["degraded"] is False
