@@ -165,6 +165,7 @@ def make_app(service: Service, config: HttpConfig | None = None) -> web.Applicat
                 exc.status,
                 exc.reason,
             )
+
         except web.HTTPRequestEntityTooLarge:
             reason = f"request body exceeds {config.max_body_bytes} bytes"
             response, status = _json(413, {"error": reason}), 413
@@ -179,6 +180,8 @@ def make_app(service: Service, config: HttpConfig | None = None) -> web.Applicat
             if counted:
                 inflight["n"] -= 1
                 service.metrics.inflight.set(inflight["n"])
+        if status in (400, 408, 413) and request.method == "POST":
+            response.force_close()  # the body may be unread: close rather than wait for it
         elapsed = time.perf_counter() - start
         service.metrics.requests.labels(endpoint, str(status)).inc()
         service.metrics.latency.labels(endpoint).observe(elapsed)
@@ -197,7 +200,7 @@ def make_app(service: Service, config: HttpConfig | None = None) -> web.Applicat
 
     app = web.Application(middlewares=[middleware], client_max_size=config.max_body_bytes)
     app[SERVICE] = service
-    routes = _Routes(service, config.body_timeout_s)
+    routes = _Routes(service, config.body_timeout_s, config.max_body_bytes)
     app.router.add_get("/v2/health/live", routes.live)
     app.router.add_get("/v2/health/ready", routes.ready)
     app.router.add_get("/v2", routes.server_metadata)
@@ -224,9 +227,12 @@ def _reason_label(status: int) -> str:
 
 
 class _Routes:
-    def __init__(self, service: Service, body_timeout_s: float) -> None:
+    def __init__(
+        self, service: Service, body_timeout_s: float, max_body_bytes: int = 64 * 1024 * 1024
+    ) -> None:
         self.s = service
         self.body_timeout_s = body_timeout_s
+        self.max_body_bytes = max_body_bytes
         self.loop_pool = service.pool
 
     async def run(self, fn, *args):
@@ -518,18 +524,46 @@ class _Routes:
         return _json(200, rec)
 
     async def _multipart(self, request: web.Request) -> list[tuple[str, bytes]]:
-        reader = await request.multipart()
-        files = []
-        while (part := await reader.next()) is not None:
-            if part.filename is None and part.name not in ("file", "files", "image"):
-                continue
-            files.append(
-                (part.filename or part.name or f"part{len(files)}", bytes(await part.read()))
-            )
+        """The files of a multipart body, read as they stream in: the whole body is bounded by
+        the body limit (413), the file count by the batch limit (400), and the whole body must
+        arrive within the body timeout (408), however it is framed (chunked too)."""
+        max_files = self.s.config.batcher.max_batch_size * 4
+        total = 0
+        files: list[tuple[str, bytes]] = []
+
+        deadline = asyncio.get_running_loop().time() + self.body_timeout_s
+
+        async def timed(coro):  # the whole body within the timeout, not each read
+            try:
+                return await asyncio.wait_for(coro, deadline - asyncio.get_running_loop().time())
+            except TimeoutError:
+                raise HttpError(
+                    408, f"request body not received within {self.body_timeout_s:.0f} s"
+                ) from None
+
+        try:
+            reader = await request.multipart()
+            while (part := await timed(reader.next())) is not None:
+                is_file = part.filename is not None or part.name in ("file", "files", "image")
+                if is_file and len(files) >= max_files:
+                    raise HttpError(400, f"too many files in one request (more than {max_files})")
+                chunks = []
+                while chunk := await timed(part.read_chunk(1 << 16)):
+                    total += len(chunk)
+                    if total > self.max_body_bytes:
+                        raise HttpError(413, f"request body exceeds {self.max_body_bytes} bytes")
+                    if is_file:
+                        chunks.append(chunk)
+                if is_file:
+                    files.append(
+                        (part.filename or part.name or f"part{len(files)}", b"".join(chunks))
+                    )
+        except (BadHttpMessage, ContentLengthError, ValueError) as exc:
+            raise HttpError(400, f"malformed multipart body: {exc}") from None
+        except ConnectionResetError:
+            raise HttpError(400, "connection closed before the body was complete") from None
         if not files:
             raise HttpError(400, "multipart request has no files")
-        if len(files) > self.s.config.batcher.max_batch_size * 4:
-            raise HttpError(400, f"too many files in one request ({len(files)})")
         return files
 
 

@@ -448,3 +448,38 @@ def test_readiness_follows_model_health_and_deadline_degrades(make_server):
     ]
     status, _, body = request(slow.url, "/v1/score", jpeg(50, 128))
     assert status == 200 and json.loads(body)["verdict"]["degraded"] is False
+
+
+def _chunked_multipart(parts: list[bytes], boundary: bytes = b"XyZ") -> bytes:
+    body = b"".join(
+        b"--" + boundary + b"\r\nContent-Disposition: form-data; name=\"files\"; filename=\"f"
+        + str(i).encode() + b".jpg\"\r\nContent-Type: image/jpeg\r\n\r\n" + p + b"\r\n"
+        for i, p in enumerate(parts)
+    ) + b"--" + boundary + b"--\r\n"  # fmt: skip
+    chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+
+
+def test_multipart_bodies_are_bounded_while_streaming(make_server):
+    live = make_server(HttpConfig(max_body_bytes=300_000, body_timeout_s=2.0, access_log=False))
+    head = (
+        b"POST /v1/score HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Content-Type: multipart/form-data; boundary=XyZ\r\n\r\n"
+    )
+    # chunked, so no Content-Length to check up front: 3 parts of 150 KB
+    reply = _raw(live, head + _chunked_multipart([b"\xff" * 150_000] * 3), half_close=False)
+    status_line, _, body = reply.partition(b"\r\n\r\n")
+    assert status_line.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert "exceeds 300000 bytes" in json.loads(body)["error"]
+    # more files than a request may carry: refused with 400
+    many = live.service.config.batcher.max_batch_size * 4 + 1
+    reply = _raw(live, head + _chunked_multipart([b"x"] * many), half_close=False)
+    status_line, _, body = reply.partition(b"\r\n\r\n")
+    assert status_line.startswith(b"HTTP/1.1 400") and "too many files" in json.loads(body)["error"]
+    # a multipart upload that stalls gets 408 once the body timeout has passed
+    part = b'--XyZ\r\nContent-Disposition: form-data; name="files"; filename="a.jpg"\r\n\r\nabc'
+    stalled = head + b"%x\r\n%s\r\n" % (len(part), part)  # then nothing more
+    reply = _raw(live, stalled, half_close=False)
+    status_line, _, body = reply.partition(b"\r\n\r\n")
+    assert status_line.startswith(b"HTTP/1.1 408"), reply[:200]
+    assert request(live.url, "/v1/score", jpeg(9))[0] == 200  # and it keeps serving
