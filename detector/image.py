@@ -79,9 +79,13 @@ class DecodeLimits:
     max_pixels: int = 80_000_000
     max_side: int = 32_768
     max_frames: int = 1_000
+    # Progressive JPEG scans. A camera or encoder writes about 10 (libjpeg's default script) and
+    # an embedded thumbnail a few more; thousands of tiny scans make the decoder redo the whole
+    # image for each (a 98 KB file with ~7,000 empty refinement scans of an 80 MP frame took 35 s).
+    max_jpeg_scans: int = 100
 
     def __post_init__(self) -> None:
-        for name in ("max_bytes", "max_pixels", "max_side", "max_frames"):
+        for name in ("max_bytes", "max_pixels", "max_side", "max_frames", "max_jpeg_scans"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"DecodeLimits.{name} must be a positive integer, got {value!r}")
@@ -190,6 +194,15 @@ def _decode(data: bytes, limits: DecodeLimits) -> DecodedImage:
     with im:
         fmt = im.format or "unknown"
         _check_size(im.size, limits)
+        if fmt in ("JPEG", "MPO"):
+            # Start-of-scan markers (0xFFDA): entropy-coded data stuffs every 0xFF with 0x00,
+            # so the pair only appears as a marker (or inside an embedded thumbnail's JPEG).
+            scans = data.count(b"\xff\xda")
+            if scans > limits.max_jpeg_scans:
+                raise ImageError(
+                    f"too many JPEG scans: {scans} > limit of {limits.max_jpeg_scans} "
+                    "(refused before decoding: each progressive scan re-decodes the image)"
+                )
         frames = int(getattr(im, "n_frames", 1) or 1)
         if frames > limits.max_frames:
             raise ImageError(f"too many frames: {frames} > limit of {limits.max_frames}")

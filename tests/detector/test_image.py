@@ -262,3 +262,19 @@ def test_decode_file_errors(tmp_path, scene):
     with pytest.raises(ImageError, match="file too large"):
         decode_file(big, DecodeLimits(max_bytes=100))
     assert decode_file(big).width == 320
+
+
+def test_progressive_jpeg_with_thousands_of_scans_is_refused_before_decoding(scene):
+    buf = io.BytesIO()
+    Image.fromarray(scene).save(buf, "JPEG", quality=85, progressive=True)
+    normal = buf.getvalue()
+    scans = normal.count(b"\xff\xda")
+    assert 2 <= scans <= 20  # an encoder's progressive script
+    assert decode(normal).format == "JPEG"
+    with pytest.raises(ImageError, match=f"too many JPEG scans: {scans} > limit of 2"):
+        decode(normal, DecodeLimits(max_jpeg_scans=2))
+    # The hostile file: thousands of empty DC-refinement scans (Ah=1, Al=0) before EOI.
+    refine = b"\xff\xda\x00\x0c\x03\x01\x00\x02\x00\x03\x00\x00\x00\x10" + b"\x00"
+    hostile = normal[:-2] + refine * 3000 + b"\xff\xd9"
+    with pytest.raises(ImageError, match="too many JPEG scans: 30"):
+        decode(hostile)
