@@ -437,8 +437,19 @@ class Trainer:
             ap = float(t.item())
         return ap
 
+    def _finished(self) -> bool:
+        """The run's final record is written: trained, calibrated and stored."""
+        path = self.run / "metrics.jsonl"
+        if not path.is_file() or not (self.run / "checkpoints" / "best.pt").is_file():
+            return False
+        return any('"final": true' in line for line in path.read_text().splitlines())
+
     def fit(self) -> Path:
         c = self.config
+        more = self.epoch < c.epochs and self.step < self.total_steps and self.stale < c.patience
+        if not more and self._finished():  # nothing left to train: do not recalibrate
+            log.info("%s is finished (final record in metrics.jsonl); nothing to do", self.run)
+            return self.run
         log.info("train %d / val %d / test %d images; %d steps of %d; model %s %s", len(self.train_s),
                  len(self.val_s), len(self.test_s), self.total_steps, c.batch_size, c.model, c.branches)  # fmt: skip
         while self.epoch < c.epochs and self.step < self.total_steps and self.stale < c.patience:

@@ -80,6 +80,10 @@ def test_run_folder_and_resume(tiny_corpus, tmp_path):
         ckpt["calibration"]["temperature"] > 0 and ckpt["model_spec"]["name"] == "mobilenetv3_small"
     )
     assert ckpt["data"]["sha256"]
+    # Resumed once more with nothing left to train: no retraining, no second calibration.
+    train(_config(tiny_corpus, out, "epochs=2"))
+    assert (out / "metrics.jsonl").read_text().splitlines() == [json.dumps(r) for r in records]
+    assert "nothing to do" in (out / "train.log").read_text()
 
 
 def test_calibration_views_validation_subset_and_no_test_scoring(tiny_corpus, tmp_path):
