@@ -150,6 +150,21 @@ def _hamming(a: str, b: str) -> int:
     return int(np.unpackbits(_code(a) ^ _code(b)).sum())
 
 
+def _single_threaded(fn, *args):
+    """Run a faiss call on one OpenMP thread. One query at a time gains nothing from faiss's
+    pool, whose spinning threads cost (a search over 200,000 hashes: 54 ms with the pool on a
+    busy 2-core machine, 0.1 ms on one thread). OpenMP's thread count is per calling thread and
+    shared with torch (the same libgomp), so it is set for this call only and restored."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        return fn(*args)
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 _COLUMNS = (
     "id, label, phash, dhash, pixel_sha256, file_sha256, confirmed_by, confirmed_at, note, source"
 )
@@ -178,10 +193,6 @@ class MemoryStore:
             raise KnownImageError(f"{self.path}: not a usable memory database ({exc})") from None
         import faiss
 
-        # One query at a time: faiss's OpenMP pool only adds spinning threads (measured: one
-        # search over 200,000 hashes 54 ms with the pool on a busy 2-core machine, 0.1 ms
-        # single-threaded), and they would slow the model method next to it.
-        faiss.omp_set_num_threads(1)
         self._index = faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(_BITS))
         self._seen = 0  # the highest row id in the index
         with self._lock:
@@ -296,8 +307,8 @@ class MemoryStore:
                     rec, _hamming(rec.phash, hashes.phash), _hamming(rec.dhash, hashes.dhash), True
                 )
             if self._index.ntotal:
-                dist, ids = self._index.search(
-                    _code(hashes.phash)[None, :], min(k, self._index.ntotal)
+                dist, ids = _single_threaded(
+                    self._index.search, _code(hashes.phash)[None, :], min(k, self._index.ntotal)
                 )
                 near = [
                     (int(i), int(d))
