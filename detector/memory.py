@@ -40,6 +40,7 @@ __all__ = [
     "Match",
     "MatchRule",
     "MemoryStore",
+    "hash_codes",
     "hash_pixels",
 ]
 
@@ -146,6 +147,11 @@ def _code(hex_hash: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8)
 
 
+def hash_codes(hexes: Iterable[str]) -> np.ndarray:
+    """Hex hashes -> (n, 8) uint8 rows, the form faiss's binary index (and numpy) compare."""
+    return np.stack([_code(h) for h in hexes])
+
+
 def _hamming(a: str, b: str) -> int:
     return int(np.unpackbits(_code(a) ^ _code(b)).sum())
 
@@ -165,6 +171,10 @@ def _single_threaded(fn, *args):
         faiss.omp_set_num_threads(before)
 
 
+_INSERT = (
+    "INSERT INTO known_images (label, phash, dhash, pixel_sha256, file_sha256, confirmed_by, "
+    "confirmed_at, note, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 _COLUMNS = (
     "id, label, phash, dhash, pixel_sha256, file_sha256, confirmed_by, confirmed_at, note, source"
 )
@@ -242,7 +252,7 @@ class MemoryStore:
         if not rows:
             return
         ids = np.array([r[0] for r in rows], dtype=np.int64)
-        codes = np.stack([_code(r[1]) for r in rows])
+        codes = hash_codes(r[1] for r in rows)
         self._index.add_with_ids(codes, ids)
         self._seen = int(ids[-1])
 
@@ -258,26 +268,43 @@ class MemoryStore:
         confirmed_at: str | None = None,
     ) -> KnownImage:
         """Record a confirmed image; returns the stored record."""
+        row = self._row(hashes, label, confirmed_by, note, source, confirmed_at)
+        with self._lock:
+            with self._db:
+                row_id = int(self._db.execute(_INSERT, row).lastrowid or 0)
+            self._catch_up()
+        return self.get(row_id)
+
+    def add_many(
+        self, records: Iterable[tuple[ImageHashes, str, str, str, str, str | None]]
+    ) -> int:
+        """Record (hashes, label, confirmed_by, note, source, confirmed_at) tuples in one
+        transaction: all or none. Returns how many."""
+        rows = [self._row(*rec) for rec in records]
+        with self._lock:
+            with self._db:
+                self._db.executemany(_INSERT, rows)
+            self._catch_up()
+        return len(rows)
+
+    @staticmethod
+    def _row(
+        hashes: ImageHashes,
+        label: str,
+        confirmed_by: str,
+        note: str = "",
+        source: str = "",
+        confirmed_at: str | None = None,
+    ) -> tuple:
+        """A checked row for ``_INSERT``."""
         if label not in LABELS:
             raise KnownImageError(f"label must be one of {', '.join(LABELS)}, got {label!r}")
         if not confirmed_by.strip():
             raise KnownImageError("who confirmed the image is required")
-        _code(hashes.phash), _code(hashes.dhash)  # validate before writing
-        with self._lock:
-            with self._db:
-                row_id = self._insert(hashes, label, confirmed_by, note, source, confirmed_at)
-            self._catch_up()
-        return self.get(row_id)
-
-    def _insert(self, hashes, label, confirmed_by, note, source, confirmed_at) -> int:
+        _code(hashes.phash), _code(hashes.dhash)
         when = confirmed_at or datetime.now(UTC).isoformat(timespec="seconds")
-        cur = self._db.execute(
-            "INSERT INTO known_images (label, phash, dhash, pixel_sha256, file_sha256, "
-            "confirmed_by, confirmed_at, note, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (label, hashes.phash, hashes.dhash, hashes.pixel_sha256, hashes.file_sha256,
-             confirmed_by.strip(), when, note, source),
-        )  # fmt: skip
-        return int(cur.lastrowid or 0)
+        return (label, hashes.phash, hashes.dhash, hashes.pixel_sha256, hashes.file_sha256,
+                confirmed_by.strip(), when, note, source)  # fmt: skip
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -378,24 +405,14 @@ class MemoryStore:
                 hashes = ImageHashes(
                     str(d["phash"]), str(d["dhash"]), str(d["pixel_sha256"]), d.get("file_sha256")
                 )
-                _code(hashes.phash), _code(hashes.dhash)
-                if d["label"] not in LABELS:
-                    raise ValueError(f"label {d['label']!r} is not one of {', '.join(LABELS)}")
-                parsed.append(
-                    (hashes, d["label"], str(d["confirmed_by"]), str(d.get("note", "")),
-                     str(d.get("source", "") or origin), d.get("confirmed_at"))
-                )  # fmt: skip
+                rec = (hashes, d["label"], str(d["confirmed_by"]), str(d.get("note", "")),
+                       str(d.get("source", "") or origin), d.get("confirmed_at"))  # fmt: skip
+                self._row(*rec)  # checked here, so that an error names its line
+                parsed.append(rec)
             except (ValueError, KeyError, TypeError, KnownImageError) as exc:
                 missing = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
                 raise KnownImageError(f"{origin} line {number}: {missing}") from None
-        with self._lock:
-            with self._db:  # one transaction: all lines or none
-                for hashes, label, by, note, source, when in parsed:
-                    if not by.strip():
-                        raise KnownImageError(f"{origin}: a record has no confirmed_by")
-                    self._insert(hashes, label, by, note, source, when)
-            self._catch_up()
-        return len(parsed)
+        return self.add_many(parsed)
 
     def close(self) -> None:
         with self._lock:

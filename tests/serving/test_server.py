@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import struct
 import time
@@ -382,18 +383,25 @@ def test_score_heatmap(server):
     assert status == 400 and "heatmap must be true or false" in json.loads(body)["error"]
 
 
-def test_failing_engine_gives_degraded_verdicts_not_500(make_server):
-    live = make_server()
+def _lost_gpu(tiles):
+    raise RuntimeError("CUDA error: device lost")
 
-    def broken(tiles):
-        raise RuntimeError("CUDA error: device lost")
 
+@contextlib.contextmanager
+def _engine(live, run):
+    """The live server's batcher runs ``run`` instead of its engine for the block."""
     working = live.service.batcher._run
-    live.service.batcher._run = broken
+    live.service.batcher._run = run
     try:
-        status, _, body = request(live.url, "/v1/score", jpeg(31, 128))
+        yield
     finally:
         live.service.batcher._run = working
+
+
+def test_failing_engine_gives_degraded_verdicts_not_500(make_server):
+    live = make_server()
+    with _engine(live, _lost_gpu):
+        status, _, body = request(live.url, "/v1/score", jpeg(31, 128))
     verdict = json.loads(body)["verdict"]
     assert status == 200 and verdict["degraded"] is True
     assert verdict["degraded_reasons"] == ["model: RuntimeError: CUDA error: device lost"]
@@ -409,21 +417,13 @@ def test_failing_engine_gives_degraded_verdicts_not_500(make_server):
 
 def test_readiness_follows_model_health_and_deadline_degrades(make_server):
     live = make_server()
-
-    def broken(tiles):
-        raise RuntimeError("CUDA error: device lost")
-
-    working = live.service.batcher._run
-    live.service.batcher._run = broken
-    try:
+    with _engine(live, _lost_gpu):
         for i in range(live.service.UNHEALTHY_AFTER):
             assert request(live.url, "/v2/health/ready")[0] == 200
             assert request(live.url, "/v1/score", jpeg(40 + i, 128))[0] == 200  # degraded
         status, _, body = request(live.url, "/v2/health/ready")
         assert status == 503 and "model unhealthy" in json.loads(body)["error"]
         assert "device lost" in json.loads(body)["error"]
-    finally:
-        live.service.batcher._run = working
     assert request(live.url, "/v2/health/ready")[0] == 200  # the probe answered: recovered
 
     slow = make_server(
@@ -435,12 +435,9 @@ def test_readiness_follows_model_health_and_deadline_degrades(make_server):
         time.sleep(0.5)
         return fast(tiles)
 
-    slow.service.batcher._run = sluggish
-    try:
+    with _engine(slow, sluggish):
         status, _, body = request(slow.url, "/v1/score", jpeg(50, 128))
-    finally:
         time.sleep(0.6)  # let the engine finish the batch it was stuck on
-        slow.service.batcher._run = fast
     verdict = json.loads(body)["verdict"]
     assert status == 200 and verdict["degraded"] is True
     assert verdict["degraded_reasons"] == [
