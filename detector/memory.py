@@ -40,6 +40,7 @@ __all__ = [
     "Match",
     "MatchRule",
     "MemoryStore",
+    "connect_shared",
     "hash_codes",
     "hash_pixels",
 ]
@@ -156,6 +157,15 @@ def _hamming(a: str, b: str) -> int:
     return int(np.unpackbits(_code(a) ^ _code(b)).sum())
 
 
+def connect_shared(path: Path) -> sqlite3.Connection:
+    """A SQLite connection that several threads (one lock) and processes share: WAL mode, and
+    writers wait up to 30 s for each other instead of failing."""
+    db = sqlite3.connect(path, timeout=30.0, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    return db
+
+
 def _single_threaded(fn, *args):
     """Run a faiss call on one OpenMP thread. One query at a time gains nothing from faiss's
     pool, whose spinning threads cost (a search over 200,000 hashes: 54 ms with the pool on a
@@ -195,9 +205,7 @@ class MemoryStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db = connect_shared(self.path)
             self._init_schema()
         except sqlite3.DatabaseError as exc:
             raise KnownImageError(f"{self.path}: not a usable memory database ({exc})") from None

@@ -18,13 +18,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMessage, ContentLengthError
+from aiohttp.http_exceptions import BadHttpMessage
 
 from detector.fusion import Verdict
 from detector.image import ImageError
 from detector.registry import RegistryError
 from serving.batcher import QueueFull
+from serving.http import HttpError, flag, json_response, read_body, read_multipart
 from serving.protocol import HEADER, ProtocolError, encode_response, parse_request
+from serving.review_http import ReviewRoutes
 from serving.service import BYTES_MODEL, TENSOR_MODEL, Service
 
 __all__ = ["HttpConfig", "make_app"]
@@ -55,36 +57,20 @@ def _quiet_protocol_errors() -> None:
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
+PAGE_PREFIX = "/review"  # the review page's static files (no data; its API calls carry keys)
 SERVICE = web.AppKey("service", Service)
 
 
 @dataclass(frozen=True)
 class HttpConfig:
     max_body_bytes: int = 64 * 1024 * 1024
-    api_keys: tuple[str, ...] = ()
+    api_keys: tuple[str, ...] = ()  # scoring and reporting
+    reviewer_keys: tuple[str, ...] = ()  # all of that, and the review queue
     rate_limit: float | None = None  # requests per second per key (token bucket)
     rate_burst: int = 20
     cors_origins: tuple[str, ...] = ()
     access_log: bool = True
     body_timeout_s: float = 30.0  # a client that declares more body than it sends gets 408
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(reason)
-        self.status, self.reason, self.headers = status, reason, headers or {}
-
-
-_FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
-
-
-def _json(status: int, payload: dict, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status,
-        body=json.dumps(payload).encode(),
-        content_type="application/json",
-        headers=headers,
-    )
 
 
 @dataclass
@@ -93,29 +79,46 @@ class _Bucket:
     updated: float = field(default_factory=time.monotonic)
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: a key's label (never the key) and its role."""
+
+    key: str  # "anonymous" when the server has no keys; else "key<N>" / "reviewer<N>"
+    role: str  # "scorer" or "reviewer"
+
+
+ROLES = ("scorer", "reviewer")
+CALLER = web.RequestKey("caller", Caller)  # request[CALLER]: set by the middleware
+
+
 class Guard:
-    """API keys (constant-time, no hint of which part was wrong) and per-key rate limits."""
+    """API keys (constant-time, no hint of which part was wrong) with roles, and per-key rate
+    limits. Without keys every caller is an anonymous reviewer (a server on loopback)."""
 
     def __init__(self, config: HttpConfig) -> None:
-        self.keys = [k.encode() for k in config.api_keys]
+        self.keys = [(k.encode(), f"key{i}", "scorer") for i, k in enumerate(config.api_keys)]
+        self.keys += [
+            (k.encode(), f"reviewer{i}", "reviewer") for i, k in enumerate(config.reviewer_keys)
+        ]
         self.rate, self.burst = config.rate_limit, config.rate_burst
         self.buckets: dict[str, _Bucket] = {}
 
-    def check(self, request: web.Request) -> str:
-        key = "anonymous"
+    def check(self, request: web.Request) -> Caller:
+        caller = Caller("anonymous", "reviewer")
         if self.keys:
             auth = request.headers.get("Authorization", "")
             given = (
                 auth[7:] if auth.startswith("Bearer ") else request.headers.get("X-API-Key", "")
             ).encode()
             # Compare with every key, without stopping early, so timing says nothing.
-            match = [hmac.compare_digest(given, k) for k in self.keys]
+            match = [hmac.compare_digest(given, k) for k, _, _ in self.keys]
             if not any(match):
                 raise HttpError(401, "missing or invalid API key", {"WWW-Authenticate": "Bearer"})
-            key = f"key{match.index(True)}"
+            _, label, role = self.keys[match.index(True)]
+            caller = Caller(label, role)
         if self.rate:
             now = time.monotonic()
-            bucket = self.buckets.setdefault(key, _Bucket(float(self.burst), now))
+            bucket = self.buckets.setdefault(caller.key, _Bucket(float(self.burst), now))
             bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
             bucket.updated = now
             if bucket.tokens < 1:
@@ -124,7 +127,7 @@ class Guard:
                     429, "rate limit exceeded", {"Retry-After": f"{max(1, round(wait))}"}
                 )
             bucket.tokens -= 1
-        return key
+        return caller
 
 
 def make_app(service: Service, config: HttpConfig | None = None) -> web.Application:
@@ -141,8 +144,8 @@ def make_app(service: Service, config: HttpConfig | None = None) -> web.Applicat
         status, reason = 500, ""
         counted = False
         try:
-            if request.path not in OPEN_PATHS:
-                guard.check(request)
+            if request.path not in OPEN_PATHS and not _is_page(request.path):
+                request[CALLER] = guard.check(request)
             if (
                 request.content_length is not None
                 and request.content_length > config.max_body_bytes
@@ -161,21 +164,21 @@ def make_app(service: Service, config: HttpConfig | None = None) -> web.Applicat
             status = response.status
         except HttpError as exc:
             response, status, reason = (
-                _json(exc.status, {"error": exc.reason}, exc.headers),
+                json_response(exc.status, {"error": exc.reason}, exc.headers),
                 exc.status,
                 exc.reason,
             )
 
         except web.HTTPRequestEntityTooLarge:
             reason = f"request body exceeds {config.max_body_bytes} bytes"
-            response, status = _json(413, {"error": reason}), 413
+            response, status = json_response(413, {"error": reason}), 413
         except web.HTTPException as exc:  # aiohttp's own 404/405 etc., as JSON
             reason = exc.reason
-            response, status = _json(exc.status, {"error": exc.reason}), exc.status
+            response, status = json_response(exc.status, {"error": exc.reason}), exc.status
         except Exception:
             log.exception("unhandled error on %s", request.path)
             reason = "internal server error"
-            response, status = _json(500, {"error": reason}), 500
+            response, status = json_response(500, {"error": reason}), 500
         finally:
             if counted:
                 inflight["n"] -= 1
@@ -213,7 +216,12 @@ def make_app(service: Service, config: HttpConfig | None = None) -> web.Applicat
     app.router.add_get("/v2/models/stats", routes.all_stats)
     app.router.add_post("/v1/score", routes.score)
     app.router.add_get("/metrics", routes.metrics)
+    ReviewRoutes(routes, CALLER).add_to(app)
     return app
+
+
+def _is_page(path: str) -> bool:
+    return path == PAGE_PREFIX or path.startswith(PAGE_PREFIX + "/")
 
 
 def _endpoint(request: web.Request) -> str:
@@ -271,13 +279,13 @@ class _Routes:
             return web.Response(status=503)
         if not self.s.model_healthy and not await self.run(self.s.probe_model):
             reason = self.s.model_failure_reason or "the model keeps failing"
-            return _json(503, {"error": f"model unhealthy: {reason}"})
+            return json_response(503, {"error": f"model unhealthy: {reason}"})
         return web.Response(status=200)
 
     async def server_metadata(self, request: web.Request) -> web.Response:
         from detector import __version__
 
-        return _json(200, {"name": "synthdetect", "version": __version__,
+        return json_response(200, {"name": "synthdetect", "version": __version__,
                            "extensions": ["binary_tensor_data", "model_configuration", "statistics"]})  # fmt: skip
 
     def _model(self, request: web.Request) -> str:
@@ -302,7 +310,7 @@ class _Routes:
         name = self._model(request)
         inputs, outputs = self._io(name)
         platform = "onnxruntime_onnx" if name == TENSOR_MODEL else "synthdetect"
-        return _json(
+        return json_response(
             200,
             {
                 "name": name,
@@ -355,7 +363,7 @@ class _Routes:
             ],
             "version_policy": {"latest": {"num_versions": 1}},
         }
-        return _json(200, config)
+        return json_response(200, config)
 
     def _stats(self, name: str) -> dict:
         st = self.s.stats[name]
@@ -381,10 +389,12 @@ class _Routes:
         }
 
     async def model_stats(self, request: web.Request) -> web.Response:
-        return _json(200, {"model_stats": [self._stats(self._model(request))]})
+        return json_response(200, {"model_stats": [self._stats(self._model(request))]})
 
     async def all_stats(self, request: web.Request) -> web.Response:
-        return _json(200, {"model_stats": [self._stats(m) for m in (BYTES_MODEL, TENSOR_MODEL)]})
+        return json_response(
+            200, {"model_stats": [self._stats(m) for m in (BYTES_MODEL, TENSOR_MODEL)]}
+        )
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(
@@ -401,7 +411,7 @@ class _Routes:
             header_len = int(raw_len) if raw_len is not None else None
         except ValueError:
             raise HttpError(400, f"{HEADER} must be an integer") from None
-        body = await _read_body(request, self.body_timeout_s)
+        body = await read_body(request, self.body_timeout_s)
         try:
             req = parse_request(body, header_len)
         except ProtocolError as exc:
@@ -409,7 +419,9 @@ class _Routes:
         started = time.perf_counter()
         try:
             outputs, items = await (
-                self._infer_tensor(req) if name == TENSOR_MODEL else self._infer_bytes(req)
+                self._infer_tensor(req)
+                if name == TENSOR_MODEL
+                else self._infer_bytes(req, _actor(request))
             )
         except HttpError:
             self.s.record(name, False, started, 0)
@@ -450,7 +462,7 @@ class _Routes:
             tiles
         )
 
-    async def _infer_bytes(self, req) -> tuple[list, int]:
+    async def _infer_bytes(self, req, actor: str) -> tuple[list, int]:
         if set(req.inputs) != {"image"}:
             raise HttpError(
                 400,
@@ -474,6 +486,8 @@ class _Routes:
                 raise HttpError(422, f"image {i}: {res}")
             probs.append(np.nan if res.probability is None else res.probability)
             labels.append(res.label.encode())
+            if self.s.reviews is not None and res.label == "uncertain":
+                await self.run(self.s.queue_review, blobs[i], res, "uncertain", actor, None)
         n = len(blobs)
         return [("probability", "FP32", np.asarray(probs, np.float32).reshape(n, 1), [n, 1]),
                 ("label", "BYTES", labels, [n, 1])], n  # fmt: skip
@@ -481,14 +495,8 @@ class _Routes:
     async def score(self, request: web.Request) -> web.Response:
         detector = self.s.detector
         methods = request.query.get("methods")
-        flag = request.query.get("include_prompt", "false").lower()
-        if flag not in _FLAGS:
-            raise HttpError(400, f"include_prompt must be true or false, got {flag!r}")
-        include_prompt = _FLAGS[flag]
-        heat_flag = request.query.get("heatmap", "false").lower()
-        if heat_flag not in _FLAGS:
-            raise HttpError(400, f"heatmap must be true or false, got {heat_flag!r}")
-        heatmap = _FLAGS[heat_flag]
+        include_prompt = flag(request, "include_prompt")
+        heatmap = flag(request, "heatmap")
         if methods is not None or include_prompt:
             names = self.s.default_methods
             if methods is not None:
@@ -499,86 +507,55 @@ class _Routes:
                 detector = self.s.make_detector(names, include_prompt)
             except (RegistryError, ValueError, RuntimeError) as exc:
                 raise HttpError(400, str(exc)) from None
-        if request.content_type.startswith("multipart/"):
-            files = await self._multipart(request)
-            results = await asyncio.gather(
-                *(self.run(self.s.score_blobs, [data], detector) for _, data in files)
-            )
-            out = [_record(name, res[0]) for (name, _), res in zip(files, results, strict=True)]
-            if heatmap:
-                for rec, (_, data) in zip(out, files, strict=True):
-                    if "verdict" in rec:
-                        rec["heatmap"] = await self.run(self.s.heatmap, data)
-            return _json(200, {"results": out})
-        body = await _read_body(request, self.body_timeout_s)
-        if not body:
+        review = flag(request, "review")
+        if review and self.s.reviews is None:
             raise HttpError(
-                400, "empty body: send an image file, or multipart/form-data with files"
+                400, "review=true needs the review queue: start the server with --review-db PATH"
             )
-        (res,) = await self.run(self.s.score_blobs, [body], detector)
-        if isinstance(res, ImageError):
-            raise HttpError(422, str(res))
-        rec = _record(None, res)
-        if heatmap:
-            rec["heatmap"] = await self.run(self.s.heatmap, body)
-        return _json(200, rec)
-
-    async def _multipart(self, request: web.Request) -> list[tuple[str, bytes]]:
-        """The files of a multipart body, read as they stream in: the whole body is bounded by
-        the body limit (413), the file count by the batch limit (400), and the whole body must
-        arrive within the body timeout (408), however it is framed (chunked too)."""
-        max_files = self.s.config.batcher.max_batch_size * 4
-        total = 0
-        files: list[tuple[str, bytes]] = []
-
-        deadline = asyncio.get_running_loop().time() + self.body_timeout_s
-
-        async def timed(coro):  # the whole body within the timeout, not each read
-            try:
-                return await asyncio.wait_for(coro, deadline - asyncio.get_running_loop().time())
-            except TimeoutError:
+        multipart = request.content_type.startswith("multipart/")
+        if multipart:
+            files = await self.multipart_files(request)
+        else:
+            body = await read_body(request, self.body_timeout_s)
+            if not body:
                 raise HttpError(
-                    408, f"request body not received within {self.body_timeout_s:.0f} s"
-                ) from None
-
-        try:
-            reader = await request.multipart()
-            while (part := await timed(reader.next())) is not None:
-                is_file = part.filename is not None or part.name in ("file", "files", "image")
-                if is_file and len(files) >= max_files:
-                    raise HttpError(400, f"too many files in one request (more than {max_files})")
-                chunks = []
-                while chunk := await timed(part.read_chunk(1 << 16)):
-                    total += len(chunk)
-                    if total > self.max_body_bytes:
-                        raise HttpError(413, f"request body exceeds {self.max_body_bytes} bytes")
-                    if is_file:
-                        chunks.append(chunk)
-                if is_file:
-                    files.append(
-                        (part.filename or part.name or f"part{len(files)}", b"".join(chunks))
+                    400, "empty body: send an image file, or multipart/form-data with files"
+                )
+            files = [(None, body)]
+        results = await asyncio.gather(
+            *(self.run(self.s.score_blobs, [data], detector) for _, data in files)
+        )
+        out = []
+        for (name, data), (res,) in zip(files, results, strict=True):
+            if not multipart and isinstance(res, ImageError):
+                raise HttpError(422, str(res))
+            rec = _record(name, res)
+            if isinstance(res, Verdict):
+                if self.s.reviews is not None and (review or res.label == "uncertain"):
+                    reason = "requested" if review else "uncertain"
+                    rec["review_id"] = await self.run(
+                        self.s.queue_review, data, res, reason, _actor(request), name
                     )
-        except (BadHttpMessage, ContentLengthError, ValueError) as exc:
-            raise HttpError(400, f"malformed multipart body: {exc}") from None
-        except ConnectionResetError:
-            raise HttpError(400, "connection closed before the body was complete") from None
-        if not files:
+                if heatmap:
+                    rec["heatmap"] = await self.run(self.s.heatmap, data)
+            out.append(rec)
+        return json_response(200, {"results": out} if multipart else out[0])
+
+    async def multipart_files(self, request: web.Request) -> list[tuple[str, bytes]]:
+        form = await read_multipart(
+            request,
+            self.s.config.batcher.max_batch_size * 4,
+            self.max_body_bytes,
+            self.body_timeout_s,
+        )
+        if not form.files:
             raise HttpError(400, "multipart request has no files")
-        return files
+        return form.files
 
 
-async def _read_body(request: web.Request, timeout: float = 30.0) -> bytes:
-    """The whole body, or a 4xx when the client sends less than it declared or stalls."""
-    try:
-        return await asyncio.wait_for(request.read(), timeout)
-    except TimeoutError:
-        raise HttpError(408, f"request body not received within {timeout:.0f} s") from None
-    except (BadHttpMessage, ContentLengthError) as exc:
-        raise HttpError(
-            400, f"malformed request body: {exc.message if hasattr(exc, 'message') else exc}"
-        ) from None
-    except ConnectionResetError:
-        raise HttpError(400, "connection closed before the body was complete") from None
+def _actor(request: web.Request) -> str:
+    caller = request.get(CALLER)
+    return caller.key if caller is not None else "anonymous"
 
 
 def _record(filename: str | None, res: Verdict | ImageError) -> dict:

@@ -12,6 +12,7 @@ from typing import Any
 
 from detector.argtypes import port, positive_float, positive_int
 from detector.memory import KnownImageError
+from serving.review import ReviewError
 
 __all__ = ["register", "serve", "serve_one"]
 
@@ -75,6 +76,32 @@ def register(sub: Any) -> None:
         help="known-image memory (SQLite, `synthdetect memory`): images reviewers confirmed "
         "decide the verdict (default: $SYNTHDETECT_MEMORY_DB; none: off)",
     )
+    p.add_argument(
+        "--review-db",
+        type=Path,
+        default=os.environ.get("SYNTHDETECT_REVIEW_DB") or None,
+        help="review queue (SQLite; also the known-image memory unless --memory-db says "
+        "otherwise): uncertain verdicts, review=true requests and users' reports wait there for "
+        "a reviewer, at /review (default: $SYNTHDETECT_REVIEW_DB; none: off)",
+    )
+    p.add_argument(
+        "--review-max-mb",
+        type=positive_float,
+        default=2048,
+        help="cap of the folder that keeps queued images (oldest decided ones go first)",
+    )
+    p.add_argument(
+        "--review-expiry-days",
+        type=positive_float,
+        default=30,
+        help="queued images are removed after this many days (their items stay)",
+    )
+    p.add_argument(
+        "--reviewer-key-file",
+        type=Path,
+        help="keys with the reviewer role, one per line (also $SYNTHDETECT_REVIEWER_KEYS): "
+        "they may score, report and review; plain API keys may only score and report",
+    )
     p.add_argument("--no-access-log", action="store_true")
     p.add_argument(
         "--no-ort-spinning",
@@ -84,11 +111,11 @@ def register(sub: Any) -> None:
     p.set_defaults(func=serve)
 
 
-def _api_keys(args: argparse.Namespace) -> tuple[str, ...]:
+def _keys(file: Path | None, env: str) -> tuple[str, ...]:
     keys: list[str] = []
-    if args.api_key_file:
-        keys += [k.strip() for k in args.api_key_file.read_text().splitlines() if k.strip()]
-    keys += [k.strip() for k in os.environ.get("SYNTHDETECT_API_KEYS", "").split(",") if k.strip()]
+    if file:
+        keys += [k.strip() for k in file.read_text().splitlines() if k.strip()]
+    keys += [k.strip() for k in os.environ.get(env, "").split(",") if k.strip()]
     return tuple(keys)
 
 
@@ -115,6 +142,7 @@ def serve_one(
     from detector.engine import cpu_threads
     from serving.app import HttpConfig, make_app
     from serving.batcher import BatcherConfig
+    from serving.review import ReviewConfig
     from serving.service import Service, ServiceConfig
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -137,16 +165,22 @@ def serve_one(
                 spinning=not args.no_ort_spinning,
                 threads=max(1, cpu_threads() // total) if total > 1 else None,
                 memory_db=args.memory_db,
+                review_db=args.review_db,
+                review=ReviewConfig(
+                    max_image_bytes=int(args.review_max_mb * 1024 * 1024),
+                    expiry_days=args.review_expiry_days,
+                ),
             )
         )
         http = HttpConfig(
             max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-            api_keys=_api_keys(args),
+            api_keys=_keys(args.api_key_file, "SYNTHDETECT_API_KEYS"),
+            reviewer_keys=_keys(args.reviewer_key_file, "SYNTHDETECT_REVIEWER_KEYS"),
             rate_limit=args.rate_limit,
             cors_origins=tuple(args.cors_origin),
             access_log=not args.no_access_log,
         )
-    except (ValueError, FileNotFoundError, OSError, KnownImageError) as exc:
+    except (ValueError, FileNotFoundError, OSError, KnownImageError, ReviewError) as exc:
         print(f"synthdetect: {exc}", file=sys.stderr)
         return 2
     app = make_app(service, http)
@@ -156,7 +190,7 @@ def serve_one(
 
     app.on_cleanup.append(drain)
     url = f"http://{args.host}:{args.port}"
-    auth = ' -H "Authorization: Bearer $KEY"' if http.api_keys else ""
+    auth = ' -H "Authorization: Bearer $KEY"' if http.api_keys or http.reviewer_keys else ""
     where = f" (process {index + 1} of {total}, pid {os.getpid()})" if total > 1 else ""
 
     def listening(_banner: str) -> None:
@@ -171,6 +205,8 @@ def serve_one(
                 f" {url}/v1/score",
                 file=sys.stderr,
             )
+            if service.reviews is not None:
+                print(f"review page: {url}/review", file=sys.stderr)
         if on_started is not None:
             on_started()
 

@@ -8,7 +8,9 @@ so a request's tiles are batched with other requests' tiles on their way to the 
 
 from __future__ import annotations
 
+import logging
 import os
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -34,8 +36,11 @@ from detector.methods import method_names
 from detector.pipeline import Detector
 from serving.batcher import BatcherConfig, BatchingEngine
 from serving.processes import METRICS_DIR_ENV
+from serving.review import ReviewConfig, ReviewError, ReviewQueue
 
 __all__ = ["Service", "ServiceConfig"]
+
+log = logging.getLogger("synthdetect.server")
 
 BYTES_MODEL = "synthdetect"
 TENSOR_MODEL = "synthdetect_tiles"
@@ -55,6 +60,8 @@ class ServiceConfig:
     spinning: bool = True  # ONNX Runtime's busy-waiting threads: lower latency (measured)
     threads: int | None = None  # ONNX Runtime intra-op threads (default: every usable core)
     memory_db: Path | None = None  # known-image memory: confirmed images decide the verdict
+    review_db: Path | None = None  # review queue (and the memory, unless memory_db is given)
+    review: ReviewConfig = field(default_factory=ReviewConfig)
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.max_inflight < 1:
@@ -157,7 +164,15 @@ class Service:
         self.pool = ThreadPoolExecutor(config.workers, thread_name_prefix="score")
         # One memory store per process, shared by every method set (SQLite WAL and the
         # catch-up before each lookup keep processes in step).
-        self.memory = MemoryStore(config.memory_db) if config.memory_db else None
+        memory_path = config.memory_db or config.review_db
+        self.memory = MemoryStore(memory_path) if memory_path else None
+        # The review queue writes reviewers' decisions to that memory (by default the same
+        # SQLite file holds both).
+        self.reviews = (
+            ReviewQueue(config.review_db, self.memory, config.review)
+            if config.review_db and self.memory
+            else None
+        )
         always = {"model"} | ({"known_image"} if self.memory else set())
         names = (
             list(config.methods)
@@ -192,7 +207,7 @@ class Service:
     def input_size(self) -> int:
         return self.bundle.preprocess.input_size
 
-    def heatmap(self, blob: bytes) -> dict:
+    def heatmap(self, blob: bytes, overlay: bool = True) -> dict:
         """Per-tile probabilities over the whole image and the overlay PNG (base64), through
         the shared batcher (called from a worker thread)."""
         from detector.heatmap import overlay_png, tile_heatmap
@@ -203,7 +218,48 @@ class Service:
         if too_small(image.pixels):
             return {"error": "too small for the model"}
         heat = tile_heatmap(self.bundle, image.pixels)
-        return heat.to_dict(overlay_png(image.pixels, heat))
+        return heat.to_dict(overlay_png(image.pixels, heat) if overlay else None)
+
+    # --- review queue (worker threads; ``self.reviews`` is set) ----------------------------
+
+    def _hashes(self, blob: bytes):
+        from detector.image import decode
+        from detector.memory import hash_pixels
+
+        return hash_pixels(decode(blob, self.config.limits).pixels, blob)
+
+    def queue_review(
+        self, blob: bytes, verdict: Verdict, reason: str, actor: str, filename: str | None
+    ) -> int | None:
+        """Queue a scored image for a reviewer; returns the review id, or None when the queue
+        cannot take it (logged: the caller still gets its verdict)."""
+        assert self.reviews is not None
+        try:
+            return self.reviews.submit(
+                blob, self._hashes(blob), verdict.to_dict(), reason, actor, filename
+            )
+        except (ReviewError, OSError, sqlite3.Error) as exc:
+            log.error("review queue: could not queue an image: %s", exc)
+            return None
+
+    def report(
+        self,
+        reporter: str,
+        reason: str,
+        actor: str,
+        blob: bytes | None = None,
+        sha256: str | None = None,
+        filename: str | None = None,
+    ) -> tuple[int, Verdict | ImageError | None]:
+        """A user's report: an image (scored here) or the sha256 of one already kept."""
+        assert self.reviews is not None
+        if blob is None:
+            return self.reviews.report(reporter, reason, actor, sha256=sha256), None
+        (res,) = self.score_blobs([blob])
+        if isinstance(res, ImageError):
+            return 0, res
+        scored = (blob, self._hashes(blob), res.to_dict())
+        return self.reviews.report(reporter, reason, actor, scored=scored, filename=filename), res
 
     def score_blobs(
         self, blobs: list[bytes], detector: Detector | None = None
@@ -265,3 +321,7 @@ class Service:
         self.ready = False
         self.pool.shutdown(wait=True)
         self.batcher.close(drain=True)
+        if self.reviews is not None:
+            self.reviews.close()
+        if self.memory is not None:
+            self.memory.close()

@@ -8,7 +8,7 @@ import pytest
 from training import provenance as P
 from training.corpus import SIZES, WILD_DEFAULT, build_corpus
 
-_KNOWN = {"unit", "integration", "slow", "gpu"}
+_KNOWN = {"unit", "integration", "slow", "gpu", "browser"}
 
 
 def pytest_collection_modifyitems(config, items):

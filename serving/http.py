@@ -1,0 +1,138 @@
+"""What every HTTP handler shares: the JSON error, bounded body readers, query flags.
+
+Handlers raise ``HttpError(status, reason)``; the middleware in ``serving.app`` turns it into
+``{"error": reason}`` with that status. Bodies are read with a deadline for the whole body and
+a byte limit counted as it streams, however the client frames it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, ContentLengthError
+
+__all__ = ["HttpError", "Multipart", "flag", "json_response", "read_body", "read_multipart"]
+
+_FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(reason)
+        self.status, self.reason, self.headers = status, reason, headers or {}
+
+
+def json_response(
+    status: int, payload: dict, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps(payload).encode(),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def flag(request: web.Request, name: str, default: bool = False) -> bool:
+    """A true/false query parameter (1/0, true/false, yes/no); anything else is a 400."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if raw.lower() not in _FLAGS:
+        raise HttpError(400, f"{name} must be true or false, got {raw!r}")
+    return _FLAGS[raw.lower()]
+
+
+async def read_body(request: web.Request, timeout: float = 30.0, limit: int | None = None) -> bytes:
+    """The whole body, or a 4xx when the client sends less than it declared, stalls, or sends
+    more than ``limit`` bytes (413; the app-wide body limit applies in any case)."""
+    if limit is not None and (request.content_length or 0) > limit:
+        raise HttpError(413, f"request body of {request.content_length} bytes exceeds {limit}")
+    try:
+        body = await asyncio.wait_for(request.read(), timeout)
+    except TimeoutError:
+        raise HttpError(408, f"request body not received within {timeout:.0f} s") from None
+    except (BadHttpMessage, ContentLengthError) as exc:
+        raise HttpError(
+            400, f"malformed request body: {exc.message if hasattr(exc, 'message') else exc}"
+        ) from None
+    except ConnectionResetError:
+        raise HttpError(400, "connection closed before the body was complete") from None
+    if limit is not None and len(body) > limit:
+        raise HttpError(413, f"request body of {len(body)} bytes exceeds {limit}")
+    return body
+
+
+@dataclass
+class Multipart:
+    files: list[tuple[str, bytes]] = field(default_factory=list)
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+_FILE_FIELDS = ("file", "files", "image")
+_MAX_FIELD_BYTES = 64 * 1024
+
+
+async def read_multipart(
+    request: web.Request, max_files: int, max_bytes: int, timeout: float
+) -> Multipart:
+    """The files and text fields of a multipart body, read as they stream in: the whole body is
+    bounded by ``max_bytes`` (413), the file count by ``max_files`` (400), a text field by 64
+    KiB (413), and the whole body must arrive within ``timeout`` (408)."""
+    total = 0
+    out = Multipart()
+    deadline = asyncio.get_running_loop().time() + timeout
+
+    async def timed(coro):  # the whole body within the timeout, not each read
+        try:
+            return await asyncio.wait_for(coro, deadline - asyncio.get_running_loop().time())
+        except TimeoutError:
+            raise HttpError(408, f"request body not received within {timeout:.0f} s") from None
+
+    try:
+        reader = await request.multipart()
+        while (part := await timed(reader.next())) is not None:
+            is_file = part.filename is not None or part.name in _FILE_FIELDS
+            if is_file and len(out.files) >= max_files:
+                raise HttpError(400, f"too many files in one request (more than {max_files})")
+            chunks = []
+            size = 0
+            while chunk := await timed(part.read_chunk(1 << 16)):
+                total += len(chunk)
+                size += len(chunk)
+                if total > max_bytes:
+                    raise HttpError(413, f"request body exceeds {max_bytes} bytes")
+                if not is_file and size > _MAX_FIELD_BYTES:
+                    raise HttpError(
+                        413, f"form field {part.name!r} exceeds {_MAX_FIELD_BYTES} bytes"
+                    )
+                chunks.append(chunk)
+            if is_file:
+                out.files.append(
+                    (part.filename or part.name or f"part{len(out.files)}", b"".join(chunks))
+                )
+            elif part.name:
+                try:
+                    out.fields[part.name] = b"".join(chunks).decode("utf-8")
+                except UnicodeDecodeError:
+                    raise HttpError(400, f"form field {part.name!r} is not UTF-8 text") from None
+    except (BadHttpMessage, ContentLengthError, ValueError) as exc:
+        raise HttpError(400, f"malformed multipart body: {exc}") from None
+    except ConnectionResetError:
+        raise HttpError(400, "connection closed before the body was complete") from None
+    return out
+
+
+async def read_json_object(request: web.Request, timeout: float, limit: int = 64 * 1024) -> dict:
+    """A small JSON object body (400 if it is not one, 413 past ``limit`` bytes)."""
+    body = await read_body(request, timeout, limit)
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise HttpError(400, f"body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise HttpError(400, "body must be a JSON object")
+    return value

@@ -1,0 +1,310 @@
+"""The review queue: storage (items, reports, audit, images) and its HTTP routes with roles."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from detector.image import decode
+from detector.memory import MemoryStore, hash_pixels
+from serving.app import HttpConfig
+from serving.review import ReviewConfig, ReviewError, ReviewQueue
+from tests.serving.test_server import jpeg, request
+
+
+def _scored(seed: int, size: int = 96) -> tuple[bytes, object, dict]:
+    data = jpeg(seed, size)
+    img = decode(data)
+    verdict = {"label": "uncertain", "probability": 0.5, "summary": f"image {seed}",
+               "image": {"format": "JPEG", "width": img.width, "height": img.height}}  # fmt: skip
+    return data, hash_pixels(img.pixels, data), verdict
+
+
+@pytest.fixture
+def queue(tmp_path):
+    db = tmp_path / "review.sqlite"
+    memory = MemoryStore(db)
+    q = ReviewQueue(db, memory)
+    yield q
+    q.close()
+    memory.close()
+
+
+@pytest.mark.unit
+def test_submit_decide_writes_memory_and_audit(queue):
+    data, hashes, verdict = _scored(1)
+    item_id = queue.submit(data, hashes, verdict, "uncertain", "key0", "a.jpg")
+    # the same file while its item is open joins it
+    assert queue.submit(data, hashes, verdict, "requested", "key1") == item_id
+    item = queue.get(item_id)
+    assert item["status"] == "open" and item["seen"] == 2 and item["image_kept"]
+    assert queue.image(item_id) == (data, "JPEG")
+    done = queue.decide(item_id, "generated", "alice", "seen on a forum", "reviewer0")
+    assert done["status"] == "decided" and done["decided_by"] == "alice"
+    record = queue.memory.get(done["memory_id"])
+    assert record.label == "generated" and record.confirmed_by == "alice"
+    assert record.source == f"review:{item_id}" and record.note == "seen on a forum"
+    # the memory now finds it, and the item shows the match
+    assert queue.get(item_id)["known_matches"][0]["id"] == record.id
+    assert [a["action"] for a in queue.audit(item_id)] == ["created", "seen_again", "decided"]
+    assert queue.audit(item_id)[-1]["actor"] == "reviewer0"
+    with pytest.raises(ReviewError, match="already decided") as err:
+        queue.decide(item_id, "camera", "bob", "", "reviewer1")
+    assert err.value.status == 409
+    # decided: a new upload of the same file opens a new item
+    assert queue.submit(data, hashes, verdict, "requested", "key0") != item_id
+
+
+@pytest.mark.unit
+def test_audit_is_append_only(queue):
+    data, hashes, verdict = _scored(2)
+    queue.submit(data, hashes, verdict, "uncertain", "key0")
+    db = sqlite3.connect(queue.path)
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        db.execute("UPDATE review_audit SET actor = 'someone else'")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        db.execute("DELETE FROM review_audit")
+    db.close()
+
+
+@pytest.mark.unit
+def test_skip_keeps_open_behind_the_others(queue):
+    ids = [queue.submit(*_scored(s)[:3], "uncertain", "key0") for s in (3, 4, 5)]
+    queue.decide(ids[0], "skip", "alice", "", "reviewer0")
+    order = [i["id"] for i in queue.items("open")["items"]]
+    assert order == [ids[1], ids[2], ids[0]]
+    assert queue.get(ids[0])["skips"] == 1 and queue.items("decided")["items"] == []
+    assert queue.items("all", limit=2, offset=1)["counts"] == {"open": 3, "decided": 0}
+
+
+@pytest.mark.unit
+def test_reports_by_upload_and_by_sha(queue):
+    data, hashes, verdict = _scored(6)
+    first = queue.report("user1", "looks generated", "key0", scored=(data, hashes, verdict))
+    # a second report of the same image joins the open item
+    again = queue.report("user2", "same", "key1", sha256=hashes.file_sha256.upper())
+    assert again == first
+    item = queue.get(first)
+    assert item["reason"] == "report" and [r["reporter"] for r in item["reports"]] == [
+        "user1",
+        "user2",
+    ]
+    with pytest.raises(ReviewError, match="no image with sha256") as err:
+        queue.report("user3", "?", "key0", sha256="ab" * 32)
+    assert err.value.status == 404
+    with pytest.raises(ReviewError, match="64 hex digits"):
+        queue.report("user3", "?", "key0", sha256="xyz")
+    with pytest.raises(ReviewError, match="reporter is required"):
+        queue.report(" ", "?", "key0", sha256=hashes.file_sha256)
+
+
+@pytest.mark.unit
+def test_bad_decisions_are_refused(queue):
+    item_id = queue.submit(*_scored(7)[:3], "uncertain", "key0")
+    for decision, reviewer, note, match in [
+        ("maybe", "alice", "", "decision must be one of"),
+        ("camera", "", "", "reviewer is required"),
+        ("camera", "alice", "x" * 2001, "note is 2001 characters long"),
+        ("camera", 7, "", "reviewer must be a string"),
+        ("camera", "al\x00ice", "", "control characters"),
+    ]:
+        with pytest.raises(ReviewError, match=match):
+            queue.decide(item_id, decision, reviewer, note, "reviewer0")
+    with pytest.raises(ReviewError, match="no review with id 999") as err:
+        queue.decide(999, "camera", "alice", "", "reviewer0")
+    assert err.value.status == 404
+    assert queue.get(item_id)["status"] == "open"
+
+
+@pytest.mark.unit
+def test_image_folder_cap_and_expiry(tmp_path):
+    db = tmp_path / "review.sqlite"
+    memory = MemoryStore(db)
+    files = [_scored(s, 128) for s in (8, 9, 10)]
+    cap = len(files[0][0]) + len(files[1][0]) + 10
+    q = ReviewQueue(db, memory, ReviewConfig(max_image_bytes=cap, expiry_days=1))
+    ids = [q.submit(d, h, v, "uncertain", "key0") for d, h, v in files[:2]]
+    q.decide(ids[1], "camera", "alice", "", "reviewer0")
+    # over the cap: the decided item's image goes first, though it is newer
+    ids.append(q.submit(*files[2], "uncertain", "key0"))
+    assert [q.get(i)["image_kept"] for i in ids] == [True, False, True]
+    with pytest.raises(ReviewError, match="no longer kept") as err:
+        q.image(ids[1])
+    assert err.value.status == 404
+    assert q.get(ids[1])["decision"] == "camera"  # the item outlives its image
+    removed = [a for a in q.audit() if a["action"] == "image_removed"]
+    assert len(removed) == 1 and "cap" in removed[0]["detail"]["why"]
+    # expiry: images stored more than a day ago are removed when the queue opens
+    old = (datetime.now(UTC) - timedelta(days=2)).isoformat(timespec="seconds")
+    with sqlite3.connect(db) as raw:
+        raw.execute("UPDATE review_images SET stored_at = ?", (old,))
+    q.close()
+    q = ReviewQueue(db, memory, ReviewConfig(expiry_days=1))
+    assert not any(q.get(i)["image_kept"] for i in ids) and q.stats()["images"] == 0
+    assert not any(p.is_file() for p in q.images.rglob("*"))
+    q.close()
+    memory.close()
+
+
+# --- through the server ---------------------------------------------------------------------
+
+
+def _post_json(live, path, payload, key=None):
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    return request(live.url, path, json.dumps(payload).encode(), headers)
+
+
+def _get(live, path, key=None):
+    return request(live.url, path, headers={"Authorization": f"Bearer {key}"} if key else {})
+
+
+@pytest.mark.integration
+def test_review_flow_through_the_api_with_roles(make_server, tmp_path):
+    db = tmp_path / "review.sqlite"
+    http = HttpConfig(access_log=False, api_keys=("score-key",), reviewer_keys=("review-key",))
+    live = make_server(http, review_db=db)
+    auth = {"Authorization": "Bearer score-key"}
+    photo = jpeg(41, 160)
+    # every method abstains on a plain JPEG when only c2pa runs: uncertain -> queued
+    status, _, body = request(live.url, "/v1/score?methods=c2pa", photo, auth)
+    rec = json.loads(body)
+    assert status == 200 and rec["verdict"]["label"] == "uncertain" and "review_id" in rec
+    item_id = rec["review_id"]
+    # a confident verdict is not queued unless asked
+    other = json.loads(request(live.url, "/v1/score", jpeg(42, 160), auth)[2])
+    assert ("review_id" in other) == (other["verdict"]["label"] == "uncertain")
+    status, _, body = request(live.url, "/v1/score?review=true", jpeg(43, 160), auth)
+    requested = json.loads(body)["review_id"]
+    # scoring keys may not read or decide the queue; reviewer keys may
+    for path in ("/v1/reviews", f"/v1/reviews/{item_id}", f"/v1/reviews/{item_id}/image"):
+        status, _, body = _get(live, path, "score-key")
+        assert status == 403 and "reviewer key" in json.loads(body)["error"]
+        assert _get(live, path)[0] == 401
+    status, _, body = _post_json(
+        live, f"/v1/reviews/{item_id}", {"decision": "camera", "reviewer": "x"}, "score-key"
+    )
+    assert status == 403
+    status, _, body = _get(live, "/v1/reviews?status=open", "review-key")
+    listed = json.loads(body)
+    assert status == 200 and {i["id"] for i in listed["items"]} >= {item_id, requested}
+    status, headers, image = _get(live, f"/v1/reviews/{item_id}/image", "review-key")
+    assert status == 200 and image == photo and headers["Content-Type"] == "image/jpeg"
+    status, _, body = _get(live, f"/v1/reviews/{item_id}/heatmap", "review-key")
+    assert status == 200 and len(json.loads(body)["tiles"]) == 9
+    # a user reports the same image by its sha256: it joins the item
+    sha = json.loads(_get(live, f"/v1/reviews/{item_id}", "review-key")[2])["image_sha256"]
+    status, _, body = _post_json(
+        live, "/v1/reports", {"sha256": sha, "reason": "fake", "reporter": "u1"}, "score-key"
+    )
+    assert status == 201 and json.loads(body)["review_id"] == item_id
+    # the decision reaches the memory: the photo is now decided by it
+    status, _, body = _post_json(
+        live,
+        f"/v1/reviews/{item_id}",
+        {"decision": "camera", "reviewer": "alice", "note": "my own photo"},
+        "review-key",
+    )
+    item = json.loads(body)
+    assert status == 200 and item["status"] == "decided" and item["memory_id"]
+    assert [a["action"] for a in item["audit"]] == ["created", "reported", "decided"]
+    assert item["audit"][-1]["actor"] == "reviewer0" and item["reports"][0]["reporter"] == "u1"
+    _, _, body = request(live.url, "/v1/score", photo, auth)
+    verdict = json.loads(body)["verdict"]
+    assert verdict["decided_by"] == "known_image" and "by alice" in verdict["summary"]
+    with MemoryStore(db) as store:
+        assert store.stats()["by_label"]["camera"] == 1
+    # a report with the image itself (multipart), scored on arrival
+    boundary = "b0undary"
+    parts = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="reason"\r\n\r\nspam\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="reporter"\r\n\r\nu2\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="r.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + jpeg(44, 160)
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    status, _, body = request(
+        live.url,
+        "/v1/reports",
+        parts,
+        {**auth, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    out = json.loads(body)
+    assert status == 201 and out["verdict"]["label"] in ("generated", "camera", "uncertain")
+    status, _, body = _get(live, f"/v1/reviews/{out['review_id']}", "review-key")
+    assert json.loads(body)["filename"] == "r.jpg" and json.loads(body)["reason"] == "report"
+
+
+@pytest.mark.integration
+def test_bad_input_to_review_endpoints_is_4xx_and_the_server_keeps_serving(make_server, tmp_path):
+    live = make_server(review_db=tmp_path / "review.sqlite")
+    _, _, body = request(live.url, "/v1/score?review=true", jpeg(51, 128))
+    item_id = json.loads(body)["review_id"]
+    cases = [
+        (_get(live, "/v1/reviews/999"), 404, "no review with id 999"),
+        (_get(live, "/v1/reviews/abc"), 400, "positive integer"),
+        (_get(live, "/v1/reviews?status=closed"), 400, "status must be one of"),
+        (_get(live, "/v1/reviews?limit=0"), 400, "limit must be within"),
+        (_get(live, "/v1/reviews?limit=x"), 400, "integers"),
+        (_post_json(live, f"/v1/reviews/{item_id}", {"decision": "fake", "reviewer": "a"}), 400,
+         "decision must be one of"),
+        (_post_json(live, f"/v1/reviews/{item_id}", {"decision": "camera"}), 400,
+         "reviewer is required"),
+        (_post_json(live, f"/v1/reviews/{item_id}",
+                    {"decision": "camera", "reviewer": "a", "note": "n" * 5000}), 400,
+         "note is 5000 characters long"),
+        (_post_json(live, f"/v1/reviews/{item_id}", {"decision": "camera", "who": "a"}), 400,
+         "unknown fields"),
+        (_post_json(live, f"/v1/reviews/{item_id}", ["camera"]), 400, "JSON object"),
+        (request(live.url, f"/v1/reviews/{item_id}", b"{not json",
+                 {"Content-Type": "application/json"}), 400, "not valid JSON"),
+        (request(live.url, f"/v1/reviews/{item_id}", b"[" * 100_000,
+                 {"Content-Type": "application/json"}), 413, "exceeds"),
+        (_post_json(live, "/v1/reports", {"reason": "x", "reporter": "y"}), 400, "needs sha256"),
+        (_post_json(live, "/v1/reports", {"sha256": "ab" * 32, "reason": "x", "reporter": "y"}),
+         404, "no image with sha256"),
+        (_post_json(live, "/v1/reports", {"sha256": "ab" * 32, "reporter": "y"}), 400,
+         "needs reason"),
+        (request(live.url, "/v1/reports?reason=x&reporter=y", b"not an image"), 422, ""),
+        (request(live.url, "/v1/reports?reason=x&reporter=y", b""), 400, "empty body"),
+        (_get(live, "/review/secret.txt"), 404, "no such file"),
+    ]  # fmt: skip
+    for (status, _, body), expected, reason in cases:
+        assert status == expected, body
+        assert reason in json.loads(body)["error"]
+    assert _get(live, f"/v1/reviews/{item_id}")[0] == 200
+    # the queue off: its routes say how to turn it on; scoring with review=true is a 400
+    plain = make_server()
+    status, _, body = _get(plain, "/v1/reviews")
+    assert status == 404 and "--review-db" in json.loads(body)["error"]
+    status, _, body = request(plain.url, "/v1/score?review=true", jpeg(52, 128))
+    assert status == 400 and "--review-db" in json.loads(body)["error"]
+    status, headers, page = _get(plain, "/review")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert b"review.js" in page and b"http" not in page.replace(b"http-equiv", b"")
+
+
+@pytest.mark.integration
+def test_two_server_processes_share_one_queue(make_server, tmp_path):
+    """Two servers on one review database (as ``serve --processes`` would run): an item
+    queued by one is decided through the other, and both see the memory write."""
+    db = tmp_path / "review.sqlite"
+    one, two = make_server(review_db=db), make_server(review_db=db)
+    photo = jpeg(61, 128)
+    item_id = json.loads(request(one.url, "/v1/score?review=true", photo)[2])["review_id"]
+    status, _, body = _post_json(
+        two, f"/v1/reviews/{item_id}", {"decision": "generated", "reviewer": "bob"}
+    )
+    assert status == 200, body
+    verdict = json.loads(request(one.url, "/v1/score", photo)[2])["verdict"]
+    assert verdict["label"] == "generated" and verdict["decided_by"] == "known_image"
+    assert os.path.exists(f"{db}.images")
+    assert json.loads(_get(one, f"/v1/reviews/{item_id}")[2])["status"] == "decided"
