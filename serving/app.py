@@ -55,6 +55,7 @@ def _quiet_protocol_errors() -> None:
         server_log.addFilter(_OneLineProtocolErrors())
 
 
+_PARSE_INLINE_BYTES = 256 * 1024  # larger KServe bodies are parsed on a worker thread
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
 PAGE_PREFIX = "/review"  # the review page's static files (no data; its API calls carry keys)
@@ -144,7 +145,9 @@ def make_app(service: Service, config: HttpConfig | None = None) -> web.Applicat
         status, reason = 500, ""
         counted = False
         try:
-            if request.path not in OPEN_PATHS and not _is_page(request.path):
+            # (a CORS preflight carries no key: browsers send none with it)
+            open_path = request.path in OPEN_PATHS or _is_page(request.path)
+            if not open_path and request.method != "OPTIONS":
                 request[CALLER] = guard.check(request)
             if (
                 request.content_length is not None
@@ -194,8 +197,10 @@ def make_app(service: Service, config: HttpConfig | None = None) -> web.Applicat
         response.headers["X-Request-Id"] = rid
         if config.cors_origins:
             origin = request.headers.get("Origin")
+            response.headers["Vary"] = "Origin"
             if origin and (origin in config.cors_origins or "*" in config.cors_origins):
                 response.headers["Access-Control-Allow-Origin"] = origin
+                response.headers["Access-Control-Expose-Headers"] = _CORS_EXPOSE
         if config.access_log:
             log.info(json.dumps({"id": rid, "method": request.method, "path": request.path, "status": status,
                                  "ms": round(elapsed * 1000, 2), "error": reason or None}))  # fmt: skip
@@ -217,7 +222,33 @@ def make_app(service: Service, config: HttpConfig | None = None) -> web.Applicat
     app.router.add_post("/v1/score", routes.score)
     app.router.add_get("/metrics", routes.metrics)
     ReviewRoutes(routes, CALLER).add_to(app)
+    if config.cors_origins:
+        app.router.add_route("OPTIONS", "/{tail:.*}", _preflight(config.cors_origins))
     return app
+
+
+_CORS_METHODS = "GET, POST, OPTIONS"
+_CORS_HEADERS = "Authorization, Content-Type, X-API-Key, X-Request-Id, " + HEADER
+_CORS_EXPOSE = "X-Request-Id, Retry-After, " + HEADER
+
+
+def _preflight(origins: tuple[str, ...]) -> Handler:
+    async def preflight(request: web.Request) -> web.Response:
+        """A browser's CORS preflight: the origin must be allowed (403 otherwise); the answer
+        says which methods and headers may follow."""
+        origin = request.headers.get("Origin", "")
+        if not origin or not (origin in origins or "*" in origins):
+            raise HttpError(403, f"origin {origin!r} is not allowed (--cors-origin)")
+        return web.Response(
+            status=204,
+            headers={
+                "Access-Control-Allow-Methods": _CORS_METHODS,
+                "Access-Control-Allow-Headers": _CORS_HEADERS,
+                "Access-Control-Max-Age": "600",
+            },
+        )
+
+    return preflight
 
 
 def _is_page(path: str) -> bool:
@@ -230,7 +261,7 @@ def _endpoint(request: web.Request) -> str:
 
 
 def _reason_label(status: int) -> str:
-    return {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 408: "timeout",
+    return {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed", 408: "timeout",
             413: "too_large", 422: "undecodable_image", 429: "rate_limited", 503: "overloaded"}.get(status, "server_error")  # fmt: skip
 
 
@@ -413,7 +444,12 @@ class _Routes:
             raise HttpError(400, f"{HEADER} must be an integer") from None
         body = await read_body(request, self.body_timeout_s)
         try:
-            req = parse_request(body, header_len)
+            if len(body) > _PARSE_INLINE_BYTES:  # a big JSON tensor must not block the loop
+                req = await asyncio.get_running_loop().run_in_executor(
+                    self.s.pool, parse_request, body, header_len
+                )
+            else:
+                req = parse_request(body, header_len)
         except ProtocolError as exc:
             raise HttpError(400, str(exc)) from None
         started = time.perf_counter()

@@ -21,6 +21,7 @@ __all__ = [
     "DTYPES",
     "InferRequest",
     "ProtocolError",
+    "Tensor",
     "decode_bytes_tensor",
     "encode_bytes_tensor",
     "encode_response",
@@ -50,16 +51,33 @@ class ProtocolError(ValueError):
     """A malformed request; the message is returned to the client in ``{"error": ...}``."""
 
 
+@dataclass(frozen=True)
+class Tensor:
+    """One input of a request: its name, datatype, shape and value (a numpy array, or the
+    list of byte strings of a BYTES tensor)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    value: np.ndarray | list[bytes]
+
+
 @dataclass
 class InferRequest:
     id: str | None
-    inputs: dict[str, np.ndarray | list[bytes]]
-    datatypes: dict[str, str]
-    shapes: dict[str, list[int]]
+    tensors: dict[str, Tensor]
     outputs: list[str] | None = None  # None: all outputs
     binary_outputs: set[str] = field(default_factory=set)
     binary_all: bool = False
     parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def inputs(self) -> dict[str, np.ndarray | list[bytes]]:
+        return {name: t.value for name, t in self.tensors.items()}
+
+    @property
+    def datatypes(self) -> dict[str, str]:
+        return {name: t.datatype for name, t in self.tensors.items()}
 
 
 def encode_bytes_tensor(items: list[bytes]) -> bytes:
@@ -91,9 +109,11 @@ def _count(shape: list[int]) -> int:
 
 def _shape(value: Any, name: str) -> list[int]:
     if not isinstance(value, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
+        isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= _MAX_ELEMENTS for d in value
     ):
-        raise ProtocolError(f"input {name!r}: shape must be a list of non-negative integers")
+        raise ProtocolError(
+            f"input {name!r}: shape must be a list of integers within 0..{_MAX_ELEMENTS}"
+        )
     if _count(value) > _MAX_ELEMENTS:
         raise ProtocolError(f"input {name!r}: too many elements")
     return value
@@ -108,6 +128,54 @@ def _flatten(data: Any) -> list:
     return [data]
 
 
+def _parameters(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{where} parameters must be a JSON object")
+    return value
+
+
+def _binary_tensor(name: str, dtype: str, shape: list[int], raw: bytes) -> Tensor:
+    count = _count(shape)
+    if dtype == "BYTES":
+        return Tensor(name, dtype, shape, decode_bytes_tensor(raw, count))
+    expected = count * DTYPES[dtype].itemsize  # type: ignore[union-attr]
+    if len(raw) != expected:
+        raise ProtocolError(
+            f"input {name!r}: {len(raw)} bytes for shape {shape} {dtype} (expected {expected})"
+        )
+    return Tensor(name, dtype, shape, np.frombuffer(raw, dtype=DTYPES[dtype]).reshape(shape))
+
+
+def _json_tensor(name: str, dtype: str, shape: list[int], data: Any) -> Tensor:
+    flat = _flatten(data)
+    if len(flat) != _count(shape):
+        raise ProtocolError(f"input {name!r}: {len(flat)} values for shape {shape}")
+    if dtype == "BYTES":  # JSON carries BYTES elements as strings
+        if not all(isinstance(v, str) for v in flat):
+            raise ProtocolError(f"input {name!r}: BYTES data must be strings")
+        return Tensor(name, dtype, shape, [v.encode("utf-8") for v in flat])
+    if not all(isinstance(v, int | float) for v in flat):
+        raise ProtocolError(f"input {name!r}: {dtype} data must be numbers")
+    try:
+        value = np.asarray(flat, dtype=DTYPES[dtype]).reshape(shape)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolError(f"input {name!r}: data does not fit {dtype} ({exc})") from None
+    return Tensor(name, dtype, shape, value)
+
+
+def _load_header(head: bytes) -> dict:
+    try:
+        req = json.loads(head)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise ProtocolError(f"request header is not valid JSON ({reason})") from None
+    if not isinstance(req, dict) or not isinstance(req.get("inputs"), list) or not req["inputs"]:
+        raise ProtocolError("request needs a non-empty 'inputs' list")
+    return req
+
+
 def parse_request(body: bytes, header_length: int | None) -> InferRequest:
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
@@ -115,13 +183,9 @@ def parse_request(body: bytes, header_length: int | None) -> InferRequest:
         head, binary = body[:header_length], body[header_length:]
     else:
         head, binary = body, b""
-    try:
-        req = json.loads(head)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"request header is not valid JSON ({exc})") from None
-    if not isinstance(req, dict) or not isinstance(req.get("inputs"), list) or not req["inputs"]:
-        raise ProtocolError("request needs a non-empty 'inputs' list")
-    inputs, dtypes, shapes, pos = {}, {}, {}, 0
+    req = _load_header(head)
+    tensors: dict[str, Tensor] = {}
+    pos = 0
     for spec in req["inputs"]:
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             raise ProtocolError("every input needs a 'name'")
@@ -130,57 +194,38 @@ def parse_request(body: bytes, header_length: int | None) -> InferRequest:
         if dtype not in DTYPES:
             raise ProtocolError(f"input {name!r}: unknown datatype {dtype!r}")
         shape = _shape(spec.get("shape"), name)
-        count = _count(shape)
-        size = (spec.get("parameters") or {}).get("binary_data_size")
+        size = _parameters(spec.get("parameters"), f"input {name!r}").get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or size < 0 or pos + size > len(binary):
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise ProtocolError(f"input {name!r}: binary_data_size must be an integer >= 0")
+            if pos + size > len(binary):
                 raise ProtocolError(f"input {name!r}: binary_data_size {size} exceeds the body")
-            raw = binary[pos : pos + size]
+            tensor = _binary_tensor(name, dtype, shape, binary[pos : pos + size])
             pos += size
-            if dtype == "BYTES":
-                value: Any = decode_bytes_tensor(raw, count)
-            else:
-                expected = count * DTYPES[dtype].itemsize  # type: ignore[union-attr]
-                if size != expected:
-                    raise ProtocolError(
-                        f"input {name!r}: {size} bytes for shape {shape} {dtype} (expected {expected})"
-                    )
-                value = np.frombuffer(raw, dtype=DTYPES[dtype]).reshape(shape)
+        elif "data" in spec:
+            tensor = _json_tensor(name, dtype, shape, spec["data"])
         else:
-            if "data" not in spec:
-                raise ProtocolError(f"input {name!r} has neither data nor binary_data_size")
-            flat = _flatten(spec["data"])
-            if len(flat) != count:
-                raise ProtocolError(f"input {name!r}: {len(flat)} values for shape {shape}")
-            if dtype == "BYTES":
-                value = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in flat]
-            else:
-                try:
-                    value = np.asarray(flat, dtype=DTYPES[dtype]).reshape(shape)
-                except (TypeError, ValueError) as exc:
-                    raise ProtocolError(
-                        f"input {name!r}: data does not match {dtype} ({exc})"
-                    ) from None
-        if name in inputs:
+            raise ProtocolError(f"input {name!r} has neither data nor binary_data_size")
+        if name in tensors:
             raise ProtocolError(f"input {name!r} given twice")
-        inputs[name], dtypes[name], shapes[name] = value, dtype, shape
+        tensors[name] = tensor
     if pos != len(binary):
         raise ProtocolError(f"{len(binary) - pos} bytes after the declared binary inputs")
-    params = req.get("parameters") or {}
+    params = _parameters(req.get("parameters"), "request")
     outputs, binary_outputs = None, set()
-    if isinstance(req.get("outputs"), list):
+    if req.get("outputs") is not None:
+        if not isinstance(req["outputs"], list):
+            raise ProtocolError("'outputs' must be a list")
         outputs = []
         for out in req["outputs"]:
             if not isinstance(out, dict) or not isinstance(out.get("name"), str):
                 raise ProtocolError("every requested output needs a 'name'")
             outputs.append(out["name"])
-            if (out.get("parameters") or {}).get("binary_data"):
+            if _parameters(out.get("parameters"), f"output {out['name']!r}").get("binary_data"):
                 binary_outputs.add(out["name"])
     return InferRequest(
         id=str(req["id"]) if req.get("id") is not None else None,
-        inputs=inputs,
-        datatypes=dtypes,
-        shapes=shapes,
+        tensors=tensors,
         outputs=outputs,
         binary_outputs=binary_outputs,
         binary_all=bool(params.get("binary_data_output")),

@@ -212,6 +212,46 @@ BAD = {
 }  # fmt: skip
 
 
+def _infer_json(model: str, inputs: list, **extra) -> tuple[str, bytes, dict]:
+    return f"/v2/models/{model}/infer", json.dumps({"inputs": inputs, **extra}).encode(), {}
+
+
+def _bytes_input(data, **extra) -> dict:
+    return {"name": "image", "shape": [1], "datatype": "BYTES", "data": data, **extra}
+
+
+# Requests that answered 500 with a traceback (issue 16, a hostile client's findings).
+BAD.update({
+    "100k-deep json": ("/v2/models/synthdetect/infer", b"[" * 100_000 + b"]" * 100_000, {}, 400,
+                       "nested too deeply"),
+    "int64 overflow": (*_infer_json("synthdetect_tiles", [{"name": "images", "shape": [1], "datatype": "INT64", "data": [2**70]}]),
+                       400, "does not fit INT64"),
+    "uint8 negative": (*_infer_json("synthdetect_tiles", [{"name": "images", "shape": [1], "datatype": "UINT8", "data": [-1]}]),
+                       400, "does not fit UINT8"),
+    "fp32 string": (*_infer_json("synthdetect_tiles", [{"name": "images", "shape": [1], "datatype": "FP32", "data": ["1"]}]),
+                    400, "must be numbers"),
+    **{f"bytes data {v!r}": (*_infer_json("synthdetect", [_bytes_input(v)]), 400, "BYTES data must be strings")
+       for v in (None, -1, 1.5, {}, 10**12)},
+    "request parameters": (*_infer_json("synthdetect", [_bytes_input(["x"])], parameters=5), 400,
+                           "request parameters must be a JSON object"),
+    "input parameters": (*_infer_json("synthdetect", [_bytes_input(["x"], parameters=[1])]), 400,
+                         "input 'image' parameters must be a JSON object"),
+    "output parameters": (*_infer_json("synthdetect", [_bytes_input(["x"])], outputs=[{"name": "label", "parameters": "x"}]),
+                          400, "output 'label' parameters must be a JSON object"),
+    "outputs not a list": (*_infer_json("synthdetect", [_bytes_input(["x"])], outputs={"name": "label"}),
+                           400, "'outputs' must be a list"),
+    "binary shape 2**62": ("/v2/models/synthdetect_tiles/infer",
+                           *_binary_infer("t", {"inputs": [{"name": "images", "shape": [0, 2**62], "datatype": "FP32", "parameters": {"binary_data_size": 0}}]}, b""),
+                           400, "shape must be a list of integers within"),
+    "binary size not int": ("/v2/models/synthdetect_tiles/infer",
+                            *_binary_infer("t", {"inputs": [{"name": "images", "shape": [1], "datatype": "FP32", "parameters": {"binary_data_size": "4"}}]}, b"\x00" * 4),
+                            400, "binary_data_size must be an integer"),
+    **{f"multipart boundary {name}": ("/v1/score", b"--abc\r\n\r\n", {"Content-Type": ctype}, 400, "malformed multipart body")
+       for name, ctype in (("absent", "multipart/form-data"), ("empty", "multipart/form-data; boundary="),
+                           ("5000 chars", "multipart/form-data; boundary=" + "x" * 5000))},
+})  # fmt: skip
+
+
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_input_gets_4xx_json_and_the_server_keeps_serving(server, case):
     path, body, headers, code, reason = BAD[case]
@@ -480,3 +520,28 @@ def test_multipart_bodies_are_bounded_while_streaming(make_server):
     status_line, _, body = reply.partition(b"\r\n\r\n")
     assert status_line.startswith(b"HTTP/1.1 408"), reply[:200]
     assert request(live.url, "/v1/score", jpeg(9))[0] == 200  # and it keeps serving
+
+
+def test_cors_preflight_lets_a_browser_call_with_a_key(make_server):
+    live = make_server(
+        HttpConfig(access_log=False, api_keys=("k",), cors_origins=("https://mod.example",))
+    )
+    pre = {"Origin": "https://mod.example", "Access-Control-Request-Method": "POST",
+           "Access-Control-Request-Headers": "authorization, content-type"}  # fmt: skip
+    status, headers, _ = request(live.url, "/v1/score", headers=pre, method="OPTIONS")
+    assert status == 204 and headers["Access-Control-Allow-Origin"] == "https://mod.example"
+    assert "POST" in headers["Access-Control-Allow-Methods"]
+    assert "Authorization" in headers["Access-Control-Allow-Headers"]
+    assert headers["Vary"] == "Origin"
+    status, headers, body = request(
+        live.url, "/v1/score", headers={**pre, "Origin": "https://evil.example"}, method="OPTIONS"
+    )
+    assert status == 403 and "not allowed" in json.loads(body)["error"]
+    assert "Access-Control-Allow-Origin" not in headers
+    status, headers, _ = request(
+        live.url, "/v1/score", jpeg(9), {"Origin": "https://mod.example", "X-API-Key": "k"}
+    )
+    assert status == 200 and headers["Access-Control-Allow-Origin"] == "https://mod.example"
+    assert "X-Request-Id" in headers["Access-Control-Expose-Headers"]
+    # without --cors-origin there is no preflight route
+    assert request(make_server().url, "/v1/score", headers=pre, method="OPTIONS")[0] == 405
