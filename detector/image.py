@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -26,6 +27,7 @@ __all__ = [
     "ImageError",
     "decode",
     "decode_file",
+    "read_file",
 ]
 
 
@@ -160,17 +162,15 @@ def decode(data: bytes, limits: DecodeLimits | None = None) -> DecodedImage:
         raise ImageError(f"could not decode image ({type(exc).__name__}: {_short(exc)})") from None
 
 
-def decode_file(path: str | os.PathLike[str], limits: DecodeLimits | None = None) -> DecodedImage:
-    """Read and decode a file, refusing oversized files before reading them."""
-    limits = limits or DecodeLimits()
+def read_file(path: str | os.PathLike[str], max_bytes: int) -> bytes:
+    """The bytes of a regular file, at most ``max_bytes`` of them, or an ``ImageError``.
+
+    Only regular files are read (after following symlinks): a FIFO is opened without blocking
+    and refused, as are devices (``/dev/urandom`` would never end) and sockets; a symlink loop
+    or an unreadable file is one clear error; the read stops past the limit whatever ``stat``
+    said (a file that grows while it is read)."""
     try:
-        size = os.path.getsize(path)
-        if size > limits.max_bytes:
-            raise ImageError(f"file too large: {size} bytes > limit of {limits.max_bytes}")
-        with open(path, "rb") as fh:
-            data = fh.read(limits.max_bytes + 1)
-    except ImageError:
-        raise
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except IsADirectoryError:
         raise ImageError("is a directory, not an image file") from None
     except FileNotFoundError:
@@ -178,8 +178,36 @@ def decode_file(path: str | os.PathLike[str], limits: DecodeLimits | None = None
     except PermissionError:
         raise ImageError("permission denied") from None
     except OSError as exc:
-        raise ImageError(f"cannot read file ({_short(exc)})") from None
-    return decode(data, limits)
+        raise ImageError(f"cannot read file ({_short(exc.strerror or exc)})") from None
+    with os.fdopen(fd, "rb") as fh:
+        try:
+            info = os.fstat(fh.fileno())
+            if stat.S_ISDIR(info.st_mode):
+                raise ImageError("is a directory, not an image file")
+            if not stat.S_ISREG(info.st_mode):
+                raise ImageError(f"not a regular file ({_file_kind(info.st_mode)})")
+            if info.st_size > max_bytes:
+                raise ImageError(f"file too large: {info.st_size} bytes > limit of {max_bytes}")
+            data = fh.read(max_bytes + 1)
+        except OSError as exc:
+            raise ImageError(f"cannot read file ({_short(exc.strerror or exc)})") from None
+    if len(data) > max_bytes:
+        raise ImageError(f"file too large: more than {max_bytes} bytes")
+    return data
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):  # fmt: skip
+        if test(mode):
+            return name
+    return "not a plain file"
+
+
+def decode_file(path: str | os.PathLike[str], limits: DecodeLimits | None = None) -> DecodedImage:
+    """Read (``read_file``: regular files only, bounded) and decode a file."""
+    limits = limits or DecodeLimits()
+    return decode(read_file(path, limits.max_bytes), limits)
 
 
 def _decode(data: bytes, limits: DecodeLimits) -> DecodedImage:

@@ -6,6 +6,11 @@ one line and flushed immediately, and the file is fsynced every few seconds and 
 crash or Ctrl-C loses no finished result. A re-run skips every file whose path and sha256 are
 already in the output; a changed file is scored again and its new line appended (readers take
 the last line per path).
+
+Only regular files are read (FIFOs, devices and sockets are refused without blocking), and
+every bad entry (unreadable file or folder, symlink loop, oversized file) is one error line,
+never an abort; an entry that failed and has not changed since is not reported again. Paths
+that are not valid UTF-8 are written with their undecodable bytes escaped (``\\xNN``).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from detector.image import DecodedImage, ImageError, decode
+from detector.image import DecodedImage, ImageError, decode, read_file
 from detector.pipeline import Detector
 
 __all__ = ["IMAGE_EXTENSIONS", "ScanError", "ScanStats", "scan_directory"]
@@ -53,10 +58,18 @@ class ScanStats:
         )
 
 
+@dataclass(frozen=True)
+class _Entry:
+    rel: str  # the path as written to the results (valid UTF-8)
+    path: Path | None  # None: an entry that could not be listed
+    error: str | None = None
+
+
 @dataclass
 class _Loaded:
     rel: str
     sha256: str | None
+    stat: str | None = None  # for an entry that could not be read: what it looked like
     image: DecodedImage | None = None
     error: str | None = None
     skip: bool = False
@@ -88,14 +101,15 @@ def scan_directory(
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
             for item in _bounded_map(
-                pool, lambda p: _load(root, p, done, detector), files, workers * 4
+                pool, lambda entry: _load(entry, done, detector), files, workers * 4
             ):
                 if item.skip:
                     stats.skipped += 1
                     bar.update(1)
                 elif item.image is None:
                     stats.errors += 1
-                    writer.write({"path": item.rel, "sha256": item.sha256, "error": item.error})
+                    rec = {"path": item.rel, "sha256": item.sha256, "error": item.error}
+                    writer.write(rec if item.stat is None else {**rec, "stat": item.stat})
                     bar.update(1)
                 else:
                     batch.append(item)
@@ -141,25 +155,36 @@ class _Writer:
             self.fh.close()
 
 
-def _load(root: Path, rel: str, done: dict[str, str], detector: Detector) -> _Loaded:
-    path = root / rel
+def _load(entry: _Entry, done: dict[str, str], detector: Detector) -> _Loaded:
+    if entry.path is None:
+        return _failed(entry, done, None, entry.error or "cannot list")
     try:
-        size = path.stat().st_size
-        if size > detector.limits.max_bytes:
-            return _Loaded(rel, None, error=f"file too large: {size} bytes")
-        data = path.read_bytes()
-    except OSError as exc:
-        return _Loaded(rel, None, error=f"cannot read file ({exc.strerror or exc})")
-    sha = hashlib.sha256(data).hexdigest()
-    if done.get(rel) == sha:
-        return _Loaded(rel, sha, skip=True)
-    try:
-        return _Loaded(rel, sha, image=decode(data, detector.limits))
+        data = read_file(entry.path, detector.limits.max_bytes)
     except ImageError as exc:
-        return _Loaded(rel, sha, error=str(exc))
+        return _failed(entry, done, entry.path, str(exc))
+    sha = hashlib.sha256(data).hexdigest()
+    if done.get(entry.rel) == sha:
+        return _Loaded(entry.rel, sha, skip=True)
+    try:
+        return _Loaded(entry.rel, sha, image=decode(data, detector.limits))
+    except ImageError as exc:
+        return _Loaded(entry.rel, sha, error=str(exc))
 
 
-def _bounded_map(pool: ThreadPoolExecutor, fn, items: list[str], window: int) -> Iterator[Any]:
+def _failed(entry: _Entry, done: dict[str, str], path: Path | None, error: str) -> _Loaded:
+    """An entry that could not be read: reported once, until it changes (its stat or error)."""
+    try:
+        info = os.stat(path) if path is not None else None
+        seen = f"{info.st_mode}:{info.st_size}:{info.st_mtime_ns}" if info else "-"
+    except OSError as exc:
+        seen = f"stat failed: {exc.strerror or exc}"
+    key = f"{seen}|{error}"
+    if done.get(entry.rel) == key:
+        return _Loaded(entry.rel, None, skip=True)
+    return _Loaded(entry.rel, None, stat=key, error=error)
+
+
+def _bounded_map(pool: ThreadPoolExecutor, fn, items: list, window: int) -> Iterator[Any]:
     """Like ``pool.map`` but with at most ``window`` tasks in flight (bounded memory)."""
     pending: deque[Future] = deque()
     it = iter(items)
@@ -174,17 +199,35 @@ def _bounded_map(pool: ThreadPoolExecutor, fn, items: list[str], window: int) ->
             pending.append(pool.submit(fn, nxt))
 
 
-def _walk(root: Path, out: Path, all_files: bool) -> Iterator[str]:
+def _display(path: str) -> str:
+    """A path that can be written as UTF-8: undecodable bytes (os.walk keeps them as
+    surrogates) become ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _walk(root: Path, out: Path, all_files: bool) -> Iterator[_Entry]:
     out_resolved = out.resolve()
-    for dirpath, dirnames, filenames in os.walk(root):
+    unlisted: list[OSError] = []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unlisted.append):
+        while unlisted:  # a folder os.walk could not list: one error entry, not silence
+            exc = unlisted.pop()
+            rel = Path(exc.filename or dirpath).relative_to(root).as_posix() + "/"
+            yield _Entry(_display(rel), None, f"cannot list folder ({exc.strerror or exc})")
         dirnames.sort()
         for name in sorted(filenames):
             path = Path(dirpath) / name
             if not all_files and path.suffix.lower() not in IMAGE_EXTENSIONS:
                 continue
-            if path.resolve() == out_resolved:
-                continue
-            yield path.relative_to(root).as_posix()
+            try:
+                if path.resolve() == out_resolved:
+                    continue
+            except (OSError, RuntimeError):  # a symlink loop: read_file reports it
+                pass
+            yield _Entry(_display(path.relative_to(root).as_posix()), path)
+    while unlisted:  # the last folder's error (or the root's own)
+        exc = unlisted.pop()
+        rel = Path(exc.filename or root).relative_to(root).as_posix() + "/"
+        yield _Entry(_display(rel), None, f"cannot list folder ({exc.strerror or exc})")
 
 
 def _load_done(out: Path) -> dict[str, str]:
@@ -207,7 +250,8 @@ def _load_done(out: Path) -> dict[str, str]:
             continue
         try:
             rec = json.loads(line)
-            done[str(rec["path"])] = str(rec["sha256"])
+            key = rec["sha256"] if rec.get("sha256") is not None else rec.get("stat")
+            done[str(rec["path"])] = str(key)
         except (ValueError, KeyError, TypeError):
             raise ScanError(
                 f"{out} line {lineno} is not a synthdetect result; choose another --out"

@@ -200,6 +200,68 @@ def test_scan_is_recursive_and_resumable(tmp_path, scene):
     assert len(recs) == 14 and recs[-1]["path"] == "img002.png"
 
 
+def test_scan_and_score_on_special_files_never_hang_nor_abort(tmp_path, scene):
+    """A FIFO named like an image, a symlink to an endless device, a symlink loop and a file
+    name that is not UTF-8: one error line each (or a scored image), never a hang or an abort;
+    unchanged failures are not reported again on a re-run."""
+    root, out = tmp_path / "tree", tmp_path / "results.jsonl"
+    root.mkdir()
+    (root / "good.png").write_bytes(P.encode(scene, "PNG"))
+    os.mkfifo(root / "fifo.jpg")
+    (root / "random.jpg").symlink_to("/dev/urandom")
+    (root / "loop.jpg").symlink_to(root / "loop.jpg")
+    os.close(os.open(os.fsencode(root) + b"/latin\xe9.png", os.O_CREAT | os.O_WRONLY))
+    with open(os.fsencode(root) + b"/latin\xe9.png", "wb") as fh:
+        fh.write(P.encode(scene, "PNG"))
+    first = subprocess.run(
+        [sys.executable, "-m", "detector.cli", "scan", str(root), "--out", str(out),
+         "--no-progress"], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    assert "Traceback" not in first.stderr
+    recs = {r["path"]: r for r in _lines(out)}
+    assert set(recs) == {"good.png", "fifo.jpg", "random.jpg", "loop.jpg", "latin\\xe9.png"}
+    assert "not a regular file (a FIFO)" in recs["fifo.jpg"]["error"]
+    assert "not a regular file (a character device)" in recs["random.jpg"]["error"]
+    assert "symbolic links" in recs["loop.jpg"]["error"]
+    assert "verdict" in recs["good.png"] and "verdict" in recs["latin\\xe9.png"]
+    again = run("scan", str(root), "--out", str(out), "--no-progress")
+    assert again.returncode == 0 and "5 already in the results" in again.stderr
+    assert len(_lines(out)) == 5
+    for name, reason in (("fifo.jpg", "a FIFO"), ("random.jpg", "character device")):
+        res = subprocess.run(
+            [sys.executable, "-m", "detector.cli", "score", str(root / name)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert res.returncode != 0 and reason in res.stderr and "Traceback" not in res.stderr
+
+
+def test_scan_reports_a_folder_it_cannot_list(tmp_path, scene, monkeypatch):
+    """One error line for a folder os.walk cannot list (as root, permissions cannot make one:
+    the listing itself fails here), and the rest of the tree is scanned."""
+    from detector.pipeline import Detector
+    from detector.scan import scan_directory
+
+    root = tmp_path / "tree"
+    (root / "locked").mkdir(parents=True)
+    (root / "locked" / "a.png").write_bytes(P.encode(scene, "PNG"))
+    (root / "b.png").write_bytes(P.encode(scene, "PNG"))
+    real = os.scandir
+
+    def scandir(path="."):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    out = tmp_path / "r.jsonl"
+    stats = scan_directory(root, out, Detector(["c2pa"]), progress=False)
+    recs = {r["path"]: r for r in _lines(out)}
+    assert set(recs) == {"locked/", "b.png"} and stats.errors == 1
+    assert recs["locked/"]["error"] == "cannot list folder (Permission denied)"
+    assert scan_directory(root, out, Detector(["c2pa"]), progress=False).skipped == 2
+
+
 def test_scan_refuses_a_foreign_output_file(tmp_path, scene):
     root = tmp_path / "tree"
     _tree(root, scene, 2)
