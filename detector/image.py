@@ -27,6 +27,7 @@ __all__ = [
     "ImageError",
     "decode",
     "decode_file",
+    "image_size",
     "read_file",
 ]
 
@@ -160,6 +161,16 @@ def decode(data: bytes, limits: DecodeLimits | None = None) -> DecodedImage:
         raise ImageError("image needs more memory than is available") from None
     except Exception as exc:  # the promise: no other exception type escapes decode()
         raise ImageError(f"could not decode image ({type(exc).__name__}: {_short(exc)})") from None
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the file's header, without decoding pixels; None when the header
+    cannot be read (``decode`` then says why)."""
+    try:
+        with Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS) as im:
+            return im.size
+    except Exception:  # any header Pillow cannot parse: decode reports it properly
+        return None
 
 
 def read_file(path: str | os.PathLike[str], max_bytes: int) -> bytes:

@@ -13,6 +13,7 @@ from typing import Any
 from detector.argtypes import port, positive_float, positive_int
 from detector.memory import KnownImageError
 from serving.review import ReviewError
+from serving.service import ServiceConfig
 
 __all__ = ["register", "serve", "serve_one"]
 
@@ -64,6 +65,12 @@ def register(sub: Any) -> None:
         "--max-inflight", type=positive_int, default=256, help="concurrent requests before 503"
     )
     p.add_argument("--max-body-mb", type=positive_float, default=64)
+    p.add_argument(
+        "--max-megapixels-in-flight",
+        type=positive_float,
+        default=ServiceConfig.max_pixels_in_flight / 1e6,
+        help="decoded pixels of the images scored at once (memory: ~12 bytes each); more wait",
+    )
     p.add_argument("--api-key-file", type=Path)
     p.add_argument("--rate-limit", type=positive_float, help="requests per second per API key")
     p.add_argument(
@@ -143,7 +150,7 @@ def serve_one(
     from serving.app import HttpConfig, make_app
     from serving.batcher import BatcherConfig
     from serving.review import ReviewConfig
-    from serving.service import Service, ServiceConfig
+    from serving.service import Service
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
@@ -164,6 +171,7 @@ def serve_one(
                 max_inflight=args.max_inflight,
                 spinning=not args.no_ort_spinning,
                 threads=max(1, cpu_threads() // total) if total > 1 else None,
+                max_pixels_in_flight=int(args.max_megapixels_in_flight * 1e6),
                 memory_db=args.memory_db,
                 review_db=args.review_db,
                 review=ReviewConfig(

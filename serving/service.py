@@ -8,9 +8,11 @@ so a request's tiles are batched with other requests' tiles on their way to the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -30,11 +32,11 @@ from prometheus_client import (
 from detector.bundled import DEFAULT_MODEL
 from detector.engine import ModelBundle, load_bundle
 from detector.fusion import Verdict
-from detector.image import DecodeLimits, ImageError
+from detector.image import DecodeLimits, ImageError, image_size
 from detector.memory import MemoryStore
 from detector.methods import method_names
 from detector.pipeline import Detector
-from serving.batcher import BatcherConfig, BatchingEngine
+from serving.batcher import BatcherConfig, BatchingEngine, QueueFull
 from serving.processes import METRICS_DIR_ENV
 from serving.review import ReviewConfig, ReviewError, ReviewQueue
 
@@ -59,6 +61,9 @@ class ServiceConfig:
     methods: tuple[str, ...] | None = None  # default for /v1/score: every available method
     spinning: bool = True  # ONNX Runtime's busy-waiting threads: lower latency (measured)
     threads: int | None = None  # ONNX Runtime intra-op threads (default: every usable core)
+    # Decoded pixels of the images being scored at once, at most (a 10 KB PNG can declare 80
+    # MP, ~1 GB while it is scored): past it, images wait for room; one larger image runs alone.
+    max_pixels_in_flight: int = 160_000_000
     memory_db: Path | None = None  # known-image memory: confirmed images decide the verdict
     review_db: Path | None = None  # review queue (and the memory, unless memory_db is given)
     review: ReviewConfig = field(default_factory=ReviewConfig)
@@ -66,6 +71,35 @@ class ServiceConfig:
     def __post_init__(self) -> None:
         if self.workers < 1 or self.max_inflight < 1:
             raise ValueError("workers and max_inflight must be >= 1")
+
+
+class PixelBudget:
+    """Decoded pixels in flight across requests, bounded: ``hold(n)`` waits until ``n`` more
+    fit (an image larger than the whole budget waits until nothing else is in flight), and
+    gives up after ``timeout`` seconds with ``QueueFull`` (the server answers 503)."""
+
+    def __init__(self, capacity: int, timeout: float = 30.0) -> None:
+        self.capacity, self.timeout = capacity, timeout
+        self.used = self.peak = 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int):
+        with self._cond:
+            fits = lambda: self.used == 0 or self.used + pixels <= self.capacity  # noqa: E731
+            if not self._cond.wait_for(fits, self.timeout):
+                raise QueueFull(
+                    f"{pixels / 1e6:.0f} MP waited {self.timeout:.0f} s for room among the "
+                    f"{self.used / 1e6:.0f} MP being scored"
+                )
+            self.used += pixels
+            self.peak = max(self.peak, self.used)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= pixels
+                self._cond.notify_all()
 
 
 class Metrics:
@@ -162,6 +196,7 @@ class Service:
         self.bundle: ModelBundle = replace(bundle, engine=self.batcher)
         self.engine_name = bundle.engine.name
         self.pool = ThreadPoolExecutor(config.workers, thread_name_prefix="score")
+        self.pixels = PixelBudget(config.max_pixels_in_flight)
         # One memory store per process, shared by every method set (SQLite WAL and the
         # catch-up before each lookup keep processes in step).
         memory_path = config.memory_db or config.review_db
@@ -226,7 +261,7 @@ class Service:
         from detector.image import decode
         from detector.memory import hash_pixels
 
-        return hash_pixels(decode(blob, self.config.limits).pixels, blob)
+        return hash_pixels(decode(blob, self.config.limits).pixels, blob, windows=True)
 
     def queue_review(
         self, blob: bytes, verdict: Verdict, reason: str, actor: str, filename: str | None
@@ -264,8 +299,16 @@ class Service:
     def score_blobs(
         self, blobs: list[bytes], detector: Detector | None = None
     ) -> list[Verdict | ImageError]:
-        """Decode and score (called from a worker thread; blocks on the batcher)."""
-        out = (detector or self.detector).score_bytes(blobs)
+        """Decode and score (called from a worker thread; blocks on the pixel budget and the
+        batcher)."""
+        limits = self.config.limits
+        pixels = 0
+        for blob in blobs:  # what the headers declare, within the limits decode enforces
+            w, h = image_size(blob) or (0, 0)
+            if max(w, h) <= limits.max_side:  # else decode refuses it before decompressing
+                pixels += min(w * h, limits.max_pixels)
+        with self.pixels.hold(pixels):
+            out = (detector or self.detector).score_bytes(blobs)
         for v in out:
             if not isinstance(v, Verdict):
                 continue

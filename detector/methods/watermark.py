@@ -95,7 +95,11 @@ def _u_plane(pixels: np.ndarray, swap_rb: bool) -> np.ndarray:
 
 
 _HAAR = 0.7071067811865476  # PyWavelets' Haar filter tap
-_STRIPE = 512  # pixel rows per step: bounds memory on large images (a multiple of 8)
+_STRIPE_PIXELS = 1 << 20  # pixels per step (rows of a multiple of 8): bounds memory
+# Pixels read at most: the payload repeats over every 4x4 block in raster order, so the top
+# rows of a large image vote for every bit (4 MP: ~65,000 blocks, over 400 votes per bit of
+# the longest payload); work and memory stay bounded however large the image is.
+MAX_READ_PIXELS = 1 << 22
 
 
 def decode_bits(pixels: np.ndarray, swap_rb: bool = False) -> np.ndarray:
@@ -103,13 +107,17 @@ def decode_bits(pixels: np.ndarray, swap_rb: bool = False) -> np.ndarray:
 
     The Haar approximation is computed in float64 in the same order as PyWavelets (rows, then
     columns), so blocks whose coefficient sits exactly on a decision boundary fall the same way
-    as in the reference decoder.
+    as in the reference decoder. Only the top ``MAX_READ_PIXELS`` of the image are read (whole
+    rows of blocks): an image of up to 4 MP is read whole, as the reference decoder reads it.
     """
     rows, cols = pixels.shape[0] // 4 * 4, pixels.shape[1] // 4 * 4
     nbr, nbc = rows // 2 // _BLOCK, cols // 2 // _BLOCK
+    step = 2 * _BLOCK
+    nbr = min(nbr, max(1, MAX_READ_PIXELS // max(1, cols) // step))
+    stripe = max(step, _STRIPE_PIXELS // max(1, cols) // step * step)
     out = []
-    for top in range(0, nbr * 2 * _BLOCK, _STRIPE):
-        u = _u_plane(pixels[top : min(top + _STRIPE, nbr * 2 * _BLOCK), :cols], swap_rb)
+    for top in range(0, nbr * step, stripe):
+        u = _u_plane(pixels[top : min(top + stripe, nbr * step), :cols], swap_rb)
         half = _HAAR * u[0::2] + _HAAR * u[1::2]
         ca = _HAAR * half[:, 0::2] + _HAAR * half[:, 1::2]
         blocks = (

@@ -119,3 +119,16 @@ def test_jpeg_reencode_removes_the_mark_and_nothing_is_claimed(method, content):
     res = method.score([decode(P.encode(marked, "JPEG", quality=90))])[0]
     # Documented limitation: the mark does not survive recompression; absence proves nothing.
     assert res.abstained or res.probability >= 0.9
+
+
+def test_decoding_reads_a_bounded_region_of_large_images():
+    """Work is bounded whatever the size (a 32000x2500 image took 6 s before): the top rows of
+    blocks up to MAX_READ_PIXELS are read; images up to that size are read whole."""
+    from detector.methods.watermark import MAX_READ_PIXELS, decode_bits
+
+    rng = np.random.default_rng(3)
+    small = rng.integers(0, 256, (1000, 1200, 3), dtype=np.uint8)
+    assert len(decode_bits(small)) == (1000 // 8) * (1200 // 8)  # every 4x4 block of the Haar
+    wide = np.zeros((2500, 32000, 3), np.uint8)
+    bits = decode_bits(wide)
+    assert 0 < len(bits) * 64 <= MAX_READ_PIXELS and len(bits) % (32000 // 8) == 0

@@ -545,3 +545,12 @@ def test_cors_preflight_lets_a_browser_call_with_a_key(make_server):
     assert "X-Request-Id" in headers["Access-Control-Expose-Headers"]
     # without --cors-origin there is no preflight route
     assert request(make_server().url, "/v1/score", headers=pre, method="OPTIONS")[0] == 405
+
+
+def test_pixels_in_flight_stay_within_the_budget(make_server):
+    live = make_server(max_pixels_in_flight=1_000_000)
+    big = P.encode(P.synthetic_scene(5, 700, 700), "PNG")  # 0.49 MP each: two fit at once
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        codes = list(pool.map(lambda _: request(live.url, "/v1/score", big)[0], range(6)))
+    assert codes == [200] * 6
+    assert 490_000 <= live.service.pixels.peak <= 1_000_000 and live.service.pixels.used == 0
