@@ -447,7 +447,7 @@ def _memory(args: argparse.Namespace) -> int:
             f"{g['same_picture_pairs']} more pairs show the same picture)"
         )
     print(
-        f"lookup with {lk['records']} records: p50 {lk['p50_ms']:.2f} ms, p99 {lk['p99_ms']:.2f} ms"
+        f"lookup with {lk['hashes_in_index']} hashes ({lk['records']} records): p50 {lk['p50_ms']:.2f} ms, p99 {lk['p99_ms']:.2f} ms"
     )
     return 0
 

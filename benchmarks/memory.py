@@ -9,10 +9,15 @@
   super-resolved twin): a pair whose 32x32 grey thumbnails agree to ``SAME_PICTURE_DB`` PSNR
   or better is counted as the same picture, any other matching pair as a false match (the
   images involved, and the pairs).
+- Stored images carry the hashes of their crop windows (``detector.memory.CROP_WINDOWS``);
+  a re-upload or another image matches a stored one when the pHash and dHash of one of its
+  frames (full or window) are both within the limits. Every figure is also given for the full
+  frame alone (``full_frame_grid``: what the store matched before it kept windows).
 - Both are computed for a grid of (pHash, dHash) limits; the measured rule is the most recall
   among the rules that falsely match at most ``FALSE_MATCH_BUDGET`` of the distinct images.
-- **Lookup latency**: ``MemoryStore.find`` (SQLite + faiss) with ``index_size`` records in
-  the store (the distinct images plus random hashes), p50 / p99 over the re-uploads.
+- **Lookup latency**: ``MemoryStore.find`` (SQLite + faiss) with ``index_size`` hashes in the
+  index (the distinct images and random records, 35 hashes per record), p50 / p99 over the
+  re-uploads.
 """
 
 from __future__ import annotations
@@ -29,7 +34,14 @@ from PIL import Image
 
 from benchmarks.env import environment
 from detector.image import decode
-from detector.memory import ImageHashes, MatchRule, MemoryStore, hash_codes, hash_pixels
+from detector.memory import (
+    CROP_WINDOWS,
+    ImageHashes,
+    MatchRule,
+    MemoryStore,
+    hash_codes,
+    hash_pixels,
+)
 from training.datasets import load_samples
 
 __all__ = ["TRANSFORMS", "memory_benchmark"]
@@ -77,6 +89,7 @@ TRANSFORMS: dict[str, Callable[[np.ndarray, np.random.Generator], bytes]] = {
     "resize0.75": _resize(0.75),
     "resize1.5": _resize(1.5),
     "crop5": _crop(0.05),
+    "crop7": _crop(0.07),
     "crop10": _crop(0.10),
     "screenshot": _resize(0.8, "PNG"),
 }
@@ -130,7 +143,7 @@ def memory_benchmark(
     n_q = min(queries, len(chosen))
     for i, s in enumerate(chosen):
         img = decode(s.path.read_bytes())
-        hashes.append(hash_pixels(img.pixels, img.data))
+        hashes.append(hash_pixels(img.pixels, img.data, windows=True))
         thumbs.append(_thumb(img.pixels))
         if i < n_q:
             pixels.append(np.asarray(img.pixels))
@@ -138,9 +151,11 @@ def memory_benchmark(
 
     # Re-uploads: distances of each transformed query to its own original.
     log(f"re-uploading {n_q} images under {len(TRANSFORMS)} transformations")
-    ph = hash_codes([h.phash for h in hashes])
-    dh = hash_codes([h.dhash for h in hashes])
-    positive: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    frames = 1 + len(CROP_WINDOWS)
+    # (n, frames, 8) codes of every stored image's full frame and windows
+    ph = np.stack([hash_codes([h.phash, *(w[0] for w in h.windows)]) for h in hashes])
+    dh = np.stack([hash_codes([h.dhash, *(w[1] for w in h.windows)]) for h in hashes])
+    positive: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # (n_q, frames) distances each
     uploads: list[ImageHashes] = []
     for name, transform in TRANSFORMS.items():
         dp, dd = [], []
@@ -149,53 +164,83 @@ def memory_benchmark(
             up = decode(blob)
             h = hash_pixels(up.pixels, up.data)
             uploads.append(h)
-            dp.append(_distances(hash_codes([h.phash]), ph[i : i + 1])[0, 0])
-            dd.append(_distances(hash_codes([h.dhash]), dh[i : i + 1])[0, 0])
+            dp.append(_distances(hash_codes([h.phash]), ph[i])[0])
+            dd.append(_distances(hash_codes([h.dhash]), dh[i])[0])
         positive[name] = (np.array(dp), np.array(dd))
 
-    # False matches: every distinct image against every other one (blocks of 512 rows).
+    # False matches: every distinct image's full frame against every frame of every other
+    # image, through a faiss range search on the pHashes (then the dHash of each pair's frame).
     log("distinct pairs")
+    import faiss
+
     n = len(hashes)
+    index = faiss.IndexBinaryFlat(64)
+    index.add(ph.reshape(-1, 8))
+    lims, dist, ids = index.range_search(ph[:, 0], max(PHASH_LIMITS) + 1)
     # Every pair within the loosest limits, with how alike the two pictures look: a 32x32 grey
     # thumbnail PSNR of at least SAME_PICTURE_DB means the two files show the same picture
     # (one corpus file re-encoded, rescaled or super-resolved from another: the same photo
     # in two repositories, a face and its upscaled twin). Only the other pairs are false matches.
-    cand: list[tuple[int, int, int, int]] = []
+    best_pair: dict[tuple[int, int], tuple[int, int]] = {}  # (i, j) -> nearest (pd, dd)
+    for i in range(n):
+        for d, code in zip(dist[lims[i] : lims[i + 1]], ids[lims[i] : lims[i + 1]], strict=True):
+            j, frame = divmod(int(code), frames)
+            if j == i:
+                continue
+            pair = (int(d), int(_distances(dh[i, :1], dh[j, frame : frame + 1])[0, 0]))
+            key = (min(i, j), max(i, j))
+            if key not in best_pair or sum(pair) < sum(best_pair[key]):
+                best_pair[key] = pair
+    windowed = [(i, j, p, d) for (i, j), (p, d) in best_pair.items() if d <= max(DHASH_LIMITS)]
+    # The full frames alone (blocks of 512 rows), for comparison.
+    full_frame: list[tuple[int, int, int, int]] = []
     for a in range(0, n, 512):
-        dp = _distances(ph[a : a + 512], ph)
-        dd = _distances(dh[a : a + 512], dh)
+        dp = _distances(ph[a : a + 512, 0], ph[:, 0])
+        dd = _distances(dh[a : a + 512, 0], dh[:, 0])
         ii, jj = np.nonzero((dp <= max(PHASH_LIMITS)) & (dd <= max(DHASH_LIMITS)))
         for i, j in zip(ii.tolist(), jj.tolist(), strict=True):
             if a + i < j:
-                cand.append((a + i, j, int(dp[i, j]), int(dd[i, j])))
-    same = np.array(
-        [_psnr(thumbs[i], thumbs[j]) >= SAME_PICTURE_DB for i, j, _, _ in cand], dtype=bool
-    )
-    cp = np.array([c[2] for c in cand], dtype=np.int32)
-    cd = np.array([c[3] for c in cand], dtype=np.int32)
-    ci = np.array([c[0] for c in cand], dtype=np.int64)
-    cj = np.array([c[1] for c in cand], dtype=np.int64)
-    grid = []
-    for tp in PHASH_LIMITS:
-        for td in DHASH_LIMITS:
-            recall = {
-                name: float(np.mean((p <= tp) & (d <= td))) for name, (p, d) in positive.items()
-            }
-            hit = (cp <= tp) & (cd <= td)
-            false = hit & ~same
-            images = len(set(ci[false].tolist()) | set(cj[false].tolist()))
-            grid.append(
-                {
-                    "max_phash": tp,
-                    "max_dhash": td,
-                    "recall": recall,
-                    "mean_recall": float(np.mean(list(recall.values()))),
-                    "same_picture_pairs": int((hit & same).sum()),
-                    "false_match_pairs": int(false.sum()),
-                    "false_match_images": images,
-                    "false_match_rate": images / n,
-                }
-            )
+                full_frame.append((a + i, j, int(dp[i, j]), int(dd[i, j])))
+    psnr: dict[tuple[int, int], bool] = {}
+
+    def same_picture(i: int, j: int) -> bool:
+        if (i, j) not in psnr:
+            psnr[i, j] = bool(_psnr(thumbs[i], thumbs[j]) >= SAME_PICTURE_DB)
+        return psnr[i, j]
+
+    def grid_for(cand: list[tuple[int, int, int, int]], frames_used: int) -> list[dict]:
+        same = np.array([same_picture(i, j) for i, j, _, _ in cand], dtype=bool)
+        cp = np.array([c[2] for c in cand], dtype=np.int32)
+        cd = np.array([c[3] for c in cand], dtype=np.int32)
+        ci = np.array([c[0] for c in cand], dtype=np.int64)
+        cj = np.array([c[1] for c in cand], dtype=np.int64)
+        out = []
+        for tp in PHASH_LIMITS:
+            for td in DHASH_LIMITS:
+                recall = {
+                    name: float(np.mean(np.any(
+                        (p[:, :frames_used] <= tp) & (d[:, :frames_used] <= td), axis=1)))
+                    for name, (p, d) in positive.items()
+                }  # fmt: skip
+                hit = (cp <= tp) & (cd <= td)
+                false = hit & ~same
+                images = len(set(ci[false].tolist()) | set(cj[false].tolist()))
+                out.append(
+                    {
+                        "max_phash": tp,
+                        "max_dhash": td,
+                        "recall": recall,
+                        "mean_recall": float(np.mean(list(recall.values()))),
+                        "same_picture_pairs": int((hit & same).sum()),
+                        "false_match_pairs": int(false.sum()),
+                        "false_match_images": images,
+                        "false_match_rate": images / n,
+                    }
+                )
+        return out
+
+    grid = grid_for(windowed, frames)
+    full_grid = grid_for(full_frame, 1)
     # The measured rule: the most recall among the rules that falsely match at most
     # FALSE_MATCH_BUDGET of the distinct images (else the rule with the fewest false matches).
     within = [g for g in grid if g["false_match_rate"] <= FALSE_MATCH_BUDGET]
@@ -207,20 +252,26 @@ def memory_benchmark(
     rule = MatchRule(best["max_phash"], best["max_dhash"])
     shipped = MatchRule()
 
-    # Lookup latency with index_size records in a real store.
-    log(f"lookup latency with {index_size} records")
+    # Lookup latency with index_size hashes in a real store's index (35 per record).
+    log(f"lookup latency with {index_size} hashes in the index")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "memory.sqlite"
-        fill = max(0, index_size - n)
+        fill = max(0, -(-index_size // frames) - n)
+        fake = np.random.default_rng(seed + 1).integers(0, 256, (fill, frames, 2, 8), np.uint8)
         with MemoryStore(path) as bulk:
-            random = (ImageHashes(secrets.token_hex(8), secrets.token_hex(8), secrets.token_hex(32))
-                      for _ in range(fill))  # fmt: skip
+            random = (
+                ImageHashes(r[0, 0].tobytes().hex(), r[0, 1].tobytes().hex(), secrets.token_hex(32),
+                            windows=tuple((w[0].tobytes().hex(), w[1].tobytes().hex())
+                                          for w in r[1:]))
+                for r in fake
+            )  # fmt: skip
             bulk.add_many(
                 (h, "generated", "bench", "", "", "2026-01-01") for h in [*hashes, *random]
             )
         t0 = time.perf_counter()  # a store opening on the file rebuilds its index, as at start
         store = MemoryStore(path, rule=shipped)
         rebuild_s = time.perf_counter() - t0
+        indexed = store.stats()["indexed"]
         times, found = [], 0
         for h in uploads:
             t0 = time.perf_counter()
@@ -230,14 +281,19 @@ def memory_benchmark(
         store.close()
     examples = [  # pairs under the shipped rule, for a person to look at
         {"a": str(chosen[i].path), "b": str(chosen[j].path), "phash_distance": p,
-         "dhash_distance": d, "same_picture": bool(sm),
+         "dhash_distance": d, "same_picture": same_picture(i, j),
          "thumbnail_psnr_db": round(_psnr(thumbs[i], thumbs[j]), 1)}
-        for (i, j, p, d), sm in zip(cand, same, strict=True)
+        for i, j, p, d in windowed
         if p <= shipped.max_phash and d <= shipped.max_dhash
     ]  # fmt: skip
     examples = [e for e in examples if not e["same_picture"]][:20] + [
         e for e in examples if e["same_picture"]
     ][:10]
+    shipped_full = next(
+        g
+        for g in full_grid
+        if (g["max_phash"], g["max_dhash"]) == (shipped.max_phash, shipped.max_dhash)
+    )
     return {
         **environment(),
         "benchmark": "memory",
@@ -246,7 +302,10 @@ def memory_benchmark(
         "queries": n_q,
         "transforms": list(TRANSFORMS),
         "hash_ms_per_image": hash_ms,
+        "crop_windows": len(CROP_WINDOWS),
         "grid": grid,
+        "full_frame_grid": full_grid,
+        "shipped_rule_full_frame_only": shipped_full,
         "measured_rule": {"max_phash": rule.max_phash, "max_dhash": rule.max_dhash, **best},
         "shipped_rule": next(
             g
@@ -258,6 +317,7 @@ def memory_benchmark(
         "false_match_examples": examples,
         "lookup": {
             "records": int(n + fill),
+            "hashes_in_index": int(indexed),
             "index_rebuild_s": rebuild_s,
             "p50_ms": float(np.percentile(times, 50)),
             "p99_ms": float(np.percentile(times, 99)),

@@ -252,8 +252,11 @@ def memory_table(m: dict) -> str:
     """The shipped and the measured rule: recall per re-upload, false matches, lookups."""
     rows = []
     seen = set()
-    for label, g in (("shipped", m["shipped_rule"]), ("measured", m["measured_rule"])):
-        key = (g["max_phash"], g["max_dhash"])
+    rules = [("shipped", m["shipped_rule"]), ("measured", m["measured_rule"])]
+    if "shipped_rule_full_frame_only" in m:
+        rules.append(("shipped, full frame only", m["shipped_rule_full_frame_only"]))
+    for label, g in rules:
+        key = (label.endswith("only"), g["max_phash"], g["max_dhash"])
         if key in seen:
             continue
         seen.add(key)
@@ -271,7 +274,8 @@ def memory_table(m: dict) -> str:
             "|---|---|---:|---|---:|",
             *rows,
             "",
-            f"Lookup with {lk['records']:,} records: p50 {lk['p50_ms']:.2f} ms, "
+            f"Lookup with {lk.get('hashes_in_index', lk['records']):,} hashes in the index "
+            f"({lk['records']:,} records): p50 {lk['p50_ms']:.2f} ms, "
             f"p99 {lk['p99_ms']:.2f} ms; index rebuilt from SQLite in {lk['index_rebuild_s']:.1f} s.",
         ]
     )

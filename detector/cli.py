@@ -370,7 +370,7 @@ def _open_memory(args: argparse.Namespace, create: bool = True) -> Any:
         raise CliError(str(exc)) from None
 
 
-def _hash_files(files: list[str]) -> tuple[list[tuple[str, Any]], list[str]]:
+def _hash_files(files: list[str], windows: bool = False) -> tuple[list[tuple[str, Any]], list[str]]:
     from detector.memory import hash_pixels
 
     good, bad = [], []
@@ -380,12 +380,12 @@ def _hash_files(files: list[str]) -> tuple[list[tuple[str, Any]], list[str]]:
         except ImageError as exc:
             bad.append(f"{path}: unreadable: {exc}")
             continue
-        good.append((path, hash_pixels(image.pixels, image.data)))
+        good.append((path, hash_pixels(image.pixels, image.data, windows)))
     return good, bad
 
 
 def _cmd_memory_add(args: argparse.Namespace) -> int:
-    good, bad = _hash_files(args.files)
+    good, bad = _hash_files(args.files, windows=True)
     for line in bad:
         print(line, file=sys.stderr)
     if bad:  # nothing is recorded unless every file could be read

@@ -72,7 +72,8 @@ def _iso(t: datetime) -> str:
 
 _ITEM_COLUMNS = (
     "id, status, reason, created_at, updated_at, image_sha256, filename, media_format, width, "
-    "height, label, probability, verdict, phash, dhash, pixel_sha256, seen, skips, decision, "
+    "height, label, probability, verdict, phash, dhash, pixel_sha256, windows, seen, skips, "
+    "decision, "
     "decided_by, decided_at, note, memory_id"
 )
 
@@ -123,6 +124,7 @@ class ReviewQueue:
                     phash TEXT NOT NULL,
                     dhash TEXT NOT NULL,
                     pixel_sha256 TEXT NOT NULL,
+                    windows TEXT NOT NULL DEFAULT '[]',
                     seen INTEGER NOT NULL DEFAULT 1,
                     skips INTEGER NOT NULL DEFAULT 0,
                     decision TEXT CHECK (decision IN ('generated', 'camera')),
@@ -328,11 +330,11 @@ class ReviewQueue:
         cur = self._db.execute(
             "INSERT INTO review_items (status, reason, created_at, updated_at, image_sha256, "
             "filename, media_format, width, height, label, probability, verdict, phash, dhash, "
-            "pixel_sha256) VALUES ('open', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "pixel_sha256, windows) VALUES ('open', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (reason, now, now, hashes.file_sha256, filename, image.get("format"),
              image.get("width"), image.get("height"), verdict.get("label"),
              verdict.get("probability"), json.dumps(verdict), hashes.phash, hashes.dhash,
-             hashes.pixel_sha256),
+             hashes.pixel_sha256, json.dumps(hashes.windows)),
         )  # fmt: skip
         item_id = int(cur.lastrowid or 0)
         self._audit(item_id, actor, "created", {"reason": reason, "label": verdict.get("label")})
@@ -370,7 +372,7 @@ class ReviewQueue:
                         f"no image with sha256 {sha} was kept for review; send the image", 404
                     )
                 item = self._row_dict(last)
-                hashes = ImageHashes(item["phash"], item["dhash"], item["pixel_sha256"], sha)
+                hashes = self._hashes(item)
                 verdict, filename = item["verdict"], filename or item["filename"]
             with self._db:
                 row = self._open_item(sha)
@@ -414,9 +416,7 @@ class ReviewQueue:
                     )
                     self._audit(item_id, actor, "skipped", {"reviewer": reviewer, "note": note})
             else:
-                hashes = ImageHashes(
-                    item["phash"], item["dhash"], item["pixel_sha256"], item["image_sha256"]
-                )
+                hashes = self._hashes(item)
                 try:
                     record = self.memory.add(
                         hashes, decision, reviewer, note=note, source=f"review:{item_id}"
@@ -439,7 +439,15 @@ class ReviewQueue:
     def _row_dict(self, row: tuple) -> dict:
         d = dict(zip([c.strip() for c in _ITEM_COLUMNS.split(",")], row, strict=True))
         d["verdict"] = json.loads(d["verdict"])
+        d["windows"] = tuple(tuple(pair) for pair in json.loads(d["windows"]))
         return d
+
+    @staticmethod
+    def _hashes(item: dict) -> ImageHashes:
+        return ImageHashes(
+            item["phash"], item["dhash"], item["pixel_sha256"], item["image_sha256"],
+            item["windows"],
+        )  # fmt: skip
 
     def _item_locked(self, item_id: int) -> dict:
         row = self._db.execute(
@@ -468,10 +476,8 @@ class ReviewQueue:
         item["image_kept"] = self.image_path(item["image_sha256"]).exists()
         item["reports"] = reports
         item["audit"] = self.audit(item_id)
-        hashes = ImageHashes(
-            item["phash"], item["dhash"], item["pixel_sha256"], item["image_sha256"]
-        )
-        item["known_matches"] = [m.to_dict() for m in self.memory.find(hashes)[:5]]
+        item["known_matches"] = [m.to_dict() for m in self.memory.find(self._hashes(item))[:5]]
+        del item["windows"]  # hashes of crop windows: for the memory, not for people
         return item
 
     def items(self, status: str = "open", limit: int = 50, offset: int = 0) -> dict:
@@ -494,7 +500,7 @@ class ReviewQueue:
         for row in rows:
             d = self._row_dict(row)
             d["summary"] = d["verdict"].get("summary", "")
-            del d["verdict"]
+            del d["verdict"], d["windows"]
             items.append(d)
         return {"items": items, "counts": {s: counts.get(s, 0) for s in STATUSES}}
 

@@ -55,7 +55,11 @@ class KnownImageMethod(PerImageMethod):
             )
         best = matches[0]
         rec = best.record
-        how = "the same image" if best.exact else f"distance {best.phash_distance}"
+        how = (
+            "the same image"
+            if best.exact
+            else f"{'a crop of it, ' if best.window else ''}distance {best.phash_distance}"
+        )
         message = (
             f"matches an image confirmed as {rec.label} on {rec.confirmed_at[:10]} by "
             f"{rec.confirmed_by}, {how}" + (f" ({rec.note})" if rec.note else "")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from benchmarks.memory import DHASH_LIMITS, PHASH_LIMITS, TRANSFORMS, memory_benchmark
@@ -13,6 +15,7 @@ def test_memory_benchmark_measures_recall_false_matches_and_lookups(tiny_corpus)
     r = memory_benchmark(
         tiny_corpus / "manifest.csv", queries=6, distinct=60, index_size=500, log=lambda m: None
     )
+    json.dumps(r)  # the CLI writes it as JSON (numpy scalars would not serialise)
     assert r["distinct_images"] == 60 and r["queries"] == 6
     assert len(r["grid"]) == len(PHASH_LIMITS) * len(DHASH_LIMITS)
     by = {(g["max_phash"], g["max_dhash"]): g for g in r["grid"]}
@@ -33,6 +36,16 @@ def test_memory_benchmark_measures_recall_false_matches_and_lookups(tiny_corpus)
     # re-compression at q95 keeps every re-upload findable under the shipped rule
     assert r["shipped_rule"]["recall"]["jpeg95"] == 1.0
     lookup = r["lookup"]
-    assert lookup["records"] == 500 and lookup["uploads"] == 6 * len(TRANSFORMS)
+    assert lookup["hashes_in_index"] >= 500 and lookup["uploads"] == 6 * len(TRANSFORMS)
+    assert lookup["hashes_in_index"] == lookup["records"] * (1 + r["crop_windows"])
+    # the crop windows: never less recall than the full frame alone, under the same limits
+    full = {(g["max_phash"], g["max_dhash"]): g for g in r["full_frame_grid"]}
+    for key, g in by.items():
+        for name, value in g["recall"].items():
+            assert value >= full[key]["recall"][name]
+    assert (
+        r["shipped_rule"]["recall"]["crop10"]
+        >= r["shipped_rule_full_frame_only"]["recall"]["crop10"]
+    )
     assert 0 < lookup["p50_ms"] <= lookup["p99_ms"]
     assert lookup["uploads_matched_under_shipped_rule"] >= r["shipped_rule"]["mean_recall"] - 1e-9

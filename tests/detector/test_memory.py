@@ -35,9 +35,64 @@ def _jpeg(px: np.ndarray, quality: int = 90, scale: float = 1.0) -> bytes:
     return buf.getvalue()
 
 
-def _hashes(blob: bytes):
+def _hashes(blob: bytes, windows: bool = False):
     img = decode(blob)
-    return hash_pixels(img.pixels, img.data)
+    return hash_pixels(img.pixels, img.data, windows)
+
+
+def _crop(px: np.ndarray, left: float, top: float, right: float, bottom: float) -> bytes:
+    h, w = px.shape[:2]
+    box = px[round(top * h) : h - round(bottom * h), round(left * w) : w - round(right * w)]
+    return _jpeg(np.ascontiguousarray(box), 90)
+
+
+def test_crop_windows_find_cropped_re_uploads(tmp_path):
+    """A 3-10% crop is found through the stored crop windows, and no other picture is."""
+    store = MemoryStore(tmp_path / "m.sqlite")
+    scenes = [_scene(s, 320) for s in range(20, 24)]
+    with_windows = [
+        store.add(_hashes(_jpeg(px), windows=True), "generated", "al") for px in scenes[:2]
+    ]
+    for px in scenes[2:]:
+        store.add(_hashes(_jpeg(px)), "generated", "al")  # full frame only
+    crops = [(0.1, 0.0, 0.0, 0.1), (0.03, 0.04, 0.03, 0.02), (0.0, 0.07, 0.05, 0.0)]
+    for i, px in enumerate(scenes):
+        for crop in crops:
+            matches = store.find(_hashes(_crop(px, *crop)))
+            assert all(m.record.id == i + 1 for m in matches), (i, crop)  # no other picture
+            if i < 2:
+                assert matches and matches[0].window > 0 and matches[0].to_dict()["cropped"]
+    # an uncropped re-upload still matches the full frame (window 0)
+    best = store.find(_hashes(_jpeg(scenes[0], 60)))[0]
+    assert best.record.id == with_windows[0].id and best.window == 0
+    assert store.stats()["indexed"] == 2 * 35 + 2
+
+
+def test_schema_1_databases_are_migrated(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    h = _hashes(_jpeg(_scene(30)))
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE known_images (id INTEGER PRIMARY KEY AUTOINCREMENT, label TEXT NOT NULL, "
+        "phash TEXT NOT NULL, dhash TEXT NOT NULL, pixel_sha256 TEXT NOT NULL, file_sha256 TEXT, "
+        "confirmed_by TEXT NOT NULL, confirmed_at TEXT NOT NULL, note TEXT NOT NULL DEFAULT '', "
+        "source TEXT NOT NULL DEFAULT '');"
+        "CREATE TABLE memory_meta (key TEXT PRIMARY KEY, value TEXT);"
+        "INSERT INTO memory_meta VALUES ('schema', '1');"
+    )
+    db.execute(
+        "INSERT INTO known_images (label, phash, dhash, pixel_sha256, confirmed_by, confirmed_at)"
+        " VALUES ('camera', ?, ?, ?, 'old', '2026-01-01')",
+        (h.phash, h.dhash, h.pixel_sha256),
+    )
+    db.commit()
+    db.close()
+    with MemoryStore(path) as store:
+        assert store.find(h)[0].record.confirmed_by == "old"
+        store.add(_hashes(_jpeg(_scene(31)), windows=True), "generated", "new")
+        assert store.stats()["indexed"] == 1 + 35
 
 
 def test_finds_re_encoded_and_rescaled_uploads_and_not_other_images(tmp_path):
@@ -107,7 +162,7 @@ def test_two_processes_write_at_once_and_each_reader_sees_all(tmp_path):
 def test_export_import_round_trip_is_all_or_nothing(tmp_path):
     a = MemoryStore(tmp_path / "a.sqlite")
     for s in range(3):
-        a.add(_hashes(_jpeg(_scene(s))), "generated" if s else "camera", "carol", note=str(s))
+        a.add(_hashes(_jpeg(_scene(s)), s == 1), "generated" if s else "camera", "carol", str(s))
     buf = io.StringIO()
     assert a.export_jsonl(buf) == 3
     lines = buf.getvalue().splitlines()
@@ -116,6 +171,8 @@ def test_export_import_round_trip_is_all_or_nothing(tmp_path):
     assert [(r.label, r.note, r.phash) for r in b.records()] == [
         (r.label, r.note, r.phash) for r in a.records()
     ]
+    assert [len(json.loads(line).get("windows", [])) for line in lines] == [0, 34, 0]
+    assert b.stats()["indexed"] == a.stats()["indexed"] == 3 + 34
     bad = [*lines, json.dumps({**json.loads(lines[0]), "phash": "xyz"})]
     with pytest.raises(KnownImageError, match="line 4"):
         b.import_jsonl(bad)
