@@ -72,6 +72,7 @@ class HttpConfig:
     cors_origins: tuple[str, ...] = ()
     access_log: bool = True
     body_timeout_s: float = 30.0  # a client that declares more body than it sends gets 408
+    work_timeout_s: float = 60.0  # a request's scoring work past this answers 503
 
 
 @dataclass
@@ -208,7 +209,7 @@ def make_app(service: Service, config: HttpConfig | None = None) -> web.Applicat
 
     app = web.Application(middlewares=[middleware], client_max_size=config.max_body_bytes)
     app[SERVICE] = service
-    routes = _Routes(service, config.body_timeout_s, config.max_body_bytes)
+    routes = _Routes(service, config.body_timeout_s, config.max_body_bytes, config.work_timeout_s)
     app.router.add_get("/v2/health/live", routes.live)
     app.router.add_get("/v2/health/ready", routes.ready)
     app.router.add_get("/v2", routes.server_metadata)
@@ -267,18 +268,37 @@ def _reason_label(status: int) -> str:
 
 class _Routes:
     def __init__(
-        self, service: Service, body_timeout_s: float, max_body_bytes: int = 64 * 1024 * 1024
+        self,
+        service: Service,
+        body_timeout_s: float,
+        max_body_bytes: int = 64 * 1024 * 1024,
+        work_timeout_s: float = 60.0,
     ) -> None:
         self.s = service
         self.body_timeout_s = body_timeout_s
+        self.work_timeout_s = work_timeout_s
         self.max_body_bytes = max_body_bytes
         self.loop_pool = service.pool
 
     async def run(self, fn, *args):
-        """``fn(*args)`` on a worker thread: for work that decodes images or blocks."""
-        return await self._scoring(
-            lambda: asyncio.get_running_loop().run_in_executor(self.loop_pool, fn, *args)
-        )
+        """``fn(*args)`` on a worker thread: for work that decodes images or blocks. Past the
+        work timeout the request answers 503 at once; the thread finishes its step (a decoder
+        cannot be interrupted) and its result is dropped, while the decode limits, the pixel
+        budget and the worker count bound what such work can cost."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self.loop_pool, fn, *args)
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())  # abandoned: no log
+        try:
+            return await self._scoring(
+                lambda: asyncio.wait_for(asyncio.shield(future), self.work_timeout_s)
+            )
+        except TimeoutError:
+            self.s.metrics.errors.labels("work_timeout").inc()
+            raise HttpError(
+                503,
+                f"scoring did not finish within {self.work_timeout_s:g} s; retry later",
+                {"Retry-After": "5"},
+            ) from None
 
     async def run_tiles(self, tiles: np.ndarray) -> np.ndarray:
         """Tiles go from the event loop straight into the batcher (``submit`` never blocks)

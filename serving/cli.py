@@ -66,6 +66,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--max-body-mb", type=positive_float, default=64)
     p.add_argument(
+        "--work-timeout-s",
+        type=positive_float,
+        default=60,
+        help="a request whose decoding and scoring take longer answers 503",
+    )
+    p.add_argument(
         "--max-megapixels-in-flight",
         type=positive_float,
         default=ServiceConfig.max_pixels_in_flight / 1e6,
@@ -187,6 +193,7 @@ def serve_one(
             rate_limit=args.rate_limit,
             cors_origins=tuple(args.cors_origin),
             access_log=not args.no_access_log,
+            work_timeout_s=args.work_timeout_s,
         )
     except (ValueError, FileNotFoundError, OSError, KnownImageError, ReviewError) as exc:
         print(f"synthdetect: {exc}", file=sys.stderr)

@@ -554,3 +554,20 @@ def test_pixels_in_flight_stay_within_the_budget(make_server):
         codes = list(pool.map(lambda _: request(live.url, "/v1/score", big)[0], range(6)))
     assert codes == [200] * 6
     assert 490_000 <= live.service.pixels.peak <= 1_000_000 and live.service.pixels.used == 0
+
+
+def test_work_past_the_timeout_answers_503_and_the_server_goes_on(make_server):
+    def slow(tiles):
+        time.sleep(1.5)
+        return np.zeros((len(tiles), 1), np.float32)
+
+    live = make_server(HttpConfig(access_log=False, work_timeout_s=0.3))
+    with _engine(live, slow):
+        status, headers, body = request(live.url, "/v1/score", jpeg(33, 128))
+    assert status == 503 and "did not finish within 0.3 s" in json.loads(body)["error"]
+    assert headers["Retry-After"] == "5"
+    time.sleep(1.5)  # the abandoned work finishes on its thread
+    status, _, body = request(live.url, "/v1/score", jpeg(33, 128))
+    assert status == 200 and json.loads(body)["verdict"]["degraded"] is False
+    _, _, metrics = request(live.url, "/metrics")
+    assert 'synthdetect_errors_total{reason="work_timeout"} 1.0' in metrics.decode()
