@@ -66,6 +66,18 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--max-body-mb", type=positive_float, default=64)
     p.add_argument(
+        "--max-connections",
+        type=positive_int,
+        help="open connections per process; more are answered 503 and closed (default: 1024, "
+        "or 128 under the process's file-descriptor limit)",
+    )
+    p.add_argument(
+        "--idle-timeout-s",
+        type=positive_float,
+        default=15,
+        help="close a connection that sends no complete request for this long",
+    )
+    p.add_argument(
         "--work-timeout-s",
         type=positive_float,
         default=60,
@@ -156,6 +168,7 @@ def serve_one(
     from serving.app import HttpConfig, make_app
     from serving.batcher import BatcherConfig
     from serving.review import ReviewConfig
+    from serving.runner import run_server
     from serving.service import Service
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -208,7 +221,7 @@ def serve_one(
     auth = ' -H "Authorization: Bearer $KEY"' if http.api_keys or http.reviewer_keys else ""
     where = f" (process {index + 1} of {total}, pid {os.getpid()})" if total > 1 else ""
 
-    def listening(_banner: str) -> None:
+    def listening() -> None:
         """Called by aiohttp once the socket is bound: only then say so (and signal ready)."""
         print(
             f"synthdetect serving {service.bundle.name} ({service.engine_name}) on {url}{where}",
@@ -226,14 +239,15 @@ def serve_one(
             on_started()
 
     try:
-        web.run_app(
+        run_server(
             app,
-            host=args.host,
-            port=args.port,
-            print=listening,
-            shutdown_timeout=30,
-            access_log=None,
+            args.host,
+            args.port,
             reuse_port=total > 1,
+            max_connections=args.max_connections,
+            idle_timeout_s=args.idle_timeout_s,
+            shutdown_timeout=30,
+            on_listening=listening,
         )
     except OSError as exc:
         print(f"synthdetect: cannot listen on {url}: {exc.strerror or exc}", file=sys.stderr)

@@ -206,3 +206,42 @@ def test_serve_rejects_bad_process_count_and_model(exported_model, tmp_path):
         )  # fmt: skip
         assert out.returncode == 2, out.stderr
         assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_connection_cap_and_idle_timeout(exported_model):
+    """Past --max-connections a new connection gets 503 and is closed at once; a connection
+    that sends no request is closed after --idle-timeout-s, freeing its slot."""
+    import socket
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "detector.cli", "serve", "--model", str(exported_model), "--port",
+         str(port), "--max-connections", "4", "--idle-timeout-s", "2", "--no-access-log"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    url = f"127.0.0.1:{port}"
+    idle = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=1).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+        time.sleep(0.3)
+        status, headers, body = request(url, "/v2/health/live")
+        assert status == 503 and "too many open connections" in json.loads(body)["error"]
+        assert headers["Retry-After"] == "1"
+        for s in idle:  # the idle timeout closes them: the server sends nothing, then EOF
+            s.settimeout(10)
+            assert s.recv(100) == b""
+        assert request(url, "/v1/score", jpeg(3))[0] == 200
+    finally:
+        for s in idle:
+            s.close()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "connection cap (4) reached: refused 1 connections" in err
