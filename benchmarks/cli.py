@@ -438,10 +438,17 @@ def _memory(args: argparse.Namespace) -> int:
         return _fail(exc)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    m, s, lk = result["measured_rule"], result["shipped_rule"], result["lookup"]
-    for name, g in (("measured best", m), ("shipped", s)):
+    lk = result["lookup"]
+    for name, key in (("full frame only", "full_frame_rule"), ("measured best", "measured_rule"),
+                      ("shipped", "shipped_rule")):  # fmt: skip
+        g = result[key]
+        windows = (
+            f", windows pHash <= {g['max_phash_window']}, dHash <= {g['max_dhash_window']}"
+            if g["max_phash_window"] is not None
+            else ""
+        )
         print(
-            f"{name:>13}: pHash <= {g['max_phash']}, dHash <= {g['max_dhash']}: mean recall "
+            f"{name:>15}: pHash <= {g['max_phash']}, dHash <= {g['max_dhash']}{windows}: mean recall "
             f"{g['mean_recall']:.3f}, false matches {g['false_match_images']} of "
             f"{result['distinct_images']} images ({g['false_match_pairs']} pairs; "
             f"{g['same_picture_pairs']} more pairs show the same picture)"

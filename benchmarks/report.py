@@ -249,20 +249,19 @@ def _plots(
 
 
 def memory_table(m: dict) -> str:
-    """The shipped and the measured rule: recall per re-upload, false matches, lookups."""
+    """The full-frame, measured and shipped rules: recall per re-upload, false matches, lookups."""
     rows = []
-    seen = set()
-    rules = [("shipped", m["shipped_rule"]), ("measured", m["measured_rule"])]
-    if "shipped_rule_full_frame_only" in m:
-        rules.append(("shipped, full frame only", m["shipped_rule_full_frame_only"]))
+    rules = [("full frame only", m.get("full_frame_rule")), ("measured", m["measured_rule"]),
+             ("shipped", m["shipped_rule"])]  # fmt: skip
     for label, g in rules:
-        key = (label.endswith("only"), g["max_phash"], g["max_dhash"])
-        if key in seen:
+        if g is None:
             continue
-        seen.add(key)
+        limits = f"{g['max_phash']} / {g['max_dhash']}"
+        if g.get("max_phash_window") is not None:
+            limits += f", windows {g['max_phash_window']} / {g['max_dhash_window']}"
         recall = " ".join(f"{k} {v:.3f}" for k, v in g["recall"].items())
         rows.append(
-            f"| {label} | {g['max_phash']} / {g['max_dhash']} | {g['mean_recall']:.3f} | {recall} "
+            f"| {label} | {limits} | {g['mean_recall']:.3f} | {recall} "
             f"| {g['false_match_images']} ({g['false_match_rate']:.2%}) |"
         )
     lk = m["lookup"]
@@ -270,7 +269,7 @@ def memory_table(m: dict) -> str:
         [
             f"{m['distinct_images']} distinct images, {m['queries']} re-uploaded per transformation.",
             "",
-            "| rule | pHash / dHash limit | mean recall | recall per re-upload | images falsely matched |",
+            "| rule | pHash / dHash limits | mean recall | recall per re-upload | images falsely matched |",
             "|---|---|---:|---|---:|",
             *rows,
             "",

@@ -87,21 +87,30 @@ class ImageHashes:
 
 @dataclass(frozen=True)
 class MatchRule:
-    """A stored image matches when both distances are within these limits (bits of 64).
+    """A stored image matches when both distances of its full frame are within the full-frame
+    limits, or both distances of one of its crop windows within the (tighter) window limits
+    (bits of 64). A lookup compares 35 frames per record, so windows get limits of their own:
+    they add crop recall at a cost in false matches that the benchmark measures.
 
     The defaults are the memory benchmark's choice (``benchmarks/results/memory-cpu.json``,
-    10,000 distinct corpus images): the most re-upload recall (0.81 over JPEG q50-95, rescales
-    0.5-1.5, 5-10% crops and PNG screenshots; 0.97-1.0 without crops) while matching at most
-    1 in 500 images to a different picture (measured 0.17%)."""
+    10,000 distinct corpus images); the model card of the memory is the README section."""
 
     max_phash: int = 6
     max_dhash: int = 8
+    max_phash_window: int = 4
+    max_dhash_window: int = 6
 
     def __post_init__(self) -> None:
-        for name in ("max_phash", "max_dhash"):
+        for name in ("max_phash", "max_dhash", "max_phash_window", "max_dhash_window"):
             v = getattr(self, name)
             if not 0 <= v <= _BITS:
                 raise ValueError(f"{name} must be within 0..{_BITS}, got {v}")
+
+    def limits(self, frame: int) -> tuple[int, int]:
+        """(pHash, dHash) limits for frame 0 (the full frame) or a window (1..)."""
+        if frame == 0:
+            return self.max_phash, self.max_dhash
+        return self.max_phash_window, self.max_dhash_window
 
 
 @dataclass(frozen=True)
@@ -412,7 +421,7 @@ class MemoryStore:
                 near: dict[int, list[tuple[int, int]]] = {}  # record -> [(frame, pHash dist)]
                 for d, i in zip(dist[0].tolist(), ids[0].tolist(), strict=True):
                     record, frame = divmod(int(i), _WINDOW_IDS)
-                    if i >= 0 and d <= self.rule.max_phash and record not in matches:
+                    if i >= 0 and d <= self.rule.limits(frame)[0] and record not in matches:
                         near.setdefault(record, []).append((frame, int(d)))
                 if near:
                     marks = ",".join("?" * len(near))
@@ -432,7 +441,7 @@ class MemoryStore:
                         best = None
                         for frame, pd in near[rec.id]:
                             dd = int(np.unpackbits(dhashes[frame] ^ query).sum())
-                            if dd <= self.rule.max_dhash and (
+                            if dd <= self.rule.limits(frame)[1] and (
                                 best is None or pd + dd < best[1] + best[2]
                             ):
                                 best = (frame, pd, dd)
