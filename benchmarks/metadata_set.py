@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from detector.image import decode_file
-from training import provenance as P
+from training import metadata_writers as P
 from training.datasets import load_samples
 from training.degrade import encode_jpeg
 

@@ -25,28 +25,6 @@ from detector.engine import load_bundle
 __all__ = ["quick_profile"]
 
 
-def _own_pools(manifest: Path, workdir: Path) -> Path:
-    """The manifest without the wild pool: ../shared is on developer machines and in CI but
-    not with users, and the profile must measure the same images everywhere."""
-    import csv
-
-    if manifest.is_dir():
-        manifest = manifest / "manifest.csv"
-    with open(manifest, newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r.get("pool") != "wild"]
-    if not rows:
-        raise ValueError(f"{manifest}: no images outside the wild pool")
-    workdir.mkdir(parents=True, exist_ok=True)
-    out = workdir / "quick-manifest.csv"
-    with open(out, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        for r in rows:
-            r["path"] = str((manifest.parent / r["path"]).resolve())
-            w.writerow(r)
-    return out
-
-
 def quick_profile(data: Path, out: Path, model: Path | None = None, seconds: float = 3.0) -> dict:
     model = Path(model or DEFAULT_MODEL)
     options = {"model": {"model_path": model}}

@@ -41,7 +41,7 @@ TARGETS = {"tensor_ratio_c16": 0.85, "score_ratio_c16": 0.80, "latency_overhead_
 def benchmark_images(n: int = 16, size: int = 512, seed: int = 0) -> list[bytes]:
     """Photo-like 512x512 JPEGs (quality 90) made from the bundled procedural scenes."""
     from training.degrade import encode_jpeg
-    from training.provenance import synthetic_scene
+    from training.metadata_writers import synthetic_scene
 
     return [encode_jpeg(synthetic_scene(seed + i, size, size), 90) for i in range(n)]
 

@@ -470,19 +470,7 @@ def _add_methods(sub: Any) -> None:
 def _cmd_methods(args: argparse.Namespace) -> int:
     from detector.methods import METHODS
 
-    rows = []
-    for name in METHODS.names():
-        cls = METHODS.get(name)
-        reason = cls.availability()
-        rows.append(
-            {
-                "name": name,
-                "kind": cls.kind.value,
-                "available": reason is None,
-                "reason": reason,
-                "description": cls.description,
-            }
-        )
+    rows = [METHODS.get(name).describe() for name in METHODS.names()]
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
         print()

@@ -190,18 +190,20 @@ def read_file(path: str | os.PathLike[str], max_bytes: int) -> bytes:
         raise ImageError("permission denied") from None
     except OSError as exc:
         raise ImageError(f"cannot read file ({_short(exc.strerror or exc)})") from None
-    with os.fdopen(fd, "rb") as fh:
-        try:
-            info = os.fstat(fh.fileno())
-            if stat.S_ISDIR(info.st_mode):
-                raise ImageError("is a directory, not an image file")
-            if not stat.S_ISREG(info.st_mode):
-                raise ImageError(f"not a regular file ({_file_kind(info.st_mode)})")
-            if info.st_size > max_bytes:
-                raise ImageError(f"file too large: {info.st_size} bytes > limit of {max_bytes}")
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ImageError("is a directory, not an image file")
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageError(f"not a regular file ({_file_kind(info.st_mode)})")
+        if info.st_size > max_bytes:
+            raise ImageError(f"file too large: {info.st_size} bytes > limit of {max_bytes}")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
             data = fh.read(max_bytes + 1)
-        except OSError as exc:
-            raise ImageError(f"cannot read file ({_short(exc.strerror or exc)})") from None
+    except OSError as exc:
+        raise ImageError(f"cannot read file ({_short(exc.strerror or exc)})") from None
+    finally:
+        os.close(fd)
     if len(data) > max_bytes:
         raise ImageError(f"file too large: more than {max_bytes} bytes")
     return data

@@ -1,6 +1,6 @@
 """Write the bundled sample images (detector/assets/samples).
 
-The pixels are procedurally drawn (``training.provenance.synthetic_scene``); the metadata is
+The pixels are procedurally drawn (``training.metadata_writers.synthetic_scene``); the metadata is
 written the way the named tools write it. The C2PA sample is signed with a throwaway chain whose
 key is discarded, so its bytes change on every run; the other files are deterministic.
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from training import provenance as P
+from training import metadata_writers as P
 
 
 def main(out: Path) -> None:

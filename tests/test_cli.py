@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from training import provenance as P
+from training import metadata_writers as P
 
 pytestmark = pytest.mark.integration
 

@@ -25,7 +25,10 @@ def _section(title: str) -> str:
 
 
 def _blocks(text: str, lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", text, re.S)
+    """The section's code blocks in ``lang``; a test that loops over none would prove nothing."""
+    found = re.findall(rf"```{lang}\n(.*?)```", text, re.S)
+    assert found, f"no {lang} code block in this README section"
+    return found
 
 
 def test_exactly_two_setup_commands():

@@ -12,10 +12,6 @@ from detector.argtypes import positive_int
 __all__ = ["register"]
 
 
-class _UserError(Exception):
-    pass
-
-
 def register(sub: Any) -> None:
     corpus = sub.add_parser("corpus", help="build and check the offline training corpus")
     csub = corpus.add_subparsers(title="corpus commands", metavar="COMMAND")

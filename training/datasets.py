@@ -52,10 +52,6 @@ class Sample:
     split: str = ""
     pool: str = ""
 
-    @property
-    def is_fake(self) -> bool:
-        return self.label == 1
-
 
 def load_samples(path: str | Path) -> list[Sample]:
     path = Path(path)

@@ -154,12 +154,16 @@ class Method(ABC):
     def abstain(self, *evidence: Evidence, **details: Any) -> MethodResult:
         return MethodResult(self.name, self.kind, None, tuple(evidence), details=details)
 
-    def describe(self) -> dict[str, Any]:
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        """What ``synthdetect methods`` lists: name, kind, whether it can run here and why not."""
+        reason = cls.availability()
         return {
-            "name": self.name,
-            "kind": self.kind.value,
-            "description": self.description,
-            "available": self.availability() is None,
+            "name": cls.name,
+            "kind": cls.kind.value,
+            "available": reason is None,
+            "reason": reason,
+            "description": cls.description,
         }
 
 

@@ -14,7 +14,8 @@ channel orders are read.
 Decision levels follow the SDXL reference thresholds on matched bits of 48 (<=27 none, <=33
 partial, <=35 likely, >35 very likely). For the other payload lengths the levels are set to the
 same chance false-match probability under independent fair bits (see ``_level_cutoffs``). The
-watermark is public: it can be removed (one JPEG re-encode erases it) or forged, so it is
+watermark is public: it can be removed (a JPEG re-encode at quality 75 erases it; q90-95 often
+keeps it on smooth content: see the tests) or forged, so it is
 evidence when present and says nothing when absent.
 """
 

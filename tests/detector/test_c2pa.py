@@ -6,7 +6,7 @@ from detector.image import decode
 from detector.methods import create_method
 from detector.methods.base import Supports
 from tests.imagefiles import png_chunk
-from training import provenance as P
+from training import metadata_writers as P
 
 pytestmark = pytest.mark.unit
 

@@ -8,7 +8,7 @@ import pytest
 
 from detector.image import decode
 from detector.pipeline import Detector
-from training import provenance as P
+from training import metadata_writers as P
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ from detector.image import decode
 from detector.methods import create_method
 from detector.methods.base import Strength, Supports
 from detector.provenance import find_ai_tool, find_editor
-from training import provenance as P
+from training import metadata_writers as P
 
 pytestmark = pytest.mark.unit
 

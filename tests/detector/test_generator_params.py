@@ -4,7 +4,7 @@ import pytest
 
 from detector.image import decode
 from detector.methods import create_method
-from training import provenance as P
+from training import metadata_writers as P
 
 pytestmark = pytest.mark.unit
 

@@ -15,7 +15,7 @@ from detector.engine import load_bundle
 from detector.heatmap import overlay_png, tile_heatmap
 from detector.image import decode
 from detector.methods import create_method
-from training import provenance as P
+from training import metadata_writers as P
 
 pytestmark = pytest.mark.integration
 

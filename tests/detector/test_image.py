@@ -8,7 +8,7 @@ from PIL import Image, ImageCms
 
 from detector.image import DecodedImage, DecodeLimits, ImageError, decode, decode_file
 from tests.imagefiles import bmp_header_only, bomb_png, png16_rgb, raw_png, save
-from training import provenance as P
+from training import metadata_writers as P
 
 pytestmark = pytest.mark.unit
 

@@ -6,7 +6,7 @@ from detector.image import decode
 from detector.methods import create_method
 from detector.methods.base import Supports
 from detector.provenance import IPTC_DST_PREFIX, SourceCategory, parse_source_type
-from training import provenance as P
+from training import metadata_writers as P
 
 pytestmark = pytest.mark.unit
 

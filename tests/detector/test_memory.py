@@ -17,7 +17,7 @@ from detector.fusion import FusionConfig, fuse
 from detector.image import decode
 from detector.memory import KnownImageError, MatchRule, MemoryStore, hash_pixels
 from detector.methods import Kind, MethodResult, MethodUnavailable, create_method, method_names
-from training import provenance as P
+from training import metadata_writers as P
 
 pytestmark = pytest.mark.unit
 
@@ -263,13 +263,3 @@ def test_memory_commands(tmp_path):
         assert out.returncode == 2, (args, out.stderr)
         assert message in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
     assert json.loads(_cli("memory", "stats", "--db", db).stdout)["records"] == 1
-
-
-def test_lookups_leave_torch_threads_alone(tmp_path):
-    # faiss and torch share libgomp: a lookup runs faiss on one thread and restores the count
-    torch = pytest.importorskip("torch")
-    before = torch.get_num_threads()
-    store = MemoryStore(tmp_path / "m.sqlite")
-    store.add(_hashes(_jpeg(_scene(1))), "generated", "alice")
-    assert store.find(_hashes(_jpeg(_scene(1), 70)))
-    assert torch.get_num_threads() == before

@@ -18,7 +18,7 @@ from detector.methods import (
 from detector.methods.base import PerImageMethod
 from detector.preprocess import MIN_SIDE
 from detector.registry import Registry, RegistryError
-from training import provenance as P
+from training import metadata_writers as P
 
 pytestmark = pytest.mark.unit
 

@@ -17,7 +17,7 @@ import tritonclient.http as httpclient
 from serving.app import HttpConfig
 from serving.batcher import BatcherConfig
 from tests.imagefiles import bomb_png
-from training import provenance as P
+from training import metadata_writers as P
 
 pytestmark = pytest.mark.integration
 

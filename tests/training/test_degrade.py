@@ -14,7 +14,7 @@ from training.degrade import (
     parse_chain,
     parse_grid,
 )
-from training.provenance import synthetic_scene
+from training.metadata_writers import synthetic_scene
 
 pytestmark = pytest.mark.unit
 

@@ -13,7 +13,7 @@ from detector.engine import load_bundle
 from detector.image import decode
 from detector.methods import create_method
 from detector.preprocess import PreprocessConfig, preprocess
-from training import provenance as P
+from training import metadata_writers as P
 from training.export import ExportError, export_onnx
 
 pytestmark = pytest.mark.integration

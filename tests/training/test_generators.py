@@ -8,7 +8,7 @@ import torch
 
 from training.generators import GENERATORS, PrepareContext
 from training.generators.trained import ConvAutoencoder, SmallDCGAN, _train_autoencoder
-from training.provenance import synthetic_scene
+from training.metadata_writers import synthetic_scene
 
 pytestmark = pytest.mark.unit
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training import provenance as P
+from training import metadata_writers as P
 from training.corpus import CorpusError
 from training.pinned import PinnedError, Store, git_blob_id, read_sources
 from training.sources_corpus import SourcesConfig, assign_splits, build_sources_corpus, regions

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import io
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -438,16 +439,34 @@ def c2pa_sign(
 # --- invisible watermark --------------------------------------------------------------------
 
 
+def reference_dwtdct():
+    """The reference ``dwtDct`` codec (``invisible-watermark``'s ``maxDct`` module), loaded on
+    its own: importing it through its package would run the package's ``__init__``, which
+    imports the RivaGAN codec and with it torch, for a method not used here."""
+    import importlib.util
+    import sys
+
+    name = "_imwatermark_maxdct"
+    if name not in sys.modules:
+        package = importlib.util.find_spec("imwatermark")
+        if package is None or not package.submodule_search_locations:
+            raise ImportError("pip install invisible-watermark (the provenance extra)")
+        path = os.path.join(next(iter(package.submodule_search_locations)), "maxDct.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+        sys.modules[name] = module
+    return sys.modules[name]
+
+
 def embed_watermark(pixels: np.ndarray, payload: str, swap_rb: bool = False) -> np.ndarray:
     """Embed a Stable Diffusion payload with the reference encoder (``invisible-watermark``).
 
     ``swap_rb=True`` mimics pipelines that hand the encoder RGB arrays as if they were BGR.
     """
-    from imwatermark import WatermarkEncoder
-
-    encoder = WatermarkEncoder()
-    encoder.set_watermark("bits", list(PAYLOADS[payload].bits))
+    bits = list(PAYLOADS[payload].bits)
+    encoder = reference_dwtdct().EmbedMaxDct(bits, wmLen=len(bits))
     if swap_rb:
-        return encoder.encode(np.ascontiguousarray(pixels), "dwtDct")
+        return encoder.encode(np.ascontiguousarray(pixels))
     bgr = np.ascontiguousarray(pixels[..., ::-1])
-    return np.ascontiguousarray(encoder.encode(bgr, "dwtDct")[..., ::-1])
+    return np.ascontiguousarray(encoder.encode(bgr)[..., ::-1])
