@@ -93,7 +93,9 @@ class MatchRule:
     they add crop recall at a cost in false matches that the benchmark measures.
 
     The defaults are the memory benchmark's choice (``benchmarks/results/memory-cpu.json``,
-    10,000 distinct corpus images); the model card of the memory is the README section."""
+    10,000 distinct corpus images): the full frame alone recalls 97.6-99.8% of re-encoded,
+    rescaled and screenshotted re-uploads but 1.4-36% of 5-10% crops, matching 0.17% of images
+    to a different picture; the windows raise crop recall to 88-93% at 0.37%."""
 
     max_phash: int = 6
     max_dhash: int = 8
