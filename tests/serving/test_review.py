@@ -186,6 +186,8 @@ def test_review_flow_through_the_api_with_roles(make_server, tmp_path):
         status, _, body = _get(live, path, "score-key")
         assert status == 403 and "reviewer key" in json.loads(body)["error"]
         assert _get(live, path)[0] == 401
+        status, _, body = _get(live, path, "wrong-key")
+        assert status == 401 and json.loads(body)["error"] == "missing or invalid API key"
     status, _, body = _post_json(
         live, f"/v1/reviews/{item_id}", {"decision": "camera", "reviewer": "x"}, "score-key"
     )
