@@ -278,6 +278,17 @@ class ModelBundle:
     def name(self) -> str:
         return str(self.meta.get("name") or self.meta.get("model_spec", {}).get("name") or "model")
 
+    def tensor_io(self) -> dict[str, list[dict[str, Any]]]:
+        """The tensor model's inputs and outputs (``detector.model_io``): from the ONNX sidecar,
+        or, for a checkpoint, what its export would write."""
+        size = self.preprocess.input_size
+        return {
+            "inputs": self.meta.get("inputs")
+            or [{"name": "images", "datatype": "FP32", "shape": [-1, 3, size, size]}],
+            "outputs": self.meta.get("outputs")
+            or [{"name": "logits", "datatype": "FP32", "shape": [-1, 1]}],
+        }
+
     def logits(self, tiles: np.ndarray, batch_size: int = 64) -> np.ndarray:
         return (
             np.concatenate(
@@ -327,9 +338,17 @@ def load_bundle(
                 "an ONNX file runs on ONNX Runtime in the precision it was exported in; pass a"
                 " checkpoint (.pt) for the torch engine's precision and CUDA graphs"
             )
+        prep = PreprocessConfig.from_dict(meta.get("preprocess", {}))
+        for spec in meta.get("inputs") or []:  # the tile size lives in the preprocessing
+            side = list(spec.get("shape", []))[2:]
+            if side and side != [prep.input_size, prep.input_size]:
+                raise ValueError(
+                    f"{path.parent / SIDECAR}: the graph takes {side[0]}x{side[-1]} tiles but "
+                    f"its preprocessing makes {prep.input_size}x{prep.input_size}"
+                )
         return ModelBundle(
             OnnxEngine(path, device, threads=threads, spinning=spinning),
-            PreprocessConfig.from_dict(meta.get("preprocess", {})),
+            prep,
             Calibration.from_dict(meta.get("calibration")),
             meta,
         )

@@ -12,6 +12,8 @@ from typing import Any
 
 from detector.argtypes import port, positive_float, positive_int
 from detector.memory import KnownImageError
+from serving.app import HttpConfig
+from serving.batcher import BatcherConfig
 from serving.review import ReviewError
 from serving.service import ServiceConfig
 
@@ -40,19 +42,30 @@ def register(sub: Any) -> None:
         action="store_true",
         help="torch engine on CUDA: replay one captured CUDA graph per batch bucket",
     )
-    p.add_argument("--max-batch-size", type=positive_int, default=32, help="tiles per engine call")
+    p.add_argument(
+        "--max-batch-size",
+        type=positive_int,
+        default=BatcherConfig.max_batch_size,
+        help="tiles per engine call",
+    )
     p.add_argument(
         "--deadline-ms",
         type=positive_float,
         help="longest wait for the model per request; past it the verdict comes from the other "
         "methods, marked degraded (default: none)",
     )
-    p.add_argument("--max-queue-delay-us", type=int, default=2000)
+    p.add_argument("--max-queue-delay-us", type=int, default=BatcherConfig.max_queue_delay_us)
     p.add_argument(
-        "--max-queue-tiles", type=positive_int, default=4096, help="queued tiles before 503"
+        "--max-queue-tiles",
+        type=positive_int,
+        default=BatcherConfig.max_queue_tiles,
+        help="queued tiles before 503",
     )
     p.add_argument(
-        "--workers", type=positive_int, default=32, help="decode/score threads (per process)"
+        "--workers",
+        type=positive_int,
+        default=ServiceConfig.workers,
+        help="decode/score threads (per process)",
     )
     p.add_argument(
         "--processes",
@@ -62,9 +75,12 @@ def register(sub: Any) -> None:
         " GPU or many-core host; see serving/processes.py)",
     )
     p.add_argument(
-        "--max-inflight", type=positive_int, default=256, help="concurrent requests before 503"
+        "--max-inflight",
+        type=positive_int,
+        default=ServiceConfig.max_inflight,
+        help="concurrent requests before 503",
     )
-    p.add_argument("--max-body-mb", type=positive_float, default=64)
+    p.add_argument("--max-body-mb", type=positive_float, default=HttpConfig.max_body_bytes / 2**20)
     p.add_argument(
         "--max-connections",
         type=positive_int,
@@ -80,7 +96,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--work-timeout-s",
         type=positive_float,
-        default=60,
+        default=ServiceConfig.work_timeout_s,
         help="a request whose decoding and scoring take longer answers 503",
     )
     p.add_argument(
@@ -165,8 +181,7 @@ def serve_one(
     from aiohttp import web
 
     from detector.engine import cpu_threads
-    from serving.app import HttpConfig, make_app
-    from serving.batcher import BatcherConfig
+    from serving.app import make_app
     from serving.review import ReviewConfig
     from serving.runner import run_server
     from serving.service import Service
@@ -188,6 +203,7 @@ def serve_one(
                 batcher=batcher,
                 workers=args.workers,
                 max_inflight=args.max_inflight,
+                work_timeout_s=args.work_timeout_s,
                 spinning=not args.no_ort_spinning,
                 threads=max(1, cpu_threads() // total) if total > 1 else None,
                 max_pixels_in_flight=int(args.max_megapixels_in_flight * 1e6),
@@ -206,7 +222,6 @@ def serve_one(
             rate_limit=args.rate_limit,
             cors_origins=tuple(args.cors_origin),
             access_log=not args.no_access_log,
-            work_timeout_s=args.work_timeout_s,
         )
     except (ValueError, FileNotFoundError, OSError, KnownImageError, ReviewError) as exc:
         print(f"synthdetect: {exc}", file=sys.stderr)

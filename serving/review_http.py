@@ -49,10 +49,13 @@ _MAX_LIST = 500
 
 
 class ReviewRoutes:
-    def __init__(self, routes, caller_key: str) -> None:
-        self.routes = routes  # serving.app._Routes: run(), body timeout and limit
-        self.s: Service = routes.s
-        self.caller_key = caller_key
+    def __init__(
+        self, service: Service, body_timeout_s: float, max_body_bytes: int, caller_key
+    ) -> None:
+        self.s = service
+        self.body_timeout_s = body_timeout_s
+        self.max_body_bytes = max_body_bytes
+        self.caller_key = caller_key  # request[caller_key]: the serving.guard.Caller
 
     def add_to(self, app: web.Application) -> None:
         app.router.add_post("/v1/reports", self.report)
@@ -94,7 +97,7 @@ class ReviewRoutes:
 
     async def _call(self, fn, *args):
         try:
-            return await self.routes.run(fn, *args)
+            return await self.s.run(fn, *args)
         except ReviewError as exc:
             raise HttpError(exc.status, str(exc)) from None
         except KnownImageError as exc:
@@ -107,14 +110,12 @@ class ReviewRoutes:
         ctype = request.content_type
         blob = sha = filename = None
         if ctype == "application/json":
-            fields = await read_json_object(request, self.routes.body_timeout_s)
+            fields = await read_json_object(request, self.body_timeout_s)
             sha = fields.get("sha256")
             if not isinstance(sha, str):
                 raise HttpError(400, "a JSON report needs sha256 (of an image the server kept)")
         elif ctype.startswith("multipart/"):
-            form = await read_multipart(
-                request, 1, self.routes.max_body_bytes, self.routes.body_timeout_s
-            )
+            form = await read_multipart(request, 1, self.max_body_bytes, self.body_timeout_s)
             fields = dict(form.fields)
             if form.files:
                 filename, blob = form.files[0]
@@ -123,7 +124,7 @@ class ReviewRoutes:
             else:
                 raise HttpError(400, "a multipart report needs the image (a file part) or sha256")
         else:
-            blob = await read_body(request, self.routes.body_timeout_s)
+            blob = await read_body(request, self.body_timeout_s)
             if not blob:
                 raise HttpError(400, "empty body: send the image, or JSON with its sha256")
             fields = dict(request.query)
@@ -162,7 +163,7 @@ class ReviewRoutes:
     async def decide(self, request: web.Request) -> web.Response:
         queue = self._reviewer_only(request)
         item_id = self._id(request)
-        body = await read_json_object(request, self.routes.body_timeout_s)
+        body = await read_json_object(request, self.body_timeout_s)
         unknown = set(body) - {"decision", "reviewer", "note"}
         if unknown:
             raise HttpError(400, f"unknown fields {sorted(unknown)}: send decision, reviewer, note")

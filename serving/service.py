@@ -8,6 +8,7 @@ so a request's tiles are batched with other requests' tiles on their way to the 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -35,17 +36,28 @@ from detector.fusion import Verdict
 from detector.image import DecodeLimits, ImageError, image_size
 from detector.memory import MemoryStore
 from detector.methods import method_names
+from detector.model_io import BYTES_MODEL, TENSOR_MODEL, ModelDescription, bytes_model, tensor_model
 from detector.pipeline import Detector
 from serving.batcher import BatcherConfig, BatchingEngine, QueueFull
 from serving.processes import METRICS_DIR_ENV
 from serving.review import ReviewConfig, ReviewError, ReviewQueue
 
-__all__ = ["Service", "ServiceConfig"]
+__all__ = ["Service", "ServiceConfig", "Unavailable", "WorkTimeout"]
 
 log = logging.getLogger("synthdetect.server")
 
-BYTES_MODEL = "synthdetect"
-TENSOR_MODEL = "synthdetect_tiles"
+
+class Unavailable(Exception):
+    """The service cannot take this work now (overloaded, shutting down): retry later. HTTP
+    answers 503 with Retry-After, gRPC UNAVAILABLE."""
+
+    def __init__(self, reason: str, retry_after: int = 1) -> None:
+        super().__init__(reason)
+        self.reason, self.retry_after = reason, retry_after
+
+
+class WorkTimeout(Unavailable):
+    """The work did not finish within ``work_timeout_s`` (gRPC: DEADLINE_EXCEEDED)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,7 @@ class ServiceConfig:
     batcher: BatcherConfig = field(default_factory=BatcherConfig)
     workers: int = 32  # threads that decode, run the per-image methods and wait for batches
     max_inflight: int = 256  # requests being served at once; more get 503
+    work_timeout_s: float = 60.0  # a request's decoding and scoring past this: WorkTimeout
     limits: DecodeLimits = field(default_factory=DecodeLimits)
     methods: tuple[str, ...] | None = None  # default for /v1/score: every available method
     spinning: bool = True  # ONNX Runtime's busy-waiting threads: lower latency (measured)
@@ -71,6 +84,10 @@ class ServiceConfig:
     def __post_init__(self) -> None:
         if self.workers < 1 or self.max_inflight < 1:
             raise ValueError("workers and max_inflight must be >= 1")
+
+
+async def _submitted(batcher: BatchingEngine, tiles: np.ndarray) -> np.ndarray:
+    return await asyncio.wrap_future(batcher.submit(tiles))
 
 
 class PixelBudget:
@@ -184,7 +201,8 @@ class Service:
             threads=config.threads,
         )
         bundle.engine.warmup(bundle.preprocess.input_size, config.batcher.max_batch_size)
-        self.active = 0  # scoring tasks in flight (kept by the HTTP layer)
+        self.active = 0  # scoring tasks in flight: the batcher's view (see serving.batcher)
+        self.inflight = 0  # requests admitted (``admit``)
         self.batcher = BatchingEngine(
             bundle.engine.run,
             config.batcher,
@@ -218,9 +236,81 @@ class Service:
         self._detectors: dict[tuple[tuple[str, ...], bool], Detector] = {}
         self.detector = self.make_detector(names)
         self.stats = {BYTES_MODEL: ModelStats(), TENSOR_MODEL: ModelStats()}
+        self.models: dict[str, ModelDescription] = {
+            BYTES_MODEL: bytes_model(),
+            TENSOR_MODEL: tensor_model(self.bundle.tensor_io()),
+        }
         self.model_failures = 0
         self.model_failure_reason = ""
         self.ready = True
+
+    def model_config(self, name: str) -> dict:
+        """Triton's configuration of a served model, with this server's batching settings."""
+        b = self.config.batcher
+        return self.models[name].config(
+            b.max_batch_size, b.max_queue_delay_us, self.batcher.device == "cuda"
+        )
+
+    # --- the async face every protocol uses -----------------------------------------------
+
+    @contextlib.contextmanager
+    def admit(self):
+        """One request in flight, at most ``max_inflight`` at once (``Unavailable`` past it)."""
+        if self.inflight >= self.config.max_inflight:
+            raise Unavailable("server overloaded, retry later")
+        self.inflight += 1
+        self.metrics.inflight.set(self.inflight)
+        try:
+            yield
+        finally:
+            self.inflight -= 1
+            self.metrics.inflight.set(self.inflight)
+
+    async def run(self, fn, *args):
+        """``fn(*args)`` on a worker thread: work that decodes images or blocks. Past the work
+        timeout the caller gets ``WorkTimeout`` at once; the thread finishes its step (a decoder
+        cannot be interrupted) and its result is dropped, while the decode limits, the pixel
+        budget and the worker count bound what such work can cost."""
+        loop = asyncio.get_running_loop()
+        try:
+            future = loop.run_in_executor(self.pool, fn, *args)
+        except RuntimeError as exc:  # the pool is shut down
+            raise Unavailable(f"server is shutting down ({exc})") from None
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())  # abandoned: no log
+        try:
+            return await self._scoring(
+                asyncio.wait_for(asyncio.shield(future), self.config.work_timeout_s)
+            )
+        except TimeoutError:
+            self.metrics.errors.labels("work_timeout").inc()
+            raise WorkTimeout(
+                f"scoring did not finish within {self.config.work_timeout_s:g} s; retry later", 5
+            ) from None
+
+    async def score(
+        self, blobs: list[bytes], detector: Detector | None = None
+    ) -> list[Verdict | ImageError]:
+        return await self.run(self.score_blobs, blobs, detector)
+
+    async def score_tiles(self, tiles: np.ndarray) -> np.ndarray:
+        """Tiles go from the event loop straight into the batcher (``submit`` never blocks)
+        and the batch's future is awaited: no worker-thread hop for tensor requests."""
+        return await self._scoring(_submitted(self.batcher, tiles))
+
+    async def _scoring(self, work):
+        # ``active`` counts scoring tasks not yet finished; each submits to the batcher at most
+        # once, so the batcher knows when no one else can join a batch (see serving.batcher).
+        self.active += 1
+        try:
+            return await work
+        except QueueFull as exc:
+            raise Unavailable(f"server overloaded: {exc}") from None
+        except RuntimeError as exc:
+            if "shutdown" in str(exc):
+                raise Unavailable("server is shutting down") from None
+            raise
+        finally:
+            self.active -= 1
 
     def make_detector(self, names: list[str], include_prompt: bool = False) -> Detector:
         """A detector over these methods, sharing the batched model (cached per method set)."""

@@ -426,7 +426,7 @@ def _export(args: argparse.Namespace) -> int:
         if precision == "int8" and val:
             _int8_delta(args.run, args.out, val)
         if args.triton_repo:
-            from serving.triton_repo import write_triton_repo
+            from training.triton_repo import write_triton_repo
 
             target = write_triton_repo(
                 args.out, args.triton_repo, gpu=not args.triton_cpu, tensorrt=args.tensorrt

@@ -561,7 +561,7 @@ def test_work_past_the_timeout_answers_503_and_the_server_goes_on(make_server):
         time.sleep(1.5)
         return np.zeros((len(tiles), 1), np.float32)
 
-    live = make_server(HttpConfig(access_log=False, work_timeout_s=0.3))
+    live = make_server(work_timeout_s=0.3)
     with _engine(live, slow):
         status, headers, body = request(live.url, "/v1/score", jpeg(33, 128))
     assert status == 503 and "did not finish within 0.3 s" in json.loads(body)["error"]

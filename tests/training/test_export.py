@@ -94,7 +94,7 @@ def test_triton_repository_parses_with_the_model_config_protobuf(exported_model,
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    from serving.triton_repo import write_triton_repo
+    from training.triton_repo import write_triton_repo
 
     target = write_triton_repo(exported_model, tmp_path / "repo", max_batch_size=32, tensorrt=True)
     assert (target / "1" / "model.onnx").exists()
@@ -126,3 +126,17 @@ def test_held_out_family_is_scored_against_the_test_reals_of_its_pools(exported_
     assert probs.shape == labels.shape and ((probs >= 0) & (probs <= 1)).all()
     empty_labels, empty_probs = score_held_out_family(bundle, samples, "no-such-family")
     assert len(empty_labels) == 0 and len(empty_probs) == 0
+
+
+def test_a_sidecar_whose_graph_and_preprocessing_disagree_fails_to_load(exported_model, tmp_path):
+    """The tile size lives in the preprocessing; the sidecar's input shape must agree."""
+    import json
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(exported_model, copy)
+    meta = json.loads((copy / "model.json").read_text())
+    meta["inputs"][0]["shape"] = [-1, 3, 96, 96]
+    (copy / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="the graph takes 96x96 tiles but its preprocessing"):
+        load_bundle(copy)

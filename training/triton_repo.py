@@ -6,7 +6,9 @@
 The model is the tensor model the synthdetect server also serves (``synthdetect_tiles``):
 FP32 tiles in, logits out, with Triton's dynamic batcher and the ONNX Runtime backend,
 optionally with the TensorRT accelerator. Pre- and post-processing (tiling, calibration)
-stay with the client: ``detector.preprocess`` and the sidecar's calibration.
+stay with the client: ``detector.preprocess`` and the sidecar's calibration. The
+configuration is rendered from the same description the server's ``/v2/models/{m}/config``
+answers with (``detector.model_io``). An export, so it lives beside ``export``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from detector.engine import ONNX_FILE, SIDECAR
+from detector.model_io import TENSOR_MODEL, tensor_model
 
 __all__ = ["write_triton_repo"]
 
@@ -24,7 +27,7 @@ def write_triton_repo(
     model_dir: Path,
     repo: Path,
     *,
-    name: str = "synthdetect_tiles",
+    name: str = TENSOR_MODEL,
     max_batch_size: int = 64,
     max_queue_delay_us: int = 2000,
     gpu: bool = True,
@@ -32,7 +35,7 @@ def write_triton_repo(
     tensorrt: bool = False,
 ) -> Path:
     meta = json.loads((model_dir / SIDECAR).read_text())
-    (dims,) = [i["shape"][1:] for i in meta["inputs"]]
+    description = tensor_model(meta, name)
     target = repo / name
     (target / "1").mkdir(parents=True, exist_ok=True)
     shutil.copy2(model_dir / ONNX_FILE, target / "1" / ONNX_FILE)
@@ -46,13 +49,6 @@ def write_triton_repo(
   parameters { key: "trt_engine_cache_enable" value: "1" }
 } ] } }
 """
-    config = f"""name: "{name}"
-backend: "onnxruntime"
-max_batch_size: {max_batch_size}
-input [ {{ name: "images" data_type: TYPE_FP32 dims: {json.dumps(dims)} }} ]
-output [ {{ name: "logits" data_type: TYPE_FP32 dims: [ 1 ] }} ]
-dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}
-instance_group [ {{ count: {instances} kind: {"KIND_GPU" if gpu else "KIND_CPU"} }} ]
-{accel}"""
+    config = description.pbtxt(max_batch_size, max_queue_delay_us, gpu, instances, accel)
     (target / "config.pbtxt").write_text(config)
     return target

@@ -1,0 +1,119 @@
+"""KServe v2 over HTTP, as Triton speaks it: health, metadata, config, statistics, infer.
+
+The models, their checks and their statistics are ``serving.kserve``'s; the descriptions
+(metadata and config) are ``detector.model_io``'s. This module only translates HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from detector import __version__
+from serving.http import HttpError, json_response, read_body
+from serving.kserve import InferError, infer, model_stats, resolve_model
+from serving.protocol import HEADER, ProtocolError, encode_response, parse_request
+
+if TYPE_CHECKING:
+    from serving.service import Service
+
+__all__ = ["EXTENSIONS", "KServeRoutes", "http_status"]
+
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
+_PARSE_INLINE_BYTES = 256 * 1024  # larger bodies are parsed on a worker thread
+_STATUS = {"invalid": 400, "not_found": 404, "unprocessable": 422}
+
+
+def http_status(exc: InferError) -> HttpError:
+    return HttpError(_STATUS[exc.kind], exc.message)
+
+
+class KServeRoutes:
+    def __init__(self, service: Service, body_timeout_s: float, actor) -> None:
+        self.s = service
+        self.body_timeout_s = body_timeout_s
+        self.actor = actor  # request -> the caller's key label (for the review queue)
+
+    def add_to(self, app: web.Application) -> None:
+        app.router.add_get("/v2/health/live", self.live)
+        app.router.add_get("/v2/health/ready", self.ready)
+        app.router.add_get("/v2", self.server_metadata)
+        for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+            app.router.add_get(prefix, self.model_metadata)
+            app.router.add_get(prefix + "/ready", self.model_ready)
+            app.router.add_get(prefix + "/config", self.model_config)
+            app.router.add_get(prefix + "/stats", self.model_stats)
+            app.router.add_post(prefix + "/infer", self.infer)
+        app.router.add_get("/v2/models/stats", self.all_stats)
+
+    def _model(self, request: web.Request) -> str:
+        try:
+            return resolve_model(
+                self.s, request.match_info["model"], request.match_info.get("version")
+            )
+        except InferError as exc:
+            raise http_status(exc) from None
+
+    # --- health and metadata ----------------------------------------------------------------
+
+    async def live(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def ready(self, request: web.Request) -> web.Response:
+        if not self.s.ready:
+            return web.Response(status=503)
+        if not self.s.model_healthy and not await self.s.run(self.s.probe_model):
+            reason = self.s.model_failure_reason or "the model keeps failing"
+            return json_response(503, {"error": f"model unhealthy: {reason}"})
+        return web.Response(status=200)
+
+    async def server_metadata(self, request: web.Request) -> web.Response:
+        return json_response(
+            200, {"name": "synthdetect", "version": __version__, "extensions": EXTENSIONS}
+        )
+
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        return json_response(200, self.s.models[self._model(request)].metadata())
+
+    async def model_ready(self, request: web.Request) -> web.Response:
+        self._model(request)
+        return web.Response(status=200 if self.s.ready else 503)
+
+    async def model_config(self, request: web.Request) -> web.Response:
+        return json_response(200, self.s.model_config(self._model(request)))
+
+    async def model_stats(self, request: web.Request) -> web.Response:
+        return json_response(200, {"model_stats": [model_stats(self.s, self._model(request))]})
+
+    async def all_stats(self, request: web.Request) -> web.Response:
+        return json_response(200, {"model_stats": [model_stats(self.s, m) for m in self.s.models]})
+
+    # --- inference --------------------------------------------------------------------------
+
+    async def infer(self, request: web.Request) -> web.Response:
+        name = self._model(request)
+        raw_len = request.headers.get(HEADER)
+        try:
+            header_len = int(raw_len) if raw_len is not None else None
+        except ValueError:
+            raise HttpError(400, f"{HEADER} must be an integer") from None
+        body = await read_body(request, self.body_timeout_s)
+        try:
+            if len(body) > _PARSE_INLINE_BYTES:  # a big JSON tensor must not block the loop
+                req = await asyncio.get_running_loop().run_in_executor(
+                    self.s.pool, parse_request, body, header_len
+                )
+            else:
+                req = parse_request(body, header_len)
+        except ProtocolError as exc:
+            raise HttpError(400, str(exc)) from None
+        try:
+            outputs, binary = await infer(self.s, name, req, self.actor(request))
+        except InferError as exc:
+            raise http_status(exc) from None
+        body, headers = encode_response(
+            name, "1", req.id, [(o.name, o.datatype, o.value, o.shape) for o in outputs], binary
+        )
+        return web.Response(body=body, headers=headers)
