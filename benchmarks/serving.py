@@ -165,6 +165,8 @@ def _several_processes(args: list[str]) -> bool:
 
 def start_server(model_dir: Path, port: int, extra: list[str] | None = None) -> subprocess.Popen:
     extra = list(extra or [])
+    if not any(a.startswith("--grpc-port") for a in extra):
+        extra += ["--grpc-port", "0"]  # HTTP is measured; no second port to clash
     cmd = [sys.executable, "-m", "detector.cli", "serve", "--model", str(model_dir),
            "--port", str(port), "--no-access-log", *extra]  # fmt: skip
     several = _several_processes(extra)

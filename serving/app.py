@@ -31,7 +31,7 @@ from serving.review_http import ReviewRoutes
 from serving.score_http import ScoreRoutes
 from serving.service import Service, Unavailable
 
-__all__ = ["CALLER", "HttpConfig", "make_app"]
+__all__ = ["CALLER", "GUARD", "HttpConfig", "make_app"]
 
 log = logging.getLogger("synthdetect.server")
 
@@ -61,6 +61,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
 PAGE_PREFIX = "/review"  # the review page's static files (no data; its API calls carry keys)
 SERVICE = web.AppKey("service", Service)
+GUARD = web.AppKey("guard", Guard)  # shared with the gRPC server (one set of rate buckets)
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,7 @@ def make_app(service: Service, config: HttpConfig | None = None) -> web.Applicat
 
     app = web.Application(middlewares=[middleware], client_max_size=config.max_body_bytes)
     app[SERVICE] = service
+    app[GUARD] = guard
     KServeRoutes(service, config.body_timeout_s, _actor).add_to(app)
     ScoreRoutes(service, config.body_timeout_s, config.max_body_bytes, _actor).add_to(app)
     ReviewRoutes(service, config.body_timeout_s, config.max_body_bytes, CALLER).add_to(app)

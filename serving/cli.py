@@ -30,6 +30,13 @@ def register(sub: Any) -> None:
     p.add_argument("--model", type=Path, help="ONNX model folder or checkpoint (default: bundled)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=port, default=8000)
+    p.add_argument(
+        "--grpc-port",
+        type=port,
+        default=8001,
+        help="KServe v2 over gRPC, as Triton speaks it (tritonclient.grpc, perf_analyzer -i "
+        "grpc); 0: off",
+    )
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "tensorrt"])
     p.add_argument(
         "--precision",
@@ -181,7 +188,8 @@ def serve_one(
     from aiohttp import web
 
     from detector.engine import cpu_threads
-    from serving.app import make_app
+    from serving.app import GUARD, make_app
+    from serving.grpc_server import GrpcServer
     from serving.review import ReviewConfig
     from serving.runner import run_server
     from serving.service import Service
@@ -232,6 +240,12 @@ def serve_one(
         service.close()
 
     app.on_cleanup.append(drain)
+
+    def grpc() -> GrpcServer:
+        return GrpcServer(
+            service, app[GUARD], args.host, args.grpc_port, http.max_body_bytes, total > 1
+        )
+
     url = f"http://{args.host}:{args.port}"
     auth = ' -H "Authorization: Bearer $KEY"' if http.api_keys or http.reviewer_keys else ""
     where = f" (process {index + 1} of {total}, pid {os.getpid()})" if total > 1 else ""
@@ -239,7 +253,9 @@ def serve_one(
     def listening() -> None:
         """Called by aiohttp once the socket is bound: only then say so (and signal ready)."""
         print(
-            f"synthdetect serving {service.bundle.name} ({service.engine_name}) on {url}{where}",
+            f"synthdetect serving {service.bundle.name} ({service.engine_name}) on {url}"
+            + (f" and grpc://{args.host}:{args.grpc_port}" if args.grpc_port else "")
+            + where,
             file=sys.stderr,
         )
         if index == 0:
@@ -263,6 +279,7 @@ def serve_one(
             idle_timeout_s=args.idle_timeout_s,
             shutdown_timeout=30,
             on_listening=listening,
+            side_servers=(grpc,) if args.grpc_port else (),
         )
     except OSError as exc:
         print(f"synthdetect: cannot listen on {url}: {exc.strerror or exc}", file=sys.stderr)

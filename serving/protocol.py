@@ -22,9 +22,13 @@ __all__ = [
     "InferRequest",
     "ProtocolError",
     "Tensor",
+    "binary_tensor",
+    "check_shape",
+    "count_elements",
     "decode_bytes_tensor",
     "encode_bytes_tensor",
     "encode_response",
+    "json_tensor",
     "parse_request",
 ]
 
@@ -100,21 +104,21 @@ def decode_bytes_tensor(raw: bytes, count: int) -> list[bytes]:
     return items
 
 
-def _count(shape: list[int]) -> int:
+def count_elements(shape: list[int]) -> int:
     n = 1
     for d in shape:
         n *= d
     return n
 
 
-def _shape(value: Any, name: str) -> list[int]:
+def check_shape(value: Any, name: str) -> list[int]:
     if not isinstance(value, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= _MAX_ELEMENTS for d in value
     ):
         raise ProtocolError(
             f"input {name!r}: shape must be a list of integers within 0..{_MAX_ELEMENTS}"
         )
-    if _count(value) > _MAX_ELEMENTS:
+    if count_elements(value) > _MAX_ELEMENTS:
         raise ProtocolError(f"input {name!r}: too many elements")
     return value
 
@@ -136,8 +140,8 @@ def _parameters(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
-def _binary_tensor(name: str, dtype: str, shape: list[int], raw: bytes) -> Tensor:
-    count = _count(shape)
+def binary_tensor(name: str, dtype: str, shape: list[int], raw: bytes) -> Tensor:
+    count = count_elements(shape)
     if dtype == "BYTES":
         return Tensor(name, dtype, shape, decode_bytes_tensor(raw, count))
     expected = count * DTYPES[dtype].itemsize  # type: ignore[union-attr]
@@ -148,9 +152,9 @@ def _binary_tensor(name: str, dtype: str, shape: list[int], raw: bytes) -> Tenso
     return Tensor(name, dtype, shape, np.frombuffer(raw, dtype=DTYPES[dtype]).reshape(shape))
 
 
-def _json_tensor(name: str, dtype: str, shape: list[int], data: Any) -> Tensor:
+def json_tensor(name: str, dtype: str, shape: list[int], data: Any) -> Tensor:
     flat = _flatten(data)
-    if len(flat) != _count(shape):
+    if len(flat) != count_elements(shape):
         raise ProtocolError(f"input {name!r}: {len(flat)} values for shape {shape}")
     if dtype == "BYTES":  # JSON carries BYTES elements as strings
         if not all(isinstance(v, str) for v in flat):
@@ -193,17 +197,17 @@ def parse_request(body: bytes, header_length: int | None) -> InferRequest:
         dtype = spec.get("datatype")
         if dtype not in DTYPES:
             raise ProtocolError(f"input {name!r}: unknown datatype {dtype!r}")
-        shape = _shape(spec.get("shape"), name)
+        shape = check_shape(spec.get("shape"), name)
         size = _parameters(spec.get("parameters"), f"input {name!r}").get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise ProtocolError(f"input {name!r}: binary_data_size must be an integer >= 0")
             if pos + size > len(binary):
                 raise ProtocolError(f"input {name!r}: binary_data_size {size} exceeds the body")
-            tensor = _binary_tensor(name, dtype, shape, binary[pos : pos + size])
+            tensor = binary_tensor(name, dtype, shape, binary[pos : pos + size])
             pos += size
         elif "data" in spec:
-            tensor = _json_tensor(name, dtype, shape, spec["data"])
+            tensor = json_tensor(name, dtype, shape, spec["data"])
         else:
             raise ProtocolError(f"input {name!r} has neither data nor binary_data_size")
         if name in tensors:

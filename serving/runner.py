@@ -25,6 +25,7 @@ import logging
 import resource
 import time
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from aiohttp.web_runner import GracefulExit
@@ -105,8 +106,13 @@ def run_server(
     idle_timeout_s: float = 15.0,
     shutdown_timeout: float = 30.0,
     on_listening: Callable[[], None] | None = None,
+    side_servers: tuple[Callable[[], Any], ...] = (),
 ) -> None:
-    """Serve ``app`` until SIGINT/SIGTERM; ``OSError`` if the socket cannot be bound."""
+    """Serve ``app`` until SIGINT/SIGTERM; ``OSError`` if the socket cannot be bound.
+
+    ``side_servers``: factories, called inside the event loop, of servers with async
+    ``start()`` and ``stop(grace)`` (the gRPC server): started with the app, stopped before it
+    (so that the app's cleanup drains the work they handed over)."""
     cap = max_connections or default_max_connections()
 
     async def main() -> None:
@@ -118,14 +124,21 @@ def run_server(
             shutdown_timeout=shutdown_timeout,
         )
         await runner.setup()
+        started: list[Any] = []
         try:
             assert runner.server is not None
             _cap_connections(runner.server, cap)
             await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
+            for make in side_servers:
+                server = make()
+                await server.start()
+                started.append(server)
             if on_listening is not None:
                 on_listening()
             await asyncio.Event().wait()  # until a signal raises GracefulExit
         finally:
+            for server in started:
+                await server.stop(shutdown_timeout)
             await runner.cleanup()
 
     loop = asyncio.new_event_loop()

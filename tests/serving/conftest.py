@@ -8,8 +8,9 @@ from dataclasses import replace
 import pytest
 from aiohttp import web
 
-from serving.app import HttpConfig, make_app
+from serving.app import GUARD, HttpConfig, make_app
 from serving.batcher import BatcherConfig
+from serving.grpc_server import GrpcServer
 from serving.service import Service, ServiceConfig
 
 
@@ -20,21 +21,28 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """The real server on a free loopback port, in a background thread."""
+    """The real server on free loopback ports (HTTP and gRPC), in a background thread."""
 
     def __init__(self, service: Service, http: HttpConfig) -> None:
         self.service, self.http = service, http
         self.port = free_port()
         self.url = f"127.0.0.1:{self.port}"
+        self.grpc_port = free_port()
+        self.grpc_url = f"127.0.0.1:{self.grpc_port}"
         self.loop = asyncio.new_event_loop()
         self.started = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.runner = web.AppRunner(make_app(self.service, self.http), access_log=None)
+        app = make_app(self.service, self.http)
+        self.runner = web.AppRunner(app, access_log=None)
         self.loop.run_until_complete(self.runner.setup())
         self.loop.run_until_complete(web.TCPSite(self.runner, "127.0.0.1", self.port).start())
+        self.grpc = GrpcServer(
+            self.service, app[GUARD], "127.0.0.1", self.grpc_port, self.http.max_body_bytes
+        )
+        self.loop.run_until_complete(self.grpc.start())
         self.started.set()
         self.loop.run_forever()
 
@@ -44,6 +52,7 @@ class LiveServer:
         return self
 
     def __exit__(self, *exc) -> None:
+        asyncio.run_coroutine_threadsafe(self.grpc.stop(1), self.loop).result(30)
         asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)

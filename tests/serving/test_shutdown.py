@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.request
 
+import numpy as np
 import pytest
 
 from tests.serving.conftest import free_port
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.integration
 def test_serve_process_drains_on_sigterm(exported_model):
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "detector.cli", "serve", "--model", str(exported_model), "--port", str(port),
+        [sys.executable, "-m", "detector.cli", "serve", "--grpc-port", str(free_port()), "--model", str(exported_model), "--port", str(port),
          "--max-batch-size", "1", "--max-queue-delay-us", "0", "--no-access-log"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -58,10 +59,10 @@ def test_serve_process_drains_on_sigterm(exported_model):
     assert "Traceback" not in err
 
 
-def _serve(model, port: int, *extra: str) -> subprocess.Popen:
+def _serve(model, port: int, *extra: str, grpc_port: int | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "detector.cli", "serve", "--model", str(model), "--port", str(port),
-         "--no-access-log", *extra],
+        [sys.executable, "-m", "detector.cli", "serve", "--grpc-port", str(grpc_port or free_port()),
+         "--model", str(model), "--port", str(port), "--no-access-log", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
@@ -135,9 +136,11 @@ def _listens(pid: int) -> bool:
 def test_serve_processes_share_the_port_and_metrics(exported_model):
     """``--processes 2``: two server processes answer on one port, /metrics counts both, and
     SIGTERM to the supervisor drains and stops them all."""
-    port = free_port()
+    import tritonclient.grpc as grpcclient
+
+    port, grpc_port = free_port(), free_port()
     url = f"127.0.0.1:{port}"
-    proc = _serve(exported_model, port, "--processes", "2")
+    proc = _serve(exported_model, port, "--processes", "2", grpc_port=grpc_port)
     try:
         servers = _servers(proc, 2)
 
@@ -159,6 +162,23 @@ def test_serve_processes_share_the_port_and_metrics(exported_model):
         assert [r[0] for r in results] == [200] * 24
         after = _metric(url, "synthdetect_requests_total", endpoint="/v1/score", code="200")
         assert after - before == 24
+
+        # gRPC on one port too (SO_REUSEPORT), each call on a new channel
+        def grpc_infer(blob: bytes) -> str:
+            client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+            inp = grpcclient.InferInput("image", [1, 1], "BYTES")
+            inp.set_data_from_numpy(np.array([[blob]], dtype=np.object_))
+            label = client.infer("synthdetect", [inp]).as_numpy("label")[0, 0].decode()
+            client.close()
+            return label
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            labels = list(pool.map(grpc_infer, images[:12]))
+        assert all(label in ("generated", "camera", "uncertain") for label in labels)
+        grpc_calls = _metric(
+            url, "synthdetect_requests_total", endpoint="grpc:ModelInfer", code="OK"
+        )
+        assert grpc_calls == 12
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=90) == 0
         time.sleep(0.5)
@@ -201,7 +221,7 @@ def test_serve_rejects_bad_process_count_and_model(exported_model, tmp_path):
         (["--processes", "2", "--model", str(bad)], "ONNX Runtime cannot load"),
     ):
         out = subprocess.run(
-            [sys.executable, "-m", "detector.cli", "serve", "--port", str(free_port()), *extra],
+            [sys.executable, "-m", "detector.cli", "serve", "--grpc-port", str(free_port()), "--port", str(free_port()), *extra],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert out.returncode == 2, out.stderr
@@ -215,7 +235,7 @@ def test_connection_cap_and_idle_timeout(exported_model):
 
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "detector.cli", "serve", "--model", str(exported_model), "--port",
+        [sys.executable, "-m", "detector.cli", "serve", "--grpc-port", str(free_port()), "--model", str(exported_model), "--port",
          str(port), "--max-connections", "4", "--idle-timeout-s", "2", "--no-access-log"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

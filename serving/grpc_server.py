@@ -1,0 +1,272 @@
+"""KServe v2 over gRPC, as Triton speaks it: ``inference.GRPCInferenceService``.
+
+The servicer is generated from the protos that ship in ``tritonclient[grpc]`` and runs on
+``grpc.aio`` in the same event loop as the HTTP server, sharing its ``Service`` (batcher,
+limits, worker pool, statistics, both models, the review queue) and its keys and rate limits
+(``serving.guard``; metadata ``authorization: Bearer KEY`` or ``x-api-key``). So
+``tritonclient.grpc`` and ``perf_analyzer -i grpc`` work unchanged: health, metadata, model
+configuration, statistics, and inference with BYTES images or FP32 tiles, sent as typed
+contents or as raw bytes.
+
+Errors get the status Triton gives them: INVALID_ARGUMENT for a malformed request or an image
+that cannot be decoded, NOT_FOUND for an unknown model or version, UNAUTHENTICATED for a missing
+or wrong key, RESOURCE_EXHAUSTED for a spent rate limit or a message over the size limit,
+UNAVAILABLE when overloaded or shutting down, DEADLINE_EXCEEDED past the work timeout. The
+shared-memory, repository and trace services answer UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import numpy as np
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+
+from detector import __version__
+from serving.guard import AccessDenied, Guard, credential
+from serving.kserve import InferError, infer, model_stats, resolve_model
+from serving.kserve_http import EXTENSIONS
+from serving.protocol import (
+    DTYPES,
+    InferRequest,
+    ProtocolError,
+    Tensor,
+    binary_tensor,
+    check_shape,
+    count_elements,
+    encode_bytes_tensor,
+    json_tensor,
+)
+from serving.service import Unavailable, WorkTimeout
+
+if TYPE_CHECKING:
+    from serving.service import Service
+
+__all__ = ["GrpcServer"]
+
+_CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
+             "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
+             "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
+             "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents"}  # fmt: skip
+_OPEN = ("ServerLive", "ServerReady")
+_INFER_CODES = {"invalid": grpc.StatusCode.INVALID_ARGUMENT,
+                "unprocessable": grpc.StatusCode.INVALID_ARGUMENT,
+                "not_found": grpc.StatusCode.NOT_FOUND}  # fmt: skip
+
+
+def _param(p: service_pb2.InferParameter) -> Any:
+    kind = p.WhichOneof("parameter_choice")
+    return getattr(p, kind) if kind else None
+
+
+def parse_infer_request(msg: service_pb2.ModelInferRequest) -> InferRequest:
+    """A gRPC ModelInferRequest as the transport-neutral ``InferRequest``."""
+    raw = list(msg.raw_input_contents)
+    if raw and len(raw) != len(msg.inputs):
+        raise ProtocolError(
+            f"{len(raw)} raw_input_contents for {len(msg.inputs)} inputs (one each, in order)"
+        )
+    if not msg.inputs:
+        raise ProtocolError("request needs at least one input")
+    tensors: dict[str, Tensor] = {}
+    for i, spec in enumerate(msg.inputs):
+        if spec.datatype not in DTYPES:
+            raise ProtocolError(f"input {spec.name!r}: unknown datatype {spec.datatype!r}")
+        shape = check_shape(list(spec.shape), spec.name)
+        if raw:
+            tensor = binary_tensor(spec.name, spec.datatype, shape, raw[i])
+        else:
+            values = list(getattr(spec.contents, _CONTENTS[spec.datatype]))
+            if spec.datatype == "BYTES":
+                flat = [bytes(v) for v in values]
+                if len(flat) != count_elements(shape):
+                    raise ProtocolError(
+                        f"input {spec.name!r}: {len(flat)} values for shape {shape}"
+                    )
+                tensor = Tensor(spec.name, "BYTES", shape, flat)
+            else:
+                tensor = json_tensor(spec.name, spec.datatype, shape, values)
+        if spec.name in tensors:
+            raise ProtocolError(f"input {spec.name!r} given twice")
+        tensors[spec.name] = tensor
+    outputs = [o.name for o in msg.outputs] or None
+    params = {k: _param(v) for k, v in msg.parameters.items()}
+    return InferRequest(
+        id=msg.id or None,
+        tensors=tensors,
+        outputs=outputs,
+        binary_outputs=set(outputs or ()),
+        binary_all=True,  # gRPC answers carry raw_output_contents, as Triton's do
+        parameters=params,
+    )
+
+
+class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, service: Service, guard: Guard) -> None:
+        self.s = service
+        self.guard = guard
+
+    # --- the guard, the metrics and the error mapping, around every call --------------------
+
+    async def _call(self, method: str, context, work):
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            if method not in _OPEN:
+                meta = dict(context.invocation_metadata() or ())
+                caller = self.guard.check(
+                    credential(meta.get("authorization"), meta.get("x-api-key"))
+                )
+            else:
+                caller = None
+            if method == "ModelInfer":
+                with self.s.admit():
+                    return await work(caller)
+            return await work(caller)
+        except AccessDenied as exc:
+            code = (
+                grpc.StatusCode.RESOURCE_EXHAUSTED
+                if exc.rate_limited
+                else grpc.StatusCode.UNAUTHENTICATED
+            )
+            message = exc.reason
+        except InferError as exc:
+            code, message = _INFER_CODES[exc.kind], exc.message
+        except ProtocolError as exc:
+            code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        except WorkTimeout as exc:
+            code, message = grpc.StatusCode.DEADLINE_EXCEEDED, exc.reason
+        except Unavailable as exc:
+            code, message = grpc.StatusCode.UNAVAILABLE, exc.reason
+        finally:
+            endpoint = f"grpc:{method}"
+            self.s.metrics.requests.labels(endpoint, code.name).inc()
+            self.s.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+        self.s.metrics.errors.labels(f"grpc_{code.name.lower()}").inc()
+        await context.abort(code, message)
+
+    # --- health and metadata ----------------------------------------------------------------
+
+    async def ServerLive(self, request, context):
+        return await self._call(
+            "ServerLive", context, _const(service_pb2.ServerLiveResponse(live=True))
+        )
+
+    async def ServerReady(self, request, context):
+        async def work(_):
+            ready = self.s.ready and (self.s.model_healthy or await self.s.run(self.s.probe_model))
+            return service_pb2.ServerReadyResponse(ready=bool(ready))
+
+        return await self._call("ServerReady", context, work)
+
+    async def ModelReady(self, request, context):
+        async def work(_):
+            resolve_model(self.s, request.name, request.version)
+            return service_pb2.ModelReadyResponse(ready=bool(self.s.ready))
+
+        return await self._call("ModelReady", context, work)
+
+    async def ServerMetadata(self, request, context):
+        reply = service_pb2.ServerMetadataResponse(
+            name="synthdetect", version=__version__, extensions=EXTENSIONS
+        )
+        return await self._call("ServerMetadata", context, _const(reply))
+
+    async def ModelMetadata(self, request, context):
+        async def work(_):
+            name = resolve_model(self.s, request.name, request.version)
+            return json_format.ParseDict(
+                self.s.models[name].metadata(), service_pb2.ModelMetadataResponse()
+            )
+
+        return await self._call("ModelMetadata", context, work)
+
+    async def ModelConfig(self, request, context):
+        async def work(_):
+            name = resolve_model(self.s, request.name, request.version)
+            config = json_format.ParseDict(
+                self.s.model_config(name), model_config_pb2.ModelConfig()
+            )
+            return service_pb2.ModelConfigResponse(config=config)
+
+        return await self._call("ModelConfig", context, work)
+
+    async def ModelStatistics(self, request, context):
+        async def work(_):
+            names = (
+                [resolve_model(self.s, request.name, request.version)]
+                if request.name
+                else list(self.s.models)
+            )
+            reply = service_pb2.ModelStatisticsResponse()
+            for name in names:
+                json_format.ParseDict(model_stats(self.s, name), reply.model_stats.add())
+            return reply
+
+        return await self._call("ModelStatistics", context, work)
+
+    # --- inference --------------------------------------------------------------------------
+
+    async def ModelInfer(self, request, context):
+        async def work(caller):
+            name = resolve_model(self.s, request.model_name, request.model_version)
+            req = parse_infer_request(request)
+            outputs, _ = await infer(self.s, name, req, caller.key if caller else "anonymous")
+            reply = service_pb2.ModelInferResponse(
+                model_name=name, model_version="1", id=request.id
+            )
+            for out in outputs:
+                reply.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
+                reply.raw_output_contents.append(
+                    encode_bytes_tensor(out.value)  # type: ignore[arg-type]
+                    if out.datatype == "BYTES"
+                    else np.ascontiguousarray(out.value, DTYPES[out.datatype]).tobytes()
+                )
+            return reply
+
+        return await self._call("ModelInfer", context, work)
+
+
+def _const(reply):
+    async def work(_):
+        return reply
+
+    return work
+
+
+class GrpcServer:
+    """The gRPC server on ``host:port`` (``grpc.aio``: start and stop in the running loop)."""
+
+    def __init__(
+        self,
+        service: Service,
+        guard: Guard,
+        host: str,
+        port: int,
+        max_message_bytes: int,
+        reuse_port: bool = False,
+    ) -> None:
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.so_reuseport", 1 if reuse_port else 0),
+            ]
+        )
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            _Servicer(service, guard), self.server
+        )
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {address} (gRPC)")
+        self.address = address
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def stop(self, grace: float = 30.0) -> None:
+        await self.server.stop(grace)

@@ -1,0 +1,195 @@
+"""KServe v2 over gRPC through tritonclient.grpc: the HTTP server's tests, on Triton's service."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from serving.app import HttpConfig
+from tests.serving.test_server import jpeg, request
+from training import metadata_writers as P
+
+pytestmark = pytest.mark.integration
+
+
+def _bytes_input(images: list[bytes]) -> grpcclient.InferInput:
+    inp = grpcclient.InferInput("image", [len(images), 1], "BYTES")
+    inp.set_data_from_numpy(np.array([[b] for b in images], dtype=np.object_))
+    return inp
+
+
+def _tiles_input(tiles: np.ndarray) -> grpcclient.InferInput:
+    inp = grpcclient.InferInput("images", list(tiles.shape), "FP32")
+    inp.set_data_from_numpy(tiles)
+    return inp
+
+
+def test_health_metadata_config_and_statistics(server):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    assert client.is_server_live() and client.is_server_ready()
+    meta = client.get_server_metadata(as_json=True)
+    assert meta["name"] == "synthdetect" and "binary_tensor_data" in meta["extensions"]
+    for model in ("synthdetect", "synthdetect_tiles"):
+        assert client.is_model_ready(model)
+        md = client.get_model_metadata(model, as_json=True)
+        _, _, http_md = request(server.url, f"/v2/models/{model}")
+        assert md["name"] == model and md["versions"] == ["1"]
+        assert [i["name"] for i in md["inputs"]] == [
+            i["name"] for i in json.loads(http_md)["inputs"]
+        ]
+    cfg = client.get_model_config("synthdetect_tiles", as_json=True)["config"]
+    assert cfg["max_batch_size"] == 16 and cfg["input"][0]["dims"] == ["3", "64", "64"]
+    assert "dynamic_batching" in cfg
+    client.infer("synthdetect_tiles", [_tiles_input(np.zeros((2, 3, 64, 64), np.float32))])
+    stats = client.get_inference_statistics("synthdetect_tiles", as_json=True)["model_stats"][0]
+    assert stats["name"] == "synthdetect_tiles" and int(stats["inference_count"]) >= 2
+    both = client.get_inference_statistics(as_json=True)["model_stats"]
+    assert {s["name"] for s in both} == {"synthdetect", "synthdetect_tiles"}
+
+
+def test_tensor_and_bytes_models_answer_as_over_http(server):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    tiles = np.random.default_rng(3).normal(size=(5, 3, 64, 64)).astype(np.float32)
+    logits = client.infer("synthdetect_tiles", [_tiles_input(tiles)]).as_numpy("logits")
+    expected = server.service.bundle.engine._run(tiles)
+    np.testing.assert_allclose(logits.ravel(), expected, atol=1e-5)
+    images = [jpeg(1), P.encode(P.synthetic_scene(2, 80, 80), "PNG",
+                                png_text={"parameters": P.a1111_parameters()})]  # fmt: skip
+    result = client.infer(
+        "synthdetect",
+        [_bytes_input(images)],
+        outputs=[grpcclient.InferRequestedOutput("probability"),
+                 grpcclient.InferRequestedOutput("label")],
+    )  # fmt: skip
+    probs = result.as_numpy("probability").ravel()
+    labels = [x.decode() for x in result.as_numpy("label").ravel()]
+    assert labels[1] == "generated" and probs[1] == pytest.approx(0.99)
+    _, _, body = request(server.url, "/v1/score", images[0])
+    assert json.loads(body)["verdict"]["probability"] == pytest.approx(float(probs[0]), abs=1e-6)
+    # only the output asked for comes back
+    only = client.infer("synthdetect", [_bytes_input(images[:1])],
+                        outputs=[grpcclient.InferRequestedOutput("label")])  # fmt: skip
+    assert only.as_numpy("probability") is None and only.as_numpy("label") is not None
+
+
+def test_200_concurrent_requests_are_routed_to_their_callers(server):
+    images = [jpeg(200 + i, 64 + 8 * (i % 5)) for i in range(40)]
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    alone = [
+        float(client.infer("synthdetect", [_bytes_input([img])]).as_numpy("probability")[0, 0])
+        for img in images
+    ]
+
+    def one(i: int) -> float:
+        c = grpcclient.InferenceServerClient(server.grpc_url)
+        return float(
+            c.infer("synthdetect", [_bytes_input([images[i % 40]])]).as_numpy("probability")[0, 0]
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(64) as pool:
+        got = list(pool.map(one, range(200)))
+    for i, p in enumerate(got):
+        assert p == pytest.approx(alone[i % 40], abs=1e-5)
+
+
+def _status(fn) -> tuple[str, str]:
+    with pytest.raises(InferenceServerException) as err:
+        fn()
+    return err.value.status(), err.value.message()
+
+
+def test_bad_requests_get_triton_status_codes_and_the_server_keeps_serving(server):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    tiles = np.zeros((1, 3, 64, 64), np.float32)
+    cases = [
+        (lambda: client.infer("gpt", [_tiles_input(tiles)]), "StatusCode.NOT_FOUND",
+         "unknown model"),
+        (lambda: client.infer("synthdetect_tiles", [_tiles_input(tiles)], model_version="7"),
+         "StatusCode.NOT_FOUND", "no version"),
+        (lambda: client.get_model_metadata("gpt"), "StatusCode.NOT_FOUND", "unknown model"),
+        (lambda: client.infer("synthdetect_tiles", [_tiles_input(np.zeros((1, 3, 8, 8), np.float32))]),
+         "StatusCode.INVALID_ARGUMENT", "must have shape"),
+        (lambda: client.infer("synthdetect_tiles", [_tiles_input(np.full((1, 3, 64, 64), np.nan, np.float32))]),
+         "StatusCode.INVALID_ARGUMENT", "NaN"),
+        (lambda: client.infer("synthdetect_tiles", [_tiles_input(np.zeros((17, 3, 64, 64), np.float32))]),
+         "StatusCode.INVALID_ARGUMENT", "exceeds max_batch_size"),
+        (lambda: client.infer("synthdetect", [_bytes_input([b"not an image"])]),
+         "StatusCode.INVALID_ARGUMENT", "image 0"),
+        (lambda: client.infer("synthdetect", [_tiles_input(tiles)]),
+         "StatusCode.INVALID_ARGUMENT", "takes one input 'image'"),
+        (lambda: client.infer("synthdetect", [_bytes_input([jpeg(1)])],
+                              outputs=[grpcclient.InferRequestedOutput("nope")]),
+         "StatusCode.INVALID_ARGUMENT", "unknown outputs"),
+    ]  # fmt: skip
+    for fn, code, reason in cases:
+        status, message = _status(fn)
+        assert status == code and reason in message, (status, message)
+    assert client.infer("synthdetect", [_bytes_input([jpeg(8)])]).as_numpy("label") is not None
+
+
+def test_typed_contents_and_malformed_raw_contents(server):
+    """tritonclient sends raw contents; other clients send typed ones (fp32_contents...)."""
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        req = service_pb2.ModelInferRequest(model_name="synthdetect_tiles", id="typed-1")
+        t = req.inputs.add(name="images", datatype="FP32", shape=[1, 3, 64, 64])
+        t.contents.fp32_contents.extend([0.0] * (3 * 64 * 64))
+        reply = stub.ModelInfer(req)
+        assert reply.id == "typed-1" and reply.outputs[0].name == "logits"
+        assert np.frombuffer(reply.raw_output_contents[0], np.float32).shape == (1,)
+        img = service_pb2.ModelInferRequest(model_name="synthdetect")
+        t = img.inputs.add(name="image", datatype="BYTES", shape=[1, 1])
+        t.contents.bytes_contents.append(jpeg(2))
+        assert len(stub.ModelInfer(img).outputs) == 2
+        bad = service_pb2.ModelInferRequest(model_name="synthdetect_tiles")
+        bad.inputs.add(name="images", datatype="FP32", shape=[1, 3, 64, 64])
+        bad.raw_input_contents.append(b"\x00" * 10)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(bad)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "10 bytes for shape" in err.value.details()
+        huge = service_pb2.ModelInferRequest(model_name="synthdetect_tiles")
+        huge.inputs.add(name="images", datatype="FP32", shape=[0, 2**62])
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(huge)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_keys_rate_limits_and_message_size(make_server):
+    live = make_server(
+        HttpConfig(access_log=False, api_keys=("k1", "k2"), rate_limit=0.5, rate_burst=3,
+                   max_body_bytes=200_000)
+    )  # fmt: skip
+    client = grpcclient.InferenceServerClient(live.grpc_url)
+    assert client.is_server_live()  # health needs no key, as over HTTP
+    status, message = _status(lambda: client.get_model_metadata("synthdetect"))
+    assert status == "StatusCode.UNAUTHENTICATED" and "API key" in message
+    status, _ = _status(
+        lambda: client.get_model_metadata("synthdetect", headers={"authorization": "Bearer no"})
+    )
+    assert status == "StatusCode.UNAUTHENTICATED"
+    ok = client.get_model_metadata("synthdetect", headers={"x-api-key": "k1"}, as_json=True)
+    assert ok["name"] == "synthdetect"
+    big = np.zeros((16, 3, 64, 64), np.float32)  # 786 KB > the 200 KB message limit
+    status, _ = _status(lambda: client.infer("synthdetect_tiles", [_tiles_input(big)],
+                                             headers={"authorization": "Bearer k1"}))  # fmt: skip
+    assert status == "StatusCode.RESOURCE_EXHAUSTED"
+    codes = []
+    for _ in range(6):  # the burst of 3 (one spent above) runs out: the HTTP limit's buckets
+        try:
+            client.get_model_metadata("synthdetect", headers={"x-api-key": "k1"})
+            codes.append("OK")
+        except InferenceServerException as exc:
+            codes.append(exc.status())
+    assert "StatusCode.RESOURCE_EXHAUSTED" in codes
+    assert request(live.url, "/v2/models/synthdetect", headers={"X-API-Key": "k1"})[0] == 429
+    _, _, metrics = request(live.url, "/metrics", headers={"X-API-Key": "k2"})
+    assert 'endpoint="grpc:ModelMetadata"' in metrics.decode()
