@@ -29,7 +29,7 @@ from detector.methods import METHODS, create_method
 from detector.pipeline import default_fusion
 from training.datasets import Sample, load_samples
 from training.degrade import apply_chain, chain_name, encode_jpeg, parse_grid
-from training.metrics import compute_metrics
+from training.metrics import compute_metrics, roc_curve
 
 __all__ = ["accuracy_benchmark"]
 
@@ -57,10 +57,9 @@ def _available(names: Sequence[str] | None, options: dict) -> list[str]:
 
 
 def _roc(labels: np.ndarray, scores: np.ndarray, points: int = 100) -> dict:
-    order = np.argsort(-scores, kind="mergesort")
-    y = labels[order]
-    tpr = np.r_[0.0, np.cumsum(y) / max(1, y.sum())]
-    fpr = np.r_[0.0, np.cumsum(1 - y) / max(1, (1 - y).sum())]
+    """At most ``points`` points of the ROC curve (one per distinct score: tied scores are one
+    threshold), for plotting."""
+    fpr, tpr, _ = roc_curve(labels, scores)
     keep = np.unique(np.linspace(0, len(tpr) - 1, min(points, len(tpr))).round().astype(int))
     return {"fpr": fpr[keep].round(4).tolist(), "tpr": tpr[keep].round(4).tolist()}
 

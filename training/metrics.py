@@ -20,6 +20,7 @@ __all__ = [
     "compute_metrics",
     "expected_calibration_error",
     "roc_auc",
+    "roc_curve",
     "threshold_at_fpr",
     "tpr_at_fpr",
 ]
@@ -50,6 +51,20 @@ def average_precision(labels, scores) -> float:
     precision = tp / (tp + fp)
     recall = tp / y.sum()
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def roc_curve(labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds): one point per distinct score, highest first, from (0, 0); a
+    point is reachable by flagging scores >= its threshold (ties move together)."""
+    y, s = _arrays(labels, scores)
+    order = np.argsort(-s, kind="mergesort")
+    y, s = y[order], s[order]
+    distinct = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1] if len(s) else np.zeros(0, int)
+    tp = np.cumsum(y)[distinct]
+    fp = (distinct + 1) - tp
+    tpr = np.r_[0.0, tp / max(1, int(y.sum()))]
+    fpr = np.r_[0.0, fp / max(1, int((1 - y).sum()))]
+    return fpr, tpr, np.r_[np.inf, s[distinct]]
 
 
 def roc_auc(labels, scores) -> float:
