@@ -12,8 +12,10 @@ the images they judged, not an accuracy that counts abstentions as "camera".
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -23,6 +25,9 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.env import environment
+from benchmarks.registry import Benchmark, Results, fail, register_benchmark
+from benchmarks.report import _f, _table, save_figure
+from detector.argtypes import positive_int
 from detector.fusion import fuse
 from detector.image import decode
 from detector.methods import METHODS, create_method
@@ -188,3 +193,121 @@ def accuracy_benchmark(
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+# --- command line, report section and plots (the benchmark registry) ----------------------
+
+
+def accuracy_table(result: dict) -> str:
+    rows = [
+        [r["degradation"], r.get("equalise", "none"), r["method"], r["kind"], _f(r["coverage"], 2), _f(r.get("ap")),
+         _f(r.get("roc_auc")), _f(r.get("accuracy_at_threshold")),
+         _f(r.get("real_accuracy_at_threshold")), _f(r.get("fake_accuracy_at_threshold")),
+         _f(r.get("tpr_at_1pct_fpr")), _f(r["ms_per_image"], 1)]
+        for r in result["rows"]
+    ]  # fmt: skip
+    header = ["degradation", "equalise", "method", "kind", "coverage", "AP", "ROC-AUC", "acc@thr",
+              "real acc", "fake acc", "TPR@1%FPR", "ms/img"]  # fmt: skip
+    title = f"Accuracy on {result['data']} (split {result['split']}, {result['images']} images)"
+    return "\n".join([title, "", *_table(header, rows, 4)])
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--methods", help="comma-separated (default: every method that can run)")
+    p.add_argument(
+        "--degrade", default="none", help="grid of chains, e.g. none,jpeg:75,blur:1 or 'default'"
+    )
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=positive_int, help="at most this many images (evenly spread)")
+    p.add_argument("--model", type=Path, help="model for the model method (default: bundled)")
+    p.add_argument(
+        "--equalise",
+        metavar="jpeg:Q",
+        help="also score every chain after re-encoding each image of both classes as a JPEG "
+        "of quality Q (rows marked equalise), beside the as-is rows",
+    )
+    p.add_argument("--out", type=Path)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from training.datasets import DatasetError
+    from training.degrade import DEFAULT_GRID
+
+    options = {"model": {"model_path": args.model}} if args.model else {}
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    grid = DEFAULT_GRID if args.degrade == "default" else args.degrade
+    try:
+        result = accuracy_benchmark(args.data, methods=methods, grid=grid, split=args.split, limit=args.limit,
+                                    options=options, out=args.out, equalise=args.equalise,
+                                    log=lambda m: print(m, file=sys.stderr))  # fmt: skip
+    except (ValueError, DatasetError, FileNotFoundError) as exc:
+        return fail(exc)
+
+    print(accuracy_table(result))
+    return 0
+
+
+def _section(files: Results) -> list[str]:
+    lines = ["## Accuracy and robustness", ""]
+    for _, acc in files:
+        lines += [accuracy_table(acc), ""]
+    return lines
+
+
+def _plots(files: Results, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made: list[str] = []
+    acc = next((r for _, r in files if r["split"] == "test"), None)
+    if not acc:
+        return made
+    acc = {**acc, "rows": [r for r in acc["rows"] if r.get("equalise", "none") == "none"]}
+    grid = list(dict.fromkeys(r["degradation"] for r in acc["rows"]))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for method in dict.fromkeys(r["method"] for r in acc["rows"]):
+        ys = [
+            next(
+                (
+                    r.get("ap")
+                    for r in acc["rows"]
+                    if r["method"] == method and r["degradation"] == g
+                ),
+                None,
+            )
+            for g in grid
+        ]
+        if any(y is not None for y in ys):
+            ax.plot(grid, [float("nan") if y is None else y for y in ys], marker="o", label=method)
+    ax.set_ylabel("AP (over images the method judged)")
+    ax.set_title("Robustness: AP under degradations (both classes degraded alike)")
+    ax.tick_params(axis="x", rotation=30)
+    ax.set_ylim(0.3, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    made.append(save_figure(fig, out / "robustness.png"))
+    rocs = [r for r in acc["rows"] if r["degradation"] == "none" and r.get("roc")]
+    if rocs:
+        fig, ax = plt.subplots(figsize=(5.5, 5))
+        for r in rocs:
+            ax.plot(
+                r["roc"]["fpr"],
+                r["roc"]["tpr"],
+                label=f"{r['method']} (AUC {_f(r.get('roc_auc'), 3)}, cov {r['coverage']:.2f})",
+            )
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+        ax.set_xlabel("false positive rate (reals)")
+        ax.set_ylabel("true positive rate (generated)")
+        ax.set_title("ROC per method (no degradation)")
+        ax.legend(fontsize=7)
+        made.append(save_figure(fig, out / "roc.png"))
+    return made
+
+
+register_benchmark(
+    Benchmark("accuracy", "every method and the fused verdict on one set, under degradations", _arguments, _run, kind="accuracy",
+              every_file=True, report_order=10, section=_section, plots=_plots)
+)  # fmt: skip

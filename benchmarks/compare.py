@@ -9,10 +9,13 @@ A metric in the baseline that the new result lacks is a failure too.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+
+from benchmarks.registry import Benchmark, fail, register_benchmark
 
 __all__ = ["GateResult", "compare_results", "load_result"]
 
@@ -63,3 +66,32 @@ def compare_results(
             if value < floor:
                 failures.append(line)
     return GateResult(failures, checked)
+
+
+# --- command line (the benchmark registry) ---------------------------------------------------
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("baseline", type=Path)
+    p.add_argument("new", type=Path)
+    p.add_argument("--accuracy-tol", type=float, default=0.02)
+    p.add_argument("--speed-tol", type=float, default=0.25)
+
+
+def _run(args: argparse.Namespace) -> int:
+
+    try:
+        gate = compare_results(
+            load_result(args.baseline), load_result(args.new), args.accuracy_tol, args.speed_tol
+        )
+    except ValueError as exc:
+        return fail(exc)
+    print(gate.render())
+    return 0 if gate.ok else 1
+
+
+register_benchmark(
+    Benchmark(
+        "compare", "regression gate: exit 1 when NEW regresses against BASELINE", _arguments, _run
+    )
+)

@@ -7,6 +7,7 @@ repeated calls within a time budget.
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
@@ -14,6 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.env import environment
+from benchmarks.registry import Benchmark, Results, fail, register_benchmark
+from benchmarks.report import _f, _table, save_figure, subhead
+from detector.argtypes import positive_float, positive_ints
 from detector.engine import ModelBundle, load_bundle
 from detector.image import decode
 from detector.preprocess import preprocess
@@ -104,3 +108,116 @@ def latency_benchmark(
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+# --- command line, report section and plots (the benchmark registry) ----------------------
+
+
+def latency_table(result: dict) -> str:
+    def row(r: dict, engine: str, batch) -> list[str]:
+        return [engine, r["precision"], str(batch), _f(r["p50_ms"], 2), _f(r["p99_ms"], 2),
+                _f(r["items_per_s"], 1)]  # fmt: skip
+
+    rows = [row(r, r["engine"], r["batch"]) for r in result["model_only"]]
+    rows += [row(r, f"{r['engine']} (end to end)", "1 image") for r in result["end_to_end"]]
+    header = ["engine", "precision", "batch", "p50 ms", "p99 ms", "items/s"]
+    return "\n".join(_table(header, rows, 2))
+
+
+def _precisions(text: str) -> list[str]:
+    from detector.engine import TORCH_PRECISIONS
+
+    values = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [v for v in values if v not in TORCH_PRECISIONS]
+    if not values or bad:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated precisions from {', '.join(TORCH_PRECISIONS)}, got {text!r}"
+        )
+    return values
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, type=Path, help="fp32 ONNX folder")
+    p.add_argument("--fp16", type=Path, help="fp16 ONNX folder")
+    p.add_argument("--int8", type=Path, help="int8 ONNX folder")
+    p.add_argument("--checkpoint", type=Path, help="also time the torch engine on this checkpoint")
+    p.add_argument(
+        "--torch-precisions",
+        type=_precisions,
+        default=["fp32"],
+        help="precisions for the torch engine (comma-separated: fp32,fp16,bf16)",
+    )
+    p.add_argument(
+        "--cuda-graphs", action="store_true", help="also time the torch engine with CUDA graphs"
+    )
+    p.add_argument("--batches", type=positive_ints, default=[1, 8, 32, 128])
+    p.add_argument("--seconds", type=positive_float, default=3.0)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--out", type=Path)
+
+
+def _run(args: argparse.Namespace) -> int:
+
+    models = {"fp32": args.model}
+    if args.fp16:
+        models["fp16"] = args.fp16
+    if args.int8:
+        models["int8"] = args.int8
+    try:
+        result = latency_benchmark(
+            models,
+            checkpoint=args.checkpoint,
+            batches=tuple(args.batches),
+            seconds=args.seconds,
+            device=args.device,
+            torch_precisions=tuple(args.torch_precisions),
+            cuda_graphs=args.cuda_graphs,
+            out=args.out,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        return fail(exc)
+
+    print(latency_table(result))
+    return 0
+
+
+def _section(files: Results) -> list[str]:
+    lines = ["## In-process latency", ""]
+    for name, lat in files:
+        lines += [*subhead(name, files), latency_table(lat), ""]
+    return lines
+
+
+def _plots(files: Results, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made: list[str] = []
+    lat = files[0][1]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    model_only = [r for _, data in files for r in data["model_only"]]
+    for key in dict.fromkeys((r["engine"], r["precision"]) for r in model_only):
+        rows = [r for r in model_only if (r["engine"], r["precision"]) == key]
+        ax.plot(
+            [r["batch"] for r in rows],
+            [r["items_per_s"] for r in rows],
+            marker="o",
+            label=f"{key[0]} {key[1]}",
+        )
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size (tiles)")
+    ax.set_ylabel("tiles / s")
+    where = lat["device"].get("gpu") or lat["device"]["cpu"]
+    ax.set_title(f"Model throughput vs batch size ({where[:40]})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    made.append(save_figure(fig, out / "latency_vs_batch.png"))
+    return made
+
+
+register_benchmark(
+    Benchmark("latency", "in-process latency over engines, precisions and batch sizes", _arguments, _run, kind="latency",
+              every_file=True, report_order=20, section=_section, plots=_plots)
+)  # fmt: skip

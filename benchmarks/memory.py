@@ -25,8 +25,11 @@
 
 from __future__ import annotations
 
+import argparse
 import io
+import json
 import secrets
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,6 +39,8 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.env import environment
+from benchmarks.registry import Benchmark, Results, fail, register_benchmark
+from detector.argtypes import positive_int
 from detector.image import decode
 from detector.memory import (
     CROP_WINDOWS,
@@ -338,3 +343,89 @@ def memory_benchmark(
             "uploads_matched_under_shipped_rule": found / len(uploads),
         },
     }
+
+
+# --- command line and report section (the benchmark registry) ------------------------------
+
+
+def memory_table(m: dict) -> str:
+    """The full-frame, measured and shipped rules: recall per re-upload, false matches, lookups."""
+    rows = []
+    rules = [("full frame only", m.get("full_frame_rule")), ("measured", m["measured_rule"]),
+             ("shipped", m["shipped_rule"])]  # fmt: skip
+    for label, g in rules:
+        if g is None:
+            continue
+        limits = f"{g['max_phash']} / {g['max_dhash']}"
+        if g.get("max_phash_window") is not None:
+            limits += f", windows {g['max_phash_window']} / {g['max_dhash_window']}"
+        recall = " ".join(f"{k} {v:.3f}" for k, v in g["recall"].items())
+        rows.append(
+            f"| {label} | {limits} | {g['mean_recall']:.3f} | {recall} "
+            f"| {g['false_match_images']} ({g['false_match_rate']:.2%}) |"
+        )
+    lk = m["lookup"]
+    return "\n".join(
+        [
+            f"{m['distinct_images']} distinct images, {m['queries']} re-uploaded per transformation.",
+            "",
+            "| rule | pHash / dHash limits | mean recall | recall per re-upload | images falsely matched |",
+            "|---|---|---:|---|---:|",
+            *rows,
+            "",
+            f"Lookup with {lk.get('hashes_in_index', lk['records']):,} hashes in the index "
+            f"({lk['records']:,} records): p50 {lk['p50_ms']:.2f} ms, "
+            f"p99 {lk['p99_ms']:.2f} ms; index rebuilt from SQLite in {lk['index_rebuild_s']:.1f} s.",
+        ]
+    )
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, type=Path, help="manifest of distinct images")
+    p.add_argument("--queries", type=positive_int, default=500, help="images re-uploaded")
+    p.add_argument("--distinct", type=positive_int, default=10_000)
+    p.add_argument("--index-size", type=positive_int, default=1_000_000)
+    p.add_argument("--out", required=True, type=Path)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from training.datasets import DatasetError
+
+    try:
+        result = memory_benchmark(
+            args.data, args.queries, args.distinct, args.index_size,
+            log=lambda m: print(m, file=sys.stderr),
+        )  # fmt: skip
+    except (ValueError, DatasetError, FileNotFoundError) as exc:
+        return fail(exc)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    lk = result["lookup"]
+    for name, key in (("full frame only", "full_frame_rule"), ("measured best", "measured_rule"),
+                      ("shipped", "shipped_rule")):  # fmt: skip
+        g = result[key]
+        windows = (
+            f", windows pHash <= {g['max_phash_window']}, dHash <= {g['max_dhash_window']}"
+            if g["max_phash_window"] is not None
+            else ""
+        )
+        print(
+            f"{name:>15}: pHash <= {g['max_phash']}, dHash <= {g['max_dhash']}{windows}: mean recall "
+            f"{g['mean_recall']:.3f}, false matches {g['false_match_images']} of "
+            f"{result['distinct_images']} images ({g['false_match_pairs']} pairs; "
+            f"{g['same_picture_pairs']} more pairs show the same picture)"
+        )
+    print(
+        f"lookup with {lk['hashes_in_index']} hashes ({lk['records']} records): p50 {lk['p50_ms']:.2f} ms, p99 {lk['p99_ms']:.2f} ms"
+    )
+    return 0
+
+
+def _section(files: Results) -> list[str]:
+    return ["## Known-image memory", "", memory_table(files[0][1]), ""]
+
+
+register_benchmark(
+    Benchmark("memory", "known-image memory: re-upload recall, false matches, lookup latency", _arguments, _run, kind="memory",
+              report_order=70, section=_section)
+)  # fmt: skip

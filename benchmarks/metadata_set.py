@@ -10,12 +10,15 @@ most upload pipelines deliver it. Metadata methods should win on ``declared`` an
 
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.registry import Benchmark, fail, register_benchmark
+from detector.argtypes import positive_int
 from detector.image import decode_file
 from training import metadata_writers as P
 from training.datasets import load_samples
@@ -91,3 +94,29 @@ def decode_file_bytes(data: bytes) -> np.ndarray:
     from detector.image import decode
 
     return decode(data).pixels
+
+
+# --- command line (the benchmark registry) ---------------------------------------------------
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--corpus", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--per-signal", type=positive_int, default=12)
+
+
+def _run(args: argparse.Namespace) -> int:
+
+    try:
+        path = build_metadata_set(args.corpus, args.out, args.per_signal)
+    except (ValueError, FileNotFoundError) as exc:
+        return fail(exc)
+    print(f"wrote {path}")
+    return 0
+
+
+register_benchmark(
+    Benchmark(
+        "metadata-set", "build the metadata test set (declared vs stripped)", _arguments, _run
+    )
+)

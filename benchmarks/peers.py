@@ -8,6 +8,7 @@ naive server is also driven on ``/v1/score``. The report gives ratios to the pee
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -19,7 +20,10 @@ import numpy as np
 from benchmarks.env import environment
 from benchmarks.latency import measure
 from benchmarks.loadgen import run_load, score_payload, tiles_payload
+from benchmarks.registry import Benchmark, Results, fail, register_benchmark
+from benchmarks.report import _f, _table, save_figure, subhead
 from benchmarks.serving import benchmark_images, spawn_ready, start_server
+from detector.argtypes import positive_float, positive_int, positive_ints
 from detector.engine import load_bundle
 
 __all__ = ["TARGETS", "TARGET_CONCURRENCY", "peers_benchmark", "target_status"]
@@ -174,3 +178,151 @@ def _libdir(python: Path) -> str:
     return out.stdout.strip() + (
         ":" + os.environ["LD_LIBRARY_PATH"] if os.environ.get("LD_LIBRARY_PATH") else ""
     )
+
+
+# --- command line, report section and plots (the benchmark registry) ----------------------
+
+
+def peers_table(result: dict) -> str:
+    rows = []
+    for name, runs in result["servers"].items():
+        if "skipped" in runs:
+            rows.append([name, "-", "-", f"skipped: {runs['skipped']}", "", "", ""])
+            continue
+        for payload, load in runs.items():
+            rows += [
+                [name, payload, str(r["concurrency"]), _f(r["items_per_s"], 1),
+                 _f(r["p50_ms"], 2), _f(r["p99_ms"], 2), str(r["errors"])]
+                for r in load
+            ]  # fmt: skip
+    header = ["server", "payload", "concurrency", "items/s", "p50 ms", "p99 ms", "errors"]
+    lines = _table(header, rows, 2)
+    ratios = [[k, _f(v, 2)] for k, v in sorted(result["ratios"].items())]
+    lines += ["", *_table(["ratio", "value"], ratios, 1)]
+    return "\n".join(lines)
+
+
+def _peers_settings(peers: dict) -> list[str]:
+    """How the peers run was set up, and the engine's own ceiling measured in it."""
+    lines = []
+    if peers.get("engine_args"):
+        lines.append(f"Engine settings (both servers): `{' '.join(peers['engine_args'])}`.")
+    if "server_processes" in peers:
+        lines.append(
+            f"Our server ran {peers['server_processes']} process(es) (`serve --processes`), the"
+            f" naive server one; the load generator ran {peers['client_processes']} process(es)."
+        )
+    ceiling = peers.get("engine_ceiling")
+    if ceiling:
+        lines.append(
+            f"The engine alone in process ({ceiling['engine']}): {ceiling['b1_tiles_per_s']:.0f}"
+            f" tiles/s one tile per call, {ceiling['max_batch_tiles_per_s']:.0f} at batch"
+            f" {ceiling['max_batch']}"
+            f" ({ceiling['batching_gain']:.2f}x). No server outruns its engine, so"
+            " `tiles_ceiling_vs_naive` bounds our server's throughput ratio to the naive one."
+        )
+    return [" ".join(lines), ""] if lines else []
+
+
+def _peers_targets(peers: dict) -> list[str]:
+    """The issue's targets beside what this run measured, with the engine's bound."""
+    rows = []
+    for name, op, target, value, met in target_status(peers.get("ratios", {})):
+        measured = f"{value:.2f}x"
+        ceiling = peers["ratios"].get(f"tiles_ceiling_vs_naive_c{TARGET_CONCURRENCY}")
+        if name == "tiles_throughput_vs_naive" and ceiling is not None:
+            measured += f" (engine ceiling {ceiling:.2f}x)"
+        rows.append([f"`{name}` {op} {target:g}", measured, "yes" if met else "**no**"])
+    if not rows:
+        return []
+    header = [f"target (concurrency {TARGET_CONCURRENCY})", "measured", "met"]
+    return [*_table(header, rows, 1), ""]
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--concurrency", type=positive_ints, default=[1, 4, 16, 64])
+    p.add_argument("--seconds", type=positive_float, default=10.0)
+    p.add_argument(
+        "--pytriton-python", type=Path, help="python of the venv holding nvidia-pytriton"
+    )
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument(
+        "--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="torch engine only"
+    )
+    p.add_argument("--cuda-graphs", action="store_true", help="torch engine on CUDA only")
+    p.add_argument(
+        "--server-processes",
+        type=positive_int,
+        default=1,
+        help="our server's --processes (only ours)",
+    )
+    p.add_argument(
+        "--client-processes", type=positive_int, default=1, help="load generator processes"
+    )
+    p.add_argument("--out", type=Path)
+
+
+def _run(args: argparse.Namespace) -> int:
+
+    try:
+        result = peers_benchmark(
+            args.model,
+            tuple(args.concurrency),
+            args.seconds,
+            args.pytriton_python,
+            args.out,
+            device=args.device,
+            precision=args.precision,
+            cuda_graphs=args.cuda_graphs,
+            server_processes=args.server_processes,
+            client_processes=args.client_processes,
+        )
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        return fail(exc)
+
+    print(peers_table(result))
+    return 0
+
+
+def _section(files: Results) -> list[str]:
+    lines = ["## Server vs peers (same run, same model)", ""]
+    for name, peers in files:
+        lines += [*subhead(name, files), *_peers_settings(peers), *_peers_targets(peers),
+                  peers_table(peers), ""]  # fmt: skip
+    return lines
+
+
+def _plots(files: Results, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made: list[str] = []
+    for file, peers in files:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, runs in peers["servers"].items():
+            for payload, rows in runs.items():
+                if isinstance(rows, list):
+                    ax.plot(
+                        [r["concurrency"] for r in rows],
+                        [r["items_per_s"] for r in rows],
+                        marker="o",
+                        label=f"{name} ({payload})",
+                    )
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel("items / s")
+        ax.set_title("Server throughput vs concurrency" + (f" ({file})" if len(files) > 1 else ""))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        suffix = f"-{file}" if len(files) > 1 else ""
+        made.append(save_figure(fig, out / f"throughput_vs_concurrency{suffix}.png"))
+    return made
+
+
+register_benchmark(
+    Benchmark("peers", "our server vs a naive server and a PyTriton server, same model", _arguments, _run, kind="peers",
+              every_file=True, report_order=50, section=_section, plots=_plots)
+)  # fmt: skip

@@ -9,6 +9,7 @@ batch-8 throughput over its batch-1 throughput.
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from benchmarks.accuracy import accuracy_benchmark
 from benchmarks.env import environment
 from benchmarks.latency import measure
 from benchmarks.loadgen import run_load, tiles_payload
+from benchmarks.registry import Benchmark, fail, register_benchmark
 from benchmarks.serving import free_port, start_server
 from detector.bundled import DEFAULT_MODEL
 from detector.engine import load_bundle
@@ -77,3 +79,29 @@ def quick_profile(data: Path, out: Path, model: Path | None = None, seconds: flo
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+# --- command line (the benchmark registry) ---------------------------------------------------
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--model", type=Path)
+    p.add_argument("--out", required=True, type=Path)
+
+
+def _run(args: argparse.Namespace) -> int:
+
+    try:
+        result = quick_profile(args.data, args.out, args.model)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        return fail(exc)
+    print(json.dumps(result["gate"], indent=2))
+    return 0
+
+
+register_benchmark(
+    Benchmark(
+        "quick", "the quick profile CI runs (tiny corpus, a few batch sizes)", _arguments, _run
+    )
+)

@@ -13,6 +13,7 @@ machine, ratios measured in the same run do not (much).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -29,6 +30,8 @@ import numpy as np
 
 from benchmarks.env import environment
 from benchmarks.loadgen import run_load, score_payload, tiles_payload
+from benchmarks.registry import Benchmark, Results, fail, register_benchmark
+from detector.argtypes import positive_float, positive_int
 from detector.engine import load_bundle
 from detector.image import decode
 from detector.preprocess import preprocess
@@ -276,3 +279,46 @@ def serving_benchmark(
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+# --- command line and report section (the benchmark registry) ------------------------------
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--seconds", type=positive_float, default=15.0)
+    p.add_argument("--batch", type=positive_int, default=8)
+    p.add_argument("--out", type=Path)
+
+
+def _run(args: argparse.Namespace) -> int:
+
+    try:
+        result = serving_benchmark(args.model, args.out, seconds=args.seconds, batch=args.batch)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        return fail(exc)
+    print(
+        json.dumps(
+            {
+                "in_process": result["in_process"],
+                "ratios": result["ratios"],
+                "meets_targets": result["meets_targets"],
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def _section(files: Results) -> list[str]:
+    s = files[0][1]
+    summary = {"in_process": s["in_process"], "ratios": s["ratios"],
+               "meets_targets": s["meets_targets"]}  # fmt: skip
+    return ["## Server vs in-process (same run)", "", "```json", json.dumps(summary, indent=2),
+            "```", ""]  # fmt: skip
+
+
+register_benchmark(
+    Benchmark("serving", "server vs in-process throughput and latency (same run)", _arguments, _run, kind="serving",
+              report_order=40, section=_section)
+)  # fmt: skip

@@ -8,11 +8,15 @@ model's ceiling; what the data loader delivers on real images is in each run's `
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
 
 from benchmarks.env import environment
+from benchmarks.registry import Benchmark, Results, fail, register_benchmark
+from benchmarks.report import _f, _table
+from detector.argtypes import positive_float, positive_int, positive_ints
 
 __all__ = ["train_throughput"]
 
@@ -115,3 +119,59 @@ def train_throughput(
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+# --- command line and report section (the benchmark registry) ------------------------------
+
+
+def train_throughput_table(result: dict) -> str:
+    rows = []
+    for r in result["rows"]:
+        if "error" in r:
+            rows.append([r["model"], r["amp"], str(r["batch"]), r["error"], "-", "-", "-"])
+        else:
+            rows.append([r["model"], r["amp"], str(r["batch"]), "", _f(r["step_ms"], 1),
+                         _f(r["images_per_s"], 0), _f(r.get("peak_memory_mib"), 0)])  # fmt: skip
+    header = ["model", "amp", "batch", "error", "step ms", "images/s", "peak MiB"]
+    return "\n".join(_table(header, rows, 4))
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", default="efficientnet_lite0", help="comma-separated model names")
+    p.add_argument("--batches", type=positive_ints, default=[32, 128])
+    p.add_argument("--amp", default="off", help="comma-separated: off, bf16, fp16 (CUDA)")
+    p.add_argument("--input-size", type=positive_int, default=128)
+    p.add_argument("--seconds", type=positive_float, default=3.0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--out", type=Path)
+
+
+def _run(args: argparse.Namespace) -> int:
+
+    try:
+        result = train_throughput(
+            tuple(m.strip() for m in args.models.split(",") if m.strip()),
+            tuple(args.batches),
+            tuple(a.strip() for a in args.amp.split(",") if a.strip()),
+            input_size=args.input_size,
+            seconds=args.seconds,
+            device=args.device,
+            out=args.out,
+        )
+    except (ValueError, RuntimeError) as exc:
+        return fail(exc)
+
+    print(train_throughput_table(result))
+    return 0
+
+
+def _section(files: Results) -> list[str]:
+    result = files[0][1]
+    return ["## Training throughput (model ceiling)", "", result["what"] + ".", "",
+            train_throughput_table(result), ""]  # fmt: skip
+
+
+register_benchmark(
+    Benchmark("train-throughput", "training steps/s per model, precision and batch size", _arguments, _run,
+              kind="train-throughput", report_order=30, section=_section)
+)  # fmt: skip

@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from benchmarks.report import train_throughput_table
-from benchmarks.train_throughput import train_throughput
+from benchmarks.train_throughput import train_throughput, train_throughput_table
 
 pytestmark = pytest.mark.integration
 
