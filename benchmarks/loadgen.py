@@ -1,8 +1,11 @@
-"""A closed-loop HTTP load generator: N workers, each sending its next request when the
-previous one returns, bounded by a request count and a time limit, loopback only.
+"""A closed-loop load generator: N workers, each sending its next request when the previous
+one returns, bounded by a request count and a time limit, loopback only; over HTTP, or over
+gRPC (``grpc://host:port``) for Triton's ``ModelInfer``.
 
 Payload kinds: ``tiles`` (KServe v2 binary FP32 tensor to the tensor model), ``bytes``
-(KServe v2 BYTES tensor of encoded images), ``score`` (raw image bodies to ``/v1/score``).
+(KServe v2 BYTES tensor of encoded images), ``score`` (raw image bodies to ``/v1/score``),
+``grpc_tiles`` (the same tiles as a serialized gRPC ``ModelInferRequest`` with raw contents).
+A gRPC success is counted under status "200", a failure under its gRPC status name.
 """
 
 from __future__ import annotations
@@ -19,7 +22,15 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-__all__ = ["LoadResult", "Payload", "bytes_payload", "run_load", "score_payload", "tiles_payload"]
+__all__ = [
+    "LoadResult",
+    "Payload",
+    "bytes_payload",
+    "grpc_tiles_payload",
+    "run_load",
+    "score_payload",
+    "tiles_payload",
+]
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -31,6 +42,7 @@ class Payload:
     headers: dict[str, str]
     items_per_request: int  # images or tiles carried by one request
     header_lengths: tuple[int, ...] | None = None  # KServe binary: JSON length of each body
+    protocol: str = "http"  # or "grpc": bodies are serialized ModelInferRequest messages
 
 
 def tiles_payload(model: str, batch: int, size: int, variants: int = 8, seed: int = 0) -> Payload:
@@ -60,6 +72,27 @@ def tiles_payload(model: str, batch: int, size: int, variants: int = 8, seed: in
         batch,
         tuple(lengths),
     )
+
+
+def grpc_tiles_payload(
+    model: str, batch: int, size: int, variants: int = 8, seed: int = 0
+) -> Payload:
+    """The tiles of ``tiles_payload`` as serialized gRPC requests (raw input contents)."""
+    from tritonclient.grpc import service_pb2
+
+    rng = np.random.default_rng(seed)
+    bodies = []
+    for _ in range(variants):
+        tiles = rng.normal(size=(batch, 3, size, size)).astype(np.float32)
+        req = service_pb2.ModelInferRequest(model_name=model)
+        req.inputs.add(name="images", datatype="FP32", shape=list(tiles.shape))
+        req.outputs.add(name="logits")
+        req.raw_input_contents.append(tiles.tobytes())
+        bodies.append(req.SerializeToString())
+    return Payload(_GRPC_INFER, tuple(bodies), {}, batch, protocol="grpc")
+
+
+_GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
 def bytes_payload(model: str, images: list[bytes]) -> Payload:
@@ -132,6 +165,8 @@ async def _run(
     warmup: int,
     ready: Callable[[], None] | None = None,
 ) -> _Raw:
+    if payload.protocol == "grpc":
+        return await _run_grpc(url, payload, concurrency, requests, seconds, warmup, ready)
     import aiohttp
 
     latencies: list[float] = []
@@ -171,6 +206,55 @@ async def _run(
                 status, elapsed = await one(i)
                 codes[str(status)] = codes.get(str(status), 0) + 1
                 if status == 200:
+                    latencies.append(elapsed)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        total = time.perf_counter() - start
+    return _Raw(counter["sent"], latencies, codes, total)
+
+
+async def _run_grpc(
+    url: str,
+    payload: Payload,
+    concurrency: int,
+    requests: int,
+    seconds: float,
+    warmup: int,
+    ready: Callable[[], None] | None = None,
+) -> _Raw:
+    """The same closed loop over one gRPC channel (HTTP/2 multiplexes the workers' calls)."""
+    import grpc
+
+    latencies: list[float] = []
+    codes: dict[str, int] = {}
+    counter = {"sent": 0}
+    target = urlparse(url).netloc
+    options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+    async with grpc.aio.insecure_channel(target, options=options) as channel:
+        call = channel.unary_unary(payload.path)  # bytes in, bytes out: no (de)serializer
+
+        async def one(i: int) -> tuple[str, float]:
+            start = time.perf_counter()
+            try:
+                await call(payload.bodies[i % len(payload.bodies)], timeout=300)
+                return "200", time.perf_counter() - start
+            except grpc.aio.AioRpcError as exc:
+                return exc.code().name, time.perf_counter() - start
+
+        for i in range(warmup):
+            await one(i)
+        if ready is not None:
+            ready()
+        deadline = time.perf_counter() + seconds
+        start = time.perf_counter()
+
+        async def worker() -> None:
+            while counter["sent"] < requests and time.perf_counter() < deadline:
+                i = counter["sent"]
+                counter["sent"] += 1
+                status, elapsed = await one(i)
+                codes[status] = codes.get(status, 0) + 1
+                if status == "200":
                     latencies.append(elapsed)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))

@@ -272,6 +272,7 @@ def test_scan_refuses_a_foreign_output_file(tmp_path, scene):
     assert out.read_text() == "this is somebody's notes file\n"
 
 
+@pytest.mark.slow
 def test_scan_killed_midway_loses_no_finished_result(tmp_path, scene):
     root, out = tmp_path / "tree", tmp_path / "results.jsonl"
     _tree(root, scene, 60)

@@ -73,6 +73,7 @@ def test_sample_output_shown_in_readme_matches_the_samples():
     "section",
     ["Score images from the command line", "Serve", "Train, evaluate, export", "Benchmarks"],
 )
+@pytest.mark.slow
 def test_documented_commands_and_flags_exist(section):
     for block in _blocks(_section(section), "sh"):
         for line in block.splitlines():

@@ -15,6 +15,7 @@ pytestmark = pytest.mark.integration
 BASELINE = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "quick-baseline.json"
 
 
+@pytest.mark.slow
 def test_quick_profile_passes_the_gate_and_a_degraded_copy_fails(tiny_corpus, tmp_path):
     result = quick_profile(tiny_corpus / "manifest.csv", tmp_path / "quick.json", seconds=2.0)
     baseline = load_result(BASELINE)

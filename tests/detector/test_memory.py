@@ -225,6 +225,7 @@ def _cli(*args: str, env_db: str | None = None) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_memory_commands(tmp_path):
     db = str(tmp_path / "m.sqlite")
     img, again, other = tmp_path / "a.jpg", tmp_path / "a-small.jpg", tmp_path / "b.jpg"

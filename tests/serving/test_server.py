@@ -277,6 +277,7 @@ def _raw(server, payload: bytes, half_close: bool = True) -> bytes:
     return b"".join(chunks)
 
 
+@pytest.mark.slow
 def test_body_shorter_than_its_content_length(make_server):
     live = make_server(HttpConfig(body_timeout_s=1.0, access_log=False))
     reply = _raw(
@@ -497,6 +498,7 @@ def _chunked_multipart(parts: list[bytes], boundary: bytes = b"XyZ") -> bytes:
     return b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
 
 
+@pytest.mark.slow
 def test_multipart_bodies_are_bounded_while_streaming(make_server):
     live = make_server(HttpConfig(max_body_bytes=300_000, body_timeout_s=2.0, access_log=False))
     head = (

@@ -97,6 +97,7 @@ def test_both_classes_get_the_same_post_processing(tiny_corpus):
         assert min(qualities) >= 70 and max(qualities) <= 98
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes(tiny_corpus, tmp_path):
     # Generator weights come from the cache here; their training is checked for determinism
     # in test_generators.py.

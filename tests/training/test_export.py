@@ -72,6 +72,7 @@ def test_tampered_onnx_is_refused(exported_model, tmp_path):
         load_bundle(copy)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_reduced_precision_exports_run_and_stay_close(untrained_checkpoint, tmp_path, precision):
     images = []

@@ -15,6 +15,7 @@ from training.export import TOLERANCE, write_onnx
 pytestmark = pytest.mark.unit
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS.names())
 def test_every_registered_model_builds_runs_and_exports(name, tmp_path):
     torch.manual_seed(0)

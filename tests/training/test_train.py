@@ -102,6 +102,7 @@ def test_calibration_views_validation_subset_and_no_test_scoring(tiny_corpus, tm
     assert not (out / "eval_test.json").exists() and "test" not in final
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_agree(tiny_corpus, tmp_path):
     worker = Path(__file__).with_name("ddp_worker.py")
     root = Path(__file__).resolve().parents[2]
