@@ -104,16 +104,13 @@ def _add_detector_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-pixels", type=positive_int, default=DecodeLimits.max_pixels)
 
 
-def _make_detector(args: argparse.Namespace) -> Any:
-    from detector.methods import MethodUnavailable
-    from detector.pipeline import Detector
-
+def _detector_spec(args: argparse.Namespace) -> tuple[list[str] | None, dict[str, Any]]:
+    """The method names (None: every available one) and options the detector options give."""
     names = None
     if args.methods:
         names = [n.strip() for n in args.methods.split(",") if n.strip()]
         if not names:
             raise CliError("--methods is empty")
-    limits = DecodeLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels)
     options: dict[str, Any] = {"include_prompt": args.include_prompt, "device": args.device}
     extra = set()
     if args.model_path:
@@ -126,6 +123,15 @@ def _make_detector(args: argparse.Namespace) -> Any:
         from detector.methods import method_names
 
         names = sorted(set(method_names(available_only=True)) | extra)
+    return names, options
+
+
+def _make_detector(args: argparse.Namespace) -> Any:
+    from detector.methods import MethodUnavailable
+    from detector.pipeline import Detector
+
+    names, options = _detector_spec(args)
+    limits = DecodeLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels)
     try:
         return Detector(names, limits=limits, **options)
     except (RegistryError, MethodUnavailable, ValueError, FileNotFoundError) as exc:
@@ -266,8 +272,20 @@ def _add_scan(sub: Any) -> None:
         "line and flushed at once; re-running skips files whose path and sha256 are already in "
         "OUT, so an interrupted scan resumes where it stopped.",
     )
-    p.add_argument("directory", metavar="DIR")
-    p.add_argument("--out", required=True, metavar="OUT.jsonl")
+    p.add_argument(
+        "directory", metavar="DIR", help="a folder (with --ray also a pyarrow.fs URI: s3://...)"
+    )
+    p.add_argument("--out", required=True, metavar="OUT.jsonl", help="with --ray also .parquet")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run on Ray Data: decode on CPU tasks, the model on an actor pool (a GPU each when "
+        "the cluster has GPUs); ADDRESS of a cluster (ray://... or auto), none: a local Ray "
+        "(pip install 'synthdetect[ray]')",
+    )
+    p.add_argument("--ray-workers", type=positive_int, default=1, help="model actors (with --ray)")
     p.add_argument("--workers", type=positive_int, default=None, help="decoding threads")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument(
@@ -281,6 +299,8 @@ def _add_scan(sub: Any) -> None:
 def _cmd_scan(args: argparse.Namespace) -> int:
     from detector.scan import ScanError, scan_directory
 
+    if args.ray is not None:
+        return _cmd_scan_ray(args)
     root = Path(args.directory)
     if not root.is_dir():
         raise CliError(f"not a directory: {args.directory}")
@@ -294,6 +314,29 @@ def _cmd_scan(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             all_files=args.all_files,
             progress=not args.no_progress,
+        )
+    except ScanError as exc:
+        raise CliError(str(exc)) from None
+    print(stats.summary(), file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_scan_ray(args: argparse.Namespace) -> int:
+    from detector.scan import ScanError
+    from detector.scan_ray import DetectorSpec, scan_ray
+
+    detector = _make_detector(args)  # checks every option here, before any worker starts
+    _, options = _detector_spec(args)
+    spec = DetectorSpec(tuple(detector.method_names), options, detector.limits)
+    try:
+        stats = scan_ray(
+            args.directory,
+            Path(args.out),
+            spec,
+            address=args.ray or None,
+            workers=args.ray_workers,
+            batch_size=args.batch_size,
+            all_files=args.all_files,
         )
     except ScanError as exc:
         raise CliError(str(exc)) from None

@@ -56,30 +56,41 @@ class ModelMethod(Method):
         return self.bundle.calibration.threshold
 
     def score(self, images: Sequence[DecodedImage]) -> list[MethodResult]:
-        if not images:
-            return []
+        return self.score_tiles(self.tiles(images))
+
+    def tiles(self, images: Sequence[DecodedImage]) -> list[np.ndarray | str]:
+        """Each image's tiles (the one preprocessing), or why it is too small to judge. The
+        first half of ``score``: where decoding runs apart from the engine (``scan --ray``),
+        this runs beside the decoder and ``score_tiles`` beside the engine."""
+        out: list[np.ndarray | str] = []
+        for img in images:
+            why = too_small(img.pixels)
+            out.append(why if why is not None else preprocess(img.pixels, self.bundle.preprocess))
+        return out
+
+    def score_tiles(self, prepared: Sequence[np.ndarray | str]) -> list[MethodResult]:
+        """Results from ``tiles``' output: one engine call for the batch's tiles, each image's
+        mean logit calibrated."""
         import time
 
         start = time.perf_counter()
-        small = [too_small(img.pixels) for img in images]
-        judged = [img for img, why in zip(images, small, strict=True) if why is None]
-        tiles = [preprocess(img.pixels, self.bundle.preprocess) for img in judged]
+        judged = [t for t in prepared if not isinstance(t, str)]
         scored: list[MethodResult] = []
         if judged:
-            logits = self.bundle.logits(np.concatenate(tiles))
-            counts = [len(t) for t in tiles]
+            logits = self.bundle.logits(np.concatenate(judged))
+            counts = [len(t) for t in judged]
             owner = np.repeat(np.arange(len(judged)), counts)
             mean = np.bincount(owner, weights=logits, minlength=len(judged)) / counts
             probs = self.bundle.calibration.probability(mean)
             share = (time.perf_counter() - start) / len(judged)
             scored = [
                 self._result(float(p), float(z), len(t), share)
-                for p, z, t in zip(probs, mean, tiles, strict=True)
+                for p, z, t in zip(probs, mean, judged, strict=True)
             ]
         it = iter(scored)
         return [
-            next(it) if why is None else self.abstain(Evidence("model.too_small", why))
-            for why in small
+            self.abstain(Evidence("model.too_small", t)) if isinstance(t, str) else next(it)
+            for t in prepared
         ]
 
     def _result(self, p: float, logit: float, n_tiles: int, seconds: float) -> MethodResult:

@@ -1,0 +1,340 @@
+"""``synthdetect scan --ray``: bulk scans of folders or object stores on Ray Data.
+
+Two stages, as on a real cluster:
+
+1. **CPU tasks** read each file (a local folder, or any ``pyarrow.fs`` URI such as ``s3://``
+   where the user has credentials), hash it, skip what the output already holds, decode it
+   (``detector.image.decode``, the same limits), run every per-image method (metadata,
+   artifact, watermark, memory) and cut the model's tiles (the one preprocessing);
+2. **an actor pool** holds the model (one engine per actor; a GPU per actor when the cluster
+   has GPUs) and scores the tiles of many images per engine call, then fuses each image's
+   results into its verdict.
+
+The driver streams the records out as they come: JSON lines (``.jsonl``: the same records as
+``scan``) or Parquet (``.parquet``: path, sha256, label, probability, error and the verdict as
+JSON; the records go to ``OUT.partial.jsonl`` as they come and into the Parquet file at the end,
+so an interrupted run loses nothing either way). A re-run skips every file whose path and
+sha256 the output holds; a file that fails is a row with its error, never a failed job. Stage 1 hands stage 2 its results pickled: both are
+this module's own workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from detector.image import DecodeLimits, ImageError, decode, read_file
+from detector.scan import IMAGE_EXTENSIONS, ScanError, ScanStats, _load_done, _walk
+
+__all__ = ["DetectorSpec", "scan_ray"]
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """What every worker needs to build the same detector: method names and options."""
+
+    methods: tuple[str, ...]
+    options: dict[str, Any]
+    limits: DecodeLimits
+
+
+# --- listing -------------------------------------------------------------------------------
+
+
+def _is_uri(source: str) -> bool:
+    return "://" in source and not source.startswith("file://")
+
+
+def _list(source: str, out: Path, all_files: bool) -> list[dict]:
+    """Rows {"rel", "path", "error"} of every file to scan."""
+    if not _is_uri(source):
+        root = Path(source.removeprefix("file://"))
+        if not root.is_dir():
+            raise ScanError(f"not a directory: {source}")
+        return [
+            {"rel": e.rel, "path": str(e.path) if e.path else "", "error": e.error or ""}
+            for e in _walk(root, out, all_files)
+        ]
+    import pyarrow.fs as pafs
+
+    try:
+        fs, root = pafs.FileSystem.from_uri(source)
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    except (OSError, ValueError) as exc:
+        raise ScanError(f"cannot list {source}: {exc}") from None
+    rows = []
+    for info in sorted(infos, key=lambda i: i.path):
+        if info.type != pafs.FileType.File:
+            continue
+        if not all_files and Path(info.path).suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        rel = info.path[len(root) :].lstrip("/")
+        rows.append({"rel": rel, "path": info.path, "error": ""})
+    return rows
+
+
+def _reader(source: str):
+    """A function path -> bytes for the source (built in each worker)."""
+    if not _is_uri(source):
+        return lambda path, limit: read_file(path, limit)
+    import pyarrow.fs as pafs
+
+    fs, _ = pafs.FileSystem.from_uri(source)
+
+    def read(path: str, limit: int) -> bytes:
+        try:
+            with fs.open_input_stream(path) as f:
+                data = f.read(limit + 1)
+        except OSError as exc:
+            raise ImageError(f"cannot read file ({exc})") from None
+        if len(data) > limit:
+            raise ImageError(f"file too large: more than {limit} bytes")
+        return data
+
+    return read
+
+
+# --- stage 1: read, decode, per-image methods, tiles (CPU tasks) ----------------------------
+
+
+class _Prepare:
+    """Stage 1 (stateless apart from the methods it builds once per worker process)."""
+
+    def __init__(self, source: str, spec: DetectorSpec, done: dict[str, str]) -> None:
+        from detector.methods import create_methods
+
+        self.read = _reader(source)
+        self.spec = spec
+        methods = create_methods(list(spec.methods), **_lite_options(spec))
+        self.model = next((m for m in methods if m.name == "model"), None)
+        self.others = [m for m in methods if m.name != "model"]
+        self.done = done
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        out: dict[str, list] = {"rel": [], "sha256": [], "status": [], "payload": []}
+        for rel, path, error in zip(batch["rel"], batch["path"], batch["error"], strict=True):
+            sha, status, payload = None, "error", b""
+            try:
+                if error:
+                    raise ImageError(error)
+                data = self.read(path, self.spec.limits.max_bytes)
+                sha = hashlib.sha256(data).hexdigest()
+                if self.done.get(rel) == sha:
+                    status = "skip"
+                else:
+                    start = time.perf_counter()
+                    image = decode(data, self.spec.limits)
+                    decode_ms = (time.perf_counter() - start) * 1000
+                    results = [m.score([image])[0] for m in self.others]
+                    tiles = self.model.tiles([image])[0] if self.model else None
+                    from detector.pipeline import image_info
+
+                    payload = pickle.dumps((image_info(image), results, tiles, decode_ms))
+                    status = "ok"
+            except ImageError as exc:
+                payload = str(exc).encode()
+            out["rel"].append(rel)
+            out["sha256"].append(sha or "")
+            out["status"].append(status)
+            out["payload"].append(payload)
+        return out
+
+
+def _lite_options(spec: DetectorSpec) -> dict[str, Any]:
+    """Stage 1 builds the model method only to cut tiles; it runs on the CPU."""
+    return {**spec.options, "device": "cpu"}
+
+
+# --- stage 2: the model on many images' tiles, then fusion (actor pool) -------------------
+
+
+class _Score:
+    def __init__(self, spec: DetectorSpec) -> None:
+        from detector.methods import create_methods
+        from detector.pipeline import default_fusion
+
+        methods = create_methods(list(spec.methods), **spec.options)
+        self.model = next((m for m in methods if m.name == "model"), None)
+        self.fusion = default_fusion(methods)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        from detector.fusion import fuse
+
+        rows = list(
+            zip(batch["rel"], batch["sha256"], batch["status"], batch["payload"], strict=True)
+        )
+        prepared = {i: pickle.loads(p) for i, (_, _, s, p) in enumerate(rows) if s == "ok"}
+        model_results = {}
+        if self.model is not None and prepared:
+            order = list(prepared)
+            scored = self.model.score_tiles([prepared[i][2] for i in order])
+            model_results = dict(zip(order, scored, strict=True))
+        out: dict[str, list] = {"rel": [], "sha256": [], "status": [], "record": []}
+        for i, (rel, sha, status, payload) in enumerate(rows):
+            if status == "ok":
+                info, results, _, decode_ms = prepared[i]
+                if i in model_results:
+                    results = [*results, model_results[i]]
+                verdict = fuse(results, self.fusion)
+                timings = {"decode": decode_ms, **{r.method: r.seconds * 1000 for r in results}}
+                verdict = replace(verdict, image=info, timings_ms=timings)
+                record = {"path": rel, "sha256": sha, "verdict": verdict.to_dict()}
+            elif status == "error":
+                record = {"path": rel, "sha256": sha or None, "error": payload.decode()}
+            else:
+                record = None
+            out["rel"].append(rel)
+            out["sha256"].append(sha)
+            out["status"].append(status)
+            out["record"].append(json.dumps(record) if record else "")
+        return out
+
+
+# --- the driver ----------------------------------------------------------------------------
+
+
+def _partial(out: Path) -> Path:
+    return out.with_name(out.name + ".partial.jsonl")
+
+
+def _load_done_any(out: Path) -> tuple[dict[str, str], list[dict]]:
+    """{path: sha256} of finished results, and (Parquet) the rows to keep: the Parquet file's
+    and those an interrupted run left in its partial file."""
+    if out.suffix != ".parquet":
+        return _load_done(out), []
+    rows: list[dict] = []
+    if out.exists():
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.read_table(out).to_pylist()
+        except Exception as exc:  # any unreadable file: not ours to overwrite
+            raise ScanError(
+                f"{out} is not a readable Parquet file ({exc}); choose another --out"
+            ) from None
+    partial = _partial(out)
+    if partial.exists():
+        _load_done(partial)  # checks it and repairs a line cut off by a crash
+        recent = [_parquet_row(json.loads(line)) for line in partial.read_text().splitlines()]
+        seen = {r["path"] for r in recent}
+        rows = [r for r in rows if r["path"] not in seen] + recent
+    return {r["path"]: r["sha256"] for r in rows if r.get("sha256")}, rows
+
+
+def _parquet_row(rec: dict) -> dict:
+    verdict = rec.get("verdict")
+    return {
+        "path": rec["path"],
+        "sha256": rec.get("sha256") or "",
+        "label": verdict["label"] if verdict else None,
+        "probability": verdict["probability"] if verdict else None,
+        "error": rec.get("error"),
+        "verdict": json.dumps(verdict) if verdict else None,
+    }
+
+
+def scan_ray(
+    source: str,
+    out: Path,
+    spec: DetectorSpec,
+    *,
+    address: str | None = None,
+    workers: int = 1,
+    batch_size: int = 32,
+    all_files: bool = False,
+    log=print,
+) -> ScanStats:
+    """Scan ``source`` on Ray (``address``: a cluster's, or None for a local Ray on this
+    machine) with ``workers`` model actors; write ``out`` (.jsonl or .parquet)."""
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise ScanError("scan --ray needs Ray: pip install 'synthdetect[ray]'") from None
+    if out.suffix not in (".jsonl", ".parquet"):
+        raise ScanError(f"--out must end in .jsonl or .parquet with --ray, got {out.name}")
+    done, kept = _load_done_any(out)
+    rows = _list(source, out, all_files)
+    stats = ScanStats(files=len(rows))
+    if not rows:
+        return stats
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            ignore_reinit_error=True,
+            **({} if address else {"num_cpus": os.cpu_count() or 1}),
+        )
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 64)))
+        ds = ds.map_batches(
+            _Prepare,
+            fn_constructor_args=(source, spec, done),
+            batch_size=8,
+            concurrency=(1, max(1, int(ray.cluster_resources().get("CPU", 1)))),
+            num_cpus=1,
+        )
+        ds = ds.map_batches(
+            _Score,
+            fn_constructor_args=(spec,),
+            batch_size=batch_size,
+            concurrency=workers,
+            num_cpus=0 if gpus else 1,
+            num_gpus=1 if gpus else 0,
+        )
+        records = (r for r in ds.iter_rows())
+        _write(out, records, kept, stats)
+    finally:
+        if started_here:
+            ray.shutdown()
+    return stats
+
+
+def _write(out: Path, rows: Iterator[dict], kept: list[dict], stats: ScanStats) -> None:
+    """Stream records to OUT (.jsonl) or to OUT.partial.jsonl, then merge into OUT (.parquet)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    target = out if out.suffix == ".jsonl" else _partial(out)
+    try:
+        fh = open(target, "a", encoding="utf-8")  # noqa: SIM115 - closed in the finally below
+    except OSError as exc:
+        raise ScanError(f"cannot write {target}: {exc.strerror or exc}") from None
+    fresh: list[dict] = []
+    try:
+        for row in rows:
+            if row["status"] == "skip":
+                stats.skipped += 1
+                continue
+            rec = json.loads(row["record"])
+            if "error" in rec:
+                stats.errors += 1
+            else:
+                stats.labels[rec["verdict"]["label"]] += 1
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            fh.flush()
+            fresh.append(_parquet_row(rec))
+    finally:
+        fh.close()
+    if out.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        new_paths = {r["path"] for r in fresh}
+        merged = [r for r in kept if r["path"] not in new_paths] + fresh
+        if merged:
+            tmp = out.with_name(out.name + ".tmp")
+            pq.write_table(pa.Table.from_pylist(merged), tmp)
+            os.replace(tmp, out)
+        target.unlink(missing_ok=True)

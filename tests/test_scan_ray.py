@@ -1,0 +1,94 @@
+"""``scan --ray`` on a local Ray (2 CPUs): the same records as ``scan``, resumable, JSONL or
+Parquet, a failed file a row with its error."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from training import metadata_writers as P
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytest.importorskip("ray", reason="scan --ray needs the ray extra (pip install 'synthdetect[ray]')")
+
+
+def _tree(root: Path) -> None:
+    (root / "sub").mkdir(parents=True)
+    for i in range(6):
+        text = {"parameters": P.a1111_parameters(seed=i)} if i % 3 == 0 else None
+        where = root / ("sub" if i % 2 else "")
+        where.joinpath(f"img{i}.png").write_bytes(
+            P.encode(P.synthetic_scene(i, 200, 200), "PNG", png_text=text)
+        )
+    (root / "bad.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+
+
+def _scan(*args: str) -> subprocess.CompletedProcess:
+    out = subprocess.run(
+        [sys.executable, "-m", "detector.cli", "scan", *args, "--no-progress"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return out
+
+
+def test_ray_scan_matches_scan_and_resumes(tmp_path):
+    root = tmp_path / "tree"
+    _tree(root)
+    _scan(str(root), "--out", str(tmp_path / "plain.jsonl"))
+    first = _scan(str(root), "--out", str(tmp_path / "ray.jsonl"), "--ray", "--ray-workers", "2")
+    assert "6 scored" in first.stderr and "1 unreadable" in first.stderr
+    plain = {
+        r["path"]: r for r in map(json.loads, (tmp_path / "plain.jsonl").read_text().splitlines())
+    }
+    ray = {r["path"]: r for r in map(json.loads, (tmp_path / "ray.jsonl").read_text().splitlines())}
+    assert set(plain) == set(ray) == {"bad.jpg", "img0.png", "sub/img1.png", "img2.png",
+                                      "sub/img3.png", "img4.png", "sub/img5.png"}  # fmt: skip
+    assert "not a recognized image" in ray["bad.jpg"]["error"]
+    for path, rec in plain.items():
+        assert ray[path]["sha256"] == rec["sha256"]
+        if "verdict" in rec:
+            a, b = rec["verdict"], ray[path]["verdict"]
+            assert a["label"] == b["label"] and a["decided_by"] == b["decided_by"]
+            assert a["probability"] == pytest.approx(b["probability"], abs=1e-6)
+            assert set(a["methods"]) == set(b["methods"])
+    again = _scan(str(root), "--out", str(tmp_path / "ray.jsonl"), "--ray")
+    assert "7 already in the results" in again.stderr  # the bad file too: same bytes, same error
+    assert len((tmp_path / "ray.jsonl").read_text().splitlines()) == 7
+
+
+def test_ray_scan_writes_parquet_and_resumes(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    root = tmp_path / "tree"
+    _tree(root)
+    out = tmp_path / "results.parquet"
+    _scan(str(root), "--out", str(out), "--ray")
+    table = pq.read_table(out).to_pylist()
+    assert {r["path"] for r in table} >= {"img0.png", "bad.jpg"} and len(table) == 7
+    row = next(r for r in table if r["path"] == "img0.png")
+    assert row["label"] == "generated" and json.loads(row["verdict"])["decided_by"] == "declaration"
+    assert not (tmp_path / "results.parquet.partial.jsonl").exists()
+    (root / "img2.png").write_bytes(P.encode(P.synthetic_scene(9, 180, 180), "JPEG"))  # changed
+    again = _scan(str(root), "--out", str(out), "--ray")
+    assert "6 already in the results" in again.stderr and "1 scored" in again.stderr
+    table = pq.read_table(out).to_pylist()
+    assert len(table) == 7 and len({r["path"] for r in table}) == 7
+
+
+def test_ray_scan_refuses_bad_output_and_source(tmp_path):
+    root = tmp_path / "tree"
+    _tree(root)
+    for args, message in (
+        (["--out", str(tmp_path / "x.csv")], "must end in .jsonl or .parquet"),
+        (["--out", str(tmp_path / "x.jsonl")], None),
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "detector.cli", "scan", str(tmp_path / "missing"), *args,
+             "--ray", "--no-progress"], capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert out.returncode == 2 and "Traceback" not in out.stderr
+        assert (message or "not a directory") in out.stderr
