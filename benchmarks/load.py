@@ -20,6 +20,7 @@ from detector.argtypes import positive_float, positive_int, positive_ints
 __all__ = ["load_table"]
 
 _PAYLOADS = {
+    "score-model": "encoded images to `/v1/score?methods=model`",
     "tiles": "preprocessed tiles to the KServe v2 model `synthdetect_tiles`",
     "bytes": "encoded images as a KServe v2 BYTES tensor",
     "score": "encoded images to `/v1/score` with the server's default methods",
@@ -46,7 +47,7 @@ def load_table(result: dict) -> str:
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", default="http://127.0.0.1:8000")
     p.add_argument("--concurrency", type=positive_ints, default=[1, 4, 16, 64])
-    p.add_argument("--payload", choices=["tiles", "score", "bytes"], default="score")
+    p.add_argument("--payload", choices=["tiles", "score", "score-model", "bytes"], default="score")
     p.add_argument(
         "--batch", type=positive_int, default=8, help="tiles per request (tiles payload)"
     )
@@ -79,6 +80,7 @@ def _run(args: argparse.Namespace) -> int:
     payload = {
         "tiles": lambda: tiles_payload("synthdetect_tiles", args.batch, args.input_size),
         "score": lambda: score_payload(images),
+        "score-model": lambda: score_payload(images, "model"),
         "bytes": lambda: bytes_payload("synthdetect", images),
     }[args.payload]()
     rows = []

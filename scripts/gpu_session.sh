@@ -9,6 +9,7 @@
 #   scripts/gpu_session.sh serve CHECKPOINT      # server load: 1 vs 8 server processes
 #   scripts/gpu_session.sh ort CHECKPOINT        # the ONNX model on onnxruntime-gpu (CUDA EP)
 #   scripts/gpu_session.sh score CHECKPOINT      # /v1/score with every method, 1 vs 8 processes
+#   scripts/gpu_session.sh decode CHECKPOINT     # /v1/score?methods=model, JPEGs on CPU vs GPU
 #   scripts/gpu_session.sh train MANIFEST        # the default model on the GPU schedule
 #   scripts/gpu_session.sh lofo MANIFEST         # leave-one-family-out (real-world families)
 #   scripts/gpu_session.sh loo MANIFEST          # leave-one-generator-out (v2's own corpus)
@@ -30,7 +31,7 @@ GPU_TRAIN=(device=cuda batch_size=64 warmup_steps=100 workers=12)
 # v2's schedule on its own small corpus (one random tile per image per epoch): the loo stage.
 GPU_TRAIN_V2=(device=cuda epochs=60 patience=15 batch_size=64 warmup_steps=200 workers=12)
 
-stage=${1:?usage: scripts/gpu_session.sh check|throughput|bench CKPT|serve CKPT|ort CKPT|score CKPT|train MANIFEST|lofo MANIFEST|loo MANIFEST|backbones MANIFEST}
+stage=${1:?usage: scripts/gpu_session.sh check|throughput|bench CKPT|serve CKPT|ort CKPT|score CKPT|decode CKPT|train MANIFEST|lofo MANIFEST|loo MANIFEST|backbones MANIFEST}
 shift
 case $stage in
   check)
@@ -88,6 +89,25 @@ case $stage in
       # bench load --serve starts the server and waits for all its processes to be up
       $SD bench load --serve "${args[*]}" --payload score --concurrency 1,4,16,64 \
         --seconds 5 --client-processes 4 --out "$RESULTS/score-all-cuda-${n}proc.json"
+    done
+    ;;
+  decode)
+    # The GPU data path (issue: /v1/score?methods=model end to end >= 70% of the model-only
+    # tiles/s divided by tiles per image): the model alone in process (bench latency), then
+    # /v1/score?methods=model with JPEGs decoded on the CPU and on the GPU (nvJPEG), 1 and 8
+    # server processes, in one run. Parity with the CPU path is a GPU test (tests/detector/
+    # test_gpu_decode.py runs on CUDA when there is one).
+    ckpt=${1:?usage: scripts/gpu_session.sh decode CHECKPOINT}
+    python3 -m pytest -q -p no:cacheprovider tests/detector/test_gpu_decode.py
+    $SD bench latency --model detector/assets/models/default --checkpoint "$ckpt" \
+      --torch-precisions fp16 --cuda-graphs --batches 32,128,256 --seconds 2 --device cuda \
+      --out "$RESULTS/latency-cuda-decode.json"
+    for n in 1 8; do
+      for mode in --no-gpu-decode --gpu-decode; do
+        args=(--model "$ckpt" --device cuda --precision fp16 --cuda-graphs --processes "$n" "$mode")
+        $SD bench load --serve "${args[*]}" --payload score-model --concurrency 16,64,256 \
+          --seconds 5 --client-processes 4 --out "$RESULTS/score-model-cuda-${n}proc${mode#-}.json"
+      done
     done
     ;;
   train)

@@ -45,6 +45,13 @@ def register(sub: Any) -> None:
         help="torch engine (a .pt checkpoint) only; an ONNX model runs in its exported precision",
     )
     p.add_argument(
+        "--gpu-decode",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="for /v1/score?methods=model, decode and tile JPEGs with torchvision (nvJPEG on the "
+        "GPU; default: on with --device cuda/tensorrt)",
+    )
+    p.add_argument(
         "--cuda-graphs",
         action="store_true",
         help="torch engine on CUDA: replay one captured CUDA graph per batch bucket",
@@ -215,6 +222,7 @@ def serve_one(
                 spinning=not args.no_ort_spinning,
                 threads=max(1, cpu_threads() // total) if total > 1 else None,
                 max_pixels_in_flight=int(args.max_megapixels_in_flight * 1e6),
+                gpu_decode=args.gpu_decode,
                 memory_db=args.memory_db,
                 review_db=args.review_db,
                 review=ReviewConfig(

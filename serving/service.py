@@ -77,6 +77,9 @@ class ServiceConfig:
     # Decoded pixels of the images being scored at once, at most (a 10 KB PNG can declare 80
     # MP, ~1 GB while it is scored): past it, images wait for room; one larger image runs alone.
     max_pixels_in_flight: int = 160_000_000
+    # /v1/score?methods=model: JPEGs decoded and tiled by torchvision (nvJPEG on the GPU);
+    # None: on with --device cuda/tensorrt, off on the CPU (where it is the parity reference).
+    gpu_decode: bool | None = None
     memory_db: Path | None = None  # known-image memory: confirmed images decide the verdict
     review_db: Path | None = None  # review queue (and the memory, unless memory_db is given)
     review: ReviewConfig = field(default_factory=ReviewConfig)
@@ -397,8 +400,12 @@ class Service:
             w, h = image_size(blob) or (0, 0)
             if max(w, h) <= limits.max_side:  # else decode refuses it before decompressing
                 pixels += min(w * h, limits.max_pixels)
+        detector = detector or self.detector
         with self.pixels.hold(pixels):
-            out = (detector or self.detector).score_bytes(blobs)
+            if self.gpu_decode and detector.method_names == ["model"]:
+                out = self._score_model_only(blobs, detector)
+            else:
+                out = detector.score_bytes(blobs)
         for v in out:
             if not isinstance(v, Verdict):
                 continue
@@ -408,6 +415,45 @@ class Service:
                 if r.method == "model":
                     self._model_health("failure" not in r.details, v.degraded)
         return out
+
+    @property
+    def gpu_decode(self) -> bool:
+        on_gpu = self.config.device in ("cuda", "tensorrt")
+        return on_gpu if self.config.gpu_decode is None else self.config.gpu_decode
+
+    def _score_model_only(
+        self, blobs: list[bytes], detector: Detector
+    ) -> list[Verdict | ImageError]:
+        """The model alone on JPEGs decoded and tiled by ``detector.gpu_decode``; whatever it
+        does not take (or a failing engine) goes through the detector as usual."""
+        from detector.fusion import fuse
+        from detector.gpu_decode import GpuTiles, gpu_tiles
+
+        device = "cuda" if self.config.device in ("cuda", "tensorrt") else "cpu"
+        prepared = gpu_tiles(blobs, self.bundle.preprocess, self.config.limits, device)
+        out: list[Verdict | ImageError | None] = [
+            p if isinstance(p, ImageError) else None for p in prepared
+        ]
+        fast = [i for i, p in enumerate(prepared) if isinstance(p, GpuTiles)]
+        if fast:
+            model = detector.methods[0]
+            try:
+                results = model.score_tiles([prepared[i].tiles for i in fast])  # type: ignore[attr-defined,union-attr]
+            except Exception:  # the usual path gives a degraded verdict with the reason
+                results = None
+            if results is not None:
+                for i, res in zip(fast, results, strict=True):
+                    verdict = fuse([res], detector.fusion)
+                    out[i] = replace(
+                        verdict,
+                        image=prepared[i].info,  # type: ignore[union-attr]
+                        timings_ms={"model": res.seconds * 1000},
+                    )
+        rest = [i for i, v in enumerate(out) if v is None]
+        if rest:
+            for i, v in zip(rest, detector.score_bytes([blobs[i] for i in rest]), strict=True):
+                out[i] = v
+        return out  # type: ignore[return-value]
 
     # Readiness: after UNHEALTHY_AFTER model failures in a row the server says it is not ready
     # (load balancers route around it; verdicts still come from the other methods) until the

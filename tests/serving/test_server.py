@@ -573,3 +573,24 @@ def test_work_past_the_timeout_answers_503_and_the_server_goes_on(make_server):
     assert status == 200 and json.loads(body)["verdict"]["degraded"] is False
     _, _, metrics = request(live.url, "/metrics")
     assert 'synthdetect_errors_total{reason="work_timeout"} 1.0' in metrics.decode()
+
+
+def test_gpu_decode_path_gives_the_cpu_paths_verdicts(server, make_server):
+    """--gpu-decode on the CPU (torchvision's decoder: the path's fallback and reference):
+    methods=model verdicts equal the usual path's; PNGs and bad files take the usual path."""
+    fast = make_server(gpu_decode=True)
+    assert fast.service.gpu_decode and not server.service.gpu_decode
+    for blob in (jpeg(61, 200), jpeg(62, 300), P.encode(P.synthetic_scene(63, 200, 200), "PNG")):
+        a = json.loads(request(server.url, "/v1/score?methods=model", blob)[2])["verdict"]
+        b = json.loads(request(fast.url, "/v1/score?methods=model", blob)[2])["verdict"]
+        assert a["label"] == b["label"] and a["image"]["sha256"] == b["image"]["sha256"]
+        assert a["probability"] == pytest.approx(b["probability"], abs=1e-5)
+        assert (a["image"]["width"], a["image"]["height"]) == (
+            b["image"]["width"],
+            b["image"]["height"],
+        )
+    status, _, body = request(fast.url, "/v1/score?methods=model", b"\xff\xd8 not really")
+    assert status == 422 and "error" in json.loads(body)
+    # every method: the usual path (the GPU path is for the model alone)
+    _, _, body = request(fast.url, "/v1/score", jpeg(61, 200))
+    assert "artifact" in json.loads(body)["verdict"]["methods"]
