@@ -193,3 +193,23 @@ def test_keys_rate_limits_and_message_size(make_server):
     assert request(live.url, "/v2/models/synthdetect", headers={"X-API-Key": "k1"})[0] == 429
     _, _, metrics = request(live.url, "/metrics", headers={"X-API-Key": "k2"})
     assert 'endpoint="grpc:ModelMetadata"' in metrics.decode()
+
+
+def test_the_readmes_client_examples_run_against_the_server(server, tmp_path, capsys):
+    """The Serve section's Python examples (HTTP and gRPC), run as a user would."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Serve", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2 and "tritonclient.grpc" in blocks[1]
+    image = tmp_path / "x.jpg"
+    image.write_bytes(jpeg(77, 160))
+    for code in blocks:
+        code = (code.replace("127.0.0.1:8000", server.url)
+                .replace("127.0.0.1:8001", server.grpc_url)
+                .replace('"x.jpg"', repr(str(image))))  # fmt: skip
+        exec(compile(code, "README.md", "exec"), {})
+        printed = capsys.readouterr().out
+        assert re.search(r"\[\[0\.\d+\]\]", printed), printed

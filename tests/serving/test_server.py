@@ -594,3 +594,31 @@ def test_gpu_decode_path_gives_the_cpu_paths_verdicts(server, make_server):
     # every method: the usual path (the GPU path is for the model alone)
     _, _, body = request(fast.url, "/v1/score", jpeg(61, 200))
     assert "artifact" in json.loads(body)["verdict"]["methods"]
+
+
+def test_a_client_that_disconnects_mid_upload_is_a_400_not_a_500(make_server):
+    """A multipart upload whose client goes away: logged and counted as the client's fault
+    (400), never an internal error, and its in-flight slot is freed."""
+    import socket
+
+    live = make_server(HttpConfig(access_log=False, body_timeout_s=30.0), max_inflight=2)
+    part = b'--XyZ\r\nContent-Disposition: form-data; name="files"; filename="a.jpg"\r\n\r\nabc'
+    for _ in range(3):  # more than max_inflight: each slot must come back
+        s = socket.create_connection(("127.0.0.1", live.port))
+        s.sendall(
+            b"POST /v1/score HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Type: multipart/form-data; boundary=XyZ\r\n\r\n"
+            + b"%x\r\n%s\r\n"
+            % (len(part), part)
+        )
+        time.sleep(0.3)
+        s.close()
+    deadline = time.monotonic() + 10
+    while live.service.inflight and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert live.service.inflight == 0
+    _, _, metrics = request(live.url, "/metrics")
+    text = metrics.decode()
+    assert 'synthdetect_requests_total{code="400",endpoint="/v1/score"} 3.0' in text
+    assert 'code="500"' not in text
+    assert request(live.url, "/v1/score", jpeg(9))[0] == 200
