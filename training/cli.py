@@ -331,9 +331,18 @@ def _evaluate(args: argparse.Namespace) -> int:
                 if args.score_on == "validation"
                 else (("test", "heldout-generators"), "test")
             )
+
+            def written(report, done: list[str], left: list[str]) -> None:
+                """After each group: the report so far, on disk (a long run's partial result)."""
+                if args.out:
+                    report.extra = {**report.extra, "groups_done": done, "groups_left": left}
+                    report.write(args.out)
+                    print(f"wrote {args.out} ({len(done)} of {len(done) + len(left)} groups)",
+                          file=sys.stderr)  # fmt: skip
+
             report = leave_one_out(
                 args.config, args.overrides, args.data, args.model, args.holdouts,
-                args.equalise, *splits,
+                args.equalise, *splits, on_group=written,
             )  # fmt: skip
         else:
             report = evaluate_model(

@@ -270,8 +270,12 @@ def leave_one_out(
     equalise: str | None = None,
     fake_splits: tuple[str, ...] = ("test", "heldout-generators"),
     real_split: str = "test",
+    on_group=None,
 ) -> EvalReport:
     """Train once per hold-out group with its families left out; score each on them.
+
+    ``on_group(report, done, left)`` is called after each group with the report so far (the
+    CLI writes it, so a long run leaves its finished groups on disk).
 
     The group's fakes (from ``fake_splits``) are compared with the ``real_split`` reals of the
     same pools. The report's ``per_generator`` rows are the groups; ``overall`` pools their
@@ -288,6 +292,7 @@ def leave_one_out(
     eq = parse_equalise(equalise)
     per: dict[str, dict[str, Metrics]] = {"as_is": {}, "equalised": {}}
     pooled: dict[str, tuple[list, list]] = {"as_is": ([], []), "equalised": ([], [])}
+    report = None
     for name, group in groups.items():
         run = train(
             replace(
@@ -298,12 +303,51 @@ def leave_one_out(
         for kind, chain in (("as_is", []), ("equalised", eq)):
             if kind == "equalised" and not eq:
                 continue
-            y, p = score_held_out_family(
-                bundle, samples, group["score"], fake_splits, real_split, chain
+            y, p = _held_out_scores(
+                Path(run), bundle, samples, group["score"], fake_splits, real_split, chain
             )
             per[kind][name] = compute_metrics(y, p, bundle.calibration.threshold)
             pooled[kind][0].extend(y)
             pooled[kind][1].extend(p)
+        report = _loo_report(per, pooled, groups, fake_splits, real_split, out_root, data, eq)
+        if on_group is not None:
+            done = list(per["as_is"])
+            on_group(report, done, [n for n in groups if n not in done])
+    assert report is not None
+    return report
+
+
+def _held_out_scores(
+    run: Path, bundle, samples, families, fake_splits, real_split, chain
+) -> tuple[np.ndarray, np.ndarray]:
+    """A group's held-out labels and scores, kept in its run folder: a resumed leave-one-out
+    (or a second report) does not score a finished group again. The cache is keyed by the
+    checkpoint's bytes and what was scored."""
+    import hashlib
+
+    ckpt = run / "checkpoints" / "best.pt"
+    key = {
+        "checkpoint_sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest()
+        if ckpt.exists()
+        else None,
+        "families": sorted(families),
+        "fake_splits": list(fake_splits),
+        "real_split": real_split,
+        "chain": chain_name(chain) if chain else "none",
+    }
+    cache = run / "held-out-scores.json"
+    entries = json.loads(cache.read_text()) if cache.exists() else []
+    for entry in entries:
+        if entry["key"] == key:
+            return np.asarray(entry["labels"], np.int64), np.asarray(entry["scores"], np.float64)
+    y, p = score_held_out_family(bundle, samples, families, fake_splits, real_split, chain)
+    entries.append({"key": key, "labels": np.asarray(y).tolist(), "scores": np.asarray(p).tolist()})
+    if key["checkpoint_sha256"]:
+        cache.write_text(json.dumps(entries))
+    return y, p
+
+
+def _loo_report(per, pooled, groups, fake_splits, real_split, out_root, data, eq) -> EvalReport:
     summary = {
         kind: {
             "mean_ap": float(np.mean([m.ap for m in rows.values()])),
@@ -317,7 +361,7 @@ def leave_one_out(
     report = EvalReport(
         split=f"held-out group: fakes from {','.join(fake_splits)}, reals from {real_split}",
         overall=compute_metrics(*pooled["as_is"]),
-        per_generator=per["as_is"],
+        per_generator=dict(per["as_is"]),
         per_pool={},
         calibration={"threshold": "per group model"},
         model=f"leave-one-out runs under {out_root}",
@@ -328,7 +372,7 @@ def leave_one_out(
         report.equalised = EvalReport(
             split=report.split,
             overall=compute_metrics(*pooled["equalised"]),
-            per_generator=per["equalised"],
+            per_generator=dict(per["equalised"]),
             per_pool={},
             calibration=report.calibration,
             model=report.model,
