@@ -111,3 +111,14 @@ def test_interleaved_peers_run_shows_its_targets_and_rounds(tmp_path):
         f"| `tiles_p50_minus_naive_ms_c1` <= 1 | {p50:.2f} ms | {'yes' if p50 <= 1 else '**no**'} |"
     ) in text
     assert "interleaved rounds" in text and "grpc_tiles" in text
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("folder", ["", "gpu-h100"])
+def test_committed_reports_regenerate_identically(folder, tmp_path):
+    """REPORT.md is what `bench report` makes of the committed results: rerun it after
+    adding a result file."""
+    results = RESULTS / folder if folder else RESULTS
+    shutil.copytree(results, tmp_path / "results", ignore=shutil.ignore_patterns("*.png", "*.md"))
+    made = write_report(tmp_path / "results", tmp_path / "out").read_text()
+    assert made == (results / "REPORT.md").read_text()
