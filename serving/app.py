@@ -29,7 +29,7 @@ from serving.kserve_http import KServeRoutes
 from serving.protocol import HEADER
 from serving.review_http import ReviewRoutes
 from serving.score_http import ScoreRoutes
-from serving.service import Service, Unavailable
+from serving.service import Service, Unavailable, WorkTimeout
 
 __all__ = ["CALLER", "GUARD", "HttpConfig", "make_app"]
 
@@ -89,7 +89,7 @@ def make_app(service: Service, config: HttpConfig | None = None) -> web.Applicat
         start = time.perf_counter()
         rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
         endpoint = _endpoint(request)
-        status, reason = 500, ""
+        status, reason, label = 500, "", None
         try:
             # (a CORS preflight carries no key: browsers send none with it)
             open_path = request.path in OPEN_PATHS or _is_page(request.path)
@@ -122,6 +122,7 @@ def make_app(service: Service, config: HttpConfig | None = None) -> web.Applicat
             response = json_response(status, {"error": reason}, headers)
         except Unavailable as exc:
             status, reason = 503, exc.reason
+            label = "work_timeout" if isinstance(exc, WorkTimeout) else None
             response = json_response(503, {"error": reason}, {"Retry-After": str(exc.retry_after)})
         except HttpError as exc:
             response, status, reason = (
@@ -145,7 +146,7 @@ def make_app(service: Service, config: HttpConfig | None = None) -> web.Applicat
         service.metrics.requests.labels(endpoint, str(status)).inc()
         service.metrics.latency.labels(endpoint).observe(elapsed)
         if status >= 400:
-            service.metrics.errors.labels(_reason_label(status)).inc()
+            service.metrics.errors.labels(label or _reason_label(status)).inc()
         service.metrics.queue.set(service.batcher.queued_tiles)
         response.headers["X-Request-Id"] = rid
         if config.cors_origins:

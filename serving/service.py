@@ -285,7 +285,6 @@ class Service:
                 asyncio.wait_for(asyncio.shield(future), self.config.work_timeout_s)
             )
         except TimeoutError:
-            self.metrics.errors.labels("work_timeout").inc()
             raise WorkTimeout(
                 f"scoring did not finish within {self.config.work_timeout_s:g} s; retry later", 5
             ) from None

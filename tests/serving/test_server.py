@@ -573,6 +573,7 @@ def test_work_past_the_timeout_answers_503_and_the_server_goes_on(make_server):
     assert status == 200 and json.loads(body)["verdict"]["degraded"] is False
     _, _, metrics = request(live.url, "/metrics")
     assert 'synthdetect_errors_total{reason="work_timeout"} 1.0' in metrics.decode()
+    assert 'reason="overloaded"' not in metrics.decode()  # counted once, under its reason
 
 
 def test_gpu_decode_path_gives_the_cpu_paths_verdicts(server, make_server):
