@@ -171,14 +171,20 @@ def _load(entry: _Entry, done: dict[str, str], detector: Detector) -> _Loaded:
         return _Loaded(entry.rel, sha, error=str(exc))
 
 
-def _failed(entry: _Entry, done: dict[str, str], path: Path | None, error: str) -> _Loaded:
-    """An entry that could not be read: reported once, until it changes (its stat or error)."""
+def failure_key(path: str | Path | None, error: str) -> str:
+    """What an entry that could not be read looked like (its stat and the error): the same key
+    on a re-run means nothing changed, so it is not reported again."""
     try:
-        info = os.stat(path) if path is not None else None
+        info = os.stat(path) if path else None
         seen = f"{info.st_mode}:{info.st_size}:{info.st_mtime_ns}" if info else "-"
     except OSError as exc:
         seen = f"stat failed: {exc.strerror or exc}"
-    key = f"{seen}|{error}"
+    return f"{seen}|{error}"
+
+
+def _failed(entry: _Entry, done: dict[str, str], path: Path | None, error: str) -> _Loaded:
+    """An entry that could not be read: reported once, until it changes (its stat or error)."""
+    key = failure_key(path, error)
     if done.get(entry.rel) == key:
         return _Loaded(entry.rel, None, skip=True)
     return _Loaded(entry.rel, None, stat=key, error=error)

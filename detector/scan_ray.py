@@ -31,7 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from detector.image import DecodeLimits, ImageError, decode, read_file
-from detector.scan import IMAGE_EXTENSIONS, ScanError, ScanStats, _load_done, _walk
+from detector.scan import (
+    IMAGE_EXTENSIONS,
+    ScanError,
+    ScanStats,
+    _load_done,
+    _walk,
+    failure_key,
+)
 
 __all__ = ["DetectorSpec", "scan_ray"]
 
@@ -104,12 +111,17 @@ def _reader(source: str):
 # --- stage 1: read, decode, per-image methods, tiles (CPU tasks) ----------------------------
 
 
+class _Handled(Exception):
+    pass
+
+
 class _Prepare:
     """Stage 1 (stateless apart from the methods it builds once per worker process)."""
 
     def __init__(self, source: str, spec: DetectorSpec, done: dict[str, str]) -> None:
         from detector.methods import create_methods
 
+        self.source = source
         self.read = _reader(source)
         self.spec = spec
         methods = create_methods(list(spec.methods), **_lite_options(spec))
@@ -122,9 +134,15 @@ class _Prepare:
         for rel, path, error in zip(batch["rel"], batch["path"], batch["error"], strict=True):
             sha, status, payload = None, "error", b""
             try:
-                if error:
-                    raise ImageError(error)
-                data = self.read(path, self.spec.limits.max_bytes)
+                try:
+                    if error:
+                        raise ImageError(error)
+                    data = self.read(path, self.spec.limits.max_bytes)
+                except ImageError as exc:  # never read: keyed by what it looked like
+                    key = failure_key(path if path and not _is_uri(self.source) else None, str(exc))
+                    status = "skip" if self.done.get(rel) == key else "error"
+                    payload = json.dumps({"error": str(exc), "stat": key}).encode()
+                    raise _Handled from None
                 sha = hashlib.sha256(data).hexdigest()
                 if self.done.get(rel) == sha:
                     status = "skip"
@@ -138,8 +156,10 @@ class _Prepare:
 
                     payload = pickle.dumps((image_info(image), results, tiles, decode_ms))
                     status = "ok"
+            except _Handled:
+                pass
             except ImageError as exc:
-                payload = str(exc).encode()
+                payload = json.dumps({"error": str(exc)}).encode()
             out["rel"].append(rel)
             out["sha256"].append(sha or "")
             out["status"].append(status)
@@ -187,7 +207,10 @@ class _Score:
                 verdict = replace(verdict, image=info, timings_ms=timings)
                 record = {"path": rel, "sha256": sha, "verdict": verdict.to_dict()}
             elif status == "error":
-                record = {"path": rel, "sha256": sha or None, "error": payload.decode()}
+                failure = json.loads(payload)
+                record = {"path": rel, "sha256": sha or None, "error": failure["error"]}
+                if failure.get("stat"):
+                    record["stat"] = failure["stat"]
             else:
                 record = None
             out["rel"].append(rel)

@@ -37,18 +37,22 @@ def _scan(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_ray_scan_matches_scan_and_resumes(tmp_path):
+    import os
+
     root = tmp_path / "tree"
     _tree(root)
+    os.mkfifo(root / "fifo.jpg")  # never readable: keyed by its stat, reported once
     _scan(str(root), "--out", str(tmp_path / "plain.jsonl"))
     first = _scan(str(root), "--out", str(tmp_path / "ray.jsonl"), "--ray", "--ray-workers", "2")
-    assert "6 scored" in first.stderr and "1 unreadable" in first.stderr
+    assert "6 scored" in first.stderr and "2 unreadable" in first.stderr
     plain = {
         r["path"]: r for r in map(json.loads, (tmp_path / "plain.jsonl").read_text().splitlines())
     }
     ray = {r["path"]: r for r in map(json.loads, (tmp_path / "ray.jsonl").read_text().splitlines())}
-    assert set(plain) == set(ray) == {"bad.jpg", "img0.png", "sub/img1.png", "img2.png",
-                                      "sub/img3.png", "img4.png", "sub/img5.png"}  # fmt: skip
+    assert set(plain) == set(ray) == {"bad.jpg", "fifo.jpg", "img0.png", "sub/img1.png",
+                                      "img2.png", "sub/img3.png", "img4.png", "sub/img5.png"}  # fmt: skip
     assert "not a recognized image" in ray["bad.jpg"]["error"]
+    assert "a FIFO" in ray["fifo.jpg"]["error"] and ray["fifo.jpg"]["sha256"] is None
     for path, rec in plain.items():
         assert ray[path]["sha256"] == rec["sha256"]
         if "verdict" in rec:
@@ -57,8 +61,8 @@ def test_ray_scan_matches_scan_and_resumes(tmp_path):
             assert a["probability"] == pytest.approx(b["probability"], abs=1e-6)
             assert set(a["methods"]) == set(b["methods"])
     again = _scan(str(root), "--out", str(tmp_path / "ray.jsonl"), "--ray")
-    assert "7 already in the results" in again.stderr  # the bad file too: same bytes, same error
-    assert len((tmp_path / "ray.jsonl").read_text().splitlines()) == 7
+    assert "8 already in the results" in again.stderr  # the bad file and the FIFO too
+    assert len((tmp_path / "ray.jsonl").read_text().splitlines()) == 8
 
 
 def test_ray_scan_writes_parquet_and_resumes(tmp_path):
