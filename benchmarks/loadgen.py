@@ -169,9 +169,6 @@ async def _run(
         return await _run_grpc(url, payload, concurrency, requests, seconds, warmup, ready)
     import aiohttp
 
-    latencies: list[float] = []
-    codes: dict[str, int] = {}
-    counter = {"sent": 0}
     conn = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     async with aiohttp.ClientSession(
         connector=conn, timeout=aiohttp.ClientTimeout(total=300)
@@ -192,25 +189,34 @@ async def _run(
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
                 return 0, time.perf_counter() - start  # connection refused or reset: an error
 
-        for i in range(warmup):
-            await one(i)
-        if ready is not None:
-            ready()  # every client process starts its clock together
-        deadline = time.perf_counter() + seconds
-        start = time.perf_counter()
+        return await _closed_loop(one, concurrency, requests, seconds, warmup, ready)
 
-        async def worker() -> None:
-            while counter["sent"] < requests and time.perf_counter() < deadline:
-                i = counter["sent"]
-                counter["sent"] += 1
-                status, elapsed = await one(i)
-                codes[str(status)] = codes.get(str(status), 0) + 1
-                if status == 200:
-                    latencies.append(elapsed)
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        total = time.perf_counter() - start
-    return _Raw(counter["sent"], latencies, codes, total)
+async def _closed_loop(one, concurrency, requests, seconds, warmup, ready) -> _Raw:
+    """``concurrency`` workers, each awaiting ``one(i) -> (status, seconds)`` and sending the
+    next request when it returns, until ``requests`` or ``seconds`` run out. Status "200" is
+    a success (an HTTP 200, or an OK gRPC call)."""
+    latencies: list[float] = []
+    codes: dict[str, int] = {}
+    counter = {"sent": 0}
+    for i in range(warmup):
+        await one(i)
+    if ready is not None:
+        ready()  # every client process starts its clock together
+    deadline = time.perf_counter() + seconds
+    start = time.perf_counter()
+
+    async def worker() -> None:
+        while counter["sent"] < requests and time.perf_counter() < deadline:
+            i = counter["sent"]
+            counter["sent"] += 1
+            status, elapsed = await one(i)
+            codes[str(status)] = codes.get(str(status), 0) + 1
+            if str(status) == "200":
+                latencies.append(elapsed)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return _Raw(counter["sent"], latencies, codes, time.perf_counter() - start)
 
 
 async def _run_grpc(
@@ -225,9 +231,6 @@ async def _run_grpc(
     """The same closed loop over one gRPC channel (HTTP/2 multiplexes the workers' calls)."""
     import grpc
 
-    latencies: list[float] = []
-    codes: dict[str, int] = {}
-    counter = {"sent": 0}
     target = urlparse(url).netloc
     options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
     async with grpc.aio.insecure_channel(target, options=options) as channel:
@@ -241,25 +244,7 @@ async def _run_grpc(
             except grpc.aio.AioRpcError as exc:
                 return exc.code().name, time.perf_counter() - start
 
-        for i in range(warmup):
-            await one(i)
-        if ready is not None:
-            ready()
-        deadline = time.perf_counter() + seconds
-        start = time.perf_counter()
-
-        async def worker() -> None:
-            while counter["sent"] < requests and time.perf_counter() < deadline:
-                i = counter["sent"]
-                counter["sent"] += 1
-                status, elapsed = await one(i)
-                codes[status] = codes.get(status, 0) + 1
-                if status == "200":
-                    latencies.append(elapsed)
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        total = time.perf_counter() - start
-    return _Raw(counter["sent"], latencies, codes, total)
+        return await _closed_loop(one, concurrency, requests, seconds, warmup, ready)
 
 
 def _summary(concurrency: int, payload: Payload, parts: list[_Raw]) -> LoadResult:

@@ -327,7 +327,13 @@ def _cmd_scan_ray(args: argparse.Namespace) -> int:
 
     detector = _make_detector(args)  # checks every option here, before any worker starts
     _, options = _detector_spec(args)
-    spec = DetectorSpec(tuple(detector.method_names), options, detector.limits)
+    model = next((m for m in detector.methods if m.name == "model"), None)
+    spec = DetectorSpec(
+        tuple(detector.method_names),
+        options,
+        detector.limits,
+        model.bundle.preprocess if model is not None else None,  # type: ignore[attr-defined]
+    )
     try:
         stats = scan_ray(
             args.directory,

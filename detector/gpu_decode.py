@@ -42,7 +42,7 @@ def jpeg_header(data: bytes, limits: DecodeLimits) -> tuple[int, int, int] | Non
     errors in its own words). Raises ``ImageError`` for a JPEG over a limit."""
     from PIL import Image
 
-    from detector.image import _check_size
+    from detector.image import _check_jpeg_scans, _check_size
 
     if len(data) > limits.max_bytes or not data.startswith(b"\xff\xd8"):
         return None
@@ -57,12 +57,7 @@ def jpeg_header(data: bytes, limits: DecodeLimits) -> tuple[int, int, int] | Non
         raise
     except Exception:
         return None
-    scans = data.count(b"\xff\xda")
-    if scans > limits.max_jpeg_scans:
-        raise ImageError(
-            f"too many JPEG scans: {scans} > limit of {limits.max_jpeg_scans} "
-            "(refused before decoding: each progressive scan re-decodes the image)"
-        )
+    _check_jpeg_scans(data, limits)
     return width, height, orientation if 1 <= orientation <= 8 else 1
 
 

@@ -236,14 +236,7 @@ def _decode(data: bytes, limits: DecodeLimits) -> DecodedImage:
         fmt = im.format or "unknown"
         _check_size(im.size, limits)
         if fmt in ("JPEG", "MPO"):
-            # Start-of-scan markers (0xFFDA): entropy-coded data stuffs every 0xFF with 0x00,
-            # so the pair only appears as a marker (or inside an embedded thumbnail's JPEG).
-            scans = data.count(b"\xff\xda")
-            if scans > limits.max_jpeg_scans:
-                raise ImageError(
-                    f"too many JPEG scans: {scans} > limit of {limits.max_jpeg_scans} "
-                    "(refused before decoding: each progressive scan re-decodes the image)"
-                )
+            _check_jpeg_scans(data, limits)
         frames = int(getattr(im, "n_frames", 1) or 1)
         if frames > limits.max_frames:
             raise ImageError(f"too many frames: {frames} > limit of {limits.max_frames}")
@@ -297,6 +290,18 @@ def _sniff(data: bytes) -> str | None:
         if brand in (b"heic", b"heix", b"mif1", b"msf1", b"hevc", b"heim", b"heis"):
             return "HEIF"
     return next((name for magic, name in _MAGIC if data.startswith(magic)), None)
+
+
+def _check_jpeg_scans(data: bytes, limits: DecodeLimits) -> None:
+    """Refuse a JPEG with more scans than the limit, before decoding: each progressive scan
+    re-decodes the image. Start-of-scan markers (0xFFDA): entropy-coded data stuffs every 0xFF
+    with 0x00, so the pair only appears as a marker (or inside an embedded thumbnail's JPEG)."""
+    scans = data.count(b"\xff\xda")
+    if scans > limits.max_jpeg_scans:
+        raise ImageError(
+            f"too many JPEG scans: {scans} > limit of {limits.max_jpeg_scans} "
+            "(refused before decoding: each progressive scan re-decodes the image)"
+        )
 
 
 def _check_size(size: tuple[int, int], limits: DecodeLimits) -> None:

@@ -205,6 +205,11 @@ def _code(hex_hash: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8)
 
 
+def _window_codes(blob: bytes | None) -> np.ndarray:
+    """A record's stored windows as (n, 2, 8) uint8 codes: (pHash, dHash) per window."""
+    return np.frombuffer(blob or b"", dtype=np.uint8).reshape(-1, 2, _BITS // 8)
+
+
 def hash_codes(hexes: Iterable[str]) -> np.ndarray:
     """Hex hashes -> (n, 8) uint8 rows, the form faiss's binary index (and numpy) compare."""
     return np.stack([_code(h) for h in hexes])
@@ -326,7 +331,7 @@ class MemoryStore:
         for row_id, phash, windows in rows:
             ids.append(row_id * _WINDOW_IDS)
             codes.append(_code(phash))
-            pairs = np.frombuffer(windows or b"", dtype=np.uint8).reshape(-1, 2, _BITS // 8)
+            pairs = _window_codes(windows)
             ids += [row_id * _WINDOW_IDS + 1 + i for i in range(len(pairs))]
             codes += list(pairs[:, 0])
         self._index.add_with_ids(np.stack(codes), np.array(ids, dtype=np.int64))
@@ -434,12 +439,7 @@ class MemoryStore:
                     query = _code(hashes.dhash)
                     for row in rows:
                         rec = KnownImage(*row[:-1])
-                        dhashes = [_code(rec.dhash)] + [
-                            pair[1]
-                            for pair in np.frombuffer(row[-1] or b"", np.uint8).reshape(
-                                -1, 2, _BITS // 8
-                            )
-                        ]
+                        dhashes = [_code(rec.dhash), *_window_codes(row[-1])[:, 1]]
                         best = None
                         for frame, pd in near[rec.id]:
                             dd = int(np.unpackbits(dhashes[frame] ^ query).sum())
@@ -495,12 +495,7 @@ class MemoryStore:
                 f"SELECT {_COLUMNS}, windows FROM known_images ORDER BY id"
             ).fetchall()
         for row in rows:
-            raw = row[-1] or b""
-            step = _BITS // 8
-            pairs = tuple(
-                (raw[i : i + step].hex(), raw[i + step : i + 2 * step].hex())
-                for i in range(0, len(raw), 2 * step)
-            )
+            pairs = tuple((p.tobytes().hex(), d.tobytes().hex()) for p, d in _window_codes(row[-1]))
             yield KnownImage(*row[:-1]), pairs
 
     def import_jsonl(self, lines: Iterable[str], origin: str = "import") -> int:

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from detector.image import DecodeLimits, ImageError, decode, read_file
+from detector.methods.model import model_tiles
+from detector.preprocess import PreprocessConfig
 from detector.scan import (
     IMAGE_EXTENSIONS,
     ScanError,
@@ -50,6 +52,7 @@ class DetectorSpec:
     methods: tuple[str, ...]
     options: dict[str, Any]
     limits: DecodeLimits
+    tiles: PreprocessConfig | None = None  # the model's preprocessing (None: no model method)
 
 
 # --- listing -------------------------------------------------------------------------------
@@ -124,9 +127,8 @@ class _Prepare:
         self.source = source
         self.read = _reader(source)
         self.spec = spec
-        methods = create_methods(list(spec.methods), **_lite_options(spec))
-        self.model = next((m for m in methods if m.name == "model"), None)
-        self.others = [m for m in methods if m.name != "model"]
+        # every method but the model, which runs in stage 2: here only its tiles are cut
+        self.others = create_methods([m for m in spec.methods if m != "model"], **spec.options)
         self.done = done
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
@@ -151,7 +153,7 @@ class _Prepare:
                     image = decode(data, self.spec.limits)
                     decode_ms = (time.perf_counter() - start) * 1000
                     results = [m.score([image])[0] for m in self.others]
-                    tiles = self.model.tiles([image])[0] if self.model else None
+                    tiles = model_tiles([image], self.spec.tiles)[0] if self.spec.tiles else None
                     from detector.pipeline import image_info
 
                     payload = pickle.dumps((image_info(image), results, tiles, decode_ms))
@@ -165,11 +167,6 @@ class _Prepare:
             out["status"].append(status)
             out["payload"].append(payload)
         return out
-
-
-def _lite_options(spec: DetectorSpec) -> dict[str, Any]:
-    """Stage 1 builds the model method only to cut tiles; it runs on the CPU."""
-    return {**spec.options, "device": "cpu"}
 
 
 # --- stage 2: the model on many images' tiles, then fusion (actor pool) -------------------

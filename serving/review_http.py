@@ -16,6 +16,7 @@ still scores uploads by hand.
 
 from __future__ import annotations
 
+import functools
 from importlib import resources
 from typing import TYPE_CHECKING
 
@@ -193,9 +194,8 @@ class ReviewRoutes:
         if name not in _PAGE_FILES:
             raise HttpError(404, f"no such file on the review page: {name!r}")
         file, ctype = _PAGE_FILES[name]
-        body = resources.files("serving").joinpath("static", file).read_bytes()
         return web.Response(
-            body=body,
+            body=_page_file(file),
             content_type=ctype,
             charset="utf-8",
             headers={
@@ -204,6 +204,12 @@ class ReviewRoutes:
                 "X-Content-Type-Options": "nosniff",
             },
         )
+
+
+@functools.cache
+def _page_file(name: str) -> bytes:
+    """A file of the review page, read once per process (they ship with the package)."""
+    return resources.files("serving").joinpath("static", name).read_bytes()
 
 
 def _png_rendition(data: bytes, limits) -> bytes:

@@ -21,9 +21,19 @@ from detector.engine import ModelBundle, load_bundle
 from detector.image import DecodedImage
 from detector.methods.base import Evidence, Kind, Method, MethodResult, Strength, Supports
 from detector.methods.registry import register_method
-from detector.preprocess import preprocess, too_small
+from detector.preprocess import PreprocessConfig, preprocess, too_small
 
 __all__ = ["ModelMethod"]
+
+
+def model_tiles(images: Sequence[DecodedImage], prep: PreprocessConfig) -> list[np.ndarray | str]:
+    """Each image's tiles (the one preprocessing), or why it is too small to judge. Where
+    decoding runs apart from the engine (``scan --ray``), this runs beside the decoder, with no
+    model loaded, and ``ModelMethod.score_tiles`` beside the engine."""
+    return [
+        why if (why := too_small(img.pixels)) is not None else preprocess(img.pixels, prep)
+        for img in images
+    ]
 
 
 @register_method("model")
@@ -59,14 +69,8 @@ class ModelMethod(Method):
         return self.score_tiles(self.tiles(images))
 
     def tiles(self, images: Sequence[DecodedImage]) -> list[np.ndarray | str]:
-        """Each image's tiles (the one preprocessing), or why it is too small to judge. The
-        first half of ``score``: where decoding runs apart from the engine (``scan --ray``),
-        this runs beside the decoder and ``score_tiles`` beside the engine."""
-        out: list[np.ndarray | str] = []
-        for img in images:
-            why = too_small(img.pixels)
-            out.append(why if why is not None else preprocess(img.pixels, self.bundle.preprocess))
-        return out
+        """The first half of ``score`` (``model_tiles`` with this model's preprocessing)."""
+        return model_tiles(images, self.bundle.preprocess)
 
     def score_tiles(self, prepared: Sequence[np.ndarray | str]) -> list[MethodResult]:
         """Results from ``tiles``' output: one engine call for the batch's tiles, each image's

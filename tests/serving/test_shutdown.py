@@ -22,26 +22,10 @@ pytestmark = pytest.mark.integration
 
 def test_serve_process_drains_on_sigterm(exported_model):
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "detector.cli", "serve", "--grpc-port", str(free_port()), "--model", str(exported_model), "--port", str(port),
-         "--max-batch-size", "1", "--max-queue-delay-us", "0", "--no-access-log"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = _serve(exported_model, port, "--max-batch-size", "1", "--max-queue-delay-us", "0")
     url = f"127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=1).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            pytest.fail(
-                "server did not become ready: " + proc.stderr.read()
-                if proc.poll() is not None
-                else "timeout"
-            )
+        _wait_until(proc, lambda: _ready(url))
         images = [jpeg(300 + i, 384) for i in range(24)]  # 9 tiles each, one tile per engine call
         with concurrent.futures.ThreadPoolExecutor(24) as pool:
             futures = [pool.submit(request, url, "/v1/score", img) for img in images]
@@ -65,6 +49,13 @@ def _serve(model, port: int, *extra: str, grpc_port: int | None = None) -> subpr
          "--model", str(model), "--port", str(port), "--no-access-log", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+
+
+def _ready(url: str) -> bool:
+    try:
+        return urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=1).status == 200
+    except OSError:
+        return False
 
 
 def _wait_until(proc: subprocess.Popen, check, timeout: float = 90) -> None:
@@ -144,15 +135,7 @@ def test_serve_processes_share_the_port_and_metrics(exported_model):
     try:
         servers = _servers(proc, 2)
 
-        def ready() -> bool:
-            try:
-                return (
-                    urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=1).status == 200
-                )
-            except OSError:
-                return False
-
-        _wait_until(proc, ready)
+        _wait_until(proc, lambda: _ready(url))
         before = _metric(url, "synthdetect_requests_total", endpoint="/v1/score", code="200")
         # a new connection per request: the kernel spreads them over both processes, so a
         # /metrics answer from one process that counted only its own requests would be short
@@ -234,21 +217,11 @@ def test_connection_cap_and_idle_timeout(exported_model):
     import socket
 
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "detector.cli", "serve", "--grpc-port", str(free_port()), "--model", str(exported_model), "--port",
-         str(port), "--max-connections", "4", "--idle-timeout-s", "2", "--no-access-log"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = _serve(exported_model, port, "--max-connections", "4", "--idle-timeout-s", "2")
     url = f"127.0.0.1:{port}"
     idle = []
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=1).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.2)
+        _wait_until(proc, lambda: _ready(url))
         idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
         time.sleep(0.3)
         status, headers, body = request(url, "/v2/health/live")
