@@ -65,12 +65,41 @@ def test_ray_scan_matches_scan_and_resumes(tmp_path):
     assert len((tmp_path / "ray.jsonl").read_text().splitlines()) == 8
 
 
+def _readme_ray_job() -> list[str]:
+    """The synthdetect command of the README's `ray job submit` example."""
+    import re
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```text\n(ray job submit .*?)```", readme, re.S)
+    assert len(blocks) == 1, "the README shows one `ray job submit` example"
+    words = shlex.split(blocks[0].replace("\\\n", " "))
+    return words[words.index("--") + 1 :]
+
+
+def test_the_readmes_ray_job_is_a_valid_scan():
+    import pyarrow.fs
+
+    from detector.cli import build_parser
+    from detector.scan_ray import _is_uri
+
+    cmd = _readme_ray_job()
+    assert cmd[:2] == ["synthdetect", "scan"]
+    args = build_parser().parse_args(cmd[1:])
+    assert args.ray == "auto" and args.out.endswith(".parquet") and args.ray_workers > 1
+    assert _is_uri(args.directory) and args.directory.startswith("s3://")
+    assert pyarrow.fs.S3FileSystem  # this pyarrow reads s3:// URIs
+
+
 def test_ray_scan_writes_parquet_and_resumes(tmp_path):
+    """The README's cluster command, run here: a local folder, a local Ray, 2 model actors."""
     pq = pytest.importorskip("pyarrow.parquet")
     root = tmp_path / "tree"
     _tree(root)
     out = tmp_path / "results.parquet"
-    _scan(str(root), "--out", str(out), "--ray")
+    cmd = _readme_ray_job()[2:]
+    local = {cmd[0]: str(root), "/shared/results.parquet": str(out), "8": "2"}
+    _scan(*(local.get(w, w) for w in cmd if w != "auto"))
     table = pq.read_table(out).to_pylist()
     assert {r["path"] for r in table} >= {"img0.png", "bad.jpg"} and len(table) == 7
     row = next(r for r in table if r["path"] == "img0.png")

@@ -213,3 +213,55 @@ def test_the_readmes_client_examples_run_against_the_server(server, tmp_path, ca
         exec(compile(code, "README.md", "exec"), {})
         printed = capsys.readouterr().out
         assert re.search(r"\[\[0\.\d+\]\]", printed), printed
+
+
+def _readme_perf_analyzer() -> list[str]:
+    import re
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Serve", 1)[1].split("\n## ", 1)[0]
+    lines = re.findall(r"^perf_analyzer .*$", section, re.M)
+    assert len(lines) == 1, "the Serve section shows one perf_analyzer command"
+    return shlex.split(lines[0])
+
+
+def test_the_readmes_perf_analyzer_command_names_what_the_server_serves(server):
+    """What the command asks for (protocol, default port, model, its inputs) is what `serve`
+    answers; runs everywhere, perf_analyzer or not."""
+    from detector.cli import build_parser
+
+    args = _readme_perf_analyzer()
+    opts = dict(zip(args[1::2], args[2::2], strict=True))  # every option takes a value
+    assert opts["-i"] == "grpc"
+    assert opts["-u"] == f"127.0.0.1:{build_parser().parse_args(['serve']).grpc_port}"
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    md = client.get_model_metadata(opts["-m"], as_json=True)
+    # --input-data zero needs every input's shape from the model: numeric, except the batch
+    assert all(d != "-1" for i in md["inputs"] for d in i["shape"][1:]), md["inputs"]
+
+
+def test_the_readmes_perf_analyzer_command_runs(server):
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    local = Path(__file__).resolve().parents[2] / ".venv-perf" / "perf_analyzer"
+    exe = (os.environ.get("PERF_ANALYZER") or shutil.which("perf_analyzer")
+           or (str(local) if local.exists() else None))  # fmt: skip
+    if exe is None:
+        pytest.skip("perf_analyzer is not installed (benchmarks/setup_perf_analyzer.sh)")
+    args = [server.grpc_url if a == "127.0.0.1:8001" else a for a in _readme_perf_analyzer()[1:]]
+    # short windows; any throughput counts as stable: this checks the protocol, not the speed
+    out = subprocess.run(
+        [exe, *args, "--measurement-interval", "1000", "--stability-percentage", "999"],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "Throughput:" in out.stdout and "infer/sec" in out.stdout
+    stats = grpcclient.InferenceServerClient(server.grpc_url).get_inference_statistics(
+        "synthdetect_tiles", as_json=True
+    )["model_stats"][0]
+    assert int(stats["inference_count"]) > 0
