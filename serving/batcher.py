@@ -6,12 +6,18 @@ tiles or ``max_queue_delay_us`` has passed since the oldest arrived, runs the en
 hands each request its slice of the logits. A full queue rejects at once (``QueueFull``), so
 overload costs a fast 503 instead of unbounded memory and latency.
 
+Requests submitted from an event loop (``submit_async``) are answered with one callback per
+loop per batch, not one per request: each cross-thread callback wakes the loop through its
+self-pipe, and a profile of the tiles model at 16 clients put 5% of the server's samples there.
+
 ``take_batch`` is the decision, a plain function with its own tests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -74,19 +80,44 @@ def take_batch(sizes: Sequence[int], max_batch_size: int) -> int:
 @dataclass
 class _Request:
     tiles: np.ndarray
-    future: Future
+    future: Future | asyncio.Future
+    loop: asyncio.AbstractEventLoop | None = None  # set: ``future`` belongs to this loop
     arrived: float = field(default_factory=time.monotonic)
 
 
-def _settle(fut: Future, result: object = None, exc: BaseException | None = None) -> None:
-    """Complete a request's future unless its caller gave up on it (deadline)."""
+_Outcome = tuple["Future | asyncio.Future", object, "BaseException | None"]
+
+
+def _settle(fut: Future | asyncio.Future, result: object = None, exc: BaseException | None = None):
+    """Complete a request's future unless its caller gave up on it (deadline, cancelled)."""
+    if fut.done():
+        return
     try:
         if exc is not None:
             fut.set_exception(exc)
         else:
             fut.set_result(result)
-    except InvalidStateError:  # cancelled at its deadline while the engine ran it
+    except (InvalidStateError, asyncio.InvalidStateError):  # cancelled meanwhile
         pass
+
+
+def _settle_all(outcomes: list[_Outcome]) -> None:
+    for fut, result, exc in outcomes:
+        _settle(fut, result, exc)
+
+
+def _answer(requests: list[_Request], outcomes: list[_Outcome]) -> None:
+    """Settle each request's future: thread futures at once, loop futures in one callback per
+    loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+    for req, outcome in zip(requests, outcomes, strict=True):
+        if req.loop is None:
+            _settle(*outcome)
+        else:
+            by_loop.setdefault(req.loop, []).append(outcome)
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: no one is left to answer
+            loop.call_soon_threadsafe(_settle_all, items)
 
 
 class BatchingEngine:
@@ -124,21 +155,30 @@ class BatchingEngine:
         return self._queued_tiles
 
     def submit(self, tiles: np.ndarray) -> Future:
-        fut: Future = Future()
-        n = len(tiles)
+        """Queue ``tiles``; the future (for any thread) holds their logits."""
+        return self._enqueue(_Request(tiles, Future()))
+
+    def submit_async(self, tiles: np.ndarray) -> asyncio.Future:
+        """``submit`` from inside a running event loop: the future belongs to that loop, and
+        a batch answers all its requests from one loop with one callback."""
+        loop = asyncio.get_running_loop()
+        return self._enqueue(_Request(tiles, loop.create_future(), loop))
+
+    def _enqueue(self, req: _Request):
+        n = len(req.tiles)
         if n == 0:
-            fut.set_result(np.zeros(0, np.float32))
-            return fut
+            req.future.set_result(np.zeros(0, np.float32))
+            return req.future
         with self._cond:
             if self._closed:
                 raise QueueFull("server is shutting down")
             # A request larger than the whole bound is still served when nothing waits.
             if self._queued_tiles and self._queued_tiles + n > self.config.max_queue_tiles:
                 raise QueueFull(f"queue full ({self._queued_tiles} tiles waiting)")
-            self._queue.append(_Request(tiles, fut))
+            self._queue.append(req)
             self._queued_tiles += n
             self._cond.notify()
-        return fut
+        return req.future
 
     def run(self, tiles: np.ndarray) -> np.ndarray:
         """Engine interface: block until this request's logits are ready (at most the
@@ -164,10 +204,10 @@ class BatchingEngine:
         with self._cond:
             self._closed = True
             if not drain:
-                while self._queue:
-                    req = self._queue.popleft()
-                    req.future.set_exception(QueueFull("server stopped"))
+                dropped = list(self._queue)
+                self._queue.clear()
                 self._queued_tiles = 0
+                _answer(dropped, [(r.future, None, QueueFull("server stopped")) for r in dropped])
             self._cond.notify_all()
         self._thread.join(timeout)
 
@@ -208,14 +248,12 @@ class BatchingEngine:
                 )
                 self._observe(len(tiles))
             except Exception as exc:  # the engine failed: every request of the batch learns why
-                for r in batch:
-                    _settle(r.future, exc=exc)
+                _answer(batch, [(r.future, None, exc) for r in batch])
                 with self._cond:
                     self._running = 0
                 continue
-            start = 0
-            for r in batch:
-                _settle(r.future, logits[start : start + len(r.tiles)])
-                start += len(r.tiles)
+            ends = np.cumsum([len(r.tiles) for r in batch])
+            _answer(batch, [(r.future, logits[e - len(r.tiles) : e], None)
+                            for r, e in zip(batch, ends, strict=True)])  # fmt: skip
             with self._cond:
                 self._running = 0

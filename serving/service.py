@@ -89,10 +89,6 @@ class ServiceConfig:
             raise ValueError("workers and max_inflight must be >= 1")
 
 
-async def _submitted(batcher: BatchingEngine, tiles: np.ndarray) -> np.ndarray:
-    return await asyncio.wrap_future(batcher.submit(tiles))
-
-
 class PixelBudget:
     """Decoded pixels in flight across requests, bounded: ``hold(n)`` waits until ``n`` more
     fit (an image larger than the whole budget waits until nothing else is in flight), and
@@ -297,7 +293,11 @@ class Service:
     async def score_tiles(self, tiles: np.ndarray) -> np.ndarray:
         """Tiles go from the event loop straight into the batcher (``submit`` never blocks)
         and the batch's future is awaited: no worker-thread hop for tensor requests."""
-        return await self._scoring(_submitted(self.batcher, tiles))
+
+        async def submitted() -> np.ndarray:  # submits once ``active`` counts this request
+            return await self.batcher.submit_async(tiles)
+
+        return await self._scoring(submitted())
 
     async def _scoring(self, work):
         # ``active`` counts scoring tasks not yet finished; each submits to the batcher at most

@@ -145,3 +145,73 @@ def test_deadline_gives_up_and_takes_queued_tiles_back():
     eng.close()
     with pytest.raises(ValueError, match="deadline"):
         BatcherConfig(deadline_s=0)
+
+
+def test_async_requests_are_answered_with_one_loop_callback_per_batch():
+    """From an event loop: each request gets its own slice, one batch wakes the loop once,
+    a request its caller gave up on does not keep the others from their answers."""
+    import asyncio
+
+    rec = _Recorder(delay=0.05)
+    engine = BatchingEngine(rec, BatcherConfig(max_batch_size=64, max_queue_delay_us=50_000))
+
+    async def main() -> tuple[list, int]:
+        loop = asyncio.get_running_loop()
+        wakeups = 0
+        original = loop.call_soon_threadsafe
+
+        def counted(*args, **kwargs):
+            nonlocal wakeups
+            wakeups += 1
+            return original(*args, **kwargs)
+
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        inputs = [np.full((1 + i % 3, 2), float(i), np.float32) for i in range(12)]
+        futures = [engine.submit_async(x) for x in inputs]
+        futures[5].cancel()  # its caller's deadline passed
+        done = await asyncio.gather(*futures, return_exceptions=True)
+        return list(zip(inputs, done, strict=True)), wakeups
+
+    pairs, wakeups = asyncio.run(main())
+    engine.close()
+    assert rec.calls == [sum(1 + i % 3 for i in range(12))]  # one batch
+    assert wakeups == 1
+    for i, (x, out) in enumerate(pairs):
+        if i == 5:
+            assert isinstance(out, asyncio.CancelledError)
+        else:
+            np.testing.assert_array_equal(out, x.sum(axis=1))
+
+
+def test_async_requests_learn_engine_errors_and_a_stop():
+    import asyncio
+
+    def broken(tiles: np.ndarray) -> np.ndarray:
+        raise RuntimeError("engine exploded")
+
+    engine = BatchingEngine(broken, BatcherConfig(max_batch_size=8, max_queue_delay_us=1000))
+
+    async def failing() -> None:
+        with pytest.raises(RuntimeError, match="engine exploded"):
+            await asyncio.gather(*(engine.submit_async(np.ones((2, 2), np.float32))
+                                   for _ in range(3)))  # fmt: skip
+
+    asyncio.run(failing())
+    engine.close()
+
+    gate = threading.Event()
+    slow = BatchingEngine(lambda t: (gate.wait(5), t.sum(axis=1))[1],
+                          BatcherConfig(max_batch_size=2, max_queue_delay_us=0))  # fmt: skip
+
+    async def stopped() -> list:
+        running = slow.submit_async(np.ones((2, 2), np.float32))  # takes the engine
+        await asyncio.sleep(0.05)
+        queued = [slow.submit_async(np.ones((2, 2), np.float32)) for _ in range(3)]
+        threading.Thread(target=slow.close, kwargs={"drain": False}).start()
+        await asyncio.sleep(0.05)
+        gate.set()
+        return await asyncio.gather(running, *queued, return_exceptions=True)
+
+    first, *rest = asyncio.run(stopped())
+    np.testing.assert_array_equal(first, [2, 2])
+    assert all(isinstance(r, QueueFull) and "server stopped" in str(r) for r in rest)
