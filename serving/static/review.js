@@ -36,7 +36,10 @@ async function loadQueue() {
     const page = await api("/v1/reviews?status=open&limit=200");
     state.queueOn = true;
     state.queue = page.items;
-    $("counts").textContent = `${page.counts.open} open, ${page.counts.decided} decided`;
+    const shown = page.counts.open > page.items.length
+      ? ` (the first ${page.items.length} in review order shown)` : "";
+    $("counts").textContent =
+      `${page.counts.open} open, ${page.counts.decided} decided${shown}`;
     renderQueue();
     return true;
   } catch (error) {
