@@ -29,6 +29,7 @@ def test_groups_are_reported_as_they_finish_and_scores_are_kept(tiny_corpus, tmp
     assert set(first.per_generator) == {"gan", "ae"}
     groups = first.extra["leave_one_out"]["as_is"]["groups"]
     assert groups["gan"]["exclude"] == ["gan"] and groups["gan"]["n_fake"] > 0
+    _check_card_table(first, tmp_path)
     # each run keeps its group's scores, keyed by its checkpoint: a second report reuses them
     cache = json.loads((runs / "loo-gan" / "held-out-scores.json").read_text())
     assert len(cache) == 1 and cache[0]["key"]["families"] == ["gan"]
@@ -44,3 +45,23 @@ def test_groups_are_reported_as_they_finish_and_scores_are_kept(tiny_corpus, tmp
     finally:
         run_eval.score_held_out_family = original
     assert again.overall.roc_auc == pytest.approx(first.overall.roc_auc)
+
+
+def _check_card_table(report, tmp_path):
+    """The model card's table is rendered from the written report, one row per group."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    report.extra = {**report.extra, "groups_done": ["gan", "ae"], "groups_left": []}
+    report.write(tmp_path / "lofo.json")
+    script = Path(__file__).resolve().parents[2] / "scripts" / "lofo_table.py"
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "lofo.json")],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    groups = report.extra["leave_one_out"]["as_is"]["groups"]
+    for name in ("gan", "ae"):
+        row = next(line for line in out.splitlines() if line.startswith(f"| {name} ("))
+        assert f"{groups[name]['roc_auc']:.3f} / {groups[name]['roc_auc']:.3f}" in row
+    assert f"2 of 2 groups: mean AP {report.extra['mean_ap']:.3f}" in out
+    bad = subprocess.run([sys.executable, str(script), str(script)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "not a leave-one-family-out result" in bad.stderr

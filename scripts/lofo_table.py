@@ -1,0 +1,64 @@
+"""The model card's leave-one-family-out table, rendered from the committed JSON.
+
+    .venv/bin/python scripts/lofo_table.py benchmarks/results/default-model/leave-one-family-out-wild.json
+
+One row per finished hold-out group (as-is / JPEG-q90 equalised), then the mean and the
+groups still to run, so the card's numbers are copied from the file and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def table(result: dict) -> str:
+    runs = result["leave_one_out"]
+    a = runs["as_is"]
+    q = runs.get("equalised", a)  # a run without --equalise: both columns as-is
+    as_is, eq = a["groups"], q["groups"]
+    lines = [
+        "| held-out group (families) | fakes / reals | AP as-is / eq (chance) "
+        "| ROC-AUC as-is / eq | fakes flagged | reals flagged |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, g in as_is.items():
+        e = eq[name]
+        lines.append(
+            f"| {name} ({', '.join(g['exclude'])}) | {g['n_fake']:,} / {g['n_real']:,} "
+            f"| {g['ap']:.3f} / {e['ap']:.3f} ({g['chance_ap']:.2f}) "
+            f"| {g['roc_auc']:.3f} / {e['roc_auc']:.3f} "
+            f"| {_pct(g['fake_accuracy_at_threshold'])} "
+            f"| {_pct(1 - g['real_accuracy_at_threshold'])} |"
+        )
+    lines.append(
+        f"\n{len(as_is)} of {len(as_is) + len(result.get('groups_left', []))} groups: mean AP "
+        f"{a['mean_ap']:.3f} / {q['mean_ap']:.3f}, lowest {a['min_ap']:.3f} / {q['min_ap']:.3f}, "
+        f"mean ROC-AUC {a['mean_roc_auc']:.3f} / {q['mean_roc_auc']:.3f} (as-is / equalised)."
+    )
+    if result.get("groups_left"):
+        lines.append(f"Still to run: {', '.join(result['groups_left'])}.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: scripts/lofo_table.py LEAVE_ONE_FAMILY_OUT.json", file=sys.stderr)
+        return 2
+    path = Path(argv[0])
+    try:
+        result = json.loads(path.read_text())
+        print(table(result))
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"{path}: not a leave-one-family-out result ({exc})", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
