@@ -127,7 +127,10 @@ def accuracy_benchmark(
         raise ValueError(f"{data}: no images in split {split!r}")
     names = _available(methods, options)
     built = {n: create_method(n, **options.get(n, {})) for n in names}
-    config = default_fusion(list(built.values()))
+    # The fused row is the verdict a user gets: over the named methods, or else over the
+    # default set (an opt-in method is still measured on its own row).
+    fused_names = [n for n in built if methods or built[n].in_default]
+    config = default_fusion([built[n] for n in fused_names])
     labels = np.array([s.label for s in samples])
     generators = [s.generator for s in samples]
     rows = []
@@ -156,7 +159,8 @@ def accuracy_benchmark(
                 {"degradation": cname, "equalise": ename, "method": name,
                  "kind": built[name].kind.value, **row}
             )  # fmt: skip
-        verdicts = [fuse([per_method[n][i] for n in built], config) for i in range(len(images))]
+        verdicts = [fuse([per_method[n][i] for n in fused_names], config)
+                    for i in range(len(images))]  # fmt: skip
         fused = [v.probability for v in verdicts]
         row = _metrics_row(labels, fused, config.threshold, generators, sum(timing.values()))
         rows.append(
@@ -177,6 +181,7 @@ def accuracy_benchmark(
         "split": split,
         "images": len(samples),
         "methods": names,
+        "fused_methods": fused_names,
         "equalise": chain_name(eq),
         "rows": rows,
         "gate": {

@@ -105,7 +105,7 @@ def _add_detector_options(p: argparse.ArgumentParser) -> None:
 
 
 def _detector_spec(args: argparse.Namespace) -> tuple[list[str] | None, dict[str, Any]]:
-    """The method names (None: every available one) and options the detector options give."""
+    """The method names (None: the default set) and options the detector options give."""
     names = None
     if args.methods:
         names = [n.strip() for n in args.methods.split(",") if n.strip()]
@@ -120,9 +120,9 @@ def _detector_spec(args: argparse.Namespace) -> tuple[list[str] | None, dict[str
         options["memory_db"] = args.memory_db
         extra.add("known_image")
     if names is None and extra:
-        from detector.methods import method_names
+        from detector.methods import default_method_names
 
-        names = sorted(set(method_names(available_only=True)) | extra)
+        names = sorted(set(default_method_names()) | extra)
     return names, options
 
 
@@ -526,7 +526,8 @@ def _cmd_methods(args: argparse.Namespace) -> int:
         return EXIT_OK
     for r in rows:
         state = "" if r["available"] else f"  [unavailable: {r['reason']}]"
-        print(f"{r['name']:<20} {r['kind']:<9} {r['description']}{state}")
+        opt_in = "" if r["in_default"] else "  [opt-in: not in the default verdict]"
+        print(f"{r['name']:<20} {r['kind']:<9} {r['description']}{opt_in}{state}")
     return EXIT_OK
 
 

@@ -35,7 +35,7 @@ from detector.engine import ModelBundle, load_bundle
 from detector.fusion import Verdict
 from detector.image import DecodeLimits, ImageError, image_size
 from detector.memory import MemoryStore
-from detector.methods import method_names
+from detector.methods import default_method_names
 from detector.model_io import BYTES_MODEL, TENSOR_MODEL, ModelDescription, bytes_model, tensor_model
 from detector.pipeline import Detector
 from serving.batcher import BatcherConfig, BatchingEngine, QueueFull
@@ -229,7 +229,7 @@ class Service:
         names = (
             list(config.methods)
             if config.methods
-            else sorted(set(method_names(available_only=True)) | always)
+            else sorted(set(default_method_names()) | always)
         )
         self.default_methods = names
         self._detectors: dict[tuple[tuple[str, ...], bool], Detector] = {}

@@ -28,6 +28,7 @@ from detector.methods.registry import (
     MethodUnavailable,
     create_method,
     create_methods,
+    default_method_names,
     method_names,
     register_method,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "Supports",
     "create_method",
     "create_methods",
+    "default_method_names",
     "method_names",
     "register_method",
 ]

@@ -131,6 +131,9 @@ class Method(ABC):
     description: ClassVar[str] = ""
     # Constructor keyword options this method accepts from a shared option set (CLI flags).
     options: ClassVar[tuple[str, ...]] = ()
+    # Part of the verdict when no method set is named (score, scan, serve). A method whose
+    # measured effect on the fused verdict is harmful is kept registered but opt-in.
+    in_default: ClassVar[bool] = True
 
     @classmethod
     def availability(cls, **options: Any) -> str | None:
@@ -163,6 +166,7 @@ class Method(ABC):
             "kind": cls.kind.value,
             "available": reason is None,
             "reason": reason,
+            "in_default": cls.in_default,
             "description": cls.description,
         }
 

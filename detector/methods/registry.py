@@ -13,6 +13,7 @@ __all__ = [
     "MethodUnavailable",
     "create_method",
     "create_methods",
+    "default_method_names",
     "method_names",
     "register_method",
 ]
@@ -51,6 +52,11 @@ def method_names(kind: Kind | str | None = None, available_only: bool = False) -
     return names
 
 
+def default_method_names() -> list[str]:
+    """The methods a detector runs when none are named: available here and ``in_default``."""
+    return [n for n in method_names(available_only=True) if METHODS.get(n).in_default]
+
+
 def create_method(name: str, **options: Any) -> Method:
     """Build a method by name; raises ``MethodUnavailable`` if it cannot run here."""
     cls = METHODS.get(name)
@@ -61,12 +67,12 @@ def create_method(name: str, **options: Any) -> Method:
 
 
 def create_methods(names: Sequence[str] | None = None, **options: Any) -> list[Method]:
-    """Build the named methods (default: every available one).
+    """Build the named methods (default: ``default_method_names()``).
 
     ``options`` are passed to each method whose constructor accepts them, so one flag such as
     ``include_prompt`` reaches the methods that understand it.
     """
-    chosen = list(names) if names is not None else method_names(available_only=True)
+    chosen = list(names) if names is not None else default_method_names()
     methods = []
     for name in chosen:
         cls = METHODS.get(name)

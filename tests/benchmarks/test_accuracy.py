@@ -34,6 +34,24 @@ def test_equalised_rows_sit_beside_as_is_rows(tiny_corpus, method_options):
     assert "model@none.ap" in result["gate"]["accuracy"]
 
 
+def test_the_fused_row_is_the_default_verdict_unless_methods_are_named(tiny_corpus,
+                                                                      method_options):  # fmt: skip
+    """Every method gets its own row; "fused" fuses what a user gets: the default set (no
+    opt-in artifact method), or the named methods."""
+    kwargs = {"grid": "none", "limit": 12, "options": method_options, "log": lambda m: None}
+    every = accuracy_benchmark(tiny_corpus / "manifest.csv", **kwargs)
+    assert "artifact" in every["methods"] and "artifact" not in every["fused_methods"]
+    assert "model" in every["fused_methods"] and "artifact" in {r["method"] for r in every["rows"]}
+    named = accuracy_benchmark(tiny_corpus / "manifest.csv", methods=["model", "artifact"],
+                               **kwargs)  # fmt: skip
+    assert named["fused_methods"] == ["model", "artifact"]
+    fused = {r["method"]: r for r in named["rows"]}
+    plain = {r["method"]: r for r in every["rows"]}
+    # the model's own row is the same in both runs; the fused rows differ by the artifact
+    assert fused["model"]["ap"] == pytest.approx(plain["model"]["ap"])
+    assert fused["fused"]["ap"] != pytest.approx(plain["fused"]["ap"], abs=1e-9)
+
+
 def test_equalised_files_are_plain_jpegs_of_the_same_pixels(tiny_corpus):
     sample = next(s for s in load_samples(tiny_corpus / "manifest.csv") if s.path.suffix == ".png")
     data = _degraded_bytes(sample, [], parse_equalise("jpeg:90"))

@@ -117,3 +117,21 @@ def test_one_failing_image_does_not_lose_the_batch(batch, monkeypatch):
     assert results[0].abstained and results[0].evidence[0].code == "generator_params.error"
     assert "boom" in results[0].evidence[0].message
     assert results[1].decisive
+
+
+def test_opt_in_methods_run_only_when_named():
+    """The artifact method is measured to hurt the default verdict on real-world sources: it
+    stays registered and runs when named, but no default method set includes it."""
+    from detector.cli import _detector_spec, build_parser
+    from detector.methods import create_methods, default_method_names
+
+    assert METHODS.get("artifact").in_default is False
+    defaults = default_method_names()
+    assert "artifact" not in defaults and "model" in defaults and "c2pa" in defaults
+    assert {m.name for m in create_methods()} == set(defaults)
+    assert [m.name for m in create_methods(["artifact"])] == ["artifact"]
+    args = build_parser().parse_args(["score", "--memory-db", "x.sqlite", "x.jpg"])
+    names, _ = _detector_spec(args)  # an explicit option adds its method to the default set
+    assert "known_image" in names and "artifact" not in names
+    args = build_parser().parse_args(["score", "--methods", "model,artifact", "x.jpg"])
+    assert _detector_spec(args)[0] == ["model", "artifact"]

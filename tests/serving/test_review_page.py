@@ -84,7 +84,7 @@ def test_review_page_upload_heatmap_decide(make_server, tmp_path):
         )
         assert img_ok == 216
         evidence = browser.find_element(By.ID, "evidence").text
-        assert "model:" in evidence and "artifact:" in evidence
+        assert "model:" in evidence and "exif_hints:" in evidence
         body = browser.find_element(By.TAG_NAME, "body")
         body.send_keys("h")  # heatmap off, then on again
         assert "off" in heat.get_attribute("class")

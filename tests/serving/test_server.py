@@ -446,7 +446,7 @@ def test_failing_engine_gives_degraded_verdicts_not_500(make_server):
     verdict = json.loads(body)["verdict"]
     assert status == 200 and verdict["degraded"] is True
     assert verdict["degraded_reasons"] == ["model: RuntimeError: CUDA error: device lost"]
-    assert verdict["methods"]["model"]["abstained"] and "artifact" in verdict["methods"]
+    assert verdict["methods"]["model"]["abstained"] and "exif_hints" in verdict["methods"]
     _, _, metrics = request(live.url, "/metrics")
     assert (
         'synthdetect_degraded_verdicts_total{error="RuntimeError",method="model"} 1.0'
@@ -592,9 +592,9 @@ def test_gpu_decode_path_gives_the_cpu_paths_verdicts(server, make_server):
         )
     status, _, body = request(fast.url, "/v1/score?methods=model", b"\xff\xd8 not really")
     assert status == 422 and "error" in json.loads(body)
-    # every method: the usual path (the GPU path is for the model alone)
+    # every default method: the usual path (the GPU path is for the model alone)
     _, _, body = request(fast.url, "/v1/score", jpeg(61, 200))
-    assert "artifact" in json.loads(body)["verdict"]["methods"]
+    assert {"model", "exif_hints", "c2pa"} <= set(json.loads(body)["verdict"]["methods"])
 
 
 def test_a_client_that_disconnects_mid_upload_is_a_400_not_a_500(make_server):
