@@ -227,9 +227,7 @@ class Service:
         )
         always = {"model"} | ({"known_image"} if self.memory else set())
         names = (
-            list(config.methods)
-            if config.methods
-            else sorted(set(default_method_names()) | always)
+            list(config.methods) if config.methods else sorted(set(default_method_names()) | always)
         )
         self.default_methods = names
         self._detectors: dict[tuple[tuple[str, ...], bool], Detector] = {}
