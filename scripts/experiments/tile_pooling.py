@@ -77,11 +77,14 @@ def main() -> None:
                 y = np.array([s.label for s in pool])
                 for rule, f in POOLINGS.items():
                     p = 1 / (1 + np.exp(-np.array([f(t) for t in z]) / temp))
-                    m = compute_metrics(y, p)
+                    m = compute_metrics(y, p, bundle.calibration.threshold)
                     row = {"equalise": equalise or "none", "max_tiles": n, "set": name,
                            "pooling": rule, "ap": m.ap, "roc_auc": m.roc_auc,
                            "tpr_at_1pct_fpr": m.tpr_at_1pct_fpr, "n_real": m.n_real,
-                           "n_fake": m.n_fake, "mean_tiles": float(np.mean([len(t) for t in z]))}  # fmt: skip
+                           "n_fake": m.n_fake, "mean_tiles": float(np.mean([len(t) for t in z])),
+                           # at the run's calibrated threshold (fitted on its own tiling)
+                           "reals_flagged": 1 - m.real_accuracy_at_threshold,
+                           "fakes_flagged": m.fake_accuracy_at_threshold}  # fmt: skip
                     result["rows"].append(row)
                     print(json.dumps(row))
     args.out.parent.mkdir(parents=True, exist_ok=True)
