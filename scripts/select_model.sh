@@ -8,6 +8,7 @@
 # Results: benchmarks/results/selection/<candidate>$TAG.json. A candidate trained on other data
 # (e.g. the mix with TAEF2 twins) is scored on the same mix as the others:
 #   EVAL_DATA=runs/mix/manifest.csv TAG=-twins scripts/select_model.sh runs/mix-twins/manifest.csv runs/select-twins base
+# (the twins run was the lr 1e-3 base on the mix with TAEF2 twins)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:?usage: scripts/select_model.sh MIX_MANIFEST [WORK_DIR] [CANDIDATE...]}
@@ -19,17 +20,20 @@ SD=.venv/bin/synthdetect
 HELD=midjourney,flux,flux2,gigagan,stylegan,biggan,vqgan
 mkdir -p "$RESULTS" "$WORK"
 
+# base, no-rgb, long and the twins run were measured when configs/default.yaml had lr 1e-3;
+# lr3e-4 won and became the default, so those keep lr=0.001 to stay reproducible, and every
+# other candidate now varies the current recipe (lr 3e-4).
 declare -A CANDIDATES=(
-  [base]=""                                                   # configs/default.yaml as is
-  [no-rgb]="branches=[residual,spectrum]"                     # less content: residual + spectrum
+  [base]="lr=0.001"                                           # the v3 recipe before lr3e-4
+  [no-rgb]="lr=0.001 branches=[residual,spectrum]"            # less content: residual + spectrum
   [wild-only]='pool_weights={"wild":1.0}'                       # no self-made fakes
   [more-own]='pool_weights={"wild":0.4,"crops256":0.5,"crops64":0.1}'  # more self-made (aligned) fakes
   [no-new-aligned]="exclude_families=[$HELD,latent-decoder,sr-cugan,sr-span]"  # without TAEF2/CUGAN/SPAN
   [lite2]="model=efficientnet_lite2"
   [patchnet]="model=patchnet pretrained=null branches=[rgb,residual]"  # 23 px receptive field
-  [long]="epochs=6"                                           # schedule length
+  [long]="lr=0.001 epochs=6"                                  # schedule length
   [power0]="balance_power=0"                                  # every generator drawn alike
-  [lr3e-4]="lr=0.0003"                                        # gentler fine-tuning
+  [lr3e-4]="lr=0.0003"                                        # gentler fine-tuning (now the default)
 )
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(base no-rgb wild-only more-own no-new-aligned lite2 long power0 patchnet lr3e-4)
