@@ -177,9 +177,14 @@ def start_server(model_dir: Path, port: int, extra: list[str] | None = None) -> 
                        wait_for="server processes up" if several else None)  # fmt: skip
 
 
+def perf_analyzer_exe() -> str | None:
+    """The perf_analyzer to run: ``$PERF_ANALYZER``, else the one on PATH."""
+    return os.environ.get("PERF_ANALYZER") or shutil.which("perf_analyzer")
+
+
 def perf_analyzer(port: int, model_dir: Path, batch: int) -> dict:
     """Triton's perf_analyzer against our server, fed with real preprocessed tiles."""
-    exe = os.environ.get("PERF_ANALYZER") or shutil.which("perf_analyzer")
+    exe = perf_analyzer_exe()
     if not exe:
         return {
             "ran": False,

@@ -114,10 +114,6 @@ def _reader(source: str):
 # --- stage 1: read, decode, per-image methods, tiles (CPU tasks) ----------------------------
 
 
-class _Handled(Exception):
-    pass
-
-
 class _Prepare:
     """Stage 1 (stateless apart from the methods it builds once per worker process)."""
 
@@ -134,39 +130,39 @@ class _Prepare:
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         out: dict[str, list] = {"rel": [], "sha256": [], "status": [], "payload": []}
         for rel, path, error in zip(batch["rel"], batch["path"], batch["error"], strict=True):
-            sha, status, payload = None, "error", b""
+            sha = None
             try:
-                try:
-                    if error:
-                        raise ImageError(error)
-                    data = self.read(path, self.spec.limits.max_bytes)
-                except ImageError as exc:  # never read: keyed by what it looked like
-                    key = failure_key(path if path and not _is_uri(self.source) else None, str(exc))
-                    status = "skip" if self.done.get(rel) == key else "error"
-                    payload = json.dumps({"error": str(exc), "stat": key}).encode()
-                    raise _Handled from None
+                if error:
+                    raise ImageError(error)
+                data = self.read(path, self.spec.limits.max_bytes)
+            except ImageError as exc:  # never read: keyed by what it looked like
+                key = failure_key(path if path and not _is_uri(self.source) else None, str(exc))
+                status = "skip" if self.done.get(rel) == key else "error"
+                payload = json.dumps({"error": str(exc), "stat": key}).encode()
+            else:
                 sha = hashlib.sha256(data).hexdigest()
-                if self.done.get(rel) == sha:
-                    status = "skip"
-                else:
-                    start = time.perf_counter()
-                    image = decode(data, self.spec.limits)
-                    decode_ms = (time.perf_counter() - start) * 1000
-                    results = [m.score([image])[0] for m in self.others]
-                    tiles = model_tiles([image], self.spec.tiles)[0] if self.spec.tiles else None
-                    from detector.pipeline import image_info
-
-                    payload = pickle.dumps((image_info(image), results, tiles, decode_ms))
-                    status = "ok"
-            except _Handled:
-                pass
-            except ImageError as exc:
-                payload = json.dumps({"error": str(exc)}).encode()
+                status, payload = self._prepare(rel, sha, data)
             out["rel"].append(rel)
             out["sha256"].append(sha or "")
             out["status"].append(status)
             out["payload"].append(payload)
         return out
+
+    def _prepare(self, rel: str, sha: str, data: bytes) -> tuple[str, bytes]:
+        """(status, payload) of a file that was read: skipped, prepared, or undecodable."""
+        if self.done.get(rel) == sha:
+            return "skip", b""
+        from detector.pipeline import image_info
+
+        try:
+            start = time.perf_counter()
+            image = decode(data, self.spec.limits)
+            decode_ms = (time.perf_counter() - start) * 1000
+            results = [m.score([image])[0] for m in self.others]
+            tiles = model_tiles([image], self.spec.tiles)[0] if self.spec.tiles else None
+        except ImageError as exc:
+            return "error", json.dumps({"error": str(exc)}).encode()
+        return "ok", pickle.dumps((image_info(image), results, tiles, decode_ms))
 
 
 # --- stage 2: the model on many images' tiles, then fusion (actor pool) -------------------

@@ -90,8 +90,6 @@ _Outcome = tuple["Future | asyncio.Future", object, "BaseException | None"]
 
 def _settle(fut: Future | asyncio.Future, result: object = None, exc: BaseException | None = None):
     """Complete a request's future unless its caller gave up on it (deadline, cancelled)."""
-    if fut.done():
-        return
     try:
         if exc is not None:
             fut.set_exception(exc)
@@ -106,15 +104,15 @@ def _settle_all(outcomes: list[_Outcome]) -> None:
         _settle(fut, result, exc)
 
 
-def _answer(requests: list[_Request], outcomes: list[_Outcome]) -> None:
-    """Settle each request's future: thread futures at once, loop futures in one callback per
-    loop."""
+def _answer(answers: list[tuple[_Request, object, BaseException | None]]) -> None:
+    """Settle each (request, result, error): thread futures at once, loop futures in one
+    callback per loop."""
     by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
-    for req, outcome in zip(requests, outcomes, strict=True):
+    for req, result, exc in answers:
         if req.loop is None:
-            _settle(*outcome)
+            _settle(req.future, result, exc)
         else:
-            by_loop.setdefault(req.loop, []).append(outcome)
+            by_loop.setdefault(req.loop, []).append((req.future, result, exc))
     for loop, items in by_loop.items():
         with contextlib.suppress(RuntimeError):  # a closed loop: no one is left to answer
             loop.call_soon_threadsafe(_settle_all, items)
@@ -207,7 +205,7 @@ class BatchingEngine:
                 dropped = list(self._queue)
                 self._queue.clear()
                 self._queued_tiles = 0
-                _answer(dropped, [(r.future, None, QueueFull("server stopped")) for r in dropped])
+                _answer([(r, None, QueueFull("server stopped")) for r in dropped])
             self._cond.notify_all()
         self._thread.join(timeout)
 
@@ -248,12 +246,13 @@ class BatchingEngine:
                 )
                 self._observe(len(tiles))
             except Exception as exc:  # the engine failed: every request of the batch learns why
-                _answer(batch, [(r.future, None, exc) for r in batch])
+                _answer([(r, None, exc) for r in batch])
                 with self._cond:
                     self._running = 0
                 continue
             ends = np.cumsum([len(r.tiles) for r in batch])
-            _answer(batch, [(r.future, logits[e - len(r.tiles) : e], None)
-                            for r, e in zip(batch, ends, strict=True)])  # fmt: skip
+            _answer(
+                [(r, logits[e - len(r.tiles) : e], None) for r, e in zip(batch, ends, strict=True)]
+            )
             with self._cond:
                 self._running = 0

@@ -67,11 +67,11 @@ def test_ray_scan_matches_scan_and_resumes(tmp_path):
 
 def _readme_ray_job() -> list[str]:
     """The synthdetect command of the README's `ray job submit` example."""
-    import re
     import shlex
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    blocks = re.findall(r"```text\n(ray job submit .*?)```", readme, re.S)
+    from tests.test_readme import README, _blocks
+
+    blocks = [b for b in _blocks(README, "text") if b.startswith("ray job submit ")]
     assert len(blocks) == 1, "the README shows one `ray job submit` example"
     words = shlex.split(blocks[0].replace("\\\n", " "))
     return words[words.index("--") + 1 :]

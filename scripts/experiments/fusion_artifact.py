@@ -16,23 +16,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.accuracy import _degraded_bytes
+from detector.fusion import FusionConfig, fuse
 from detector.image import decode
 from detector.methods import create_methods
 from training.datasets import load_samples
-from training.degrade import encode_jpeg
 from training.metrics import compute_metrics
+from training.run_eval import parse_equalise
 
 WEIGHTS = (0.0, 0.1, 0.25, 0.5)
-
-
-def _logit(p: float) -> float:
-    p = min(max(p, 1e-6), 1 - 1e-6)
-    return math.log(p / (1 - p))
 
 
 def main() -> None:
@@ -54,51 +51,52 @@ def main() -> None:
     result: dict = {"manifest": str(args.manifest), "split": args.split, "weights": WEIGHTS,
                     "model_threshold": threshold, "views": {}}  # fmt: skip
     for view in ("as-is", "jpeg:90"):
-        probs: dict[str, list] = {"model": [], **{n: [] for n in artifacts}}
+        equalise = parse_equalise(view if view != "as-is" else None)
+        results: dict[str, list] = {"model": [], **{n: [] for n in artifacts}}
         for i in range(0, len(samples), args.batch):
-            images = []
-            for s in samples[i : i + args.batch]:
-                image = decode(s.path.read_bytes())
-                if view == "jpeg:90":  # both classes re-encoded alike, as bench accuracy does
-                    image = decode(encode_jpeg(image.pixels, 90))
-                images.append(image)
-            probs["model"] += [r.probability for r in model.score(images)]
-            for name, method in artifacts.items():
-                probs[name] += [r.probability for r in method.score(images)]
-        result["views"][view] = _report(samples, probs, artifacts, threshold)
+            # both classes re-encoded alike, the way bench accuracy does it
+            images = [decode(_degraded_bytes(s, [], equalise)) for s in samples[i : i + args.batch]]
+            for name, method in (("model", model), *artifacts.items()):
+                results[name] += method.score(images)
+        result["views"][view] = _report(samples, results, artifacts, threshold)
         print(view, json.dumps(result["views"][view]["wild"], indent=None)[:600])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
 
 
-def _report(samples, probs, artifacts, threshold) -> dict:
+def _report(samples, results, artifacts, threshold) -> dict:
+    """Per pool: the model alone, each artifact model alone (where it judged), and the fused
+    verdict (detector.fusion, the product's rule) with the artifact result at each weight."""
     pools = {"all": list(range(len(samples)))}
     for i, s in enumerate(samples):
         pools.setdefault(s.pool or "-", []).append(i)
+    config = FusionConfig(threshold=threshold)
     out = {}
     for pool, idx in pools.items():
         labels = np.array([samples[i].label for i in idx])
-        rows = {}
-        m = np.array([_logit(probs["model"][i]) for i in idx])
-        rows["model"] = _metrics(labels, m, threshold)
+        model = [results["model"][i] for i in idx]
+        rows = {
+            "model": _metrics(labels, [fuse([m], config).probability for m in model], threshold)
+        }
         for name in artifacts:
-            a = np.array([_logit(p) if (p := probs[name][i]) is not None else 0.0 for i in idx])
-            covered = np.array([probs[name][i] is not None for i in idx])
-            rows[f"{name}:alone"] = _metrics(labels[covered], a[covered], None)
+            own = [results[name][i] for i in idx]
+            covered = np.array([r.probability is not None for r in own])
+            alone = [r.probability for r in own if r.probability is not None]
+            rows[f"{name}:alone"] = _metrics(labels[covered], alone, None)
             for w in WEIGHTS[1:]:
-                fused = (m + w * a * covered) / np.maximum(1.0, 1.0 + w * covered)
+                fused = [fuse([m, replace(a, weight=w)], config).probability
+                         for m, a in zip(model, own, strict=True)]  # fmt: skip
                 rows[f"{name}:w{w:g}"] = _metrics(labels, fused, threshold)
         out[pool] = rows
     return out
 
 
-def _metrics(labels: np.ndarray, logits: np.ndarray, threshold: float | None) -> dict:
-    probs = 1 / (1 + np.exp(-logits))
-    met = compute_metrics(labels, probs)
+def _metrics(labels: np.ndarray, probs, threshold: float | None) -> dict:
+    met = compute_metrics(labels, probs, threshold)
     row = {"n": len(labels), "ap": round(met.ap, 4), "roc_auc": round(met.roc_auc, 4)}
     if threshold is not None:
-        row["reals_flagged"] = round(float((probs[labels == 0] >= threshold).mean()), 4)
-        row["fakes_flagged"] = round(float((probs[labels == 1] >= threshold).mean()), 4)
+        row["reals_flagged"] = round(1 - met.real_accuracy_at_threshold, 4)
+        row["fakes_flagged"] = round(met.fake_accuracy_at_threshold, 4)
     return row
 
 

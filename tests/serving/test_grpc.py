@@ -13,6 +13,7 @@ from tritonclient.utils import InferenceServerException
 
 from serving.app import HttpConfig
 from tests.serving.test_server import jpeg, request
+from tests.test_readme import ROOT, _blocks, _section
 from training import metadata_writers as P
 
 pytestmark = pytest.mark.integration
@@ -198,11 +199,8 @@ def test_keys_rate_limits_and_message_size(make_server):
 def test_the_readmes_client_examples_run_against_the_server(server, tmp_path, capsys):
     """The Serve section's Python examples (HTTP and gRPC), run as a user would."""
     import re
-    from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme.split("## Serve", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    blocks = _blocks(_section("Serve"), "python")
     assert len(blocks) == 2 and "tritonclient.grpc" in blocks[1]
     image = tmp_path / "x.jpg"
     image.write_bytes(jpeg(77, 160))
@@ -218,11 +216,8 @@ def test_the_readmes_client_examples_run_against_the_server(server, tmp_path, ca
 def _readme_perf_analyzer() -> list[str]:
     import re
     import shlex
-    from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme.split("## Serve", 1)[1].split("\n## ", 1)[0]
-    lines = re.findall(r"^perf_analyzer .*$", section, re.M)
+    lines = re.findall(r"^perf_analyzer .*$", _section("Serve"), re.M)
     assert len(lines) == 1, "the Serve section shows one perf_analyzer command"
     return shlex.split(lines[0])
 
@@ -243,14 +238,12 @@ def test_the_readmes_perf_analyzer_command_names_what_the_server_serves(server):
 
 
 def test_the_readmes_perf_analyzer_command_runs(server):
-    import os
-    import shutil
     import subprocess
-    from pathlib import Path
 
-    local = Path(__file__).resolve().parents[2] / ".venv-perf" / "perf_analyzer"
-    exe = (os.environ.get("PERF_ANALYZER") or shutil.which("perf_analyzer")
-           or (str(local) if local.exists() else None))  # fmt: skip
+    from benchmarks.serving import perf_analyzer_exe
+
+    local = ROOT / ".venv-perf" / "perf_analyzer"  # where setup_perf_analyzer.sh puts it
+    exe = perf_analyzer_exe() or (str(local) if local.exists() else None)
     if exe is None:
         pytest.skip("perf_analyzer is not installed (benchmarks/setup_perf_analyzer.sh)")
     args = [server.grpc_url if a == "127.0.0.1:8001" else a for a in _readme_perf_analyzer()[1:]]
