@@ -34,9 +34,10 @@ declare -A CANDIDATES=(
   [long]="lr=0.001 epochs=6"                                  # schedule length
   [power0]="balance_power=0"                                  # every generator drawn alike
   [lr3e-4]="lr=0.0003"                                        # gentler fine-tuning (now the default)
+  [lr1e-4]="lr=0.0001"                                        # gentler still
 )
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(base no-rgb wild-only more-own no-new-aligned lite2 long power0 patchnet lr3e-4)
+[ ${#names[@]} -gt 0 ] || names=(base no-rgb wild-only more-own no-new-aligned lite2 long power0 patchnet lr3e-4 lr1e-4)
 
 for name in "${names[@]}"; do
   extra=${CANDIDATES[$name]?unknown candidate $name}
