@@ -122,7 +122,7 @@ def _detector_spec(args: argparse.Namespace) -> tuple[list[str] | None, dict[str
     if names is None and extra:
         from detector.methods import default_method_names
 
-        names = sorted(set(default_method_names()) | extra)
+        names = default_method_names(also=extra)
     return names, options
 
 

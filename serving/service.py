@@ -226,9 +226,7 @@ class Service:
             else None
         )
         always = {"model"} | ({"known_image"} if self.memory else set())
-        names = (
-            list(config.methods) if config.methods else sorted(set(default_method_names()) | always)
-        )
+        names = list(config.methods) if config.methods else default_method_names(also=always)
         self.default_methods = names
         self._detectors: dict[tuple[tuple[str, ...], bool], Detector] = {}
         self.detector = self.make_detector(names)

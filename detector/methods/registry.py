@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from detector.methods.base import Kind, Method
@@ -52,9 +52,11 @@ def method_names(kind: Kind | str | None = None, available_only: bool = False) -
     return names
 
 
-def default_method_names() -> list[str]:
-    """The methods a detector runs when none are named: available here and ``in_default``."""
-    return [n for n in method_names(available_only=True) if METHODS.get(n).in_default]
+def default_method_names(also: Iterable[str] = ()) -> list[str]:
+    """The methods a detector runs when none are named: available here and ``in_default``,
+    plus ``also`` (the ones an option implies, e.g. ``known_image`` for a memory database)."""
+    names = {n for n in method_names(available_only=True) if METHODS.get(n).in_default}
+    return sorted(names | set(also))
 
 
 def create_method(name: str, **options: Any) -> Method:

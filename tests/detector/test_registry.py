@@ -129,6 +129,8 @@ def test_opt_in_methods_run_only_when_named():
     defaults = default_method_names()
     assert "artifact" not in defaults and "model" in defaults and "c2pa" in defaults
     assert {m.name for m in create_methods()} == set(defaults)
+    with_memory = default_method_names(also={"known_image"})  # what an option implies
+    assert with_memory == sorted(set(defaults) | {"known_image"})
     assert [m.name for m in create_methods(["artifact"])] == ["artifact"]
     args = build_parser().parse_args(["score", "--memory-db", "x.sqlite", "x.jpg"])
     names, _ = _detector_spec(args)  # an explicit option adds its method to the default set
