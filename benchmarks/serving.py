@@ -5,7 +5,7 @@
 2. The server (``synthdetect serve`` in its own process) under the closed-loop load generator:
    the FP32 tensor model at the same batch size, ``/v1/score?methods=model`` with the same
    JPEGs, and concurrency 1 for latency.
-3. ``perf_analyzer`` against the server, when it is installed (``$PERF_ANALYZER``).
+3. ``perf_analyzer`` against the server, when it is installed (``perf_analyzer_exe``).
 
 Ratios are what the targets and the regression gate compare: absolute numbers move with the
 machine, ratios measured in the same run do not (much).
@@ -178,8 +178,14 @@ def start_server(model_dir: Path, port: int, extra: list[str] | None = None) -> 
 
 
 def perf_analyzer_exe() -> str | None:
-    """The perf_analyzer to run: ``$PERF_ANALYZER``, else the one on PATH."""
-    return os.environ.get("PERF_ANALYZER") or shutil.which("perf_analyzer")
+    """The perf_analyzer to run: ``$PERF_ANALYZER``, else the one on PATH, else the one
+    ``benchmarks/setup_perf_analyzer.sh`` installed in this checkout's ``.venv-perf``."""
+    local = Path(__file__).resolve().parents[1] / ".venv-perf" / "perf_analyzer"
+    return (
+        os.environ.get("PERF_ANALYZER")
+        or shutil.which("perf_analyzer")
+        or (str(local) if local.exists() else None)
+    )
 
 
 def perf_analyzer(port: int, model_dir: Path, batch: int) -> dict:

@@ -10,7 +10,6 @@ RUN=${2:-runs/default-build/lite0-all}
 SD=.venv/bin/synthdetect
 OUT=benchmarks/results
 MODEL=detector/assets/models/default
-[ -x .venv-perf/perf_analyzer ] && export PERF_ANALYZER=$PWD/.venv-perf/perf_analyzer
 
 $SD bench accuracy --data "$CORPUS/manifest.csv" --degrade default --out $OUT/accuracy-small-test.json
 $SD bench metadata-set --corpus "$CORPUS" --out runs/metadata-set

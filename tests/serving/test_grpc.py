@@ -13,7 +13,7 @@ from tritonclient.utils import InferenceServerException
 
 from serving.app import HttpConfig
 from tests.serving.test_server import jpeg, request
-from tests.test_readme import ROOT, _blocks, _section
+from tests.test_readme import _blocks, _section
 from training import metadata_writers as P
 
 pytestmark = pytest.mark.integration
@@ -242,8 +242,7 @@ def test_the_readmes_perf_analyzer_command_runs(server):
 
     from benchmarks.serving import perf_analyzer_exe
 
-    local = ROOT / ".venv-perf" / "perf_analyzer"  # where setup_perf_analyzer.sh puts it
-    exe = perf_analyzer_exe() or (str(local) if local.exists() else None)
+    exe = perf_analyzer_exe()
     if exe is None:
         pytest.skip("perf_analyzer is not installed (benchmarks/setup_perf_analyzer.sh)")
     args = [server.grpc_url if a == "127.0.0.1:8001" else a for a in _readme_perf_analyzer()[1:]]
