@@ -30,7 +30,7 @@ declare -A CANDIDATES=(
   [more-own]='pool_weights={"wild":0.4,"crops256":0.5,"crops64":0.1}'  # more self-made (aligned) fakes
   [no-new-aligned]="exclude_families=[$HELD,latent-decoder,sr-cugan,sr-span]"  # without TAEF2/CUGAN/SPAN
   [lite2]="model=efficientnet_lite2"
-  [patchnet]="model=patchnet pretrained=null branches=[rgb,residual]"  # 23 px receptive field
+  [patchnet]="model=patchnet pretrained=null branches=[rgb,residual] lr=0.001"  # 23 px receptive field; from scratch, so the from-scratch lr
   [long]="lr=0.001 epochs=6"                                  # schedule length
   [power0]="balance_power=0"                                  # every generator drawn alike
   [lr3e-4]="lr=0.0003"                                        # gentler fine-tuning (now the default)
