@@ -167,6 +167,16 @@ def register(sub: Any) -> None:
         "name: {exclude: [...], score: [...]}",
     )
     e.add_argument(
+        "--groups",
+        help="--leave-one-out: run only these hold-out groups (comma-separated)",
+    )
+    e.add_argument(
+        "--previous",
+        type=Path,
+        help="--leave-one-out: an earlier report (its JSON) whose finished groups are kept as "
+        "they are, not retrained; with --groups, the named ones are run again",
+    )
+    e.add_argument(
         "--score-on",
         choices=["validation", "test"],
         default="validation",
@@ -319,9 +329,14 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
     from training.datasets import DatasetError
     from training.run_eval import HELD_OUT_FAKE_SPLITS, evaluate_model, leave_one_out
 
+    if (args.groups or args.previous) and not args.leave_one_out:
+        print("synthdetect: --groups and --previous go with --leave-one-out", file=sys.stderr)
+        return 2
     try:
         if args.generalisation:
             return _generalisation(args)
@@ -340,9 +355,18 @@ def _evaluate(args: argparse.Namespace) -> int:
                     print(f"wrote {args.out} ({len(done)} of {len(done) + len(left)} groups)",
                           file=sys.stderr)  # fmt: skip
 
+            previous = None
+            if args.previous is not None:
+                try:
+                    previous = json.loads(args.previous.read_text())
+                except (OSError, ValueError) as exc:
+                    raise ValueError(
+                        f"cannot read the previous report {args.previous}: {exc}"
+                    ) from None
+            only = [g.strip() for g in args.groups.split(",") if g.strip()] if args.groups else None
             report = leave_one_out(
                 args.config, args.overrides, args.data, args.model, args.holdouts,
-                args.equalise, *splits, on_group=written,
+                args.equalise, *splits, on_group=written, only=only, previous=previous,
             )  # fmt: skip
         else:
             report = evaluate_model(

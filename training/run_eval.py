@@ -17,6 +17,7 @@ Three questions, three functions:
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -271,11 +272,19 @@ def leave_one_out(
     fake_splits: tuple[str, ...] = ("test", "heldout-generators"),
     real_split: str = "test",
     on_group=None,
+    only: list[str] | None = None,
+    previous: dict | None = None,
 ) -> EvalReport:
     """Train once per hold-out group with its families left out; score each on them.
 
     ``on_group(report, done, left)`` is called after each group with the report so far (the
     CLI writes it, so a long run leaves its finished groups on disk).
+
+    ``only`` runs just the named groups. ``previous`` (an earlier leave-one-out report, as
+    written) supplies the rows of groups finished elsewhere (another machine, or a run folder
+    since deleted): they are kept as they are, not retrained, when their definition and what was
+    scored match; the pooled ``overall`` then covers only the groups scored in this call, which
+    ``extra["pooled_groups"]`` names.
 
     The group's fakes (from ``fake_splits``) are compared with the ``real_split`` reals of the
     same pools. The report's ``per_generator`` rows are the groups; ``overall`` pools their
@@ -290,10 +299,21 @@ def leave_one_out(
         raise ValueError(f"{data}: leave-one-out needs at least two generator families")
     base = load_config(config_path, [*overrides, f"data={data}"])
     eq = parse_equalise(equalise)
+    unknown = sorted(set(only or []) - set(groups))
+    if unknown:
+        raise ValueError(f"no hold-out group {unknown}; the groups are {sorted(groups)}")
     per: dict[str, dict[str, Metrics]] = {"as_is": {}, "equalised": {}}
     pooled: dict[str, tuple[list, list]] = {"as_is": ([], []), "equalised": ([], [])}
+    split = f"held-out group: fakes from {','.join(fake_splits)}, reals from {real_split}"
+    kept = _previous_groups(previous, groups, only, split, eq) if previous else {}
+    for kind, rows in kept.items():
+        per[kind].update(rows)
+    todo = [n for n in groups if (only is None or n in only) and n not in per["as_is"]]
     report = None
-    for name, group in groups.items():
+    if not todo:
+        raise ValueError("no hold-out group left to run")
+    for name in todo:
+        group = groups[name]
         run = train(
             replace(
                 base, out=str(Path(out_root) / f"loo-{name}"), exclude_families=group["exclude"]
@@ -310,11 +330,50 @@ def leave_one_out(
             pooled[kind][0].extend(y)
             pooled[kind][1].extend(p)
         report = _loo_report(per, pooled, groups, fake_splits, real_split, out_root, data, eq)
+        if kept:
+            report.extra["pooled_groups"] = todo[: todo.index(name) + 1]
         if on_group is not None:
-            done = list(per["as_is"])
+            done = [n for n in groups if n in per["as_is"]]
             on_group(report, done, [n for n in groups if n not in done])
     assert report is not None
     return report
+
+
+def _previous_groups(previous: dict, groups, only, split, eq) -> dict[str, dict[str, Metrics]]:
+    """The finished groups of an earlier report that this run keeps (those not in ``only``).
+
+    A kept group must be defined as it is now and have been scored the same way (the same
+    fake and real splits, the same equalisation), or the table would mix two measurements.
+    """
+    try:
+        runs = previous["leave_one_out"]
+        prev_split = previous["split"]
+        prev_eq = (previous.get("equalised") or {}).get("equalise")
+    except (KeyError, TypeError):
+        raise ValueError("the previous report is not a leave-one-out result") from None
+    if prev_split != split:
+        raise ValueError(f"the previous report scored {prev_split!r}, this run {split!r}")
+    if prev_eq != (chain_name(eq) if eq else None):
+        raise ValueError(
+            f"the previous report was equalised with {prev_eq}, this run with "
+            f"{chain_name(eq) if eq else None}"
+        )
+    fields = set(Metrics.__dataclass_fields__)
+    kept: dict[str, dict[str, Metrics]] = {}
+    for kind, block in runs.items():
+        for name, row in block["groups"].items():
+            if only is not None and name in only:
+                continue
+            if name not in groups:
+                raise ValueError(f"the previous report has group {name!r}, not in the hold-outs")
+            if row["exclude"] != groups[name]["exclude"] or row["score"] != groups[name]["score"]:
+                raise ValueError(
+                    f"group {name!r} was defined otherwise in the previous report "
+                    f"(exclude {row['exclude']}, score {row['score']})"
+                )
+            values = {k: (math.nan if v is None else v) for k, v in row.items() if k in fields}
+            kept.setdefault(kind, {})[name] = Metrics(**values)
+    return kept
 
 
 def _held_out_scores(

@@ -65,3 +65,54 @@ def _check_card_table(report, tmp_path):
     assert f"2 of 2 groups: mean AP {report.extra['mean_ap']:.3f}" in out
     bad = subprocess.run([sys.executable, str(script), str(script)], capture_output=True, text=True)
     assert bad.returncode == 2 and "not a leave-one-family-out result" in bad.stderr
+
+
+def test_groups_finished_elsewhere_are_kept_and_only_the_named_ones_run(tiny_corpus, tmp_path):
+    """--groups with --previous: a run folder lost (another machine, a cleaned disk) costs only
+    the groups still to run; the kept rows are the earlier report's, as written."""
+    holdouts = tmp_path / "holdouts.yaml"
+    holdouts.write_text("gan:\n  exclude: [gan]\nae:\n  exclude: [autoencoder]\n")
+    overrides = [*FAST, "epochs=1", "max_steps=3", "val_max_images=12", "eval_test=false"]
+    data = tiny_corpus / "manifest.csv"
+    first = leave_one_out(None, overrides, data, tmp_path / "a", holdouts, only=["gan"])
+    assert set(first.per_generator) == {"gan"} and "pooled_groups" not in first.extra
+    first.write(tmp_path / "first.json")
+    previous = json.loads((tmp_path / "first.json").read_text())
+
+    done: list[tuple[list[str], list[str]]] = []
+    merged = leave_one_out(
+        None, overrides, data, tmp_path / "b", holdouts, previous=previous,
+        on_group=lambda report, d, left: done.append((d, left)),
+    )  # fmt: skip
+    assert done == [(["gan", "ae"], [])]
+    assert not (tmp_path / "b" / "loo-gan").exists()  # kept, not retrained
+    assert merged.extra["pooled_groups"] == ["ae"]
+    runs = merged.extra["leave_one_out"]["as_is"]
+    assert runs["groups"]["gan"]["ap"] == pytest.approx(first.per_generator["gan"].ap)
+    ap = [runs["groups"][g]["ap"] for g in ("gan", "ae")]
+    assert runs["mean_ap"] == pytest.approx(sum(ap) / 2)
+    assert merged.overall.n_fake == merged.per_generator["ae"].n_fake  # pooled over "ae" only
+
+    previous["leave_one_out"]["as_is"]["groups"]["gan"]["exclude"] = ["gan", "autoencoder"]
+    with pytest.raises(ValueError, match="defined otherwise"):
+        leave_one_out(None, overrides, data, tmp_path / "c", holdouts, previous=previous)
+    with pytest.raises(ValueError, match="no hold-out group"):
+        leave_one_out(None, overrides, data, tmp_path / "c", holdouts, only=["sd9"])
+
+
+def test_cli_rejects_groups_without_leave_one_out_and_an_unreadable_previous(tmp_path):
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "detector.cli", "evaluate", *args],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+
+    done = cli("--model", str(tmp_path), "--data", str(tmp_path), "--groups", "gan")
+    assert done.returncode == 2 and "go with --leave-one-out" in done.stderr
+    bad = tmp_path / "previous.json"
+    bad.write_text("{not json")
+    done = cli("--leave-one-out", "--model", str(tmp_path), "--data", str(tmp_path),
+               "--previous", str(bad))  # fmt: skip
+    assert done.returncode == 2 and "cannot read the previous report" in done.stderr
+    assert "Traceback" not in done.stderr
