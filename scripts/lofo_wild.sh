@@ -4,7 +4,11 @@
 # configs/holdouts-wild.yaml, trained with the group left out; its fakes (from every split but
 # test) are scored against the validation reals, as-is and JPEG-q90 equalised.
 # CPU: about 20-25 minutes per group on 2 cores (the default schedule; no test scoring).
-#   scripts/lofo_wild.sh MIX_MANIFEST [WORK_DIR] [KEY=VALUE...]
+#   scripts/lofo_wild.sh MIX_MANIFEST [WORK_DIR] [KEY=VALUE...] [--groups G,...] [--previous JSON]
+# A finished group is not retrained while its run folder is there. With the folders gone (another
+# machine), `--groups transformers --previous <the committed JSON>` runs only that group and keeps
+# the other rows of the committed report (they must be defined and scored the same way). The
+# report is rewritten after every group.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:?usage: scripts/lofo_wild.sh MIX_MANIFEST [WORK_DIR] [KEY=VALUE...]}
