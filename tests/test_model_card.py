@@ -1,0 +1,69 @@
+"""The default model card's tables are the committed JSON, not numbers typed by hand."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[1]
+CARD = (ROOT / "model_cards" / "efficientnet_lite0_default.md").read_text()
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def test_leave_one_family_out_table_is_rendered_from_the_committed_json():
+    report = RESULTS / "default-model" / "leave-one-family-out-wild.json"
+    table = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "lofo_table.py"), str(report)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    groups = json.loads(report.read_text())["leave_one_out"]["as_is"]["groups"]
+    assert len(rows) == 1 + len(groups)  # the header and one row per group
+    missing = [row for row in rows if row not in CARD]
+    assert not missing, f"the card's table differs from the JSON in: {missing}"
+    summary = next(line for line in table.splitlines() if "groups: mean AP" in line)
+    # the card wraps its prose: its mean AP and mean ROC-AUC are the JSON's (as-is / equalised)
+    prose = " ".join(CARD.split())
+    pairs = re.findall(r"\d\.\d{3} / \d\.\d{3}", summary)
+    assert len(pairs) == 3  # mean AP, lowest AP, mean ROC-AUC
+    count = summary.split(" groups")[0]  # "9 of 9"
+    assert f"{count} groups: mean AP {pairs[0]}" in prose
+    assert f"mean ROC-AUC {pairs[2]}" in prose
+
+
+def test_selection_rows_are_the_committed_json():
+    """Each candidate row of the selection table: wild validation AP and ROC-AUC, the three
+    held-out families' AP and their mean, as-is / equalised, three decimals."""
+    rows = {
+        "base (the first v3 recipe": "base",
+        "**lr 3e-4**": "lr3e-4",
+        "lr 1e-4 |": "lr1e-4",
+        "6 epochs": "long",
+        "no RGB": "no-rgb",
+        "patch-level": "patchnet",
+    }
+    lines = CARD.splitlines()
+    for prefix, name in rows.items():
+        line = next((ln for ln in lines if ln.startswith(f"| {prefix}")), None)
+        assert line is not None, f"no selection row for {name}"
+        d = json.loads((RESULTS / "selection" / f"{name}.json").read_text())
+        a, q = d["as_is"], d["equalised"]
+        cells = [c.strip().strip("*") for c in line.strip("|").split("|")][1:7]
+
+        def pair(get, a=a, q=q) -> str:
+            return f"{get(a):.3f} / {get(q):.3f}"
+
+        expected = [
+            pair(lambda r: r["val"]["pool:wild"]["ap"]),
+            pair(lambda r: r["val"]["pool:wild"]["roc_auc"]),
+            *(pair(lambda r, g=g: r["held_out"][g]["ap"]) for g in ("flux", "midjourney", "gan")),
+            pair(lambda r: r["mean_held_out_ap"]),
+        ]
+        assert cells == expected, f"{name}: card {cells} != JSON {expected}"
