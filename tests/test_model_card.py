@@ -48,6 +48,7 @@ def test_selection_rows_are_the_committed_json():
         "6 epochs": "long",
         "no RGB": "no-rgb",
         "patch-level": "patchnet",
+        "no self-made fakes": "wild-only",
     }
     lines = CARD.splitlines()
     for prefix, name in rows.items():
