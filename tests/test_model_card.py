@@ -49,6 +49,7 @@ def test_selection_rows_are_the_committed_json():
         "no RGB": "no-rgb",
         "patch-level": "patchnet",
         "no self-made fakes": "wild-only",
+        "EfficientNet-Lite2": "lite2",
     }
     lines = CARD.splitlines()
     for prefix, name in rows.items():
