@@ -50,6 +50,7 @@ def test_selection_rows_are_the_committed_json():
         "patch-level": "patchnet",
         "no self-made fakes": "wild-only",
         "EfficientNet-Lite2": "lite2",
+        "more self-made fakes": "more-own",
     }
     lines = CARD.splitlines()
     for prefix, name in rows.items():
