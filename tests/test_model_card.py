@@ -51,6 +51,7 @@ def test_selection_rows_are_the_committed_json():
         "no self-made fakes": "wild-only",
         "EfficientNet-Lite2": "lite2",
         "more self-made fakes": "more-own",
+        "without TAEF2": "no-new-aligned",
     }
     lines = CARD.splitlines()
     for prefix, name in rows.items():
