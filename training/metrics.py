@@ -155,6 +155,17 @@ class Metrics:
             for k, v in asdict(self).items()
         }
 
+    @classmethod
+    def from_dict(cls, data: dict) -> Metrics:
+        """The inverse of ``to_dict`` (keys it does not write, such as ``chance_ap``, are
+        ignored): a metric written as null was NaN."""
+        values = {}
+        for name, spec in cls.__dataclass_fields__.items():
+            if name in data:
+                v = data[name]
+                values[name] = math.nan if v is None and spec.default is not None else v
+        return cls(**values)
+
 
 def compute_metrics(labels, scores, threshold: float | None = None) -> Metrics:
     y, s = _arrays(labels, scores)

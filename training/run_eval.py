@@ -17,7 +17,6 @@ Three questions, three functions:
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -312,7 +311,7 @@ def leave_one_out(
     report = None
     if not todo:
         raise ValueError("no hold-out group left to run")
-    for name in todo:
+    for i, name in enumerate(todo):
         group = groups[name]
         run = train(
             replace(
@@ -329,9 +328,9 @@ def leave_one_out(
             per[kind][name] = compute_metrics(y, p, bundle.calibration.threshold)
             pooled[kind][0].extend(y)
             pooled[kind][1].extend(p)
-        report = _loo_report(per, pooled, groups, fake_splits, real_split, out_root, data, eq)
+        report = _loo_report(per, pooled, groups, split, out_root, data, eq)
         if kept:
-            report.extra["pooled_groups"] = todo[: todo.index(name) + 1]
+            report.extra["pooled_groups"] = todo[: i + 1]
         if on_group is not None:
             done = [n for n in groups if n in per["as_is"]]
             on_group(report, done, [n for n in groups if n not in done])
@@ -353,12 +352,11 @@ def _previous_groups(previous: dict, groups, only, split, eq) -> dict[str, dict[
         raise ValueError("the previous report is not a leave-one-out result") from None
     if prev_split != split:
         raise ValueError(f"the previous report scored {prev_split!r}, this run {split!r}")
-    if prev_eq != (chain_name(eq) if eq else None):
+    want_eq = chain_name(eq) if eq else None
+    if prev_eq != want_eq:
         raise ValueError(
-            f"the previous report was equalised with {prev_eq}, this run with "
-            f"{chain_name(eq) if eq else None}"
+            f"the previous report was equalised with {prev_eq}, this run with {want_eq}"
         )
-    fields = set(Metrics.__dataclass_fields__)
     kept: dict[str, dict[str, Metrics]] = {}
     for kind, block in runs.items():
         for name, row in block["groups"].items():
@@ -371,8 +369,7 @@ def _previous_groups(previous: dict, groups, only, split, eq) -> dict[str, dict[
                     f"group {name!r} was defined otherwise in the previous report "
                     f"(exclude {row['exclude']}, score {row['score']})"
                 )
-            values = {k: (math.nan if v is None else v) for k, v in row.items() if k in fields}
-            kept.setdefault(kind, {})[name] = Metrics(**values)
+            kept.setdefault(kind, {})[name] = Metrics.from_dict(row)
     return kept
 
 
@@ -406,7 +403,7 @@ def _held_out_scores(
     return y, p
 
 
-def _loo_report(per, pooled, groups, fake_splits, real_split, out_root, data, eq) -> EvalReport:
+def _loo_report(per, pooled, groups, split, out_root, data, eq) -> EvalReport:
     summary = {
         kind: {
             "mean_ap": float(np.mean([m.ap for m in rows.values()])),
@@ -418,7 +415,7 @@ def _loo_report(per, pooled, groups, fake_splits, real_split, out_root, data, eq
         if rows
     }
     report = EvalReport(
-        split=f"held-out group: fakes from {','.join(fake_splits)}, reals from {real_split}",
+        split=split,
         overall=compute_metrics(*pooled["as_is"]),
         per_generator=dict(per["as_is"]),
         per_pool={},
