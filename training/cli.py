@@ -187,6 +187,20 @@ def register(sub: Any) -> None:
     e.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     e.set_defaults(func=_evaluate)
 
+    sp = sub.add_parser(
+        "soup",
+        help="average the weights of finished runs (a model soup) and calibrate the average",
+        description="Average the best weights of runs fine-tuned from the same start (same "
+        "architecture and preprocessing), calibrate the average on the validation split as "
+        "training does, and write a run folder that export/evaluate take. Its held-out "
+        "families are those every run was trained without.",
+    )
+    sp.add_argument("runs", nargs="+", type=Path, help="run folders (or best.pt checkpoints)")
+    sp.add_argument("--out", required=True, type=Path, help="the new run folder")
+    sp.add_argument("--data", type=Path, help="calibration manifest (default: the first run's)")
+    sp.add_argument("--weights", help="comma-separated weights, one per run (default: all equal)")
+    sp.set_defaults(func=_soup)
+
     a = sub.add_parser("train-artifact", help="fit the artifact method's linear model on a dataset")
     a.add_argument("--data", required=True, type=Path, help="manifest or dataset layout")
     a.add_argument("--out", required=True, type=Path, help="where to write the model JSON")
@@ -420,6 +434,30 @@ def _generalisation(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}")
     else:
         print(json.dumps(report, indent=2))
+    return 0
+
+
+def _soup(args: argparse.Namespace) -> int:
+    from training.datasets import DatasetError
+    from training.soup import SoupError, make_soup
+
+    try:
+        weights = None
+        if args.weights:
+            try:
+                weights = [float(w) for w in args.weights.split(",")]
+            except ValueError:
+                raise SoupError(
+                    f"--weights {args.weights!r}: numbers separated by commas"
+                ) from None
+        record = make_soup(args.runs, args.out, data=args.data, weights=weights)
+    except (ValueError, DatasetError, FileNotFoundError) as exc:
+        print(f"synthdetect: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"soup of {len(args.runs)} runs: {args.out} (validation AP {record['best_val_ap']:.3f} "
+        f"over {record['val_images']} images, threshold {record['calibration']['threshold']:.3f})"
+    )
     return 0
 
 

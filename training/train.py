@@ -25,6 +25,7 @@ import yaml
 from torch.utils.data import DataLoader, Sampler
 
 from detector.buildinfo import git_commit
+from detector.calibration import Calibration
 from detector.checkpoint import FORMAT, read_checkpoint
 from detector.models import ModelSpec, build_model
 from detector.preprocess import PreprocessConfig
@@ -45,6 +46,7 @@ __all__ = [
     "seed_everything",
     "split_samples",
     "train",
+    "validation_calibration",
 ]
 
 log = logging.getLogger("synthdetect.train")
@@ -473,21 +475,12 @@ class Trainer:
         """Calibrate the best weights on validation, store it, report the test split."""
         best = read_checkpoint(self.run / "checkpoints" / "best.pt")
         self.model.load_state_dict(best["state_dict"])
-        val_logits = [self.scores(self.val_s)]
-        for view in self.config.calibration_views:  # the same images re-encoded, e.g. jpeg:90
-            chain = parse_chain(view)
-            val_logits.append(
-                self.scores(
-                    self.val_s, lambda px, c=chain: apply_chain(px, c, np.random.default_rng(0))
-                )
-            )
-        labels = [s.label for s in self.val_s] * len(val_logits)
-        views = "as-is" + "".join(f" + {v}" for v in self.config.calibration_views)
-        calib = fit_calibration(
-            np.concatenate(val_logits),
-            labels,
+        calib, _ = validation_calibration(
+            self.scores,
+            self.val_s,
+            self.config.calibration_views,
             self.config.target_fpr,
-            f"val split of {self.config.data} ({views})",
+            str(self.config.data),
         )
         best["calibration"] = calib.to_dict()
         torch.save(best, self.run / "checkpoints" / "best.pt")
@@ -505,6 +498,24 @@ class Trainer:
             record["test"] = report.overall.to_dict()
             log.info("\n%s", report.render())
         self._log_metrics(record)
+
+
+def validation_calibration(
+    score, val: list[Sample], views: list[str], target_fpr: float, data: str
+) -> tuple[Calibration, np.ndarray]:
+    """Temperature and threshold fitted on the validation images as they are and under each
+    view (e.g. ``jpeg:90``, the same images re-encoded). ``score(samples, transform)`` gives
+    their logits. -> (calibration, the as-is logits)."""
+    logits = [score(val, None)]
+    for view in views:
+        chain = parse_chain(view)
+        logits.append(score(val, lambda px, c=chain: apply_chain(px, c, np.random.default_rng(0))))
+    labels = [s.label for s in val] * len(logits)
+    described = "as-is" + "".join(f" + {v}" for v in views)
+    calib = fit_calibration(
+        np.concatenate(logits), labels, target_fpr, f"val split of {data} ({described})"
+    )
+    return calib, logits[0]
 
 
 def _plain(value):
