@@ -36,13 +36,31 @@ declare -A CANDIDATES=(
   [lr3e-4]="lr=0.0003"                                        # gentler fine-tuning (now the default)
   [lr1e-4]="lr=0.0001"                                        # gentler still
 )
+# Model soups (`synthdetect soup`): the weights of finished candidates above averaged, then
+# calibrated; run their ingredients first. Every ingredient is Lite0 at lr 3e-4 from the same
+# ImageNet start with the same held-out families out, so the soup has never seen them either.
+declare -A SOUPS=(
+  [soup3]="wild-only more-own no-new-aligned"               # three data mixes
+  [soup5]="lr3e-4 wild-only more-own no-new-aligned power0" # all five lr 3e-4 Lite0 recipes
+)
+finished() { [ -f "$1/checkpoints/best.pt" ] && grep -q '"final": true' "$1/metrics.jsonl" 2>/dev/null; }
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(base no-rgb wild-only more-own no-new-aligned lite2 long power0 patchnet lr3e-4 lr1e-4)
+[ ${#names[@]} -gt 0 ] || names=(base no-rgb wild-only more-own no-new-aligned lite2 long power0 patchnet lr3e-4 lr1e-4 soup3 soup5)
 
 for name in "${names[@]}"; do
-  extra=${CANDIDATES[$name]?unknown candidate $name}
   run=$WORK/$name
-  if [ ! -f "$run/checkpoints/best.pt" ] || ! grep -q '"final": true' "$run/metrics.jsonl" 2>/dev/null; then
+  if [ -n "${SOUPS[$name]:-}" ]; then
+    parts=()
+    for part in ${SOUPS[$name]}; do
+      finished "$WORK/$part" || { echo "soup $name needs $WORK/$part: run select_model.sh for $part first" >&2; exit 2; }
+      parts+=("$WORK/$part")
+    done
+    finished "$run" || $SD soup "${parts[@]}" --out "$run"
+    extra=""
+  else
+    extra=${CANDIDATES[$name]?unknown candidate $name}
+  fi
+  if ! finished "$run"; then
     # shellcheck disable=SC2086
     $SD train --config configs/default.yaml data="$DATA" out="$run" eval_test=false \
       "exclude_families=[$HELD]" $extra
