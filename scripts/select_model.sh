@@ -33,6 +33,8 @@ declare -A CANDIDATES=(
   [patchnet]="model=patchnet pretrained=null branches=[rgb,residual] lr=0.001"  # 23 px receptive field; from scratch, so the from-scratch lr
   [long]="lr=0.001 epochs=6"                                  # schedule length
   [power0]="balance_power=0"                                  # every generator drawn alike
+  [power0-seed1]="balance_power=0 seed=1"                     # power0 again, another seed
+  [lr3e-4-seed1]="lr=0.0003 seed=1"                           # the default again, another seed
   [lr3e-4]="lr=0.0003"                                        # gentler fine-tuning (now the default)
   [lr1e-4]="lr=0.0001"                                        # gentler still
 )

@@ -53,6 +53,7 @@ def test_selection_rows_are_the_committed_json():
         "more self-made fakes": "more-own",
         "without TAEF2": "no-new-aligned",
         "every generator alike": "power0",
+        "weight average of three runs": "soup3",
     }
     lines = CARD.splitlines()
     for prefix, name in rows.items():
