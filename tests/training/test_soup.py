@@ -12,23 +12,14 @@ import pytest
 import torch
 
 from detector.checkpoint import load_checkpoint, read_checkpoint
+from tests.training.test_train import FAST as TRAIN_FAST
 from training.config import load_config
 from training.soup import SoupError, average_state_dicts, make_soup
 from training.train import train
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-FAST = [
-    "model=mobilenetv3_small",
-    "input_size=64",
-    "batch_size=8",
-    "workers=0",
-    "pretrained=null",
-    "warmup_steps=1",
-    "max_steps=3",
-    "val_max_images=10",
-    "eval_test=false",
-]
+FAST = [*TRAIN_FAST, "max_steps=3", "val_max_images=10", "eval_test=false"]
 
 
 @pytest.fixture(scope="module")
