@@ -44,6 +44,7 @@ declare -A CANDIDATES=(
 declare -A SOUPS=(
   [soup3]="wild-only more-own no-new-aligned"               # three data mixes
   [soup5]="lr3e-4 wild-only more-own no-new-aligned power0" # all five lr 3e-4 Lite0 recipes
+  [soup-seeds]="lr3e-4 lr3e-4-seed1"                        # the default recipe, two seeds
 )
 finished() { [ -f "$1/checkpoints/best.pt" ] && grep -q '"final": true' "$1/metrics.jsonl" 2>/dev/null; }
 names=("$@")

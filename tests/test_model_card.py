@@ -52,7 +52,10 @@ def test_selection_rows_are_the_committed_json():
         "EfficientNet-Lite2": "lite2",
         "more self-made fakes": "more-own",
         "without TAEF2": "no-new-aligned",
-        "every generator alike": "power0",
+        "every generator alike (": "power0",
+        "every generator alike, seed 1": "power0-seed1",
+        "lr 3e-4 again": "lr3e-4-rerun",
+        "lr 3e-4, seed 1": "lr3e-4-seed1",
         "weight average of three runs": "soup3",
     }
     lines = CARD.splitlines()
