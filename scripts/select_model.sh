@@ -8,7 +8,9 @@
 # Results: benchmarks/results/selection/<candidate>$TAG.json. A candidate trained on other data
 # (e.g. the mix with TAEF2 twins) is scored on the same mix as the others:
 #   EVAL_DATA=runs/mix/manifest.csv TAG=-twins scripts/select_model.sh runs/mix-twins/manifest.csv runs/select-twins base
-# (the twins run was the lr 1e-3 base on the mix with TAEF2 twins)
+# (the twins run was the lr 1e-3 base on the mix with TAEF2 twins). The same-seed rerun of the
+# default recipe, selection/lr3e-4-rerun.json, is lr3e-4 run again into another folder:
+#   RESULTS=runs/select-rerun scripts/select_model.sh runs/mix/manifest.csv runs/select lr3e-4
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:?usage: scripts/select_model.sh MIX_MANIFEST [WORK_DIR] [CANDIDATE...]}
