@@ -45,12 +45,11 @@ declare -A CANDIDATES=(
 # ImageNet start with the same held-out families out, so the soup has never seen them either.
 declare -A SOUPS=(
   [soup3]="wild-only more-own no-new-aligned"               # three data mixes
-  [soup5]="lr3e-4 wild-only more-own no-new-aligned power0" # all five lr 3e-4 Lite0 recipes
   [soup-seeds]="lr3e-4 lr3e-4-seed1"                        # the default recipe, two seeds
 )
 finished() { [ -f "$1/checkpoints/best.pt" ] && grep -q '"final": true' "$1/metrics.jsonl" 2>/dev/null; }
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(base no-rgb wild-only more-own no-new-aligned lite2 long power0 patchnet lr3e-4 lr1e-4 soup3 soup5)
+[ ${#names[@]} -gt 0 ] || names=(base no-rgb wild-only more-own no-new-aligned lite2 long power0 patchnet lr3e-4 lr1e-4 lr3e-4-seed1 power0-seed1 soup3 soup-seeds)
 
 for name in "${names[@]}"; do
   run=$WORK/$name

@@ -57,6 +57,7 @@ def test_selection_rows_are_the_committed_json():
         "lr 3e-4 again": "lr3e-4-rerun",
         "lr 3e-4, seed 1": "lr3e-4-seed1",
         "weight average of three runs": "soup3",
+        "weight average of two seeds": "soup-seeds",
     }
     lines = CARD.splitlines()
     for prefix, name in rows.items():
