@@ -37,6 +37,7 @@ declare -A CANDIDATES=(
   [power0]="balance_power=0"                                  # every generator drawn alike
   [power0-seed1]="balance_power=0 seed=1"                     # power0 again, another seed
   [lr3e-4-seed1]="lr=0.0003 seed=1"                           # the default again, another seed
+  [lr3e-4-seed2]="lr=0.0003 seed=2"                           # and a third seed
   [lr3e-4]="lr=0.0003"                                        # gentler fine-tuning (now the default)
   [lr1e-4]="lr=0.0001"                                        # gentler still
 )
@@ -49,7 +50,7 @@ declare -A SOUPS=(
 )
 finished() { [ -f "$1/checkpoints/best.pt" ] && grep -q '"final": true' "$1/metrics.jsonl" 2>/dev/null; }
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(base no-rgb wild-only more-own no-new-aligned lite2 long power0 patchnet lr3e-4 lr1e-4 lr3e-4-seed1 power0-seed1 soup3 soup-seeds)
+[ ${#names[@]} -gt 0 ] || names=(base no-rgb wild-only more-own no-new-aligned lite2 long power0 patchnet lr3e-4 lr1e-4 lr3e-4-seed1 lr3e-4-seed2 power0-seed1 soup3 soup-seeds)
 
 for name in "${names[@]}"; do
   run=$WORK/$name
