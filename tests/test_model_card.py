@@ -56,6 +56,7 @@ def test_selection_rows_are_the_committed_json():
         "every generator alike, seed 1": "power0-seed1",
         "lr 3e-4 again": "lr3e-4-rerun",
         "lr 3e-4, seed 1": "lr3e-4-seed1",
+        "lr 3e-4, seed 2": "lr3e-4-seed2",
         "weight average of three runs": "soup3",
         "weight average of two seeds": "soup-seeds",
     }
