@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["port", "positive_float", "positive_int", "positive_ints"]
+__all__ = ["floats", "port", "positive_float", "positive_int", "positive_ints"]
 
 
 def _number(text: str, cast: type, what: str) -> Any:
@@ -41,6 +41,14 @@ def positive_ints(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError("values must be positive integers")
     return values
+
+
+def floats(text: str) -> list[float]:
+    """Comma-separated numbers (weights)."""
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"numbers separated by commas, got {text!r}") from None
 
 
 def port(text: str) -> int:

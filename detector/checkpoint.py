@@ -11,7 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FORMAT", "load_checkpoint", "read_checkpoint"]
+__all__ = [
+    "FORMAT",
+    "load_checkpoint",
+    "model_from_checkpoint",
+    "read_checkpoint",
+    "write_checkpoint",
+]
 
 FORMAT = "synthdetect-checkpoint/1"
 
@@ -30,15 +36,30 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def load_checkpoint(path: str | Path) -> tuple[Any, dict[str, Any]]:
-    """-> (model in eval mode, the checkpoint dict)."""
+def write_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> None:
+    """Save ``ckpt`` at ``path`` atomically: a reader never sees half a file."""
+    import torch
+
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    torch.save(ckpt, tmp)
+    tmp.replace(path)
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> Any:
+    """The model a checkpoint dict describes, with its weights, in eval mode."""
     from dataclasses import replace
 
     from detector.models import ModelSpec, build_model
 
-    ckpt = read_checkpoint(path)
     # The weights are in the checkpoint: do not load pretrained backbone weights again.
     spec = replace(ModelSpec.from_dict(ckpt["model_spec"]), pretrained=None)
     model = build_model(spec)
     model.load_state_dict(ckpt["state_dict"])
-    return model.eval(), ckpt
+    return model.eval()
+
+
+def load_checkpoint(path: str | Path) -> tuple[Any, dict[str, Any]]:
+    """-> (model in eval mode, the checkpoint dict)."""
+    ckpt = read_checkpoint(path)
+    return model_from_checkpoint(ckpt), ckpt

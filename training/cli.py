@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from detector.argtypes import positive_int
+from detector.argtypes import floats, positive_int
 
 __all__ = ["register"]
 
@@ -198,7 +198,9 @@ def register(sub: Any) -> None:
     sp.add_argument("runs", nargs="+", type=Path, help="run folders (or best.pt checkpoints)")
     sp.add_argument("--out", required=True, type=Path, help="the new run folder")
     sp.add_argument("--data", type=Path, help="calibration manifest (default: the first run's)")
-    sp.add_argument("--weights", help="comma-separated weights, one per run (default: all equal)")
+    sp.add_argument(
+        "--weights", type=floats, help="comma-separated weights, one per run (default: all equal)"
+    )
     sp.set_defaults(func=_soup)
 
     a = sub.add_parser("train-artifact", help="fit the artifact method's linear model on a dataset")
@@ -439,18 +441,10 @@ def _generalisation(args: argparse.Namespace) -> int:
 
 def _soup(args: argparse.Namespace) -> int:
     from training.datasets import DatasetError
-    from training.soup import SoupError, make_soup
+    from training.soup import make_soup
 
     try:
-        weights = None
-        if args.weights:
-            try:
-                weights = [float(w) for w in args.weights.split(",")]
-            except ValueError:
-                raise SoupError(
-                    f"--weights {args.weights!r}: numbers separated by commas"
-                ) from None
-        record = make_soup(args.runs, args.out, data=args.data, weights=weights)
+        record = make_soup(args.runs, args.out, data=args.data, weights=args.weights)
     except (ValueError, DatasetError, FileNotFoundError) as exc:
         print(f"synthdetect: {exc}", file=sys.stderr)
         return 2

@@ -14,7 +14,6 @@ those are unseen by the average, so only those count as held out when it is eval
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +21,7 @@ import torch
 import yaml
 
 from detector.buildinfo import git_commit
-from detector.checkpoint import FORMAT, read_checkpoint
-from detector.models import ModelSpec, build_model
+from detector.checkpoint import FORMAT, model_from_checkpoint, read_checkpoint, write_checkpoint
 from detector.preprocess import PreprocessConfig
 from training.datasets import load_samples
 from training.debian import sha256_file
@@ -114,10 +112,7 @@ def make_soup(
         raise SoupError(f"calibration data {data} not found (pass --data MANIFEST)")
     _, val, _ = split_samples(load_samples(data), common)
 
-    spec = replace(ModelSpec.from_dict(first["model_spec"]), pretrained=None)
-    model = build_model(spec)
-    model.load_state_dict(state)
-    model.eval()
+    model = model_from_checkpoint({"model_spec": first["model_spec"], "state_dict": state})
     prep = PreprocessConfig.from_dict(first["preprocess"])
 
     def score(samples, transform):
@@ -162,9 +157,7 @@ def make_soup(
         "stale_epochs": 0,
         "soup": ingredients,
     }
-    tmp = out / "checkpoints" / "best.tmp"
-    torch.save(ckpt, tmp)
-    tmp.replace(out / "checkpoints" / "best.pt")
+    write_checkpoint(out / "checkpoints" / "best.pt", ckpt)
     (out / "config.yaml").write_text(
         yaml.safe_dump({**train_config, "soup": ingredients}, sort_keys=False)
     )

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from detector.buildinfo import git_commit
 from detector.calibration import Calibration
-from detector.checkpoint import FORMAT, read_checkpoint
+from detector.checkpoint import FORMAT, read_checkpoint, write_checkpoint
 from detector.models import ModelSpec, build_model
 from detector.preprocess import PreprocessConfig
 from training.calibrate import fit_calibration
@@ -345,9 +345,7 @@ class Trainer:
         if with_optimizer:
             ckpt["optimizer"] = self.opt.state_dict()
             ckpt["scheduler"] = self.sched.state_dict()
-        tmp = path.with_suffix(".tmp")
-        torch.save(ckpt, tmp)
-        tmp.replace(path)
+        write_checkpoint(path, ckpt)
 
     def _resume(self) -> None:
         ckpt = read_checkpoint(self.run / "checkpoints" / "last.pt")
@@ -483,7 +481,7 @@ class Trainer:
             str(self.config.data),
         )
         best["calibration"] = calib.to_dict()
-        torch.save(best, self.run / "checkpoints" / "best.pt")
+        write_checkpoint(self.run / "checkpoints" / "best.pt", best)
         record = {"final": True, "best_val_ap": self.best_ap, "calibration": calib.to_dict()}
         if self.test_s and self.config.eval_test:
             report = evaluate_scores(
