@@ -29,8 +29,11 @@ def table(result: dict) -> str:
     ]
     for name, g in as_is.items():
         e = eq[name]
+        out = ", ".join(g["exclude"])
+        if g.get("exclude_sources"):  # real photos that left training with the group
+            out += f"; with the reals of {', '.join(g['exclude_sources'])}"
         lines.append(
-            f"| {name} ({', '.join(g['exclude'])}) | {g['n_fake']:,} / {g['n_real']:,} "
+            f"| {name} ({out}) | {g['n_fake']:,} / {g['n_real']:,} "
             f"| {g['ap']:.3f} / {e['ap']:.3f} ({g['chance_ap']:.2f}) "
             f"| {g['roc_auc']:.3f} / {e['roc_auc']:.3f} "
             f"| {_pct(g['fake_accuracy_at_threshold'])} "

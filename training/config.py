@@ -48,6 +48,9 @@ class TrainConfig:
     pool_weights: dict[str, float] = field(default_factory=dict)  # share of each pool; {}: by size
     patience: int = 3  # epochs without a better validation AP before stopping
     exclude_families: list[str] = field(default_factory=list)  # leave-one-out training
+    # source ids (a wild source group) left out too: the real photos a held-out family's
+    # images were made from, so that the family's content does not train as real
+    exclude_sources: list[str] = field(default_factory=list)
     target_fpr: float = 0.01  # for the decision threshold chosen on validation
     # Calibrate on the validation images as they are and re-encoded these ways too (e.g.
     # [jpeg:90]): the threshold then holds for photos that reach it re-compressed.

@@ -133,6 +133,7 @@ def export_onnx(
             "exclude_families": list(
                 (ckpt.get("train_config") or {}).get("exclude_families") or []
             ),
+            "exclude_sources": list((ckpt.get("train_config") or {}).get("exclude_sources") or []),
         },
     }
     (out / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")

@@ -236,10 +236,12 @@ def _source_groups(val: list[Sample], labels: np.ndarray, probs: np.ndarray, thr
 
 def read_holdouts(path: Path | None, samples: list[Sample]) -> dict[str, dict[str, list[str]]]:
     """Hold-out groups from a YAML file (``name: [families]`` or ``name: {exclude: [...],
-    score: [...]}``), or one group per family of the data when no file is given."""
+    score: [...], exclude_sources: [...]}``), or one group per family of the data when no file
+    is given. ``exclude_sources`` names source ids (wild source groups) that also leave
+    training: the real photos a family's images were made from (its aligned twins)."""
     families = sorted({s.family for s in samples if s.label == 1 and s.family})
     if path is None:
-        return {f: {"exclude": [f], "score": [f]} for f in families}
+        return {f: {"exclude": [f], "score": [f], "exclude_sources": []} for f in families}
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -254,10 +256,17 @@ def read_holdouts(path: Path | None, samples: list[Sample]) -> dict[str, dict[st
             raise ValueError(f"{path}: group {name!r} needs a list of families (or exclude: [...])")
         exclude = [str(f) for f in spec["exclude"]]
         score = [str(f) for f in spec.get("score", exclude)]
+        sources = spec.get("exclude_sources", [])
+        if not isinstance(sources, list):
+            raise ValueError(f"{path}: group {name!r}: exclude_sources must be a list of sources")
+        sources = [str(x) for x in sources]
         unknown = sorted(set(exclude + score) - set(families))
         if unknown:
             raise ValueError(f"{path}: group {name!r} names families not in the data: {unknown}")
-        groups[str(name)] = {"exclude": exclude, "score": score}
+        unknown = sorted(set(sources) - {s.source_id for s in samples})
+        if unknown:
+            raise ValueError(f"{path}: group {name!r} names sources not in the data: {unknown}")
+        groups[str(name)] = {"exclude": exclude, "score": score, "exclude_sources": sources}
     return groups
 
 
@@ -315,7 +324,10 @@ def leave_one_out(
         group = groups[name]
         run = train(
             replace(
-                base, out=str(Path(out_root) / f"loo-{name}"), exclude_families=group["exclude"]
+                base,
+                out=str(Path(out_root) / f"loo-{name}"),
+                exclude_families=group["exclude"],
+                exclude_sources=group["exclude_sources"],
             )
         )
         bundle = load_bundle(run)
@@ -364,10 +376,12 @@ def _previous_groups(previous: dict, groups, only, split, eq) -> dict[str, dict[
                 continue
             if name not in groups:
                 raise ValueError(f"the previous report has group {name!r}, not in the hold-outs")
-            if row["exclude"] != groups[name]["exclude"] or row["score"] != groups[name]["score"]:
+            defined = {k: row.get(k, []) for k in ("exclude", "score", "exclude_sources")}
+            if defined != groups[name]:
                 raise ValueError(
                     f"group {name!r} was defined otherwise in the previous report "
-                    f"(exclude {row['exclude']}, score {row['score']})"
+                    f"(exclude {defined['exclude']}, score {defined['score']}, "
+                    f"exclude_sources {defined['exclude_sources']})"
                 )
             kept.setdefault(kind, {})[name] = Metrics.from_dict(row)
     return kept

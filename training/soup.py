@@ -105,12 +105,14 @@ def make_soup(
     state = average_state_dicts([c["state_dict"] for _, c in ckpts], weights)
 
     configs = [c.get("train_config") or {} for _, c in ckpts]
-    excluded = [set(c.get("exclude_families") or []) for c in configs]
-    common = [f for f in configs[0].get("exclude_families") or [] if all(f in e for e in excluded)]
+    common, common_sources = (
+        [x for x in configs[0].get(key) or [] if all(x in (c.get(key) or []) for c in configs)]
+        for key in ("exclude_families", "exclude_sources")
+    )
     data = Path(data or configs[0].get("data") or "")
     if not data.is_file() and not data.is_dir():
         raise SoupError(f"calibration data {data} not found (pass --data MANIFEST)")
-    _, val, _ = split_samples(load_samples(data), common)
+    _, val, _ = split_samples(load_samples(data), common, common_sources)
 
     model = model_from_checkpoint({"model_spec": first["model_spec"], "state_dict": state})
     prep = PreprocessConfig.from_dict(first["preprocess"])
@@ -140,7 +142,12 @@ def make_soup(
         }
         for (run, c), w, cfg in zip(ckpts, weights, configs, strict=True)
     ]
-    train_config = {**configs[0], "out": str(out), "exclude_families": common}
+    train_config = {
+        **configs[0],
+        "out": str(out),
+        "exclude_families": common,
+        "exclude_sources": common_sources,
+    }
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     ckpt = {
         "format": FORMAT,

@@ -143,10 +143,17 @@ def sample_weights(
 
 
 def split_samples(
-    samples: list[Sample], exclude_families: list[str]
+    samples: list[Sample],
+    exclude_families: list[str],
+    exclude_sources: list[str] | tuple[str, ...] = (),
 ) -> tuple[list[Sample], list[Sample], list[Sample]]:
-    """(train, val, test); without a val split, 10% of train sources (by hash) become val."""
-    kept = [s for s in samples if s.family not in exclude_families]
+    """(train, val, test) without the excluded families and sources; without a val split, 10%
+    of train sources (by hash) become val."""
+    kept = [
+        s
+        for s in samples
+        if s.family not in exclude_families and s.source_id not in exclude_sources
+    ]
     train = [s for s in kept if s.split == "train"]
     val = [s for s in kept if s.split == "val"]
     test = [s for s in kept if s.split == "test"]
@@ -252,7 +259,9 @@ class Trainer:
         self._setup_logging()
         seed_everything(config.seed)
         samples = load_samples(config.data)
-        self.train_s, self.val_s, self.test_s = split_samples(samples, config.exclude_families)
+        self.train_s, self.val_s, self.test_s = split_samples(
+            samples, config.exclude_families, config.exclude_sources
+        )
         self.spec = ModelSpec(
             config.model, tuple(config.branches), config.input_size, pretrained=config.pretrained
         )

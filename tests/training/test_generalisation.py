@@ -23,7 +23,7 @@ from training.run_eval import (
     read_holdouts,
     score_held_out_family,
 )
-from training.train import BalancedSampler, sample_weights
+from training.train import BalancedSampler, sample_weights, split_samples
 
 pytestmark = pytest.mark.unit
 
@@ -205,13 +205,15 @@ def test_held_out_family_from_every_split_but_test(exported_model, tiny_corpus):
 
 
 def test_holdout_groups_from_yaml(tmp_path):
-    samples = [_s(1, "a"), _s(1, "b"), _s(1, "c"), _s(0, "real", family="camera")]
-    assert read_holdouts(None, samples) == {f: {"exclude": [f], "score": [f]} for f in "abc"}
+    samples = [_s(1, "a"), _s(1, "b"), _s(1, "c"), _s(0, "real", source="twins", family="camera")]
+    assert read_holdouts(None, samples) == {
+        f: {"exclude": [f], "score": [f], "exclude_sources": []} for f in "abc"
+    }
     f = tmp_path / "h.yaml"
-    f.write_text("ab: [a, b]\nc:\n  exclude: [c, a]\n  score: [c]\n")
+    f.write_text("ab: [a, b]\nc:\n  exclude: [c, a]\n  score: [c]\n  exclude_sources: [twins]\n")
     assert read_holdouts(f, samples) == {
-        "ab": {"exclude": ["a", "b"], "score": ["a", "b"]},
-        "c": {"exclude": ["c", "a"], "score": ["c"]},
+        "ab": {"exclude": ["a", "b"], "score": ["a", "b"], "exclude_sources": []},
+        "c": {"exclude": ["c", "a"], "score": ["c"], "exclude_sources": ["twins"]},
     }
     f.write_text("x: [a, nope]\n")
     with pytest.raises(ValueError, match="not in the data: \\['nope'\\]"):
@@ -219,6 +221,36 @@ def test_holdout_groups_from_yaml(tmp_path):
     f.write_text("x: 3\n")
     with pytest.raises(ValueError, match="needs a list"):
         read_holdouts(f, samples)
+    f.write_text("x:\n  exclude: [a]\n  exclude_sources: [twins, elsewhere]\n")
+    with pytest.raises(ValueError, match="sources not in the data: \\['elsewhere'\\]"):
+        read_holdouts(f, samples)
+    f.write_text("x:\n  exclude: [a]\n  exclude_sources: twins\n")
+    with pytest.raises(ValueError, match="exclude_sources must be a list"):
+        read_holdouts(f, samples)
+
+
+def test_excluded_sources_leave_every_split_with_the_excluded_families():
+    samples = [
+        Sample(Path(f"{i}.png"), label, gen, gen, source, split)
+        for i, (label, gen, source, split) in enumerate(
+            [
+                (0, "real", "twins", "train"),
+                (0, "real", "twins", "val"),
+                (0, "real", "other", "train"),
+                (0, "real", "other", "val"),
+                (0, "real", "other", "test"),
+                (1, "ldm", "ldm-src", "train"),
+                (1, "sd", "sd-src", "train"),
+                (1, "sd", "sd-src", "val"),
+            ]
+        )
+    ]
+    train, val, test = split_samples(samples, ["ldm"], ["twins"])
+    assert [s.path.name for s in train] == ["2.png", "6.png"]
+    assert [s.path.name for s in val] == ["3.png", "7.png"]
+    assert [s.path.name for s in test] == ["4.png"]
+    train, val, _ = split_samples(samples, ["ldm"])
+    assert "0.png" in {s.path.name for s in train} and "1.png" in {s.path.name for s in val}
 
 
 def test_the_shipped_holdout_groups_cover_every_family_of_the_sources_list():
@@ -241,3 +273,8 @@ def test_the_shipped_holdout_groups_cover_every_family_of_the_sources_list():
     excluded = {f for g in groups.values() for f in g["exclude"]}
     scored = [f for g in groups.values() for f in g.get("score", g["exclude"])]
     assert excluded == families and len(scored) == len(set(scored))
+    # sources that leave with a group are real photo groups of the list
+    rows = list(csv.DictReader(sources.read_text(encoding="utf-8").splitlines()))
+    real_groups = {r["source_group"] for r in rows if r["label"] == "real"}
+    twins = {x for g in groups.values() for x in g.get("exclude_sources", [])}
+    assert twins and twins <= real_groups

@@ -14,8 +14,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_groups_are_reported_as_they_finish_and_scores_are_kept(tiny_corpus, tmp_path):
+    from training.datasets import load_samples
+
+    twins = sorted({s.source_id for s in load_samples(tiny_corpus / "manifest.csv")
+                    if s.label == 0 and s.split == "train"})[0]  # fmt: skip
     holdouts = tmp_path / "holdouts.yaml"
-    holdouts.write_text("gan:\n  exclude: [gan]\nae:\n  exclude: [autoencoder]\n")
+    holdouts.write_text(
+        f"gan:\n  exclude: [gan]\n  exclude_sources: [{twins!r}]\nae:\n  exclude: [autoencoder]\n"
+    )
     overrides = [*FAST, "epochs=1", "max_steps=3", "val_max_images=12", "eval_test=false"]
     seen: list[tuple[list[str], list[str], float]] = []
 
@@ -29,6 +35,15 @@ def test_groups_are_reported_as_they_finish_and_scores_are_kept(tiny_corpus, tmp
     assert set(first.per_generator) == {"gan", "ae"}
     groups = first.extra["leave_one_out"]["as_is"]["groups"]
     assert groups["gan"]["exclude"] == ["gan"] and groups["gan"]["n_fake"] > 0
+    assert groups["gan"]["exclude_sources"] == [twins] and groups["ae"]["exclude_sources"] == []
+    import torch
+
+    def trained_without(name):
+        ckpt = torch.load(runs / f"loo-{name}" / "checkpoints" / "best.pt", weights_only=False)
+        return ckpt["train_config"]["exclude_families"], ckpt["train_config"]["exclude_sources"]
+
+    assert trained_without("gan") == (["gan"], [twins])
+    assert trained_without("ae") == (["autoencoder"], [])
     _check_card_table(first, tmp_path)
     # each run keeps its group's scores, keyed by its checkpoint: a second report reuses them
     cache = json.loads((runs / "loo-gan" / "held-out-scores.json").read_text())
@@ -93,6 +108,10 @@ def test_groups_finished_elsewhere_are_kept_and_only_the_named_ones_run(tiny_cor
     assert runs["mean_ap"] == pytest.approx(sum(ap) / 2)
     assert merged.overall.n_fake == merged.per_generator["ae"].n_fake  # pooled over "ae" only
 
+    previous["leave_one_out"]["as_is"]["groups"]["gan"]["exclude_sources"] = ["a-real-source"]
+    with pytest.raises(ValueError, match=r"defined otherwise.*exclude_sources \['a-real-source'\]"):
+        leave_one_out(None, overrides, data, tmp_path / "c", holdouts, previous=previous)
+    previous["leave_one_out"]["as_is"]["groups"]["gan"]["exclude_sources"] = []
     previous["leave_one_out"]["as_is"]["groups"]["gan"]["exclude"] = ["gan", "autoencoder"]
     with pytest.raises(ValueError, match="defined otherwise"):
         leave_one_out(None, overrides, data, tmp_path / "c", holdouts, previous=previous)
