@@ -1,0 +1,152 @@
+"""Does averaging the logits of several models generalise better than one of them?
+
+Scores exported models (ONNX folders) on what a candidate is chosen by (never the test split):
+the validation split without the held-out families, each held-out group's fakes from every
+split but test against the validation reals, and the ``heldout-real`` photos. Then scores every
+named combination by the mean of its members' temperature-scaled logits. Each model and each
+combination gets a threshold chosen the same way (at most ``--target-fpr`` of the validation
+reals above it, as training's calibration does on the as-is view), so the share of fakes
+flagged compares like with like. Each model's logits are kept in ``--cache`` (keyed by the ONNX
+file's hash and the images), so adding a combination costs no scoring.
+
+    python scripts/experiments/ensemble.py MANIFEST OUT.json --model a=runs/select/x-onnx \
+        --model b=runs/select/y-onnx --combo a+b [--held-out midjourney,flux,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from detector.engine import load_bundle
+from training.datasets import load_samples
+from training.evaluate import predict_logits
+from training.metrics import compute_metrics, threshold_at_fpr
+from training.run_eval import HELD_OUT_FAKE_SPLITS, read_holdouts
+
+
+def scored_samples(samples, excluded: set[str]):
+    val = [s for s in samples if s.split == "val" and s.family not in excluded]
+    held = [
+        s
+        for s in samples
+        if s.label == 1 and s.split in HELD_OUT_FAKE_SPLITS and s.family in excluded
+    ]
+    real = [s for s in samples if s.split == "heldout-real"]
+    return val, held, real
+
+
+def model_logits(name: str, folder: Path, chosen, cache: Path) -> np.ndarray:
+    """Temperature-scaled logits of ``chosen`` (cached)."""
+    bundle = load_bundle(folder)
+    digest = hashlib.sha256()
+    digest.update((folder / "model.onnx").read_bytes())
+    digest.update("\n".join(str(s.path) for s in chosen).encode())
+    key = cache / f"{name}-{digest.hexdigest()[:16]}.npy"
+    if key.exists():
+        raw = np.load(key)
+    else:
+        raw = predict_logits(bundle.logits, chosen, bundle.preprocess)
+        cache.mkdir(parents=True, exist_ok=True)
+        np.save(key, raw)
+    return raw / bundle.calibration.temperature
+
+
+def report(logits, val, held, real, groups, target_fpr) -> dict:
+    """Validation, held-out groups and heldout-real for one vector of logits."""
+    n_val, n_held = len(val), len(held)
+    yv = np.array([s.label for s in val])
+    prob = 1 / (1 + np.exp(-logits))
+    pv, ph, pr = prob[:n_val], prob[n_val : n_val + n_held], prob[n_val + n_held :]
+    thr = threshold_at_fpr(pv[yv == 0], target_fpr)
+    out = {"threshold": float(thr)}
+    m = compute_metrics(yv, pv, thr)
+    out["val"] = {
+        "ap": m.ap,
+        "roc_auc": m.roc_auc,
+        "fakes_flagged": m.fake_accuracy_at_threshold,
+        "reals_flagged": 1 - m.real_accuracy_at_threshold,
+    }
+    for pool in sorted({s.pool for s in val}):
+        inside = np.array([s.pool == pool for s in val])
+        if len(set(yv[inside])) == 2:
+            m = compute_metrics(yv[inside], pv[inside], thr)
+            out["val"][f"pool:{pool}"] = {
+                "ap": m.ap,
+                "roc_auc": m.roc_auc,
+                "fakes_flagged": m.fake_accuracy_at_threshold,
+                "reals_flagged": 1 - m.real_accuracy_at_threshold,
+            }
+    out["held_out"] = {}
+    for name, fams in groups.items():
+        fake = np.array([s.family in fams for s in held])
+        pools = {s.pool for s, f in zip(held, fake, strict=True) if f}
+        reals = np.array([s.label == 0 and s.pool in pools for s in val])
+        y = np.r_[np.ones(fake.sum()), np.zeros(reals.sum())]
+        g = compute_metrics(y, np.r_[ph[fake], pv[reals]], thr)
+        out["held_out"][name] = {
+            "n_fake": int(fake.sum()),
+            "ap": g.ap,
+            "roc_auc": g.roc_auc,
+            "fakes_flagged": g.fake_accuracy_at_threshold,
+        }
+    out["mean_held_out_ap"] = float(np.mean([g["ap"] for g in out["held_out"].values()]))
+    out["mean_held_out_roc_auc"] = float(np.mean([g["roc_auc"] for g in out["held_out"].values()]))
+    out["heldout_real_flagged"] = float(np.mean(pr >= thr)) if len(pr) else None
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("manifest", type=Path)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--model", action="append", required=True, metavar="NAME=ONNX_DIR")
+    ap.add_argument("--combo", action="append", default=[], metavar="A+B[+C...]")
+    ap.add_argument("--held-out", default="midjourney,flux,flux2,gigagan,stylegan,biggan,vqgan")
+    ap.add_argument("--holdouts", type=Path, default=Path("configs/holdouts-wild.yaml"))
+    ap.add_argument("--target-fpr", type=float, default=0.01)
+    ap.add_argument("--cache", type=Path, default=Path("runs/ensemble-cache"))
+    args = ap.parse_args()
+
+    models = dict(m.split("=", 1) for m in args.model)
+    samples = load_samples(args.manifest)
+    excluded = set(args.held_out.split(","))
+    groups = {
+        name: g["score"]
+        for name, g in read_holdouts(args.holdouts, samples).items()
+        if set(g["exclude"]) <= excluded
+    }
+    val, held, real = scored_samples(samples, excluded)
+    chosen = val + held + real
+    logits = {n: model_logits(n, Path(d), chosen, args.cache) for n, d in models.items()}
+    result = {
+        "manifest": str(args.manifest),
+        "held_out": groups,
+        "counts": {"val": len(val), "held_out_fakes": len(held), "heldout_real": len(real)},
+        "combination": "mean of the members' temperature-scaled logits",
+        "threshold": f"at most {args.target_fpr:.0%} of the validation reals above it (as-is)",
+        "models": {n: str(d) for n, d in models.items()},
+        "rows": {},
+    }
+    for name in [*models, *args.combo]:
+        members = name.split("+")
+        mean = np.mean([logits[m] for m in members], axis=0)
+        result["rows"][name] = report(mean, val, held, real, groups, args.target_fpr)
+        row = result["rows"][name]
+        print(
+            f"{name:40s} val AP {row['val']['ap']:.3f} ROC {row['val']['roc_auc']:.3f} "
+            f"flagged {row['val']['fakes_flagged']:.3f} | wild val ROC "
+            f"{row['val'].get('pool:wild', {}).get('roc_auc', float('nan')):.3f} | held-out mean AP "
+            f"{row['mean_held_out_ap']:.3f} ROC {row['mean_held_out_roc_auc']:.3f} "
+            + " ".join(f"{g} {v['roc_auc']:.2f}" for g, v in row["held_out"].items())
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
