@@ -164,7 +164,7 @@ def register(sub: Any) -> None:
         "--holdouts",
         type=Path,
         help="YAML of hold-out groups for --leave-one-out: name: [families] or "
-        "name: {exclude: [...], score: [...]}",
+        "name: {exclude: [...], score: [...], exclude_sources: [source groups]}",
     )
     e.add_argument(
         "--groups",

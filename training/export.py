@@ -133,6 +133,7 @@ def export_onnx(
             "exclude_families": list(
                 (ckpt.get("train_config") or {}).get("exclude_families") or []
             ),
+            # real source groups it left out too (a held-out family's twins): provenance only
             "exclude_sources": list((ckpt.get("train_config") or {}).get("exclude_sources") or []),
         },
     }

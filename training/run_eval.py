@@ -248,12 +248,19 @@ def read_holdouts(path: Path | None, samples: list[Sample]) -> dict[str, dict[st
         raise ValueError(f"cannot read hold-out groups {path}: {exc}") from None
     if not isinstance(raw, dict) or not raw:
         raise ValueError(f"{path}: expected a mapping of group name -> families")
+    source_ids = {s.source_id for s in samples}
     groups = {}
     for name, spec in raw.items():
         if isinstance(spec, list):
             spec = {"exclude": spec}
         if not isinstance(spec, dict) or not isinstance(spec.get("exclude"), list):
             raise ValueError(f"{path}: group {name!r} needs a list of families (or exclude: [...])")
+        unknown = sorted(set(spec) - {"exclude", "score", "exclude_sources"})
+        if unknown:
+            raise ValueError(
+                f"{path}: group {name!r} has unknown keys {unknown} "
+                "(a group takes exclude, score and exclude_sources)"
+            )
         exclude = [str(f) for f in spec["exclude"]]
         score = [str(f) for f in spec.get("score", exclude)]
         sources = spec.get("exclude_sources", [])
@@ -263,7 +270,7 @@ def read_holdouts(path: Path | None, samples: list[Sample]) -> dict[str, dict[st
         unknown = sorted(set(exclude + score) - set(families))
         if unknown:
             raise ValueError(f"{path}: group {name!r} names families not in the data: {unknown}")
-        unknown = sorted(set(sources) - {s.source_id for s in samples})
+        unknown = sorted(set(sources) - source_ids)
         if unknown:
             raise ValueError(f"{path}: group {name!r} names sources not in the data: {unknown}")
         groups[str(name)] = {"exclude": exclude, "score": score, "exclude_sources": sources}
@@ -283,7 +290,8 @@ def leave_one_out(
     only: list[str] | None = None,
     previous: dict | None = None,
 ) -> EvalReport:
-    """Train once per hold-out group with its families left out; score each on them.
+    """Train once per hold-out group with its families (and its ``exclude_sources``) left
+    out; score each on its families.
 
     ``on_group(report, done, left)`` is called after each group with the report so far (the
     CLI writes it, so a long run leaves its finished groups on disk).
@@ -423,7 +431,7 @@ def _loo_report(per, pooled, groups, split, out_root, data, eq) -> EvalReport:
             "mean_ap": float(np.mean([m.ap for m in rows.values()])),
             "min_ap": float(np.min([m.ap for m in rows.values()])),
             "mean_roc_auc": float(np.mean([m.roc_auc for m in rows.values()])),
-            "groups": {n: {**groups[n], **_row(m)} for n, m in rows.items()},
+            "groups": {n: {**groups[n], **_row(rows[n])} for n in groups if n in rows},
         }
         for kind, rows in per.items()
         if rows
@@ -431,7 +439,7 @@ def _loo_report(per, pooled, groups, split, out_root, data, eq) -> EvalReport:
     report = EvalReport(
         split=split,
         overall=compute_metrics(*pooled["as_is"]),
-        per_generator=dict(per["as_is"]),
+        per_generator={n: per["as_is"][n] for n in groups if n in per["as_is"]},
         per_pool={},
         calibration={"threshold": "per group model"},
         model=f"leave-one-out runs under {out_root}",
@@ -442,7 +450,7 @@ def _loo_report(per, pooled, groups, split, out_root, data, eq) -> EvalReport:
         report.equalised = EvalReport(
             split=report.split,
             overall=compute_metrics(*pooled["equalised"]),
-            per_generator=dict(per["equalised"]),
+            per_generator={n: per["equalised"][n] for n in groups if n in per["equalised"]},
             per_pool={},
             calibration=report.calibration,
             model=report.model,

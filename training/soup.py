@@ -7,8 +7,9 @@ architecture and preprocessing, averages their ``best.pt`` weights (optionally w
 calibrates the average on the validation split exactly as training does, and writes a run
 folder that ``export``, ``evaluate`` and ``serve`` take like any other.
 
-The soup's ``exclude_families`` are the families every ingredient was trained without: only
-those are unseen by the average, so only those count as held out when it is evaluated.
+The soup's ``exclude_families`` (and ``exclude_sources``) are those every ingredient was
+trained without: only those are unseen by the average, so only those count as held out when it
+is evaluated.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ __all__ = ["SoupError", "average_state_dicts", "make_soup"]
 
 class SoupError(ValueError):
     """The runs cannot be averaged, or the soup cannot be calibrated."""
+
+
+def _left_out_by_all(configs: list[dict], key: str) -> list[str]:
+    """What every ingredient's training config left out under ``key`` (in the first's order)."""
+    return [x for x in configs[0].get(key) or [] if all(x in (c.get(key) or []) for c in configs)]
 
 
 def _best(run: Path) -> Path:
@@ -105,10 +111,8 @@ def make_soup(
     state = average_state_dicts([c["state_dict"] for _, c in ckpts], weights)
 
     configs = [c.get("train_config") or {} for _, c in ckpts]
-    common, common_sources = (
-        [x for x in configs[0].get(key) or [] if all(x in (c.get(key) or []) for c in configs)]
-        for key in ("exclude_families", "exclude_sources")
-    )
+    common = _left_out_by_all(configs, "exclude_families")
+    common_sources = _left_out_by_all(configs, "exclude_sources")
     data = Path(data or configs[0].get("data") or "")
     if not data.is_file() and not data.is_dir():
         raise SoupError(f"calibration data {data} not found (pass --data MANIFEST)")
@@ -139,6 +143,7 @@ def make_soup(
             "commit": c.get("commit"),
             "best_val_ap": c.get("best_val_ap"),
             "exclude_families": cfg.get("exclude_families") or [],
+            "exclude_sources": cfg.get("exclude_sources") or [],
         }
         for (run, c), w, cfg in zip(ckpts, weights, configs, strict=True)
     ]

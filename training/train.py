@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -142,10 +142,26 @@ def sample_weights(
     return out
 
 
+# Settings that decide what a run's weights learn from: a run folder trained with other
+# values is not resumed or reused (Trainer._check_folder).
+RUN_DEFINING = (
+    "model",
+    "branches",
+    "input_size",
+    "pretrained",
+    "exclude_families",
+    "exclude_sources",
+    "pool_weights",
+    "balance",
+    "balance_power",
+    "seed",
+)
+
+
 def split_samples(
     samples: list[Sample],
-    exclude_families: list[str],
-    exclude_sources: list[str] | tuple[str, ...] = (),
+    exclude_families: Collection[str],
+    exclude_sources: Collection[str] = (),
 ) -> tuple[list[Sample], list[Sample], list[Sample]]:
     """(train, val, test) without the excluded families and sources; without a val split, 10%
     of train sources (by hash) become val."""
@@ -310,6 +326,7 @@ class Trainer:
         )
         self.step, self.epoch, self.best_ap, self.stale = 0, 0, -1.0, 0
         self.data_sha = sha256_file(Path(config.data)) if Path(config.data).is_file() else ""
+        self._check_folder()
         if config.resume and (self.run / "checkpoints" / "last.pt").exists():
             self._resume()
 
@@ -355,6 +372,30 @@ class Trainer:
             ckpt["optimizer"] = self.opt.state_dict()
             ckpt["scheduler"] = self.sched.state_dict()
         write_checkpoint(path, ckpt)
+
+    def _check_folder(self) -> None:
+        """Refuse to continue (or call finished) a run folder trained on other terms: a
+        leave-one-out group redefined, another model, other data. Only what decides what the
+        weights learn is compared; the schedule, workers and evaluation settings may change."""
+        for name in ("last.pt", "best.pt"):
+            path = self.run / "checkpoints" / name
+            if not (self.config.resume and path.exists()):
+                continue
+            ckpt = read_checkpoint(path)
+            old, new = ckpt.get("train_config") or {}, _plain(self.config.to_dict())
+            for key in RUN_DEFINING:
+                if key in old and old[key] != new[key]:
+                    raise ValueError(
+                        f"{self.run} was trained with {key}={old[key]!r}, not {new[key]!r}: "
+                        "train into another out= folder, or remove this one"
+                    )
+            old_sha = (ckpt.get("data") or {}).get("sha256")
+            if old_sha and self.data_sha and old_sha != self.data_sha:
+                raise ValueError(
+                    f"{self.run} was trained on another {self.config.data} (its sha256 differs): "
+                    "train into another out= folder, or remove this one"
+                )
+            return
 
     def _resume(self) -> None:
         ckpt = read_checkpoint(self.run / "checkpoints" / "last.pt")

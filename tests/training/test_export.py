@@ -27,6 +27,7 @@ def test_sidecar_describes_the_model(exported_model):
     assert meta["calibration"]["threshold"] == 0.6
     assert PreprocessConfig.from_dict(meta["preprocess"]).input_size == 64
     assert meta["training"]["exclude_families"] == []  # what its run held out: nothing here
+    assert meta["training"]["exclude_sources"] == []
 
 
 def test_onnx_and_torch_engines_agree_on_fresh_inputs(exported_model, untrained_checkpoint):

@@ -224,6 +224,9 @@ def test_holdout_groups_from_yaml(tmp_path):
     f.write_text("x:\n  exclude: [a]\n  exclude_sources: [twins, elsewhere]\n")
     with pytest.raises(ValueError, match="sources not in the data: \\['elsewhere'\\]"):
         read_holdouts(f, samples)
+    f.write_text("x:\n  exclude: [a]\n  exclude_source: [twins]\n")  # misspelt: not ignored
+    with pytest.raises(ValueError, match="unknown keys \\['exclude_source'\\]"):
+        read_holdouts(f, samples)
     f.write_text("x:\n  exclude: [a]\n  exclude_sources: twins\n")
     with pytest.raises(ValueError, match="exclude_sources must be a list"):
         read_holdouts(f, samples)
@@ -268,13 +271,12 @@ def test_the_shipped_holdout_groups_cover_every_family_of_the_sources_list():
     groups = yaml.safe_load(
         (Path(__file__).resolve().parents[2] / "configs" / "holdouts-wild.yaml").read_text()
     )
-    rows = csv.DictReader(sources.read_text(encoding="utf-8").splitlines())
+    rows = list(csv.DictReader(sources.read_text(encoding="utf-8").splitlines()))
     families = {r["family"] for r in rows if r["label"] == "fake"}
     excluded = {f for g in groups.values() for f in g["exclude"]}
     scored = [f for g in groups.values() for f in g.get("score", g["exclude"])]
     assert excluded == families and len(scored) == len(set(scored))
     # sources that leave with a group are real photo groups of the list
-    rows = list(csv.DictReader(sources.read_text(encoding="utf-8").splitlines()))
     real_groups = {r["source_group"] for r in rows if r["label"] == "real"}
     twins = {x for g in groups.values() for x in g.get("exclude_sources", [])}
     assert twins and twins <= real_groups

@@ -77,6 +77,9 @@ def _check_card_table(report, tmp_path):
     for name in ("gan", "ae"):
         row = next(line for line in out.splitlines() if line.startswith(f"| {name} ("))
         assert f"{groups[name]['roc_auc']:.3f} / {groups[name]['roc_auc']:.3f}" in row
+        twins = groups[name]["exclude_sources"]
+        assert ("; with the reals of" in row) == bool(twins)
+        assert all(f"; with the reals of {t}) |" in row for t in twins)
     assert f"2 of 2 groups: mean AP {report.extra['mean_ap']:.3f}" in out
     bad = subprocess.run([sys.executable, str(script), str(script)], capture_output=True, text=True)
     assert bad.returncode == 2 and "not a leave-one-family-out result" in bad.stderr
@@ -111,7 +114,10 @@ def test_groups_finished_elsewhere_are_kept_and_only_the_named_ones_run(tiny_cor
     previous["leave_one_out"]["as_is"]["groups"]["gan"]["exclude_sources"] = ["a-real-source"]
     with pytest.raises(ValueError, match=r"defined otherwise.*exclude_sources \['a-real-source'\]"):
         leave_one_out(None, overrides, data, tmp_path / "c", holdouts, previous=previous)
-    previous["leave_one_out"]["as_is"]["groups"]["gan"]["exclude_sources"] = []
+    for kind in previous["leave_one_out"].values():  # a report from before exclude_sources
+        del kind["groups"]["gan"]["exclude_sources"]
+    kept = leave_one_out(None, overrides, data, tmp_path / "b", holdouts, previous=previous)
+    assert kept.extra["leave_one_out"]["as_is"]["groups"]["gan"]["exclude_sources"] == []
     previous["leave_one_out"]["as_is"]["groups"]["gan"]["exclude"] = ["gan", "autoencoder"]
     with pytest.raises(ValueError, match="defined otherwise"):
         leave_one_out(None, overrides, data, tmp_path / "c", holdouts, previous=previous)

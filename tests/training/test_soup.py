@@ -69,14 +69,20 @@ def test_weights_one_and_zero_give_the_first_run(two_runs, tmp_path):
 
 def test_held_out_families_are_those_no_run_saw(two_runs, tmp_path):
     runs, fake, data = two_runs
-    path = tmp_path / "other.pt"
+    first, path = tmp_path / "first.pt", tmp_path / "other.pt"
+    ckpt = read_checkpoint(runs[0] / "checkpoints" / "best.pt")
+    ckpt["train_config"]["exclude_sources"] = ["twins", "both"]
+    torch.save(ckpt, first)
     other = read_checkpoint(runs[1] / "checkpoints" / "best.pt")
     other["train_config"]["exclude_families"] = []
+    other["train_config"]["exclude_sources"] = ["both"]
     torch.save(other, path)
-    make_soup([runs[0], path], tmp_path / "soup", data=data)
+    make_soup([first, path], tmp_path / "soup", data=data)
     ckpt = read_checkpoint(tmp_path / "soup" / "checkpoints" / "best.pt")
     assert ckpt["train_config"]["exclude_families"] == []
+    assert ckpt["train_config"]["exclude_sources"] == ["both"]
     assert [i["exclude_families"] for i in ckpt["soup"]] == [[fake], []]
+    assert [i["exclude_sources"] for i in ckpt["soup"]] == [["twins", "both"], ["both"]]
 
 
 def test_runs_that_cannot_be_averaged(two_runs, tmp_path):

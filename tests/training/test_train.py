@@ -84,6 +84,17 @@ def test_run_folder_and_resume(tiny_corpus, tmp_path):
     train(_config(tiny_corpus, out, "epochs=2"))
     assert (out / "metrics.jsonl").read_text().splitlines() == [json.dumps(r) for r in records]
     assert "nothing to do" in (out / "train.log").read_text()
+    # A folder trained on other terms (a redefined hold-out group, another seed) is not
+    # resumed or reused as finished: the run says which setting differs and changes nothing.
+    for change, said in (
+        ("exclude_families=[gan]", "exclude_families=[], not ['gan']"),
+        ("exclude_sources=[elsewhere]", "exclude_sources=[], not ['elsewhere']"),
+        ("seed=3", "seed=0, not 3"),
+    ):
+        with pytest.raises(ValueError) as err:
+            train(_config(tiny_corpus, out, "epochs=2", change))
+        assert said in str(err.value) and "another out= folder" in str(err.value)
+    assert (out / "metrics.jsonl").read_text().splitlines() == [json.dumps(r) for r in records]
 
 
 def test_calibration_views_validation_subset_and_no_test_scoring(tiny_corpus, tmp_path):
