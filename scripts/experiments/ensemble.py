@@ -11,6 +11,9 @@ file's hash and the images), so adding a combination costs no scoring.
 
     python scripts/experiments/ensemble.py MANIFEST OUT.json --model a=runs/select/x-onnx \
         --model b=runs/select/y-onnx --combo a+b [--held-out midjourney,flux,...]
+
+The held-out families default to those every model's run left out of training (the selection
+runs: Midjourney, FLUX.1/.2 and the GANs).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from detector.engine import load_bundle
 from training.datasets import load_samples
 from training.evaluate import predict_logits
 from training.metrics import compute_metrics, threshold_at_fpr
-from training.run_eval import HELD_OUT_FAKE_SPLITS, read_holdouts
+from training.run_eval import HELD_OUT_FAKE_SPLITS, excluded_families, read_holdouts
 
 
 def scored_samples(samples, excluded: set[str]):
@@ -40,11 +43,11 @@ def scored_samples(samples, excluded: set[str]):
     return val, held, real
 
 
-def model_logits(name: str, folder: Path, chosen, cache: Path) -> np.ndarray:
-    """Temperature-scaled logits of ``chosen`` (cached)."""
-    bundle = load_bundle(folder)
+def model_logits(name: str, bundle, folder: Path, chosen, cache: Path) -> np.ndarray:
+    """Temperature-scaled logits of ``chosen`` (cached by graph, preprocessing and images)."""
     digest = hashlib.sha256()
     digest.update((folder / "model.onnx").read_bytes())
+    digest.update(json.dumps(bundle.preprocess.to_dict(), sort_keys=True).encode())
     digest.update("\n".join(str(s.path) for s in chosen).encode())
     key = cache / f"{name}-{digest.hexdigest()[:16]}.npy"
     if key.exists():
@@ -106,15 +109,31 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--model", action="append", required=True, metavar="NAME=ONNX_DIR")
     ap.add_argument("--combo", action="append", default=[], metavar="A+B[+C...]")
-    ap.add_argument("--held-out", default="midjourney,flux,flux2,gigagan,stylegan,biggan,vqgan")
+    ap.add_argument(
+        "--held-out",
+        help="families scored as held out (default: those every model's run left out of "
+        "training; a model trained on one of them is refused)",
+    )
     ap.add_argument("--holdouts", type=Path, default=Path("configs/holdouts-wild.yaml"))
     ap.add_argument("--target-fpr", type=float, default=0.01)
     ap.add_argument("--cache", type=Path, default=Path("runs/ensemble-cache"))
     args = ap.parse_args()
 
+    if any("=" not in m for m in args.model):
+        ap.error("--model takes NAME=ONNX_DIR")
     models = dict(m.split("=", 1) for m in args.model)
+    unknown = sorted({m for c in args.combo for m in c.split("+")} - set(models))
+    if unknown:
+        ap.error(f"--combo names models not given by --model: {unknown}")
+    bundles = {n: load_bundle(Path(d)) for n, d in models.items()}
+    left_out = [set(excluded_families(b)) for b in bundles.values()]
+    excluded = set(args.held_out.split(",")) if args.held_out else set.intersection(*left_out)
+    for (name, _), fams in zip(bundles.items(), left_out, strict=True):
+        if not excluded <= fams:
+            ap.error(f"{name} was trained on {sorted(excluded - fams)}: not held out for it")
+    if not excluded:
+        ap.error("no family was left out of every model's training: nothing is held out")
     samples = load_samples(args.manifest)
-    excluded = set(args.held_out.split(","))
     groups = {
         name: g["score"]
         for name, g in read_holdouts(args.holdouts, samples).items()
@@ -122,7 +141,9 @@ def main() -> None:
     }
     val, held, real = scored_samples(samples, excluded)
     chosen = val + held + real
-    logits = {n: model_logits(n, Path(d), chosen, args.cache) for n, d in models.items()}
+    logits = {
+        n: model_logits(n, bundles[n], Path(d), chosen, args.cache) for n, d in models.items()
+    }
     result = {
         "manifest": str(args.manifest),
         "held_out": groups,
