@@ -59,6 +59,8 @@ def test_selection_rows_are_the_committed_json():
         "lr 3e-4, seed 2": "lr3e-4-seed2",
         "weight average of three runs": "soup3",
         "weight average of two seeds": "soup-seeds",
+        "192 px tiles (": "tile192",
+        "192 px tiles, seed 1": "tile192-seed1",
     }
     lines = CARD.splitlines()
     for prefix, name in rows.items():
