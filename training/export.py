@@ -111,6 +111,7 @@ def export_onnx(
     tolerance = TOLERANCE.get(precision)
     if not np.isfinite(diff) or (tolerance is not None and diff > tolerance):
         raise ExportError(f"{precision} ONNX differs from torch by {diff:.2e} > {tolerance:.0e}")
+    trained = ckpt.get("train_config") or {}
     sidecar = {
         "format": SIDECAR_FORMAT,
         "name": name or ckpt["model_spec"]["name"],
@@ -130,11 +131,9 @@ def export_onnx(
             "epoch": ckpt.get("epoch"),
             "best_val_ap": ckpt.get("best_val_ap"),
             # what the run left out of training, so evaluate --generalisation scores it as held out
-            "exclude_families": list(
-                (ckpt.get("train_config") or {}).get("exclude_families") or []
-            ),
+            "exclude_families": list(trained.get("exclude_families") or []),
             # real source groups it left out too (a held-out family's twins): provenance only
-            "exclude_sources": list((ckpt.get("train_config") or {}).get("exclude_sources") or []),
+            "exclude_sources": list(trained.get("exclude_sources") or []),
         },
     }
     (out / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")

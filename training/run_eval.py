@@ -426,12 +426,14 @@ def _held_out_scores(
 
 
 def _loo_report(per, pooled, groups, split, out_root, data, eq) -> EvalReport:
+    # rows in the hold-outs' order, whichever were kept from an earlier report or run here
+    per = {kind: {n: rows[n] for n in groups if n in rows} for kind, rows in per.items()}
     summary = {
         kind: {
             "mean_ap": float(np.mean([m.ap for m in rows.values()])),
             "min_ap": float(np.min([m.ap for m in rows.values()])),
             "mean_roc_auc": float(np.mean([m.roc_auc for m in rows.values()])),
-            "groups": {n: {**groups[n], **_row(rows[n])} for n in groups if n in rows},
+            "groups": {n: {**groups[n], **_row(m)} for n, m in rows.items()},
         }
         for kind, rows in per.items()
         if rows
@@ -439,7 +441,7 @@ def _loo_report(per, pooled, groups, split, out_root, data, eq) -> EvalReport:
     report = EvalReport(
         split=split,
         overall=compute_metrics(*pooled["as_is"]),
-        per_generator={n: per["as_is"][n] for n in groups if n in per["as_is"]},
+        per_generator=per["as_is"],
         per_pool={},
         calibration={"threshold": "per group model"},
         model=f"leave-one-out runs under {out_root}",
@@ -450,7 +452,7 @@ def _loo_report(per, pooled, groups, split, out_root, data, eq) -> EvalReport:
         report.equalised = EvalReport(
             split=report.split,
             overall=compute_metrics(*pooled["equalised"]),
-            per_generator={n: per["equalised"][n] for n in groups if n in per["equalised"]},
+            per_generator=per["equalised"],
             per_pool={},
             calibration=report.calibration,
             model=report.model,

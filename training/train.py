@@ -143,7 +143,7 @@ def sample_weights(
 
 
 # Settings that decide what a run's weights learn from: a run folder trained with other
-# values is not resumed or reused (Trainer._check_folder).
+# values is not resumed or reused (Trainer._stored_run).
 RUN_DEFINING = (
     "model",
     "branches",
@@ -272,6 +272,8 @@ class Trainer:
         self.d = _init_distributed(config)
         self.run = Path(config.out)
         (self.run / "checkpoints").mkdir(parents=True, exist_ok=True)
+        self.data_sha = sha256_file(Path(config.data)) if Path(config.data).is_file() else ""
+        stored = self._stored_run()  # before logging rewrites the folder's config.yaml
         self._setup_logging()
         seed_everything(config.seed)
         samples = load_samples(config.data)
@@ -325,10 +327,8 @@ class Trainer:
             pin_memory=self.d.device.type == "cuda",
         )
         self.step, self.epoch, self.best_ap, self.stale = 0, 0, -1.0, 0
-        self.data_sha = sha256_file(Path(config.data)) if Path(config.data).is_file() else ""
-        self._check_folder()
-        if config.resume and (self.run / "checkpoints" / "last.pt").exists():
-            self._resume()
+        if stored is not None and "optimizer" in stored:  # last.pt: continue where it stopped
+            self._resume(stored)
 
     # --- hooks ----------------------------------------------------------------------------
 
@@ -373,32 +373,34 @@ class Trainer:
             ckpt["scheduler"] = self.sched.state_dict()
         write_checkpoint(path, ckpt)
 
-    def _check_folder(self) -> None:
-        """Refuse to continue (or call finished) a run folder trained on other terms: a
-        leave-one-out group redefined, another model, other data. Only what decides what the
-        weights learn is compared; the schedule, workers and evaluation settings may change."""
-        for name in ("last.pt", "best.pt"):
-            path = self.run / "checkpoints" / name
-            if not (self.config.resume and path.exists()):
-                continue
-            ckpt = read_checkpoint(path)
-            old, new = ckpt.get("train_config") or {}, _plain(self.config.to_dict())
-            for key in RUN_DEFINING:
-                if key in old and old[key] != new[key]:
-                    raise ValueError(
-                        f"{self.run} was trained with {key}={old[key]!r}, not {new[key]!r}: "
-                        "train into another out= folder, or remove this one"
-                    )
-            old_sha = (ckpt.get("data") or {}).get("sha256")
-            if old_sha and self.data_sha and old_sha != self.data_sha:
+    def _stored_run(self) -> dict | None:
+        """The folder's checkpoint to continue from (``last.pt``, else ``best.pt``), read once,
+        or None. A folder trained on other terms (a leave-one-out group redefined, another
+        model, other data) is refused: only what decides what the weights learn is compared;
+        the schedule, workers and evaluation settings may change."""
+        if not self.config.resume:
+            return None
+        paths = [self.run / "checkpoints" / n for n in ("last.pt", "best.pt")]
+        path = next((p for p in paths if p.exists()), None)
+        if path is None:
+            return None
+        ckpt = read_checkpoint(path)
+        old, new = ckpt.get("train_config") or {}, _plain(self.config.to_dict())
+        for key in RUN_DEFINING:
+            if key in old and old[key] != new[key]:
                 raise ValueError(
-                    f"{self.run} was trained on another {self.config.data} (its sha256 differs): "
+                    f"{self.run} was trained with {key}={old[key]!r}, not {new[key]!r}: "
                     "train into another out= folder, or remove this one"
                 )
-            return
+        old_sha = (ckpt.get("data") or {}).get("sha256")
+        if old_sha and self.data_sha and old_sha != self.data_sha:
+            raise ValueError(
+                f"{self.run} was trained on another {self.config.data} (its sha256 differs): "
+                "train into another out= folder, or remove this one"
+            )
+        return ckpt
 
-    def _resume(self) -> None:
-        ckpt = read_checkpoint(self.run / "checkpoints" / "last.pt")
+    def _resume(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["state_dict"])
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])

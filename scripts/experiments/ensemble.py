@@ -66,24 +66,21 @@ def report(logits, val, held, real, groups, target_fpr) -> dict:
     prob = 1 / (1 + np.exp(-logits))
     pv, ph, pr = prob[:n_val], prob[n_val : n_val + n_held], prob[n_val + n_held :]
     thr = threshold_at_fpr(pv[yv == 0], target_fpr)
-    out = {"threshold": float(thr)}
-    m = compute_metrics(yv, pv, thr)
-    out["val"] = {
-        "ap": m.ap,
-        "roc_auc": m.roc_auc,
-        "fakes_flagged": m.fake_accuracy_at_threshold,
-        "reals_flagged": 1 - m.real_accuracy_at_threshold,
-    }
+
+    def ranked(y, p) -> dict:
+        m = compute_metrics(y, p, thr)
+        return {
+            "ap": m.ap,
+            "roc_auc": m.roc_auc,
+            "fakes_flagged": m.fake_accuracy_at_threshold,
+            "reals_flagged": 1 - m.real_accuracy_at_threshold,
+        }
+
+    out = {"threshold": float(thr), "val": ranked(yv, pv)}
     for pool in sorted({s.pool for s in val}):
         inside = np.array([s.pool == pool for s in val])
         if len(set(yv[inside])) == 2:
-            m = compute_metrics(yv[inside], pv[inside], thr)
-            out["val"][f"pool:{pool}"] = {
-                "ap": m.ap,
-                "roc_auc": m.roc_auc,
-                "fakes_flagged": m.fake_accuracy_at_threshold,
-                "reals_flagged": 1 - m.real_accuracy_at_threshold,
-            }
+            out["val"][f"pool:{pool}"] = ranked(yv[inside], pv[inside])
     out["held_out"] = {}
     for name, fams in groups.items():
         fake = np.array([s.family in fams for s in held])
