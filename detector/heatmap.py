@@ -5,8 +5,8 @@ The verdict's model score is the mean logit of an even grid of at most ``max_til
 ``input_size`` tiles (``HEATMAP_MAX_TILES`` at most, thinned evenly beyond), each tile's logit
 calibrated with the model's temperature. Tiles that overlap (the grid's last row and column
 touch the borders) are averaged where they overlap in the overlay. It is an explanation for a
-reviewer, not a second verdict: a single tile sees 128 px and is far noisier than the image's
-score.
+reviewer, not a second verdict: a single tile sees one ``input_size`` square (192 px for the
+bundled model) and is far noisier than the image's score.
 """
 
 from __future__ import annotations
