@@ -1,9 +1,10 @@
 """Does covering more of the image, or pooling tile logits differently, generalise better?
 
 The shipped model judges an image by the mean logit of an even grid of at most ``max_tiles``
-``input_size`` tiles (128 px when this was run, 192 px since v4). This scores one trained model on the validation split (sources never trained on)
-and on the families its run held out, for several tilings (the shipped 9, every tile up to 64)
-and poolings of the tile logits (mean, top-k mean, max, median), as-is and JPEG-q90 equalised.
+``input_size`` tiles (128 px when this was run, 192 px since v4). This scores one trained model
+on the validation split (sources never trained on) and on the families its run held out, for
+several tilings (the shipped 9, every tile up to 64) and poolings of the tile logits (mean,
+top-k mean, max, median), as-is and JPEG-q90 equalised.
 The pooling is applied to the same tile logits, so the rows differ only in the rule.
 Run it on a corpus whose images are larger than 3 x 3 tiles (e.g. ``corpus sources --crop 1024``):
 
