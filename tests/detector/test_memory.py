@@ -68,6 +68,32 @@ def test_crop_windows_find_cropped_re_uploads(tmp_path):
     assert store.stats()["indexed"] == 2 * 35 + 2
 
 
+def test_stored_hashes_are_imagehash_of_the_colour_frame_and_windows():
+    """The hashes a database holds stay what imagehash gives for the colour image and for each
+    crop window cut from its colour copy scaled to 256 px: a change here would orphan every
+    record stored before it (so a faster hash_pixels must not change a bit of them)."""
+    import imagehash
+
+    from detector.memory import CROP_WINDOWS
+
+    for seed, (h, w) in ((3, (300, 700)), (4, (180, 120))):
+        px = np.ascontiguousarray(P.synthetic_scene(seed, h, w))
+        got = hash_pixels(px, windows=True)
+        img = Image.fromarray(px)
+        assert got.phash == str(imagehash.phash(img)) and got.dhash == str(imagehash.dhash(img))
+        scale = 256 / max(w, h)
+        if scale < 1:
+            img = img.resize((round(w * scale), round(h * scale)), Image.LANCZOS)
+        want = []
+        for keep, ox, oy in CROP_WINDOWS:
+            sw, sh = img.size
+            crop = img.crop(
+                (round(ox * sw), round(oy * sh), round((ox + keep) * sw), round((oy + keep) * sh))
+            )
+            want.append((str(imagehash.phash(crop)), str(imagehash.dhash(crop))))
+        assert list(got.windows) == want
+
+
 def test_schema_1_databases_are_migrated(tmp_path):
     import sqlite3
 
