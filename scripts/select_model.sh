@@ -44,6 +44,9 @@ declare -A CANDIDATES=(
   # 25 images/s target); the own 64 px crops become mostly reflect padding
   [tile192]="input_size=192"
   [tile192-seed1]="input_size=192 seed=1"                     # tile192 again, another seed
+  # larger still: a 384 px crop is 2x2 tiles of 256 (of 192: also 2x2, each seeing 44% of it
+  # instead of 25%); a 512x512 image is 4 tiles of 256 (262 k pixels) against 9 of 192 (332 k)
+  [tile256]="input_size=256"
 )
 # Model soups (`synthdetect soup`): the weights of finished candidates above averaged, then
 # calibrated; run their ingredients first. Every ingredient is Lite0 at lr 3e-4 from the same
@@ -54,7 +57,7 @@ declare -A SOUPS=(
 )
 finished() { [ -f "$1/checkpoints/best.pt" ] && grep -q '"final": true' "$1/metrics.jsonl" 2>/dev/null; }
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(base no-rgb wild-only more-own no-new-aligned lite2 long power0 patchnet lr3e-4 lr1e-4 lr3e-4-seed1 lr3e-4-seed2 power0-seed1 soup3 soup-seeds tile192 tile192-seed1)
+[ ${#names[@]} -gt 0 ] || names=(base no-rgb wild-only more-own no-new-aligned lite2 long power0 patchnet lr3e-4 lr1e-4 lr3e-4-seed1 lr3e-4-seed2 power0-seed1 soup3 soup-seeds tile192 tile192-seed1 tile256)
 
 for name in "${names[@]}"; do
   run=$WORK/$name
