@@ -44,8 +44,8 @@ declare -A CANDIDATES=(
   # 25 images/s target); the own 64 px crops become mostly reflect padding
   [tile192]="input_size=192"
   [tile192-seed1]="input_size=192 seed=1"                     # tile192 again, another seed
-  # larger still: a 384 px crop is 2x2 tiles of 256 (of 192: also 2x2, each seeing 44% of it
-  # instead of 25%); a 512x512 image is 4 tiles of 256 (262 k pixels) against 9 of 192 (332 k)
+  # larger still: a 384 px crop is 2x2 tiles either way, a tile of 256 seeing 44% of it (192:
+  # 25%); a 512x512 image is 4 tiles of 256 (262 k pixels) against 9 of 192 (332 k)
   [tile256]="input_size=256"
 )
 # Model soups (`synthdetect soup`): the weights of finished candidates above averaged, then
