@@ -3,7 +3,7 @@
 # card's main table. One run of the default recipe per hold-out group of
 # configs/holdouts-wild.yaml, trained with the group left out; its fakes (from every split but
 # test) are scored against the validation reals, as-is and JPEG-q90 equalised.
-# CPU: about 20-30 minutes per group on 2 cores at 128 px tiles, 35-60 at 192 px (no test scoring).
+# CPU: about 20-30 minutes per group on 2 cores at 128 px tiles, 35-62 at 192 px (no test scoring).
 #   scripts/lofo_wild.sh MIX_MANIFEST [WORK_DIR] [KEY=VALUE...] [--groups G,...] [--previous JSON]
 # A finished group is not retrained while its run folder is there. With the folders gone (another
 # machine), `--groups transformers --previous <the committed JSON>` runs only that group and keeps
