@@ -71,3 +71,26 @@ def test_too_small_is_the_size_floor_of_pixel_methods():
     assert too_small(np.zeros((1, 1, 3), np.uint8)) is not None
     # a method with coarser statistics passes its own floor
     assert too_small(np.zeros((48, 48, 3), np.uint8), 64).endswith("(at least 64 px on each side)")
+
+
+@pytest.mark.parametrize("order", ["RGB", "BGR"])
+def test_tiles_are_bit_identical_to_normalising_before_the_transpose(order):
+    # The formula every shipped model was trained and exported with: normalise in HWC, then
+    # channels first. The fast path reorders memory, never the arithmetic, so scores and the
+    # moderation memory's stored results do not move by a single bit.
+    cfg = PreprocessConfig(
+        input_size=48,
+        max_tiles=9,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        channel_order=order,
+    )
+    img = np.random.default_rng(3).integers(0, 256, (130, 100, 3), dtype=np.uint8)
+    tiles = np.stack([img[y : y + 48, x : x + 48] for y, x in tile_origins(130, 100, 48, 9)])
+    if order == "BGR":
+        tiles = tiles[..., ::-1]
+    ref = tiles.astype(np.float32) * np.float32(1 / 255)
+    ref -= np.asarray(cfg.mean, dtype=np.float32)
+    ref /= np.asarray(cfg.std, dtype=np.float32)
+    got = preprocess(img, cfg)
+    assert got.flags.c_contiguous and np.array_equal(got, ref.transpose(0, 3, 1, 2))
