@@ -211,7 +211,12 @@ def register(sub: Any) -> None:
     x = sub.add_parser(
         "export", help="export a checkpoint to ONNX (+ sidecar JSON), parity-checked"
     )
-    x.add_argument("run", type=Path, help="run folder or .pt checkpoint")
+    x.add_argument(
+        "run",
+        type=Path,
+        help="run folder or .pt checkpoint; or an fp32 ONNX export (such as the bundled "
+        "model) with --fp16 or --int8, for a reduced-precision copy checked against it",
+    )
     x.add_argument("--out", required=True, type=Path)
     x.add_argument(
         "--images",
@@ -471,25 +476,35 @@ def _train_artifact(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from detector.bundled import SAMPLES
+    from detector.engine import SIDECAR
     from training.datasets import DatasetError, load_samples
-    from training.export import ExportError, export_onnx
+    from training.export import ExportError, export_onnx, reduce_precision
 
     images = args.images or sorted(SAMPLES.iterdir())
     precision = "fp16" if args.fp16 else "int8" if args.int8 else "fp32"
+    from_onnx = args.run.is_dir() and (args.run / SIDECAR).is_file()
     try:
+        if from_onnx and precision == "fp32":
+            raise ExportError(
+                f"{args.run} is already an ONNX export; --fp16 or --int8 makes a "
+                "reduced-precision copy of it"
+            )
         val = []
         if args.calib_data:
             val = [s for s in load_samples(args.calib_data) if s.split == "val"]
-        result = export_onnx(
-            args.run,
-            args.out,
-            images,
-            precision=precision,
-            calib_images=[s.path for s in val[:64]],
-            name=args.name,
-        )
+            if not val:
+                raise ExportError(f"{args.calib_data} has no val split to calibrate on")
+        calib = [s.path for s in val[:: max(1, len(val) // 64)][:64]]  # spread over the split
+        if from_onnx:
+            result = reduce_precision(
+                args.run, args.out, images, precision=precision, calib_images=calib, name=args.name
+            )
+        else:
+            result = export_onnx(
+                args.run, args.out, images, precision=precision, calib_images=calib, name=args.name
+            )
         if precision == "int8" and val:
-            _int8_delta(args.run, args.out, val)
+            _int8_delta(args.run, args.out, val, "fp32 (onnx)" if from_onnx else "fp32 (torch)")
         if args.triton_repo:
             from training.triton_repo import write_triton_repo
 
@@ -503,13 +518,15 @@ def _export(args: argparse.Namespace) -> int:
     parity = result.sidecar["parity"]
     print(
         f"wrote {result.onnx} ({precision}, + model.json); over {parity['tiles']} real tiles the "
-        f"largest |logit difference| to torch is {parity['max_abs_logit_diff']:.2e}"
+        f"largest |logit difference| to {'the fp32 ONNX' if from_onnx else 'torch'} is "
+        f"{parity['max_abs_logit_diff']:.2e}"
     )
     return 0
 
 
-def _int8_delta(run: Path, out: Path, val: list) -> None:
-    """AP of the fp32 checkpoint and of the int8 export on the same validation images."""
+def _int8_delta(run: Path, out: Path, val: list, reference: str) -> None:
+    """AP of the fp32 model (checkpoint or ONNX) and of the int8 export on the same validation
+    images."""
     import json
 
     from detector.engine import load_bundle
@@ -518,7 +535,7 @@ def _int8_delta(run: Path, out: Path, val: list) -> None:
 
     labels = [s.label for s in val]
     results = {}
-    for tag, path in (("fp32 (torch)", run), ("int8 (onnx)", out)):
+    for tag, path in ((reference, run), ("int8 (onnx)", out)):
         bundle = load_bundle(path)
         results[tag] = average_precision(
             labels, predict_logits(bundle.logits, val, bundle.preprocess)
@@ -528,11 +545,11 @@ def _int8_delta(run: Path, out: Path, val: list) -> None:
     meta["int8_validation"] = {
         "images": len(val),
         "ap": results,
-        "delta": results["int8 (onnx)"] - results["fp32 (torch)"],
+        "delta": results["int8 (onnx)"] - results[reference],
     }
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     print(
-        f"int8 on {len(val)} val images: AP {results['int8 (onnx)']:.4f} vs fp32 {results['fp32 (torch)']:.4f}"
+        f"int8 on {len(val)} val images: AP {results['int8 (onnx)']:.4f} vs fp32 {results[reference]:.4f}"
     )
 
 

@@ -22,7 +22,14 @@ from detector.engine import ONNX_FILE, SIDECAR, OnnxEngine
 from detector.image import decode_file
 from detector.preprocess import PreprocessConfig, preprocess
 
-__all__ = ["TOLERANCE", "ExportError", "export_onnx", "parity_tiles", "write_onnx"]
+__all__ = [
+    "TOLERANCE",
+    "ExportError",
+    "export_onnx",
+    "parity_tiles",
+    "reduce_precision",
+    "write_onnx",
+]
 
 SIDECAR_FORMAT = "synthdetect-onnx/1"
 TOLERANCE: dict[str, float | None] = {"fp32": 1e-3, "fp16": 5e-2, "int8": None}
@@ -106,11 +113,7 @@ def export_onnx(
         if not calib_images:
             raise ExportError("int8 needs calibration images (--calib-data)")
         _to_int8(path, parity_tiles(calib_images, prep, limit=256))
-    got = OnnxEngine(path).run(tiles)
-    diff = float(np.abs(got - ref).max())
-    tolerance = TOLERANCE.get(precision)
-    if not np.isfinite(diff) or (tolerance is not None and diff > tolerance):
-        raise ExportError(f"{precision} ONNX differs from torch by {diff:.2e} > {tolerance:.0e}")
+    diff, tolerance = _parity(precision, OnnxEngine(path).run(tiles), ref, "torch")
     trained = ckpt.get("train_config") or {}
     sidecar = {
         "format": SIDECAR_FORMAT,
@@ -138,6 +141,80 @@ def export_onnx(
     }
     (out / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
     return ExportResult(path, sidecar)
+
+
+def reduce_precision(
+    exported: Path,
+    out: Path,
+    images: list[Path],
+    *,
+    precision: str,
+    calib_images: list[Path] | None = None,
+    name: str | None = None,
+) -> ExportResult:
+    """An fp16 or int8 copy of an fp32 ONNX export, for a model whose training checkpoint is
+    not at hand (the bundled default). The same conversions as ``export_onnx``; parity is
+    checked against the fp32 ONNX instead of torch, and the sidecar keeps the calibration,
+    provenance and training record of the model it came from."""
+    if precision not in ("fp16", "int8"):
+        raise ExportError(f"an ONNX export converts to fp16 or int8, not {precision!r}")
+    exported = Path(exported)
+    source, sidecar_path = exported / ONNX_FILE, exported / SIDECAR
+    if not (source.is_file() and sidecar_path.is_file()):
+        raise ExportError(f"{exported} is not an ONNX export (needs {ONNX_FILE} and {SIDECAR})")
+    sidecar = json.loads(sidecar_path.read_text())
+    source_sha = hashlib.sha256(source.read_bytes()).hexdigest()
+    if sidecar.get("onnx_sha256") not in (None, source_sha):
+        raise ExportError(f"{source} does not match the sha256 recorded in {SIDECAR}")
+    if sidecar.get("precision", "fp32") != "fp32":
+        raise ExportError(
+            f"{exported} is already {sidecar['precision']}; convert from the fp32 export"
+        )
+    if precision == "int8" and not calib_images:
+        raise ExportError("int8 needs calibration images (--calib-data)")
+    if Path(out).resolve() == exported.resolve():
+        raise ExportError("--out must be another folder than the fp32 export it converts")
+    prep = PreprocessConfig.from_dict(sidecar["preprocess"])
+    tiles = parity_tiles(images, prep)
+    ref = OnnxEngine(source).run(tiles)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / ONNX_FILE
+    path.write_bytes(source.read_bytes())
+    if precision == "fp16":
+        _to_fp16(path)
+    else:
+        _to_int8(path, parity_tiles(calib_images or [], prep, limit=256))
+    diff, tolerance = _parity(precision, OnnxEngine(path).run(tiles), ref, "the fp32 ONNX")
+    sidecar |= {
+        "precision": precision,
+        "onnx_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "parity": {
+            "tiles": len(tiles),
+            "max_abs_logit_diff": diff,
+            "tolerance": tolerance,
+            "against": "fp32 ONNX",
+        },
+        "converted_from": {"onnx_sha256": source_sha, "precision": "fp32"},
+    }
+    if name:
+        sidecar["name"] = name
+    sidecar.pop("int8_validation", None)
+    (out / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
+    return ExportResult(path, sidecar)
+
+
+def _parity(
+    precision: str, got: np.ndarray, ref: np.ndarray, against: str
+) -> tuple[float, float | None]:
+    """Largest |logit difference| and the precision's tolerance; raises past the tolerance
+    (int8 has none: its logits legitimately move, and the caller reports the accuracy delta)."""
+    diff = float(np.abs(got - ref).max())
+    tolerance = TOLERANCE.get(precision)
+    if not np.isfinite(diff) or (tolerance is not None and diff > tolerance):
+        raise ExportError(
+            f"{precision} ONNX differs from {against} by {diff:.2e} > {tolerance or 0:.0e}"
+        )
+    return diff, tolerance
 
 
 def _to_fp16(path: Path) -> None:

@@ -142,3 +142,115 @@ def test_a_sidecar_whose_graph_and_preprocessing_disagree_fails_to_load(exported
     (copy / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="the graph takes 96x96 tiles but its preprocessing"):
         load_bundle(copy)
+
+
+def _scenes(folder, n=4, seed=50):
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = folder / f"{i}.png"
+        path.write_bytes(P.encode(P.synthetic_scene(seed + i, 96, 96), "PNG"))
+        paths.append(path)
+    return paths
+
+
+def test_fp16_copy_of_an_onnx_export_keeps_its_record_and_stays_close(exported_model, tmp_path):
+    from training.export import reduce_precision
+
+    images = _scenes(tmp_path / "img")
+    source = json.loads((exported_model / "model.json").read_text())
+    result = reduce_precision(exported_model, tmp_path / "fp16", images, precision="fp16")
+    meta = json.loads((tmp_path / "fp16" / "model.json").read_text())
+    assert meta == result.sidecar and meta["precision"] == "fp16"
+    assert meta["converted_from"]["onnx_sha256"] == source["onnx_sha256"] != meta["onnx_sha256"]
+    assert meta["parity"]["against"] == "fp32 ONNX" and meta["parity"]["tiles"] > 0
+    assert meta["parity"]["max_abs_logit_diff"] <= 5e-2
+    for key in ("calibration", "preprocess", "training", "model_spec"):
+        assert meta[key] == source[key]
+    tiles = np.random.default_rng(3).normal(size=(5, 3, 64, 64)).astype(np.float32)
+    fp32, fp16 = load_bundle(exported_model).logits(tiles), load_bundle(tmp_path / "fp16")
+    np.testing.assert_allclose(fp16.logits(tiles), fp32, atol=5e-2)
+
+
+def test_int8_copy_of_an_onnx_export_runs_and_says_what_it_came_from(exported_model, tmp_path):
+    from training.export import reduce_precision
+
+    images = _scenes(tmp_path / "img")
+    result = reduce_precision(
+        exported_model, tmp_path / "int8", images, precision="int8", calib_images=images
+    )
+    assert result.sidecar["precision"] == "int8" and result.sidecar["parity"]["tolerance"] is None
+    bundle = load_bundle(tmp_path / "int8")  # the recorded sha256 matches the quantised file
+    tiles = np.random.default_rng(4).normal(size=(3, 3, 64, 64)).astype(np.float32)
+    assert np.isfinite(bundle.logits(tiles)).all()
+
+
+def test_reduced_precision_copy_refuses_what_it_cannot_convert(exported_model, tmp_path):
+    import shutil
+
+    from training.export import reduce_precision
+
+    images = _scenes(tmp_path / "img", n=1)
+    with pytest.raises(ExportError, match="fp16 or int8"):
+        reduce_precision(exported_model, tmp_path / "a", images, precision="fp32")
+    with pytest.raises(ExportError, match="not an ONNX export"):
+        reduce_precision(tmp_path / "img", tmp_path / "b", images, precision="fp16")
+    with pytest.raises(ExportError, match="calibration images"):
+        reduce_precision(exported_model, tmp_path / "c", images, precision="int8")
+    with pytest.raises(ExportError, match="another folder"):
+        reduce_precision(exported_model, exported_model, images, precision="fp16")
+    reduce_precision(exported_model, tmp_path / "half", images, precision="fp16")
+    with pytest.raises(ExportError, match="already fp16"):
+        reduce_precision(tmp_path / "half", tmp_path / "d", images, precision="fp16")
+    tampered = tmp_path / "tampered"
+    shutil.copytree(exported_model, tampered)
+    data = bytearray((tampered / "model.onnx").read_bytes())
+    data[-10] ^= 1
+    (tampered / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(ExportError, match="sha256"):
+        reduce_precision(tampered, tmp_path / "e", images, precision="fp16")
+    assert not any((tmp_path / name).exists() for name in "abcde")
+
+
+def test_cli_makes_an_int8_copy_of_an_export_and_measures_its_validation_ap(
+    exported_model, tmp_path
+):
+    import csv
+    import subprocess
+    import sys
+
+    reals = _scenes(tmp_path / "data" / "real", n=4, seed=60)
+    fakes = _scenes(tmp_path / "data" / "fake", n=4, seed=70)
+    manifest = tmp_path / "data" / "manifest.csv"
+    with open(manifest, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "split"])
+        for label, paths in (("real", reals), ("fake", fakes)):
+            w.writerows([p.relative_to(manifest.parent), label, "val"] for p in paths)
+
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "detector.cli", "export", str(exported_model), *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    done = cli(
+        "--int8",
+        "--calib-data",
+        str(manifest),
+        "--out",
+        str(tmp_path / "q"),
+        "--images",
+        *map(str, reals),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "to the fp32 ONNX" in done.stdout and "int8 on 8 val images" in done.stdout
+    meta = json.loads((tmp_path / "q" / "model.json").read_text())
+    check = meta["int8_validation"]
+    assert check["images"] == 8 and set(check["ap"]) == {"fp32 (onnx)", "int8 (onnx)"}
+    assert check["delta"] == pytest.approx(check["ap"]["int8 (onnx)"] - check["ap"]["fp32 (onnx)"])
+    plain = cli("--out", str(tmp_path / "p"))
+    assert plain.returncode == 2 and "already an ONNX export" in plain.stderr
+    assert "Traceback" not in plain.stderr and not (tmp_path / "p").exists()
