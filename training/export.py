@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from detector.preprocess import PreprocessConfig, preprocess
 __all__ = [
     "TOLERANCE",
     "ExportError",
+    "calibration_tiles",
     "export_onnx",
     "parity_tiles",
     "reduce_precision",
@@ -51,6 +55,18 @@ def parity_tiles(images: list[Path], prep: PreprocessConfig, limit: int = 64) ->
     if not tiles:
         raise ExportError("no images for the parity check")
     return np.concatenate(tiles)[:limit]
+
+
+def calibration_tiles(images: list[Path], prep: PreprocessConfig, per_image: int = 4) -> np.ndarray:
+    """int8 calibration tiles: up to ``per_image`` of each image's grid, spread over it, so
+    every image counts however large the first ones are."""
+    out = []
+    for p in images:
+        grid = preprocess(decode_file(p).pixels, prep)
+        out.append(grid[np.unique(np.linspace(0, len(grid) - 1, per_image).round().astype(int))])
+    if not out:
+        raise ExportError("int8 needs calibration images (--calib-data)")
+    return np.concatenate(out)
 
 
 def write_onnx(model: torch.nn.Module, path: Path, input_size: int, opset: int = 18) -> None:
@@ -112,7 +128,7 @@ def export_onnx(
     elif precision == "int8":
         if not calib_images:
             raise ExportError("int8 needs calibration images (--calib-data)")
-        _to_int8(path, parity_tiles(calib_images, prep, limit=256))
+        _to_int8(path, calibration_tiles(calib_images, prep))
     diff, tolerance = _parity(precision, OnnxEngine(path).run(tiles), ref, "torch")
     trained = ckpt.get("train_config") or {}
     sidecar = {
@@ -177,14 +193,23 @@ def reduce_precision(
     prep = PreprocessConfig.from_dict(sidecar["preprocess"])
     tiles = parity_tiles(images, prep)
     ref = OnnxEngine(source).run(tiles)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / ONNX_FILE
-    path.write_bytes(source.read_bytes())
-    if precision == "fp16":
-        _to_fp16(path)
-    else:
-        _to_int8(path, parity_tiles(calib_images or [], prep, limit=256))
-    diff, tolerance = _parity(precision, OnnxEngine(path).run(tiles), ref, "the fp32 ONNX")
+    # Built beside ``out`` and moved in only when it passed: a failure leaves nothing behind.
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        (staging / ONNX_FILE).write_bytes(source.read_bytes())
+        if precision == "fp16":
+            _to_fp16(staging / ONNX_FILE)
+        else:
+            _to_int8(staging / ONNX_FILE, calibration_tiles(calib_images or [], prep))
+        got = OnnxEngine(staging / ONNX_FILE).run(tiles)
+        diff, tolerance = _parity(precision, got, ref, "the fp32 ONNX")
+        out.mkdir(exist_ok=True)
+        path = out / ONNX_FILE
+        os.replace(staging / ONNX_FILE, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     sidecar |= {
         "precision": precision,
         "onnx_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
@@ -196,8 +221,7 @@ def reduce_precision(
         },
         "converted_from": {"onnx_sha256": source_sha, "precision": "fp32"},
     }
-    if name:
-        sidecar["name"] = name
+    sidecar["name"] = name or f"{sidecar.get('name', 'model')}-{precision}"
     sidecar.pop("int8_validation", None)
     (out / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
     return ExportResult(path, sidecar)
@@ -208,11 +232,13 @@ def _parity(
 ) -> tuple[float, float | None]:
     """Largest |logit difference| and the precision's tolerance; raises past the tolerance
     (int8 has none: its logits legitimately move, and the caller reports the accuracy delta)."""
+    if not np.isfinite(got).all():
+        raise ExportError(f"the {precision} ONNX gives non-finite logits")
     diff = float(np.abs(got - ref).max())
     tolerance = TOLERANCE.get(precision)
-    if not np.isfinite(diff) or (tolerance is not None and diff > tolerance):
+    if tolerance is not None and diff > tolerance:
         raise ExportError(
-            f"{precision} ONNX differs from {against} by {diff:.2e} > {tolerance or 0:.0e}"
+            f"{precision} ONNX differs from {against} by {diff:.2e} > {tolerance:.0e}"
         )
     return diff, tolerance
 

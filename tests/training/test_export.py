@@ -172,6 +172,7 @@ def test_fp16_copy_of_an_onnx_export_keeps_its_record_and_stays_close(exported_m
     np.testing.assert_allclose(fp16.logits(tiles), fp32, atol=5e-2)
 
 
+@pytest.mark.slow
 def test_int8_copy_of_an_onnx_export_runs_and_says_what_it_came_from(exported_model, tmp_path):
     from training.export import reduce_precision
 
@@ -180,6 +181,12 @@ def test_int8_copy_of_an_onnx_export_runs_and_says_what_it_came_from(exported_mo
         exported_model, tmp_path / "int8", images, precision="int8", calib_images=images
     )
     assert result.sidecar["precision"] == "int8" and result.sidecar["parity"]["tolerance"] is None
+    source = json.loads((exported_model / "model.json").read_text())
+    assert result.sidecar["name"] == source["name"] + "-int8"
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "int8" / "model.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     bundle = load_bundle(tmp_path / "int8")  # the recorded sha256 matches the quantised file
     tiles = np.random.default_rng(4).normal(size=(3, 3, 64, 64)).astype(np.float32)
     assert np.isfinite(bundle.logits(tiles)).all()
@@ -212,6 +219,35 @@ def test_reduced_precision_copy_refuses_what_it_cannot_convert(exported_model, t
     assert not any((tmp_path / name).exists() for name in "abcde")
 
 
+def test_a_copy_that_fails_its_parity_check_leaves_nothing_behind(
+    exported_model, tmp_path, monkeypatch
+):
+    from training import export
+
+    images = _scenes(tmp_path / "img", n=1)
+    monkeypatch.setitem(export.TOLERANCE, "fp16", 0.0)
+    with pytest.raises(ExportError, match="differs from the fp32 ONNX"):
+        export.reduce_precision(exported_model, tmp_path / "out" / "half", images, precision="fp16")
+    assert list((tmp_path / "out").iterdir()) == []  # neither the folder nor its staging copy
+
+
+def test_int8_calibration_takes_tiles_spread_over_every_image(tmp_path):
+    from training.export import calibration_tiles
+
+    big, small = tmp_path / "big.png", tmp_path / "small.png"
+    big.write_bytes(P.encode(P.synthetic_scene(1, 192, 192), "PNG"))  # a 3x3 grid of 64 px
+    small.write_bytes(P.encode(P.synthetic_scene(2, 64, 64), "PNG"))  # one tile
+    prep = PreprocessConfig(input_size=64, max_tiles=9)
+    grid = preprocess(decode(big.read_bytes()).pixels, prep)
+    tiles = calibration_tiles([big, small], prep, per_image=4)
+    assert len(tiles) == 5  # 4 of the big image's 9, the small image's only one
+    np.testing.assert_array_equal(tiles[0], grid[0])
+    np.testing.assert_array_equal(tiles[3], grid[-1])
+    with pytest.raises(ExportError, match="calibration images"):
+        calibration_tiles([], prep)
+
+
+@pytest.mark.slow
 def test_cli_makes_an_int8_copy_of_an_export_and_measures_its_validation_ap(
     exported_model, tmp_path
 ):
@@ -251,6 +287,10 @@ def test_cli_makes_an_int8_copy_of_an_export_and_measures_its_validation_ap(
     check = meta["int8_validation"]
     assert check["images"] == 8 and set(check["ap"]) == {"fp32 (onnx)", "int8 (onnx)"}
     assert check["delta"] == pytest.approx(check["ap"]["int8 (onnx)"] - check["ap"]["fp32 (onnx)"])
+    for tag in ("fp32 (onnx)", "int8 (onnx)"):
+        assert set(check["flagged_at_threshold"][tag]) == {"reals", "fakes"}
+        assert all(0 <= v <= 1 for v in check["flagged_at_threshold"][tag].values())
+    assert "reals flagged" in done.stdout
     plain = cli("--out", str(tmp_path / "p"))
     assert plain.returncode == 2 and "already an ONNX export" in plain.stderr
     assert "Traceback" not in plain.stderr and not (tmp_path / "p").exists()
