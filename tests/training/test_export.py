@@ -61,16 +61,20 @@ def test_export_refuses_an_uncalibrated_checkpoint(untrained_checkpoint, tmp_pat
         export_onnx(path, tmp_path / "out", [])
 
 
-def test_tampered_onnx_is_refused(exported_model, tmp_path):
+def _tampered_copy(exported, copy):
+    """The export copied with one bit of its ONNX file flipped (its sidecar sha256 now wrong)."""
     import shutil
 
-    copy = tmp_path / "copy"
-    shutil.copytree(exported_model, copy)
+    shutil.copytree(exported, copy)
     data = bytearray((copy / "model.onnx").read_bytes())
     data[-10] ^= 1
     (copy / "model.onnx").write_bytes(bytes(data))
+    return copy
+
+
+def test_tampered_onnx_is_refused(exported_model, tmp_path):
     with pytest.raises(ValueError, match="sha256"):
-        load_bundle(copy)
+        load_bundle(_tampered_copy(exported_model, tmp_path / "copy"))
 
 
 @pytest.mark.slow
@@ -193,7 +197,6 @@ def test_int8_copy_of_an_onnx_export_runs_and_says_what_it_came_from(exported_mo
 
 
 def test_reduced_precision_copy_refuses_what_it_cannot_convert(exported_model, tmp_path):
-    import shutil
 
     from training.export import reduce_precision
 
@@ -209,11 +212,7 @@ def test_reduced_precision_copy_refuses_what_it_cannot_convert(exported_model, t
     reduce_precision(exported_model, tmp_path / "half", images, precision="fp16")
     with pytest.raises(ExportError, match="already fp16"):
         reduce_precision(tmp_path / "half", tmp_path / "d", images, precision="fp16")
-    tampered = tmp_path / "tampered"
-    shutil.copytree(exported_model, tampered)
-    data = bytearray((tampered / "model.onnx").read_bytes())
-    data[-10] ^= 1
-    (tampered / "model.onnx").write_bytes(bytes(data))
+    tampered = _tampered_copy(exported_model, tmp_path / "tampered")
     with pytest.raises(ExportError, match="sha256"):
         reduce_precision(tampered, tmp_path / "e", images, precision="fp16")
     assert not any((tmp_path / name).exists() for name in "abcde")
