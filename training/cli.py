@@ -532,23 +532,22 @@ def _int8_delta(run: Path, out: Path, val: list, reference: str) -> None:
     images, and the share of reals and fakes each flags at the threshold the int8 copy keeps
     (fitted on the fp32 model's logits)."""
     import json
-
-    import numpy as np
+    import math
 
     from detector.engine import load_bundle
     from training.evaluate import predict_logits
-    from training.metrics import average_precision
+    from training.metrics import accuracy, average_precision
 
-    labels = np.array([s.label for s in val])
+    labels = [s.label for s in val]
     results, flagged = {}, {}
     for tag, path in ((reference, run), ("int8 (onnx)", out)):
         bundle = load_bundle(path)
         logits = predict_logits(bundle.logits, val, bundle.preprocess)
         results[tag] = average_precision(labels, logits)
-        called = bundle.calibration.probability(logits) >= bundle.calibration.threshold
-        flagged[tag] = {
-            "reals": float(called[labels == 0].mean()) if (labels == 0).any() else None,
-            "fakes": float(called[labels == 1].mean()) if (labels == 1).any() else None,
+        cal = bundle.calibration
+        _, real_ok, fakes = accuracy(labels, cal.probability(logits), cal.threshold)
+        flagged[tag] = {  # NaN (a class absent from the split) is written as null
+            k: None if math.isnan(v) else v for k, v in (("reals", 1 - real_ok), ("fakes", fakes))
         }
     meta_path = out / "model.json"
     meta = json.loads(meta_path.read_text())

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from detector.checkpoint import load_checkpoint
-from detector.engine import ONNX_FILE, SIDECAR, OnnxEngine
+from detector.engine import ONNX_FILE, SIDECAR, OnnxEngine, load_bundle
 from detector.image import decode_file
 from detector.preprocess import PreprocessConfig, preprocess
 
@@ -126,9 +126,7 @@ def export_onnx(
     if precision == "fp16":
         _to_fp16(path)
     elif precision == "int8":
-        if not calib_images:
-            raise ExportError("int8 needs calibration images (--calib-data)")
-        _to_int8(path, calibration_tiles(calib_images, prep))
+        _to_int8(path, calibration_tiles(calib_images or [], prep))
     diff, tolerance = _parity(precision, OnnxEngine(path).run(tiles), ref, "torch")
     trained = ckpt.get("train_config") or {}
     sidecar = {
@@ -142,7 +140,7 @@ def export_onnx(
         "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 1]}],
         "precision": precision,
         "opset": opset,
-        "onnx_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "onnx_sha256": _sha256(path),
         "parity": {"tiles": len(tiles), "max_abs_logit_diff": diff, "tolerance": tolerance},
         "training": {
             "commit": ckpt.get("commit"),
@@ -179,20 +177,18 @@ def reduce_precision(
     if not (source.is_file() and sidecar_path.is_file()):
         raise ExportError(f"{exported} is not an ONNX export (needs {ONNX_FILE} and {SIDECAR})")
     sidecar = json.loads(sidecar_path.read_text())
-    source_sha = hashlib.sha256(source.read_bytes()).hexdigest()
-    if sidecar.get("onnx_sha256") not in (None, source_sha):
-        raise ExportError(f"{source} does not match the sha256 recorded in {SIDECAR}")
     if sidecar.get("precision", "fp32") != "fp32":
         raise ExportError(
             f"{exported} is already {sidecar['precision']}; convert from the fp32 export"
         )
-    if precision == "int8" and not calib_images:
-        raise ExportError("int8 needs calibration images (--calib-data)")
     if Path(out).resolve() == exported.resolve():
         raise ExportError("--out must be another folder than the fp32 export it converts")
-    prep = PreprocessConfig.from_dict(sidecar["preprocess"])
-    tiles = parity_tiles(images, prep)
-    ref = OnnxEngine(source).run(tiles)
+    try:  # the loader's checks: the recorded sha256, the graph against its preprocessing
+        bundle = load_bundle(exported)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
+    tiles = parity_tiles(images, bundle.preprocess)
+    ref = bundle.engine.run(tiles)
     # Built beside ``out`` and moved in only when it passed: a failure leaves nothing behind.
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -202,7 +198,7 @@ def reduce_precision(
         if precision == "fp16":
             _to_fp16(staging / ONNX_FILE)
         else:
-            _to_int8(staging / ONNX_FILE, calibration_tiles(calib_images or [], prep))
+            _to_int8(staging / ONNX_FILE, calibration_tiles(calib_images or [], bundle.preprocess))
         got = OnnxEngine(staging / ONNX_FILE).run(tiles)
         diff, tolerance = _parity(precision, got, ref, "the fp32 ONNX")
         out.mkdir(exist_ok=True)
@@ -212,19 +208,26 @@ def reduce_precision(
         shutil.rmtree(staging, ignore_errors=True)
     sidecar |= {
         "precision": precision,
-        "onnx_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "onnx_sha256": _sha256(path),
         "parity": {
             "tiles": len(tiles),
             "max_abs_logit_diff": diff,
             "tolerance": tolerance,
             "against": "fp32 ONNX",
         },
-        "converted_from": {"onnx_sha256": source_sha, "precision": "fp32"},
+        "converted_from": {
+            "onnx_sha256": sidecar.get("onnx_sha256") or _sha256(source),
+            "precision": "fp32",
+        },
     }
     sidecar["name"] = name or f"{sidecar.get('name', 'model')}-{precision}"
     sidecar.pop("int8_validation", None)
     (out / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
     return ExportResult(path, sidecar)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _parity(

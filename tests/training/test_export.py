@@ -61,6 +61,16 @@ def test_export_refuses_an_uncalibrated_checkpoint(untrained_checkpoint, tmp_pat
         export_onnx(path, tmp_path / "out", [])
 
 
+def _scenes(folder, n=4, seed=50):
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = folder / f"{i}.png"
+        path.write_bytes(P.encode(P.synthetic_scene(seed + i, 96, 96), "PNG"))
+        paths.append(path)
+    return paths
+
+
 def _tampered_copy(exported, copy):
     """The export copied with one bit of its ONNX file flipped (its sidecar sha256 now wrong)."""
     import shutil
@@ -80,11 +90,7 @@ def test_tampered_onnx_is_refused(exported_model, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_reduced_precision_exports_run_and_stay_close(untrained_checkpoint, tmp_path, precision):
-    images = []
-    for i in range(4):
-        path = tmp_path / f"{i}.png"
-        path.write_bytes(P.encode(P.synthetic_scene(40 + i, 96, 96), "PNG"))
-        images.append(path)
+    images = _scenes(tmp_path / "img", n=4, seed=40)
     result = export_onnx(
         untrained_checkpoint, tmp_path / precision, images, precision=precision, calib_images=images
     )
@@ -146,16 +152,6 @@ def test_a_sidecar_whose_graph_and_preprocessing_disagree_fails_to_load(exported
     (copy / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="the graph takes 96x96 tiles but its preprocessing"):
         load_bundle(copy)
-
-
-def _scenes(folder, n=4, seed=50):
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        path = folder / f"{i}.png"
-        path.write_bytes(P.encode(P.synthetic_scene(seed + i, 96, 96), "PNG"))
-        paths.append(path)
-    return paths
 
 
 def test_fp16_copy_of_an_onnx_export_keeps_its_record_and_stays_close(exported_model, tmp_path):
