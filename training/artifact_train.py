@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from detector.buildinfo import git_commit
-from detector.image import decode_file
 from detector.methods.artifact import FEATURE_NAMES, artifact_features
 from training.calibrate import fit_calibration
-from training.datasets import Sample, load_samples
+from training.datasets import Sample, load_samples, read_pixels
 from training.evaluate import evaluate_scores
 from training.linear import fit_logistic
 
@@ -21,7 +20,7 @@ __all__ = ["features_of", "train_artifact"]
 
 def features_of(samples: list[Sample], workers: int = 2) -> np.ndarray:
     def one(s: Sample) -> np.ndarray:
-        return artifact_features(decode_file(s.path).pixels)
+        return artifact_features(read_pixels(s.path))
 
     with ThreadPoolExecutor(workers) as pool:
         return np.stack(list(pool.map(one, samples)))

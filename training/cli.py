@@ -498,6 +498,10 @@ def _export(args: argparse.Namespace) -> int:
         # accuracy check below scores the whole split, these 64 included.
         n = min(64, len(val))
         calib = [val[i * len(val) // n].path for i in range(n)]
+        # The fp32 model scores the split first: an image it cannot read stops the export here,
+        # before anything is written, not after the copy is made and left unvalidated.
+        reference = "fp32 (onnx)" if from_onnx else "fp32 (torch)"
+        fp32_check = _val_check(args.run, val) if precision == "int8" and val else None
         if from_onnx:
             result = reduce_precision(
                 args.run, args.out, images, precision=precision, calib_images=calib, name=args.name
@@ -506,8 +510,8 @@ def _export(args: argparse.Namespace) -> int:
             result = export_onnx(
                 args.run, args.out, images, precision=precision, calib_images=calib, name=args.name
             )
-        if precision == "int8" and val:
-            _int8_delta(args.run, args.out, val, "fp32 (onnx)" if from_onnx else "fp32 (torch)")
+        if fp32_check is not None:
+            _int8_delta(args.out, val, reference, fp32_check)
         if args.triton_repo:
             from training.triton_repo import write_triton_repo
 
@@ -527,11 +531,9 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _int8_delta(run: Path, out: Path, val: list, reference: str) -> None:
-    """AP of the fp32 model (checkpoint or ONNX) and of the int8 export on the same validation
-    images, and the share of reals and fakes each flags at the threshold the int8 copy keeps
-    (fitted on the fp32 model's logits)."""
-    import json
+def _val_check(model: Path, val: list) -> tuple[float, dict]:
+    """A model's AP on the validation images, and the share of reals and fakes it flags at its
+    threshold (NaN, a class absent from the split, is written as null)."""
     import math
 
     from detector.engine import load_bundle
@@ -539,16 +541,25 @@ def _int8_delta(run: Path, out: Path, val: list, reference: str) -> None:
     from training.metrics import accuracy, average_precision
 
     labels = [s.label for s in val]
-    results, flagged = {}, {}
-    for tag, path in ((reference, run), ("int8 (onnx)", out)):
-        bundle = load_bundle(path)
-        logits = predict_logits(bundle.logits, val, bundle.preprocess)
-        results[tag] = average_precision(labels, logits)
-        cal = bundle.calibration
-        _, real_ok, fakes = accuracy(labels, cal.probability(logits), cal.threshold)
-        flagged[tag] = {  # NaN (a class absent from the split) is written as null
-            k: None if math.isnan(v) else v for k, v in (("reals", 1 - real_ok), ("fakes", fakes))
-        }
+    bundle = load_bundle(model)
+    logits = predict_logits(bundle.logits, val, bundle.preprocess)
+    cal = bundle.calibration
+    _, real_ok, fakes = accuracy(labels, cal.probability(logits), cal.threshold)
+    flagged = {
+        k: None if math.isnan(v) else v for k, v in (("reals", 1 - real_ok), ("fakes", fakes))
+    }
+    return average_precision(labels, logits), flagged
+
+
+def _int8_delta(out: Path, val: list, reference: str, fp32_check: tuple[float, dict]) -> None:
+    """AP of the int8 export against the fp32 model's (checkpoint or ONNX, scored before the
+    conversion) on the same validation images, and the share of reals and fakes each flags at
+    the threshold the int8 copy keeps (fitted on the fp32 model's logits)."""
+    import json
+
+    int8_check = _val_check(out, val)
+    results = {reference: fp32_check[0], "int8 (onnx)": int8_check[0]}
+    flagged = {reference: fp32_check[1], "int8 (onnx)": int8_check[1]}
     meta_path = out / "model.json"
     meta = json.loads(meta_path.read_text())
     meta["int8_validation"] = {

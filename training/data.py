@@ -13,9 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from detector.image import DecodeLimits, decode_file
 from detector.preprocess import PreprocessConfig, preprocess
-from training.datasets import Sample
+from training.datasets import Sample, read_pixels
 from training.degrade import AugmentPolicy, apply_chain
 
 __all__ = ["EvalDataset", "TrainDataset", "collate_tiles"]
@@ -50,7 +49,7 @@ class TrainDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         sample = self.samples[index]
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        pixels = decode_file(sample.path, DecodeLimits()).pixels
+        pixels = read_pixels(sample.path)
         if self.augment is not None:
             pixels = apply_chain(pixels, self.augment.sample(rng), rng)
         tile = preprocess(pixels, self.config, rng)[0]
@@ -74,7 +73,7 @@ class EvalDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        pixels = decode_file(self.samples[index].path, DecodeLimits()).pixels
+        pixels = read_pixels(self.samples[index].path)
         if self.transform is not None:
             pixels = self.transform(pixels)
         return torch.from_numpy(preprocess(pixels, self.config)), index

@@ -17,6 +17,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from detector.image import DecodeLimits, ImageError, decode_file
 from detector.scan import IMAGE_EXTENSIONS
 
 __all__ = [
@@ -26,6 +29,7 @@ __all__ = [
     "read_forensynths",
     "read_genimage",
     "read_manifest",
+    "read_pixels",
     "read_real_fake",
 ]
 
@@ -51,6 +55,15 @@ class Sample:
     source_id: str = ""
     split: str = ""
     pool: str = ""
+
+
+def read_pixels(path: str | Path, limits: DecodeLimits | None = None) -> np.ndarray:
+    """A dataset image's RGB pixels (EXIF orientation applied) through detector's decoder; an
+    unreadable file's error names it, so one bad file among thousands can be found."""
+    try:
+        return decode_file(path, limits or DecodeLimits()).pixels
+    except ImageError as exc:
+        raise ImageError(f"{path}: {exc}") from None
 
 
 def load_samples(path: str | Path) -> list[Sample]:

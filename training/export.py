@@ -22,8 +22,8 @@ import torch
 
 from detector.checkpoint import load_checkpoint
 from detector.engine import ONNX_FILE, SIDECAR, OnnxEngine, load_bundle
-from detector.image import decode_file
 from detector.preprocess import PreprocessConfig, preprocess
+from training.datasets import read_pixels
 
 __all__ = [
     "TOLERANCE",
@@ -51,7 +51,7 @@ class ExportResult:
 
 def parity_tiles(images: list[Path], prep: PreprocessConfig, limit: int = 64) -> np.ndarray:
     """Real tiles for the parity check, through the one preprocessing function."""
-    tiles = [preprocess(decode_file(p).pixels, prep) for p in images]
+    tiles = [preprocess(read_pixels(p), prep) for p in images]
     if not tiles:
         raise ExportError("no images for the parity check")
     return np.concatenate(tiles)[:limit]
@@ -62,7 +62,7 @@ def calibration_tiles(images: list[Path], prep: PreprocessConfig, per_image: int
     every image counts however large the first ones are."""
     out = []
     for p in images:
-        grid = preprocess(decode_file(p).pixels, prep)
+        grid = preprocess(read_pixels(p), prep)
         out.append(grid[np.unique(np.linspace(0, len(grid) - 1, per_image).round().astype(int))])
     if not out:
         raise ExportError("int8 needs calibration images (--calib-data)")

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.image import DecodeLimits, ImageError, decode_file
+from detector.image import DecodeLimits
+from training.datasets import read_pixels
 from training.debian import DebianError, extract_package, sha256_file
 
 __all__ = [
@@ -230,10 +231,7 @@ def folder_photos(folder: Path) -> list[SourcePhoto]:
 
 def load_pixels(path: Path) -> np.ndarray:
     """Decode a source image (EXIF orientation applied) to RGB through detector's decoder."""
-    try:
-        return decode_file(path, DecodeLimits(max_pixels=80_000_000)).pixels
-    except ImageError as exc:
-        raise ValueError(f"{path}: {exc}") from None
+    return read_pixels(path, DecodeLimits(max_pixels=80_000_000))
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.datasets import DatasetError, load_samples, read_manifest
+from detector.image import ImageError
+from training.datasets import DatasetError, load_samples, read_manifest, read_pixels
 
 pytestmark = pytest.mark.unit
 
@@ -114,3 +115,15 @@ def test_bad_layouts_name_the_path_and_the_expectation(tmp_path, setup, message)
 def test_missing_path(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         load_samples(tmp_path / "nope")
+
+
+def test_read_pixels_decodes_and_names_an_unreadable_file(tmp_path):
+    _img(tmp_path / "ok.png")
+    assert read_pixels(tmp_path / "ok.png").shape == (8, 8, 3)
+    bad = tmp_path / "deep" / "bad.jpg"
+    bad.parent.mkdir()
+    bad.write_bytes(b"\xff\xd8\xff not a jpeg")
+    with pytest.raises(ImageError, match=r"deep/bad\.jpg: .*JPEG"):
+        read_pixels(bad)
+    with pytest.raises(ImageError, match=r"missing\.png: no such file"):
+        read_pixels(tmp_path / "missing.png")

@@ -242,30 +242,62 @@ def test_int8_calibration_takes_tiles_spread_over_every_image(tmp_path):
         calibration_tiles([], prep)
 
 
+def _val_manifest(root, reals, fakes, extra_fakes=()):
+    """A manifest of the images under ``root``, all in the val split, in this order."""
+    import csv
+
+    manifest = root / "manifest.csv"
+    with open(manifest, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "split"])
+        for label, paths in (("real", reals), ("fake", [*fakes, *extra_fakes])):
+            w.writerows([p.relative_to(root), label, "val"] for p in paths)
+    return manifest
+
+
+def _export_cli(model, *args):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "detector.cli", "export", str(model), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_cli_int8_copy_stops_before_writing_when_a_val_image_is_unreadable(
+    exported_model, tmp_path
+):
+    # 64 readable images calibrate; the 65th, not among them, is only read by the accuracy
+    # check. It must stop the export before the copy exists, not leave it unvalidated.
+    reals = _scenes(tmp_path / "data" / "real", n=32, seed=80)
+    fakes = _scenes(tmp_path / "data" / "fake", n=32, seed=120)
+    broken = tmp_path / "data" / "fake" / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    manifest = _val_manifest(tmp_path / "data", reals, fakes, extra_fakes=[broken])
+    out = tmp_path / "q"
+    done = _export_cli(
+        exported_model, "--int8", "--calib-data", str(manifest), "--out", str(out),
+        "--images", *map(str, reals[:2]),
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout
+    assert "broken.png" in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists() and not list(tmp_path.glob(".q-*"))
+
+
 @pytest.mark.slow
 def test_cli_makes_an_int8_copy_of_an_export_and_measures_its_validation_ap(
     exported_model, tmp_path
 ):
-    import csv
-    import subprocess
-    import sys
-
     reals = _scenes(tmp_path / "data" / "real", n=4, seed=60)
     fakes = _scenes(tmp_path / "data" / "fake", n=4, seed=70)
-    manifest = tmp_path / "data" / "manifest.csv"
-    with open(manifest, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", "label", "split"])
-        for label, paths in (("real", reals), ("fake", fakes)):
-            w.writerows([p.relative_to(manifest.parent), label, "val"] for p in paths)
+    manifest = _val_manifest(tmp_path / "data", reals, fakes)
 
     def cli(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "detector.cli", "export", str(exported_model), *args],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        return _export_cli(exported_model, *args)
 
     done = cli(
         "--int8",
