@@ -47,6 +47,12 @@ declare -A CANDIDATES=(
   # larger still: a 384 px crop is 2x2 tiles either way, a tile of 256 seeing 44% of it (192:
   # 25%); a 512x512 image is 4 tiles of 256 (262 k pixels) against 9 of 192 (332 k)
   [tile256]="input_size=256"
+  # heavier degradations at 192 px (CNNDetection's blur + JPEG at p 0.5, plus downscaling):
+  # can a model that cannot lean on the finest traces of its training generators carry over
+  # to unseen ones? Blur p 0.2 -> 0.5 (sigma up to 3), resize p 0.1 -> 0.3; JPEG as before
+  [aug-heavy]="input_size=192 augment.p_blur=0.5 augment.blur_sigma=[0.1,3.0] augment.p_resize=0.3"
+  # and the other way: no blur and no resizing (JPEG as before), every trace left intact
+  [aug-light]="input_size=192 augment.p_blur=0 augment.p_resize=0"
 )
 # Model soups (`synthdetect soup`): the weights of finished candidates above averaged, then
 # calibrated; run their ingredients first. Every ingredient is Lite0 at lr 3e-4 from the same
@@ -57,7 +63,7 @@ declare -A SOUPS=(
 )
 finished() { [ -f "$1/checkpoints/best.pt" ] && grep -q '"final": true' "$1/metrics.jsonl" 2>/dev/null; }
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(base no-rgb wild-only more-own no-new-aligned lite2 long power0 patchnet lr3e-4 lr1e-4 lr3e-4-seed1 lr3e-4-seed2 power0-seed1 soup3 soup-seeds tile192 tile192-seed1 tile256)
+[ ${#names[@]} -gt 0 ] || names=(base no-rgb wild-only more-own no-new-aligned lite2 long power0 patchnet lr3e-4 lr1e-4 lr3e-4-seed1 lr3e-4-seed2 power0-seed1 soup3 soup-seeds tile192 tile192-seed1 tile256 aug-heavy aug-light)
 
 for name in "${names[@]}"; do
   run=$WORK/$name
