@@ -478,7 +478,7 @@ def _export(args: argparse.Namespace) -> int:
     from detector.bundled import SAMPLES
     from detector.engine import SIDECAR
     from training.datasets import DatasetError, load_samples
-    from training.export import ExportError, export_onnx, reduce_precision
+    from training.export import ExportError, check_convertible, export_onnx, reduce_precision
 
     images = args.images or sorted(SAMPLES.iterdir())
     precision = "fp16" if args.fp16 else "int8" if args.int8 else "fp32"
@@ -498,6 +498,8 @@ def _export(args: argparse.Namespace) -> int:
         # accuracy check below scores the whole split, these 64 included.
         n = min(64, len(val))
         calib = [val[i * len(val) // n].path for i in range(n)]
+        if from_onnx:  # the quick refusals before the slower scoring below
+            check_convertible(args.run, args.out, precision)
         # The fp32 model scores the split first: an image it cannot read stops the export here,
         # before anything is written, not after the copy is made and left unvalidated.
         reference = "fp32 (onnx)" if from_onnx else "fp32 (torch)"

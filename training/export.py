@@ -29,6 +29,7 @@ __all__ = [
     "TOLERANCE",
     "ExportError",
     "calibration_tiles",
+    "check_convertible",
     "export_onnx",
     "parity_tiles",
     "reduce_precision",
@@ -157,6 +158,24 @@ def export_onnx(
     return ExportResult(path, sidecar)
 
 
+def check_convertible(exported: Path, out: Path, precision: str) -> dict:
+    """The refusals of ``reduce_precision`` that need no model run (the caller can make them
+    before slower work); -> the fp32 export's sidecar."""
+    if precision not in ("fp16", "int8"):
+        raise ExportError(f"an ONNX export converts to fp16 or int8, not {precision!r}")
+    exported = Path(exported)
+    if not ((exported / ONNX_FILE).is_file() and (exported / SIDECAR).is_file()):
+        raise ExportError(f"{exported} is not an ONNX export (needs {ONNX_FILE} and {SIDECAR})")
+    sidecar = json.loads((exported / SIDECAR).read_text())
+    if sidecar.get("precision", "fp32") != "fp32":
+        raise ExportError(
+            f"{exported} is already {sidecar['precision']}; convert from the fp32 export"
+        )
+    if Path(out).resolve() == exported.resolve():
+        raise ExportError("--out must be another folder than the fp32 export it converts")
+    return sidecar
+
+
 def reduce_precision(
     exported: Path,
     out: Path,
@@ -170,19 +189,9 @@ def reduce_precision(
     not at hand (the bundled default). The same conversions as ``export_onnx``; parity is
     checked against the fp32 ONNX instead of torch, and the sidecar keeps the calibration,
     provenance and training record of the model it came from."""
-    if precision not in ("fp16", "int8"):
-        raise ExportError(f"an ONNX export converts to fp16 or int8, not {precision!r}")
     exported = Path(exported)
-    source, sidecar_path = exported / ONNX_FILE, exported / SIDECAR
-    if not (source.is_file() and sidecar_path.is_file()):
-        raise ExportError(f"{exported} is not an ONNX export (needs {ONNX_FILE} and {SIDECAR})")
-    sidecar = json.loads(sidecar_path.read_text())
-    if sidecar.get("precision", "fp32") != "fp32":
-        raise ExportError(
-            f"{exported} is already {sidecar['precision']}; convert from the fp32 export"
-        )
-    if Path(out).resolve() == exported.resolve():
-        raise ExportError("--out must be another folder than the fp32 export it converts")
+    source = exported / ONNX_FILE
+    sidecar = check_convertible(exported, out, precision)
     try:  # the loader's checks: the recorded sha256, the graph against its preprocessing
         bundle = load_bundle(exported)
     except ValueError as exc:
