@@ -8,14 +8,17 @@
 # A finished group is not retrained while its run folder is there. With the folders gone (another
 # machine), `--groups transformers --previous <the committed JSON>` runs only that group and keeps
 # the other rows of the committed report (they must be defined and scored the same way). The
-# report is rewritten after every group.
+# report is rewritten after every group. A candidate recipe's run writes elsewhere, so that the
+# bundled model's report stays as it is:
+#   OUT=benchmarks/results/selection/lofo-tile192-power0.json scripts/lofo_wild.sh \
+#     runs/mix/manifest.csv runs/lofo-power0 balance_power=0 --groups midjourney
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:?usage: scripts/lofo_wild.sh MIX_MANIFEST [WORK_DIR] [KEY=VALUE...]}
 WORK=${2:-runs/lofo}
 shift $(( $# > 1 ? 2 : 1 ))
-RESULTS=benchmarks/results/default-model
-mkdir -p "$RESULTS"
+OUT=${OUT:-benchmarks/results/default-model/leave-one-family-out-wild.json}
+mkdir -p "$(dirname "$OUT")"
 .venv/bin/synthdetect evaluate --leave-one-out --config configs/default.yaml --data "$DATA" \
   --model "$WORK" --holdouts configs/holdouts-wild.yaml --equalise jpeg:90 \
-  --out "$RESULTS/leave-one-family-out-wild.json" eval_test=false "$@"
+  --out "$OUT" eval_test=false "$@"

@@ -55,6 +55,10 @@ declare -A CANDIDATES=(
   [aug-light]="input_size=192 augment.p_blur=0 augment.p_resize=0"
   # every generator drawn alike, at 192 px (power0 above was at 128 px)
   [tile192-power0]="input_size=192 balance_power=0"
+  [tile192-power0-seed1]="input_size=192 balance_power=0 seed=1"  # tile192-power0 again, another seed
+  # a shorter schedule at 192 px: 2 epochs instead of 3 (warmup and cosine over the 2); two
+  # of the four 192 px runs on this machine kept epoch 1's checkpoint (validation AP)
+  [tile192-2ep]="input_size=192 epochs=2"
 )
 # Model soups (`synthdetect soup`): the weights of finished candidates above averaged, then
 # calibrated; run their ingredients first. Every ingredient is Lite0 at lr 3e-4 from the same
@@ -65,7 +69,7 @@ declare -A SOUPS=(
 )
 finished() { [ -f "$1/checkpoints/best.pt" ] && grep -q '"final": true' "$1/metrics.jsonl" 2>/dev/null; }
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(base no-rgb wild-only more-own no-new-aligned lite2 long power0 patchnet lr3e-4 lr1e-4 lr3e-4-seed1 lr3e-4-seed2 power0-seed1 soup3 soup-seeds tile192 tile192-seed1 tile256 aug-heavy aug-light tile192-power0)
+[ ${#names[@]} -gt 0 ] || names=(base no-rgb wild-only more-own no-new-aligned lite2 long power0 patchnet lr3e-4 lr1e-4 lr3e-4-seed1 lr3e-4-seed2 power0-seed1 soup3 soup-seeds tile192 tile192-seed1 tile256 aug-heavy aug-light tile192-power0 tile192-power0-seed1 tile192-2ep)
 
 for name in "${names[@]}"; do
   run=$WORK/$name
