@@ -59,6 +59,9 @@ declare -A CANDIDATES=(
   # a shorter schedule at 192 px: 2 epochs instead of 3 (warmup and cosine over the 2); two
   # of the four 192 px runs on this machine kept epoch 1's checkpoint (validation AP)
   [tile192-2ep]="input_size=192 epochs=2"
+  # left-right mirroring of half the training images at 192 px (CNNDetection's flip): the
+  # content changes side, the pixel traces stay
+  [flip]="input_size=192 augment.p_flip=0.5"
 )
 # Model soups (`synthdetect soup`): the weights of finished candidates above averaged, then
 # calibrated; run their ingredients first. Every ingredient is Lite0 at lr 3e-4 from the same
@@ -69,7 +72,7 @@ declare -A SOUPS=(
 )
 finished() { [ -f "$1/checkpoints/best.pt" ] && grep -q '"final": true' "$1/metrics.jsonl" 2>/dev/null; }
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(base no-rgb wild-only more-own no-new-aligned lite2 long power0 patchnet lr3e-4 lr1e-4 lr3e-4-seed1 lr3e-4-seed2 power0-seed1 soup3 soup-seeds tile192 tile192-seed1 tile256 aug-heavy aug-light tile192-power0 tile192-power0-seed1 tile192-2ep)
+[ ${#names[@]} -gt 0 ] || names=(base no-rgb wild-only more-own no-new-aligned lite2 long power0 patchnet lr3e-4 lr1e-4 lr3e-4-seed1 lr3e-4-seed2 power0-seed1 soup3 soup-seeds tile192 tile192-seed1 tile256 aug-heavy aug-light tile192-power0 tile192-power0-seed1 tile192-2ep flip)
 
 for name in "${names[@]}"; do
   run=$WORK/$name

@@ -1,8 +1,8 @@
 """Torch datasets over ``Sample`` records, through detector's one preprocessing function.
 
-Training draws one random tile per image after a sampled degradation chain (augmentation);
-evaluation returns the inference grid of tiles, exactly what the server will feed the model,
-and ``collate_tiles`` keeps track of which tiles belong to which image.
+Training draws one random tile per image after a sampled flip and degradation chain
+(augmentation); evaluation returns the inference grid of tiles, exactly what the server will
+feed the model, and ``collate_tiles`` keeps track of which tiles belong to which image.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ __all__ = ["EvalDataset", "TrainDataset", "collate_tiles"]
 
 
 class TrainDataset(Dataset):
-    """One random tile per image, after a sampled degradation chain.
+    """One random tile per image, after a sampled flip and degradation chain.
 
     The random stream of item ``i`` in epoch ``e`` is seeded by (seed, e, i), so a run is
     reproducible whatever the number of loader workers.
@@ -51,6 +51,7 @@ class TrainDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         pixels = read_pixels(sample.path)
         if self.augment is not None:
+            pixels = self.augment.flip(pixels, rng)
             pixels = apply_chain(pixels, self.augment.sample(rng), rng)
         tile = preprocess(pixels, self.config, rng)[0]
         return torch.from_numpy(tile), torch.tensor(float(sample.label))

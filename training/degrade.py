@@ -112,7 +112,11 @@ def apply_chain(
 
 @dataclass(frozen=True)
 class AugmentPolicy:
-    """Sampled degradations for training: each operation fires with its probability."""
+    """Sampled degradations for training: each operation fires with its probability.
+
+    ``p_flip`` mirrors the image left to right before the chain (content changes side, the
+    pixel-level traces stay); it is not a degradation, so benchmarks never apply it.
+    """
 
     p_blur: float = 0.1
     blur_sigma: tuple[float, float] = (0.1, 3.0)
@@ -122,6 +126,33 @@ class AugmentPolicy:
     resize_scale: tuple[float, float] = (0.5, 1.0)
     p_noise: float = 0.0
     noise_sigma: tuple[float, float] = (0.5, 4.0)
+    p_flip: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("p_blur", "p_jpeg", "p_resize", "p_noise", "p_flip"):
+            p = getattr(self, name)
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"augment.{name} is a probability in [0, 1], got {p}")
+        for name, kind in (
+            ("blur_sigma", "blur"),
+            ("jpeg_quality", "jpeg"),
+            ("resize_scale", "resize"),
+            ("noise_sigma", "noise"),
+        ):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(f"augment.{name} must be [low, high], got [{lo}, {hi}]")
+            try:  # the ends must be settings the degradation itself accepts
+                Degradation(kind, lo), Degradation(kind, hi)  # type: ignore[arg-type]
+            except ValueError as exc:
+                raise ValueError(f"augment.{name}: {exc}") from None
+
+    def flip(self, pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Mirrored with probability ``p_flip``. Draws from ``rng`` only when ``p_flip`` > 0,
+        so recipes without flips keep their random streams."""
+        if self.p_flip > 0 and rng.random() < self.p_flip:
+            return np.ascontiguousarray(pixels[:, ::-1])
+        return pixels
 
     def sample(self, rng: np.random.Generator) -> list[Degradation]:
         chain: list[Degradation] = []

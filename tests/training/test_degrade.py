@@ -79,3 +79,34 @@ def test_policy_is_deterministic_and_respects_probabilities(img):
     assert AugmentPolicy(p_blur=0, p_jpeg=0).sample(np.random.default_rng(0)) == []
     out = apply_chain(img, a)
     assert out.shape == img.shape
+
+
+def test_flip_mirrors_with_its_probability_and_spares_the_stream_when_off(img):
+    always = AugmentPolicy(p_flip=1.0)
+    out = always.flip(img, np.random.default_rng(0))
+    assert np.array_equal(out, img[:, ::-1]) and out.flags["C_CONTIGUOUS"]
+    assert not np.array_equal(out, img)
+    assert AugmentPolicy(p_flip=0.0).flip(img, np.random.default_rng(0)) is img
+    # p_flip 0 draws nothing, so recipes from before p_flip sample the same chains
+    rng, ref = np.random.default_rng(3), np.random.default_rng(3)
+    AugmentPolicy(p_flip=0.0, p_blur=1.0).flip(img, rng)
+    assert rng.random() == ref.random()
+    flips = [
+        AugmentPolicy(p_flip=0.5).flip(img, np.random.default_rng(i)) is not img for i in range(200)
+    ]
+    assert 70 < sum(flips) < 130
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"p_blur": 1.5}, r"augment.p_blur is a probability in \[0, 1\], got 1.5"),
+        ({"p_flip": -0.1}, "augment.p_flip is a probability"),
+        ({"jpeg_quality": (90, 50)}, r"jpeg_quality must be \[low, high\]"),
+        ({"jpeg_quality": (0, 90)}, "augment.jpeg_quality: jpeg setting 0"),
+        ({"resize_scale": (0.0, 1.0)}, "augment.resize_scale: resize setting 0"),
+    ],
+)
+def test_policy_refuses_impossible_settings(settings, message):
+    with pytest.raises(ValueError, match=message):
+        AugmentPolicy(**settings)

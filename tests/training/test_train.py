@@ -153,6 +153,8 @@ def test_bad_configs():
         load_config(None, ["amp=fp8"])
     with pytest.raises(ValueError, match="augment: unknown"):
         load_config(None, ["augment.p_sharpen=1"])
+    with pytest.raises(ValueError, match=r"augment\.p_jpeg is a probability"):
+        load_config(None, ["augment.p_jpeg=50"])
 
 
 def test_config_values_are_checked_against_their_types():
