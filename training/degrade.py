@@ -143,7 +143,8 @@ class AugmentPolicy:
             if lo > hi:
                 raise ValueError(f"augment.{name} must be [low, high], got [{lo}, {hi}]")
             try:  # the ends must be settings the degradation itself accepts
-                Degradation(kind, lo), Degradation(kind, hi)  # type: ignore[arg-type]
+                for end in (lo, hi):
+                    Degradation(kind, end)  # type: ignore[arg-type]
             except ValueError as exc:
                 raise ValueError(f"augment.{name}: {exc}") from None
 
