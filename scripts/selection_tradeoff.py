@@ -1,0 +1,64 @@
+"""Do the selection runs that fit the validation sources best also reach the held-out families?
+
+    .venv/bin/python scripts/selection_tradeoff.py [benchmarks/results/selection] [--view equalised]
+
+Reads every `evaluate --generalisation` report in the folder (the selection runs of
+scripts/select_model.sh), prints each run's validation-source ROC-AUC and held-out mean AP,
+and the correlation of the two over all runs and over the 192 px runs (the model card's
+"Fit to seen families against reach to unseen ones"). Reports of another kind are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+# the runs at 192 px tiles (input_size=192 in their select_model.sh candidate)
+AT_192 = ("tile192", "aug-heavy", "aug-light", "flip")
+
+
+def read(folder: Path, view: str) -> list[tuple[str, float, float]]:
+    rows = []
+    for path in sorted(folder.glob("*.json")):
+        report = json.loads(path.read_text())
+        try:
+            part = report[view]
+            rows.append((path.stem, part["val"]["pool:wild"]["roc_auc"], part["mean_held_out_ap"]))
+        except (KeyError, TypeError):
+            continue  # not a generalisation report (latency, ensembles, fusion, tile counts)
+    return rows
+
+
+def correlation(rows: list[tuple[str, float, float]]) -> float:
+    if len(rows) < 3:
+        return float("nan")
+    return float(np.corrcoef([r[1] for r in rows], [r[2] for r in rows])[0, 1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", nargs="?", default="benchmarks/results/selection", type=Path)
+    parser.add_argument("--view", choices=("as_is", "equalised"), default="equalised")
+    args = parser.parse_args(argv)
+    if not args.folder.is_dir():
+        print(f"selection_tradeoff: no folder {args.folder}", file=sys.stderr)
+        return 2
+    rows = read(args.folder, args.view)
+    if not rows:
+        print(f"selection_tradeoff: no generalisation reports in {args.folder}", file=sys.stderr)
+        return 2
+    print(f"{'run':24s} {'val-source ROC-AUC':>19s} {'held-out mean AP':>17s}")
+    for name, roc, ap in sorted(rows, key=lambda r: -r[1]):
+        print(f"{name:24s} {roc:19.3f} {ap:17.3f}")
+    at192 = [r for r in rows if r[0].startswith(AT_192)]
+    print(f"correlation, all {len(rows)} runs: {correlation(rows):.2f}")
+    print(f"correlation, the {len(at192)} runs at 192 px: {correlation(at192):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
