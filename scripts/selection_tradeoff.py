@@ -4,21 +4,34 @@
 
 Reads every `evaluate --generalisation` report in the folder (the selection runs of
 scripts/select_model.sh), prints each run's validation-source ROC-AUC and held-out mean AP,
-and the correlation of the two over all runs and over the 192 px runs (the model card's
-"Fit to seen families against reach to unseen ones"). Reports of another kind are skipped.
+and the correlation of the two over all runs and over the 192 px runs (the candidates whose
+settings in select_model.sh set input_size=192; the model card's "Fit to seen families against
+reach to unseen ones"). Reports of another kind are skipped.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
-# the runs at 192 px tiles (input_size=192 in their select_model.sh candidate)
-AT_192 = ("tile192", "aug-heavy", "aug-light", "flip")
+SELECT_SCRIPT = Path(__file__).with_name("select_model.sh")
+# a candidate's line in select_model.sh: [name]="key=value ..." (or '...')
+_CANDIDATE = re.compile(r"^\s*\[([\w.-]+)\]=([\"'])(.*?)\2", re.M)
+
+
+def tile_sizes(script: Path = SELECT_SCRIPT) -> dict[str, int]:
+    """Candidate name -> the input_size it sets, read from select_model.sh (its one record)."""
+    sizes = {}
+    for name, _, settings in _CANDIDATE.findall(script.read_text()):
+        size = re.search(r"\binput_size=(\d+)", settings)
+        if size:
+            sizes[name] = int(size.group(1))
+    return sizes
 
 
 def read(folder: Path, view: str) -> list[tuple[str, float, float]]:
@@ -54,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'run':24s} {'val-source ROC-AUC':>19s} {'held-out mean AP':>17s}")
     for name, roc, ap in sorted(rows, key=lambda r: -r[1]):
         print(f"{name:24s} {roc:19.3f} {ap:17.3f}")
-    at192 = [r for r in rows if r[0].startswith(AT_192)]
+    size = tile_sizes()
+    at192 = [r for r in rows if size.get(r[0]) == 192]
     print(f"correlation, all {len(rows)} runs: {correlation(rows):.2f}")
     print(f"correlation, the {len(at192)} runs at 192 px: {correlation(at192):.2f}")
     return 0
