@@ -36,6 +36,13 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_steps: int = 100
+    # The pretrained backbone's learning rate as a share of lr (the head and the spectrum
+    # branch, which start from random weights, keep lr): gentler on the ImageNet features.
+    backbone_lr_scale: float = 1.0
+    # Steps at the start that train only the head and the spectrum branch, the backbone frozen
+    # (linear probing, then fine-tuning: LP-FT); the backbone then warms up over warmup_steps
+    # and follows the cosine to the end. Its batch-norm statistics still follow the data.
+    freeze_backbone_steps: int = 0
     grad_clip: float = 1.0
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
     channels_last: str = "auto"  # auto (on CUDA) | on | off
@@ -170,6 +177,13 @@ def _validate(c: TrainConfig) -> None:
         raise ValueError(f"channels_last must be auto, on or off, got {c.channels_last!r}")
     if c.val_max_images is not None and c.val_max_images < 10:
         raise ValueError(f"val_max_images must be at least 10, got {c.val_max_images}")
+    if not 0 < c.backbone_lr_scale <= 10:
+        raise ValueError(
+            f"backbone_lr_scale must be in (0, 10], got {c.backbone_lr_scale} "
+            "(to hold the backbone still for a while, use freeze_backbone_steps)"
+        )
+    if c.freeze_backbone_steps < 0 or c.warmup_steps < 0:
+        raise ValueError("freeze_backbone_steps and warmup_steps must not be negative")
     if not 0 <= c.balance_power <= 1:
         raise ValueError(f"balance_power must be in [0, 1], got {c.balance_power}")
     if any(w < 0 for w in c.pool_weights.values()):

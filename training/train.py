@@ -209,24 +209,39 @@ def _init_distributed(config: TrainConfig) -> _Dist:
     return _Dist(rank, world, torch.device("cpu"))
 
 
-def _lr_lambda(warmup: int, total: int):
+def _lr_lambda(warmup: int, total: int, start: int = 0):
+    """Linear warmup over ``warmup`` steps, then a cosine to zero at ``total``; nothing before
+    ``start`` (a frozen backbone's schedule begins when it thaws)."""
+
     def f(step: int) -> float:
+        if step < start:
+            return 0.0
+        step -= start
         if step < warmup:
             return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
+        progress = (step - warmup) / max(1, total - start - warmup)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return f
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+def _param_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict]:
+    """Four groups: backbone or not (the backbone at ``backbone_lr_scale`` of the lr) x
+    weight decay or not (none on biases and normalisation weights); the head's groups first,
+    so the lr logged per epoch is the head's."""
+    groups = {(bb, wd): [] for bb in (False, True) for wd in (True, False)}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+            decays = not (p.ndim <= 1 or name.endswith(".bias"))
+            groups[(name.startswith("backbone."), decays)].append(p)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {
+            "params": params,
+            "weight_decay": config.weight_decay if decays else 0.0,
+            "lr": config.lr * (config.backbone_lr_scale if backbone else 1.0),
+            "backbone": backbone,
+        }
+        for (backbone, decays), params in groups.items()
     ]
 
 
@@ -289,21 +304,31 @@ class Trainer:
             config.channels_last == "auto" and self.d.device.type == "cuda"
         ):
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.net = self.model
-        if self.d.world > 1:
-            self.net = torch.nn.parallel.DistributedDataParallel(
-                self.model,
-                device_ids=[self.d.device.index] if self.d.device.type == "cuda" else None,
-            )
         per_rank = (
             math.ceil(len(self.train_s) / self.d.world / config.batch_size) * config.batch_size
         )
         self.steps_per_epoch = per_rank // config.batch_size
         self.total_steps = config.max_steps or self.steps_per_epoch * config.epochs
-        self.opt = torch.optim.AdamW(_param_groups(self.model, config.weight_decay), lr=config.lr)
+        if config.freeze_backbone_steps >= self.total_steps:
+            raise ValueError(
+                f"freeze_backbone_steps={config.freeze_backbone_steps} leaves the backbone frozen "
+                f"for the whole run ({self.total_steps} steps)"
+            )
+        groups = _param_groups(self.model, config)
+        self.opt = torch.optim.AdamW(groups, lr=config.lr)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, _lr_lambda(config.warmup_steps, self.total_steps)
+            self.opt,
+            [
+                _lr_lambda(
+                    config.warmup_steps,
+                    self.total_steps,
+                    config.freeze_backbone_steps if g["backbone"] else 0,
+                )
+                for g in groups
+            ],
         )
+        self.step = 0
+        self._wrap()
         self.amp = _amp_dtype(config, self.d.device)
         self.scaler = torch.amp.GradScaler(enabled=self.amp == torch.float16)
         self.sampler = BalancedSampler(
@@ -402,13 +427,38 @@ class Trainer:
 
     def _resume(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["state_dict"])
+        if len(ckpt["optimizer"]["param_groups"]) != len(self.opt.param_groups):
+            raise ValueError(
+                f"{self.run}/checkpoints/last.pt holds an optimizer of another layout (saved "
+                "before the backbone got its own learning rate): train into another out= "
+                "folder, or remove this one"
+            )
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
         self.step, self.epoch = int(ckpt["step"]), int(ckpt["epoch"])
         self.best_ap, self.stale = float(ckpt["best_val_ap"]), int(ckpt.get("stale_epochs", 0))
+        self._wrap()
         log.info("resumed from step %d (epoch %d)", self.step, self.epoch)
 
     # --- the step and the epoch -----------------------------------------------------------
+
+    @property
+    def backbone_frozen(self) -> bool:
+        return self.step < self.config.freeze_backbone_steps
+
+    def _wrap(self) -> None:
+        """Freeze or thaw the backbone for the current step, then wrap the model for the
+        processes (DistributedDataParallel syncs only the parameters that train, so it is
+        rebuilt when the backbone thaws). A frozen parameter gets no gradient, so the
+        optimizer leaves it and its moments alone until then."""
+        for p in self.model.backbone.parameters():
+            p.requires_grad_(not self.backbone_frozen)
+        self.net = self.model
+        if self.d.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model,
+                device_ids=[self.d.device.index] if self.d.device.type == "cuda" else None,
+            )
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         x = x.to(self.d.device, non_blocking=True)
@@ -420,6 +470,10 @@ class Trainer:
         )
         self.sched.step()
         self.step += 1
+        if self.step == self.config.freeze_backbone_steps:
+            log.info("step %d: the backbone thaws", self.step)
+            self._wrap()
+            self.net.train()
         return float(loss)
 
     def run_epoch(self) -> float:

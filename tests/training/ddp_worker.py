@@ -1,5 +1,6 @@
 """Run by test_train.py under torchrun: a short DDP training run; each rank writes a digest
-of its final weights so the test can check that all ranks agree."""
+of its final weights so the test can check that all ranks agree. Arguments: OUT DATA
+[SETTING=VALUE...]."""
 
 import hashlib
 import os
@@ -14,7 +15,7 @@ if __name__ == "__main__":
     out, data = sys.argv[1], sys.argv[2]
     config = load_config(None, [f"data={data}", f"out={out}", "model=mobilenetv3_small", "input_size=64",
                                 "batch_size=4", "epochs=1", "max_steps=2", "workers=0", "warmup_steps=1",
-                                "pretrained=null"])  # fmt: skip
+                                "pretrained=null", *sys.argv[3:]])  # fmt: skip
     trainer = Trainer(config)
     trainer.fit()
     digest = hashlib.sha256()

@@ -13,7 +13,7 @@ import torch
 
 from training.config import load_config
 from training.datasets import Sample
-from training.train import BalancedSampler, Trainer, train
+from training.train import BalancedSampler, Trainer, _lr_lambda, train
 
 pytestmark = pytest.mark.integration
 
@@ -58,6 +58,50 @@ def test_a_few_steps_lower_the_loss(tiny_corpus, tmp_path):
     for _ in range(12):
         trainer.train_step(x, y)
     assert loss() < before * 0.8
+
+
+def test_lr_schedule_can_start_late():
+    plain, late = _lr_lambda(10, 100), _lr_lambda(10, 100, start=30)
+    assert [plain(s) for s in (0, 9)] == [0.1, 1.0] and plain(55) == pytest.approx(0.5)
+    assert plain(100) == pytest.approx(0.0)
+    assert [late(s) for s in (0, 29)] == [0.0, 0.0]
+    assert [late(s) for s in (30, 39)] == [0.1, 1.0]  # warmup from the start step
+    assert late(70) == pytest.approx(0.5) and late(100) == pytest.approx(0.0)  # same end
+    assert [_lr_lambda(10, 100, start=0)(s) for s in range(101)] == [plain(s) for s in range(101)]
+
+
+def test_backbone_frozen_then_thawed_at_its_own_lr(tiny_corpus, tmp_path):
+    trainer = Trainer(
+        _config(
+            tiny_corpus, tmp_path / "run", "lr=0.003", "max_steps=6",
+            "freeze_backbone_steps=2", "backbone_lr_scale=0.5",
+        )
+    )  # fmt: skip
+    by_kind = {g["backbone"]: g for g in trainer.opt.param_groups if g["params"]}
+    assert by_kind[True]["initial_lr"] == pytest.approx(0.0015)
+    assert by_kind[False]["initial_lr"] == pytest.approx(0.003)
+    backbone, head = trainer.model.backbone, trainer.model.head
+    x, y = next(iter(trainer.loader))
+
+    def weights(module):
+        return [p.detach().clone() for p in module.parameters()]
+
+    bb0, head0 = weights(backbone), weights(head)
+    trainer.net.train()
+    trainer.train_step(x, y)
+    trainer.train_step(x, y)
+    assert all(torch.equal(a, b) for a, b in zip(bb0, weights(backbone), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(head0, weights(head), strict=True))
+    assert not trainer.backbone_frozen and all(p.requires_grad for p in backbone.parameters())
+    trainer.train_step(x, y)
+    assert not all(torch.equal(a, b) for a, b in zip(bb0, weights(backbone), strict=True))
+    # The backbone's schedule starts at the thaw (warmup_steps=1: already at the top of its
+    # cosine, which ends with the head's at step 6); the head's is 2 of its 5 steps down.
+    lrs = {g["backbone"]: g["lr"] for g in trainer.opt.param_groups if g["params"]}
+    assert lrs[True] == pytest.approx(0.0015)
+    assert lrs[False] == pytest.approx(0.003 * 0.5 * (1 + np.cos(np.pi * 2 / 5)))
+    with pytest.raises(ValueError, match="frozen for the whole run"):
+        Trainer(_config(tiny_corpus, tmp_path / "run2", "max_steps=2", "freeze_backbone_steps=2"))
 
 
 def test_run_folder_and_resume(tiny_corpus, tmp_path):
@@ -119,7 +163,9 @@ def test_ddp_two_processes_agree(tiny_corpus, tmp_path):
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
-         str(worker), str(tmp_path), str(tiny_corpus / "manifest.csv")],
+         str(worker), str(tmp_path), str(tiny_corpus / "manifest.csv"),
+         # the first step with the backbone frozen: the ranks rewrap the model when it thaws
+         "freeze_backbone_steps=1"],
         capture_output=True, text=True, timeout=600, cwd=root, env={**__import__("os").environ, "PYTHONPATH": str(root)},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
@@ -155,6 +201,10 @@ def test_bad_configs():
         load_config(None, ["augment.p_sharpen=1"])
     with pytest.raises(ValueError, match=r"augment\.p_jpeg is a probability"):
         load_config(None, ["augment.p_jpeg=50"])
+    with pytest.raises(ValueError, match="backbone_lr_scale must be in"):
+        load_config(None, ["backbone_lr_scale=0"])
+    with pytest.raises(ValueError, match="must not be negative"):
+        load_config(None, ["freeze_backbone_steps=-1"])
 
 
 def test_config_values_are_checked_against_their_types():
