@@ -44,6 +44,7 @@ declare -A CANDIDATES=(
   # 25 images/s target); the own 64 px crops become mostly reflect padding
   [tile192]="input_size=192"
   [tile192-seed1]="input_size=192 seed=1"                     # tile192 again, another seed
+  [tile192-seed2]="input_size=192 seed=2"                     # and a third seed
   # larger still: a 384 px crop is 2x2 tiles either way, a tile of 256 seeing 44% of it (192:
   # 25%); a 512x512 image is 4 tiles of 256 (262 k pixels) against 9 of 192 (332 k)
   [tile256]="input_size=256"
@@ -62,6 +63,13 @@ declare -A CANDIDATES=(
   # left-right mirroring of half the training images at 192 px (CNNDetection's flip): the
   # content changes side, the pixel traces stay
   [flip]="input_size=192 augment.p_flip=0.5"
+  # less distortion of the ImageNet features, which an unseen family may need more than the
+  # fit to the seen ones does (Kumar et al. 2022, LP-FT): the head and the spectrum branch
+  # first train 200 steps alone on the frozen backbone, which then thaws
+  [lpft]="input_size=192 freeze_backbone_steps=200"
+  # the same question by learning rates: the backbone at v4's 3e-4, the randomly started head
+  # and spectrum branch at 1e-3, so that they settle before they drag the features far
+  [head-lr]="input_size=192 lr=0.001 backbone_lr_scale=0.3"
 )
 # Model soups (`synthdetect soup`): the weights of finished candidates above averaged, then
 # calibrated; run their ingredients first. Every ingredient is Lite0 at lr 3e-4 from the same
@@ -72,7 +80,7 @@ declare -A SOUPS=(
 )
 finished() { [ -f "$1/checkpoints/best.pt" ] && grep -q '"final": true' "$1/metrics.jsonl" 2>/dev/null; }
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(base no-rgb wild-only more-own no-new-aligned lite2 long power0 patchnet lr3e-4 lr1e-4 lr3e-4-seed1 lr3e-4-seed2 power0-seed1 soup3 soup-seeds tile192 tile192-seed1 tile256 aug-heavy aug-light tile192-power0 tile192-power0-seed1 tile192-2ep flip)
+[ ${#names[@]} -gt 0 ] || names=(base no-rgb wild-only more-own no-new-aligned lite2 long power0 patchnet lr3e-4 lr1e-4 lr3e-4-seed1 lr3e-4-seed2 power0-seed1 soup3 soup-seeds tile192 tile192-seed1 tile192-seed2 tile256 aug-heavy aug-light tile192-power0 tile192-power0-seed1 tile192-2ep flip lpft head-lr)
 
 for name in "${names[@]}"; do
   run=$WORK/$name
