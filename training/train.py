@@ -328,6 +328,7 @@ class Trainer:
             ],
         )
         self.step = 0
+        self._wrapped_frozen: bool | None = None  # the backbone's state when last wrapped
         self._wrap()
         self.amp = _amp_dtype(config, self.d.device)
         self.scaler = torch.amp.GradScaler(enabled=self.amp == torch.float16)
@@ -451,6 +452,9 @@ class Trainer:
         processes (DistributedDataParallel syncs only the parameters that train, so it is
         rebuilt when the backbone thaws). A frozen parameter gets no gradient, so the
         optimizer leaves it and its moments alone until then."""
+        if self._wrapped_frozen == self.backbone_frozen:
+            return  # a resumed run on the same side of the thaw keeps its wrapper
+        self._wrapped_frozen = self.backbone_frozen
         for p in self.model.backbone.parameters():
             p.requires_grad_(not self.backbone_frozen)
         self.net = self.model
