@@ -104,6 +104,24 @@ def test_backbone_frozen_then_thawed_at_its_own_lr(tiny_corpus, tmp_path):
         Trainer(_config(tiny_corpus, tmp_path / "run2", "max_steps=2", "freeze_backbone_steps=2"))
 
 
+def test_resumed_run_keeps_the_backbone_frozen_until_the_thaw(tiny_corpus, tmp_path):
+    def interrupted_after_one_epoch(out, freeze):
+        trainer = Trainer(_config(tiny_corpus, out, "epochs=3", f"freeze_backbone_steps={freeze}"))
+        trainer.run_epoch()
+        trainer.epoch += 1
+        trainer._checkpoint(out / "checkpoints" / "last.pt")
+        return trainer.steps_per_epoch
+
+    per_epoch = interrupted_after_one_epoch(tmp_path / "a", 0)
+    for name, freeze, frozen in (("frozen", per_epoch + 1, True), ("thawed", 1, False)):
+        interrupted_after_one_epoch(tmp_path / name, freeze)
+        resumed = Trainer(
+            _config(tiny_corpus, tmp_path / name, "epochs=3", f"freeze_backbone_steps={freeze}")
+        )
+        assert resumed.step == per_epoch and resumed.backbone_frozen is frozen
+        assert all(p.requires_grad is not frozen for p in resumed.model.backbone.parameters())
+
+
 def test_run_folder_and_resume(tiny_corpus, tmp_path):
     out = tmp_path / "run"
     train(_config(tiny_corpus, out, "epochs=1"))
