@@ -476,8 +476,7 @@ class Trainer:
         self.step += 1
         if self.step == self.config.freeze_backbone_steps:
             log.info("step %d: the backbone thaws", self.step)
-            self._wrap()
-            self.net.train()
+            self._wrap()  # a new wrapper is built in training mode, like the model it wraps
         return float(loss)
 
     def run_epoch(self) -> float:
