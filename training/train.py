@@ -8,6 +8,7 @@ of one seeded balanced sample per epoch (gloo on CPU, NCCL on CUDA).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -155,6 +156,7 @@ RUN_DEFINING = (
     "balance",
     "balance_power",
     "seed",
+    "ema_decay",
 )
 
 
@@ -281,6 +283,33 @@ def optimization_step(
     return loss.detach()
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights and batch-norm statistics, kept in
+    a copy of the model that is scored and stored in place of the trained one. Integer
+    buffers (batch-norm step counts) are copied. The decay warms up as (1 + t) / (10 + t), so
+    the first steps' weights, far from the end, soon weigh little."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    def decay_at(self, step: int) -> float:
+        return min(self.decay, (1 + step) / (10 + step))
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        """Fold ``model``'s weights after optimizer step ``step`` (1, 2, ...) in."""
+        d = self.decay_at(step)
+        current = model.state_dict()
+        for name, avg in self.model.state_dict().items():
+            if avg.dtype.is_floating_point:
+                avg.lerp_(current[name].detach(), 1 - d)
+            else:
+                avg.copy_(current[name])
+
+
 class Trainer:
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
@@ -314,6 +343,9 @@ class Trainer:
                 f"freeze_backbone_steps={config.freeze_backbone_steps} leaves the backbone frozen "
                 f"for the whole run ({self.total_steps} steps)"
             )
+        # the weights scored, stored and calibrated: the average's when there is one
+        self.ema = WeightAverage(self.model, config.ema_decay) if config.ema_decay else None
+        self.scored = self.ema.model if self.ema else self.model
         groups = _param_groups(self.model, config)
         self.opt = torch.optim.AdamW(groups, lr=config.lr)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
@@ -384,7 +416,7 @@ class Trainer:
             "format": FORMAT,
             "model_spec": self.spec.to_dict(),
             "preprocess": self.prep.to_dict(),
-            "state_dict": self.model.state_dict(),
+            "state_dict": self.scored.state_dict(),
             "train_config": _plain(self.config.to_dict()),
             "calibration": calibration,
             "data": {"path": str(self.config.data), "sha256": self.data_sha},
@@ -395,6 +427,8 @@ class Trainer:
             "stale_epochs": self.stale,
         }
         if with_optimizer:
+            if self.ema:  # the trained weights to go on from; state_dict is their average
+                ckpt["train_state_dict"] = self.model.state_dict()
             ckpt["optimizer"] = self.opt.state_dict()
             ckpt["scheduler"] = self.sched.state_dict()
         write_checkpoint(path, ckpt)
@@ -427,7 +461,16 @@ class Trainer:
         return ckpt
 
     def _resume(self, ckpt: dict) -> None:
-        self.model.load_state_dict(ckpt["state_dict"])
+        if self.ema:
+            if "train_state_dict" not in ckpt:
+                raise ValueError(
+                    f"{self.run}/checkpoints/last.pt was saved without a weight average "
+                    "(ema_decay): train into another out= folder, or remove this one"
+                )
+            self.model.load_state_dict(ckpt["train_state_dict"])
+            self.ema.model.load_state_dict(ckpt["state_dict"])
+        else:
+            self.model.load_state_dict(ckpt["state_dict"])
         if len(ckpt["optimizer"]["param_groups"]) != len(self.opt.param_groups):
             raise ValueError(
                 f"{self.run}/checkpoints/last.pt holds an optimizer of another layout (saved "
@@ -474,6 +517,8 @@ class Trainer:
         )
         self.sched.step()
         self.step += 1
+        if self.ema:
+            self.ema.update(self.model, self.step)
         if self.step == self.config.freeze_backbone_steps:
             log.info("step %d: the backbone thaws", self.step)
             self._wrap()  # a new wrapper is built in training mode, like the model it wraps
@@ -507,12 +552,12 @@ class Trainer:
         return float(np.mean(losses)) if losses else float("nan")
 
     def scores(self, samples: list[Sample], transform=None) -> np.ndarray:
-        self.model.eval()
+        self.scored.eval()
 
         def run(tiles: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
                 return (
-                    self.model(torch.from_numpy(tiles).to(self.d.device))
+                    self.scored(torch.from_numpy(tiles).to(self.d.device))
                     .float()
                     .reshape(-1)
                     .cpu()
@@ -581,7 +626,7 @@ class Trainer:
     def finish(self) -> None:
         """Calibrate the best weights on validation, store it, report the test split."""
         best = read_checkpoint(self.run / "checkpoints" / "best.pt")
-        self.model.load_state_dict(best["state_dict"])
+        self.scored.load_state_dict(best["state_dict"])
         calib, _ = validation_calibration(
             self.scores,
             self.val_s,

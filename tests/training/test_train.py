@@ -122,6 +122,66 @@ def test_resumed_run_keeps_the_backbone_frozen_until_the_thaw(tiny_corpus, tmp_p
         assert all(p.requires_grad is not frozen for p in resumed.model.backbone.parameters())
 
 
+def test_weight_average_follows_the_trained_weights(tiny_corpus, tmp_path):
+    trainer = Trainer(
+        _config(tiny_corpus, tmp_path / "run", "lr=0.003", "max_steps=6", "ema_decay=0.5")
+    )
+    assert trainer.scored is trainer.ema.model and trainer.scored is not trainer.model
+    x, y = next(iter(trainer.loader))
+    expected = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.net.train()
+    for step in (1, 2, 3):
+        trainer.train_step(x, y)
+        d = min(0.5, (1 + step) / (10 + step))  # 0.18, 0.25, 0.31: the warm-up
+        for k, v in trainer.model.state_dict().items():
+            expected[k] = expected[k] * d + v * (1 - d) if v.dtype.is_floating_point else v
+    average = trainer.ema.model.state_dict()
+    for k in expected:
+        assert torch.allclose(average[k].float(), expected[k].float(), atol=1e-6), k
+    moved = [
+        k
+        for k, v in average.items()
+        if v.dtype.is_floating_point and not torch.equal(v, trainer.model.state_dict()[k])
+    ]
+    assert any("running_mean" in k for k in moved) and any(k.endswith("weight") for k in moved)
+    assert not any(p.requires_grad for p in trainer.ema.model.parameters())
+    with pytest.raises(ValueError, match="ema_decay must be in"):
+        load_config(None, ["ema_decay=1"])
+
+
+def test_weight_average_is_what_is_stored_scored_and_resumed(tiny_corpus, tmp_path):
+    out = tmp_path / "run"
+    train(_config(tiny_corpus, out, "epochs=1", "ema_decay=0.9"))
+    last = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    best = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
+    # best.pt (what is exported and calibrated) holds the average; last.pt also the trained
+    # weights, from which a resumed run goes on
+    assert "train_state_dict" not in best
+    for k, v in best["state_dict"].items():
+        assert torch.equal(v, last["state_dict"][k]), k
+    differ = [
+        k
+        for k, v in last["state_dict"].items()
+        if v.dtype.is_floating_point and not torch.equal(v, last["train_state_dict"][k])
+    ]
+    assert differ
+    resumed = Trainer(_config(tiny_corpus, out, "epochs=2", "ema_decay=0.9"))
+    assert resumed.step == last["step"]
+    for mine, stored in ((resumed.model, "train_state_dict"), (resumed.ema.model, "state_dict")):
+        for k, v in mine.state_dict().items():
+            assert torch.equal(v, last[stored][k]), (stored, k)
+    # the scores calibrated and reported are the average's, not the trained weights'
+    val = resumed.val_s[:6]
+    averaged = resumed.scores(val)
+    resumed.scored = resumed.model
+    assert not np.allclose(averaged, resumed.scores(val))
+    # a folder trained without the average is not resumed with one
+    plain = tmp_path / "plain"
+    train(_config(tiny_corpus, plain, "epochs=1"))
+    with pytest.raises(ValueError, match=r"ema_decay=0\.0, not 0\.9"):
+        Trainer(_config(tiny_corpus, plain, "epochs=2", "ema_decay=0.9"))
+
+
 def test_run_folder_and_resume(tiny_corpus, tmp_path):
     out = tmp_path / "run"
     train(_config(tiny_corpus, out, "epochs=1"))
