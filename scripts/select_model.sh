@@ -57,6 +57,7 @@ declare -A CANDIDATES=(
   # every generator drawn alike, at 192 px (power0 above was at 128 px)
   [tile192-power0]="input_size=192 balance_power=0"
   [tile192-power0-seed1]="input_size=192 balance_power=0 seed=1"  # tile192-power0 again, another seed
+  [tile192-power0-seed2]="input_size=192 balance_power=0 seed=2"  # and a third seed
   # a shorter schedule at 192 px: 2 epochs instead of 3 (warmup and cosine over the 2); two
   # of the four 192 px runs on this machine kept epoch 1's checkpoint (validation AP)
   [tile192-2ep]="input_size=192 epochs=2"
@@ -84,7 +85,7 @@ declare -A SOUPS=(
 )
 finished() { [ -f "$1/checkpoints/best.pt" ] && grep -q '"final": true' "$1/metrics.jsonl" 2>/dev/null; }
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(base no-rgb wild-only more-own no-new-aligned lite2 long power0 patchnet lr3e-4 lr1e-4 lr3e-4-seed1 lr3e-4-seed2 power0-seed1 soup3 soup-seeds tile192 tile192-seed1 tile192-seed2 tile256 aug-heavy aug-light tile192-power0 tile192-power0-seed1 tile192-2ep flip lpft head-lr ema)
+[ ${#names[@]} -gt 0 ] || names=(base no-rgb wild-only more-own no-new-aligned lite2 long power0 patchnet lr3e-4 lr1e-4 lr3e-4-seed1 lr3e-4-seed2 power0-seed1 soup3 soup-seeds tile192 tile192-seed1 tile192-seed2 tile256 aug-heavy aug-light tile192-power0 tile192-power0-seed1 tile192-2ep flip lpft head-lr ema tile192-power0-seed2)
 
 for name in "${names[@]}"; do
   run=$WORK/$name

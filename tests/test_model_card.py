@@ -68,7 +68,21 @@ def test_selection_rows_are_the_committed_json():
         "weight average of two seeds": "soup-seeds",
         "192 px tiles (": "tile192",
         "192 px tiles, seed 1": "tile192-seed1",
+        "192 px tiles, seed 2": "tile192-seed2",
+        "+ TAEF2 twins": "base-twins",
+        "256 px tiles": "tile256",
+        "heavier degradations": "aug-heavy",
+        "no blur, no resizing": "aug-light",
+        "every generator alike at 192 px (": "tile192-power0",
+        "every generator alike at 192 px, seed 1": "tile192-power0-seed1",
+        "2 epochs instead of 3": "tile192-2ep",
+        "left-right flips": "flip",
+        "LP-FT at 192 px": "lpft",
+        "a faster head": "head-lr",
+        "weights averaged along the run": "ema",
     }
+    table = [ln for ln in CARD.splitlines() if ln.startswith("| ") and ln.count("|") == 9]
+    assert len(table) == 1 + len(rows), "a selection row the test does not check, or one missing"
     lines = CARD.splitlines()
     for prefix, name in rows.items():
         line = next((ln for ln in lines if ln.startswith(f"| {prefix}")), None)
