@@ -152,6 +152,8 @@ def export_onnx(
             "exclude_families": list(trained.get("exclude_families") or []),
             # real source groups it left out too (a held-out family's twins): provenance only
             "exclude_sources": list(trained.get("exclude_sources") or []),
+            # the run's whole training config: the recipe behind the model's numbers
+            "config": trained,
         },
     }
     (out / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")

@@ -37,6 +37,7 @@ __all__ = [
     "parse_equalise",
     "read_holdouts",
     "score_held_out_family",
+    "training_config",
 ]
 
 # Fakes of a held-out family may come from any split but test (the run never saw them).
@@ -142,6 +143,14 @@ def excluded_families(bundle: ModelBundle) -> list[str]:
     return []
 
 
+def training_config(bundle: ModelBundle) -> dict | None:
+    """The training config of a model's run (checkpoint or exported model), or None when
+    the model does not record one (exported before models carried it, or not trained here)."""
+    return (
+        bundle.meta.get("train_config") or (bundle.meta.get("training") or {}).get("config") or None
+    )
+
+
 def generalisation(
     bundle: ModelBundle,
     samples: list[Sample],
@@ -165,7 +174,8 @@ def generalisation(
     groups = held_out if isinstance(held_out, dict) else {f: [f] for f in held_out}
     excluded = {f for fams in groups.values() for f in fams}
     thr = bundle.calibration.threshold
-    out: dict = {"threshold": thr, "held_out": groups}
+    # the recipe travels with its numbers (tile size, learning rates, schedule, augmentation)
+    out: dict = {"threshold": thr, "held_out": groups, "train_config": training_config(bundle)}
     for name, chain in (("as_is", []), ("equalised", parse_equalise(equalise))):
         if name == "equalised" and not chain:
             continue

@@ -98,7 +98,8 @@ def test_full_queue_refuses_at_once():
     start = time.perf_counter()
     with pytest.raises(QueueFull):
         engine.submit(np.zeros((1, 1), np.float32))
-    assert time.perf_counter() - start < 0.05
+    # not blocked until the engine frees a slot (5 s); 1 s of slack for a loaded CI machine
+    assert time.perf_counter() - start < 1.0
     gate.set()
     assert first.result(5).shape == (2,)
     engine.close()

@@ -28,6 +28,24 @@ def test_sidecar_describes_the_model(exported_model):
     assert PreprocessConfig.from_dict(meta["preprocess"]).input_size == 64
     assert meta["training"]["exclude_families"] == []  # what its run held out: nothing here
     assert meta["training"]["exclude_sources"] == []
+    assert meta["training"]["config"] == {}  # the fixture's checkpoint records no run config
+
+
+def test_export_records_the_runs_training_config(untrained_checkpoint, tmp_path):
+    import torch
+
+    image = tmp_path / "scene.png"
+    image.write_bytes(P.encode(P.synthetic_scene(0, 96, 96), "PNG"))
+
+    ckpt = torch.load(untrained_checkpoint, weights_only=True)
+    recipe = {"input_size": 64, "lr": 0.0003, "ema_decay": 0.998, "exclude_families": ["gan"]}
+    ckpt["train_config"] = recipe
+    torch.save(ckpt, tmp_path / "model.pt")
+    meta = export_onnx(tmp_path / "model.pt", tmp_path / "onnx", [image]).sidecar
+    assert meta["training"]["config"] == recipe and meta["training"]["exclude_families"] == ["gan"]
+    assert (
+        json.loads((tmp_path / "onnx" / "model.json").read_text())["training"]["config"] == recipe
+    )
 
 
 def test_onnx_and_torch_engines_agree_on_fresh_inputs(exported_model, untrained_checkpoint):

@@ -22,6 +22,7 @@ from training.run_eval import (
     parse_equalise,
     read_holdouts,
     score_held_out_family,
+    training_config,
 )
 from training.train import BalancedSampler, sample_weights, split_samples
 
@@ -114,6 +115,15 @@ def test_excluded_families_read_from_checkpoints_and_exported_models():
     assert excluded_families(SimpleNamespace(meta={"training": {"epoch": 3}})) == []
 
 
+def test_training_config_read_from_checkpoints_and_exported_models():
+    from types import SimpleNamespace
+
+    recipe = {"input_size": 192, "lr": 0.0003, "ema_decay": 0.998}
+    assert training_config(SimpleNamespace(meta={"train_config": recipe})) == recipe
+    assert training_config(SimpleNamespace(meta={"training": {"config": recipe}})) == recipe
+    assert training_config(SimpleNamespace(meta={"training": {"epoch": 3}})) is None
+
+
 def test_equalise_takes_a_jpeg_quality_only():
     assert str(parse_equalise("jpeg:90")[0]) == "jpeg:90"
     assert parse_equalise(None) == [] and parse_equalise("none") == []
@@ -186,6 +196,7 @@ def test_generalisation_never_reads_the_test_split(exported_model, tiny_corpus):
             assert 0 <= g["flagged"] <= 1
             assert ("roc_auc" in g) == (g["label"] == "fake" and reals)
     assert report["equalised"]["equalise"] == "jpeg:90"
+    assert report["train_config"] is None  # the fixture's checkpoint records no run config
     json.dumps(report)
     grouped = generalisation(
         bundle, samples, held_out={"all": ["gan", "autoencoder"]}, equalise=None
