@@ -294,20 +294,22 @@ class WeightAverage:
         self.model = copy.deepcopy(model).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
-
-    def decay_at(self, step: int) -> float:
-        return min(self.decay, (1 + step) / (10 + step))
+        # (average, trained) tensor pairs, paired once: loading a state dict copies into
+        # these tensors, so the pairs hold for the run (a resume included)
+        pairs = list(
+            zip(self.model.state_dict().values(), model.state_dict().values(), strict=True)
+        )
+        self._floats = [(a, t) for a, t in pairs if a.dtype.is_floating_point]
+        self._others = [(a, t) for a, t in pairs if not a.dtype.is_floating_point]
 
     @torch.no_grad()
-    def update(self, model: torch.nn.Module, step: int) -> None:
-        """Fold ``model``'s weights after optimizer step ``step`` (1, 2, ...) in."""
-        d = self.decay_at(step)
-        current = model.state_dict()
-        for name, avg in self.model.state_dict().items():
-            if avg.dtype.is_floating_point:
-                avg.lerp_(current[name].detach(), 1 - d)
-            else:
-                avg.copy_(current[name])
+    def update(self, step: int) -> None:
+        """Fold the trained model's weights after optimizer step ``step`` (1, 2, ...) in."""
+        weight = 1 - min(self.decay, (1 + step) / (10 + step))
+        for avg, trained in self._floats:
+            avg.lerp_(trained, weight)
+        for avg, trained in self._others:
+            avg.copy_(trained)
 
 
 class Trainer:
@@ -518,7 +520,7 @@ class Trainer:
         self.sched.step()
         self.step += 1
         if self.ema:
-            self.ema.update(self.model, self.step)
+            self.ema.update(self.step)
         if self.step == self.config.freeze_backbone_steps:
             log.info("step %d: the backbone thaws", self.step)
             self._wrap()  # a new wrapper is built in training mode, like the model it wraps
