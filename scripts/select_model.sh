@@ -75,6 +75,10 @@ declare -A CANDIDATES=(
   # 500 of its 996 steps) scored and kept instead of the last step's: flatter minima, which
   # transfer better to unseen domains (SWAD, Cha et al. 2021)
   [ema]="input_size=192 ema_decay=0.998"
+  # the scene broken up in half the training tiles: 32 px squares permuted (36 to a tile), each
+  # square's pixels kept, so that evidence must be local and content cannot carry the label
+  # (Zheng et al. 2024, "Breaking Semantic Artifacts"); scored on whole, unshuffled tiles
+  [shuffle]="input_size=192 augment.p_shuffle=0.5 augment.shuffle_patch=32"
 )
 # Model soups (`synthdetect soup`): the weights of finished candidates above averaged, then
 # calibrated; run their ingredients first. Every ingredient is Lite0 at lr 3e-4 from the same

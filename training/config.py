@@ -199,5 +199,10 @@ def _validate(c: TrainConfig) -> None:
 
     for view in c.calibration_views:
         parse_chain(view)  # a ValueError names a bad one
+    if c.augment.p_shuffle > 0 and c.input_size % c.augment.shuffle_patch:
+        raise ValueError(
+            f"augment.shuffle_patch ({c.augment.shuffle_patch}) must divide input_size "
+            f"({c.input_size})"
+        )
     if not 0 < c.target_fpr < 0.5:
         raise ValueError("target_fpr must be in (0, 0.5)")

@@ -54,6 +54,8 @@ class TrainDataset(Dataset):
             pixels = self.augment.flip(pixels, rng)
             pixels = apply_chain(pixels, self.augment.sample(rng), rng)
         tile = preprocess(pixels, self.config, rng)[0]
+        if self.augment is not None:
+            tile = self.augment.shuffle(tile, rng)
         return torch.from_numpy(tile), torch.tensor(float(sample.label))
 
 

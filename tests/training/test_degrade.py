@@ -102,6 +102,8 @@ def test_flip_mirrors_with_its_probability_and_spares_the_stream_when_off(img):
     [
         ({"p_blur": 1.5}, r"augment.p_blur is a probability in \[0, 1\], got 1.5"),
         ({"p_flip": -0.1}, "augment.p_flip is a probability"),
+        ({"p_shuffle": 2}, "augment.p_shuffle is a probability"),
+        ({"shuffle_patch": 31}, "augment.shuffle_patch must be an even number"),
         ({"jpeg_quality": (90, 50)}, r"jpeg_quality must be \[low, high\]"),
         ({"jpeg_quality": (0, 90)}, "augment.jpeg_quality: jpeg setting 0"),
         ({"resize_scale": (0.0, 1.0)}, "augment.resize_scale: resize setting 0"),
@@ -110,3 +112,72 @@ def test_flip_mirrors_with_its_probability_and_spares_the_stream_when_off(img):
 def test_policy_refuses_impossible_settings(settings, message):
     with pytest.raises(ValueError, match=message):
         AugmentPolicy(**settings)
+
+
+def _squares(tile: np.ndarray, p: int) -> list[bytes]:
+    _, h, w = tile.shape
+    return sorted(
+        tile[:, y : y + p, x : x + p].tobytes() for y in range(0, h, p) for x in range(0, w, p)
+    )
+
+
+def test_shuffle_permutes_whole_squares_and_keeps_the_residual_cells():
+    import torch
+
+    from detector.features import npr_residual
+
+    tile = np.random.default_rng(0).normal(size=(3, 96, 96)).astype(np.float32)
+    out = AugmentPolicy(p_shuffle=1.0, shuffle_patch=32).shuffle(tile, np.random.default_rng(1))
+    assert out.shape == tile.shape and out.flags["C_CONTIGUOUS"]
+    assert not np.array_equal(out, tile)
+    assert _squares(out, 32) == _squares(tile, 32)  # the same 9 squares, moved
+    # each square's NPR residual moves with it: the 2x2 cells are never cut
+    res_in = npr_residual(torch.from_numpy(tile)[None])[0].numpy()
+    res_out = npr_residual(torch.from_numpy(out)[None])[0].numpy()
+    assert _squares(res_out, 32) == _squares(res_in, 32)
+    # an odd offset would cut cells: a 2-pixel shift of the same tile is not a permutation
+    assert _squares(np.roll(tile, 2, axis=2), 32) != _squares(tile, 32)
+
+
+def test_shuffle_fires_with_its_probability_and_spares_the_stream_when_off():
+    tile = np.arange(3 * 64 * 64, dtype=np.float32).reshape(3, 64, 64)
+    assert AugmentPolicy().shuffle(tile, np.random.default_rng(0)) is tile
+    rng, ref = np.random.default_rng(3), np.random.default_rng(3)
+    AugmentPolicy(p_shuffle=0.0).shuffle(tile, rng)
+    assert rng.random() == ref.random()
+    fired = [
+        AugmentPolicy(p_shuffle=0.5, shuffle_patch=16).shuffle(tile, np.random.default_rng(i))
+        is not tile
+        for i in range(200)
+    ]
+    assert 70 < sum(fired) < 130
+    with pytest.raises(ValueError, match="shuffle_patch 48 does not divide the 64x64 tile"):
+        AugmentPolicy(p_shuffle=1.0, shuffle_patch=48).shuffle(tile, np.random.default_rng(0))
+
+
+def test_config_refuses_a_shuffle_square_that_does_not_divide_the_tile():
+    from training.config import load_config
+
+    cfg = load_config(None, ["input_size=192", "augment.p_shuffle=0.5", "augment.shuffle_patch=32"])
+    assert cfg.augment.p_shuffle == 0.5 and cfg.augment.shuffle_patch == 32
+    with pytest.raises(ValueError, match=r"shuffle_patch \(40\) must divide input_size \(192\)"):
+        load_config(None, ["input_size=192", "augment.p_shuffle=0.5", "augment.shuffle_patch=40"])
+
+
+def test_training_tiles_are_shuffled_after_the_chain(tmp_path):
+    from PIL import Image
+
+    from detector.preprocess import PreprocessConfig
+    from training.data import TrainDataset
+    from training.datasets import Sample
+
+    path = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (150, 170, 3), np.uint8)).save(path)
+    samples, prep = [Sample(path, 1, "g")], PreprocessConfig(input_size=64)
+    plain = TrainDataset(samples, prep, AugmentPolicy(p_jpeg=1.0), seed=4)[0][0].numpy()
+    cut = TrainDataset(
+        samples, prep, AugmentPolicy(p_jpeg=1.0, p_shuffle=1.0, shuffle_patch=16), seed=4
+    )[0][0].numpy()
+    # the same tile of the same degraded image (the shuffle draws last), its squares moved
+    assert not np.array_equal(cut, plain)
+    assert _squares(cut, 16) == _squares(plain, 16)
