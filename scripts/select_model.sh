@@ -79,6 +79,9 @@ declare -A CANDIDATES=(
   # square's pixels kept, so that evidence must be local and content cannot carry the label
   # (Zheng et al. 2024, "Breaking Semantic Artifacts"); scored on whole, unshuffled tiles
   [shuffle]="input_size=192 augment.p_shuffle=0.5 augment.shuffle_patch=32"
+  # a random 15% of the Fourier coefficients of half the training tiles zeroed (one mask for
+  # the three channels): no one band can carry the label (Doloriel and Cheung 2024)
+  [freqmask]="input_size=192 augment.p_freqmask=0.5 augment.freqmask_ratio=0.15"
 )
 # Model soups (`synthdetect soup`): the weights of finished candidates above averaged, then
 # calibrated; run their ingredients first. Every ingredient is Lite0 at lr 3e-4 from the same

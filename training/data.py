@@ -55,7 +55,7 @@ class TrainDataset(Dataset):
             pixels = apply_chain(pixels, self.augment.sample(rng), rng)
         tile = preprocess(pixels, self.config, rng)[0]
         if self.augment is not None:
-            tile = self.augment.shuffle(tile, rng)
+            tile = self.augment.shuffle(self.augment.freqmask(tile, rng), rng)
         return torch.from_numpy(tile), torch.tensor(float(sample.label))
 
 

@@ -123,6 +123,12 @@ class AugmentPolicy:
     "Breaking Semantic Artifacts"). With an even square size the pixel residual's 2x2 cells
     stay whole; at 32 px the spectrum branch's blocks are the squares themselves, changed only
     along the seams by its 3x3 high-pass. Training only, never scored.
+
+    ``p_freqmask`` zeroes a random ``freqmask_ratio`` of the normalised tile's 2-D Fourier
+    coefficients (one mask for the three channels) and keeps the real part of the inverse
+    transform, before the shuffle: no single band of frequencies can carry the label, so the
+    model has to use several (Doloriel and Cheung 2024, "Frequency Masking for Universal
+    Deepfake Detection"). Training only, never scored.
     """
 
     p_blur: float = 0.1
@@ -136,9 +142,19 @@ class AugmentPolicy:
     p_flip: float = 0.0
     p_shuffle: float = 0.0
     shuffle_patch: int = 32
+    p_freqmask: float = 0.0
+    freqmask_ratio: float = 0.15
 
     def __post_init__(self) -> None:
-        for name in ("p_blur", "p_jpeg", "p_resize", "p_noise", "p_flip", "p_shuffle"):
+        for name in (
+            "p_blur",
+            "p_jpeg",
+            "p_resize",
+            "p_noise",
+            "p_flip",
+            "p_shuffle",
+            "p_freqmask",
+        ):
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"augment.{name} is a probability in [0, 1], got {p}")
@@ -156,6 +172,11 @@ class AugmentPolicy:
                     Degradation(kind, end)  # type: ignore[arg-type]
             except ValueError as exc:
                 raise ValueError(f"augment.{name}: {exc}") from None
+        if not 0.0 < self.freqmask_ratio < 1.0:
+            raise ValueError(
+                f"augment.freqmask_ratio is the share of coefficients zeroed, in (0, 1), "
+                f"got {self.freqmask_ratio}"
+            )
         if self.shuffle_patch < 2 or self.shuffle_patch % 2:
             raise ValueError(
                 f"augment.shuffle_patch must be an even number of pixels (the residual's 2x2 "
@@ -183,6 +204,15 @@ class AugmentPolicy:
         squares = squares[rng.permutation(rows * cols)]
         out = squares.reshape(rows, cols, c, p, p).transpose(2, 0, 3, 1, 4).reshape(c, h, w)
         return np.ascontiguousarray(out)
+
+    def freqmask(self, tile: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """(C, H, W) tile with ``freqmask_ratio`` of its Fourier coefficients zeroed, with
+        probability ``p_freqmask``. Draws from ``rng`` only when ``p_freqmask`` > 0."""
+        if not (self.p_freqmask > 0 and rng.random() < self.p_freqmask):
+            return tile
+        keep = rng.random(tile.shape[1:]) >= self.freqmask_ratio
+        spectrum = np.fft.fft2(tile, axes=(1, 2)) * keep
+        return np.ascontiguousarray(np.fft.ifft2(spectrum, axes=(1, 2)).real, dtype=np.float32)
 
     def sample(self, rng: np.random.Generator) -> list[Degradation]:
         chain: list[Degradation] = []

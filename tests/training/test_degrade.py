@@ -181,3 +181,22 @@ def test_training_tiles_are_shuffled_after_the_chain(tmp_path):
     # the same tile of the same degraded image (the shuffle draws last), its squares moved
     assert not np.array_equal(cut, plain)
     assert _squares(cut, 16) == _squares(plain, 16)
+
+
+def test_freqmask_zeroes_a_share_of_the_fourier_coefficients():
+    tile = np.random.default_rng(0).normal(size=(3, 64, 64)).astype(np.float32)
+    out = AugmentPolicy(p_freqmask=1.0, freqmask_ratio=0.3).freqmask(tile, np.random.default_rng(1))
+    assert out.dtype == np.float32 and out.shape == tile.shape and out.flags["C_CONTIGUOUS"]
+    # a real image keeps its spectrum's symmetry: each coefficient is kept whole, kept half
+    # (its mirror masked) or zeroed, on the three channels alike, a share 0.3 of them on average
+    gain = np.fft.fft2(out, axes=(1, 2)) / np.fft.fft2(tile, axes=(1, 2))
+    assert np.allclose(gain.imag, 0, atol=1e-4)
+    levels = np.round(gain.real * 2) / 2
+    assert np.allclose(gain.real, levels, atol=1e-4) and set(np.unique(levels)) == {0.0, 0.5, 1.0}
+    assert np.array_equal(levels[0], levels[2])
+    assert abs(levels.mean() - 0.7) < 0.03
+    # off: the tile itself, and no draw from the stream
+    rng, ref = np.random.default_rng(3), np.random.default_rng(3)
+    assert AugmentPolicy().freqmask(tile, rng) is tile and rng.random() == ref.random()
+    with pytest.raises(ValueError, match=r"freqmask_ratio is the share .* in \(0, 1\)"):
+        AugmentPolicy(freqmask_ratio=1.0)
