@@ -82,6 +82,7 @@ def test_selection_rows_are_the_committed_json():
         "a faster head": "head-lr",
         "weights averaged along the run": "ema",
         "the scene broken up": "shuffle",
+        "a random 15% of the Fourier": "freqmask",
     }
     table = [ln for ln in CARD.splitlines() if ln.startswith("| ") and ln.count("|") == 9]
     assert len(table) == 1 + len(rows), "a selection row the test does not check, or one missing"
