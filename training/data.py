@@ -1,7 +1,8 @@
 """Torch datasets over ``Sample`` records, through detector's one preprocessing function.
 
 Training draws one random tile per image after a sampled flip and degradation chain
-(augmentation); evaluation returns the inference grid of tiles, exactly what the server will
+(augmentation; the tile-level options, frequency masking and shuffled squares, come after
+the tile is cut); evaluation returns the inference grid of tiles, exactly what the server will
 feed the model, and ``collate_tiles`` keeps track of which tiles belong to which image.
 """
 
@@ -21,7 +22,8 @@ __all__ = ["EvalDataset", "TrainDataset", "collate_tiles"]
 
 
 class TrainDataset(Dataset):
-    """One random tile per image, after a sampled flip and degradation chain.
+    """One random tile per image, after a sampled flip and degradation chain; then, where the
+    policy sets them, the tile's frequency mask and its shuffled squares.
 
     The random stream of item ``i`` in epoch ``e`` is seeded by (seed, e, i), so a run is
     reproducible whatever the number of loader workers.
