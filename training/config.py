@@ -59,6 +59,9 @@ class TrainConfig:
     balance_power: float = 0.0  # generator g drawn in proportion to n_g**power (0: equally)
     pool_weights: dict[str, float] = field(default_factory=dict)  # share of each pool; {}: by size
     patience: int = 3  # epochs without a better validation AP before stopping
+    # The checkpoint kept (best.pt, then calibrated and exported): "best", the epoch with the
+    # best validation AP; "last", the last epoch trained, whatever its validation AP.
+    keep: str = "best"
     exclude_families: list[str] = field(default_factory=list)  # leave-one-out training
     # source ids (a wild source group) left out too: the real photos a held-out family's
     # images were made from, so that the family's content does not train as real
@@ -176,6 +179,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def _validate(c: TrainConfig) -> None:
     if c.epochs < 1 or c.batch_size < 1 or c.lr <= 0:
         raise ValueError("epochs, batch_size and lr must be positive")
+    if c.keep not in ("best", "last"):
+        raise ValueError(f"keep must be best or last (the checkpoint kept), got {c.keep!r}")
     if c.amp not in ("auto", "bf16", "fp16", "off"):
         raise ValueError(f"amp must be auto, bf16, fp16 or off, got {c.amp!r}")
     if c.channels_last not in ("auto", "on", "off"):

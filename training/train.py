@@ -1,7 +1,8 @@
 """The training loop: a short step, and hooks for evaluation, checkpoints, schedule and logging.
 
 A run folder holds ``config.yaml`` (resolved), ``checkpoints/last.pt`` (resumable),
-``checkpoints/best.pt`` (best validation AP, calibrated at the end), ``metrics.jsonl`` and
+``checkpoints/best.pt`` (the epoch kept: best validation AP, or the last with ``keep=last``;
+calibrated at the end), ``metrics.jsonl`` and
 ``train.log``. Multi-GPU / multi-node: launch with ``torchrun``; each rank draws its own shard
 of one seeded balanced sample per epoch (gloo on CPU, NCCL on CUDA).
 """
@@ -616,7 +617,7 @@ class Trainer:
             self.best_ap, self.stale = (ap, 0) if improved else (self.best_ap, self.stale + 1)
             self._log_metrics({"epoch": self.epoch, "step": self.step, "train_loss": loss, "val_ap": ap,
                                "lr": self.sched.get_last_lr()[0], "images_per_s": round(self.throughput, 1)})  # fmt: skip
-            if improved:
+            if improved or c.keep == "last":
                 self._checkpoint(self.run / "checkpoints" / "best.pt", with_optimizer=False)
             self._checkpoint(self.run / "checkpoints" / "last.pt")
         if self.d.main:

@@ -303,3 +303,20 @@ def test_config_values_are_checked_against_their_types():
     assert (c.amp, c.channels_last, c.lr, c.max_steps) == ("off", "on", 1.0, None)
     assert c.pretrained is None
     assert isinstance(c.lr, float)
+
+
+@pytest.mark.parametrize("keep, kept_epoch", [("best", 1), ("last", 2)])
+def test_the_checkpoint_kept_is_the_best_or_the_last_epoch(tiny_corpus, tmp_path, keep, kept_epoch):
+    trainer = Trainer(_config(tiny_corpus, tmp_path / "run", "epochs=2", f"keep={keep}"))
+    scores = iter([0.9, 0.5])  # the second epoch validates worse than the first
+    trainer.validate = lambda: next(scores)
+    trainer.fit()
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert best["epoch"] == kept_epoch and last["epoch"] == 2
+    same = all(
+        torch.equal(best["state_dict"][k], last["state_dict"][k]) for k in last["state_dict"]
+    )
+    assert same == (keep == "last")
+    with pytest.raises(ValueError, match="keep must be best or last"):
+        load_config(None, ["keep=first"])
