@@ -183,17 +183,22 @@ class AugmentPolicy:
                 f"cells stay whole), got {self.shuffle_patch}"
             )
 
+    @staticmethod
+    def _fires(p: float, rng: np.random.Generator) -> bool:
+        """True with probability ``p``; draws from ``rng`` only when ``p`` > 0, so a recipe
+        without the option keeps the random stream it had before the option existed."""
+        return p > 0 and rng.random() < p
+
     def flip(self, pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Mirrored with probability ``p_flip``. Draws from ``rng`` only when ``p_flip`` > 0,
-        so recipes without flips keep their random streams."""
-        if self.p_flip > 0 and rng.random() < self.p_flip:
+        """Mirrored with probability ``p_flip``."""
+        if self._fires(self.p_flip, rng):
             return np.ascontiguousarray(pixels[:, ::-1])
         return pixels
 
     def shuffle(self, tile: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """(C, S, S) tile with its ``shuffle_patch`` squares permuted, with probability
-        ``p_shuffle``. Draws from ``rng`` only when ``p_shuffle`` > 0 (streams kept)."""
-        if not (self.p_shuffle > 0 and rng.random() < self.p_shuffle):
+        ``p_shuffle``."""
+        if not self._fires(self.p_shuffle, rng):
             return tile
         c, h, w = tile.shape
         p = self.shuffle_patch
@@ -207,8 +212,8 @@ class AugmentPolicy:
 
     def freqmask(self, tile: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """(C, H, W) tile with ``freqmask_ratio`` of its Fourier coefficients zeroed, with
-        probability ``p_freqmask``. Draws from ``rng`` only when ``p_freqmask`` > 0."""
-        if not (self.p_freqmask > 0 and rng.random() < self.p_freqmask):
+        probability ``p_freqmask``."""
+        if not self._fires(self.p_freqmask, rng):
             return tile
         keep = rng.random(tile.shape[1:]) >= self.freqmask_ratio
         spectrum = np.fft.fft2(tile, axes=(1, 2)) * keep
