@@ -45,6 +45,9 @@ declare -A CANDIDATES=(
   [tile192]="input_size=192"
   [tile192-seed1]="input_size=192 seed=1"                     # tile192 again, another seed
   [tile192-seed2]="input_size=192 seed=2"                     # and a third seed
+  # a fourth seed of each, to pair the checkpoint rule (best validation AP against the last
+  # epoch, scripts/score_last_epoch.sh) and the balance power over more runs
+  [tile192-seed3]="input_size=192 seed=3"
   # larger still: a 384 px crop is 2x2 tiles either way, a tile of 256 seeing 44% of it (192:
   # 25%); a 512x512 image is 4 tiles of 256 (262 k pixels) against 9 of 192 (332 k)
   [tile256]="input_size=256"
@@ -58,6 +61,7 @@ declare -A CANDIDATES=(
   [tile192-power0]="input_size=192 balance_power=0"
   [tile192-power0-seed1]="input_size=192 balance_power=0 seed=1"  # tile192-power0 again, another seed
   [tile192-power0-seed2]="input_size=192 balance_power=0 seed=2"  # and a third seed
+  [tile192-power0-seed3]="input_size=192 balance_power=0 seed=3"  # a fourth (tile192-seed3)
   # a shorter schedule at 192 px: 2 epochs instead of 3 (warmup and cosine over the 2); two
   # of the four 192 px runs on this machine kept epoch 1's checkpoint (validation AP)
   [tile192-2ep]="input_size=192 epochs=2"

@@ -69,6 +69,7 @@ def test_selection_rows_are_the_committed_json():
         "192 px tiles (": "tile192",
         "192 px tiles, seed 1": "tile192-seed1",
         "192 px tiles, seed 2": "tile192-seed2",
+        "192 px tiles, seed 3": "tile192-seed3",
         "+ TAEF2 twins": "base-twins",
         "256 px tiles": "tile256",
         "heavier degradations": "aug-heavy",
