@@ -11,6 +11,11 @@
 # (the twins run was the lr 1e-3 base on the mix with TAEF2 twins). The same-seed rerun of the
 # default recipe, selection/lr3e-4-rerun.json, is lr3e-4 run again into another folder:
 #   RESULTS=runs/select-rerun scripts/select_model.sh runs/mix/manifest.csv runs/select lr3e-4
+# LAST_EPOCH=1 scores the last epoch of finished runs that kept an earlier one instead (the
+# checkpoint rule's cost): last.pt's weights in a copy of best.pt, so they carry that
+# checkpoint's calibration (ranking numbers are the last epoch's, thresholds borrowed), into
+# $RESULTS/last-epoch/<candidate>.json; a run that kept its last epoch is only reported:
+#   LAST_EPOCH=1 scripts/select_model.sh runs/mix/manifest.csv runs/select tile192-seed2
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:?usage: scripts/select_model.sh MIX_MANIFEST [WORK_DIR] [CANDIDATE...]}
@@ -46,7 +51,7 @@ declare -A CANDIDATES=(
   [tile192-seed1]="input_size=192 seed=1"                     # tile192 again, another seed
   [tile192-seed2]="input_size=192 seed=2"                     # and a third seed
   # a fourth seed of each, to pair the checkpoint rule (best validation AP against the last
-  # epoch, scripts/score_last_epoch.sh) and the balance power over more runs
+  # epoch, LAST_EPOCH=1 above) and the balance power over more runs
   [tile192-seed3]="input_size=192 seed=3"
   # larger still: a 384 px crop is 2x2 tiles either way, a tile of 256 seeing 44% of it (192:
   # 25%); a 512x512 image is 4 tiles of 256 (262 k pixels) against 9 of 192 (332 k)
@@ -95,11 +100,51 @@ declare -A SOUPS=(
   [soup-seeds]="lr3e-4 lr3e-4-seed1"                        # the default recipe, two seeds
 )
 finished() { [ -f "$1/checkpoints/best.pt" ] && grep -q '"final": true' "$1/metrics.jsonl" 2>/dev/null; }
+# score RUN JSON: export RUN once, then score it as every candidate is scored
+score() {
+  [ -f "$1-onnx/model.onnx" ] || $SD export "$1" --out "$1-onnx" --name "select-${1##*/}"
+  $SD evaluate --generalisation --model "$1-onnx" --data "$EVAL_DATA" --held-out "$HELD" \
+    --holdouts configs/holdouts-wild.yaml --equalise jpeg:90 --out "$2"
+}
+# last_epoch RUN OUT: prints "same" if RUN kept its last epoch, else writes OUT/checkpoints/best.pt
+last_epoch() {
+  .venv/bin/python - "$1" "$2" <<'PY'
+import sys
+from pathlib import Path
+
+from detector.checkpoint import read_checkpoint, write_checkpoint
+
+run, out = Path(sys.argv[1]), Path(sys.argv[2])
+best = read_checkpoint(run / "checkpoints" / "best.pt")
+last = read_checkpoint(run / "checkpoints" / "last.pt")
+if best["epoch"] == last["epoch"]:
+    print("same")
+    sys.exit(0)
+best["state_dict"] = last["state_dict"]
+best["last_epoch_of"] = {"run": str(run), "kept_epoch": best["epoch"], "epoch": last["epoch"]}
+best["epoch"] = last["epoch"]
+(out / "checkpoints").mkdir(parents=True, exist_ok=True)
+write_checkpoint(out / "checkpoints" / "best.pt", best)
+print(f"epoch {last['epoch']} (kept {best['last_epoch_of']['kept_epoch']})")
+PY
+}
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(base no-rgb wild-only more-own no-new-aligned lite2 long power0 patchnet lr3e-4 lr1e-4 lr3e-4-seed1 lr3e-4-seed2 power0-seed1 soup3 soup-seeds tile192 tile192-seed1 tile192-seed2 tile256 aug-heavy aug-light tile192-power0 tile192-power0-seed1 tile192-2ep flip lpft head-lr ema tile192-power0-seed2)
 
 for name in "${names[@]}"; do
   run=$WORK/$name
+  if [ -n "${LAST_EPOCH:-}" ]; then
+    finished "$run" || { echo "$run is not a finished run: run select_model.sh $name first" >&2; exit 2; }
+    verdict=$(last_epoch "$run" "$run-last")
+    if [ "$verdict" = same ]; then
+      echo "$name kept its last epoch: nothing to score"
+    else
+      echo "$name: scoring the last epoch, $verdict"
+      mkdir -p "$RESULTS/last-epoch"
+      score "$run-last" "$RESULTS/last-epoch/$name${TAG:-}.json"
+    fi
+    continue
+  fi
   if [ -n "${SOUPS[$name]:-}" ]; then
     parts=()
     for part in ${SOUPS[$name]}; do
@@ -116,7 +161,5 @@ for name in "${names[@]}"; do
     $SD train --config configs/default.yaml data="$DATA" out="$run" eval_test=false \
       "exclude_families=[$HELD]" $extra
   fi
-  [ -f "$run-onnx/model.onnx" ] || $SD export "$run" --out "$run-onnx" --name "select-$name"
-  $SD evaluate --generalisation --model "$run-onnx" --data "$EVAL_DATA" --held-out "$HELD" \
-    --holdouts configs/holdouts-wild.yaml --equalise jpeg:90 --out "$RESULTS/$name${TAG:-}.json"
+  score "$run" "$RESULTS/$name${TAG:-}.json"
 done
