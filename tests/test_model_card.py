@@ -79,6 +79,7 @@ def test_selection_rows_are_the_committed_json():
         "every generator alike at 192 px, seed 2": "tile192-power0-seed2",
         "every generator alike at 192 px, seed 3": "tile192-power0-seed3",
         "2 epochs instead of 3": "tile192-2ep",
+        "5 epochs instead of 3": "tile192-5ep",
         "left-right flips": "flip",
         "LP-FT at 192 px": "lpft",
         "a faster head": "head-lr",
