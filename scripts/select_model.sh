@@ -132,7 +132,7 @@ print(f"epoch {last['epoch']} (kept {best['last_epoch_of']['kept_epoch']})")
 PY
 }
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(base no-rgb wild-only more-own no-new-aligned lite2 long power0 patchnet lr3e-4 lr1e-4 lr3e-4-seed1 lr3e-4-seed2 power0-seed1 soup3 soup-seeds tile192 tile192-seed1 tile192-seed2 tile256 aug-heavy aug-light tile192-power0 tile192-power0-seed1 tile192-2ep flip lpft head-lr ema tile192-power0-seed2)
+[ ${#names[@]} -gt 0 ] || names=(base no-rgb wild-only more-own no-new-aligned lite2 long power0 patchnet lr3e-4 lr1e-4 lr3e-4-seed1 lr3e-4-seed2 power0-seed1 soup3 soup-seeds tile192 tile192-seed1 tile192-seed2 tile256 aug-heavy aug-light tile192-power0 tile192-power0-seed1 tile192-2ep flip lpft head-lr ema shuffle freqmask tile192-power0-seed2 tile192-seed3 tile192-power0-seed3 tile192-5ep)
 
 for name in "${names[@]}"; do
   run=$WORK/$name
