@@ -28,6 +28,10 @@ class TrainConfig:
     model: str = "efficientnet_lite0"
     branches: list[str] = field(default_factory=lambda: ["rgb", "residual", "spectrum"])
     input_size: int = 128
+    # The tile's logit from the features: "linear", or "hypersphere" (reals pulled to a
+    # centre, the logit rising with the distance from it; head_dim: the projection's size).
+    head: str = "linear"
+    head_dim: int = 64
     max_tiles: int = 9
     pretrained: str | None = "auto"
     epochs: int = 10
@@ -181,6 +185,12 @@ def _validate(c: TrainConfig) -> None:
         raise ValueError("epochs, batch_size and lr must be positive")
     if c.keep not in ("best", "last"):
         raise ValueError(f"keep must be best or last (the checkpoint kept), got {c.keep!r}")
+    from detector.models import HEADS  # torch: imported here, where training needs it anyway
+
+    if c.head not in HEADS or c.head_dim < 1:
+        raise ValueError(
+            f"head must be one of {HEADS} and head_dim positive, got {c.head!r}, {c.head_dim}"
+        )
     if c.amp not in ("auto", "bf16", "fp16", "off"):
         raise ValueError(f"amp must be auto, bf16, fp16 or off, got {c.amp!r}")
     if c.channels_last not in ("auto", "on", "off"):

