@@ -78,6 +78,10 @@ declare -A CANDIDATES=(
   # the distance from it, so an unseen family is flagged when it leaves the reals' ball in
   # any direction, not only along the one the seen families took
   [tile192-hsc]="input_size=192 head=hypersphere"
+  # the other way round: only evidence of fakeness counts (Kaur et al. 2025, Stay-Positive),
+  # the head's weights held non-negative over non-negative features, so that nothing a new
+  # generator's images share with the reals can pull their score down
+  [tile192-positive]="input_size=192 head=positive"
   # left-right mirroring of half the training images at 192 px (CNNDetection's flip): the
   # content changes side, the pixel traces stay
   [flip]="input_size=192 augment.p_flip=0.5"
@@ -137,7 +141,7 @@ print(f"epoch {last['epoch']} (kept {best['last_epoch_of']['kept_epoch']})")
 PY
 }
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(base no-rgb wild-only more-own no-new-aligned lite2 long power0 patchnet lr3e-4 lr1e-4 lr3e-4-seed1 lr3e-4-seed2 power0-seed1 soup3 soup-seeds tile192 tile192-seed1 tile192-seed2 tile256 aug-heavy aug-light tile192-power0 tile192-power0-seed1 tile192-2ep flip lpft head-lr ema shuffle freqmask tile192-power0-seed2 tile192-seed3 tile192-power0-seed3 tile192-5ep tile192-hsc)
+[ ${#names[@]} -gt 0 ] || names=(base no-rgb wild-only more-own no-new-aligned lite2 long power0 patchnet lr3e-4 lr1e-4 lr3e-4-seed1 lr3e-4-seed2 power0-seed1 soup3 soup-seeds tile192 tile192-seed1 tile192-seed2 tile256 aug-heavy aug-light tile192-power0 tile192-power0-seed1 tile192-2ep flip lpft head-lr ema shuffle freqmask tile192-power0-seed2 tile192-seed3 tile192-power0-seed3 tile192-5ep tile192-hsc tile192-positive)
 
 for name in "${names[@]}"; do
   run=$WORK/$name

@@ -15,7 +15,11 @@ separates fakes from reals), or ``hypersphere`` (a hypersphere classifier, Ruff 
 ``head_dim`` dimensions and the logit rises with the projection's distance from the origin,
 where training pulls the reals. Reals are kept compact in every projected direction, so an
 image from a generator never trained on is flagged when it leaves the reals' ball in any of
-them, not only along the directions the trained generators took.
+them, not only along the directions the trained generators took. Or ``positive`` (after
+Kaur et al. 2025, "Stay-Positive: a case for ignoring real image features"): a linear head
+whose weights are held non-negative over non-negative features, so that a feature can only
+raise the logit. Evidence of fakeness counts, and nothing reads as evidence of realness that
+a new generator's images could happen to carry.
 
 Backbones register by name (``MODELS``); every entry builds from ``ModelSpec`` alone, which is
 what checkpoints store. EfficientNet-Lite0/1/2 start from genuine ImageNet weights when the
@@ -50,13 +54,14 @@ __all__ = [
     "MODELS",
     "HypersphereHead",
     "ModelSpec",
+    "PositiveHead",
     "SynthDetectNet",
     "build_model",
 ]
 
 log = logging.getLogger(__name__)
 BRANCHES = ("rgb", "residual", "spectrum")
-HEADS = ("linear", "hypersphere")
+HEADS = ("linear", "hypersphere", "positive")
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,22 @@ class HypersphereHead(nn.Module):
         return s + torch.log(1 - torch.exp(-s))
 
 
+class PositiveHead(nn.Module):
+    """Features -> logit, w . relu(f) + b with every weight clamped at 0 from below (in the
+    forward pass, so a weight that goes negative stops counting until its gradient turns)."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(0.2)
+        self.linear = nn.Linear(features, 1)
+        with torch.no_grad():
+            self.linear.weight.abs_()  # start with every feature counting
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        w = self.linear.weight.clamp_min(0)
+        return nn.functional.linear(self.dropout(torch.relu(feats)), w, self.linear.bias)
+
+
 class SynthDetectNet(nn.Module):
     """Backbone + branches -> one logit per tile, shape (B, 1)."""
 
@@ -152,6 +173,8 @@ class SynthDetectNet(nn.Module):
             features += self.spectrum.out_features
         if spec.head == "hypersphere":
             self.head: nn.Module = HypersphereHead(features, spec.head_dim)
+        elif spec.head == "positive":
+            self.head = PositiveHead(features)
         else:
             self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(features, 1))
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from detector.engine import OnnxEngine
-from detector.models import MODELS, ModelSpec, build_model
+from detector.models import MODELS, HypersphereHead, ModelSpec, PositiveHead, build_model
 from training.export import TOLERANCE, write_onnx
 
 pytestmark = pytest.mark.unit
@@ -51,3 +51,81 @@ def test_lite0_starts_from_the_packaged_imagenet_weights():
     torch.testing.assert_close(stem[:, :3] * 2, packaged["_conv_stem.weight"])
     scratch = build_model(ModelSpec("efficientnet_lite0", input_size=64, pretrained=None))
     assert not torch.equal(scratch.backbone.net.state_dict()[block], packaged[block])
+
+
+def test_hypersphere_head_is_the_hypersphere_classifier_and_exports(tmp_path):
+    torch.manual_seed(0)
+    head = HypersphereHead(8, dim=4).eval()
+    feats = torch.randn(64, 8)
+    with torch.inference_mode():
+        logit = head(feats).squeeze(1)
+        z = head.proj(feats)
+    s = torch.sqrt(1 + (z * z).sum(1)) - 1  # pseudo-Huber distance from the centre
+    # sigmoid(logit) = 1 - exp(-s): a real's cross-entropy is s, a fake's -log(1 - exp(-s))
+    torch.testing.assert_close(torch.sigmoid(logit), 1 - torch.exp(-s))
+    zeros, ones = torch.zeros(64), torch.ones(64)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    torch.testing.assert_close(bce(logit, zeros, reduction="none"), s, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        bce(logit, ones, reduction="none"), -torch.log(1 - torch.exp(-s)), rtol=1e-4, atol=1e-5
+    )
+    # further from the centre, more likely fake; at the centre, a finite logit
+    order = torch.argsort(s)
+    assert torch.all(torch.diff(logit[order]) >= 0)
+    with torch.inference_mode():
+        head.proj[1].weight.zero_()
+        head.proj[1].bias.zero_()
+        assert torch.isfinite(head(feats)).all()
+
+    spec = ModelSpec("efficientnet_lite0", input_size=64, pretrained=None, head="hypersphere")
+    model = build_model(spec).eval()
+    assert isinstance(model.head, HypersphereHead)
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        first = model(x)
+    path = tmp_path / "model.onnx"
+    write_onnx(model, path, spec.input_size)
+    diff = float(np.abs(OnnxEngine(path).run(x.numpy()) - first.reshape(-1).numpy()).max())
+    assert diff <= TOLERANCE["fp32"], f"hypersphere head: ONNX differs from torch by {diff:.2e}"
+
+
+def test_model_spec_checks_its_head_and_reads_checkpoints_from_before_heads():
+    with pytest.raises(ValueError, match="head must be one of"):
+        ModelSpec("efficientnet_lite0", head="mlp")
+    with pytest.raises(ValueError, match="head_dim must be positive"):
+        ModelSpec("efficientnet_lite0", head="hypersphere", head_dim=0)
+    old = ModelSpec("efficientnet_lite0").to_dict()
+    del old["head"], old["head_dim"]
+    assert ModelSpec.from_dict(old).head == "linear"
+
+
+def test_positive_head_only_counts_evidence_of_fakeness(tmp_path):
+    torch.manual_seed(0)
+    head = PositiveHead(6).eval()
+    with torch.no_grad():
+        head.linear.weight.copy_(torch.tensor([[0.5, -2.0, 1.0, 0.0, -0.1, 3.0]]))
+    feats = torch.rand(16, 6)
+    with torch.inference_mode():
+        base = head(feats)
+        # a negative weight counts as 0: raising its feature changes nothing
+        assert torch.equal(head(feats + torch.tensor([0, 5.0, 0, 0, 5.0, 0])), base)
+        # raising any feature never lowers the logit
+        for i in range(6):
+            bump = torch.zeros(6)
+            bump[i] = 1.0
+            assert torch.all(head(feats + bump) >= base)
+        # negative features (a backbone without a final ReLU) count as 0
+        assert torch.equal(head(feats - 10), head(torch.zeros(16, 6)))
+    fresh = PositiveHead(32)
+    assert torch.all(fresh.linear.weight >= 0)
+
+    spec = ModelSpec("efficientnet_lite0", input_size=64, pretrained=None, head="positive")
+    model = build_model(spec).eval()
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        first = model(x)
+    path = tmp_path / "model.onnx"
+    write_onnx(model, path, spec.input_size)
+    diff = float(np.abs(OnnxEngine(path).run(x.numpy()) - first.reshape(-1).numpy()).max())
+    assert diff <= TOLERANCE["fp32"], f"positive head: ONNX differs from torch by {diff:.2e}"

@@ -31,7 +31,8 @@ def _config(tiny_corpus, out, *extra):
     return load_config(None, [f"data={tiny_corpus / 'manifest.csv'}", f"out={out}", *FAST, *extra])
 
 
-def test_a_few_steps_lower_the_loss(tiny_corpus, tmp_path):
+@pytest.mark.parametrize("head", ["linear", "hypersphere", "positive"])
+def test_a_few_steps_lower_the_loss(tiny_corpus, tmp_path, head):
     trainer = Trainer(
         _config(
             tiny_corpus,
@@ -40,8 +41,10 @@ def test_a_few_steps_lower_the_loss(tiny_corpus, tmp_path):
             "max_steps=12",
             "augment.p_jpeg=0",
             "augment.p_blur=0",
+            f"head={head}",
         )
     )
+    assert trainer.spec.head == head
     x, y = next(iter(trainer.loader))
 
     def loss() -> float:
@@ -283,6 +286,10 @@ def test_bad_configs():
         load_config(None, ["backbone_lr_scale=0"])
     with pytest.raises(ValueError, match="must not be negative"):
         load_config(None, ["freeze_backbone_steps=-1"])
+    with pytest.raises(ValueError, match="head must be one of"):
+        load_config(None, ["head=mlp"])
+    with pytest.raises(ValueError, match="head_dim positive"):
+        load_config(None, ["head=hypersphere", "head_dim=0"])
 
 
 def test_config_values_are_checked_against_their_types():
