@@ -17,8 +17,8 @@ where training pulls the reals. Reals are kept compact in every projected direct
 image from a generator never trained on is flagged when it leaves the reals' ball in any of
 them, not only along the directions the trained generators took. Or ``positive`` (after
 Kaur et al. 2025, "Stay-Positive: a case for ignoring real image features"): a linear head
-whose weights are held non-negative over non-negative features, so that a feature can only
-raise the logit. Evidence of fakeness counts, and nothing reads as evidence of realness that
+whose weights count by their absolute values, over non-negative features, so that a feature
+can only raise the logit. Evidence of fakeness counts, and nothing reads as evidence of realness that
 a new generator's images could happen to carry.
 
 Backbones register by name (``MODELS``); every entry builds from ``ModelSpec`` alone, which is
@@ -140,18 +140,20 @@ class HypersphereHead(nn.Module):
 
 
 class PositiveHead(nn.Module):
-    """Features -> logit, w . relu(f) + b with every weight clamped at 0 from below (in the
-    forward pass, so a weight that goes negative stops counting until its gradient turns)."""
+    """Features -> logit, |w| . relu(f) + b: every weight counts as non-negative. The
+    absolute value (rather than a clamp, whose gradient is 0 below it) lets a weight that
+    reaches 0 grow again. The weights start small, so that the first logits are near 0."""
 
     def __init__(self, features: int) -> None:
         super().__init__()
         self.dropout = nn.Dropout(0.2)
         self.linear = nn.Linear(features, 1)
         with torch.no_grad():
-            self.linear.weight.abs_()  # start with every feature counting
+            self.linear.weight.uniform_(0, 1 / features)
+            self.linear.bias.zero_()
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        w = self.linear.weight.clamp_min(0)
+        w = self.linear.weight.abs()
         return nn.functional.linear(self.dropout(torch.relu(feats)), w, self.linear.bias)
 
 

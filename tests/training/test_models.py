@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from detector.engine import OnnxEngine
-from detector.models import MODELS, HypersphereHead, ModelSpec, PositiveHead, build_model
+from detector.models import (
+    HEADS,
+    MODELS,
+    HypersphereHead,
+    ModelSpec,
+    PositiveHead,
+    build_model,
+)
 from training.export import TOLERANCE, write_onnx
 
 pytestmark = pytest.mark.unit
@@ -53,7 +60,7 @@ def test_lite0_starts_from_the_packaged_imagenet_weights():
     assert not torch.equal(scratch.backbone.net.state_dict()[block], packaged[block])
 
 
-def test_hypersphere_head_is_the_hypersphere_classifier_and_exports(tmp_path):
+def test_hypersphere_head_is_the_hypersphere_classifier():
     torch.manual_seed(0)
     head = HypersphereHead(8, dim=4).eval()
     feats = torch.randn(64, 8)
@@ -77,18 +84,6 @@ def test_hypersphere_head_is_the_hypersphere_classifier_and_exports(tmp_path):
         head.proj[1].bias.zero_()
         assert torch.isfinite(head(feats)).all()
 
-    spec = ModelSpec("efficientnet_lite0", input_size=64, pretrained=None, head="hypersphere")
-    model = build_model(spec).eval()
-    assert isinstance(model.head, HypersphereHead)
-    assert ModelSpec.from_dict(spec.to_dict()) == spec
-    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    with torch.inference_mode():
-        first = model(x)
-    path = tmp_path / "model.onnx"
-    write_onnx(model, path, spec.input_size)
-    diff = float(np.abs(OnnxEngine(path).run(x.numpy()) - first.reshape(-1).numpy()).max())
-    assert diff <= TOLERANCE["fp32"], f"hypersphere head: ONNX differs from torch by {diff:.2e}"
-
 
 def test_model_spec_checks_its_head_and_reads_checkpoints_from_before_heads():
     with pytest.raises(ValueError, match="head must be one of"):
@@ -100,7 +95,7 @@ def test_model_spec_checks_its_head_and_reads_checkpoints_from_before_heads():
     assert ModelSpec.from_dict(old).head == "linear"
 
 
-def test_positive_head_only_counts_evidence_of_fakeness(tmp_path):
+def test_positive_head_only_counts_evidence_of_fakeness():
     torch.manual_seed(0)
     head = PositiveHead(6).eval()
     with torch.no_grad():
@@ -108,8 +103,8 @@ def test_positive_head_only_counts_evidence_of_fakeness(tmp_path):
     feats = torch.rand(16, 6)
     with torch.inference_mode():
         base = head(feats)
-        # a negative weight counts as 0: raising its feature changes nothing
-        assert torch.equal(head(feats + torch.tensor([0, 5.0, 0, 0, 5.0, 0])), base)
+        # a negative weight counts as its size: raising its feature raises the logit
+        assert torch.all(head(feats + torch.tensor([0, 1.0, 0, 0, 0, 0])) > base + 1.9)
         # raising any feature never lowers the logit
         for i in range(6):
             bump = torch.zeros(6)
@@ -117,15 +112,29 @@ def test_positive_head_only_counts_evidence_of_fakeness(tmp_path):
             assert torch.all(head(feats + bump) >= base)
         # negative features (a backbone without a final ReLU) count as 0
         assert torch.equal(head(feats - 10), head(torch.zeros(16, 6)))
-    fresh = PositiveHead(32)
-    assert torch.all(fresh.linear.weight >= 0)
+    # the weights start small: the first logits are near 0 whatever the features' scale
+    fresh = PositiveHead(1344).eval()
+    with torch.inference_mode():
+        assert torch.all(fresh.linear.weight >= 0)
+        assert fresh(torch.rand(8, 1344)).abs().max() < 1
 
-    spec = ModelSpec("efficientnet_lite0", input_size=64, pretrained=None, head="positive")
+
+@pytest.mark.parametrize(
+    "head, kind",
+    [("linear", torch.nn.Sequential), ("hypersphere", HypersphereHead), ("positive", PositiveHead)],
+)
+def test_every_head_builds_round_trips_and_exports(head, kind, tmp_path):
+    assert head in HEADS
+    spec = ModelSpec("efficientnet_lite0", input_size=64, pretrained=None, head=head)
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+    torch.manual_seed(0)
     model = build_model(spec).eval()
+    assert isinstance(model.head, kind)
     x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         first = model(x)
+    assert first.shape == (3, 1) and torch.isfinite(first).all() and first.std() > 0
     path = tmp_path / "model.onnx"
     write_onnx(model, path, spec.input_size)
     diff = float(np.abs(OnnxEngine(path).run(x.numpy()) - first.reshape(-1).numpy()).max())
-    assert diff <= TOLERANCE["fp32"], f"positive head: ONNX differs from torch by {diff:.2e}"
+    assert diff <= TOLERANCE["fp32"], f"{head} head: ONNX differs from torch by {diff:.2e}"
