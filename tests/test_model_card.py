@@ -87,6 +87,7 @@ def test_selection_rows_are_the_committed_json():
         "the scene broken up": "shuffle",
         "a random 15% of the Fourier": "freqmask",
         "a boundary around the reals": "tile192-hsc",
+        "only evidence of fakeness": "tile192-positive",
     }
     table = [ln for ln in CARD.splitlines() if ln.startswith("| ") and ln.count("|") == 9]
     assert len(table) == 1 + len(rows), "a selection row the test does not check, or one missing"
