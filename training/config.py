@@ -28,8 +28,9 @@ class TrainConfig:
     model: str = "efficientnet_lite0"
     branches: list[str] = field(default_factory=lambda: ["rgb", "residual", "spectrum"])
     input_size: int = 128
-    # The tile's logit from the features: "linear", or "hypersphere" (reals pulled to a
-    # centre, the logit rising with the distance from it; head_dim: the projection's size).
+    # The tile's logit from the features (detector.models.HEADS): "linear"; "hypersphere"
+    # (reals pulled to a centre, the logit rising with the distance from it; head_dim: the
+    # projection's size); or "positive" (non-negative weights: only evidence of fakeness counts).
     head: str = "linear"
     head_dim: int = 64
     max_tiles: int = 9

@@ -18,8 +18,10 @@ image from a generator never trained on is flagged when it leaves the reals' bal
 them, not only along the directions the trained generators took. Or ``positive`` (after
 Kaur et al. 2025, "Stay-Positive: a case for ignoring real image features"): a linear head
 whose weights count by their absolute values, over non-negative features, so that a feature
-can only raise the logit. Evidence of fakeness counts, and nothing reads as evidence of realness that
-a new generator's images could happen to carry.
+can only raise the logit. Evidence of fakeness counts, and nothing reads as evidence of
+realness that a new generator's images could happen to carry. Both were measured against
+``linear`` in ``scripts/select_model.sh`` (the model card has the numbers); ``linear`` stays
+the default.
 
 Backbones register by name (``MODELS``); every entry builds from ``ModelSpec`` alone, which is
 what checkpoints store. EfficientNet-Lite0/1/2 start from genuine ImageNet weights when the
