@@ -63,7 +63,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 BRANCHES = ("rgb", "residual", "spectrum")
-HEADS = ("linear", "hypersphere", "positive")
 
 
 @dataclass(frozen=True)
@@ -159,6 +158,15 @@ class PositiveHead(nn.Module):
         return nn.functional.linear(self.dropout(torch.relu(feats)), w, self.linear.bias)
 
 
+# Each head by name, built from the number of features and the spec.
+_HEADS: dict[str, Callable[[int, ModelSpec], nn.Module]] = {
+    "linear": lambda features, _: nn.Sequential(nn.Dropout(0.2), nn.Linear(features, 1)),
+    "hypersphere": lambda features, spec: HypersphereHead(features, spec.head_dim),
+    "positive": lambda features, _: PositiveHead(features),
+}
+HEADS = tuple(_HEADS)
+
+
 class SynthDetectNet(nn.Module):
     """Backbone + branches -> one logit per tile, shape (B, 1)."""
 
@@ -175,12 +183,7 @@ class SynthDetectNet(nn.Module):
             self.register_buffer("dft_sin", sin, persistent=False)
             self.register_buffer("laplace", laplace_kernel(3), persistent=False)
             features += self.spectrum.out_features
-        if spec.head == "hypersphere":
-            self.head: nn.Module = HypersphereHead(features, spec.head_dim)
-        elif spec.head == "positive":
-            self.head = PositiveHead(features)
-        else:
-            self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(features, 1))
+        self.head = _HEADS[spec.head](features, spec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pixels = []

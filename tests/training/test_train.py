@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from detector.models import HEADS
 from training.config import load_config
 from training.datasets import Sample
 from training.train import BalancedSampler, Trainer, _lr_lambda, train
@@ -31,7 +32,7 @@ def _config(tiny_corpus, out, *extra):
     return load_config(None, [f"data={tiny_corpus / 'manifest.csv'}", f"out={out}", *FAST, *extra])
 
 
-@pytest.mark.parametrize("head", ["linear", "hypersphere", "positive"])
+@pytest.mark.parametrize("head", HEADS)
 def test_a_few_steps_lower_the_loss(tiny_corpus, tmp_path, head):
     trainer = Trainer(
         _config(
