@@ -4,7 +4,8 @@ The shipped model judges an image by the mean logit of an even grid of at most `
 ``input_size`` tiles (128 px when this was run, 192 px since v4). This scores one trained model
 on the validation split (sources never trained on) and on the families its run held out, for
 several tilings (the shipped 9, every tile up to 64) and poolings of the tile logits (mean,
-top-k mean, max, median), as-is and JPEG-q90 equalised.
+top-k mean, max, median, and the mean over the tiles of least or most texture), as-is and
+JPEG-q90 equalised.
 The pooling is applied to the same tile logits, so the rows differ only in the rule.
 Run it on a corpus whose images are larger than 3 x 3 tiles (e.g. ``corpus sources --crop 1024``):
 
@@ -19,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
 from detector.engine import load_bundle
@@ -28,16 +30,45 @@ from training.degrade import apply_chain, parse_chain
 from training.metrics import compute_metrics
 from training.run_eval import excluded_families
 
+
+def _by_texture(z: np.ndarray, tex: np.ndarray, simplest: bool, share: float) -> float:
+    """Mean logit of the ``share`` of tiles with the least (or most) texture."""
+    k = max(1, round(len(z) * share))
+    order = np.argsort(tex)
+    return float(z[order[:k] if simplest else order[-k:]].mean())
+
+
+# each rule maps (tile logits, tile texture) to the image's logit
 POOLINGS = {
-    "mean": np.mean,
-    "median": np.median,
-    "max": np.max,
-    "top3_mean": lambda z: np.sort(z)[-3:].mean(),
-    "top_quarter_mean": lambda z: np.sort(z)[-max(1, len(z) // 4) :].mean(),
+    "mean": lambda z, t: np.mean(z),
+    "median": lambda z, t: np.median(z),
+    "max": lambda z, t: np.max(z),
+    "top3_mean": lambda z, t: np.sort(z)[-3:].mean(),
+    "top_quarter_mean": lambda z, t: np.sort(z)[-max(1, len(z) // 4) :].mean(),
+    # tiles chosen by their content, not by their score: the flattest tiles carry the
+    # generator's noise with the least scene (Chen et al. 2024, "a single simple patch")
+    "simplest_tile": lambda z, t: _by_texture(z, t, True, 0.0),
+    "simplest_quarter": lambda z, t: _by_texture(z, t, True, 0.25),
+    "simplest_half": lambda z, t: _by_texture(z, t, True, 0.5),
+    "richest_quarter": lambda z, t: _by_texture(z, t, False, 0.25),
+    "richest_half": lambda z, t: _by_texture(z, t, False, 0.5),
 }
+_LAPLACE = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 
 
-def tile_logits(bundle, samples, max_tiles: int, equalise: str | None) -> list[np.ndarray]:
+def texture(tiles: torch.Tensor) -> np.ndarray:
+    """Mean squared Laplacian of each tile's first three (RGB) channels; the preprocessing
+    normalises every tile alike, so the ranking within an image is that of the pixels."""
+    rgb = tiles[:, :3].float()
+    kernel = _LAPLACE.to(rgb).view(1, 1, 3, 3).repeat(3, 1, 1, 1)
+    lap = torch.nn.functional.conv2d(rgb, kernel, groups=3)
+    return lap.pow(2).mean(dim=(1, 2, 3)).numpy().astype(np.float64)
+
+
+def tile_logits(
+    bundle, samples, max_tiles: int, equalise: str | None
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """-> (each image's tile logits, each image's tile textures)."""
     prep = replace(bundle.preprocess, max_tiles=max_tiles)
     chain = parse_chain(equalise) if equalise else []
     transform = (lambda px: apply_chain(px, chain, np.random.default_rng(0))) if chain else None
@@ -45,11 +76,14 @@ def tile_logits(bundle, samples, max_tiles: int, equalise: str | None) -> list[n
         EvalDataset(samples, prep, transform), batch_size=8, collate_fn=collate_tiles
     )
     out: list[np.ndarray] = [np.zeros(0)] * len(samples)
+    tex: list[np.ndarray] = [np.zeros(0)] * len(samples)
     for tiles, owner, indices in loader:
         z = np.asarray(bundle.logits(tiles.numpy()), np.float64)
+        t = texture(tiles)
         for j, idx in enumerate(indices):
             out[idx] = z[owner.numpy() == j]
-    return out
+            tex[idx] = t[owner.numpy() == j]
+    return out, tex
 
 
 def main() -> None:
@@ -74,10 +108,12 @@ def main() -> None:
                 if len({s.label for s in pool}) < 2:
                     print(f"{name}: no {'fakes' if pool else 'images'} to score, skipped")
                     continue
-                z = tile_logits(bundle, pool, n, equalise)
+                z, tex = tile_logits(bundle, pool, n, equalise)
                 y = np.array([s.label for s in pool])
                 for rule, f in POOLINGS.items():
-                    p = 1 / (1 + np.exp(-np.array([f(t) for t in z]) / temp))
+                    p = 1 / (
+                        1 + np.exp(-np.array([f(t, x) for t, x in zip(z, tex, strict=True)]) / temp)
+                    )
                     m = compute_metrics(y, p, bundle.calibration.threshold)
                     row = {"equalise": equalise or "none", "max_tiles": n, "set": name,
                            "pooling": rule, "ap": m.ap, "roc_auc": m.roc_auc,
