@@ -37,7 +37,13 @@ class TrainConfig:
     pretrained: str | None = "auto"
     epochs: int = 10
     max_steps: int | None = None  # stop after this many optimizer steps (smoke runs, tests)
-    batch_size: int = 32
+    batch_size: int = 32  # tiles per optimizer step
+    # Random tiles drawn from each training image. 1: each tile is scored against the image's
+    # label on its own. k > 1: the image is scored as at inference, by the mean of its k tile
+    # logits, and the loss is taken on that mean (multiple-instance learning: a tile with no
+    # trace to show is not pushed once its image is decided). A batch then holds
+    # batch_size / k images and an epoch as many tiles as with 1, so the compute is the same.
+    tiles_per_image: int = 1
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_steps: int = 100
@@ -184,6 +190,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def _validate(c: TrainConfig) -> None:
     if c.epochs < 1 or c.batch_size < 1 or c.lr <= 0:
         raise ValueError("epochs, batch_size and lr must be positive")
+    if c.tiles_per_image < 1 or c.batch_size % c.tiles_per_image:
+        raise ValueError(
+            f"tiles_per_image must be positive and divide batch_size ({c.batch_size}), "
+            f"got {c.tiles_per_image}"
+        )
     if c.keep not in ("best", "last"):
         raise ValueError(f"keep must be best or last (the checkpoint kept), got {c.keep!r}")
     from detector.models import HEADS  # torch: imported here, where training needs it anyway

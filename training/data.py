@@ -22,8 +22,9 @@ __all__ = ["EvalDataset", "TrainDataset", "collate_tiles"]
 
 
 class TrainDataset(Dataset):
-    """One random tile per image, after a sampled flip and degradation chain; then, where the
-    policy sets them, the tile's frequency mask and its shuffled squares.
+    """One random tile per image (or ``tiles`` of them, stacked), after a sampled flip and
+    degradation chain applied to the whole image; then, where the policy sets them, each
+    tile's frequency mask and its shuffled squares.
 
     The random stream of item ``i`` in epoch ``e`` is seeded by (seed, e, i), so a run is
     reproducible whatever the number of loader workers.
@@ -35,11 +36,13 @@ class TrainDataset(Dataset):
         config: PreprocessConfig,
         augment: AugmentPolicy | None = None,
         seed: int = 0,
+        tiles: int = 1,
     ) -> None:
         self.samples = list(samples)
         self.config = config
         self.augment = augment
         self.seed = seed
+        self.tiles = tiles
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -55,10 +58,14 @@ class TrainDataset(Dataset):
         if self.augment is not None:
             pixels = self.augment.flip(pixels, rng)
             pixels = apply_chain(pixels, self.augment.sample(rng), rng)
-        tile = preprocess(pixels, self.config, rng)[0]
-        if self.augment is not None:
-            tile = self.augment.shuffle(self.augment.freqmask(tile, rng), rng)
-        return torch.from_numpy(tile), torch.tensor(float(sample.label))
+        tiles = []
+        for _ in range(self.tiles):
+            tile = preprocess(pixels, self.config, rng)[0]
+            if self.augment is not None:
+                tile = self.augment.shuffle(self.augment.freqmask(tile, rng), rng)
+            tiles.append(tile)
+        x = tiles[0] if self.tiles == 1 else np.stack(tiles)  # (C, H, W) or (k, C, H, W)
+        return torch.from_numpy(x), torch.tensor(float(sample.label))
 
 
 class EvalDataset(Dataset):

@@ -158,6 +158,7 @@ RUN_DEFINING = (
     "balance_power",
     "seed",
     "ema_decay",
+    "tiles_per_image",
 )
 
 
@@ -272,9 +273,16 @@ def optimization_step(
     grad_clip: float,
 ) -> torch.Tensor:
     """Forward, loss, backward, clipping and the update: a training step past data loading
-    (the Trainer's and the training-throughput benchmark's). Returns the loss, on device."""
+    (the Trainer's and the training-throughput benchmark's). Returns the loss, on device.
+
+    ``x`` holds one tile per label (N, C, H, W), or k tiles per label (N, k, C, H, W), whose
+    mean logit is the image's, as at inference."""
     with torch.autocast(x.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x).squeeze(1).float(), y)
+        if x.dim() == 5:
+            logits = net(x.flatten(0, 1)).float().view(x.shape[0], x.shape[1]).mean(1)
+        else:
+            logits = net(x).squeeze(1).float()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(opt)
@@ -341,10 +349,11 @@ class Trainer:
             config.channels_last == "auto" and self.d.device.type == "cuda"
         ):
             self.model = self.model.to(memory_format=torch.channels_last)
-        per_rank = (
-            math.ceil(len(self.train_s) / self.d.world / config.batch_size) * config.batch_size
-        )
-        self.steps_per_epoch = per_rank // config.batch_size
+        # an epoch is as many tiles as there are training images, in batches of batch_size
+        # tiles: batch_size / tiles_per_image images a step
+        self.steps_per_epoch = math.ceil(len(self.train_s) / self.d.world / config.batch_size)
+        images_per_batch = config.batch_size // config.tiles_per_image
+        per_rank = self.steps_per_epoch * images_per_batch
         self.total_steps = config.max_steps or self.steps_per_epoch * config.epochs
         if config.freeze_backbone_steps >= self.total_steps:
             raise ValueError(
@@ -382,10 +391,12 @@ class Trainer:
             config.balance_power,
             config.pool_weights or None,
         )
-        self.dataset = TrainDataset(self.train_s, self.prep, config.augment, config.seed)
+        self.dataset = TrainDataset(
+            self.train_s, self.prep, config.augment, config.seed, config.tiles_per_image
+        )
         self.loader = DataLoader(
             self.dataset,
-            batch_size=config.batch_size,
+            batch_size=images_per_batch,
             sampler=self.sampler,
             num_workers=config.workers,
             drop_last=True,
@@ -518,8 +529,8 @@ class Trainer:
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         x = x.to(self.d.device, non_blocking=True)
         y = y.to(self.d.device, non_blocking=True)
-        if self.d.device.type == "cuda" and self.config.channels_last != "off":
-            x = x.contiguous(memory_format=torch.channels_last)
+        if self.d.device.type == "cuda" and self.config.channels_last != "off" and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)  # (k tiles an image: 5-d, as is)
         loss = optimization_step(
             self.net, self.opt, self.scaler, x, y, self.amp, self.config.grad_clip
         )
@@ -547,7 +558,7 @@ class Trainer:
         )
         for x, y in self.loader:
             losses.append(self.train_step(x, y))
-            seen += len(x) * self.d.world
+            seen += len(y) * self.config.tiles_per_image * self.d.world  # tiles
             bar.update(1)
             bar.set_postfix(
                 loss=f"{np.mean(losses[-20:]):.3f}",

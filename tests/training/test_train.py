@@ -64,6 +64,27 @@ def test_a_few_steps_lower_the_loss(tiny_corpus, tmp_path, head):
     assert loss() < before * 0.8
 
 
+def test_several_tiles_an_image_train_on_their_mean_logit(tiny_corpus, tmp_path):
+    one = Trainer(_config(tiny_corpus, tmp_path / "one", "max_steps=4"))
+    two = Trainer(_config(tiny_corpus, tmp_path / "two", "max_steps=4", "tiles_per_image=2"))
+    x, y = next(iter(two.loader))
+    tile = next(iter(one.loader))[0].shape[1:]
+    assert x.shape == (4, 2, *tile) and y.shape == (4,)  # 8 tiles a batch: 4 images of 2
+    assert not torch.equal(x[:, 0], x[:, 1])  # two places in each image
+    assert two.steps_per_epoch == one.steps_per_epoch  # the same tiles an epoch
+    # the loss is the image's: binary cross-entropy of the mean of its tiles' logits
+    two.model.eval()  # no dropout, fixed batch-norm statistics: the same logits twice
+    with torch.no_grad():
+        z = two.model(x.flatten(0, 1)).view(4, 2)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(z.mean(1), y)
+    assert two.train_step(x, y) == pytest.approx(float(expected), rel=1e-5)
+    assert float(expected) != pytest.approx(
+        float(torch.nn.functional.binary_cross_entropy_with_logits(z, y[:, None].expand(4, 2)))
+    )
+    with pytest.raises(ValueError, match="tiles_per_image"):
+        _config(tiny_corpus, tmp_path / "bad", "tiles_per_image=3")  # 8 tiles a batch
+
+
 def test_lr_schedule_can_start_late():
     plain, late = _lr_lambda(10, 100), _lr_lambda(10, 100, start=30)
     assert [plain(s) for s in (0, 9)] == [0.1, 1.0] and plain(55) == pytest.approx(0.5)
