@@ -88,6 +88,7 @@ def test_selection_rows_are_the_committed_json():
         "a random 15% of the Fourier": "freqmask",
         "a boundary around the reals": "tile192-hsc",
         "only evidence of fakeness": "tile192-positive",
+        "two tiles of each training image": "tile192-mil2",
     }
     table = [ln for ln in CARD.splitlines() if ln.startswith("| ") and ln.count("|") == 9]
     assert len(table) == 1 + len(rows), "a selection row the test does not check, or one missing"
