@@ -84,7 +84,6 @@ def sample_rows(manifest: Path, reals: int, per_family: int, seed: int = 0) -> l
 
 
 def measure(args: argparse.Namespace) -> None:
-    torch.set_num_threads(2)
     net = load_taef2(args.cache)
     out, start = [], time.time()
     for row in sample_rows(args.manifest, args.reals, args.per_family):
