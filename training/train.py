@@ -275,13 +275,10 @@ def optimization_step(
     """Forward, loss, backward, clipping and the update: a training step past data loading
     (the Trainer's and the training-throughput benchmark's). Returns the loss, on device.
 
-    ``x`` holds one tile per label (N, C, H, W), or k tiles per label (N, k, C, H, W), whose
-    mean logit is the image's, as at inference."""
+    ``x`` holds k consecutive tiles per label (k = len(x) / len(y), 1 by default), and an
+    image's logit is the mean of its tiles', as at inference."""
     with torch.autocast(x.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-        if x.dim() == 5:
-            logits = net(x.flatten(0, 1)).float().view(x.shape[0], x.shape[1]).mean(1)
-        else:
-            logits = net(x).squeeze(1).float()
+        logits = net(x).float().view(len(y), -1).mean(1)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
@@ -527,10 +524,10 @@ class Trainer:
             )
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        x = x.to(self.d.device, non_blocking=True)
+        x = x.flatten(0, x.dim() - 4).to(self.d.device, non_blocking=True)  # k tiles an image
         y = y.to(self.d.device, non_blocking=True)
-        if self.d.device.type == "cuda" and self.config.channels_last != "off" and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)  # (k tiles an image: 5-d, as is)
+        if self.d.device.type == "cuda" and self.config.channels_last != "off":
+            x = x.contiguous(memory_format=torch.channels_last)
         loss = optimization_step(
             self.net, self.opt, self.scaler, x, y, self.amp, self.config.grad_clip
         )

@@ -41,11 +41,12 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from detector.features import laplace_kernel
 from training.generators.latent import TAEF2_WEIGHTS, TinyAutoencoder, load_pinned_weights
 
 SCORES = ("l2", "hf", "hf_per_texture", "l2_per_texture")
 VIEWS = ("as_is", "jpeg90")
-_LAPLACE = torch.tensor([[0.0, -1.0, 0.0], [-1.0, 4.0, -1.0], [0.0, -1.0, 0.0]])
+_LAPLACE = laplace_kernel(3)
 
 
 def load_taef2(cache: Path) -> TinyAutoencoder:
@@ -62,10 +63,9 @@ def scores(net: TinyAutoencoder, image: Image.Image) -> list[float]:
     x = x[:, :, : x.shape[2] // s * s, : x.shape[3] // s * s]
     with torch.inference_mode():
         err = x - net(x)
-    kernel = _LAPLACE.view(1, 1, 3, 3).repeat(3, 1, 1, 1)
     l2 = float(err.pow(2).mean())
-    hf = float(torch.nn.functional.conv2d(err, kernel, groups=3).pow(2).mean())
-    texture = float(torch.nn.functional.conv2d(x, kernel, groups=3).pow(2).mean()) + 1e-6
+    hf = float(torch.nn.functional.conv2d(err, _LAPLACE, groups=3).pow(2).mean())
+    texture = float(torch.nn.functional.conv2d(x, _LAPLACE, groups=3).pow(2).mean()) + 1e-6
     return [l2, hf, hf / texture, l2 / texture]
 
 

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from detector.engine import load_bundle
+from detector.features import laplace_kernel
 from training.data import EvalDataset, collate_tiles
 from training.datasets import load_samples
 from training.degrade import apply_chain, parse_chain
@@ -53,15 +54,13 @@ POOLINGS = {
     "richest_quarter": lambda z, t: _by_texture(z, t, False, 0.25),
     "richest_half": lambda z, t: _by_texture(z, t, False, 0.5),
 }
-_LAPLACE = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+_LAPLACE = laplace_kernel(3)
 
 
 def texture(tiles: torch.Tensor) -> np.ndarray:
     """Mean squared Laplacian of each tile's first three (RGB) channels; the preprocessing
     normalises every tile alike, so the ranking within an image is that of the pixels."""
-    rgb = tiles[:, :3].float()
-    kernel = _LAPLACE.to(rgb).view(1, 1, 3, 3).repeat(3, 1, 1, 1)
-    lap = torch.nn.functional.conv2d(rgb, kernel, groups=3)
+    lap = torch.nn.functional.conv2d(tiles[:, :3].float(), _LAPLACE, groups=3)
     return lap.pow(2).mean(dim=(1, 2, 3)).numpy().astype(np.float64)
 
 
@@ -81,8 +80,8 @@ def tile_logits(
         z = np.asarray(bundle.logits(tiles.numpy()), np.float64)
         t = texture(tiles)
         for j, idx in enumerate(indices):
-            out[idx] = z[owner.numpy() == j]
-            tex[idx] = t[owner.numpy() == j]
+            mine = owner.numpy() == j
+            out[idx], tex[idx] = z[mine], t[mine]
     return out, tex
 
 
