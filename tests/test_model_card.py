@@ -89,6 +89,9 @@ def test_selection_rows_are_the_committed_json():
         "a boundary around the reals": "tile192-hsc",
         "only evidence of fakeness": "tile192-positive",
         "two tiles of each training image": "tile192-mil2",
+        "a linear probe on frozen ImageNet features at 192 px": "probe-head",
+        "the probe on every stage's channel statistics too": "probe-stages-head",
+        "half the fine-tuned weights, half the probe's": "wise-tile192-seed3-0.5",
     }
     table = [ln for ln in CARD.splitlines() if ln.startswith("| ") and ln.count("|") == 9]
     assert len(table) == 1 + len(rows), "a selection row the test does not check, or one missing"
