@@ -10,7 +10,11 @@ flagged compares like with like. Each model's logits are kept in ``--cache`` (ke
 file's hash and the images), so adding a combination costs no scoring.
 
     python scripts/experiments/ensemble.py MANIFEST OUT.json --model a=runs/select/x-onnx \
-        --model b=runs/select/y-onnx --combo a+b [--held-out midjourney,flux,...]
+        --model b=runs/select/y-onnx --combo a+b [--held-out midjourney,flux,...] \
+        [--equalise jpeg:90]
+
+With ``--equalise`` every image of both classes is re-encoded first, and the threshold is
+chosen on the re-encoded validation reals.
 
 The held-out families default to those every model's run left out of training (the selection
 runs: Midjourney, FLUX.1/.2 and the GANs).
@@ -27,9 +31,15 @@ import numpy as np
 
 from detector.engine import load_bundle
 from training.datasets import load_samples
+from training.degrade import apply_chain
 from training.evaluate import predict_logits
 from training.metrics import compute_metrics, threshold_at_fpr
-from training.run_eval import HELD_OUT_FAKE_SPLITS, excluded_families, read_holdouts
+from training.run_eval import (
+    HELD_OUT_FAKE_SPLITS,
+    excluded_families,
+    parse_equalise,
+    read_holdouts,
+)
 
 
 def scored_samples(samples, excluded: set[str]):
@@ -43,17 +53,24 @@ def scored_samples(samples, excluded: set[str]):
     return val, held, real
 
 
-def model_logits(name: str, bundle, folder: Path, chosen, cache: Path) -> np.ndarray:
-    """Temperature-scaled logits of ``chosen`` (cached by graph, preprocessing and images)."""
+def model_logits(
+    name: str, bundle, folder: Path, chosen, cache: Path, equalise: str | None = None
+) -> np.ndarray:
+    """Temperature-scaled logits of ``chosen``, each image re-encoded by ``equalise`` first if
+    given (cached by graph, preprocessing, images and re-encoding)."""
     digest = hashlib.sha256()
     digest.update((folder / "model.onnx").read_bytes())
     digest.update(json.dumps(bundle.preprocess.to_dict(), sort_keys=True).encode())
     digest.update("\n".join(str(s.path) for s in chosen).encode())
+    chain = parse_equalise(equalise)
+    if chain:
+        digest.update(equalise.encode())
     key = cache / f"{name}-{digest.hexdigest()[:16]}.npy"
     if key.exists():
         raw = np.load(key)
     else:
-        raw = predict_logits(bundle.logits, chosen, bundle.preprocess)
+        transform = (lambda px: apply_chain(px, chain)) if chain else None
+        raw = predict_logits(bundle.logits, chosen, bundle.preprocess, transform=transform)
         cache.mkdir(parents=True, exist_ok=True)
         np.save(key, raw)
     return raw / bundle.calibration.temperature
@@ -114,6 +131,9 @@ def main() -> None:
     ap.add_argument("--holdouts", type=Path, default=Path("configs/holdouts-wild.yaml"))
     ap.add_argument("--target-fpr", type=float, default=0.01)
     ap.add_argument("--cache", type=Path, default=Path("runs/ensemble-cache"))
+    ap.add_argument(
+        "--equalise", metavar="jpeg:Q", help="re-encode every image of both classes first"
+    )
     args = ap.parse_args()
 
     if any("=" not in m for m in args.model):
@@ -139,14 +159,17 @@ def main() -> None:
     val, held, real = scored_samples(samples, excluded)
     chosen = val + held + real
     logits = {
-        n: model_logits(n, bundles[n], Path(d), chosen, args.cache) for n, d in models.items()
+        n: model_logits(n, bundles[n], Path(d), chosen, args.cache, args.equalise)
+        for n, d in models.items()
     }
     result = {
         "manifest": str(args.manifest),
         "held_out": groups,
         "counts": {"val": len(val), "held_out_fakes": len(held), "heldout_real": len(real)},
         "combination": "mean of the members' temperature-scaled logits",
-        "threshold": f"at most {args.target_fpr:.0%} of the validation reals above it (as-is)",
+        "equalise": args.equalise or "none",
+        "threshold": f"at most {args.target_fpr:.0%} of the validation reals above it "
+        f"({'as-is' if not args.equalise else 're-encoded ' + args.equalise})",
         "models": {n: str(d) for n, d in models.items()},
         "rows": {},
     }
