@@ -1,0 +1,148 @@
+"""Logit ensembles: exported models merged into one calibrated graph."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from detector.calibration import Calibration
+from detector.engine import load_bundle
+from detector.preprocess import PreprocessConfig
+from training.datasets import load_samples
+from training.ensemble import EnsembleError, make_ensemble
+from training.evaluate import predict_logits
+from training.export import write_onnx
+
+pytestmark = pytest.mark.integration
+
+SIZE = 32
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+def export_tiny(folder: Path, seed: int, temperature: float, excluded: list[str], size=SIZE):
+    torch.manual_seed(seed)
+    folder.mkdir(parents=True)
+    write_onnx(Tiny().eval(), folder / "model.onnx", size)
+    meta = {
+        "format": "synthdetect-onnx/1",
+        "name": f"tiny{seed}",
+        "model_spec": {"name": "tiny"},
+        "preprocess": PreprocessConfig(input_size=size, max_tiles=4).to_dict(),
+        "calibration": Calibration(temperature=temperature, threshold=0.5).to_dict(),
+        "aggregation": "mean of tile logits, then sigmoid(logit / temperature)",
+        "inputs": [{"name": "images", "datatype": "FP32", "shape": [-1, 3, size, size]}],
+        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 1]}],
+        "precision": "fp32",
+        "opset": 18,
+        "onnx_sha256": hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest(),
+        "training": {"exclude_families": excluded, "exclude_sources": []},
+    }
+    (folder / "model.json").write_text(json.dumps(meta))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ensemble")
+    rng = np.random.default_rng(0)
+    rows = []
+    for split, n in (("train", 2), ("val", 6)):
+        for label in ("real", "fake"):
+            for i in range(n):
+                name = f"{split}-{label}-{i}.png"
+                px = rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)
+                if label == "real":  # smoother: something for the members to rank
+                    px = (px // 64 * 64).astype(np.uint8)
+                Image.fromarray(px).save(root / name)
+                fam = "seen" if label == "fake" else ""
+                rows.append({"path": name, "label": label, "family": fam, "split": split})
+    rows.append({"path": "train-fake-0.png", "label": "fake", "family": "held", "split": "val"})
+    manifest = root / "manifest.csv"
+    with manifest.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["path", "label", "family", "split"])
+        w.writeheader()
+        w.writerows(rows)
+    a = export_tiny(root / "a", 0, 1.5, ["held", "other"])
+    b = export_tiny(root / "b", 1, 0.8, ["held"])
+    return manifest, a, b
+
+
+def test_the_merged_graph_is_the_weighted_mean_of_its_members_scaled_logits(setup, tmp_path):
+    manifest, a, b = setup
+    meta = make_ensemble([a, b], tmp_path / "ens", manifest, weights=[1, 3])
+    merged, ma, mb = (load_bundle(p) for p in (tmp_path / "ens", a, b))
+    tiles = np.random.default_rng(1).normal(size=(7, 3, SIZE, SIZE)).astype(np.float32)
+    want = 0.25 * np.asarray(ma.logits(tiles)) / 1.5 + 0.75 * np.asarray(mb.logits(tiles)) / 0.8
+    np.testing.assert_allclose(merged.logits(tiles), want, rtol=1e-5, atol=1e-6)
+    # per image too: the mean over an image's tiles commutes with the weighted sum
+    val = [s for s in load_samples(manifest) if s.split == "val"]
+    img = predict_logits(merged.logits, val, merged.preprocess)
+    parts = [predict_logits(m.logits, val, m.preprocess) for m in (ma, mb)]
+    np.testing.assert_allclose(img, 0.25 * parts[0] / 1.5 + 0.75 * parts[1] / 0.8, atol=1e-5)
+    # calibrated on the validation split without the families every member left out
+    cal = meta["calibration"]
+    assert (
+        "val split of" in cal["fitted_on"] and "12 real / 12 generated" in cal["fitted_on"]
+    )  # 6 + 6, twice
+    assert cal["temperature"] > 0 and 0 < cal["threshold"] < 1
+    assert merged.calibration.to_dict() == cal
+    assert meta["training"]["exclude_families"] == ["held"]
+    assert [m["weight"] for m in meta["training"]["ensemble"]] == [0.25, 0.75]
+    assert meta["parity"]["max_abs_logit_diff"] < 1e-4
+    assert meta["model_spec"]["name"] == "ensemble"
+
+
+def test_models_that_cannot_be_merged_are_refused_before_anything_is_written(setup, tmp_path):
+    manifest, a, b = setup
+    other = export_tiny(tmp_path / "c", 2, 1.0, ["held"], size=SIZE + 2)
+    cases = [
+        ([a, other], "preprocesses differently"),
+        ([a], "at least two models"),
+        ([a, tmp_path / "missing"], "not an exported model folder"),
+    ]
+    for folders, message in cases:
+        with pytest.raises(EnsembleError, match=message):
+            make_ensemble(folders, tmp_path / "out", manifest)
+        assert not (tmp_path / "out" / "model.onnx").exists()
+    with pytest.raises(EnsembleError, match="weights"):
+        make_ensemble([a, b], tmp_path / "out", manifest, weights=[1.0])
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.json").write_text((a / "model.json").read_text())
+    (broken / "model.onnx").write_bytes(b"not a graph")
+    with pytest.raises(EnsembleError, match=r"cannot read model\.onnx"):
+        make_ensemble([a, broken], tmp_path / "out", manifest)
+    done = tmp_path / "done"
+    make_ensemble([a, b], done, manifest)
+    with pytest.raises(EnsembleError, match="already holds a model"):
+        make_ensemble([a, b], done, manifest)
+
+
+def test_cli_reports_a_bad_model_folder_without_a_traceback(setup, tmp_path):
+    manifest, a, _ = setup
+    res = subprocess.run(
+        [sys.executable, "-m", "detector.cli", "ensemble", str(a), str(tmp_path / "nope"),
+         "--out", str(tmp_path / "out"), "--data", str(manifest)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert res.returncode == 2
+    assert "not an exported model folder" in res.stderr and "Traceback" not in res.stderr

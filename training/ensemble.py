@@ -1,0 +1,201 @@
+"""Logit ensembles of exported models, as one ONNX graph.
+
+Two models that see different things (a fine-tuned detector and a linear probe on frozen
+features, see the model card) can be worth more averaged than either alone. Serving, the
+Triton export and the pipeline all take one graph that maps tiles to one logit each, so the
+ensemble is built as such a graph: every member's graph reads the same ``images`` input, and
+``logits`` is the weighted mean of the members' temperature-scaled tile logits. The image's
+logit (the mean over its tiles) is then the same weighted mean of the members' image logits.
+The merged model is calibrated on the validation split as training calibrates, and written
+as a model folder that ``evaluate``, ``serve`` and ``bench`` take like any other.
+
+Its held-out families are those every member was trained without.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, compose, helper, numpy_helper
+
+from detector.engine import load_bundle
+from detector.preprocess import PreprocessConfig
+from training.datasets import load_samples
+from training.evaluate import predict_logits
+from training.export import parity_tiles
+from training.metrics import average_precision
+from training.run_eval import excluded_families
+from training.train import split_samples, validation_calibration
+
+__all__ = ["EnsembleError", "make_ensemble", "merge_graphs"]
+
+SIDECAR = "model.json"
+
+
+class EnsembleError(ValueError):
+    """The models cannot be merged, or the merged model cannot be calibrated."""
+
+
+def _only(seq, what: str, folder: Path):
+    if len(seq) != 1:
+        raise EnsembleError(f"{folder}: the graph needs one {what}, it has {len(seq)}")
+    return seq[0]
+
+
+def merge_graphs(models: list[onnx.ModelProto], weights: list[float]) -> onnx.ModelProto:
+    """One graph: ``images`` -> sum_i weights[i] * (member i's ``logits``), shape (N, 1)."""
+    opsets = {
+        next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
+        for m in models
+    }
+    if len(opsets) != 1:
+        raise EnsembleError(f"the members use different ONNX opsets: {sorted(map(str, opsets))}")
+    nodes, inits, infos, terms = [], [], [], []
+    images = models[0].graph.input[0]
+    for i, (model, w) in enumerate(zip(models, weights, strict=True)):
+        m = compose.add_prefix(model, prefix=f"m{i}_")
+        g = m.graph
+        src = g.input[0].name
+        for node in g.node:
+            node.input[:] = ["images" if x == src else x for x in node.input]
+        nodes.extend(g.node)
+        inits.extend(g.initializer)
+        infos.extend(g.value_info)
+        scale = f"m{i}_ensemble_weight"
+        inits.append(numpy_helper.from_array(np.array(w, np.float32), scale))
+        term = f"m{i}_weighted"
+        nodes.append(helper.make_node("Mul", [g.output[0].name, scale], [term]))
+        terms.append(term)
+    nodes.append(helper.make_node("Sum", terms, ["logits"]))
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1])
+    inp = helper.make_tensor_value_info(
+        "images", images.type.tensor_type.elem_type,
+        [d.dim_param or d.dim_value for d in images.type.tensor_type.shape.dim],
+    )  # fmt: skip
+    graph = helper.make_graph(nodes, "ensemble", [inp], [out], inits, value_info=infos)
+    opset_imports = {o.domain: o.version for m in models for o in m.opset_import}
+    merged = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opset_imports.items()]
+    )
+    merged.ir_version = max(m.ir_version for m in models)
+    onnx.checker.check_model(merged)
+    return merged
+
+
+def make_ensemble(
+    folders: list[Path],
+    out: Path,
+    data: Path,
+    *,
+    weights: list[float] | None = None,
+    views: tuple[str, ...] = ("jpeg:90",),
+    target_fpr: float = 0.01,
+    name: str | None = None,
+) -> dict:
+    """Merge the exported models in ``folders`` into one calibrated model folder ``out``.
+
+    ``weights`` (default equal) weigh the members' temperature-scaled logits; they are
+    normalised to sum to 1. -> the merged model's sidecar (also written to ``out``)."""
+    if len(folders) < 2:
+        raise EnsembleError("an ensemble needs at least two models")
+    weights = [1.0] * len(folders) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(folders):
+        raise EnsembleError(f"{len(weights)} weights for {len(folders)} models")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise EnsembleError("weights must be >= 0 and not all zero")
+    weights = [w / sum(weights) for w in weights]
+    if (out / "model.onnx").exists():
+        raise EnsembleError(f"{out} already holds a model; choose a new folder")
+    metas, graphs = [], []
+    for folder in folders:
+        sidecar = Path(folder) / SIDECAR
+        if not sidecar.is_file() or not (Path(folder) / "model.onnx").is_file():
+            raise EnsembleError(f"{folder}: not an exported model folder (model.onnx + {SIDECAR})")
+        meta = json.loads(sidecar.read_text())
+        if not isinstance(meta, dict) or not {"preprocess", "calibration"} <= set(meta):
+            raise EnsembleError(f"{folder}: {SIDECAR} lacks preprocess or calibration")
+        if meta.get("precision", "fp32") != "fp32":
+            raise EnsembleError(f"{folder}: only fp32 models can be merged")
+        try:
+            model = onnx.load(str(Path(folder) / "model.onnx"))
+        except Exception as exc:  # protobuf's DecodeError and friends
+            raise EnsembleError(f"{folder}: cannot read model.onnx ({exc})") from None
+        _only(model.graph.input, "input", folder)
+        _only(model.graph.output, "output", folder)
+        metas.append(meta)
+        graphs.append(model)
+    first = PreprocessConfig.from_dict(metas[0]["preprocess"])
+    for folder, meta in zip(folders[1:], metas[1:], strict=True):
+        if PreprocessConfig.from_dict(meta["preprocess"]) != first:
+            raise EnsembleError(f"{folder} preprocesses differently from {folders[0]}")
+    temps = [float(m["calibration"]["temperature"]) for m in metas]
+    scales = [w / t for w, t in zip(weights, temps, strict=True)]
+    merged = merge_graphs(graphs, scales)
+
+    bundles = [load_bundle(f) for f in folders]
+    left_out = [set(excluded_families(b)) for b in bundles]
+    common = [f for f in (excluded_families(bundles[0])) if all(f in s for s in left_out)]
+    sources = [set((m.get("training") or {}).get("exclude_sources") or []) for m in metas]
+    common_sources = sorted(set.intersection(*sources)) if sources else []
+    try:
+        _, val, _ = split_samples(load_samples(data), common, common_sources)
+    except ValueError as exc:
+        raise EnsembleError(f"calibration data {data}: {exc}") from None
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "model.onnx"
+    onnx.save(merged, str(path))
+    meta = {
+        **{k: v for k, v in metas[0].items() if k not in ("parity", "training", "model_spec")},
+        "name": name or out.name,
+        "model_spec": {"name": "ensemble", "members": [m.get("model_spec") for m in metas]},
+        "onnx_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "training": {
+            "data": str(data),
+            "exclude_families": common,
+            "exclude_sources": common_sources,
+            "ensemble": [
+                {
+                    "model": str(f),
+                    "name": m.get("name"),
+                    "temperature": t,
+                    "weight": w,
+                    "onnx_sha256": m.get("onnx_sha256"),
+                }
+                for f, m, t, w in zip(folders, metas, temps, weights, strict=True)
+            ],
+        },
+    }
+    try:
+        # the members' calibration until the merged model's own is fitted below
+        (out / SIDECAR).write_text(json.dumps(meta, indent=2) + "\n")
+        bundle = load_bundle(out)
+
+        def score(samples, transform):
+            return predict_logits(bundle.logits, samples, first, transform=transform)
+
+        calib, logits = validation_calibration(score, val, list(views), target_fpr, str(data))
+        # parity: the merged graph against the members run one by one, on real tiles
+        tiles = parity_tiles([s.path for s in val[:16]], first, limit=32)
+        want = sum(s * np.asarray(b.logits(tiles)) for s, b in zip(scales, bundles, strict=True))
+        diff = float(np.abs(np.asarray(bundle.logits(tiles)) - want).max())
+        if diff > 1e-3:
+            raise EnsembleError(f"the merged graph differs from its members by {diff:.2e}")
+    except BaseException:
+        path.unlink(missing_ok=True)
+        (out / SIDECAR).unlink(missing_ok=True)
+        raise
+    meta["calibration"] = calib.to_dict()
+    meta["parity"] = {
+        "tiles": len(tiles),
+        "max_abs_logit_diff": diff,
+        "tolerance": 1e-3,
+        "against": "the members' weighted temperature-scaled logits",
+    }
+    meta["training"]["val_ap"] = average_precision([s.label for s in val], logits)
+    (out / SIDECAR).write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
