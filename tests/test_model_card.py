@@ -91,6 +91,7 @@ def test_selection_rows_are_the_committed_json():
         "two tiles of each training image": "tile192-mil2",
         "a linear probe on frozen ImageNet features at 192 px": "probe-head",
         "the probe on every stage's channel statistics too": "probe-stages-head",
+        "the probe and `tile192-seed3` in one graph": "ensemble-tile192-seed3-probe",
         "half the fine-tuned weights, half the probe's": "wise-tile192-seed3-0.5",
     }
     table = [ln for ln in CARD.splitlines() if ln.startswith("| ") and ln.count("|") == 9]
