@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, compose, helper, numpy_helper
 
-from detector.engine import load_bundle
+from detector.engine import SIDECAR, load_bundle
 from detector.preprocess import PreprocessConfig
 from training.datasets import load_samples
 from training.evaluate import predict_logits
@@ -32,8 +32,6 @@ from training.run_eval import excluded_families
 from training.train import split_samples, validation_calibration
 
 __all__ = ["EnsembleError", "make_ensemble", "merge_graphs"]
-
-SIDECAR = "model.json"
 
 
 class EnsembleError(ValueError):
