@@ -28,7 +28,7 @@ from training.datasets import load_samples
 from training.evaluate import predict_logits
 from training.export import parity_tiles
 from training.metrics import average_precision
-from training.run_eval import excluded_families
+from training.soup import left_out_by_all, normalised_weights
 from training.train import split_samples, validation_calibration
 
 __all__ = ["EnsembleError", "make_ensemble", "merge_graphs"]
@@ -100,12 +100,7 @@ def make_ensemble(
     normalised to sum to 1. -> the merged model's sidecar (also written to ``out``)."""
     if len(folders) < 2:
         raise EnsembleError("an ensemble needs at least two models")
-    weights = [1.0] * len(folders) if weights is None else [float(w) for w in weights]
-    if len(weights) != len(folders):
-        raise EnsembleError(f"{len(weights)} weights for {len(folders)} models")
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise EnsembleError("weights must be >= 0 and not all zero")
-    weights = [w / sum(weights) for w in weights]
+    weights = normalised_weights(weights, len(folders), "models", EnsembleError)
     if (out / "model.onnx").exists():
         raise EnsembleError(f"{out} already holds a model; choose a new folder")
     metas, graphs = [], []
@@ -134,11 +129,9 @@ def make_ensemble(
     scales = [w / t for w, t in zip(weights, temps, strict=True)]
     merged = merge_graphs(graphs, scales)
 
-    bundles = [load_bundle(f) for f in folders]
-    left_out = [set(excluded_families(b)) for b in bundles]
-    common = [f for f in (excluded_families(bundles[0])) if all(f in s for s in left_out)]
-    sources = [set((m.get("training") or {}).get("exclude_sources") or []) for m in metas]
-    common_sources = sorted(set.intersection(*sources)) if sources else []
+    trained = [m.get("training") or {} for m in metas]
+    common = left_out_by_all(trained, "exclude_families")
+    common_sources = left_out_by_all(trained, "exclude_sources")
     try:
         _, val, _ = split_samples(load_samples(data), common, common_sources)
     except ValueError as exc:
@@ -172,6 +165,7 @@ def make_ensemble(
         # the members' calibration until the merged model's own is fitted below
         (out / SIDECAR).write_text(json.dumps(meta, indent=2) + "\n")
         bundle = load_bundle(out)
+        bundles = [load_bundle(f) for f in folders]
 
         def score(samples, transform):
             return predict_logits(bundle.logits, samples, first, transform=transform)

