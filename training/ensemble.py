@@ -26,12 +26,12 @@ from detector.engine import SIDECAR, load_bundle
 from detector.preprocess import PreprocessConfig
 from training.datasets import load_samples
 from training.evaluate import predict_logits
-from training.export import parity_tiles
+from training.export import TOLERANCE, parity_tiles
 from training.metrics import average_precision
 from training.soup import left_out_by_all, normalised_weights
 from training.train import split_samples, validation_calibration
 
-__all__ = ["EnsembleError", "make_ensemble", "merge_graphs"]
+__all__ = ["EnsembleError", "fp16_storage", "make_ensemble", "merge_graphs"]
 
 
 class EnsembleError(ValueError):
@@ -84,6 +84,32 @@ def merge_graphs(models: list[onnx.ModelProto], weights: list[float]) -> onnx.Mo
     return merged
 
 
+def fp16_storage(model: onnx.ModelProto, min_size: int = 256) -> onnx.ModelProto:
+    """Store every float32 initializer of at least ``min_size`` values as float16, cast back to
+    float32 by a Cast node under its old name: the file about halves, and the network still
+    computes in float32 (ONNX Runtime folds the casts once, when it loads the graph). The
+    weights are rounded to float16 (relative error <= 2^-11); the parity check measures what
+    that does to the logits."""
+    g = model.graph
+    kept, halves, casts = [], [], []
+    for init in g.initializer:
+        if init.data_type == TensorProto.FLOAT and np.prod(init.dims, dtype=np.int64) >= min_size:
+            half = numpy_helper.to_array(init).astype(np.float16)
+            halves.append(numpy_helper.from_array(half, f"{init.name}__fp16"))
+            casts.append(
+                helper.make_node("Cast", [f"{init.name}__fp16"], [init.name], to=TensorProto.FLOAT)
+            )
+        else:
+            kept.append(init)
+    del g.initializer[:]
+    g.initializer.extend(kept + halves)
+    nodes = list(g.node)
+    del g.node[:]
+    g.node.extend(casts + nodes)
+    onnx.checker.check_model(model)
+    return model
+
+
 def make_ensemble(
     folders: list[Path],
     out: Path,
@@ -93,11 +119,14 @@ def make_ensemble(
     views: tuple[str, ...] = ("jpeg:90",),
     target_fpr: float = 0.01,
     name: str | None = None,
+    store_fp16: bool = False,
 ) -> dict:
     """Merge the exported models in ``folders`` into one calibrated model folder ``out``.
 
     ``weights`` (default equal) weigh the members' temperature-scaled logits; they are
-    normalised to sum to 1. -> the merged model's sidecar (also written to ``out``)."""
+    normalised to sum to 1. ``store_fp16`` stores the weights as float16 (``fp16_storage``):
+    a file about half the size, computed in float32, its parity tolerance fp16's.
+    -> the merged model's sidecar (also written to ``out``)."""
     if len(folders) < 2:
         raise EnsembleError("an ensemble needs at least two models")
     weights = normalised_weights(weights, len(folders), "models", EnsembleError)
@@ -128,6 +157,9 @@ def make_ensemble(
     temps = [float(m["calibration"]["temperature"]) for m in metas]
     scales = [w / t for w, t in zip(weights, temps, strict=True)]
     merged = merge_graphs(graphs, scales)
+    if store_fp16:
+        merged = fp16_storage(merged)
+    tolerance = TOLERANCE["fp16" if store_fp16 else "fp32"]
 
     trained = [m.get("training") or {} for m in metas]
     common = left_out_by_all(trained, "exclude_families")
@@ -145,6 +177,7 @@ def make_ensemble(
         "name": name or out.name,
         "model_spec": {"name": "ensemble", "members": [m.get("model_spec") for m in metas]},
         "onnx_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        **({"weights_storage": "fp16"} if store_fp16 else {}),
         "training": {
             "data": str(data),
             "exclude_families": common,
@@ -156,6 +189,10 @@ def make_ensemble(
                     "temperature": t,
                     "weight": w,
                     "onnx_sha256": m.get("onnx_sha256"),
+                    # how the member was made (its data, recipe, parity): the provenance
+                    # stays with the model when the member's folder is gone
+                    "training": m.get("training"),
+                    "parity": m.get("parity"),
                 }
                 for f, m, t, w in zip(folders, metas, temps, weights, strict=True)
             ],
@@ -175,7 +212,7 @@ def make_ensemble(
         tiles = parity_tiles([s.path for s in val[:16]], first, limit=32)
         want = sum(s * np.asarray(b.logits(tiles)) for s, b in zip(scales, bundles, strict=True))
         diff = float(np.abs(np.asarray(bundle.logits(tiles)) - want).max())
-        if diff > 1e-3:
+        if diff > tolerance:
             raise EnsembleError(f"the merged graph differs from its members by {diff:.2e}")
     except BaseException:
         path.unlink(missing_ok=True)
@@ -185,7 +222,7 @@ def make_ensemble(
     meta["parity"] = {
         "tiles": len(tiles),
         "max_abs_logit_diff": diff,
-        "tolerance": 1e-3,
+        "tolerance": tolerance,
         "against": "the members' weighted temperature-scaled logits",
     }
     meta["training"]["val_ap"] = average_precision([s.label for s in val], logits)

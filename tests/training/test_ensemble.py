@@ -10,8 +10,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import TensorProto, numpy_helper
 from PIL import Image
 from torch import nn
 
@@ -19,7 +21,7 @@ from detector.calibration import Calibration
 from detector.engine import load_bundle
 from detector.preprocess import PreprocessConfig
 from training.datasets import load_samples
-from training.ensemble import EnsembleError, make_ensemble
+from training.ensemble import EnsembleError, fp16_storage, make_ensemble
 from training.evaluate import predict_logits
 from training.export import write_onnx
 
@@ -146,3 +148,36 @@ def test_cli_reports_a_bad_model_folder_without_a_traceback(setup, tmp_path):
     )  # fmt: skip
     assert res.returncode == 2
     assert "not an exported model folder" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_fp16_storage_halves_the_weights_and_keeps_float32_compute(setup, tmp_path):
+    manifest, a, b = setup
+    meta = make_ensemble([a, b], tmp_path / "ens", manifest, store_fp16=True)
+    assert meta["weights_storage"] == "fp16" and meta["parity"]["tolerance"] == 5e-2
+    assert meta["parity"]["max_abs_logit_diff"] <= 5e-2
+    # every initializer from min_size values on is stored as float16, cast back by a node
+    model = onnx.load(str(tmp_path / "ens" / "model.onnx"))
+    halved = fp16_storage(model, min_size=1)
+    stored = {i.name: i.data_type for i in halved.graph.initializer}
+    assert TensorProto.FLOAT not in stored.values()  # (shape constants stay int64)
+    assert sum(t == TensorProto.FLOAT16 for t in stored.values()) >= 4  # two convs, two linears
+    assert halved.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    full = tmp_path / "full.onnx"
+    onnx.save(onnx.load(str(tmp_path / "ens" / "model.onnx")), str(full))
+    half = tmp_path / "half.onnx"
+    onnx.save(halved, str(half))
+
+    def weight_bytes(m):
+        kinds = (TensorProto.FLOAT, TensorProto.FLOAT16)
+        return sum(
+            numpy_helper.to_array(i).nbytes for i in m.graph.initializer if i.data_type in kinds
+        )
+
+    assert weight_bytes(halved) * 2 == weight_bytes(onnx.load(str(full)))
+    tiles = np.random.default_rng(2).normal(size=(5, 3, SIZE, SIZE)).astype(np.float32)
+    from detector.engine import OnnxEngine
+
+    want, got = OnnxEngine(full).run(tiles), OnnxEngine(half).run(tiles)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=5e-3)
+    assert not np.array_equal(got, want)  # the weights really were rounded

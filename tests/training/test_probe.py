@@ -1,0 +1,211 @@
+"""Linear probes on frozen ImageNet features: fitted, calibrated, exported and cached."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from detector.engine import load_bundle
+from training.config import TrainConfig
+from training.datasets import load_samples
+from training.degrade import AugmentPolicy
+from training.evaluate import predict_logits
+from training.metrics import average_precision
+from training.probe import (
+    FeatureCache,
+    FrozenFeatures,
+    ProbeError,
+    frozen_lite0,
+    probe_head,
+    train_probe,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SIZE = 32
+
+
+def config(**kw) -> TrainConfig:
+    base = dict(
+        input_size=SIZE,
+        max_tiles=4,
+        calibration_views=["jpeg:90"],
+        augment=AugmentPolicy(p_blur=0.5, p_jpeg=0.5),
+        balance_power=0.5,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def write_corpus(root: Path, held_in_train: bool = True) -> Path:
+    """Smooth gradients as reals, the same gradients with strong noise as fakes: frozen
+    ImageNet features tell them apart."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for split, n in (("train", 10), ("val", 8)):
+        for label in ("real", "fake"):
+            for i in range(n):
+                y, x = np.mgrid[0:48, 0:56]
+                base = np.stack([x * 4, y * 5, (x + y) * 2], -1) + rng.integers(0, 60, 3)
+                if label == "fake":
+                    base = base + rng.normal(0, 40, base.shape)
+                px = np.clip(base, 0, 255).astype(np.uint8)
+                name = f"{split}-{label}-{i}.png"
+                Image.fromarray(px).save(root / name)
+                fam = (
+                    ("held" if i % 5 == 0 and held_in_train else "seen") if label == "fake" else ""
+                )
+                rows.append({"path": name, "label": label, "family": fam, "split": split})
+    manifest = root / "manifest.csv"
+    with manifest.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["path", "label", "family", "split"])
+        w.writeheader()
+        w.writerows(rows)
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("probe")
+    manifest = write_corpus(root)
+    logs: list[str] = []
+    meta = train_probe(
+        manifest, root / "probe", config(exclude_families=["held"]), cs=(0.01, 1.0),
+        cache=root / "cache", log=logs.append,
+    )  # fmt: skip
+    return manifest, root, meta, logs
+
+
+def test_the_probe_is_an_exported_calibrated_model_that_separates_the_classes(fitted):
+    manifest, root, meta, _ = fitted
+    bundle = load_bundle(root / "probe")
+    val = [s for s in load_samples(manifest) if s.split == "val" and s.family != "held"]
+    logits = predict_logits(bundle.logits, val, bundle.preprocess)
+    assert average_precision([s.label for s in val], logits) > 0.9
+    assert meta["parity"]["max_abs_logit_diff"] < 1e-3
+    cal = meta["calibration"]
+    # the validation images without the held-out family, as-is and as JPEG q90
+    assert "as-is + jpeg:90" in cal["fitted_on"] and "16 real / 12 generated" in cal["fitted_on"]
+    assert bundle.calibration.to_dict() == cal and 0 < cal["threshold"] < 1
+    fit = meta["training"]
+    assert fit["exclude_families"] == ["held"]
+    assert fit["config"]["n_train_images"] == 10 + 8  # the two held-out fakes left out
+    assert fit["config"]["C"] in (0.01, 1.0) and len(fit["config"]["selection"]) == 2
+    assert meta["model_spec"]["name"] == "frozen_lite0_probe"
+    assert meta["preprocess"]["input_size"] == SIZE
+
+
+def test_an_images_logit_is_the_probe_applied_to_its_mean_tile_features(fitted):
+    """Why the fit may run on cached per-image features: the served image logit (mean of the
+    tile logits) equals the linear head applied to the mean of the tiles' features."""
+    manifest, root, _, _ = fitted
+    bundle = load_bundle(root / "probe")
+    weight, bias = probe_head(root / "probe")
+    val = [s for s in load_samples(manifest) if s.split == "val"]
+    cache = FeatureCache(FrozenFeatures(frozen_lite0()), bundle.preprocess, root / "cache")
+    want = cache.get(val) @ weight + bias
+    got = predict_logits(bundle.logits, val, bundle.preprocess)
+    np.testing.assert_allclose(got, want, atol=1e-3)
+
+
+def test_the_feature_cache_is_reused_and_notices_a_changed_image(fitted):
+    manifest, root, meta, first_logs = fitted
+    assert any("features (as-is)" in line for line in first_logs)
+    logs: list[str] = []
+    again = train_probe(
+        manifest, root / "again", config(exclude_families=["held"]), cs=(0.01, 1.0),
+        cache=root / "cache", log=logs.append,
+    )  # fmt: skip
+    assert not any(line.startswith("features") for line in logs)  # nothing recomputed
+    assert again["calibration"] == meta["calibration"]
+    # a rewritten image is extracted again, and only it
+    val = [s for s in load_samples(manifest) if s.split == "val"]
+    px = np.asarray(Image.open(val[0].path))
+    Image.fromarray(255 - px).save(val[0].path)
+    os.utime(val[0].path, ns=(1, 1))  # a different stamp even within the clock's resolution
+    logs.clear()
+    cache = FeatureCache(FrozenFeatures(frozen_lite0()), load_bundle(root / "probe").preprocess,
+                         root / "cache", log=logs.append)  # fmt: skip
+    cache.get(val)
+    assert logs and logs[0].startswith("features (as-is): 1 images")
+
+
+def test_bad_input_is_refused_before_anything_is_written(tmp_path, fitted):
+    manifest, root, _, _ = fitted
+    with pytest.raises(ProbeError, match="already holds a model"):
+        train_probe(manifest, root / "probe", config())
+    cases = [
+        (dict(exclude_families=["seen", "held"]), "no images|only real"),
+        (dict(calibration_views=["jpeg:900"]), "quality|jpeg"),
+    ]
+    for kw, message in cases:
+        with pytest.raises(ValueError, match=message):
+            train_probe(manifest, tmp_path / "out", config(**kw))
+        assert not (tmp_path / "out" / "model.onnx").exists()
+    with pytest.raises(ProbeError, match="positive"):
+        train_probe(manifest, tmp_path / "out", config(), cs=(0.0,))
+    with pytest.raises(ProbeError, match="feature parts"):
+        train_probe(manifest, tmp_path / "out", config(), parts=["head", "pixels"])
+    with pytest.raises(ProbeError, match=r"missing\.csv"):
+        train_probe(tmp_path / "missing.csv", tmp_path / "out", config())
+    assert not (tmp_path / "out" / "model.onnx").exists()
+
+
+def test_cli_fits_a_probe_and_reports_bad_input_without_a_traceback(fitted, tmp_path):
+    manifest, root, _, _ = fitted
+    cli = [sys.executable, "-m", "detector.cli", "probe"]
+    sizes = ["input_size=32", "max_tiles=4", "calibration_views=[jpeg:90]"]
+    ok = subprocess.run(
+        [*cli, *sizes, "--data", str(manifest), "--out", str(tmp_path / "p"), "--c", "0.1",
+         "--cache", str(root / "cache")],
+        capture_output=True, text=True, timeout=280,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert "probe:" in ok.stdout and "validation AP" in ok.stdout
+    meta = json.loads((tmp_path / "p" / "model.json").read_text())
+    assert meta["training"]["config"]["C"] == 0.1
+    bad = subprocess.run(
+        [*cli, *sizes, "--data", str(manifest), "--out", str(tmp_path / "q"), "--parts", "pixels"],
+        capture_output=True, text=True, timeout=280,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert "feature parts" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "q" / "model.onnx").exists()
+
+
+def test_an_interrupted_extraction_keeps_what_it_did_and_a_broken_cache_is_rebuilt(tmp_path):
+    from detector.preprocess import PreprocessConfig
+    from training.datasets import Sample
+
+    rng = np.random.default_rng(3)
+    samples = []
+    for i in range(3):
+        path = tmp_path / f"ok{i}.png"
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
+        samples.append(Sample(path, 0, "real"))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    prep = PreprocessConfig(input_size=SIZE, max_tiles=1)
+    net = FrozenFeatures(frozen_lite0())
+
+    def cache(logs):
+        return FeatureCache(net, prep, tmp_path / "cache", batch_images=1, save_every=1,
+                            log=logs.append)  # fmt: skip
+
+    with pytest.raises(ValueError, match=r"bad\.png"):
+        cache([]).get([*samples, Sample(bad, 1, "x")])
+    logs: list[str] = []
+    first = cache(logs).get(samples)  # the three done before the failure were kept
+    assert not logs and first.shape == (3, 1280)
+    file = next((tmp_path / "cache").glob("*asis.npz"))
+    file.write_bytes(b"garbage")
+    again = cache(logs).get(samples)
+    assert "unreadable" in logs[0] and logs[1].startswith("features (as-is): 3 images")
+    np.testing.assert_allclose(again, first, rtol=1e-6)

