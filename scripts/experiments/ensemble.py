@@ -10,7 +10,7 @@ flagged compares like with like. Each model's logits are kept in ``--cache`` (ke
 file's hash and the images), so adding a combination costs no scoring.
 
     python scripts/experiments/ensemble.py MANIFEST OUT.json --model a=runs/select/x-onnx \
-        --model b=runs/select/y-onnx --combo a+b [--held-out midjourney,flux,...] \
+        --model b=runs/select/y-onnx --combo a+b [--combo a*0.3+b*0.7] [--held-out ...] \
         [--equalise jpeg:90]
 
 With ``--equalise`` every image of both classes is re-encoded first, and the threshold is
@@ -40,6 +40,15 @@ from training.run_eval import (
     parse_equalise,
     read_holdouts,
 )
+
+
+def combo_members(combo: str) -> list[tuple[str, float]]:
+    """``a+b`` -> [(a, 1), (b, 1)]; ``a*0.3+b*0.7`` -> [(a, 0.3), (b, 0.7)] (normalised later)."""
+    out = []
+    for part in combo.split("+"):
+        name, _, weight = part.partition("*")
+        out.append((name, float(weight) if weight else 1.0))
+    return out
 
 
 def scored_samples(samples, excluded: set[str]):
@@ -122,7 +131,10 @@ def main() -> None:
     ap.add_argument("manifest", type=Path)
     ap.add_argument("out", type=Path)
     ap.add_argument("--model", action="append", required=True, metavar="NAME=ONNX_DIR")
-    ap.add_argument("--combo", action="append", default=[], metavar="A+B[+C...]")
+    ap.add_argument(
+        "--combo", action="append", default=[], metavar="A+B[+C...]",
+        help="members averaged; A*0.3+B*0.7 weighs them (weights normalised)",
+    )  # fmt: skip
     ap.add_argument(
         "--held-out",
         help="families scored as held out (default: those every model's run left out of "
@@ -139,7 +151,7 @@ def main() -> None:
     if any("=" not in m for m in args.model):
         ap.error("--model takes NAME=ONNX_DIR")
     models = dict(m.split("=", 1) for m in args.model)
-    unknown = sorted({m for c in args.combo for m in c.split("+")} - set(models))
+    unknown = sorted({m for c in args.combo for m, _ in combo_members(c)} - set(models))
     if unknown:
         ap.error(f"--combo names models not given by --model: {unknown}")
     bundles = {n: load_bundle(Path(d)) for n, d in models.items()}
@@ -166,7 +178,7 @@ def main() -> None:
         "manifest": str(args.manifest),
         "held_out": groups,
         "counts": {"val": len(val), "held_out_fakes": len(held), "heldout_real": len(real)},
-        "combination": "mean of the members' temperature-scaled logits",
+        "combination": "mean of the members' temperature-scaled logits (a*w+b*v: weighted mean)",
         "equalise": args.equalise or "none",
         "threshold": f"at most {args.target_fpr:.0%} of the validation reals above it "
         f"({'as-is' if not args.equalise else 're-encoded ' + args.equalise})",
@@ -174,8 +186,9 @@ def main() -> None:
         "rows": {},
     }
     for name in [*models, *args.combo]:
-        members = name.split("+")
-        mean = np.mean([logits[m] for m in members], axis=0)
+        members = combo_members(name)
+        total = sum(w for _, w in members)
+        mean = sum(w / total * logits[m] for m, w in members)
         result["rows"][name] = report(mean, val, held, real, groups, args.target_fpr)
         row = result["rows"][name]
         print(
