@@ -111,11 +111,16 @@ case $stage in
     done
     ;;
   train)
-    data=${1:?usage: scripts/gpu_session.sh train MANIFEST}
     # MANIFEST: the mix of scripts/train_default.sh (corpus sources + corpus build, merged).
     data=${1:?usage: scripts/gpu_session.sh train MANIFEST}
     $SD train --config configs/default.yaml data="$data" out="$WORK/lite0-all" "${GPU_TRAIN[@]}"
-    $SD export "$WORK/lite0-all" --out "$WORK/onnx" --name efficientnet_lite0_default
+    # the bundled model is the fine-tuned member and the frozen-feature probe merged (as in
+    # scripts/train_default.sh; the probe's features run on the machine's CPU cores)
+    $SD export "$WORK/lite0-all" --out "$WORK/finetuned-onnx" --name efficientnet_lite0_finetuned
+    $SD probe --config configs/default.yaml --data "$data" --out "$WORK/probe-onnx" \
+      --cache "$WORK/probe-features" --name frozen_lite0_probe
+    $SD ensemble "$WORK/finetuned-onnx" "$WORK/probe-onnx" --out "$WORK/onnx" --data "$data" \
+      --fp16-storage --name efficientnet_lite0_default
     $SD evaluate --generalisation --model "$WORK/onnx" --data "$data" --equalise jpeg:90 \
       --out "$WORK/generalisation-val.json"
     for split in test heldout-real heldout-generators; do
