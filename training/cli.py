@@ -273,9 +273,15 @@ def register(sub: Any) -> None:
         "run",
         type=Path,
         help="run folder or .pt checkpoint; or an fp32 ONNX export (such as the bundled "
-        "model) with --fp16 or --int8, for a reduced-precision copy checked against it",
+        "model) with --fp16 or --int8, for a reduced-precision copy checked against it, or "
+        "with --triton-repo alone, to put it in a Triton model repository as it is",
     )
-    x.add_argument("--out", required=True, type=Path)
+    x.add_argument(
+        "--out",
+        type=Path,
+        help="the new model folder (not needed to put an existing ONNX export in a Triton "
+        "repository with --triton-repo)",
+    )
     x.add_argument(
         "--images",
         nargs="*",
@@ -581,6 +587,16 @@ def _train_artifact(args: argparse.Namespace) -> int:
     return 0
 
 
+def _triton_repo(args: argparse.Namespace, model_dir: Path) -> int:
+    from training.triton_repo import write_triton_repo
+
+    target = write_triton_repo(
+        model_dir, args.triton_repo, gpu=not args.triton_cpu, tensorrt=args.tensorrt
+    )
+    print(f"wrote Triton model {target}")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from detector.bundled import SAMPLES
     from detector.engine import SIDECAR
@@ -592,10 +608,15 @@ def _export(args: argparse.Namespace) -> int:
     from_onnx = args.run.is_dir() and (args.run / SIDECAR).is_file()
     try:
         if from_onnx and precision == "fp32":
-            raise ExportError(
-                f"{args.run} is already an ONNX export; --fp16 or --int8 makes a "
-                "reduced-precision copy of it"
-            )
+            if not args.triton_repo or args.out:
+                raise ExportError(
+                    f"{args.run} is already an ONNX export; --fp16 or --int8 makes a "
+                    "reduced-precision copy of it, --triton-repo DIR (without --out) puts it "
+                    "in a Triton model repository as it is"
+                )
+            return _triton_repo(args, args.run)
+        if args.out is None:
+            raise ExportError("--out is required: the folder for the exported model")
         val = []
         if args.calib_data and precision == "int8":
             val = [s for s in load_samples(args.calib_data) if s.split == "val"]
@@ -622,12 +643,7 @@ def _export(args: argparse.Namespace) -> int:
         if fp32_check is not None:
             _int8_delta(args.out, val, reference, fp32_check)
         if args.triton_repo:
-            from training.triton_repo import write_triton_repo
-
-            target = write_triton_repo(
-                args.out, args.triton_repo, gpu=not args.triton_cpu, tensorrt=args.tensorrt
-            )
-            print(f"wrote Triton model {target}")
+            _triton_repo(args, args.out)
     except (ExportError, ValueError, FileNotFoundError, DatasetError) as exc:
         print(f"synthdetect: {exc}", file=sys.stderr)
         return 2

@@ -339,3 +339,20 @@ def test_cli_makes_an_int8_copy_of_an_export_and_measures_its_validation_ap(
     plain = cli("--out", str(tmp_path / "p"))
     assert plain.returncode == 2 and "already an ONNX export" in plain.stderr
     assert "Traceback" not in plain.stderr and not (tmp_path / "p").exists()
+
+
+def test_cli_puts_an_existing_onnx_export_in_a_triton_repository(exported_model, tmp_path):
+    """The bundled model (an ONNX export, not a checkpoint) reaches Triton without a re-export."""
+    repo = tmp_path / "repo"
+    done = _export_cli(exported_model, "--triton-repo", str(repo), "--triton-cpu")
+    assert done.returncode == 0, done.stderr
+    target = repo / "synthdetect_tiles"
+    assert (target / "1" / "model.onnx").read_bytes() == (
+        exported_model / "model.onnx"
+    ).read_bytes()
+    assert "KIND_CPU" in (target / "config.pbtxt").read_text()
+    both = _export_cli(
+        exported_model, "--triton-repo", str(tmp_path / "r2"), "--out", str(tmp_path / "o")
+    )
+    assert both.returncode == 2 and "without --out" in both.stderr
+    assert not (tmp_path / "r2").exists() and not (tmp_path / "o").exists()
