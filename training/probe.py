@@ -322,7 +322,8 @@ def train_probe(
         samples = load_samples(data)
         train, val, _ = split_samples(samples, config.exclude_families, config.exclude_sources)
     except (OSError, ValueError) as exc:
-        raise ProbeError(f"{data}: {exc}") from None
+        message = str(exc)
+        raise ProbeError(message if str(data) in message else f"{data}: {message}") from None
     _check_classes(train, "training")
     _check_classes(val, "validation")
     views = ["as-is", *config.calibration_views]
