@@ -92,9 +92,12 @@ def fp16_storage(model: onnx.ModelProto, min_size: int = 256) -> onnx.ModelProto
     that does to the logits."""
     g = model.graph
     kept, halves, casts = [], [], []
+    limit = float(np.finfo(np.float16).max)
     for init in g.initializer:
-        if init.data_type == TensorProto.FLOAT and np.prod(init.dims, dtype=np.int64) >= min_size:
-            half = numpy_helper.to_array(init).astype(np.float16)
+        big = init.data_type == TensorProto.FLOAT and np.prod(init.dims, dtype=np.int64) >= min_size
+        full = numpy_helper.to_array(init) if big else None
+        if big and np.abs(full).max(initial=0.0) <= limit:  # beyond float16's range: kept
+            half = full.astype(np.float16)
             halves.append(numpy_helper.from_array(half, f"{init.name}__fp16"))
             casts.append(
                 helper.make_node("Cast", [f"{init.name}__fp16"], [init.name], to=TensorProto.FLOAT)

@@ -181,3 +181,20 @@ def test_fp16_storage_halves_the_weights_and_keeps_float32_compute(setup, tmp_pa
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, want, atol=5e-3)
     assert not np.array_equal(got, want)  # the weights really were rounded
+
+
+def test_fp16_storage_keeps_weights_beyond_float16s_range_in_float32():
+    from onnx import helper
+
+    big = numpy_helper.from_array(np.full((2, 2), 1e6, np.float32), "big")
+    small = numpy_helper.from_array(np.ones((2, 2), np.float32), "small")
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 2]) for n in ("x", "y")]
+    nodes = [
+        helper.make_node("Add", ["x", "big"], ["t"]),
+        helper.make_node("Add", ["t", "small"], ["y"]),
+    ]
+    model = fp16_storage(
+        helper.make_model(helper.make_graph(nodes, "g", io[:1], io[1:], [big, small])), min_size=1
+    )
+    stored = {i.name: i.data_type for i in model.graph.initializer}
+    assert stored == {"big": TensorProto.FLOAT, "small__fp16": TensorProto.FLOAT16}
