@@ -181,8 +181,10 @@ class FeatureCache:
         batch_images: int = 16,
         log: Callable[[str], None] = print,
         save_every: int = 100,
+        workers: int = 0,
     ) -> None:
         self.prep, self.augment, self.seed, self.save_every = prep, augment, seed, save_every
+        self.workers = workers  # processes decoding images while the network runs
         self.folder, self.batch_images, self.log = folder, batch_images, log
         parts = "+".join(network.parts)
         self.tag = f"{parts}-s{prep.input_size}-d{network.downscale}"
@@ -249,7 +251,7 @@ class FeatureCache:
             t = time.time()
             loader = DataLoader(
                 self._dataset(missing, view), batch_size=self.batch_images,
-                collate_fn=collate_tiles,
+                collate_fn=collate_tiles, num_workers=self.workers,
             )  # fmt: skip
             for n, (tiles, owner, indices) in enumerate(loader, 1):
                 f = self.session.run(None, {"images": tiles.numpy()})[0].astype(np.float64)
@@ -342,7 +344,9 @@ def train_probe(
     prep = PreprocessConfig(input_size=config.input_size, max_tiles=config.max_tiles)
     torch.manual_seed(config.seed)
     network = FrozenFeatures(frozen_lite0(), parts, downscale)
-    features = FeatureCache(network, prep, cache, config.augment, config.seed, log=log)
+    features = FeatureCache(
+        network, prep, cache, config.augment, config.seed, log=log, workers=config.workers
+    )
 
     x_fit, y_fit, w_fit = training_rows(train, features, config)
     y_val = np.array([s.label for s in val])

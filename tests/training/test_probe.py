@@ -209,3 +209,6 @@ def test_an_interrupted_extraction_keeps_what_it_did_and_a_broken_cache_is_rebui
     again = cache(logs).get(samples)
     assert "unreadable" in logs[0] and logs[1].startswith("features (as-is): 3 images")
     np.testing.assert_allclose(again, first, rtol=1e-6)
+    # images decoded in worker processes give the same features, in the same order
+    workers = FeatureCache(net, prep, None, batch_images=2, workers=2, log=logs.append)
+    np.testing.assert_allclose(workers.get(samples[::-1]), first[::-1], rtol=1e-6)
