@@ -17,7 +17,7 @@ Features are cached per image under ``--features`` (``training.probe.FeatureCach
     python scripts/experiments/frozen_probe.py MANIFEST OUT_DIR --features CACHE_DIR \
         [--parts head] [--downscale 1] [--zero-shot-of RUN]
     python scripts/experiments/frozen_probe.py MANIFEST OUT.json --features CACHE_DIR \
-        --lofo configs/holdouts-wild.yaml
+        --lofo configs/holdouts-wild.yaml [--downscale 1,2] [--backbone efficientnet_lite1]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from detector.checkpoint import read_checkpoint, write_checkpoint
+from detector.models import MODELS, ModelSpec
 from detector.preprocess import PreprocessConfig
 from training.calibrate import fit_calibration
 from training.config import load_config
@@ -50,6 +51,16 @@ from training.probe import (
 )
 from training.run_eval import HELD_OUT_FAKE_SPLITS, read_holdouts
 from training.train import sample_weights
+
+
+class Scales:
+    """The features of several FeatureCaches side by side (one per downscale factor)."""
+
+    def __init__(self, caches: list[FeatureCache]) -> None:
+        self.caches = caches
+
+    def get(self, samples, view: str = "as-is") -> np.ndarray:
+        return np.hstack([c.get(samples, view) for c in self.caches])
 
 
 def lofo(pool, cache: FeatureCache, holdouts: Path, c: float, config, manifest) -> dict:
@@ -165,8 +176,14 @@ def main() -> None:
     ap.add_argument("--lofo", type=Path, help="hold-out groups YAML: the leave-one-out table")
     ap.add_argument("--lofo-c", type=float, default=0.001, help="C of every --lofo fit")
     ap.add_argument(
-        "--downscale", type=int, default=1, help="average-pool each tile by this factor first"
-    )
+        "--downscale", default="1",
+        help="average-pool each tile by this factor first; with --lofo, a list (1,2) "
+        "concatenates the features of each scale",
+    )  # fmt: skip
+    ap.add_argument(
+        "--backbone", default="efficientnet_lite0",
+        help="with --lofo: the frozen ImageNet network (another one caches under its name)",
+    )  # fmt: skip
     ap.add_argument(
         "--zero-shot-of", type=Path, help="also write the probe in this run's architecture"
     )
@@ -175,10 +192,19 @@ def main() -> None:
     parts = [p for p in args.parts.split(",") if p]
     if args.lofo:
         prep = PreprocessConfig(input_size=config.input_size, max_tiles=config.max_tiles)
-        network = FrozenFeatures(frozen_lite0(), parts, args.downscale)
-        cache = FeatureCache(network, prep, args.features, config.augment, config.seed)
+        if args.backbone == "efficientnet_lite0":
+            net, folder = frozen_lite0(), args.features
+        else:  # another ImageNet network of the registry (its weights package installed)
+            features, _ = MODELS.get(args.backbone)(ModelSpec(args.backbone), 3)
+            net, folder = features.net.eval(), args.features / args.backbone
+        scales = [int(d) for d in str(args.downscale).split(",")]
+        cache = Scales(
+            [FeatureCache(FrozenFeatures(net, parts, d), prep, folder, config.augment, config.seed)
+             for d in scales]
+        )  # fmt: skip
         pool = [s for s in load_samples(args.manifest) if s.split != "test"]
-        result = {"manifest": str(args.manifest), "C": args.lofo_c, "parts": list(network.parts),
+        result = {"manifest": str(args.manifest), "C": args.lofo_c, "parts": parts,
+                  "backbone": args.backbone, "downscale": scales,
                   "scored": "each group's fakes from train/val/heldout-generators against the "
                   "validation reals of their pools; threshold at 1% of the validation reals",
                   **lofo(pool, cache, args.lofo, args.lofo_c, config, args.manifest)}  # fmt: skip
@@ -189,11 +215,11 @@ def main() -> None:
     excluded = sorted({f for f in args.exclude.split(",") if f})
     meta = train_probe(
         args.manifest, args.out, replace(config, exclude_families=excluded),
-        cs=[float(v) for v in args.c.split(",")], parts=parts, downscale=args.downscale,
+        cs=[float(v) for v in args.c.split(",")], parts=parts, downscale=int(args.downscale),
         cache=args.features, name=f"probe-{args.out.name}",
     )  # fmt: skip
     if args.zero_shot_of:
-        if parts != ["head"] or args.downscale != 1:
+        if parts != ["head"] or args.downscale != "1":
             raise SystemExit("--zero-shot-of needs --parts head and no --downscale")
         weight, bias = probe_head(args.out)
         write_zero_shot(args.zero_shot_of, args.out.with_name(args.out.name + "-zs"), weight, bias)
