@@ -11,6 +11,15 @@ from detector.argtypes import floats, positive_int
 
 __all__ = ["register"]
 
+# What a user's input can raise (a bad manifest or config, a missing file; DatasetError is a
+# ValueError): a message and exit status 2, never a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError)
+
+
+def _refused(exc: BaseException) -> int:
+    print(f"synthdetect: {exc}", file=sys.stderr)
+    return 2
+
 
 def register(sub: Any) -> None:
     corpus = sub.add_parser("corpus", help="build and check the offline training corpus")
@@ -339,8 +348,7 @@ def _build(args: argparse.Namespace) -> int:
             log=lambda m: print(m, file=sys.stderr),
         )
     except (CorpusError, PinnedError, ValueError) as exc:
-        print(f"synthdetect: {exc}", file=sys.stderr)
-        return 2
+        return _refused(exc)
     return 0
 
 
@@ -378,8 +386,7 @@ def _build_sources(args: argparse.Namespace) -> int:
             cache=args.cache_dir,
         )
     except (CorpusError, PinnedError, ValueError) as exc:
-        print(f"synthdetect: {exc}", file=sys.stderr)
-        return 2
+        return _refused(exc)
     return 0
 
 
@@ -390,8 +397,7 @@ def _merge(args: argparse.Namespace) -> int:
     try:
         info = merge_manifests(args.corpora, args.out, pools)
     except ValueError as exc:
-        print(f"synthdetect: {exc}", file=sys.stderr)
-        return 2
+        return _refused(exc)
     print(
         f"wrote {args.out / 'manifest.csv'}: {info['rows']} images from {len(args.corpora)} corpora"
     )
@@ -400,15 +406,13 @@ def _merge(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from training.config import load_config
-    from training.datasets import DatasetError
     from training.train import train
 
     try:
         config = load_config(args.config, args.overrides)
         run = train(config)
-    except (ValueError, DatasetError, FileNotFoundError) as exc:
-        print(f"synthdetect: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return _refused(exc)
     print(f"run folder: {run}")
     return 0
 
@@ -416,7 +420,6 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from training.datasets import DatasetError
     from training.run_eval import HELD_OUT_FAKE_SPLITS, evaluate_model, leave_one_out
 
     if (args.groups or args.previous) and not args.leave_one_out:
@@ -457,9 +460,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             report = evaluate_model(
                 args.model, args.data, args.split, args.degrade, args.device, args.equalise
             )
-    except (ValueError, DatasetError, FileNotFoundError) as exc:
-        print(f"synthdetect: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return _refused(exc)
     print(report.render())
     if args.out:
         report.write(args.out)
@@ -509,14 +511,12 @@ def _generalisation(args: argparse.Namespace) -> int:
 
 
 def _soup(args: argparse.Namespace) -> int:
-    from training.datasets import DatasetError
     from training.soup import make_soup
 
     try:
         record = make_soup(args.runs, args.out, data=args.data, weights=args.weights)
-    except (ValueError, DatasetError, FileNotFoundError) as exc:
-        print(f"synthdetect: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return _refused(exc)
     print(
         f"soup of {len(args.runs)} runs: {args.out} (validation AP {record['best_val_ap']:.3f} "
         f"over {record['val_images']} images, threshold {record['calibration']['threshold']:.3f})"
@@ -525,7 +525,6 @@ def _soup(args: argparse.Namespace) -> int:
 
 
 def _ensemble(args: argparse.Namespace) -> int:
-    from training.datasets import DatasetError
     from training.ensemble import make_ensemble
 
     try:
@@ -533,9 +532,8 @@ def _ensemble(args: argparse.Namespace) -> int:
             args.models, args.out, args.data, weights=args.weights, name=args.name,
             store_fp16=args.fp16_storage,
         )  # fmt: skip
-    except (ValueError, DatasetError, FileNotFoundError) as exc:
-        print(f"synthdetect: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return _refused(exc)
     cal, parity = meta["calibration"], meta["parity"]
     print(
         f"ensemble of {len(args.models)} models: {args.out} (validation AP "
@@ -548,7 +546,6 @@ def _ensemble(args: argparse.Namespace) -> int:
 
 def _probe(args: argparse.Namespace) -> int:
     from training.config import load_config
-    from training.datasets import DatasetError
     from training.probe import DEFAULT_CS, train_probe
 
     try:
@@ -561,9 +558,8 @@ def _probe(args: argparse.Namespace) -> int:
             Path(data), args.out, config, cs=args.c or DEFAULT_CS, parts=parts,
             downscale=args.downscale, cache=args.cache, name=args.name,
         )  # fmt: skip
-    except (ValueError, DatasetError, FileNotFoundError) as exc:
-        print(f"synthdetect: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return _refused(exc)
     cal, fit = meta["calibration"], meta["training"]
     print(
         f"probe: {args.out} (C {fit['config']['C']:g}, validation AP {fit['best_val_ap']:.3f}, "
@@ -575,13 +571,11 @@ def _probe(args: argparse.Namespace) -> int:
 
 def _train_artifact(args: argparse.Namespace) -> int:
     from training.artifact_train import train_artifact
-    from training.datasets import DatasetError
 
     try:
         model = train_artifact(args.data, args.out)
-    except (ValueError, DatasetError, FileNotFoundError) as exc:
-        print(f"synthdetect: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return _refused(exc)
     test = model.get("test") or {}
     print(f"wrote {args.out}; test AP {test.get('ap')}, TPR@1%FPR {test.get('tpr_at_1pct_fpr')}")
     return 0
@@ -600,7 +594,7 @@ def _triton_repo(args: argparse.Namespace, model_dir: Path) -> int:
 def _export(args: argparse.Namespace) -> int:
     from detector.bundled import SAMPLES
     from detector.engine import SIDECAR
-    from training.datasets import DatasetError, load_samples
+    from training.datasets import load_samples
     from training.export import ExportError, check_convertible, export_onnx, reduce_precision
 
     images = args.images or sorted(SAMPLES.iterdir())
@@ -644,9 +638,8 @@ def _export(args: argparse.Namespace) -> int:
             _int8_delta(args.out, val, reference, fp32_check)
         if args.triton_repo:
             _triton_repo(args, args.out)
-    except (ExportError, ValueError, FileNotFoundError, DatasetError) as exc:
-        print(f"synthdetect: {exc}", file=sys.stderr)
-        return 2
+    except (*USER_ERRORS, ExportError) as exc:
+        return _refused(exc)
     parity = result.sidecar["parity"]
     print(
         f"wrote {result.onnx} ({precision}, + model.json); over {parity['tiles']} real tiles the "
@@ -712,7 +705,6 @@ def _check_shortcut(args: argparse.Namespace) -> int:
     try:
         report = shortcut_check(args.corpus)
     except (OSError, ValueError) as exc:
-        print(f"synthdetect: {exc}", file=sys.stderr)
-        return 2
+        return _refused(exc)
     print(report.render())
     return 0

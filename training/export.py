@@ -31,6 +31,7 @@ __all__ = [
     "calibration_tiles",
     "check_convertible",
     "export_onnx",
+    "new_sidecar",
     "parity_tiles",
     "reduce_precision",
     "write_onnx",
@@ -89,6 +90,38 @@ def write_onnx(model: torch.nn.Module, path: Path, input_size: int, opset: int =
     program.save(str(path))
 
 
+def new_sidecar(
+    name: str,
+    model_spec: dict,
+    preprocess: dict,
+    calibration: dict,
+    onnx_path: Path,
+    parity: dict,
+    *,
+    training: dict,
+    precision: str = "fp32",
+    opset: int = 18,
+) -> dict:
+    """The sidecar of a model folder whose ``onnx_path`` maps ``images`` (N, 3, S, S) to
+    ``logits`` (N, 1), S the preprocessing's tile size."""
+    size = int(preprocess["input_size"])
+    return {
+        "format": SIDECAR_FORMAT,
+        "name": name,
+        "model_spec": model_spec,
+        "preprocess": preprocess,
+        "calibration": calibration,
+        "aggregation": "mean of tile logits, then sigmoid(logit / temperature)",
+        "inputs": [{"name": "images", "datatype": "FP32", "shape": [-1, 3, size, size]}],
+        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 1]}],
+        "precision": precision,
+        "opset": opset,
+        "onnx_sha256": _sha256(onnx_path),
+        "parity": parity,
+        "training": training,
+    }
+
+
 def export_onnx(
     checkpoint: Path,
     out: Path,
@@ -130,20 +163,12 @@ def export_onnx(
         _to_int8(path, calibration_tiles(calib_images or [], prep))
     diff, tolerance = _parity(precision, OnnxEngine(path).run(tiles), ref, "torch")
     trained = ckpt.get("train_config") or {}
-    sidecar = {
-        "format": SIDECAR_FORMAT,
-        "name": name or ckpt["model_spec"]["name"],
-        "model_spec": ckpt["model_spec"],
-        "preprocess": ckpt["preprocess"],
-        "calibration": ckpt["calibration"],
-        "aggregation": "mean of tile logits, then sigmoid(logit / temperature)",
-        "inputs": [{"name": "images", "datatype": "FP32", "shape": [-1, 3, size, size]}],
-        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 1]}],
-        "precision": precision,
-        "opset": opset,
-        "onnx_sha256": _sha256(path),
-        "parity": {"tiles": len(tiles), "max_abs_logit_diff": diff, "tolerance": tolerance},
-        "training": {
+    sidecar = new_sidecar(
+        name or ckpt["model_spec"]["name"], ckpt["model_spec"], ckpt["preprocess"],
+        ckpt["calibration"], path,
+        {"tiles": len(tiles), "max_abs_logit_diff": diff, "tolerance": tolerance},
+        precision=precision, opset=opset,
+        training={
             "commit": ckpt.get("commit"),
             "data": ckpt.get("data"),
             "epoch": ckpt.get("epoch"),
@@ -155,7 +180,7 @@ def export_onnx(
             # the run's whole training config: the recipe behind the model's numbers
             "config": trained,
         },
-    }
+    )  # fmt: skip
     (out / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
     return ExportResult(path, sidecar)
 

@@ -21,7 +21,6 @@ and view, averaged over the inference grid, and cached per image (``FeatureCache
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import tempfile
@@ -45,7 +44,7 @@ from training.config import TrainConfig
 from training.data import EvalDataset, collate_tiles
 from training.datasets import Sample, load_samples, read_pixels
 from training.degrade import AugmentPolicy, apply_chain, parse_chain
-from training.export import SIDECAR_FORMAT, TOLERANCE, parity_tiles, write_onnx
+from training.export import TOLERANCE, new_sidecar, parity_tiles, write_onnx
 from training.metrics import average_precision, compute_metrics
 from training.train import sample_weights, split_samples
 
@@ -383,24 +382,16 @@ def train_probe(
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    size = prep.input_size
-    sidecar = {
-        "format": SIDECAR_FORMAT,
-        "name": name or out.name,
-        "model_spec": {
-            "name": "frozen_lite0_probe", "input_size": size, "features": list(network.parts),
-            "downscale": downscale, "pretrained": f"{_weights_version()} (ImageNet), frozen",
+    sidecar = new_sidecar(
+        name or out.name,
+        {
+            "name": "frozen_lite0_probe", "input_size": prep.input_size,
+            "features": list(network.parts), "downscale": downscale,
+            "pretrained": f"{_weights_version()} (ImageNet), frozen",
         },
-        "preprocess": prep.to_dict(),
-        "calibration": calib.to_dict(),
-        "aggregation": "mean of tile logits, then sigmoid(logit / temperature)",
-        "inputs": [{"name": "images", "datatype": "FP32", "shape": [-1, 3, size, size]}],
-        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 1]}],
-        "precision": "fp32",
-        "opset": 18,
-        "onnx_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        "parity": {"tiles": len(tiles), "max_abs_logit_diff": diff, "tolerance": TOLERANCE["fp32"]},
-        "training": {
+        prep.to_dict(), calib.to_dict(), path,
+        {"tiles": len(tiles), "max_abs_logit_diff": diff, "tolerance": TOLERANCE["fp32"]},
+        training={
             "data": str(data),
             "exclude_families": list(config.exclude_families),
             "exclude_sources": list(config.exclude_sources),
@@ -416,6 +407,6 @@ def train_probe(
                 "train_config": config.to_dict(),
             },
         },
-    }  # fmt: skip
+    )  # fmt: skip
     (out / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
     return sidecar
