@@ -31,8 +31,10 @@ from training.evaluate import EvalReport, evaluate_scores, predict_logits
 from training.metrics import Metrics, compute_metrics
 
 __all__ = [
+    "cached_held_out_scores",
     "evaluate_model",
     "generalisation",
+    "held_out_selection",
     "leave_one_out",
     "parse_equalise",
     "read_holdouts",
@@ -106,6 +108,24 @@ def evaluate_model(
     return report
 
 
+def held_out_selection(
+    samples: list[Sample],
+    family: str | list[str],
+    fake_splits: tuple[str, ...] = ("test", "heldout-generators"),
+    real_split: str = "test",
+) -> list[Sample]:
+    """What a family held out of training is scored on, in this order: its fakes in
+    ``fake_splits``, then the ``real_split`` reals of the same pools (each in manifest order).
+    Everything that scores a held-out group (``score_held_out_family``, the probe's and the
+    ensemble's leave-one-family-out tables) takes its images from here."""
+    families = {family} if isinstance(family, str) else set(family)
+    fakes = [s for s in samples if s.label == 1 and s.split in fake_splits and s.family in families]
+    pools = {s.pool for s in fakes}
+    return fakes + [
+        s for s in samples if s.split == real_split and s.label == 0 and s.pool in pools
+    ]
+
+
 def score_held_out_family(
     bundle: ModelBundle,
     samples: list[Sample],
@@ -116,12 +136,7 @@ def score_held_out_family(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels and calibrated probabilities of a family's fakes in ``fake_splits`` and the
     ``real_split`` reals of the same pools: what a family held out of training is scored on."""
-    families = {family} if isinstance(family, str) else set(family)
-    fakes = [s for s in samples if s.label == 1 and s.split in fake_splits and s.family in families]
-    pools = {s.pool for s in fakes}
-    chosen = fakes + [
-        s for s in samples if s.split == real_split and s.label == 0 and s.pool in pools
-    ]
+    chosen = held_out_selection(samples, family, fake_splits, real_split)
     logits = predict_logits(
         bundle.logits, chosen, bundle.preprocess, transform=_transform(equalise or [])
     )
@@ -405,16 +420,11 @@ def _previous_groups(previous: dict, groups, only, split, eq) -> dict[str, dict[
     return kept
 
 
-def _held_out_scores(
-    run: Path, bundle, samples, families, fake_splits, real_split, chain
-) -> tuple[np.ndarray, np.ndarray]:
-    """A group's held-out labels and scores, kept in its run folder: a resumed leave-one-out
-    (or a second report) does not score a finished group again. The cache is keyed by the
-    checkpoint's bytes and what was scored."""
+def _held_out_key(run: Path, families, fake_splits, real_split, chain) -> dict:
     import hashlib
 
     ckpt = run / "checkpoints" / "best.pt"
-    key = {
+    return {
         "checkpoint_sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest()
         if ckpt.exists()
         else None,
@@ -423,11 +433,37 @@ def _held_out_scores(
         "real_split": real_split,
         "chain": chain_name(chain) if chain else "none",
     }
+
+
+def cached_held_out_scores(
+    run: Path, families, fake_splits, real_split, chain
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The labels and calibrated probabilities a leave-one-out run kept in its folder for the
+    images ``held_out_selection`` picks (in that order), or None where it kept none for this
+    checkpoint and selection."""
+    run = Path(run)
     cache = run / "held-out-scores.json"
-    entries = json.loads(cache.read_text()) if cache.exists() else []
-    for entry in entries:
+    if not cache.exists():
+        return None
+    key = _held_out_key(run, families, fake_splits, real_split, chain)
+    for entry in json.loads(cache.read_text()):
         if entry["key"] == key:
             return np.asarray(entry["labels"], np.int64), np.asarray(entry["scores"], np.float64)
+    return None
+
+
+def _held_out_scores(
+    run: Path, bundle, samples, families, fake_splits, real_split, chain
+) -> tuple[np.ndarray, np.ndarray]:
+    """A group's held-out labels and scores, kept in its run folder: a resumed leave-one-out
+    (or a second report) does not score a finished group again. The cache is keyed by the
+    checkpoint's bytes and what was scored."""
+    found = cached_held_out_scores(run, families, fake_splits, real_split, chain)
+    if found is not None:
+        return found
+    key = _held_out_key(run, families, fake_splits, real_split, chain)
+    cache = run / "held-out-scores.json"
+    entries = json.loads(cache.read_text()) if cache.exists() else []
     y, p = score_held_out_family(bundle, samples, families, fake_splits, real_split, chain)
     entries.append({"key": key, "labels": np.asarray(y).tolist(), "scores": np.asarray(p).tolist()})
     if key["checkpoint_sha256"]:

@@ -8,7 +8,10 @@ calibrated as training calibrates. This script runs the selection experiments ar
   as a model folder that ``synthdetect evaluate --generalisation`` and
   ``scripts/experiments/ensemble.py`` score like every candidate of ``scripts/select_model.sh``;
 - ``--lofo HOLDOUTS``: the probe's leave-one-family-out table instead (one fit per group,
-  scored as ``evaluate --leave-one-out`` scores one);
+  scored as ``evaluate --leave-one-out`` scores one); with ``--pair-runs DIR`` (the work folder
+  of ``scripts/lofo_wild.sh``) also the table of the default model's recipe, the fine-tuned
+  run and the probe averaged as ``synthdetect ensemble`` averages them (equal weights on their
+  temperature-scaled logits), for every group whose fine-tuned run has finished there;
 - ``--zero-shot-of RUN``: also the probe as a checkpoint of RUN's architecture, the zero-shot
   end of WiSE-FT with ``synthdetect soup``.
 
@@ -17,7 +20,8 @@ Features are cached per image under ``--features`` (``training.probe.FeatureCach
     python scripts/experiments/frozen_probe.py MANIFEST OUT_DIR --features CACHE_DIR \
         [--parts head] [--downscale 1] [--zero-shot-of RUN]
     python scripts/experiments/frozen_probe.py MANIFEST OUT.json --features CACHE_DIR \
-        --lofo configs/holdouts-wild.yaml [--downscale 1,2] [--backbone efficientnet_lite1]
+        --lofo configs/holdouts-wild.yaml [--downscale 1,2] [--backbone efficientnet_lite1] \
+        [--pair-runs runs/lofo192 [--previous OUT.json]]
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.special import expit, logit
 
 from detector.checkpoint import read_checkpoint, write_checkpoint
 from detector.models import MODELS, ModelSpec
@@ -37,6 +42,7 @@ from detector.preprocess import PreprocessConfig
 from training.calibrate import fit_calibration
 from training.config import load_config
 from training.datasets import load_samples
+from training.degrade import parse_chain
 from training.metrics import compute_metrics
 from training.probe import (
     AUGMENTED,
@@ -49,7 +55,12 @@ from training.probe import (
     probe_head,
     train_probe,
 )
-from training.run_eval import HELD_OUT_FAKE_SPLITS, read_holdouts
+from training.run_eval import (
+    HELD_OUT_FAKE_SPLITS,
+    cached_held_out_scores,
+    held_out_selection,
+    read_holdouts,
+)
 from training.train import sample_weights
 
 
@@ -63,14 +74,21 @@ class Scales:
         return np.hstack([c.get(samples, view) for c in self.caches])
 
 
-def lofo(pool, cache: FeatureCache, holdouts: Path, c: float, config, manifest) -> dict:
+def lofo(
+    pool, cache: FeatureCache, holdouts: Path, c: float, config, manifest,
+    pair_runs: Path | None = None,
+) -> dict:  # fmt: skip
     """The probe's leave-one-family-out table, scored as ``evaluate --leave-one-out`` scores a
-    group: its fakes from every split but test against the validation reals of their pools."""
+    group: its fakes from every split but test against the validation reals of their pools.
+    With ``pair_runs``, also the pair's table (``pair_row``) for each group whose fine-tuned
+    run ``pair_runs/loo-GROUP`` kept its held-out scores."""
+    pairs: dict[str, dict] = {}
     feats = {v: cache.get(pool, v) for v in ("as-is", "jpeg:90")}
     train = [i for i, s in enumerate(pool) if s.split == "train"]
     aug = np.zeros_like(feats["as-is"])
     aug[train] = cache.get([pool[i] for i in train], AUGMENTED)
     groups = read_holdouts(holdouts, pool)
+    where = {id(s): i for i, s in enumerate(pool)}
     table = {}
     for name, g in groups.items():
         t = time.time()
@@ -93,41 +111,119 @@ def lofo(pool, cache: FeatureCache, holdouts: Path, c: float, config, manifest) 
             np.array([pool[i].label for i in val] * 2), config.target_fpr,
             f"val split of {manifest} (as-is + jpeg:90)",
         )  # fmt: skip
-        fakes = [
-            i for i, s in enumerate(pool)
-            if s.label == 1 and s.split in HELD_OUT_FAKE_SPLITS and s.family in g["score"]
-        ]  # fmt: skip
-        pools = {pool[i].pool for i in fakes}
-        reals = [
-            i for i, s in enumerate(pool) if s.split == "val" and s.label == 0 and s.pool in pools
+        scored = [
+            where[id(s)] for s in held_out_selection(pool, g["score"], HELD_OUT_FAKE_SPLITS, "val")
         ]
-        if not fakes or not reals:
+        y = np.array([pool[i].label for i in scored])
+        if not y.any() or y.all():
             print(f"{name}: no fakes or no validation reals to score, skipped")
             continue
         row = {"exclude": g["exclude"], "exclude_sources": g["exclude_sources"]}
+        run = pair_runs / f"loo-{name}" if pair_runs else None
+        paired = {"run": str(run)}
         for kind, view in (("as_is", "as-is"), ("equalised", "jpeg:90")):
-            scored = fakes + reals
             p = cal.probability(feats[view][scored] @ weight + bias)
-            m = compute_metrics([pool[i].label for i in scored], p, cal.threshold)
+            m = compute_metrics(y, p, cal.threshold)
             row[kind] = {
                 "ap": m.ap, "roc_auc": m.roc_auc, "n_fake": m.n_fake, "n_real": m.n_real,
                 "chance_ap": m.n_fake / (m.n_fake + m.n_real),
                 "fakes_flagged": m.fake_accuracy_at_threshold,
                 "reals_flagged": 1 - m.real_accuracy_at_threshold,
+                "tpr_at_1pct_fpr": m.tpr_at_1pct_fpr,
             }  # fmt: skip
+            chain = [] if view == "as-is" else parse_chain(view)
+            found = run and cached_held_out_scores(
+                run, g["score"], HELD_OUT_FAKE_SPLITS, "val", chain
+            )
+            if found:
+                paired[kind] = pair_row(y, found, p)
+        if all(k in paired for k in KINDS):  # the run kept both its as-is and equalised scores
+            pairs[name] = paired
         table[name] = row
         print(f"{name}: AP {row['as_is']['ap']:.3f} / {row['equalised']['ap']:.3f}, ROC-AUC "
               f"{row['as_is']['roc_auc']:.3f} / {row['equalised']['roc_auc']:.3f} "
               f"({time.time() - t:.0f} s)", flush=True)  # fmt: skip
-    summary = {
+    result = {"groups": table, "summary": summarise(table)}
+    if pair_runs:
+        result["pair"] = {"runs": str(pair_runs), "groups": pairs}
+        summarise_pairs(result)
+    return result
+
+
+KINDS = ("as_is", "equalised")
+
+
+def summarise(table: dict) -> dict:
+    """Mean and lowest AP and mean ROC-AUC over a table's groups, per kind."""
+    return {
         kind: {
+            "groups": len(table),
             "mean_ap": float(np.mean([r[kind]["ap"] for r in table.values()])),
             "lowest_ap": float(np.min([r[kind]["ap"] for r in table.values()])),
             "mean_roc_auc": float(np.mean([r[kind]["roc_auc"] for r in table.values()])),
+            "mean_tpr_at_1pct_fpr": float(
+                np.mean([r[kind]["tpr_at_1pct_fpr"] for r in table.values()])
+            ),
         }
-        for kind in ("as_is", "equalised")
+        for kind in KINDS
     }
-    return {"groups": table, "summary": summary}
+
+
+def pair_row(y: np.ndarray, fine_tuned: tuple[np.ndarray, np.ndarray], probe: np.ndarray) -> dict:
+    """A group scored by the fine-tuned run (its kept, calibrated probabilities), by the probe,
+    and by the two averaged as the bundled ensemble averages them: the mean of their
+    temperature-scaled logits. Fakes flagged: at the score that flags 1% of these reals (the
+    validation reals), the same rule for all three, since the fine-tuned run's validation
+    logits, which would calibrate the pair, are not kept."""
+    y_ft, p_ft = fine_tuned
+    if len(y_ft) != len(y) or (y_ft != y).any():
+        raise SystemExit(
+            f"the fine-tuned run's kept scores ({len(y_ft)} images) do not line up with this "
+            f"selection ({len(y)}): was it scored on another manifest?"
+        )
+    eps = 1e-12
+    z = {
+        "fine_tuned": logit(np.clip(p_ft, eps, 1 - eps)),
+        "probe": logit(np.clip(probe, eps, 1 - eps)),
+    }
+    z["pair"] = 0.5 * (z["fine_tuned"] + z["probe"])
+    out = {}
+    for member, s in z.items():
+        m = compute_metrics(y, expit(s))
+        out[member] = {"ap": m.ap, "roc_auc": m.roc_auc, "tpr_at_1pct_fpr": m.tpr_at_1pct_fpr}
+    return out
+
+
+def keep_previous_pairs(result: dict, previous: dict) -> None:
+    """Pair rows of an earlier run of this script for the groups this run could not pair
+    (their fine-tuned runs finished on another machine), when the group was defined and its
+    probe row scored the same (the same fit on the same features gives the same numbers)."""
+    pair = result.get("pair")
+    if pair is None:
+        raise SystemExit("--previous needs --pair-runs")
+    for name, row in (previous.get("pair") or {}).get("groups", {}).items():
+        if name in pair["groups"] or name not in result["groups"]:
+            continue
+        was, now = previous["groups"].get(name, {}), result["groups"][name]
+        same = all(was.get(k) == now[k] for k in ("exclude", "exclude_sources", *KINDS))
+        if not same:
+            raise SystemExit(f"group {name!r}: the previous probe row differs; rerun its pair")
+        pair["groups"][name] = row
+    summarise_pairs(result)
+
+
+def summarise_pairs(result: dict) -> None:
+    """The pair rows in the hold-outs' order, and their summary per member."""
+    pair = result["pair"]
+    pair["groups"] = {n: pair["groups"][n] for n in result["groups"] if n in pair["groups"]}
+    pair.pop("summary", None)
+    if pair["groups"]:
+        pair["summary"] = {
+            member: summarise(
+                {n: {k: r[k][member] for k in KINDS} for n, r in pair["groups"].items()}
+            )
+            for member in ("pair", "fine_tuned", "probe")
+        }
 
 
 def write_zero_shot(run: Path, out: Path, weight: np.ndarray, bias: float) -> None:
@@ -185,6 +281,16 @@ def main() -> None:
         help="with --lofo: the frozen ImageNet network (another one caches under its name)",
     )  # fmt: skip
     ap.add_argument(
+        "--pair-runs", type=Path,
+        help="with --lofo: scripts/lofo_wild.sh's work folder; adds the pair's table for every "
+        "group whose fine-tuned run finished there",
+    )  # fmt: skip
+    ap.add_argument(
+        "--previous", type=Path,
+        help="with --pair-runs: an earlier JSON of this script whose pair rows are kept for "
+        "groups without a run folder here (their runs were on another machine)",
+    )  # fmt: skip
+    ap.add_argument(
         "--zero-shot-of", type=Path, help="also write the probe in this run's architecture"
     )
     args = ap.parse_args()
@@ -207,7 +313,10 @@ def main() -> None:
                   "backbone": args.backbone, "downscale": scales,
                   "scored": "each group's fakes from train/val/heldout-generators against the "
                   "validation reals of their pools; threshold at 1% of the validation reals",
-                  **lofo(pool, cache, args.lofo, args.lofo_c, config, args.manifest)}  # fmt: skip
+                  **lofo(pool, cache, args.lofo, args.lofo_c, config, args.manifest,
+                         args.pair_runs)}  # fmt: skip
+        if args.previous:
+            keep_previous_pairs(result, json.loads(args.previous.read_text()))
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result["summary"]))

@@ -48,6 +48,20 @@ def test_groups_are_reported_as_they_finish_and_scores_are_kept(tiny_corpus, tmp
     # each run keeps its group's scores, keyed by its checkpoint: a second report reuses them
     cache = json.loads((runs / "loo-gan" / "held-out-scores.json").read_text())
     assert len(cache) == 1 and cache[0]["key"]["families"] == ["gan"]
+    # what another table pairs with these scores: the same images, in held_out_selection's order
+    from training.degrade import parse_chain
+    from training.run_eval import cached_held_out_scores, held_out_selection
+
+    scored = ("test", "heldout-generators"), "test"  # leave_one_out's fake and real splits
+    picked = held_out_selection(load_samples(tiny_corpus / "manifest.csv"), ["gan"], *scored)
+    y, p = cached_held_out_scores(runs / "loo-gan", ["gan"], *scored, [])
+    assert y.tolist() == [s.label for s in picked] and len(p) == len(picked)
+    assert y.tolist() == sorted(y.tolist(), reverse=True)  # its fakes first, then the reals
+    assert 0 < y.sum() < len(y) and ((p >= 0) & (p <= 1)).all()
+    assert (
+        cached_held_out_scores(runs / "loo-gan", ["gan"], *scored, parse_chain("jpeg:90")) is None
+    )
+    assert cached_held_out_scores(runs / "loo-ae", ["gan"], *scored, []) is None
     import training.run_eval as run_eval
 
     def no_scoring(*args, **kwargs):
