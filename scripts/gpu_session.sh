@@ -11,7 +11,7 @@
 #   scripts/gpu_session.sh score CHECKPOINT      # /v1/score with every method, 1 vs 8 processes
 #   scripts/gpu_session.sh decode CHECKPOINT     # /v1/score?methods=model, JPEGs on CPU vs GPU
 #   scripts/gpu_session.sh train MANIFEST        # the default model on the GPU schedule
-#   scripts/gpu_session.sh lofo MANIFEST         # leave-one-family-out (real-world families)
+#   scripts/gpu_session.sh lofo MANIFEST         # leave-one-family-out (real-world families), and the pair's
 #   scripts/gpu_session.sh loo MANIFEST          # leave-one-generator-out (v2's own corpus)
 #   scripts/gpu_session.sh backbones MANIFEST    # Lite1 / Lite2 on the default recipe, on val
 #
@@ -133,6 +133,10 @@ case $stage in
     $SD evaluate --leave-one-out --config configs/default.yaml --data "$data" \
       --model "$WORK/lofo" --holdouts configs/holdouts-wild.yaml --equalise jpeg:90 \
       "${GPU_TRAIN[@]}" eval_test=false --out "$RESULTS/leave-one-family-out-wild.json"
+    # the bundled model is the fine-tuned run and the probe merged: the same groups scored by
+    # the probe fitted without each group, and by the pair (the probe's features on CPU cores)
+    python3 scripts/experiments/frozen_probe.py "$data" "$RESULTS/leave-one-family-out-pair.json" \
+      --features "$WORK/probe-features" --lofo configs/holdouts-wild.yaml --pair-runs "$WORK/lofo"
     ;;
   loo)
     data=${1:?usage: scripts/gpu_session.sh loo MANIFEST}
