@@ -21,7 +21,7 @@ Features are cached per image under ``--features`` (``training.probe.FeatureCach
         [--parts head] [--downscale 1] [--zero-shot-of RUN]
     python scripts/experiments/frozen_probe.py MANIFEST OUT.json --features CACHE_DIR \
         --lofo configs/holdouts-wild.yaml [--downscale 1,2] [--backbone efficientnet_lite1] \
-        [--pair-runs runs/lofo192 [--previous OUT.json]]
+        [--pair-runs runs/lofo192 [--previous OUT.json]] [KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -265,6 +265,10 @@ def main() -> None:
     ap.add_argument("manifest", type=Path)
     ap.add_argument("out", type=Path, help="model folder to write, or with --lofo a JSON file")
     ap.add_argument("--config", type=Path, default=Path("configs/default.yaml"))
+    ap.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE",
+        help="training-config overrides the fits use (pool_weights, balance_power, ...)",
+    )  # fmt: skip
     ap.add_argument("--exclude", default="midjourney,flux,flux2,gigagan,stylegan,biggan,vqgan")
     ap.add_argument("--c", default="0.0001,0.0003,0.001,0.003,0.01")
     ap.add_argument("--parts", default="head", help=f"comma-separated, of {PARTS}")
@@ -293,8 +297,8 @@ def main() -> None:
     ap.add_argument(
         "--zero-shot-of", type=Path, help="also write the probe in this run's architecture"
     )
-    args = ap.parse_args()
-    config = load_config(args.config)
+    args = ap.parse_intermixed_args()
+    config = load_config(args.config, args.overrides)
     parts = [p for p in args.parts.split(",") if p]
     if args.lofo:
         prep = PreprocessConfig(input_size=config.input_size, max_tiles=config.max_tiles)
@@ -310,6 +314,7 @@ def main() -> None:
         )  # fmt: skip
         pool = [s for s in load_samples(args.manifest) if s.split != "test"]
         result = {"manifest": str(args.manifest), "C": args.lofo_c, "parts": parts,
+                  "overrides": args.overrides,
                   "backbone": args.backbone, "downscale": scales,
                   "scored": "each group's fakes from train/val/heldout-generators against the "
                   "validation reals of their pools; threshold at 1% of the validation reals",
