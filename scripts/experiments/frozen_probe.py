@@ -172,9 +172,10 @@ def summarise(table: dict) -> dict:
 def pair_row(y: np.ndarray, fine_tuned: tuple[np.ndarray, np.ndarray], probe: np.ndarray) -> dict:
     """A group scored by the fine-tuned run (its kept, calibrated probabilities), by the probe,
     and by the two averaged as the bundled ensemble averages them: the mean of their
-    temperature-scaled logits. Fakes flagged: at the score that flags 1% of these reals (the
-    validation reals), the same rule for all three, since the fine-tuned run's validation
-    logits, which would calibrate the pair, are not kept."""
+    temperature-scaled logits (``probe_weight`` 0.5; other weights under ``probe_weights``).
+    ``tpr_at_1pct_fpr``: the share of the fakes above the score that flags 1% of these reals
+    (the validation reals), one rule for all three; the pair is not calibrated here, since the
+    fine-tuned run's validation logits, which would calibrate it, are not kept."""
     y_ft, p_ft = fine_tuned
     if len(y_ft) != len(y) or (y_ft != y).any():
         raise SystemExit(
@@ -182,15 +183,14 @@ def pair_row(y: np.ndarray, fine_tuned: tuple[np.ndarray, np.ndarray], probe: np
             f"selection ({len(y)}): was it scored on another manifest?"
         )
     eps = 1e-12
-    z = {
-        "fine_tuned": logit(np.clip(p_ft, eps, 1 - eps)),
-        "probe": logit(np.clip(probe, eps, 1 - eps)),
-    }
-    z["pair"] = 0.5 * (z["fine_tuned"] + z["probe"])
-    out = {}
-    for member, s in z.items():
-        m = compute_metrics(y, expit(s))
-        out[member] = {"ap": m.ap, "roc_auc": m.roc_auc, "tpr_at_1pct_fpr": m.tpr_at_1pct_fpr}
+    z_ft, z_probe = (logit(np.clip(p, eps, 1 - eps)) for p in (p_ft, probe))
+
+    def scored(w: float) -> dict:
+        m = compute_metrics(y, expit((1 - w) * z_ft + w * z_probe))
+        return {"ap": m.ap, "roc_auc": m.roc_auc, "tpr_at_1pct_fpr": m.tpr_at_1pct_fpr}
+
+    out = {"fine_tuned": scored(0.0), "probe": scored(1.0), "pair": scored(0.5)}
+    out["probe_weights"] = {str(w): scored(w) for w in (0.3, 0.4, 0.6, 0.7)}
     return out
 
 
