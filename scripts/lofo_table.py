@@ -1,9 +1,12 @@
 """The model card's leave-one-family-out table, rendered from the committed JSON.
 
     .venv/bin/python scripts/lofo_table.py benchmarks/results/default-model/leave-one-family-out-wild.json
+    .venv/bin/python scripts/lofo_table.py benchmarks/results/default-model/leave-one-family-out-pair.json
 
 One row per finished hold-out group (as-is / JPEG-q90 equalised), then the mean and the
-groups still to run, so the card's numbers are copied from the file and nowhere else.
+groups still to run, so the card's numbers are copied from the file and nowhere else. A
+report of ``scripts/experiments/frozen_probe.py --lofo --pair-runs`` renders as the bundled
+pair's table: each paired group scored by the fine-tuned run, the probe and the two averaged.
 """
 
 from __future__ import annotations
@@ -49,6 +52,41 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+MEMBERS = (("fine_tuned", "fine-tuned run"), ("probe", "probe"), ("pair", "pair (bundled)"))
+
+
+def pair_table(result: dict) -> str:
+    pair, probe_rows = result["pair"], result["groups"]
+    groups = pair["groups"]
+    head = " | ".join(f"{label} AP / ROC-AUC" for _, label in MEMBERS)
+    lines = [
+        f"| held-out group | fakes / reals (chance AP) | {head} | pair: fakes above 1% of reals |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in groups.items():
+        g = probe_rows[name]["equalised"]
+        eq = row["equalised"]
+        cells = " | ".join(f"{eq[m]['ap']:.3f} / {eq[m]['roc_auc']:.3f}" for m, _ in MEMBERS)
+        lines.append(
+            f"| {name} | {g['n_fake']:,} / {g['n_real']:,} ({g['chance_ap']:.2f}) | {cells} "
+            f"| {_pct(eq['pair']['tpr_at_1pct_fpr'])} |"
+        )
+    if groups:
+        summary = pair["summary"]
+        means = ", ".join(
+            f"{label} {summary[m]['as_is']['mean_ap']:.3f} / {summary[m]['equalised']['mean_ap']:.3f}"
+            for m, label in MEMBERS
+        )
+        lines.append(
+            f"\n{len(groups)} of {len(probe_rows)} groups paired (equalised in the table): "
+            f"mean AP {means} (as-is / equalised)."
+        )
+    left = [n for n in probe_rows if n not in groups]
+    if left:
+        lines.append(f"Still to run: {', '.join(left)}.")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: scripts/lofo_table.py LEAVE_ONE_FAMILY_OUT.json", file=sys.stderr)
@@ -56,7 +94,7 @@ def main(argv: list[str]) -> int:
     path = Path(argv[0])
     try:
         result = json.loads(path.read_text())
-        print(table(result))
+        print(pair_table(result) if "pair" in result else table(result))
     except (OSError, ValueError, KeyError) as exc:
         print(f"{path}: not a leave-one-family-out result ({exc})", file=sys.stderr)
         return 2

@@ -45,6 +45,22 @@ def test_leave_one_family_out_table_is_rendered_from_the_committed_json(report):
     assert f"mean ROC-AUC {pairs[2]}" in prose
 
 
+def test_pair_leave_one_family_out_table_is_rendered_from_the_committed_json():
+    """The bundled pair's table: the groups whose fine-tuned run has been paired with the probe
+    (scripts/experiments/frozen_probe.py --lofo --pair-runs), rendered by lofo_table.py."""
+    report = RESULTS / "default-model" / "leave-one-family-out-pair.json"
+    table = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "lofo_table.py"), str(report)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + len(json.loads(report.read_text())["pair"]["groups"])
+    missing = [row for row in rows if row not in CARD]
+    assert not missing, f"the card's pair table differs from the JSON in: {missing}"
+    summary = next(line for line in table.splitlines() if "groups paired" in line)
+    assert summary in " ".join(CARD.split())
+
+
 def test_selection_rows_are_the_committed_json():
     """Each candidate row of the selection table: wild validation AP and ROC-AUC, the three
     held-out families' AP and their mean, as-is / equalised, three decimals."""
