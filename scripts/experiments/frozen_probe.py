@@ -172,7 +172,7 @@ def summarise(table: dict) -> dict:
 def pair_row(y: np.ndarray, fine_tuned: tuple[np.ndarray, np.ndarray], probe: np.ndarray) -> dict:
     """A group scored by the fine-tuned run (its kept, calibrated probabilities), by the probe,
     and by the two averaged as the bundled ensemble averages them: the mean of their
-    temperature-scaled logits (``probe_weight`` 0.5; other weights under ``probe_weights``).
+    temperature-scaled logits (the probe at weight 0.5; other weights under ``probe_weights``).
     ``tpr_at_1pct_fpr``: the share of the fakes above the score that flags 1% of these reals
     (the validation reals), one rule for all three; the pair is not calibrated here, since the
     fine-tuned run's validation logits, which would calibrate it, are not kept."""
