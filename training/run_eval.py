@@ -435,6 +435,19 @@ def _held_out_key(run: Path, families, fake_splits, real_split, chain) -> dict:
     }
 
 
+def _kept(run: Path, key: dict) -> tuple[list, tuple[np.ndarray, np.ndarray] | None]:
+    """The run folder's kept score entries, and the one for ``key`` (None if absent)."""
+    cache = run / "held-out-scores.json"
+    entries = json.loads(cache.read_text()) if cache.exists() else []
+    for entry in entries:
+        if entry["key"] == key:
+            return entries, (
+                np.asarray(entry["labels"], np.int64),
+                np.asarray(entry["scores"], np.float64),
+            )
+    return entries, None
+
+
 def cached_held_out_scores(
     run: Path, families, fake_splits, real_split, chain
 ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -442,14 +455,7 @@ def cached_held_out_scores(
     images ``held_out_selection`` picks (in that order), or None where it kept none for this
     checkpoint and selection."""
     run = Path(run)
-    cache = run / "held-out-scores.json"
-    if not cache.exists():
-        return None
-    key = _held_out_key(run, families, fake_splits, real_split, chain)
-    for entry in json.loads(cache.read_text()):
-        if entry["key"] == key:
-            return np.asarray(entry["labels"], np.int64), np.asarray(entry["scores"], np.float64)
-    return None
+    return _kept(run, _held_out_key(run, families, fake_splits, real_split, chain))[1]
 
 
 def _held_out_scores(
@@ -458,16 +464,14 @@ def _held_out_scores(
     """A group's held-out labels and scores, kept in its run folder: a resumed leave-one-out
     (or a second report) does not score a finished group again. The cache is keyed by the
     checkpoint's bytes and what was scored."""
-    found = cached_held_out_scores(run, families, fake_splits, real_split, chain)
+    key = _held_out_key(run, families, fake_splits, real_split, chain)  # hashes the checkpoint once
+    entries, found = _kept(run, key)
     if found is not None:
         return found
-    key = _held_out_key(run, families, fake_splits, real_split, chain)
-    cache = run / "held-out-scores.json"
-    entries = json.loads(cache.read_text()) if cache.exists() else []
     y, p = score_held_out_family(bundle, samples, families, fake_splits, real_split, chain)
     entries.append({"key": key, "labels": np.asarray(y).tolist(), "scores": np.asarray(p).tolist()})
     if key["checkpoint_sha256"]:
-        cache.write_text(json.dumps(entries))
+        (run / "held-out-scores.json").write_text(json.dumps(entries))
     return y, p
 
 
