@@ -435,9 +435,12 @@ def _held_out_key(run: Path, families, fake_splits, real_split, chain) -> dict:
     }
 
 
+KEPT_SCORES = "held-out-scores.json"  # a leave-one-out run folder's kept held-out scores
+
+
 def _kept(run: Path, key: dict) -> tuple[list, tuple[np.ndarray, np.ndarray] | None]:
     """The run folder's kept score entries, and the one for ``key`` (None if absent)."""
-    cache = run / "held-out-scores.json"
+    cache = run / KEPT_SCORES
     entries = json.loads(cache.read_text()) if cache.exists() else []
     for entry in entries:
         if entry["key"] == key:
@@ -455,6 +458,8 @@ def cached_held_out_scores(
     images ``held_out_selection`` picks (in that order), or None where it kept none for this
     checkpoint and selection."""
     run = Path(run)
+    if not (run / KEPT_SCORES).exists():
+        return None  # nothing kept: no need to hash the checkpoint for the key
     return _kept(run, _held_out_key(run, families, fake_splits, real_split, chain))[1]
 
 
@@ -471,7 +476,7 @@ def _held_out_scores(
     y, p = score_held_out_family(bundle, samples, families, fake_splits, real_split, chain)
     entries.append({"key": key, "labels": np.asarray(y).tolist(), "scores": np.asarray(p).tolist()})
     if key["checkpoint_sha256"]:
-        (run / "held-out-scores.json").write_text(json.dumps(entries))
+        (run / KEPT_SCORES).write_text(json.dumps(entries))
     return y, p
 
 
