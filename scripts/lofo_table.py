@@ -81,6 +81,17 @@ def pair_table(result: dict) -> str:
             f"\n{len(groups)} of {len(probe_rows)} groups paired (equalised in the table): "
             f"mean AP {means} (as-is / equalised)."
         )
+    kept = {n: r["probe_here"] for n, r in groups.items() if "probe_here" in r}
+    if kept:
+        shift = max(
+            abs(here[k]["ap"] - groups[n][k]["probe"]["ap"])
+            for n, here in kept.items() for k in here
+        )  # fmt: skip
+        lines.append(
+            f"Paired earlier on features computed elsewhere: {', '.join(kept)}; each row "
+            f"keeps the probe it was averaged with (refitted here, the probe's AP is within "
+            f"{shift:.3f} of it)."
+        )
     left = [n for n in probe_rows if n not in groups]
     if left:
         lines.append(f"Still to run: {', '.join(left)}.")

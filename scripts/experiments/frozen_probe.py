@@ -196,8 +196,12 @@ def pair_row(y: np.ndarray, fine_tuned: tuple[np.ndarray, np.ndarray], probe: np
 
 def keep_previous_pairs(result: dict, previous: dict) -> None:
     """Pair rows of an earlier run of this script for the groups this run could not pair
-    (their fine-tuned runs finished on another machine), when the group was defined and its
-    probe row scored the same (the same fit on the same features gives the same numbers)."""
+    (their fine-tuned runs finished on another machine), when the group was defined the same.
+    Each kept row is its own draw: its fine-tuned run and the probe it was averaged with. The
+    same fit on the same features gives the same numbers, but features computed on another
+    machine (another CPU's arithmetic, the project's own fakes regenerated there) move the
+    probe's last digits: such a row keeps its probe and records this run's refit beside it
+    (``probe_here``), so the shift is in the report."""
     pair = result.get("pair")
     if pair is None:
         raise SystemExit("--previous needs --pair-runs")
@@ -205,9 +209,11 @@ def keep_previous_pairs(result: dict, previous: dict) -> None:
         if name in pair["groups"] or name not in result["groups"]:
             continue
         was, now = previous["groups"].get(name, {}), result["groups"][name]
-        same = all(was.get(k) == now[k] for k in ("exclude", "exclude_sources", *KINDS))
-        if not same:
-            raise SystemExit(f"group {name!r}: the previous probe row differs; rerun its pair")
+        if any(was.get(k) != now[k] for k in ("exclude", "exclude_sources")):
+            raise SystemExit(f"group {name!r} is defined differently now; rerun its pair")
+        row = {k: v for k, v in row.items() if k != "probe_here"}
+        if any(row[k]["probe"][m] != now[k][m] for k in KINDS for m in ("ap", "roc_auc")):
+            row["probe_here"] = {k: {m: now[k][m] for m in ("ap", "roc_auc")} for k in KINDS}
         pair["groups"][name] = row
     summarise_pairs(result)
 

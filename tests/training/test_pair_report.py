@@ -1,0 +1,81 @@
+"""The bundled pair's leave-one-family-out report: rows paired on another machine are kept with
+the probe they were averaged with, the shift of this run's refit is recorded and rendered, and a
+group defined differently is refused (scripts/experiments/frozen_probe.py, scripts/lofo_table.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+
+def _load(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _scores(ap: float, roc: float) -> dict:
+    return {"ap": ap, "roc_auc": roc, "tpr_at_1pct_fpr": 0.1}
+
+
+def _probe_row(exclude: list[str], ap: float, roc: float) -> dict:
+    scored = {**_scores(ap, roc), "n_fake": 50, "n_real": 200, "chance_ap": 0.2}
+    return {"exclude": exclude, "exclude_sources": [], "as_is": scored, "equalised": scored}
+
+
+def _pair_row(probe_ap: float, probe_roc: float) -> dict:
+    members = {"fine_tuned": _scores(0.40, 0.70), "probe": _scores(probe_ap, probe_roc),
+               "pair": _scores(0.50, 0.75)}  # fmt: skip
+    return {"run": "elsewhere", "as_is": members, "equalised": members}
+
+
+def _reports(here_same: float, here_moved: tuple[float, float], moved_exclude: list[str]):
+    previous = {
+        "groups": {"same": _probe_row(["a"], 0.30, 0.60), "moved": _probe_row(["b"], 0.35, 0.65)},
+        "pair": {"groups": {"same": _pair_row(0.30, 0.60), "moved": _pair_row(0.35, 0.65)}},
+    }
+    result = {
+        "groups": {"same": _probe_row(["a"], here_same, 0.60),
+                   "moved": _probe_row(moved_exclude, *here_moved),
+                   "fresh": _probe_row(["c"], 0.45, 0.70)},
+        "pair": {"runs": "runs/lofo", "groups": {"fresh": _pair_row(0.45, 0.70)}},
+    }  # fmt: skip
+    return result, previous
+
+
+def test_rows_paired_elsewhere_keep_their_probe_and_record_the_refit():
+    probe = _load(SCRIPTS / "experiments" / "frozen_probe.py")
+    table = _load(SCRIPTS / "lofo_table.py")
+    result, previous = _reports(0.30, (0.342, 0.66), ["b"])
+    probe.keep_previous_pairs(result, previous)
+    groups = result["pair"]["groups"]
+    assert list(groups) == ["same", "moved", "fresh"]  # the hold-outs' order
+    assert "probe_here" not in groups["same"]
+    assert groups["moved"]["equalised"]["probe"]["ap"] == 0.35  # the probe it was averaged with
+    assert groups["moved"]["probe_here"]["equalised"] == {"ap": 0.342, "roc_auc": 0.66}
+    assert result["pair"]["summary"]["pair"]["equalised"]["groups"] == 3
+    rendered = table.pair_table(result)
+    assert "3 of 3 groups paired" in rendered
+    assert "Paired earlier on features computed elsewhere: moved;" in rendered
+    assert "within 0.008 of it" in rendered
+    assert "Still to run" not in rendered
+
+    again, _ = _reports(0.30, (0.35, 0.65), ["b"])  # refitted to the same numbers: nothing recorded
+    probe.keep_previous_pairs(again, previous)
+    assert "Paired earlier" not in table.pair_table(again)
+
+
+def test_a_group_defined_differently_is_not_kept():
+    probe = _load(SCRIPTS / "experiments" / "frozen_probe.py")
+    result, previous = _reports(0.30, (0.35, 0.65), ["b", "b2"])
+    with pytest.raises(SystemExit, match="'moved' is defined differently"):
+        probe.keep_previous_pairs(result, previous)
