@@ -211,9 +211,10 @@ def keep_previous_pairs(result: dict, previous: dict) -> None:
         was, now = previous["groups"].get(name, {}), result["groups"][name]
         if any(was.get(k) != now[k] for k in ("exclude", "exclude_sources")):
             raise SystemExit(f"group {name!r} is defined differently now; rerun its pair")
-        row = {k: v for k, v in row.items() if k != "probe_here"}
-        if any(row[k]["probe"][m] != now[k][m] for k in KINDS for m in ("ap", "roc_auc")):
-            row["probe_here"] = {k: {m: now[k][m] for m in ("ap", "roc_auc")} for k in KINDS}
+        here = {k: {m: now[k][m] for m in ("ap", "roc_auc")} for k in KINDS}
+        row = {k: v for k, v in row.items() if k != "probe_here"}  # recorded afresh below
+        if any(row[k]["probe"][m] != here[k][m] for k in KINDS for m in here[k]):
+            row["probe_here"] = here
         pair["groups"][name] = row
     summarise_pairs(result)
 

@@ -4,6 +4,7 @@ group defined differently is refused (scripts/experiments/frozen_probe.py, scrip
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ pytestmark = pytest.mark.unit
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
+@functools.cache  # one module object per script, as an import gives
 def _load(path: Path):
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
