@@ -60,16 +60,20 @@ def pair_table(result: dict) -> str:
     groups = pair["groups"]
     head = " | ".join(f"{label} AP / ROC-AUC" for _, label in MEMBERS)
     lines = [
-        f"| held-out group | fakes / reals (chance AP) | {head} | pair: fakes above 1% of reals |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"| held-out group | fakes / reals (chance AP) | {head} "
+        "| fakes above 1% of reals: run / probe / pair | pair AP, probe weight 0.3-0.7 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in groups.items():
         g = probe_rows[name]["equalised"]
         eq = row["equalised"]
         cells = " | ".join(f"{eq[m]['ap']:.3f} / {eq[m]['roc_auc']:.3f}" for m, _ in MEMBERS)
+        strict = " / ".join(_pct(eq[m]["tpr_at_1pct_fpr"]) for m, _ in MEMBERS)
+        # the pair's AP as the probe's share of the average moves off the equal weights
+        weighted = [w["ap"] for w in eq.get("probe_weights", {}).values()] + [eq["pair"]["ap"]]
         lines.append(
             f"| {name} | {g['n_fake']:,} / {g['n_real']:,} ({g['chance_ap']:.2f}) | {cells} "
-            f"| {_pct(eq['pair']['tpr_at_1pct_fpr'])} |"
+            f"| {strict} | {min(weighted):.3f}-{max(weighted):.3f} |"
         )
     if groups:
         summary = pair["summary"]
