@@ -52,6 +52,7 @@ __all__ = [
     "AUGMENTED",
     "DEFAULT_CS",
     "HEAD_WIDTH",
+    "INPUTS",
     "PARTS",
     "FeatureCache",
     "FrozenFeatures",
@@ -70,6 +71,8 @@ STAGE_ENDS = (0, 2, 4, 7, 10, 14, 15)
 STAGE_WIDTHS = (16, 24, 40, 80, 112, 192, 320)
 HEAD_WIDTH = 1280
 PARTS = ("stages", "head")
+INPUTS = ("rgb", "npr")
+NPR_GAIN = 6.0  # the residual's spread is about 1/6 of the tiles' (40 validation images)
 AUGMENTED = "train-augment"  # the view: one draw of the training degradations per image
 
 
@@ -87,17 +90,25 @@ class FrozenFeatures(nn.Module):
     """(N, 3, S, S) ImageNet-normalised tiles -> (N, D) frozen features, ``parts`` in PARTS
     order: ``stages``, each channel's spatial mean and standard deviation at the end of each
     stage (1,568); ``head``, the 1,280 pooled features the ImageNet classifier reads.
-    ``downscale`` K average-pools each tile by K first (K^2 less compute)."""
+    ``downscale`` K average-pools each tile by K first (K^2 less compute). ``input`` "npr"
+    shows the network each tile's neighbouring-pixel residual instead of the tile (the tile
+    less its 2x nearest-neighbour down- and up-sampled copy, times NPR_GAIN; Tan et al.,
+    CVPR 2024): the upsampling trace of a generator's decoder, with little of the scene."""
 
-    def __init__(self, net: nn.Module, parts: Sequence[str] = ("head",), downscale: int = 1):
+    def __init__(
+        self, net: nn.Module, parts: Sequence[str] = ("head",), downscale: int = 1,
+        input: str = "rgb",
+    ) -> None:  # fmt: skip
         super().__init__()
+        if input not in INPUTS:
+            raise ProbeError(f"input must be one of {', '.join(INPUTS)}, got {input!r}")
         unknown = sorted(set(parts) - set(PARTS))
         parts = tuple(p for p in PARTS if p in parts)
         if unknown or not parts:
             raise ProbeError(f"feature parts must be some of {', '.join(PARTS)}, got {unknown}")
         if downscale < 1:
             raise ProbeError(f"downscale must be >= 1, got {downscale}")
-        self.net, self.parts, self.downscale = net.eval(), parts, downscale
+        self.net, self.parts, self.downscale, self.input = net.eval(), parts, downscale, input
         for p in self.net.parameters():
             p.requires_grad_(False)
 
@@ -105,6 +116,9 @@ class FrozenFeatures(nn.Module):
         n = self.net
         if self.downscale > 1:  # box-filtered: the tile's content at a fraction of the cost
             x = nn.functional.avg_pool2d(x, self.downscale)
+        if self.input == "npr":
+            coarse = nn.functional.interpolate(x[..., ::2, ::2], scale_factor=2, mode="nearest")
+            x = NPR_GAIN * (x - coarse)
         x = n._swish(n._bn0(n._conv_stem(x)))
         out = []
         for i, block in enumerate(n._blocks):
@@ -187,6 +201,8 @@ class FeatureCache:
         self.folder, self.batch_images, self.log = folder, batch_images, log
         parts = "+".join(network.parts)
         self.tag = f"{parts}-s{prep.input_size}-d{network.downscale}"
+        if network.input != "rgb":
+            self.tag += f"-{network.input}"
         self.memory: dict[str, dict[str, np.ndarray]] = {}
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "features.onnx"

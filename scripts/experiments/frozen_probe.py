@@ -20,7 +20,8 @@ Features are cached per image under ``--features`` (``training.probe.FeatureCach
     python scripts/experiments/frozen_probe.py MANIFEST OUT_DIR --features CACHE_DIR \
         [--parts head] [--downscale 1] [--zero-shot-of RUN]
     python scripts/experiments/frozen_probe.py MANIFEST OUT.json --features CACHE_DIR \
-        --lofo configs/holdouts-wild.yaml [--downscale 1,2] [--backbone efficientnet_lite1] \
+        --lofo configs/holdouts-wild.yaml [--downscale 1,2] [--input rgb,npr] \
+        [--backbone efficientnet_lite1] \
         [--pair-runs runs/lofo192 [--previous OUT.json]] [KEY=VALUE ...]
 """
 
@@ -47,6 +48,7 @@ from training.metrics import compute_metrics
 from training.probe import (
     AUGMENTED,
     HEAD_WIDTH,
+    INPUTS,
     PARTS,
     FeatureCache,
     FrozenFeatures,
@@ -288,6 +290,11 @@ def main() -> None:
         "concatenates the features of each scale",
     )  # fmt: skip
     ap.add_argument(
+        "--input", default="rgb",
+        help=f"with --lofo: what the frozen network sees, of {INPUTS}; a list (rgb,npr) "
+        "concatenates the features of each",
+    )  # fmt: skip
+    ap.add_argument(
         "--backbone", default="efficientnet_lite0",
         help="with --lofo: the frozen ImageNet network (another one caches under its name)",
     )  # fmt: skip
@@ -315,14 +322,16 @@ def main() -> None:
             features, _ = MODELS.get(args.backbone)(ModelSpec(args.backbone), 3)
             net, folder = features.net.eval(), args.features / args.backbone
         scales = [int(d) for d in str(args.downscale).split(",")]
+        inputs = [i for i in args.input.split(",") if i]
         cache = Scales(
-            [FeatureCache(FrozenFeatures(net, parts, d), prep, folder, config.augment, config.seed)
-             for d in scales]
+            [FeatureCache(FrozenFeatures(net, parts, d, i), prep, folder, config.augment,
+                          config.seed)
+             for i in inputs for d in scales]
         )  # fmt: skip
         pool = [s for s in load_samples(args.manifest) if s.split != "test"]
         result = {"manifest": str(args.manifest), "C": args.lofo_c, "parts": parts,
                   "overrides": args.overrides,
-                  "backbone": args.backbone, "downscale": scales,
+                  "backbone": args.backbone, "downscale": scales, "input": inputs,
                   "scored": "each group's fakes from train/val/heldout-generators against the "
                   "validation reals of their pools; threshold at 1% of the validation reals",
                   **lofo(pool, cache, args.lofo, args.lofo_c, config, args.manifest,

@@ -212,3 +212,28 @@ def test_an_interrupted_extraction_keeps_what_it_did_and_a_broken_cache_is_rebui
     # images decoded in worker processes give the same features, in the same order
     workers = FeatureCache(net, prep, None, batch_images=2, workers=2, log=logs.append)
     np.testing.assert_allclose(workers.get(samples[::-1]), first[::-1], rtol=1e-6)
+
+
+def test_the_npr_input_sees_the_neighbouring_pixel_residual_not_the_scene(tmp_path):
+    import torch
+
+    from detector.preprocess import PreprocessConfig
+
+    net = FrozenFeatures(frozen_lite0(), input="npr")
+    rng = np.random.default_rng(5)
+    fine = torch.as_tensor(rng.normal(0, 0.3, (2, 3, SIZE, SIZE)), dtype=torch.float32)
+    # a scene constant on each 2x2 cell has no residual: any two such scenes look alike
+    blocks = torch.as_tensor(rng.normal(0, 1, (2, 3, SIZE // 2, SIZE // 2)), dtype=torch.float32)
+    scene = blocks.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    with torch.no_grad():
+        np.testing.assert_allclose(net(fine + scene), net(fine), atol=1e-4)
+        np.testing.assert_allclose(net(scene), net(torch.zeros_like(scene)), atol=1e-5)
+        assert not torch.allclose(net(fine), net(torch.zeros_like(fine)), atol=1e-3)
+        rgb = FrozenFeatures(frozen_lite0())
+        assert not torch.allclose(rgb(fine + scene), rgb(fine), atol=1e-3)
+    with pytest.raises(ProbeError, match="input must be one of rgb, npr"):
+        FrozenFeatures(frozen_lite0(), input="edges")
+    # its features are cached apart from the tiles' own
+    prep = PreprocessConfig(input_size=SIZE, max_tiles=1)
+    tags = {FeatureCache(n, prep, tmp_path).tag for n in (net, FrozenFeatures(frozen_lite0()))}
+    assert tags == {"head-s32-d1-npr", "head-s32-d1"}
