@@ -17,7 +17,7 @@ import numpy as np
 from benchmarks.env import environment
 from benchmarks.registry import Benchmark, Results, fail, register_benchmark
 from benchmarks.report import _f, _table, save_figure, subhead
-from detector.argtypes import positive_float, positive_ints
+from detector.argtypes import positive_float, positive_int, positive_ints
 from detector.engine import ModelBundle, load_bundle
 from detector.image import decode
 from detector.preprocess import preprocess
@@ -55,12 +55,19 @@ def _bundles(
     device: str,
     torch_precisions: tuple[str, ...],
     cuda_graphs: bool,
+    max_tiles: int | None = None,
 ) -> list[tuple[str, ModelBundle]]:
-    out = [(precision, load_bundle(path, device=device)) for precision, path in models.items()]
+    out = [
+        (precision, load_bundle(path, device=device, max_tiles=max_tiles))
+        for precision, path in models.items()
+    ]
     if checkpoint is not None:
         for precision in torch_precisions:
             for graphs in (False, True) if cuda_graphs and device == "cuda" else (False,):
-                bundle = load_bundle(checkpoint, device, precision=precision, cuda_graphs=graphs)
+                bundle = load_bundle(
+                    checkpoint, device, precision=precision, cuda_graphs=graphs,
+                    max_tiles=max_tiles,
+                )  # fmt: skip
                 out.append((precision, bundle))
     return out
 
@@ -76,15 +83,18 @@ def latency_benchmark(
     cuda_graphs: bool = False,
     images: list[bytes] | None = None,
     out: Path | None = None,
+    max_tiles: int | None = None,
 ) -> dict:
     """``models`` maps a precision (fp32, fp16, int8) to an exported ONNX directory; the torch
     engine runs ``checkpoint`` in each of ``torch_precisions``, and with ``cuda_graphs`` each
-    once more with CUDA graphs (on CUDA)."""
+    once more with CUDA graphs (on CUDA). ``max_tiles``: each image's tiles at most, instead of
+    the model's own (end to end)."""
     from benchmarks.serving import benchmark_images
 
     images = images or benchmark_images(8)
     rows, e2e = [], []
-    for precision, bundle in _bundles(models, checkpoint, device, torch_precisions, cuda_graphs):
+    chosen = _bundles(models, checkpoint, device, torch_precisions, cuda_graphs, max_tiles)
+    for precision, bundle in chosen:
         size = bundle.preprocess.input_size
         for batch in batches:
             tiles = (
@@ -103,7 +113,10 @@ def latency_benchmark(
             _row(bundle.engine.name, precision, 1, times, 1)
             | {"what": "decode+preprocess+model, 512x512 JPEG"}
         )
-    result = {**environment(), "benchmark": "latency", "model_only": rows, "end_to_end": e2e}
+    result = {
+        **environment(), "benchmark": "latency", "max_tiles": max_tiles,  # None: the model's own
+        "model_only": rows, "end_to_end": e2e,
+    }  # fmt: skip
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
@@ -153,6 +166,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batches", type=positive_ints, default=[1, 8, 32, 128])
     p.add_argument("--seconds", type=positive_float, default=3.0)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument(
+        "--max-tiles", type=positive_int, help="end to end: at most this many tiles per image"
+    )
     p.add_argument("--out", type=Path)
 
 
@@ -173,6 +189,7 @@ def _run(args: argparse.Namespace) -> int:
             torch_precisions=tuple(args.torch_precisions),
             cuda_graphs=args.cuda_graphs,
             out=args.out,
+            max_tiles=args.max_tiles,
         )
     except (ValueError, FileNotFoundError) as exc:
         return fail(exc)

@@ -94,6 +94,13 @@ def _add_detector_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="for the model method")
     p.add_argument(
+        "--max-tiles",
+        type=positive_int,
+        metavar="N",
+        help="for the model method: at most N tiles per image instead of the model's own "
+        "(faster, less of a large image seen; the model card measures 4)",
+    )
+    p.add_argument(
         "--memory-db",
         metavar="PATH",
         default=os.environ.get("SYNTHDETECT_MEMORY_DB") or None,
@@ -113,6 +120,8 @@ def _detector_spec(args: argparse.Namespace) -> tuple[list[str] | None, dict[str
             raise CliError("--methods is empty")
     options: dict[str, Any] = {"include_prompt": args.include_prompt, "device": args.device}
     extra = set()
+    if args.max_tiles:
+        options["max_tiles"] = args.max_tiles
     if args.model_path:
         options["model_path"] = args.model_path
         extra.add("model")  # an explicit model makes the model method run even if none is bundled

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -310,14 +310,33 @@ def load_bundle(
     precision: str = "fp32",
     cuda_graphs: bool = False,
     threads: int | None = None,
+    max_tiles: int | None = None,
 ) -> ModelBundle:
     """An exported directory / ``.onnx`` file (ONNX Runtime) or a ``.pt`` checkpoint / run dir.
 
     ``precision`` and ``cuda_graphs`` are torch-engine settings; an ONNX file's precision is
     the one it was exported in (``synthdetect export --precision``). ``threads``: ONNX Runtime's
-    intra-op threads (default: every core this process may use).
+    intra-op threads (default: every core this process may use). ``max_tiles``: at most this
+    many tiles per image instead of the model's own (fewer: faster, and the image less covered;
+    the model card measures both).
     """
-    path = Path(path)
+    if max_tiles is not None and max_tiles < 1:
+        raise ValueError(f"max_tiles must be >= 1, got {max_tiles}")
+    bundle = _load_bundle(Path(path), device, engine, spinning, precision, cuda_graphs, threads)
+    if max_tiles is not None:
+        bundle.preprocess = replace(bundle.preprocess, max_tiles=max_tiles)
+    return bundle
+
+
+def _load_bundle(
+    path: Path,
+    device: str,
+    engine: str,
+    spinning: bool,
+    precision: str,
+    cuda_graphs: bool,
+    threads: int | None,
+) -> ModelBundle:
     if path.is_dir() and (path / ONNX_FILE).exists():
         path = path / ONNX_FILE
     elif path.is_dir() and (path / "checkpoints" / "best.pt").exists():

@@ -57,6 +57,12 @@ def register(sub: Any) -> None:
         help="torch engine on CUDA: replay one captured CUDA graph per batch bucket",
     )
     p.add_argument(
+        "--max-tiles",
+        type=positive_int,
+        help="/v1/score: at most this many tiles per image instead of the model's own (faster, "
+        "less of a large image seen; the model card measures 4)",
+    )
+    p.add_argument(
         "--max-batch-size",
         type=positive_int,
         default=BatcherConfig.max_batch_size,
@@ -221,6 +227,7 @@ def serve_one(
                 work_timeout_s=args.work_timeout_s,
                 spinning=not args.no_ort_spinning,
                 threads=max(1, cpu_threads() // total) if total > 1 else None,
+                max_tiles=args.max_tiles,
                 max_pixels_in_flight=int(args.max_megapixels_in_flight * 1e6),
                 gpu_decode=args.gpu_decode,
                 memory_db=args.memory_db,

@@ -74,6 +74,7 @@ class ServiceConfig:
     methods: tuple[str, ...] | None = None  # default for /v1/score: every available method
     spinning: bool = True  # ONNX Runtime's busy-waiting threads: lower latency (measured)
     threads: int | None = None  # ONNX Runtime intra-op threads (default: every usable core)
+    max_tiles: int | None = None  # tiles per image for /v1/score (default: the model's own)
     # Decoded pixels of the images being scored at once, at most (a 10 KB PNG can declare 80
     # MP, ~1 GB while it is scored): past it, images wait for room; one larger image runs alone.
     max_pixels_in_flight: int = 160_000_000
@@ -198,6 +199,7 @@ class Service:
             precision=config.precision,
             cuda_graphs=config.cuda_graphs,
             threads=config.threads,
+            max_tiles=config.max_tiles,
         )
         bundle.engine.warmup(bundle.preprocess.input_size, config.batcher.max_batch_size)
         self.active = 0  # scoring tasks in flight: the batcher's view (see serving.batcher)

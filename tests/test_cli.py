@@ -119,6 +119,8 @@ def test_verbose_lists_every_method(files):
         (["score", "--methods", ",", "x.png"], "--methods is empty"),
         (["score", "missing.png"], "no such file"),
         (["score", "--max-pixels", "0", "x.png"], "must be positive"),
+        (["score", "--max-tiles", "0", "x.png"], "--max-tiles: must be positive"),
+        (["serve", "--max-tiles", "-2"], "--max-tiles: must be positive"),
         (["scan", "missing-dir", "--out", "r.jsonl"], "not a directory"),
         (["score", "--model", "junk.onnx", "x.png"], "ONNX Runtime cannot load"),
         (["score", "--model", "junk.pt", "x.png"], "cannot be read as a torch checkpoint"),

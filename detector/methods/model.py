@@ -40,17 +40,21 @@ def model_tiles(images: Sequence[DecodedImage], prep: PreprocessConfig) -> list[
 class ModelMethod(Method):
     kind = Kind.MODEL
     description = "trained CNN/ViT detector (RGB + pixel residual + frequency branches)"
-    options: ClassVar[tuple[str, ...]] = ("model_path", "device", "bundle")
+    options: ClassVar[tuple[str, ...]] = ("model_path", "device", "bundle", "max_tiles")
 
     def __init__(
         self,
         model_path: str | Path | None = None,
         device: str = "cpu",
         bundle: ModelBundle | None = None,
+        max_tiles: int | None = None,
     ) -> None:
         # ``bundle`` lets a host share one loaded model (the server passes its batcher here).
         if bundle is None:
-            bundle = load_bundle(Path(model_path) if model_path else DEFAULT_MODEL, device=device)
+            bundle = load_bundle(
+                Path(model_path) if model_path else DEFAULT_MODEL, device=device,
+                max_tiles=max_tiles,
+            )  # fmt: skip
         self.bundle: ModelBundle = bundle
 
     @classmethod
