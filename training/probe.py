@@ -102,6 +102,8 @@ class FrozenFeatures(nn.Module):
         super().__init__()
         if input not in INPUTS:
             raise ProbeError(f"input must be one of {', '.join(INPUTS)}, got {input!r}")
+        if input == "npr" and downscale > 1:  # pooling first would erase the 2x2 residual
+            raise ProbeError("the npr input needs downscale 1")
         unknown = sorted(set(parts) - set(PARTS))
         parts = tuple(p for p in PARTS if p in parts)
         if unknown or not parts:
@@ -111,6 +113,7 @@ class FrozenFeatures(nn.Module):
         self.net, self.parts, self.downscale, self.input = net.eval(), parts, downscale, input
         for p in self.net.parameters():
             p.requires_grad_(False)
+        self.eval()  # an ONNX export restores the mode it found: frozen means eval, always
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = self.net
@@ -118,7 +121,7 @@ class FrozenFeatures(nn.Module):
             x = nn.functional.avg_pool2d(x, self.downscale)
         if self.input == "npr":
             coarse = nn.functional.interpolate(x[..., ::2, ::2], scale_factor=2, mode="nearest")
-            x = NPR_GAIN * (x - coarse)
+            x = NPR_GAIN * (x - coarse[..., : x.shape[-2], : x.shape[-1]])  # odd sides too
         x = n._swish(n._bn0(n._conv_stem(x)))
         out = []
         for i, block in enumerate(n._blocks):

@@ -67,7 +67,7 @@ from training.train import sample_weights
 
 
 class Scales:
-    """The features of several FeatureCaches side by side (one per downscale factor)."""
+    """The features of several FeatureCaches side by side (one per input and downscale)."""
 
     def __init__(self, caches: list[FeatureCache]) -> None:
         self.caches = caches
@@ -314,6 +314,11 @@ def main() -> None:
     args = ap.parse_intermixed_args()
     config = load_config(args.config, args.overrides)
     parts = [p for p in args.parts.split(",") if p]
+    inputs = [i for i in args.input.split(",") if i]
+    if not inputs:
+        raise SystemExit("--input is empty")
+    if inputs != ["rgb"] and not args.lofo:
+        raise SystemExit("--input other than rgb is measured with --lofo only")
     if args.lofo:
         prep = PreprocessConfig(input_size=config.input_size, max_tiles=config.max_tiles)
         if args.backbone == "efficientnet_lite0":
@@ -322,7 +327,6 @@ def main() -> None:
             features, _ = MODELS.get(args.backbone)(ModelSpec(args.backbone), 3)
             net, folder = features.net.eval(), args.features / args.backbone
         scales = [int(d) for d in str(args.downscale).split(",")]
-        inputs = [i for i in args.input.split(",") if i]
         cache = Scales(
             [FeatureCache(FrozenFeatures(net, parts, d, i), prep, folder, config.augment,
                           config.seed)

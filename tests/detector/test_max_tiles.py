@@ -44,6 +44,8 @@ def test_the_model_method_cuts_at_most_that_many_tiles(large_png):
     own, fewer = ModelMethod(), ModelMethod(max_tiles=4)
     assert len(own.tiles([image])[0]) == 16  # a 1024 px image gets the model's 16
     assert len(fewer.tiles([image])[0]) == 4
+    shared = ModelMethod(bundle=own.bundle, max_tiles=1)  # a host's loaded model, overridden
+    assert len(shared.tiles([image])[0]) == 1 and own.bundle.preprocess.max_tiles == 16
     result = fewer.score([image])[0]
     assert result.probability is not None and "over 4 tiles" in result.evidence[0].message
 

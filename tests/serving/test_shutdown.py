@@ -238,3 +238,18 @@ def test_connection_cap_and_idle_timeout(exported_model):
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "connection cap (4) reached: refused 1 connections" in err
+
+
+def test_serve_max_tiles_cuts_each_image_into_at_most_that_many_tiles(exported_model):
+    """``serve --max-tiles 2``: /v1/score's model result covers two tiles of a large image."""
+    port = free_port()
+    proc = _serve(exported_model, port, "--max-tiles", "2")
+    url = f"127.0.0.1:{port}"
+    try:
+        _wait_until(proc, lambda: _ready(url))
+        status, _, body = request(url, "/v1/score?methods=model", jpeg(11, 512))
+        assert status == 200, body[:200]
+        assert json.loads(body)["verdict"]["methods"]["model"]["details"]["tiles"] == 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)

@@ -233,7 +233,12 @@ def test_the_npr_input_sees_the_neighbouring_pixel_residual_not_the_scene(tmp_pa
         assert not torch.allclose(rgb(fine + scene), rgb(fine), atol=1e-3)
     with pytest.raises(ProbeError, match="input must be one of rgb, npr"):
         FrozenFeatures(frozen_lite0(), input="edges")
+    with pytest.raises(ProbeError, match="npr input needs downscale 1"):
+        FrozenFeatures(frozen_lite0(), input="npr", downscale=2)
+    with torch.no_grad():  # an odd side keeps its last row and column
+        assert net(torch.zeros(1, 3, SIZE + 1, SIZE + 1)).shape == (1, 1280)
     # its features are cached apart from the tiles' own
     prep = PreprocessConfig(input_size=SIZE, max_tiles=1)
     tags = {FeatureCache(n, prep, tmp_path).tag for n in (net, FrozenFeatures(frozen_lite0()))}
     assert tags == {"head-s32-d1-npr", "head-s32-d1"}
+    assert not net.training and not net.net.training  # the ONNX export left it frozen
