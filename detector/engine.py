@@ -278,6 +278,13 @@ class ModelBundle:
     def name(self) -> str:
         return str(self.meta.get("name") or self.meta.get("model_spec", {}).get("name") or "model")
 
+    def with_max_tiles(self, max_tiles: int | None) -> ModelBundle:
+        """This model cutting at most ``max_tiles`` tiles per image (None: its own count); the
+        engine is shared, not reloaded."""
+        if max_tiles is None or max_tiles == self.preprocess.max_tiles:
+            return self
+        return replace(self, preprocess=replace(self.preprocess, max_tiles=max_tiles))
+
     def tensor_io(self) -> dict[str, list[dict[str, Any]]]:
         """The tensor model's inputs and outputs (``detector.model_io``): from the ONNX sidecar,
         or, for a checkpoint, what its export would write."""
@@ -320,12 +327,8 @@ def load_bundle(
     many tiles per image instead of the model's own (fewer: faster, and the image less covered;
     the model card measures both).
     """
-    if max_tiles is not None and max_tiles < 1:
-        raise ValueError(f"max_tiles must be >= 1, got {max_tiles}")
     bundle = _load_bundle(Path(path), device, engine, spinning, precision, cuda_graphs, threads)
-    if max_tiles is not None:
-        bundle.preprocess = replace(bundle.preprocess, max_tiles=max_tiles)
-    return bundle
+    return bundle.with_max_tiles(max_tiles)  # PreprocessConfig refuses a count below 1
 
 
 def _load_bundle(

@@ -42,8 +42,10 @@ class PreprocessConfig:
     pad_mode: str = "reflect"
 
     def __post_init__(self) -> None:
-        if self.input_size < 16 or self.max_tiles < 1:
-            raise ValueError(f"bad PreprocessConfig: {self}")
+        if self.input_size < 16:
+            raise ValueError(f"input_size must be >= 16, got {self.input_size}")
+        if self.max_tiles < 1:
+            raise ValueError(f"max_tiles must be >= 1, got {self.max_tiles}")
         if self.channel_order not in ("RGB", "BGR"):
             raise ValueError(f"channel_order must be RGB or BGR, got {self.channel_order!r}")
         if self.pad_mode not in ("reflect", "edge", "constant"):

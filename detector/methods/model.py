@@ -11,7 +11,6 @@ model is bundled.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -56,11 +55,7 @@ class ModelMethod(Method):
                 Path(model_path) if model_path else DEFAULT_MODEL, device=device,
                 max_tiles=max_tiles,
             )  # fmt: skip
-        elif max_tiles is not None and max_tiles != bundle.preprocess.max_tiles:
-            if max_tiles < 1:
-                raise ValueError(f"max_tiles must be >= 1, got {max_tiles}")
-            bundle = replace(bundle, preprocess=replace(bundle.preprocess, max_tiles=max_tiles))
-        self.bundle: ModelBundle = bundle
+        self.bundle: ModelBundle = bundle.with_max_tiles(max_tiles)
 
     @classmethod
     def availability(
