@@ -71,7 +71,7 @@ STAGE_ENDS = (0, 2, 4, 7, 10, 14, 15)
 STAGE_WIDTHS = (16, 24, 40, 80, 112, 192, 320)
 HEAD_WIDTH = 1280
 PARTS = ("stages", "head")
-INPUTS = ("rgb", "npr")
+INPUTS = ("rgb", "npr", "zoom2")
 NPR_GAIN = 6.0  # the residual's spread is about 1/6 of the tiles' (40 validation images)
 AUGMENTED = "train-augment"  # the view: one draw of the training degradations per image
 
@@ -93,7 +93,11 @@ class FrozenFeatures(nn.Module):
     ``downscale`` K average-pools each tile by K first (K^2 less compute). ``input`` "npr"
     shows the network each tile's neighbouring-pixel residual instead of the tile (the tile
     less its 2x nearest-neighbour down- and up-sampled copy, times NPR_GAIN; Tan et al.,
-    CVPR 2024): the upsampling trace of a generator's decoder, with little of the scene."""
+    CVPR 2024): the upsampling trace of a generator's decoder, with little of the scene.
+    "zoom2" shows it the tile's central half, nearest-neighbour upsampled 2x (the same cost):
+    each pixel spans two of the input's, so the stride-2 stem no longer skips every other
+    pixel (Gragnaniello et al., ICME 2021: detectors generalise better without the early
+    downsampling), at the price of a quarter of the tile's area."""
 
     def __init__(
         self, net: nn.Module, parts: Sequence[str] = ("head",), downscale: int = 1,
@@ -102,8 +106,8 @@ class FrozenFeatures(nn.Module):
         super().__init__()
         if input not in INPUTS:
             raise ProbeError(f"input must be one of {', '.join(INPUTS)}, got {input!r}")
-        if input == "npr" and downscale > 1:  # pooling first would erase the 2x2 residual
-            raise ProbeError("the npr input needs downscale 1")
+        if input != "rgb" and downscale > 1:  # pooling first would erase the pixel detail
+            raise ProbeError(f"the {input} input needs downscale 1")
         unknown = sorted(set(parts) - set(PARTS))
         parts = tuple(p for p in PARTS if p in parts)
         if unknown or not parts:
@@ -122,6 +126,10 @@ class FrozenFeatures(nn.Module):
         if self.input == "npr":
             coarse = nn.functional.interpolate(x[..., ::2, ::2], scale_factor=2, mode="nearest")
             x = NPR_GAIN * (x - coarse[..., : x.shape[-2], : x.shape[-1]])  # odd sides too
+        elif self.input == "zoom2":
+            h, w = x.shape[-2:]
+            x = x[..., h // 4 : h // 4 + h // 2, w // 4 : w // 4 + w // 2]
+            x = nn.functional.interpolate(x, scale_factor=2, mode="nearest")
         x = n._swish(n._bn0(n._conv_stem(x)))
         out = []
         for i, block in enumerate(n._blocks):

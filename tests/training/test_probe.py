@@ -242,3 +242,23 @@ def test_the_npr_input_sees_the_neighbouring_pixel_residual_not_the_scene(tmp_pa
     tags = {FeatureCache(n, prep, tmp_path).tag for n in (net, FrozenFeatures(frozen_lite0()))}
     assert tags == {"head-s32-d1-npr", "head-s32-d1"}
     assert not net.training and not net.net.training  # the ONNX export left it frozen
+
+
+def test_the_zoom2_input_sees_the_tiles_central_half_at_twice_the_scale():
+    import torch
+
+    net = FrozenFeatures(frozen_lite0(), input="zoom2")
+    rng = np.random.default_rng(6)
+    tile = torch.as_tensor(rng.normal(0, 1, (1, 3, SIZE, SIZE)), dtype=torch.float32)
+    border = tile.clone()
+    q = SIZE // 4
+    border[..., :q, :] = border[..., -q:, :] = border[..., :, :q] = border[..., :, -q:] = 0.5
+    centre = tile[..., q : SIZE - q, q : SIZE - q]
+    enlarged = centre.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    rgb = FrozenFeatures(frozen_lite0())
+    with torch.no_grad():
+        np.testing.assert_allclose(net(border), net(tile), atol=1e-5)  # the border is unseen
+        np.testing.assert_allclose(net(tile), rgb(enlarged), atol=1e-5)
+        assert not torch.allclose(net(tile), rgb(tile), atol=1e-3)
+    with pytest.raises(ProbeError, match="zoom2 input needs downscale 1"):
+        FrozenFeatures(frozen_lite0(), input="zoom2", downscale=2)
