@@ -108,7 +108,7 @@ declare -A CANDIDATES=(
   # not pushed once its image is decided. 16 images of 2 tiles a step: the same compute
   [tile192-mil2]="input_size=192 tiles_per_image=2"
   # no self-made fakes at 192 px: at 128 px (wild-only) this ranked the validation sources
-  # above every 128 px seed (ROC-AUC 0.850 equalised against 0.755-0.832), level on the
+  # above every 128 px seed (ROC-AUC 0.850 equalised against 0.773-0.832), level on the
   # held-out families; the validation sources are the closest proxy for new sources of the
   # families a deployment meets
   [tile192-wild-only]='input_size=192 pool_weights={"wild":1.0}'

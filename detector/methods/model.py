@@ -51,11 +51,8 @@ class ModelMethod(Method):
     ) -> None:
         # ``bundle`` lets a host share one loaded model (the server passes its batcher here).
         if bundle is None:
-            bundle = load_bundle(
-                Path(model_path) if model_path else DEFAULT_MODEL, device=device,
-                max_tiles=max_tiles,
-            )  # fmt: skip
-        self.bundle: ModelBundle = bundle.with_max_tiles(max_tiles)
+            bundle = load_bundle(Path(model_path) if model_path else DEFAULT_MODEL, device=device)
+        self.bundle: ModelBundle = bundle.with_max_tiles(max_tiles)  # loaded here or shared
 
     @classmethod
     def availability(

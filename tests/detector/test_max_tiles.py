@@ -1,5 +1,5 @@
 """``--max-tiles``: fewer tiles per image than the model's own (speed against coverage), set in
-one place (``load_bundle``) and taken by the model method, ``score``/``scan``, the server and
+one place (``ModelBundle.with_max_tiles``, which ``load_bundle`` applies) and taken by the model method, ``score``/``scan``, the server and
 the latency benchmark."""
 
 from __future__ import annotations
