@@ -41,6 +41,7 @@ from detector.models import MODELS, ModelSpec
 from detector.preprocess import PreprocessConfig, preprocess
 from training.calibrate import fit_calibration
 from training.config import TrainConfig
+from training.cooccurrence import CooccurrenceFeatures
 from training.data import EvalDataset, collate_tiles
 from training.datasets import Sample, load_samples, read_pixels
 from training.degrade import AugmentPolicy, apply_chain, parse_chain
@@ -197,7 +198,7 @@ class FeatureCache:
 
     def __init__(
         self,
-        network: FrozenFeatures,
+        network: FrozenFeatures | CooccurrenceFeatures,
         prep: PreprocessConfig,
         folder: Path | None = None,
         augment: AugmentPolicy | None = None,
@@ -210,11 +211,15 @@ class FeatureCache:
         self.prep, self.augment, self.seed, self.save_every = prep, augment, seed, save_every
         self.workers = workers  # processes decoding images while the network runs
         self.folder, self.batch_images, self.log = folder, batch_images, log
+        self.memory: dict[str, dict[str, np.ndarray]] = {}
+        if isinstance(network, CooccurrenceFeatures):  # hand-made features, no network
+            self.tag = f"{network.tag}-s{prep.input_size}"
+            self._extract = network
+            return
         parts = "+".join(network.parts)
         self.tag = f"{parts}-s{prep.input_size}-d{network.downscale}"
         if network.input != "rgb":
             self.tag += f"-{network.input}"
-        self.memory: dict[str, dict[str, np.ndarray]] = {}
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "features.onnx"
             torch.onnx.export(
@@ -222,9 +227,8 @@ class FeatureCache:
                 input_names=["images"], output_names=["features"],
                 dynamic_axes={"images": {0: "n"}}, dynamo=False,
             )  # fmt: skip
-            self.session = ort.InferenceSession(
-                path.read_bytes(), providers=["CPUExecutionProvider"]
-            )
+            session = ort.InferenceSession(path.read_bytes(), providers=["CPUExecutionProvider"])
+        self._extract = lambda tiles: session.run(None, {"images": tiles})[0]
 
     def _file(self, view: str) -> Path | None:
         if self.folder is None:
@@ -280,7 +284,7 @@ class FeatureCache:
                 collate_fn=collate_tiles, num_workers=self.workers,
             )  # fmt: skip
             for n, (tiles, owner, indices) in enumerate(loader, 1):
-                f = self.session.run(None, {"images": tiles.numpy()})[0].astype(np.float64)
+                f = self._extract(tiles.numpy()).astype(np.float64)
                 sums = np.zeros((len(indices), f.shape[1]))
                 np.add.at(sums, owner.numpy(), f)
                 counts = np.bincount(owner.numpy(), minlength=len(indices))[:, None]

@@ -42,6 +42,7 @@ from detector.models import MODELS, ModelSpec
 from detector.preprocess import PreprocessConfig
 from training.calibrate import fit_calibration
 from training.config import load_config
+from training.cooccurrence import CooccurrenceFeatures
 from training.datasets import load_samples
 from training.degrade import parse_chain
 from training.metrics import compute_metrics
@@ -64,6 +65,8 @@ from training.run_eval import (
     read_holdouts,
 )
 from training.train import sample_weights
+
+COOC = "cooc"  # --input: co-occurrences of quantised residuals (training.cooccurrence)
 
 
 class Scales:
@@ -291,9 +294,12 @@ def main() -> None:
     )  # fmt: skip
     ap.add_argument(
         "--input", default="rgb",
-        help=f"with --lofo: what the frozen network sees, of {INPUTS}; a list (rgb,npr) "
-        "concatenates the features of each",
+        help=f"with --lofo: what the frozen network sees, of {INPUTS}, or {COOC} (residual "
+        "co-occurrences, no network); a list (rgb,npr) concatenates the features of each",
     )  # fmt: skip
+    ap.add_argument(
+        "--workers", type=int, default=0, help="processes decoding images for the extraction"
+    )
     ap.add_argument(
         "--backbone", default="efficientnet_lite0",
         help="with --lofo: the frozen ImageNet network (another one caches under its name)",
@@ -317,6 +323,9 @@ def main() -> None:
     inputs = [i for i in args.input.split(",") if i]
     if not inputs:
         raise SystemExit("--input is empty")
+    unknown = [i for i in inputs if i not in (*INPUTS, COOC)]
+    if unknown:
+        raise SystemExit(f"--input: unknown {unknown}; choose from {', '.join((*INPUTS, COOC))}")
     if inputs != ["rgb"] and not args.lofo:
         raise SystemExit("--input other than rgb is measured with --lofo only")
     if args.lofo:
@@ -327,10 +336,16 @@ def main() -> None:
             features, _ = MODELS.get(args.backbone)(ModelSpec(args.backbone), 3)
             net, folder = features.net.eval(), args.features / args.backbone
         scales = [int(d) for d in str(args.downscale).split(",")]
+
+        def extractor(i: str, d: int):  # "cooc": residual co-occurrences, no network
+            if i == COOC:
+                return CooccurrenceFeatures(prep.mean, prep.std)
+            return FrozenFeatures(net, parts, d, i)
+
         cache = Scales(
-            [FeatureCache(FrozenFeatures(net, parts, d, i), prep, folder, config.augment,
-                          config.seed)
-             for i in inputs for d in scales]
+            [FeatureCache(extractor(i, d), prep, args.features if i == COOC else folder,
+                          config.augment, config.seed, workers=args.workers)
+             for i in inputs for d in ([1] if i == COOC else scales)]
         )  # fmt: skip
         pool = [s for s in load_samples(args.manifest) if s.split != "test"]
         result = {"manifest": str(args.manifest), "C": args.lofo_c, "parts": parts,

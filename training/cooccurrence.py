@@ -1,0 +1,104 @@
+"""Co-occurrences of quantised pixel residuals: a hand-made feature view for the linear probe.
+
+The spatial rich model of steganalysis (Fridrich and Kodovsky 2012), applied to generated
+images by Nataraj et al. (2019) and recast as a network by Cozzolino et al. (2017): high-pass
+residuals of the pixels are rounded to a few levels and the joint histogram of several
+neighbouring residuals is the feature. Nothing in it depends on what the image shows, only on
+how neighbouring pixel values relate, which is what a camera's pipeline and a generator's
+decoder each leave behind. ``training.probe.FeatureCache`` takes it in place of a frozen
+network (``--input cooc`` of ``scripts/experiments/frozen_probe.py``).
+
+Per 8-bit channel, three 1-D residuals along rows and along columns (first, second and third
+order: kernels [-1, 1], [1, -2, 1], [-1, 3, -3, 1], divided by 1, 2 and 3), each rounded and
+clipped to [-T, T]; the histogram of ``order`` consecutive values along the residual's own
+direction, rows and columns pooled, channels pooled: (2T + 1)^order bins per residual. Beside
+them, the joint histogram of the three channels' first-order residuals at the same pixel
+((2T + 1)^3 bins), the colour correlation demosaicing leaves. Each histogram is normalised to
+frequencies and square-rooted (the Hellinger map, so a linear model compares distributions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["CooccurrenceFeatures"]
+
+_KERNELS = ((-1, 1), (1, -2, 1), (-1, 3, -3, 1))
+_STEPS = (1.0, 2.0, 3.0)
+_REACH = 255 * 8  # the largest |residual| of 8-bit pixels under these kernels
+
+
+def _residual(x: np.ndarray, kernel: Sequence[int], axis: int) -> np.ndarray:
+    """'Valid' 1-D correlation of int16 (N, C, H, W) with ``kernel`` along ``axis`` (2 or 3)."""
+    n = x.shape[axis] - len(kernel) + 1
+    index = [slice(None)] * x.ndim
+    out = np.zeros((*x.shape[:axis], n, *x.shape[axis + 1 :]), np.int16)
+    for k, c in enumerate(kernel):
+        index[axis] = slice(k, k + n)
+        out += np.int16(c) * x[tuple(index)]
+    return out
+
+
+class CooccurrenceFeatures:
+    """(N, 3, S, S) normalised tiles -> (N, D) co-occurrence features (NumPy, no network).
+
+    ``mean``/``std``: the tiles' normalisation, undone to recover 8-bit values."""
+
+    def __init__(
+        self, mean: Sequence[float], std: Sequence[float], truncation: int = 2, order: int = 4,
+        stride: int = 2,
+    ) -> None:  # fmt: skip
+        if truncation < 1 or order < 2 or (2 * truncation + 1) ** order > 32767:
+            raise ValueError(f"need truncation >= 1 and order >= 2, got {truncation}, {order}")
+        self.mean = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
+        self.std = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
+        self.t, self.order = truncation, order
+        self.levels = 2 * truncation + 1
+        self.tag = f"cooc-t{truncation}-o{order}-r{stride}"
+        self.width = len(_KERNELS) * self.levels**order + self.levels**3
+        self.stride = stride
+        self._luts: dict[float, np.ndarray] = {}
+
+    def _quantise(self, r: np.ndarray, step: float) -> np.ndarray:
+        """int16 residuals -> rounded, clipped and shifted to [0, 2T] (a lookup table)."""
+        lut = self._luts.get(step)
+        if lut is None:
+            values = np.arange(-_REACH, _REACH + 1) / step
+            lut = self._luts[step] = (np.clip(np.rint(values), -self.t, self.t) + self.t).astype(
+                np.int16
+            )
+        return lut[r + _REACH]
+
+    def _histogram(self, codes: np.ndarray, n: int, bins: int) -> np.ndarray:
+        """codes (N, ...) in [0, bins) -> (N, bins) frequencies per tile."""
+        flat = codes.reshape(n, -1).astype(np.int32)
+        flat += (np.arange(n, dtype=np.int32) * bins)[:, None]
+        counts = np.bincount(flat.ravel(), minlength=n * bins).reshape(n, bins)
+        return counts / np.maximum(counts.sum(1, keepdims=True), 1)
+
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        n = len(tiles)
+        x = np.rint((tiles * self.std + self.mean) * 255.0).astype(np.int16)
+        # tuples along rows from every other row, along columns from every other column: half
+        # the cost, every pixel relation inside a tuple still seen
+        along = {3: x[:, :, :: self.stride, :], 2: x[:, :, :, :: self.stride]}
+        parts = []
+        bins = self.levels**self.order
+        for kernel, step in zip(_KERNELS, _STEPS, strict=True):
+            hist = np.zeros((n, bins))
+            for axis, xs in along.items():
+                q = self._quantise(_residual(xs, kernel, axis), step)
+                m = q.shape[axis] - self.order + 1
+                index = [slice(None)] * 4
+                code = np.zeros((*q.shape[:axis], m, *q.shape[axis + 1 :]), np.int16)
+                for k in range(self.order):
+                    index[axis] = slice(k, k + m)
+                    code = code * np.int16(self.levels) + q[tuple(index)]
+                hist += self._histogram(code, n, bins)
+            parts.append(np.sqrt(hist / 2))
+        q = self._quantise(_residual(along[3], _KERNELS[0], 3), _STEPS[0])  # (N, 3, H', W-1)
+        code = (q[:, 0] * np.int16(self.levels) + q[:, 1]) * np.int16(self.levels) + q[:, 2]
+        parts.append(np.sqrt(self._histogram(code, n, self.levels**3)))
+        return np.concatenate(parts, axis=1).astype(np.float32)
