@@ -81,3 +81,26 @@ def test_a_group_defined_differently_is_not_kept():
     result, previous = _reports(0.30, (0.35, 0.65), ["b", "b2"])
     with pytest.raises(SystemExit, match="'moved' is defined differently"):
         probe.keep_previous_pairs(result, previous)
+
+
+def test_both_heads_score_features_as_logits_and_the_linear_one_is_the_probes_fit():
+    import numpy as np
+
+    from training.probe import fit_logistic
+
+    fp = _load(SCRIPTS / "experiments" / "frozen_probe.py")
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 200)
+    # a non-linear boundary: the class is whether |first feature| is large
+    x = rng.normal(0, 1, (400, 4))
+    x[:, 0] = np.where(y == 1, rng.choice([-1, 1], 400) * rng.uniform(2, 3, 400),
+                       rng.uniform(-1, 1, 400))  # fmt: skip
+    w = np.ones(400)
+    linear = fp.fit_head("linear", x, y, w, 1.0, 0)
+    weight, bias = fit_logistic(x, y, w, 1.0)
+    np.testing.assert_allclose(linear(x), x @ weight + bias)
+    mlp = fp.fit_head("mlp", x, y, w, 1.0, 0)
+    z = mlp(x)
+    assert z.shape == (400,) and np.isfinite(z).all()
+    accuracy = lambda s: ((s > 0) == y).mean()  # noqa: E731
+    assert accuracy(z) > 0.95 > 0.7 > accuracy(linear(x))  # only the MLP bends
