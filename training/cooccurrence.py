@@ -12,9 +12,13 @@ Per 8-bit channel, three 1-D residuals along rows and along columns (first, seco
 order: kernels [-1, 1], [1, -2, 1], [-1, 3, -3, 1], divided by 1, 2 and 3), each rounded and
 clipped to [-T, T]; the histogram of ``order`` consecutive values along the residual's own
 direction, rows and columns pooled, channels pooled: (2T + 1)^order bins per residual. Beside
-them, the joint histogram of the three channels' first-order residuals at the same pixel
-((2T + 1)^3 bins), the colour correlation demosaicing leaves. Each histogram is normalised to
-frequencies and square-rooted (the Hellinger map, so a linear model compares distributions).
+them, the joint histogram of the three channels' first-order residuals along rows at the same
+pixel ((2T + 1)^3 bins), the colour correlation demosaicing leaves. Each histogram is
+normalised to frequencies and square-rooted (the Hellinger map, so a linear model compares
+distributions). Tuples along rows are taken from every ``stride``-th row and tuples along
+columns from every ``stride``-th column (half the cost at 2; every pixel relation inside a
+tuple is still seen). Residuals are rounded half to even (NumPy's ``rint``; the rich model
+rounds halves away from zero, which differs only for the second order's odd values).
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["CooccurrenceFeatures"]
+__all__ = ["VERSION", "CooccurrenceFeatures"]
 
 _KERNELS = ((-1, 1), (1, -2, 1), (-1, 3, -3, 1))
 _STEPS = (1.0, 2.0, 3.0)
-_REACH = 255 * 8  # the largest |residual| of 8-bit pixels under these kernels
+_REACH = 255 * 4  # the largest |residual| of 8-bit pixels: 255 x the positive weights' sum
+_MAX_BINS = 1 << 20  # per histogram: (2T + 1)^order and (2T + 1)^3
+VERSION = 1  # in the cache tag: a change to what the features are must change it
 
 
 def _residual(x: np.ndarray, kernel: Sequence[int], axis: int) -> np.ndarray:
@@ -44,19 +50,29 @@ def _residual(x: np.ndarray, kernel: Sequence[int], axis: int) -> np.ndarray:
 class CooccurrenceFeatures:
     """(N, 3, S, S) normalised tiles -> (N, D) co-occurrence features (NumPy, no network).
 
-    ``mean``/``std``: the tiles' normalisation, undone to recover 8-bit values."""
+    ``mean``/``std``: the tiles' normalisation, undone to recover 8-bit values (the
+    preprocessing never resizes, so they are the file's own, up to the rounding undone here)."""
 
     def __init__(
         self, mean: Sequence[float], std: Sequence[float], truncation: int = 2, order: int = 4,
         stride: int = 2,
     ) -> None:  # fmt: skip
-        if truncation < 1 or order < 2 or (2 * truncation + 1) ** order > 32767:
-            raise ValueError(f"need truncation >= 1 and order >= 2, got {truncation}, {order}")
+        if truncation < 1 or order < 2 or stride < 1:
+            raise ValueError(
+                f"need truncation >= 1, order >= 2 and stride >= 1, got {truncation}, {order}, "
+                f"{stride}"
+            )
+        bins = max((2 * truncation + 1) ** order, (2 * truncation + 1) ** 3)
+        if bins > _MAX_BINS:
+            raise ValueError(
+                f"truncation {truncation} and order {order} make {bins} bins a histogram; at "
+                f"most {_MAX_BINS}"
+            )
         self.mean = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
         self.std = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
         self.t, self.order = truncation, order
         self.levels = 2 * truncation + 1
-        self.tag = f"cooc-t{truncation}-o{order}-r{stride}"
+        self.tag = f"cooc{VERSION}-t{truncation}-o{order}-r{stride}"
         self.width = len(_KERNELS) * self.levels**order + self.levels**3
         self.stride = stride
         self._luts: dict[float, np.ndarray] = {}
@@ -80,7 +96,7 @@ class CooccurrenceFeatures:
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
         n = len(tiles)
-        x = np.rint((tiles * self.std + self.mean) * 255.0).astype(np.int16)
+        x = np.clip(np.rint((tiles * self.std + self.mean) * 255.0), 0, 255).astype(np.int16)
         # tuples along rows from every other row, along columns from every other column: half
         # the cost, every pixel relation inside a tuple still seen
         along = {3: x[:, :, :: self.stride, :], 2: x[:, :, :, :: self.stride]}
@@ -92,13 +108,13 @@ class CooccurrenceFeatures:
                 q = self._quantise(_residual(xs, kernel, axis), step)
                 m = q.shape[axis] - self.order + 1
                 index = [slice(None)] * 4
-                code = np.zeros((*q.shape[:axis], m, *q.shape[axis + 1 :]), np.int16)
+                code = np.zeros((*q.shape[:axis], m, *q.shape[axis + 1 :]), np.int32)
                 for k in range(self.order):
                     index[axis] = slice(k, k + m)
-                    code = code * np.int16(self.levels) + q[tuple(index)]
+                    code = code * self.levels + q[tuple(index)]
                 hist += self._histogram(code, n, bins)
             parts.append(np.sqrt(hist / 2))
         q = self._quantise(_residual(along[3], _KERNELS[0], 3), _STEPS[0])  # (N, 3, H', W-1)
-        code = (q[:, 0] * np.int16(self.levels) + q[:, 1]) * np.int16(self.levels) + q[:, 2]
+        code = (q[:, 0].astype(np.int32) * self.levels + q[:, 1]) * self.levels + q[:, 2]
         parts.append(np.sqrt(self._histogram(code, n, self.levels**3)))
         return np.concatenate(parts, axis=1).astype(np.float32)

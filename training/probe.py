@@ -188,7 +188,8 @@ def _stamp(path: Path) -> str:
 
 class FeatureCache:
     """Per-image features of a frozen network (the mean over the image's inference grid),
-    run through ONNX Runtime (several times faster than torch on a CPU) and kept in
+    run through ONNX Runtime (several times faster than torch on a CPU), or of hand-made
+    ``CooccurrenceFeatures`` (NumPy), and kept in
     ``folder`` (None: in memory only), one file per view, keyed by each image's path, size and
     modification time, so a rebuilt corpus is never read from a stale cache; written every
     ``save_every`` batches, so an interrupted extraction resumes where it stopped.
@@ -213,6 +214,12 @@ class FeatureCache:
         self.folder, self.batch_images, self.log = folder, batch_images, log
         self.memory: dict[str, dict[str, np.ndarray]] = {}
         if isinstance(network, CooccurrenceFeatures):  # hand-made features, no network
+            if not np.allclose(network.mean.ravel(), prep.mean) or not np.allclose(
+                network.std.ravel(), prep.std
+            ):
+                raise ProbeError(
+                    "the co-occurrence features must undo the tiles' own normalisation"
+                )
             self.tag = f"{network.tag}-s{prep.input_size}"
             self._extract = network
             return

@@ -9,7 +9,7 @@ from PIL import Image
 from detector.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
 from training.cooccurrence import CooccurrenceFeatures
 from training.datasets import Sample
-from training.probe import FeatureCache
+from training.probe import FeatureCache, ProbeError
 
 pytestmark = pytest.mark.unit
 
@@ -57,9 +57,22 @@ def test_the_histograms_count_what_the_residuals_are():
     tile = np.broadcast_to(stripes[None, :, None], (24, 24, 3))[None]  # one row, columns vary
     first = f(normalised(tile))[0, :BINS] ** 2
     assert first[code(2, -2, 2, -2)] + first[code(-2, 2, -2, 2)] == pytest.approx(0.5)
-    # the channels' joint residual (along rows): three channels moving together, (1, 1, 1)
-    joint = f(normalised(ramp))[0, 3 * BINS :] ** 2
-    assert joint[(3 * LEVELS + 3) * LEVELS + 3] == pytest.approx(1.0)
+    # the channels' joint residual (along rows), in channel order: slopes +1, 0, -1
+    x = np.arange(24)[None, :].repeat(24, 0)
+    rgb = np.stack([100 + x, np.full_like(x, 100), 150 - x], -1).astype(np.uint8)[None]
+    joint = f(normalised(rgb))[0, 3 * BINS :] ** 2
+    assert joint[(3 * LEVELS + 2) * LEVELS + 1] == pytest.approx(1.0)  # levels (3, 2, 1)
+
+
+def test_extreme_residuals_are_clipped_to_the_outer_levels():
+    """Columns alternating 0 / 255: every order's residual is the largest there is."""
+    f = CooccurrenceFeatures(IMAGENET_MEAN, IMAGENET_STD)
+    stripes = np.where(np.arange(24) % 2 == 0, 0, 255).astype(np.uint8)
+    tile = np.broadcast_to(stripes[None, :, None], (24, 24, 3))[None]
+    out = f(normalised(tile))[0] ** 2
+    for r in range(3):
+        hist = out[r * BINS : (r + 1) * BINS]
+        assert hist[code(2, -2, 2, -2)] + hist[code(-2, 2, -2, 2)] == pytest.approx(0.5)
 
 
 def test_content_at_another_brightness_gives_the_same_features():
@@ -72,10 +85,20 @@ def test_content_at_another_brightness_gives_the_same_features():
 
 
 def test_bad_settings_are_refused():
-    with pytest.raises(ValueError, match="truncation"):
+    with pytest.raises(ValueError, match=r"need truncation >= 1, .* got 0, 4, 2"):
         CooccurrenceFeatures(IMAGENET_MEAN, IMAGENET_STD, truncation=0)
-    with pytest.raises(ValueError, match="truncation"):
-        CooccurrenceFeatures(IMAGENET_MEAN, IMAGENET_STD, truncation=4, order=5)
+    with pytest.raises(ValueError, match="got 2, 4, 0"):
+        CooccurrenceFeatures(IMAGENET_MEAN, IMAGENET_STD, stride=0)
+    with pytest.raises(ValueError, match="make 4084101 bins"):
+        CooccurrenceFeatures(IMAGENET_MEAN, IMAGENET_STD, truncation=10, order=5)
+    with pytest.raises(ValueError, match="make 1092727 bins"):  # the channels' joint histogram
+        CooccurrenceFeatures(IMAGENET_MEAN, IMAGENET_STD, truncation=51, order=2)
+    # large but allowed: codes past the int16 range (33^3 of the joint histogram) do not wrap
+    f = CooccurrenceFeatures(IMAGENET_MEAN, IMAGENET_STD, truncation=16, order=2)
+    rng = np.random.default_rng(2)
+    out = f(normalised(rng.integers(0, 256, (2, 16, 16, 3), np.uint8))) ** 2
+    joint = out[:, -(33**3) :]
+    assert np.allclose(joint.sum(1), 1.0) and joint[:, 32768:].sum() > 0
 
 
 def test_the_feature_cache_takes_it_in_place_of_a_network(tmp_path):
@@ -87,10 +110,15 @@ def test_the_feature_cache_takes_it_in_place_of_a_network(tmp_path):
         samples.append(Sample(path, i, "real" if i == 0 else "x"))
     prep = PreprocessConfig(input_size=32, max_tiles=1)
     f = CooccurrenceFeatures(prep.mean, prep.std)
-    cache = FeatureCache(f, prep, tmp_path / "cache", log=lambda _: None)
-    assert cache.tag == "cooc-t2-o4-r2-s32"
+    logs: list[str] = []
+    cache = FeatureCache(f, prep, tmp_path / "cache", log=logs.append)
+    assert cache.tag == "cooc1-t2-o4-r2-s32"
     got = cache.get(samples)
-    assert (
-        got.shape == (2, f.width) and (tmp_path / "cache" / "cooc-t2-o4-r2-s32-asis.npz").exists()
-    )
-    np.testing.assert_allclose(FeatureCache(f, prep, tmp_path / "cache").get(samples), got)
+    assert got.shape == (2, f.width)
+    assert (tmp_path / "cache" / "cooc1-t2-o4-r2-s32-asis.npz").exists()
+    assert len(logs) == 1 and logs[0].startswith("features (as-is): 2 images")
+    again = FeatureCache(f, prep, tmp_path / "cache", log=logs.append).get(samples)
+    assert len(logs) == 1  # read back, not extracted again
+    np.testing.assert_allclose(again, got)
+    with pytest.raises(ProbeError, match="undo the tiles' own normalisation"):
+        FeatureCache(CooccurrenceFeatures((0.5,) * 3, (0.5,) * 3), prep)
