@@ -82,12 +82,14 @@ class Scales:
 
 def lofo(
     pool, cache: FeatureCache, holdouts: Path, c: float, config, manifest,
-    pair_runs: Path | None = None, head: str = "linear",
+    pair_runs: Path | None = None, head: str = "linear", fit_jpeg90: bool = False,
 ) -> dict:  # fmt: skip
     """The probe's leave-one-family-out table, scored as ``evaluate --leave-one-out`` scores a
     group: its fakes from every split but test against the validation reals of their pools.
     With ``pair_runs``, also the pair's table (``pair_row``) for each group whose fine-tuned
-    run ``pair_runs/loo-GROUP`` kept its held-out scores."""
+    run ``pair_runs/loo-GROUP`` kept its held-out scores. ``fit_jpeg90``: each training image
+    also re-encoded as JPEG q90 among the fit's rows (the equalised view's own re-encoding,
+    inside the training degradations' range: what a probe gains from seeing it)."""
     pairs: dict[str, dict] = {}
     feats = {v: cache.get(pool, v) for v in ("as-is", "jpeg:90")}
     train = [i for i, s in enumerate(pool) if s.split == "train"]
@@ -107,9 +109,10 @@ def lofo(
         w = np.asarray(sample_weights([pool[i] for i in idx], config.balance_power,
                                       config.pool_weights or None))  # fmt: skip
         y = np.array([pool[i].label for i in idx])
+        rows = [feats["as-is"][idx], aug[idx]] + [feats["jpeg:90"][idx]] * fit_jpeg90
         score = fit_head(
-            head, np.concatenate([feats["as-is"][idx], aug[idx]]), np.concatenate([y, y]),
-            np.concatenate([w, w]) / w.mean(), c, config.seed,
+            head, np.concatenate(rows), np.concatenate([y] * len(rows)),
+            np.concatenate([w] * len(rows)) / w.mean(), c, config.seed,
         )  # fmt: skip
         val = [i for i, s in enumerate(pool) if s.split == "val" and keep(s)]
         cal = fit_calibration(
@@ -325,6 +328,10 @@ def main() -> None:
         "--lofo-head", choices=HEADS, default="linear", help="the head of every --lofo fit"
     )
     ap.add_argument(
+        "--fit-jpeg90", action="store_true",
+        help="with --lofo: each training image also re-encoded as JPEG q90 among the fit's rows",
+    )  # fmt: skip
+    ap.add_argument(
         "--downscale", default="1",
         help="average-pool each tile by this factor first; with --lofo, a list (1,2) "
         "concatenates the features of each scale",
@@ -391,11 +398,12 @@ def main() -> None:
         pool = [s for s in load_samples(args.manifest) if s.split != "test"]
         result = {"manifest": str(args.manifest), "C": args.lofo_c, "parts": parts,
                   "overrides": args.overrides, "head": args.lofo_head,
+                  "fit_jpeg90": args.fit_jpeg90,
                   "backbone": args.backbone, "downscale": scales, "input": inputs,
                   "scored": "each group's fakes from train/val/heldout-generators against the "
                   "validation reals of their pools; threshold at 1% of the validation reals",
                   **lofo(pool, cache, args.lofo, args.lofo_c, config, args.manifest,
-                         args.pair_runs, args.lofo_head)}  # fmt: skip
+                         args.pair_runs, args.lofo_head, args.fit_jpeg90)}  # fmt: skip
         if args.previous:
             keep_previous_pairs(result, json.loads(args.previous.read_text()))
         args.out.parent.mkdir(parents=True, exist_ok=True)
