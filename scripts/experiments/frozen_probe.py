@@ -8,7 +8,9 @@ calibrated as training calibrates. This script runs the selection experiments ar
   as a model folder that ``synthdetect evaluate --generalisation`` and
   ``scripts/experiments/ensemble.py`` score like every candidate of ``scripts/select_model.sh``;
 - ``--lofo HOLDOUTS``: the probe's leave-one-family-out table instead (one fit per group,
-  scored as ``evaluate --leave-one-out`` scores one); with ``--pair-runs DIR`` (the work folder
+  scored as ``evaluate --leave-one-out`` scores one), on the frozen network's features, on
+  co-occurrences of quantised pixel residuals (``--input cooc``, ``training.cooccurrence``) or
+  both side by side, with a linear or a one-hidden-layer head (``--lofo-head``); with ``--pair-runs DIR`` (the work folder
   of ``scripts/lofo_wild.sh``) also the table of the default model's recipe, the fine-tuned
   run and the probe averaged as ``synthdetect ensemble`` averages them (equal weights on their
   temperature-scaled logits), for every group whose fine-tuned run has finished there;
@@ -20,9 +22,9 @@ Features are cached per image under ``--features`` (``training.probe.FeatureCach
     python scripts/experiments/frozen_probe.py MANIFEST OUT_DIR --features CACHE_DIR \
         [--parts head] [--downscale 1] [--zero-shot-of RUN]
     python scripts/experiments/frozen_probe.py MANIFEST OUT.json --features CACHE_DIR \
-        --lofo configs/holdouts-wild.yaml [--downscale 1,2] [--input rgb,npr] \
-        [--backbone efficientnet_lite1] \
-        [--pair-runs runs/lofo192 [--previous OUT.json]] [KEY=VALUE ...]
+        --lofo configs/holdouts-wild.yaml [--downscale 1,2] [--input rgb,npr|cooc] \
+        [--backbone efficientnet_lite1] [--lofo-c C] [--lofo-head mlp] [--fit-jpeg90] \
+        [--workers N] [--pair-runs runs/lofo192 [--previous OUT.json]] [KEY=VALUE ...]
 """
 
 from __future__ import annotations
