@@ -10,10 +10,11 @@ calibrated as training calibrates. This script runs the selection experiments ar
 - ``--lofo HOLDOUTS``: the probe's leave-one-family-out table instead (one fit per group,
   scored as ``evaluate --leave-one-out`` scores one), on the frozen network's features, on
   co-occurrences of quantised pixel residuals (``--input cooc``, ``training.cooccurrence``) or
-  both side by side, with a linear or a one-hidden-layer head (``--lofo-head``); with ``--pair-runs DIR`` (the work folder
-  of ``scripts/lofo_wild.sh``) also the table of the default model's recipe, the fine-tuned
-  run and the probe averaged as ``synthdetect ensemble`` averages them (equal weights on their
-  temperature-scaled logits), for every group whose fine-tuned run has finished there;
+  both side by side, with a linear or a one-hidden-layer head (``--lofo-head``); with
+  ``--pair-runs DIR`` (the work folder of ``scripts/lofo_wild.sh``) also the table of the
+  default model's recipe, the fine-tuned run and the probe averaged as ``synthdetect
+  ensemble`` averages them (equal weights on their temperature-scaled logits), for every
+  group whose fine-tuned run has finished there;
 - ``--zero-shot-of RUN``: also the probe as a checkpoint of RUN's architecture, the zero-shot
   end of WiSE-FT with ``synthdetect soup``.
 
