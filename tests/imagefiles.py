@@ -73,3 +73,17 @@ def wild_real_photos(limit: int) -> list[Path]:
         rows = [r for r in csv.DictReader(fh) if r["label"] == "real"]
     step = max(1, len(rows) // limit)
     return [SHARED_WILD / r["file"] for r in rows[::step][:limit]]
+
+
+def random_png_samples(folder: Path, n: int, seed: int, side: int = 40) -> list:
+    """``n`` PNGs of uniform noise (``side`` px square) written to ``folder``, as real
+    ``training.datasets.Sample`` rows: inputs for feature extraction, not for their labels."""
+    from training.datasets import Sample
+
+    rng = np.random.default_rng(seed)
+    samples = []
+    for i in range(n):
+        path = folder / f"noise{i}.png"
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(path)
+        samples.append(Sample(path, 0, "real"))
+    return samples

@@ -36,14 +36,24 @@ _MAX_BINS = 1 << 20  # per histogram: (2T + 1)^order and (2T + 1)^3
 VERSION = 1  # in the cache tag: a change to what the features are must change it
 
 
+def _windows(x: np.ndarray, width: int, axis: int) -> list[np.ndarray]:
+    """The ``width`` views of ``x`` shifted by 0 .. width-1 along ``axis``, each as long as a
+    'valid' sliding window of that width allows."""
+    n = x.shape[axis] - width + 1
+    index = [slice(None)] * x.ndim
+    views = []
+    for k in range(width):
+        index[axis] = slice(k, k + n)
+        views.append(x[tuple(index)])
+    return views
+
+
 def _residual(x: np.ndarray, kernel: Sequence[int], axis: int) -> np.ndarray:
     """'Valid' 1-D correlation of int16 (N, C, H, W) with ``kernel`` along ``axis`` (2 or 3)."""
-    n = x.shape[axis] - len(kernel) + 1
-    index = [slice(None)] * x.ndim
-    out = np.zeros((*x.shape[:axis], n, *x.shape[axis + 1 :]), np.int16)
-    for k, c in enumerate(kernel):
-        index[axis] = slice(k, k + n)
-        out += np.int16(c) * x[tuple(index)]
+    views = _windows(x, len(kernel), axis)
+    out = np.zeros(views[0].shape, np.int16)
+    for c, v in zip(kernel, views, strict=True):
+        out += np.int16(c) * v
     return out
 
 
@@ -75,17 +85,15 @@ class CooccurrenceFeatures:
         self.tag = f"cooc{VERSION}-t{truncation}-o{order}-r{stride}"
         self.width = len(_KERNELS) * self.levels**order + self.levels**3
         self.stride = stride
-        self._luts: dict[float, np.ndarray] = {}
+        values = np.arange(-_REACH, _REACH + 1)  # every residual -> its level in [0, 2T]
+        self._luts = {
+            step: (np.clip(np.rint(values / step), -self.t, self.t) + self.t).astype(np.int16)
+            for step in _STEPS
+        }
 
     def _quantise(self, r: np.ndarray, step: float) -> np.ndarray:
         """int16 residuals -> rounded, clipped and shifted to [0, 2T] (a lookup table)."""
-        lut = self._luts.get(step)
-        if lut is None:
-            values = np.arange(-_REACH, _REACH + 1) / step
-            lut = self._luts[step] = (np.clip(np.rint(values), -self.t, self.t) + self.t).astype(
-                np.int16
-            )
-        return lut[r + _REACH]
+        return self._luts[step][r + _REACH]
 
     def _histogram(self, codes: np.ndarray, n: int, bins: int) -> np.ndarray:
         """codes (N, ...) in [0, bins) -> (N, bins) frequencies per tile."""
@@ -106,12 +114,10 @@ class CooccurrenceFeatures:
             hist = np.zeros((n, bins))
             for axis, xs in along.items():
                 q = self._quantise(_residual(xs, kernel, axis), step)
-                m = q.shape[axis] - self.order + 1
-                index = [slice(None)] * 4
-                code = np.zeros((*q.shape[:axis], m, *q.shape[axis + 1 :]), np.int32)
-                for k in range(self.order):
-                    index[axis] = slice(k, k + m)
-                    code = code * self.levels + q[tuple(index)]
+                views = _windows(q, self.order, axis)
+                code = np.zeros(views[0].shape, np.int32)
+                for v in views:
+                    code = code * self.levels + v
                 hist += self._histogram(code, n, bins)
             parts.append(np.sqrt(hist / 2))
         q = self._quantise(_residual(along[3], _KERNELS[0], 3), _STEPS[0])  # (N, 3, H', W-1)

@@ -1,6 +1,6 @@
 """``--max-tiles``: fewer tiles per image than the model's own (speed against coverage), set in
-one place (``ModelBundle.with_max_tiles``, which ``load_bundle`` applies) and taken by the model method, ``score``/``scan``, the server and
-the latency benchmark."""
+one place (``ModelBundle.with_max_tiles``, which ``load_bundle`` applies) and taken by the
+model method, ``score``/``scan``, the server and the latency benchmark."""
 
 from __future__ import annotations
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from detector.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
+from tests.imagefiles import random_png_samples
 from training.cooccurrence import CooccurrenceFeatures
-from training.datasets import Sample
 from training.probe import FeatureCache, ProbeError
 
 pytestmark = pytest.mark.unit
@@ -102,12 +101,7 @@ def test_bad_settings_are_refused():
 
 
 def test_the_feature_cache_takes_it_in_place_of_a_network(tmp_path):
-    rng = np.random.default_rng(1)
-    samples = []
-    for i in range(2):
-        path = tmp_path / f"img{i}.png"
-        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
-        samples.append(Sample(path, i, "real" if i == 0 else "x"))
+    samples = random_png_samples(tmp_path, 2, seed=1)
     prep = PreprocessConfig(input_size=32, max_tiles=1)
     f = CooccurrenceFeatures(prep.mean, prep.std)
     logs: list[str] = []

@@ -182,14 +182,10 @@ def test_cli_fits_a_probe_and_reports_bad_input_without_a_traceback(fitted, tmp_
 
 def test_an_interrupted_extraction_keeps_what_it_did_and_a_broken_cache_is_rebuilt(tmp_path):
     from detector.preprocess import PreprocessConfig
+    from tests.imagefiles import random_png_samples
     from training.datasets import Sample
 
-    rng = np.random.default_rng(3)
-    samples = []
-    for i in range(3):
-        path = tmp_path / f"ok{i}.png"
-        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
-        samples.append(Sample(path, 0, "real"))
+    samples = random_png_samples(tmp_path, 3, seed=3)
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     prep = PreprocessConfig(input_size=SIZE, max_tiles=1)
