@@ -10,7 +10,8 @@ calibrated as training calibrates. This script runs the selection experiments ar
 - ``--lofo HOLDOUTS``: the probe's leave-one-family-out table instead (one fit per group,
   scored as ``evaluate --leave-one-out`` scores one), on the frozen network's features, on
   co-occurrences of quantised pixel residuals (``--input cooc``, ``training.cooccurrence``) or
-  both side by side, with a linear or a one-hidden-layer head (``--lofo-head``); with
+  both side by side, with a linear, a one-hidden-layer or a one-class head (``--lofo-head``:
+  ``gauss``, ``relgauss``, ``linear+gauss``, which learn the reals' distribution); with
   ``--pair-runs DIR`` (the work folder of ``scripts/lofo_wild.sh``) also the table of the
   default model's recipe, the fine-tuned run and the probe averaged as ``synthdetect
   ensemble`` averages them (equal weights on their temperature-scaled logits), for every
@@ -24,7 +25,7 @@ Features are cached per image under ``--features`` (``training.probe.FeatureCach
         [--parts head] [--downscale 1] [--zero-shot-of RUN]
     python scripts/experiments/frozen_probe.py MANIFEST OUT.json --features CACHE_DIR \
         --lofo configs/holdouts-wild.yaml [--downscale 1,2] [--input rgb,npr|cooc] \
-        [--backbone efficientnet_lite1] [--lofo-c C] [--lofo-head mlp] [--fit-jpeg90] \
+        [--backbone efficientnet_lite1] [--lofo-c C] [--lofo-head mlp|gauss|...] [--fit-jpeg90] \
         [--workers N] [--pair-runs runs/lofo192 [--previous OUT.json]] [KEY=VALUE ...]
 """
 
@@ -163,7 +164,7 @@ def lofo(
 
 
 KINDS = ("as_is", "equalised")
-HEADS = ("linear", "mlp")
+HEADS = ("linear", "mlp", "gauss", "relgauss", "linear+gauss")
 
 
 def fit_head(
@@ -180,6 +181,14 @@ def fit_head(
     if head == "linear":
         weight, bias = fit_logistic(x, y, w, c)
         return lambda f: f @ weight + bias
+    if head in ("gauss", "relgauss"):
+        return fit_gauss(x, y, head == "relgauss")
+    if head == "linear+gauss":  # both on one scale: standardised on the real rows, summed
+        weight, bias = fit_logistic(x, y, w, c)
+        own = x[y == 0] @ weight
+        centre, scale = float(np.median(own)), float(own.std()) + 1e-9
+        gauss = fit_gauss(x, y, False)
+        return lambda f: (f @ weight - centre) / scale + gauss(f)
     if head != "mlp":
         raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
     from sklearn.neural_network import MLPClassifier
@@ -196,6 +205,30 @@ def fit_head(
         return (np.maximum((f - mu) / sd @ w1 + b1, 0) @ w2 + b2)[:, 0]
 
     return logits
+
+
+def fit_gauss(x: np.ndarray, y: np.ndarray, relative: bool) -> Callable[[np.ndarray], np.ndarray]:
+    """One-class heads: a Gaussian of the real rows only (Ledoit-Wolf shrunk covariance), the
+    score the squared Mahalanobis distance from it: an image unlike the photos is generated,
+    whatever made it, so nothing about the training fakes is learnt. ``relative``: minus the
+    distance from a Gaussian of all rows (Ren et al. 2021), which takes out the directions in
+    which every image varies."""
+    from sklearn.covariance import LedoitWolf
+
+    def distance(rows: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        lw = LedoitWolf().fit(rows)
+        mu, prec = lw.location_, lw.precision_
+        return lambda f: np.einsum("ij,jk,ik->i", f - mu, prec, f - mu)
+
+    real = distance(x[y == 0])
+    background = distance(x) if relative else None
+
+    def raw(f: np.ndarray) -> np.ndarray:
+        return real(f) - background(f) if relative else real(f)
+
+    own = raw(x[y == 0])  # centred and scaled on the real rows: logits, not saturated distances
+    centre, scale = float(np.median(own)), float(own.std()) + 1e-9
+    return lambda f: (raw(f) - centre) / scale
 
 
 def summarise(table: dict) -> dict:
@@ -328,8 +361,9 @@ def main() -> None:
     ap.add_argument("--lofo", type=Path, help="hold-out groups YAML: the leave-one-out table")
     ap.add_argument("--lofo-c", type=float, default=0.001, help="C of every --lofo fit")
     ap.add_argument(
-        "--lofo-head", choices=HEADS, default="linear", help="the head of every --lofo fit"
-    )
+        "--lofo-head", choices=HEADS, default="linear",
+        help="the head of every --lofo fit (gauss, relgauss: one-class, fitted on the reals)",
+    )  # fmt: skip
     ap.add_argument(
         "--fit-jpeg90", action="store_true",
         help="with --lofo: each training image also re-encoded as JPEG q90 among the fit's rows",

@@ -104,3 +104,30 @@ def test_both_heads_score_features_as_logits_and_the_linear_one_is_the_probes_fi
     assert z.shape == (400,) and np.isfinite(z).all()
     accuracy = lambda s: ((s > 0) == y).mean()  # noqa: E731
     assert accuracy(z) > 0.95 > 0.7 > accuracy(linear(x))  # only the MLP bends
+
+
+def test_one_class_heads_learn_the_reals_only_and_rank_what_is_unlike_them_higher():
+    import numpy as np
+
+    fp = _load(SCRIPTS / "experiments" / "frozen_probe.py")
+    rng = np.random.default_rng(1)
+    cov = np.diag([4.0, 1.0, 0.25])  # reals spread unequally: distance is not Euclidean
+    reals = rng.multivariate_normal(np.zeros(3), cov, 500)
+    fakes = rng.normal(5, 1, (300, 3))
+    x, y, w = np.vstack([reals, fakes]), np.repeat([0, 1], [500, 300]), np.ones(800)
+    gauss = fp.fit_head("gauss", x, y, w, 1.0, 0)
+    # the same reals with other training fakes: the one-class score does not move
+    moved = fp.fit_head("gauss", np.vstack([reals, -fakes]), y, w, 1.0, 0)
+    probe = np.array([[0.0, 0.0, 0.0], [3.0, 0.0, 0.0], [0.0, 0.0, 1.5], [-6.0, -6.0, -6.0]])
+    np.testing.assert_allclose(gauss(probe), moved(probe))
+    z = gauss(probe)
+    # 3 along the wide axis is 1.5 sd, 1.5 along the narrow one 3 sd: Mahalanobis, not L2
+    assert z[0] < z[1] < z[2] < z[3]
+    assert abs(float(np.median(gauss(reals)))) < 1e-9  # centred on the training reals
+    assert (gauss(fakes) > np.quantile(gauss(reals), 0.99)).mean() > 0.95
+    relative = fp.fit_head("relgauss", x, y, w, 1.0, 0)
+    assert (relative(fakes) > np.quantile(relative(reals), 0.99)).mean() > 0.95
+    both = fp.fit_head("linear+gauss", x, y, w, 1.0, 0)
+    assert np.isfinite(both(probe)).all() and not np.allclose(both(probe), z)
+    with pytest.raises(ValueError, match="head must be one of"):
+        fp.fit_head("knn", x, y, w, 1.0, 0)
