@@ -81,6 +81,9 @@ class TrainConfig:
     # Calibrate on the validation images as they are and re-encoded these ways too (e.g.
     # [jpeg:90]): the threshold then holds for photos that reach it re-compressed.
     calibration_views: list[str] = field(default_factory=list)
+    # The frozen-feature probe (training/probe.py): fitted without the training reals' top
+    # principal directions of feature space, those in which photos differ most by content.
+    probe_drop_pcs: int = 0
     eval_batch_images: int = 16
     val_max_images: int | None = None  # per-epoch validation on a seeded subset (None: all);
     # the final calibration always uses the whole validation split
@@ -218,6 +221,8 @@ def _validate(c: TrainConfig) -> None:
         raise ValueError(f"ema_decay must be in [0, 1) (0: off), got {c.ema_decay}")
     if c.freeze_backbone_steps < 0 or c.warmup_steps < 0:
         raise ValueError("freeze_backbone_steps and warmup_steps must not be negative")
+    if c.probe_drop_pcs < 0:
+        raise ValueError(f"probe_drop_pcs must not be negative, got {c.probe_drop_pcs}")
     if not 0 <= c.balance_power <= 1:
         raise ValueError(f"balance_power must be in [0, 1], got {c.balance_power}")
     if any(w < 0 for w in c.pool_weights.values()):

@@ -116,7 +116,7 @@ def lofo(
         rows = [feats["as-is"][idx], aug[idx]] + [feats["jpeg:90"][idx]] * fit_jpeg90
         score = fit_head(
             head, np.concatenate(rows), np.concatenate([y] * len(rows)),
-            np.concatenate([w] * len(rows)) / w.mean(), c, config.seed,
+            np.concatenate([w] * len(rows)) / w.mean(), c, config.seed, config.probe_drop_pcs,
         )  # fmt: skip
         val = [i for i, s in enumerate(pool) if s.split == "val" and keep(s)]
         cal = fit_calibration(
@@ -168,8 +168,9 @@ HEADS = ("linear", "mlp", "gauss", "relgauss", "linear+gauss")
 
 
 def fit_head(
-    head: str, x: np.ndarray, y: np.ndarray, w: np.ndarray, c: float, seed: int
-) -> Callable[[np.ndarray], np.ndarray]:
+    head: str, x: np.ndarray, y: np.ndarray, w: np.ndarray, c: float, seed: int,
+    drop_pcs: int = 0,
+) -> Callable[[np.ndarray], np.ndarray]:  # fmt: skip
     """Fit the probe's head on the rows -> a function from features to logits. ``linear``: the
     L2 logistic regression the bundled probe is (C ``c``). ``mlp``: one hidden layer of 256
     ReLU units on the standardised features, Adam on batches of 200 for at most 100 epochs,
@@ -177,9 +178,13 @@ def fit_head(
     batch's weight, the logistic regression its 1/(2C) by the whole table's): does a
     non-linear head on the same frozen features reach unseen families better? No early
     stopping: the rows are each image as-is and degraded, so a random tenth held back would
-    share its images with the rest."""
+    share its images with the rest. ``drop_pcs`` (linear only; ``probe_drop_pcs`` of the
+    training config): the fit without the real rows' top principal directions
+    (``training.probe.fit_logistic``)."""
+    if drop_pcs and head != "linear":
+        raise ValueError("drop_pcs applies to the linear head only")
     if head == "linear":
-        weight, bias = fit_logistic(x, y, w, c)
+        weight, bias = fit_logistic(x, y, w, c, drop_pcs)
         return lambda f: f @ weight + bias
     if head in ("gauss", "relgauss"):
         return fit_gauss(x, y, head == "relgauss")
@@ -435,7 +440,7 @@ def main() -> None:
         pool = [s for s in load_samples(args.manifest) if s.split != "test"]
         result = {"manifest": str(args.manifest), "C": args.lofo_c, "parts": parts,
                   "overrides": args.overrides, "head": args.lofo_head,
-                  "fit_jpeg90": args.fit_jpeg90,
+                  "fit_jpeg90": args.fit_jpeg90, "drop_pcs": config.probe_drop_pcs,
                   "backbone": args.backbone, "downscale": scales, "input": inputs,
                   "scored": "each group's fakes from train/val/heldout-generators against the "
                   "validation reals of their pools; threshold at 1% of the validation reals",
