@@ -106,6 +106,8 @@ def fuse(results: Sequence[MethodResult], config: FusionConfig | None = None) ->
     elif decisive:
         probability = max(r.probability for r in decisive)  # type: ignore[type-var]
         decided_by = "declaration"
+    elif len(scored) == 1 and scored[0].weight >= 1:  # the formula's value, without rounding
+        probability, decided_by = scored[0].probability, "fusion"  # a score at the threshold
     elif scored:
         total = sum(r.weight for r in scored)
         mean = sum(r.weight * _logit(r.probability) for r in scored) / max(1.0, total)  # type: ignore[arg-type]
@@ -175,4 +177,8 @@ def _summary(
     if directional:
         more = len(directional) - 1
         return directional[0].message + (f" (+{more} more)" if more else "") + tail
+    # no result leans either way (a model score between its bands): say what was measured
+    measured = [e for m, e in evidence if m in scored and e.strength.rank > 0]
+    if measured:
+        return measured[0].message + tail
     return f"{label} by fused score of {', '.join(sorted(scored))}" + tail

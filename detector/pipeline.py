@@ -21,12 +21,10 @@ class Overloaded(RuntimeError):
 
 def default_fusion(methods: Sequence[Method]) -> FusionConfig:
     """The model's calibrated threshold when a model runs, else the neutral 0.5."""
-    thresholds = [
-        m.threshold for m in methods if m.kind.value == "model" and hasattr(m, "threshold")
-    ]
-    if not thresholds:
+    models = [m for m in methods if m.kind.value == "model" and hasattr(m, "threshold")]
+    if not models:
         return FusionConfig()
-    return FusionConfig(threshold=thresholds[0], camera_threshold=thresholds[0] / 2)
+    return FusionConfig(threshold=models[0].threshold, camera_threshold=models[0].camera_threshold)
 
 
 def image_info(image: DecodedImage) -> dict[str, Any]:

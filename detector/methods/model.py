@@ -66,6 +66,12 @@ class ModelMethod(Method):
     def threshold(self) -> float:
         return self.bundle.calibration.threshold
 
+    @property
+    def camera_threshold(self) -> float:
+        """At or below it the fused verdict reads ``camera`` (half the calibrated threshold:
+        the model's threshold flags ~1% of photos, so a score well under it is their range)."""
+        return self.threshold / 2
+
     def score(self, images: Sequence[DecodedImage]) -> list[MethodResult]:
         return self.score_tiles(self.tiles(images))
 
@@ -99,23 +105,35 @@ class ModelMethod(Method):
         ]
 
     def _result(self, p: float, logit: float, n_tiles: int, seconds: float) -> MethodResult:
-        thr = self.threshold
-        generated = p >= thr
-        margin = abs(p - thr)
-        strength = (
-            Strength.STRONG
-            if margin > 0.4
-            else Strength.MODERATE
-            if margin > 0.15
-            else Strength.WEAK
-        )
-        evidence = Evidence(
-            "model.generated" if generated else "model.camera",
-            f"{self.bundle.name}: P(generated) {p:.3f} over {n_tiles} tile{'s' * (n_tiles > 1)} "
-            f"({'at or above' if generated else 'below'} its threshold {thr:.3f})",
-            strength,
-            Supports.GENERATED if generated else Supports.CAMERA,
-        )
+        """The evidence reads the score in the fused verdict's three bands: at or above the
+        threshold it supports generated, at or below the camera threshold a camera, and in
+        between neither (the verdict there is ``uncertain``). Its strength is the distance in
+        log-odds from the band's edge: > 3 strong, > 1 moderate."""
+        thr, cam = self.threshold, self.camera_threshold
+        where = f"{self.bundle.name}: P(generated) {p:.3f} over {n_tiles} tile{'s' * (n_tiles > 1)}"
+        if p >= thr:
+            code, supports, edge = "model.generated", Supports.GENERATED, thr
+            said = f"{where} (at or above its threshold {thr:.3f})"
+        elif p <= cam:
+            code, supports, edge = "model.camera", Supports.CAMERA, cam
+            said = f"{where} (in its camera range, at or below {cam:.3f})"
+        else:
+            code, supports, edge = "model.uncertain", Supports.NEITHER, None
+            said = (
+                f"{where} (between its camera range, up to {cam:.3f}, and its threshold {thr:.3f})"
+            )
+        if edge is None:
+            strength = Strength.WEAK
+        else:
+            distance = abs(_log_odds(p) - _log_odds(edge))
+            strength = (
+                Strength.STRONG
+                if distance > 3
+                else Strength.MODERATE
+                if distance > 1
+                else Strength.WEAK
+            )
+        evidence = Evidence(code, said, strength, supports)
         details = {
             "model": self.bundle.name,
             "engine": self.bundle.engine.name,
@@ -123,3 +141,8 @@ class ModelMethod(Method):
             "logit": round(logit, 4),
         }
         return self.result(p, [evidence], details=details, seconds=seconds)
+
+
+def _log_odds(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return float(np.log(p / (1 - p)))
