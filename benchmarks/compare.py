@@ -40,9 +40,22 @@ def load_result(path: Path) -> dict:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read result {path}: {exc}") from None
-    if "gate" not in data:
+    if not isinstance(data, dict) or "gate" not in data:
         raise ValueError(f"{path} has no 'gate' section (not a benchmark result?)")
+    gate = data["gate"]
+    if not isinstance(gate, dict):
+        raise ValueError(f"{path}: 'gate' must be an object, got {type(gate).__name__}")
+    for kind in GATED:
+        metrics = gate.get(kind) or {}
+        if not isinstance(metrics, dict):
+            raise ValueError(f"{path}: gate.{kind} must be an object of name: value")
+        for name, value in metrics.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{path}: gate.{kind}.{name} must be a number, got {value!r}")
     return data
+
+
+GATED = ("accuracy", "speed_ratio")
 
 
 def compare_results(
@@ -54,9 +67,14 @@ def compare_results(
         ("speed_ratio", speed_tol, True),
     ):
         for name, old in (baseline["gate"].get(kind) or {}).items():
+            if not math.isfinite(old):  # every new value would pass a NaN floor unseen
+                raise ValueError(f"the baseline's gate.{kind}.{name} is {old}, not a measurement")
             value = (new["gate"].get(kind) or {}).get(name)
-            if value is None or (isinstance(value, float) and math.isnan(value)):
+            if value is None:
                 failures.append(f"{kind} {name}: missing in the new result")
+                continue
+            if not math.isfinite(value):
+                failures.append(f"{kind} {name}: {value} in the new result (not measured)")
                 continue
             floor = old * (1 - tol) if relative else old - tol
             line = (

@@ -47,6 +47,35 @@ def test_missing_metric_fails():
     assert "missing" in compare_results(BASE, bad).failures[0]
 
 
+def test_a_nan_is_not_a_measurement_on_either_side():
+    bad = copy.deepcopy(BASE)
+    bad["gate"]["accuracy"]["fused@jpeg:75.ap"] = float("nan")
+    assert "nan in the new result (not measured)" in compare_results(BASE, bad).failures[0]
+    with pytest.raises(
+        ValueError, match=r"the baseline's gate\.accuracy\.fused@jpeg:75\.ap is nan"
+    ):
+        compare_results(bad, BASE)
+
+
+@pytest.mark.parametrize(
+    "gate,reason",
+    [
+        (5, "'gate' must be an object, got int"),
+        ({"accuracy": 5}, "gate.accuracy must be an object"),
+        ({"accuracy": {"ap": "high"}}, "gate.accuracy.ap must be a number, got 'high'"),
+        ({"speed_ratio": {"r": True}}, "gate.speed_ratio.r must be a number, got True"),
+    ],
+)
+def test_a_malformed_gate_is_a_clear_error_not_a_regression(tmp_path, gate, reason):
+    """Exit 1 means "regressed" to CI: a broken result file must exit 2 with its reason."""
+    base, broken = tmp_path / "base.json", tmp_path / "broken.json"
+    base.write_text(json.dumps(BASE))
+    broken.write_text(json.dumps({"gate": gate}))
+    cmd = [sys.executable, "-m", "detector.cli", "bench", "compare", str(base), str(broken)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and reason in run.stderr and "Traceback" not in run.stderr
+
+
 def test_cli_exit_codes(tmp_path):
     base, bad = tmp_path / "base.json", tmp_path / "bad.json"
     base.write_text(json.dumps(BASE))
