@@ -44,6 +44,30 @@ def load_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+TILES_MODEL = "synthdetect_tiles"
+
+
+def served_tile_size(url: str) -> int:
+    """The tile size the server's tiles model takes, from its KServe metadata (inputs
+    ``[-1, 3, H, W]``): tiles of another size would all be refused."""
+    import urllib.error
+    import urllib.request
+
+    where = f"{url.rstrip('/')}/v2/models/{TILES_MODEL}"
+    try:
+        with urllib.request.urlopen(where, timeout=10) as reply:
+            meta = json.loads(reply.read())
+        shape = meta["inputs"][0]["shape"]
+        size = int(shape[-1])
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise ValueError(
+            f"cannot read the tile size from {where} ({exc}); give --input-size"
+        ) from None
+    if size <= 0 or int(shape[-2]) != size:
+        raise ValueError(f"{where} declares tiles of shape {shape}; give --input-size")
+    return size
+
+
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", default="http://127.0.0.1:8000")
     p.add_argument("--concurrency", type=positive_ints, default=[1, 4, 16, 64])
@@ -51,7 +75,10 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--batch", type=positive_int, default=8, help="tiles per request (tiles payload)"
     )
-    p.add_argument("--input-size", type=positive_int, default=128)
+    p.add_argument(
+        "--input-size", type=positive_int,
+        help="tile size of the tiles payload (default: the served model's, from its metadata)",
+    )  # fmt: skip
     p.add_argument("--seconds", type=positive_float, default=10.0)
     p.add_argument("--requests", type=positive_int, default=100_000)
     p.add_argument(
@@ -77,12 +104,6 @@ def _run(args: argparse.Namespace) -> int:
     from benchmarks.serving import benchmark_images
 
     images = benchmark_images()
-    payload = {
-        "tiles": lambda: tiles_payload("synthdetect_tiles", args.batch, args.input_size),
-        "score": lambda: score_payload(images),
-        "score-model": lambda: score_payload(images, "model"),
-        "bytes": lambda: bytes_payload("synthdetect", images),
-    }[args.payload]()
     rows = []
     server, url, described = None, args.url, args.server
     try:
@@ -91,6 +112,14 @@ def _run(args: argparse.Namespace) -> int:
             described = f"synthdetect serve {args.serve}".strip()
             if "--model" not in args.serve:
                 described += " (the bundled model)"
+        payload = {
+            "tiles": lambda: tiles_payload(
+                TILES_MODEL, args.batch, args.input_size or served_tile_size(url)
+            ),
+            "score": lambda: score_payload(images),
+            "score-model": lambda: score_payload(images, "model"),
+            "bytes": lambda: bytes_payload("synthdetect", images),
+        }[args.payload]()
         for c in args.concurrency:
             res = run_load(
                 url,
