@@ -7,8 +7,9 @@ and rate limits. A new endpoint is a route in one of those modules (or a new one
 
 Every error is JSON ``{"error": reason}`` with a 4xx/5xx status: 400 malformed request, 401
 missing or wrong API key, 403 a key without the role, 404 unknown route or model, 408 body not
-received in time, 413 body too large, 422 image that cannot be decoded, 429 rate limit, 503
-overloaded, too slow or shutting down.
+received in time, 413 body too large, 415 compressed body (any ``Content-Encoding`` but
+``identity``: see ``serving.http``), 422 image that cannot be decoded (or too small for a
+heatmap), 429 rate limit, 503 overloaded, too slow or shutting down.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def make_app(service: Service, config: HttpConfig | None = None) -> web.Applicat
             log.exception("unhandled error on %s", request.path)
             reason = "internal server error"
             response, status = json_response(500, {"error": reason}), 500
-        if status in (400, 408, 413) and request.method == "POST":
+        if status in (400, 408, 413, 415) and request.method == "POST":
             response.force_close()  # the body may be unread: close rather than wait for it
         elapsed = time.perf_counter() - start
         service.metrics.requests.labels(endpoint, str(status)).inc()
@@ -214,7 +215,7 @@ def _endpoint(request: web.Request) -> str:
 
 def _reason_label(status: int) -> str:
     return {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed", 408: "timeout",
-            413: "too_large", 422: "undecodable_image", 429: "rate_limited", 503: "overloaded"}.get(status, "server_error")  # fmt: skip
+            413: "too_large", 415: "compressed_body", 422: "undecodable_image", 429: "rate_limited", 503: "overloaded"}.get(status, "server_error")  # fmt: skip
 
 
 def _actor(request: web.Request) -> str:

@@ -100,7 +100,13 @@ def register(sub: Any) -> None:
         default=ServiceConfig.max_inflight,
         help="concurrent requests before 503",
     )
-    p.add_argument("--max-body-mb", type=positive_float, default=HttpConfig.max_body_bytes / 2**20)
+    p.add_argument(
+        "--max-body-mb",
+        type=positive_float,
+        default=HttpConfig.max_body_bytes / 2**20,
+        help="largest request body (HTTP) and message (gRPC); gRPC's is capped at 2048 MiB - 1 "
+        "byte, its 32-bit limit (default: %(default)g)",
+    )
     p.add_argument(
         "--max-connections",
         type=positive_int,

@@ -12,7 +12,8 @@ Errors get the status Triton gives them: INVALID_ARGUMENT for a malformed reques
 that cannot be decoded, NOT_FOUND for an unknown model or version, UNAUTHENTICATED for a missing
 or wrong key, RESOURCE_EXHAUSTED for a spent rate limit or a message over the size limit,
 UNAVAILABLE when overloaded or shutting down, DEADLINE_EXCEEDED past the work timeout. The
-shared-memory, repository and trace services answer UNIMPLEMENTED.
+shared-memory, repository and trace services answer UNIMPLEMENTED. A message is at most the HTTP
+body limit, and never more than 2 GiB - 1 byte (gRPC's sizes are 32-bit).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ _OPEN = ("ServerLive", "ServerReady")
 _INFER_CODES = {"invalid": grpc.StatusCode.INVALID_ARGUMENT,
                 "unprocessable": grpc.StatusCode.INVALID_ARGUMENT,
                 "not_found": grpc.StatusCode.NOT_FOUND}  # fmt: skip
+MAX_MESSAGE_BYTES = 2**31 - 1  # gRPC's message sizes are C ints: more fails to start
 
 
 def _param(p: service_pb2.InferParameter) -> Any:
@@ -157,15 +159,14 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ServerReady(self, request, context):
         async def work(_):
-            ready = self.s.ready and (self.s.model_healthy or await self.s.run(self.s.probe_model))
-            return service_pb2.ServerReadyResponse(ready=bool(ready))
+            return service_pb2.ServerReadyResponse(ready=await self.s.readiness() is None)
 
         return await self._call("ServerReady", context, work)
 
     async def ModelReady(self, request, context):
         async def work(_):
-            resolve_model(self.s, request.name, request.version)
-            return service_pb2.ModelReadyResponse(ready=bool(self.s.ready))
+            resolve_model(self.s, request.name, request.version)  # one engine: the server's answer
+            return service_pb2.ModelReadyResponse(ready=await self.s.readiness() is None)
 
         return await self._call("ModelReady", context, work)
 
@@ -249,10 +250,11 @@ class GrpcServer:
         max_message_bytes: int,
         reuse_port: bool = False,
     ) -> None:
+        self.max_message_bytes = min(max_message_bytes, MAX_MESSAGE_BYTES)
         self.server = grpc.aio.server(
             options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", self.max_message_bytes),
+                ("grpc.max_send_message_length", self.max_message_bytes),
                 ("grpc.so_reuseport", 1 if reuse_port else 0),
             ]
         )

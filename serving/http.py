@@ -2,7 +2,10 @@
 
 Handlers raise ``HttpError(status, reason)``; the middleware in ``serving.app`` turns it into
 ``{"error": reason}`` with that status. Bodies are read with a deadline for the whole body and
-a byte limit counted as it streams, however the client frames it.
+a byte limit counted as it streams, however the client frames it. A compressed body (any
+``Content-Encoding`` but ``identity``) is refused with 415 before it is read: aiohttp would
+inflate it ahead of the byte limit, so a small gzip bomb would cost the server its memory,
+and images are compressed already.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, ContentLengthError
+from aiohttp.web_protocol import RequestPayloadError
 
 __all__ = ["HttpError", "Multipart", "flag", "json_response", "read_body", "read_multipart"]
 
@@ -46,9 +50,22 @@ def flag(request: web.Request, name: str, default: bool = False) -> bool:
     return _FLAGS[raw.lower()]
 
 
+def _uncompressed(request: web.Request) -> None:
+    """415 for a body with a ``Content-Encoding`` other than ``identity``, before any of it is
+    read (and inflated: see the module's docstring)."""
+    given = request.headers.get("Content-Encoding", "")
+    codings = [c.strip().lower() for c in given.split(",") if c.strip()]
+    if any(c != "identity" for c in codings):
+        raise HttpError(
+            415, f"Content-Encoding {given.strip()} is not accepted: send the body uncompressed"
+        )
+
+
 async def read_body(request: web.Request, timeout: float = 30.0, limit: int | None = None) -> bytes:
-    """The whole body, or a 4xx when the client sends less than it declared, stalls, or sends
-    more than ``limit`` bytes (413; the app-wide body limit applies in any case)."""
+    """The whole body, or a 4xx when the client sends less than it declared, stalls, sends
+    more than ``limit`` bytes (413; the app-wide body limit applies in any case) or sends it
+    compressed (415)."""
+    _uncompressed(request)
     if limit is not None and (request.content_length or 0) > limit:
         raise HttpError(413, f"request body of {request.content_length} bytes exceeds {limit}")
     try:
@@ -59,6 +76,8 @@ async def read_body(request: web.Request, timeout: float = 30.0, limit: int | No
         raise HttpError(
             400, f"malformed request body: {exc.message if hasattr(exc, 'message') else exc}"
         ) from None
+    except RequestPayloadError as exc:  # a transfer coding aiohttp could not undo
+        raise HttpError(400, f"malformed request body: {exc}") from None
     except ConnectionResetError:
         raise HttpError(400, "connection closed before the body was complete") from None
     if limit is not None and len(body) > limit:
@@ -81,7 +100,8 @@ async def read_multipart(
 ) -> Multipart:
     """The files and text fields of a multipart body, read as they stream in: the whole body is
     bounded by ``max_bytes`` (413), the file count by ``max_files`` (400), a text field by 64
-    KiB (413), and the whole body must arrive within ``timeout`` (408)."""
+    KiB (413), the whole body must arrive within ``timeout`` (408), uncompressed (415)."""
+    _uncompressed(request)
     total = 0
     out = Multipart()
     deadline = asyncio.get_running_loop().time() + timeout
@@ -119,7 +139,7 @@ async def read_multipart(
                     out.fields[part.name] = b"".join(chunks).decode("utf-8")
                 except UnicodeDecodeError:
                     raise HttpError(400, f"form field {part.name!r} is not UTF-8 text") from None
-    except (BadHttpMessage, ContentLengthError, ValueError) as exc:
+    except (BadHttpMessage, ContentLengthError, RequestPayloadError, ValueError) as exc:
         raise HttpError(400, f"malformed multipart body: {exc}") from None
     except ConnectionResetError:
         raise HttpError(400, "connection closed before the body was complete") from None

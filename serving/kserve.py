@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from detector.fusion import Verdict
 from detector.image import ImageError
 from detector.model_io import BYTES_MODEL, TENSOR_MODEL
 from serving.protocol import InferRequest
@@ -57,11 +58,12 @@ async def infer(
     """Run one request on a served model; returns the outputs asked for and which of them
     go back as binary."""
     started = time.perf_counter()
+    uncertain: list[tuple[bytes, Verdict]] = []
     try:
         if name == TENSOR_MODEL:
             outputs, items = await _infer_tensor(service, req)
         else:
-            outputs, items = await _infer_bytes(service, req, actor)
+            outputs, items, uncertain = await _infer_bytes(service, req)
     except Exception:
         service.record(name, False, started, 0)
         raise
@@ -70,6 +72,11 @@ async def infer(
     unknown = set(wanted) - {o.name for o in outputs}
     if unknown:
         raise InferError("invalid", f"unknown outputs {sorted(unknown)} for model {name!r}")
+    # Only now, the whole request answered: a refused one (a bad image later in the batch, an
+    # unknown output) leaves the review queue as it was, however often the client retries.
+    if service.reviews is not None:
+        for blob, verdict in uncertain:
+            await service.run(service.queue_review, blob, verdict, "uncertain", actor, None)
     chosen = [o for o in outputs if o.name in wanted]
     binary = {o.name for o in chosen} if req.binary_all else set(req.binary_outputs)
     return chosen, binary
@@ -105,7 +112,11 @@ async def _infer_tensor(service: Service, req: InferRequest) -> tuple[list[Outpu
     return [Output("logits", "FP32", logits.reshape(-1, 1).astype(np.float32), [n, 1])], n
 
 
-async def _infer_bytes(service: Service, req: InferRequest, actor: str) -> tuple[list[Output], int]:
+async def _infer_bytes(
+    service: Service, req: InferRequest
+) -> tuple[list[Output], int, list[tuple[bytes, Verdict]]]:
+    """The outputs, the image count and the uncertain (image, verdict) pairs to queue for
+    review once the request has succeeded."""
     if set(req.tensors) != {"image"}:
         raise InferError(
             "invalid",
@@ -120,17 +131,17 @@ async def _infer_bytes(service: Service, req: InferRequest, actor: str) -> tuple
     assert isinstance(blobs, list)
     _batch_limit(service, len(blobs))
     results = await asyncio.gather(*(service.score([b]) for b in blobs))
-    probs, labels = [], []
+    probs, labels, uncertain = [], [], []
     for i, (res,) in enumerate(results):
         if isinstance(res, ImageError):
             raise InferError("unprocessable", f"image {i}: {res}")
         probs.append(np.nan if res.probability is None else res.probability)
         labels.append(res.label.encode())
-        if service.reviews is not None and res.label == "uncertain":
-            await service.run(service.queue_review, blobs[i], res, "uncertain", actor, None)
+        if res.label == "uncertain":
+            uncertain.append((blobs[i], res))
     n = len(blobs)
     return [Output("probability", "FP32", np.asarray(probs, np.float32).reshape(n, 1), [n, 1]),
-            Output("label", "BYTES", labels, [n, 1])], n  # fmt: skip
+            Output("label", "BYTES", labels, [n, 1])], n, uncertain  # fmt: skip
 
 
 def model_stats(service: Service, name: str) -> dict[str, Any]:

@@ -62,11 +62,8 @@ class KServeRoutes:
         return web.Response(status=200)
 
     async def ready(self, request: web.Request) -> web.Response:
-        if not self.s.ready:
-            return web.Response(status=503)
-        if not self.s.model_healthy and not await self.s.run(self.s.probe_model):
-            reason = self.s.model_failure_reason or "the model keeps failing"
-            return json_response(503, {"error": f"model unhealthy: {reason}"})
+        if (reason := await self.s.readiness()) is not None:
+            return json_response(503, {"error": reason})
         return web.Response(status=200)
 
     async def server_metadata(self, request: web.Request) -> web.Response:
@@ -78,8 +75,8 @@ class KServeRoutes:
         return json_response(200, self.s.models[self._model(request)].metadata())
 
     async def model_ready(self, request: web.Request) -> web.Response:
-        self._model(request)
-        return web.Response(status=200 if self.s.ready else 503)
+        self._model(request)  # both models run on the one engine: ready when the server is
+        return await self.ready(request)
 
     async def model_config(self, request: web.Request) -> web.Response:
         return json_response(200, self.s.model_config(self._model(request)))

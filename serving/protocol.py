@@ -5,12 +5,15 @@ data?}], outputs?: [{name, parameters?}]}``, optionally followed by raw tensors 
 ``Inference-Header-Content-Length`` header gives the JSON's length; each binary input names
 its size in ``parameters.binary_data_size``). BYTES elements are a 4-byte little-endian length
 and the bytes. Responses mirror this; outputs asked with ``binary_data: true`` (or all, with
-``binary_data_output``) are sent raw after the JSON.
+``binary_data_output``) are sent raw after the JSON. JSON has no NaN or infinity: in JSON data
+such a float is ``null`` (which tritonclient's ``as_numpy`` reads back as NaN), in binary data
+it stays as it is.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -237,6 +240,14 @@ def parse_request(body: bytes, header_length: int | None) -> InferRequest:
     )
 
 
+def _json_numbers(value: np.ndarray) -> list:
+    """The elements as JSON numbers; a non-finite float (an abstained probability) as None."""
+    flat = value.ravel()
+    if flat.dtype.kind != "f" or np.isfinite(flat).all():
+        return flat.tolist()
+    return [v if math.isfinite(v) else None for v in flat.tolist()]
+
+
 def encode_response(
     model: str,
     version: str,
@@ -262,9 +273,9 @@ def encode_response(
         elif dtype == "BYTES":
             entry["data"] = [b.decode("utf-8", errors="replace") for b in value]  # type: ignore[union-attr]
         else:
-            entry["data"] = np.asarray(value).ravel().tolist()
+            entry["data"] = _json_numbers(np.asarray(value))
         header["outputs"].append(entry)
-    head = json.dumps(header, separators=(",", ":")).encode()
+    head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
     if not blobs:
         return head, {"Content-Type": "application/json"}
     return head + b"".join(blobs), {

@@ -5,9 +5,9 @@
   raw image with ``?reason=...&reporter=...``. Any valid key may report.
 - ``GET /v1/reviews?status=open|decided|all&limit=&offset=``, ``GET /v1/reviews/{id}``
   (verdict, reports, audit trail, known-image matches), ``GET /v1/reviews/{id}/image``,
-  ``GET /v1/reviews/{id}/heatmap``, ``POST /v1/reviews/{id}`` with JSON ``{"decision":
-  "generated|camera|skip", "reviewer", "note"}``: reviewers only (a reviewer key when the
-  server has keys).
+  ``GET /v1/reviews/{id}/heatmap`` (422 for an image too small to have one), ``POST
+  /v1/reviews/{id}`` with JSON ``{"decision": "generated|camera|skip", "reviewer", "note"}``:
+  reviewers only (a reviewer key when the server has keys).
 - ``GET /review``: the review page (plain HTML and one script, served from ``serving/static``).
 
 With no review database (``--review-db``) the queue's routes answer 404 saying so; the page
@@ -185,7 +185,10 @@ class ReviewRoutes:
     async def heatmap(self, request: web.Request) -> web.Response:
         queue = self._reviewer_only(request)
         data, _ = await self._call(queue.image, self._id(request))
-        return json_response(200, await self._call(self.s.heatmap, data, False))
+        heat = await self._call(self.s.heatmap, data, False)
+        if "error" in heat:  # the image is there but gives no heatmap (too small): a 422
+            raise HttpError(422, heat["error"])
+        return json_response(200, heat)
 
     # --- the page --------------------------------------------------------------------------
 

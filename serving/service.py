@@ -38,7 +38,7 @@ from detector.memory import MemoryStore
 from detector.methods import default_method_names
 from detector.model_io import BYTES_MODEL, TENSOR_MODEL, ModelDescription, bytes_model, tensor_model
 from detector.pipeline import Detector
-from serving.batcher import BatcherConfig, BatchingEngine, QueueFull
+from serving.batcher import BatcherConfig, BatchingEngine, EngineTimeout, QueueFull
 from serving.processes import METRICS_DIR_ENV
 from serving.review import ReviewConfig, ReviewError, ReviewQueue
 
@@ -409,7 +409,7 @@ class Service:
             for r in v.results:
                 if "failure" in r.details:
                     self.metrics.degraded.labels(r.method, r.details["failure"]).inc()
-                if r.method == "model":
+                if r.method == "model" and r.details.get("failure") != EngineTimeout.__name__:
                     self._model_health("failure" not in r.details, v.degraded)
         return out
 
@@ -455,6 +455,8 @@ class Service:
     # Readiness: after UNHEALTHY_AFTER model failures in a row the server says it is not ready
     # (load balancers route around it; verdicts still come from the other methods) until the
     # model answers again: a scored request, or the probe the readiness check itself runs.
+    # A request's deadline (--deadline-ms) passing is the client's budget spent, not a failure:
+    # it counts neither way, and the probe waits up to the work timeout instead.
     UNHEALTHY_AFTER = 3
 
     def _model_health(self, ok: bool, reasons: tuple[str, ...] = ()) -> None:
@@ -471,13 +473,26 @@ class Service:
     def probe_model(self) -> bool:
         """One tile through the batcher: does the model answer now? (blocks; worker thread)"""
         size = self.bundle.preprocess.input_size
+        wait = self.config.work_timeout_s
         try:
-            self.bundle.logits(np.zeros((1, 3, size, size), np.float32))
+            self.batcher.submit(np.zeros((1, 3, size, size), np.float32)).result(wait)
+        except TimeoutError:
+            self._model_health(False, (f"model: no answer to a probe within {wait:g} s",))
+            return False
         except Exception as exc:
             self._model_health(False, (f"model: {type(exc).__name__}: {exc}",))
             return False
         self._model_health(True)
         return True
+
+    async def readiness(self) -> str | None:
+        """Why the server is not ready, or None when it is: the one answer of every readiness
+        check (the server's and each model's, over HTTP and gRPC)."""
+        if not self.ready:
+            return "shutting down"
+        if self.model_healthy or await self.run(self.probe_model):
+            return None
+        return f"model unhealthy: {self.model_failure_reason or 'the model keeps failing'}"
 
     def record(self, model: str, ok: bool, started: float, items: int) -> None:
         st = self.stats[model]

@@ -115,7 +115,11 @@ async function showItem(id) {
     clearHeatmap();
     if (item.image_kept) {
       await setImage(await api(`/v1/reviews/${id}/image`));
-      const heat = await api(`/v1/reviews/${id}/heatmap`);
+      // 422: the image is too small for a heatmap; the item is still shown, saying so
+      const heat = await api(`/v1/reviews/${id}/heatmap`).catch((error) => {
+        if (error.status !== 422) throw error;
+        return { error: error.message };
+      });
       drawHeatmap(heat, item.verdict.image.width, item.verdict.image.height);
     } else {
       $("image").removeAttribute("src");

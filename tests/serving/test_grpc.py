@@ -12,7 +12,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from serving.app import HttpConfig
-from tests.serving.test_server import jpeg, request
+from tests.serving.test_server import _engine, _lost_gpu, jpeg, request, tiny_png
 from tests.test_readme import _blocks, _section
 from training import metadata_writers as P
 
@@ -77,6 +77,43 @@ def test_tensor_and_bytes_models_answer_as_over_http(server):
     only = client.infer("synthdetect", [_bytes_input(images[:1])],
                         outputs=[grpcclient.InferRequestedOutput("label")])  # fmt: skip
     assert only.as_numpy("probability") is None and only.as_numpy("label") is not None
+
+
+def test_an_abstained_probability_is_nan(server):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    result = client.infer("synthdetect", [_bytes_input([tiny_png(), jpeg(3)])])
+    probs = result.as_numpy("probability").ravel()
+    assert np.isnan(probs[0]) and 0 <= probs[1] <= 1
+    assert result.as_numpy("label")[0, 0] == b"uncertain"
+
+
+def test_readiness_is_one_answer_for_the_server_and_its_models(make_server):
+    live = make_server()
+    client = grpcclient.InferenceServerClient(live.grpc_url)
+    with _engine(live, _lost_gpu):
+        for i in range(live.service.UNHEALTHY_AFTER):
+            request(live.url, "/v1/score", jpeg(40 + i, 128))  # degraded: the model failed
+        assert not client.is_server_ready()
+        assert not client.is_model_ready("synthdetect")
+        assert not client.is_model_ready("synthdetect_tiles")
+    assert client.is_model_ready("synthdetect") and client.is_server_ready()
+
+
+def test_a_body_limit_past_grpcs_32_bits_is_capped():
+    """serve --max-body-mb 2048 (or more) did not start: gRPC's message sizes are 32-bit, so
+    its limit is the body limit capped at 2**31 - 1 bytes."""
+    import asyncio
+
+    from serving.grpc_server import GrpcServer
+
+    async def make(limit: int) -> int:
+        server = GrpcServer(None, None, "127.0.0.1", 0, limit)  # type: ignore[arg-type]
+        await server.stop(0)
+        return server.max_message_bytes
+
+    assert asyncio.run(make(2048 * 2**20)) == 2**31 - 1
+    assert asyncio.run(make(10**12)) == 2**31 - 1
+    assert asyncio.run(make(64 * 2**20)) == 64 * 2**20
 
 
 def test_200_concurrent_requests_are_routed_to_their_callers(server):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import sqlite3
+import struct
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,7 +15,7 @@ from detector.image import decode
 from detector.memory import MemoryStore, hash_pixels
 from serving.app import HttpConfig
 from serving.review import ReviewConfig, ReviewError, ReviewQueue
-from tests.serving.test_server import jpeg, request
+from tests.serving.test_server import jpeg, request, tiny_png
 
 
 def _scored(seed: int, size: int = 96) -> tuple[bytes, object, dict]:
@@ -278,6 +280,19 @@ def test_bad_input_to_review_endpoints_is_4xx_and_the_server_keeps_serving(make_
         (request(live.url, "/v1/reports?reason=x&reporter=y", b"not an image"), 422, ""),
         (request(live.url, "/v1/reports?reason=x&reporter=y", b""), 400, "empty body"),
         (_get(live, "/review/secret.txt"), 404, "no such file"),
+        # compressed bodies: refused before they are read (and inflated)
+        (request(live.url, "/v1/reports?reason=x&reporter=y", b"not gzip",
+                 {"Content-Encoding": "gzip"}), 415, "Content-Encoding gzip is not accepted"),
+        (request(live.url, "/v1/reports", b"not br",
+                 {"Content-Type": "application/json", "Content-Encoding": "br"}), 415,
+         "Content-Encoding br is not accepted"),
+        (request(live.url, "/v1/reports", b"--x\r\n",
+                 {"Content-Type": "multipart/form-data; boundary=x", "Content-Encoding": "deflate"}),
+         415, "Content-Encoding deflate is not accepted"),
+        (request(live.url, f"/v1/reviews/{item_id}",
+                 gzip.compress(json.dumps({"decision": "camera", "reviewer": "a"}).encode()),
+                 {"Content-Type": "application/json", "Content-Encoding": "gzip"}), 415,
+         "Content-Encoding gzip is not accepted"),
     ]  # fmt: skip
     for (status, _, body), expected, reason in cases:
         assert status == expected, body
@@ -292,6 +307,44 @@ def test_bad_input_to_review_endpoints_is_4xx_and_the_server_keeps_serving(make_
     status, headers, page = _get(plain, "/review")
     assert status == 200 and headers["Content-Type"].startswith("text/html")
     assert b"review.js" in page and b"http" not in page.replace(b"http-equiv", b"")
+
+
+def _bytes_batch(live, images: list[bytes], **extra) -> tuple[int, dict]:
+    """A Triton BYTES batch ([N, 1], binary) to the synthdetect model."""
+    blob = b"".join(struct.pack("<I", len(b)) + b for b in images)
+    image = {"name": "image", "shape": [len(images), 1], "datatype": "BYTES",
+             "parameters": {"binary_data_size": len(blob)}}  # fmt: skip
+    head = json.dumps({"inputs": [image], **extra}).encode()
+    status, _, body = request(live.url, "/v2/models/synthdetect/infer", head + blob,
+                              {"Inference-Header-Content-Length": str(len(head))})  # fmt: skip
+    return status, json.loads(body)
+
+
+@pytest.mark.integration
+def test_a_refused_infer_request_leaves_the_queue_as_it_was(make_server, tmp_path):
+    """An uncertain image in a BYTES batch is queued only once the whole request succeeds:
+    a bad image after it, or an unknown output, changes nothing, however often retried."""
+    live = make_server(review_db=tmp_path / "review.sqlite")
+    for _ in range(2):
+        status, out = _bytes_batch(live, [tiny_png(), b"garbage"])
+        assert status == 422 and out["error"].startswith("image 1: not a recognized image")
+        status, out = _bytes_batch(live, [tiny_png()], outputs=[{"name": "nope"}])
+        assert status == 400 and "unknown outputs" in out["error"]
+    assert json.loads(_get(live, "/v1/reviews?status=all")[2])["items"] == []
+    status, out = _bytes_batch(live, [tiny_png()])
+    assert status == 200 and out["outputs"][1]["data"] == ["uncertain"]
+    (item,) = json.loads(_get(live, "/v1/reviews?status=all")[2])["items"]
+    assert item["seen"] == 1 and item["reason"] == "uncertain"
+
+
+@pytest.mark.integration
+def test_an_image_too_small_for_a_heatmap_is_a_422(make_server, tmp_path):
+    live = make_server(review_db=tmp_path / "review.sqlite")
+    status, _, body = request(live.url, "/v1/score?review=true", tiny_png())
+    item_id = json.loads(body)["review_id"]
+    status, headers, body = _get(live, f"/v1/reviews/{item_id}/heatmap")
+    assert status == 422 and headers["Content-Type"].startswith("application/json")
+    assert json.loads(body) == {"error": "too small for the model"}
 
 
 @pytest.mark.integration

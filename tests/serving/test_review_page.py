@@ -15,7 +15,7 @@ import pytest
 
 from detector.memory import MemoryStore
 from serving.app import HttpConfig
-from tests.serving.test_server import jpeg, request
+from tests.serving.test_server import jpeg, request, tiny_png
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -115,3 +115,25 @@ def test_review_page_upload_heatmap_decide(make_server, tmp_path):
     assert record.label == "generated" and record.confirmed_by == "dana"
     _, _, body = request(live.url, "/v1/score", image.read_bytes(), {"X-API-Key": "scorer"})
     assert json.loads(body)["verdict"]["decided_by"] == "known_image"
+
+
+def test_an_item_too_small_for_a_heatmap_opens_saying_so(make_server, tmp_path):
+    """The heatmap's 422 (an image too small for the model) is a message, not a failure to
+    open the item."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    live = make_server(review_db=tmp_path / "review.sqlite")
+    _, _, body = request(live.url, "/v1/score?review=true", tiny_png())
+    item_id = json.loads(body)["review_id"]
+    browser = _browser()
+    try:
+        browser.get(f"http://{live.url}/review")  # no keys: the first open item opens
+        message = lambda b: b.find_element(By.ID, "message").text  # noqa: E731
+        WebDriverWait(browser, 60).until(lambda b: "too small" in message(b))
+        assert message(browser) == "no heatmap: too small for the model"
+        title = browser.find_element(By.ID, "item-title").text
+        assert title.startswith(f"Review #{item_id} (requested, open)")
+        assert browser.find_element(By.ID, "heatmap").get_attribute("data-tiles") == "0"
+    finally:
+        browser.quit()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import gzip
 import json
 import struct
 import time
@@ -41,6 +42,11 @@ def request(
 
 def jpeg(seed: int, size: int = 96) -> bytes:
     return P.encode(P.synthetic_scene(seed, size, size + 16), "JPEG")
+
+
+def tiny_png(seed: int = 1) -> bytes:
+    """16x16: too small for the model, so every method abstains (uncertain, no probability)."""
+    return P.encode(P.synthetic_scene(seed, 16, 16), "PNG")
 
 
 # --- Triton protocol through tritonclient -------------------------------------------------------
@@ -93,6 +99,31 @@ def test_bytes_model_scores_encoded_images(server):
     assert json.loads(body)["verdict"]["probability"] == pytest.approx(float(probs[0]), abs=1e-6)
 
 
+def test_an_abstained_probability_is_json_null_and_nan_in_binary(server):
+    """No probability is NaN in the tensor; JSON has no NaN (a strict parser refused the
+    response), so JSON carries null, which tritonclient reads back as NaN."""
+    blob = struct.pack("<I", len(tiny_png())) + tiny_png()
+    image = {"name": "image", "shape": [1, 1], "datatype": "BYTES",
+             "parameters": {"binary_data_size": len(blob)}}  # fmt: skip
+    body, headers = _binary_infer("synthdetect", {"inputs": [image]}, blob)
+    status, _, out = request(server.url, "/v2/models/synthdetect/infer", body, headers)
+
+    def refuse(name: str):
+        raise AssertionError(f"{name} is not JSON")
+
+    outputs = {o["name"]: o for o in json.loads(out, parse_constant=refuse)["outputs"]}
+    assert status == 200 and outputs["probability"]["data"] == [None]
+    assert outputs["label"]["data"] == ["uncertain"]
+    client = httpclient.InferenceServerClient(server.url)
+    data = np.array([[tiny_png()]], dtype=np.object_)
+    for binary in (False, True):
+        inp = httpclient.InferInput("image", [1, 1], "BYTES")
+        inp.set_data_from_numpy(data, binary_data=True)
+        wanted = [httpclient.InferRequestedOutput("probability", binary_data=binary)]
+        probs = client.infer("synthdetect", [inp], outputs=wanted).as_numpy("probability")
+        assert probs.shape == (1, 1) and np.isnan(probs).all()
+
+
 def test_model_config_parses_as_triton_protobuf(server):
     from google.protobuf import json_format
     from tritonclient.grpc import model_config_pb2
@@ -109,6 +140,8 @@ def test_score_single_and_multipart(server):
     status, _, body = request(server.url, "/v1/score", jpeg(4), {"Content-Type": "image/jpeg"})
     verdict = json.loads(body)["verdict"]
     assert status == 200 and verdict["methods"]["model"]["probability"] is not None
+    status, _, _ = request(server.url, "/v1/score", jpeg(4), {"Content-Encoding": "identity"})
+    assert status == 200  # the one Content-Encoding taken: none
     boundary = "XyZ"
     parts = []
     for name, data in (("a.jpg", jpeg(5)), ("b.txt", b"not an image")):
@@ -249,6 +282,19 @@ BAD.update({
     **{f"multipart boundary {name}": ("/v1/score", b"--abc\r\n\r\n", {"Content-Type": ctype}, 400, "malformed multipart body")
        for name, ctype in (("absent", "multipart/form-data"), ("empty", "multipart/form-data; boundary="),
                            ("5000 chars", "multipart/form-data; boundary=" + "x" * 5000))},
+})  # fmt: skip
+
+
+# A compressed body: a 500 when it did not inflate, and inflated past --max-body-mb when it did.
+_MULTIPART = {"Content-Type": "multipart/form-data; boundary=XyZ"}
+BAD.update({
+    f"{what} on {where}": (path, body, {**headers, "Content-Encoding": coding}, 415,
+                           f"Content-Encoding {coding} is not accepted")
+    for what, coding, body in (("bad gzip", "gzip", b"not gzip"), ("bad deflate", "deflate", b"no"),
+                               ("bad br", "br", b"not br"),
+                               ("gzip of 1 MB", "gzip", gzip.compress(b"\0" * 1_000_000)))
+    for where, path, headers in (("score", "/v1/score", {}), ("multipart", "/v1/score", _MULTIPART),
+                                 ("infer", "/v2/models/synthdetect/infer", {}))
 })  # fmt: skip
 
 
@@ -462,10 +508,12 @@ def test_readiness_follows_model_health_and_deadline_degrades(make_server):
         for i in range(live.service.UNHEALTHY_AFTER):
             assert request(live.url, "/v2/health/ready")[0] == 200
             assert request(live.url, "/v1/score", jpeg(40 + i, 128))[0] == 200  # degraded
-        status, _, body = request(live.url, "/v2/health/ready")
-        assert status == 503 and "model unhealthy" in json.loads(body)["error"]
-        assert "device lost" in json.loads(body)["error"]
+        for path in ("/v2/health/ready", "/v2/models/synthdetect/ready"):
+            status, _, body = request(live.url, path)
+            assert status == 503 and "model unhealthy" in json.loads(body)["error"]
+            assert "device lost" in json.loads(body)["error"]
     assert request(live.url, "/v2/health/ready")[0] == 200  # the probe answered: recovered
+    assert request(live.url, "/v2/models/synthdetect_tiles/ready")[0] == 200
 
     slow = make_server(
         batcher=BatcherConfig(max_batch_size=16, max_queue_delay_us=0, deadline_s=0.05)
@@ -486,6 +534,28 @@ def test_readiness_follows_model_health_and_deadline_degrades(make_server):
     ]
     status, _, body = request(slow.url, "/v1/score", jpeg(50, 128))
     assert status == 200 and json.loads(body)["verdict"]["degraded"] is False
+
+
+def test_deadlines_passing_do_not_make_the_server_unready(make_server):
+    """--deadline-ms is each request's budget: a slow model answering past it degrades those
+    verdicts, but is not a failing model, and the readiness probe is not held to it."""
+    live = make_server(
+        batcher=BatcherConfig(max_batch_size=16, max_queue_delay_us=0, deadline_s=0.05)
+    )
+    fast = live.service.batcher._run
+
+    def sluggish(tiles):
+        time.sleep(0.3)
+        return fast(tiles)
+
+    with _engine(live, sluggish):
+        for i in range(live.service.UNHEALTHY_AFTER + 1):
+            status, _, body = request(live.url, "/v1/score", jpeg(55 + i, 128))
+            reasons = json.loads(body)["verdict"]["degraded_reasons"]
+            assert status == 200 and reasons[0].startswith("model: EngineTimeout")
+        for path in ("/v2/health/ready", "/v2/models/synthdetect/ready"):
+            assert request(live.url, path)[0] == 200, path
+    assert live.service.model_failures == 0
 
 
 def _chunked_multipart(parts: list[bytes], boundary: bytes = b"XyZ") -> bytes:

@@ -1,0 +1,99 @@
+"""The shared HTTP pieces on their own: the body readers' refusals, the KServe JSON encoder."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from unittest import mock
+
+import numpy as np
+import pytest
+from aiohttp import web
+from aiohttp.streams import StreamReader
+from aiohttp.test_utils import make_mocked_request
+
+from serving.http import HttpError, read_body, read_multipart
+from serving.protocol import encode_response
+
+pytestmark = pytest.mark.unit
+
+
+def _request(headers: dict[str, str], exc: BaseException | None = None) -> web.Request:
+    """A POST whose body stream fails with ``exc`` when read (as aiohttp's does when it cannot
+    undo the body's encoding), or holds a few bytes."""
+    payload = StreamReader(mock.Mock(_reading_paused=False), 2**16, loop=asyncio.get_running_loop())
+    if exc is not None:
+        payload.set_exception(exc)
+    else:
+        payload.feed_data(b"abc")
+        payload.feed_eof()
+    return make_mocked_request("POST", "/v1/score", headers, payload=payload)
+
+
+def _refusal(reader, headers: dict[str, str], exc: BaseException | None = None) -> HttpError:
+    async def go() -> HttpError:
+        with pytest.raises(HttpError) as err:
+            await reader(_request(headers, exc))
+        return err.value
+
+    return asyncio.run(go())
+
+
+def _read_multipart(request: web.Request):
+    return read_multipart(request, 4, 1 << 20, 5.0)
+
+
+@pytest.mark.parametrize("reader", [read_body, _read_multipart], ids=["body", "multipart"])
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "GZIP", "identity, gzip"])
+def test_a_compressed_body_is_refused_before_it_is_read(reader, coding):
+    # the stream would fail if read: the refusal must come first
+    err = _refusal(
+        reader,
+        {"Content-Encoding": coding, "Content-Type": "multipart/form-data; boundary=x"},
+        AssertionError("the body was read"),
+    )
+    assert err.status == 415
+    assert err.reason == f"Content-Encoding {coding} is not accepted: send the body uncompressed"
+
+
+@pytest.mark.parametrize("reader", [read_body, _read_multipart], ids=["body", "multipart"])
+def test_a_body_aiohttp_cannot_decode_is_a_400(reader):
+    err = _refusal(
+        reader,
+        {"Content-Type": "multipart/form-data; boundary=x"},
+        web.RequestPayloadError("Can not decode content-encoding: gzip"),
+    )
+    assert err.status == 400 and "Can not decode content-encoding: gzip" in err.reason
+
+
+@pytest.mark.parametrize("coding", [None, "", "identity", "Identity"])
+def test_an_uncompressed_body_is_read(coding):
+    async def go() -> bytes:
+        return await read_body(_request({} if coding is None else {"Content-Encoding": coding}))
+
+    assert asyncio.run(go()) == b"abc"
+
+
+def _strict(body: bytes) -> dict:
+    def refuse(name: str):
+        raise AssertionError(f"{name} is not JSON")
+
+    return json.loads(body, parse_constant=refuse)
+
+
+def test_non_finite_floats_are_json_null_and_raw_in_binary():
+    values = np.array([[np.nan], [0.25], [np.inf], [-np.inf]], np.float32)
+    outputs = [("p32", "FP32", values, [4, 1]), ("p64", "FP64", values.astype(np.float64), [4, 1]),
+               ("n", "INT32", np.array([1, 2], np.int32), [2])]  # fmt: skip
+    body, headers = encode_response("m", "1", None, outputs, set())
+    assert headers["Content-Type"] == "application/json"
+    out = _strict(body)["outputs"]
+    assert out[0]["data"] == out[1]["data"] == [None, 0.25, None, None]
+    assert out[2]["data"] == [1, 2]
+    assert math.isnan(np.array(out[0]["data"], np.float32)[0])  # what tritonclient reads back
+    body, headers = encode_response("m", "1", None, outputs[:1], {"p32"})
+    head = int(headers["Inference-Header-Content-Length"])
+    _strict(body[:head])
+    raw = np.frombuffer(body[head:], np.float32)
+    assert math.isnan(raw[0]) and raw[1] == 0.25 and np.isinf(raw[2:]).all()
