@@ -37,7 +37,23 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Calibration:
-        if not data:
+        """From JSON (a sidecar, a checkpoint): a wrong type is a ValueError naming the field,
+        never a TypeError from the checks above."""
+        if data is None:
             return cls()
+        if not isinstance(data, dict):
+            raise ValueError(f"expected an object, got {data!r}")
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        for key in ("temperature", "threshold"):
+            if key in values and not _is_number(values[key]):
+                raise ValueError(f"{key} must be a number, got {values[key]!r}")
+        if values.get("target_fpr") is not None and not _is_number(values["target_fpr"]):
+            raise ValueError(f"target_fpr must be a number or null, got {values['target_fpr']!r}")
+        if not isinstance(values.get("fitted_on", ""), str):
+            raise ValueError(f"fitted_on must be a string, got {values['fitted_on']!r}")
+        return cls(**values)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)

@@ -8,6 +8,7 @@ never imports them. Every user error ends with a one-line message and a non-zero
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from detector.argtypes import positive_int
-from detector.image import DecodeLimits, ImageError, decode_file
+from detector.image import DecodeLimits, ImageError, decode, decode_file, read_file
 from detector.memory import KnownImageError
 from detector.registry import RegistryError
 
@@ -114,7 +115,7 @@ def _add_detector_options(p: argparse.ArgumentParser) -> None:
 def _detector_spec(args: argparse.Namespace) -> tuple[list[str] | None, dict[str, Any]]:
     """The method names (None: the default set) and options the detector options give."""
     names = None
-    if args.methods:
+    if args.methods is not None:  # `--methods ""` is a mistake, not the default set
         names = [n.strip() for n in args.methods.split(",") if n.strip()]
         if not names:
             raise CliError("--methods is empty")
@@ -140,6 +141,10 @@ def _make_detector(args: argparse.Namespace) -> Any:
     from detector.pipeline import Detector
 
     names, options = _detector_spec(args)
+    if args.memory_db and not Path(args.memory_db).exists():
+        # A mistyped path would be created empty and never match: only `memory add` and
+        # `memory import` create a memory.
+        raise CliError(f"no memory database at {args.memory_db}")
     limits = DecodeLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels)
     try:
         return Detector(names, limits=limits, **options)
@@ -177,7 +182,8 @@ def _add_score(sub: Any) -> None:
         metavar="OUT",
         help="where the model saw generation: per-tile probabilities over the whole image (in "
         "--json records) and an overlay PNG, written to OUT (a .png path for one file, else a "
-        "folder that gets <name>.heatmap.png per file)",
+        "folder that gets <name>.heatmap.png per file, <name>.2.heatmap.png for a second file "
+        "of that name)",
     )
     _add_detector_options(p)
     p.set_defaults(func=_cmd_score)
@@ -189,9 +195,14 @@ def _cmd_score(args: argparse.Namespace) -> int:
     decoded = []  # (index into records, image)
     for path in args.files:
         try:
-            image = decode_file(path, detector.limits)
+            data = read_file(path, detector.limits.max_bytes)
         except ImageError as exc:
             records.append(record(path, None, error=str(exc)))
+            continue
+        try:  # a file read but not decoded keeps its sha256, as in `scan`
+            image = decode(data, detector.limits)
+        except ImageError as exc:
+            records.append(record(path, hashlib.sha256(data).hexdigest(), error=str(exc)))
             continue
         decoded.append((len(records), image))
         records.append({})  # filled in once the batch is scored
@@ -200,7 +211,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     for (i, image), verdict in zip(decoded, verdicts, strict=True):
         records[i] = record(args.files[i], image.sha256, verdict)
         if heat_out is not None:
-            records[i]["heatmap"] = _write_heatmap(heat_out, args.files[i], image)
+            bundle, dests = heat_out
+            records[i]["heatmap"] = _write_heatmap(bundle, dests[i], image)
     if args.json:
         json.dump(records, sys.stdout, indent=2)
         print()
@@ -213,8 +225,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return EXIT_OK if decoded else EXIT_NONE_READABLE
 
 
-def _heatmap_target(args: argparse.Namespace, detector: Any) -> tuple[Any, Path, bool]:
-    """(model bundle, output path, whether it is one file) for ``score --heatmap``."""
+def _heatmap_target(args: argparse.Namespace, detector: Any) -> tuple[Any, list[Path]]:
+    """(model bundle, overlay path per file) for ``score --heatmap``."""
     model = next((m for m in detector.methods if m.kind.value == "model"), None)
     if model is None:
         raise CliError("--heatmap needs the model method (it maps the model's tiles)")
@@ -226,18 +238,31 @@ def _heatmap_target(args: argparse.Namespace, detector: Any) -> tuple[Any, Path,
         (out.parent if single else out).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CliError(f"--heatmap {out}: {exc}") from None
-    return model.bundle, out, single
+    return model.bundle, [out] if single else _heatmap_names(out, args.files)
 
 
-def _write_heatmap(target: tuple[Any, Path, bool], path: str, image: Any) -> dict:
+def _heatmap_names(out: Path, files: list[str]) -> list[Path]:
+    """``<name>.heatmap.png`` per file, ``<name>.2.heatmap.png`` (3, ...) for a later file of
+    the same name (d1/x.jpg, d2/x.jpg): one run never overwrites its own overlays."""
+    used: set[str] = set()
+    dests = []
+    for path in files:
+        name, n = f"{Path(path).name}.heatmap.png", 1
+        while name in used:
+            n += 1
+            name = f"{Path(path).name}.{n}.heatmap.png"
+        used.add(name)
+        dests.append(out / name)
+    return dests
+
+
+def _write_heatmap(bundle: Any, dest: Path, image: Any) -> dict:
     from detector.heatmap import overlay_png, tile_heatmap
     from detector.preprocess import too_small
 
-    bundle, out, single = target
     if too_small(image.pixels):
         return {"error": "too small for the model"}
     heat = tile_heatmap(bundle, image.pixels)
-    dest = out if single else out / f"{Path(path).name}.heatmap.png"
     try:
         dest.write_bytes(overlay_png(image.pixels, heat))
     except OSError as exc:
@@ -284,7 +309,9 @@ def _add_scan(sub: Any) -> None:
     p.add_argument(
         "directory", metavar="DIR", help="a folder (with --ray also a pyarrow.fs URI: s3://...)"
     )
-    p.add_argument("--out", required=True, metavar="OUT.jsonl", help="with --ray also .parquet")
+    p.add_argument(
+        "--out", required=True, metavar="OUT.jsonl", help="JSON lines; .parquet needs --ray"
+    )
     p.add_argument(
         "--ray",
         nargs="?",
@@ -310,6 +337,8 @@ def _cmd_scan(args: argparse.Namespace) -> int:
 
     if args.ray is not None:
         return _cmd_scan_ray(args)
+    if Path(args.out).suffix.lower() == ".parquet":  # JSON lines under that name would mislead
+        raise CliError(f"--out {args.out}: Parquet output needs --ray; plain scan writes JSONL")
     root = Path(args.directory)
     if not root.is_dir():
         raise CliError(f"not a directory: {args.directory}")
@@ -503,10 +532,10 @@ def _cmd_memory_import(args: argparse.Namespace) -> int:
         raise CliError(f"cannot read {args.file}: {exc}") from None
     with _open_memory(args) as store:
         try:
-            n = store.import_jsonl(lines, origin=args.file)
+            added, skipped = store.import_jsonl(lines, origin=args.file)
         except KnownImageError as exc:
             raise CliError(f"{exc}; nothing imported") from None
-    print(f"imported {n} records")
+    print(f"imported {added} records, skipped {skipped} already in the memory")
     return EXIT_OK
 
 

@@ -32,8 +32,10 @@ __all__ = [
     "ModelBundle",
     "OnnxEngine",
     "TorchEngine",
+    "check_sidecar",
     "cpu_threads",
     "load_bundle",
+    "read_sidecar",
 ]
 
 log = logging.getLogger(__name__)
@@ -139,6 +141,8 @@ class OnnxEngine:
         level = logging.WARNING if active[0] != wanted[0] else logging.INFO
         log.log(level, "ONNX Runtime active providers: %s (asked for %s)", active, wanted[0])
         self.input_name = self.session.get_inputs()[0].name
+        # ints where the graph is static, names or None where it is dynamic
+        self.input_shape = list(self.session.get_inputs()[0].shape)
         self.output_name = self.session.get_outputs()[0].name
         # On CUDA, one session per power-of-two batch bucket: the CUDA provider re-plans every
         # convolution whenever a session's input shape differs from its previous call (~0.2-1 s
@@ -309,6 +313,63 @@ class ModelBundle:
         )
 
 
+def check_sidecar(meta: Any) -> dict[str, Any]:
+    """``meta`` if it is a well-formed sidecar; else a ValueError naming the field. Every
+    field a loader or the model description reads is checked here, so a hand-edited or foreign
+    ``model.json`` is refused at load time instead of failing later in some attribute access."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"expected a JSON object, got {type(meta).__name__}")
+    for section, parse in (
+        ("preprocess", PreprocessConfig.from_dict),
+        ("calibration", Calibration.from_dict),
+    ):
+        value = meta.get(section)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise ValueError(f"{section} must be an object, got {value!r}")
+        try:
+            parse(value)
+        except ValueError as exc:
+            raise ValueError(f"{section}.{exc}") from None
+    for key in ("inputs", "outputs"):
+        specs = meta.get(key)
+        if specs is not None and not isinstance(specs, list):
+            raise ValueError(f"{key} must be a list of tensors, got {specs!r}")
+        for i, spec in enumerate(specs or []):
+            where = f"{key}[{i}]"
+            if not isinstance(spec, dict):
+                raise ValueError(f"{where} must be an object, got {spec!r}")
+            for field_ in ("name", "datatype"):
+                if not isinstance(spec.get(field_), str):
+                    raise ValueError(f"{where}.{field_} must be a string, got {spec.get(field_)!r}")
+            shape = spec.get("shape")
+            if not isinstance(shape, list) or not all(
+                isinstance(d, int) and not isinstance(d, bool) for d in shape
+            ):
+                raise ValueError(f"{where}.shape must be a list of integers, got {shape!r}")
+    for key in ("name", "onnx_sha256"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise ValueError(f"{key} must be a string, got {meta[key]!r}")
+    if meta.get("model_spec") is not None and not isinstance(meta["model_spec"], dict):
+        raise ValueError(f"model_spec must be an object, got {meta['model_spec']!r}")
+    return meta
+
+
+def read_sidecar(path: Path) -> dict[str, Any]:
+    """A ``model.json``, checked (``check_sidecar``); each problem a ValueError naming it."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # invalid JSON or UTF-8
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    try:
+        return check_sidecar(meta)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
 def load_bundle(
     path: str | Path,
     device: str = "cpu",
@@ -347,11 +408,8 @@ def _load_bundle(
     if not path.exists():
         raise FileNotFoundError(f"no model at {path}")
     if path.suffix == ".onnx":
-        meta = (
-            json.loads((path.parent / SIDECAR).read_text())
-            if (path.parent / SIDECAR).exists()
-            else {}
-        )
+        sidecar = path.parent / SIDECAR
+        meta = read_sidecar(sidecar) if sidecar.exists() else {}
         expected = meta.get("onnx_sha256")
         if expected and expected != hashlib.sha256(path.read_bytes()).hexdigest():
             raise ValueError(f"{path} does not match the sha256 recorded in {SIDECAR}")
@@ -360,20 +418,37 @@ def _load_bundle(
                 "an ONNX file runs on ONNX Runtime in the precision it was exported in; pass a"
                 " checkpoint (.pt) for the torch engine's precision and CUDA graphs"
             )
-        prep = PreprocessConfig.from_dict(meta.get("preprocess", {}))
+        prep = PreprocessConfig.from_dict(meta.get("preprocess") or {})
         for spec in meta.get("inputs") or []:  # the tile size lives in the preprocessing
             side = list(spec.get("shape", []))[2:]
             if side and side != [prep.input_size, prep.input_size]:
                 raise ValueError(
-                    f"{path.parent / SIDECAR}: the graph takes {side[0]}x{side[-1]} tiles but "
+                    f"{sidecar}: the graph takes {side[0]}x{side[-1]} tiles but "
                     f"its preprocessing makes {prep.input_size}x{prep.input_size}"
                 )
-        return ModelBundle(
-            OnnxEngine(path, device, threads=threads, spinning=spinning),
-            prep,
-            Calibration.from_dict(meta.get("calibration")),
-            meta,
-        )
+        onnx = OnnxEngine(path, device, threads=threads, spinning=spinning)
+        # The sidecar's shape is only what it says: without a sidecar, or with a foreign one,
+        # every image would fail in the engine. The graph itself must take these tiles.
+        got, want = onnx.input_shape[1:], [3, prep.input_size, prep.input_size]
+        if len(got) != 3 or any(
+            isinstance(g, int) and g != w for g, w in zip(got, want, strict=True)
+        ):
+            if "preprocess" in meta:
+                source = SIDECAR
+            elif sidecar.exists():
+                source = f"the default: {SIDECAR} sets none"
+            else:
+                source = f"the default: no {SIDECAR} beside it"
+            shape = "x".join(str(g) if isinstance(g, int) else "?" for g in got)
+            raise ValueError(
+                f"{path.parent}: {path.name} takes {shape} tiles but its preprocessing "
+                f"({source}) makes 3x{prep.input_size}x{prep.input_size}"
+            )
+        if not sidecar.exists():
+            log.warning(
+                "no %s beside %s: default preprocessing, uncalibrated threshold", SIDECAR, path
+            )
+        return ModelBundle(onnx, prep, Calibration.from_dict(meta.get("calibration")), meta)
     if path.suffix == ".pt":
         from detector.checkpoint import load_checkpoint
 

@@ -247,6 +247,7 @@ _INSERT = (
     "INSERT INTO known_images (label, phash, dhash, pixel_sha256, file_sha256, confirmed_by, "
     "confirmed_at, note, source, windows) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_PRESENT = "SELECT 1 FROM known_images WHERE pixel_sha256 = ? AND label = ? LIMIT 1"
 _COLUMNS = (
     "id, label, phash, dhash, pixel_sha256, file_sha256, confirmed_by, confirmed_at, note, source"
 )
@@ -498,9 +499,13 @@ class MemoryStore:
             pairs = tuple((p.tobytes().hex(), d.tobytes().hex()) for p, d in _window_codes(row[-1]))
             yield KnownImage(*row[:-1]), pairs
 
-    def import_jsonl(self, lines: Iterable[str], origin: str = "import") -> int:
-        """Add every record of a JSONL export; all lines are checked before any is written."""
-        parsed = []
+    def import_jsonl(self, lines: Iterable[str], origin: str = "import") -> tuple[int, int]:
+        """Add the records of a JSONL export; all lines are checked before any is written.
+
+        A record the store already holds (the same pixels with the same label: that decision
+        about this picture) is skipped, so importing an export again adds nothing. Returns
+        (added, skipped)."""
+        rows = []
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
@@ -519,12 +524,22 @@ class MemoryStore:
                 )  # fmt: skip
                 rec = (hashes, d["label"], str(d["confirmed_by"]), str(d.get("note", "")),
                        str(d.get("source", "") or origin), d.get("confirmed_at"))  # fmt: skip
-                self._row(*rec)  # checked here, so that an error names its line
-                parsed.append(rec)
+                rows.append(self._row(*rec))  # checked here, so that an error names its line
             except (ValueError, KeyError, TypeError, KnownImageError) as exc:
                 missing = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
                 raise KnownImageError(f"{origin} line {number}: {missing}") from None
-        return self.add_many(parsed)
+        with self._lock:
+            with self._db:
+                # A write lock from the check to the insert: two imports of one file at once
+                # still add each record once.
+                self._db.execute("BEGIN IMMEDIATE")
+                new = []
+                for row in rows:  # (label, phash, dhash, pixel_sha256, ...): _INSERT's order
+                    if self._db.execute(_PRESENT, (row[3], row[0])).fetchone() is None:
+                        new.append(row)
+                self._db.executemany(_INSERT, new)
+            self._catch_up()
+        return len(new), len(rows) - len(new)
 
     def close(self) -> None:
         with self._lock:

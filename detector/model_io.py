@@ -131,7 +131,14 @@ def _specs(entries: list[dict], what: str) -> tuple[TensorSpec, ...]:
 
 
 def tensor_model(sidecar: dict[str, Any], name: str = TENSOR_MODEL) -> ModelDescription:
-    """The ONNX graph as exported: its inputs and outputs from the sidecar."""
+    """The ONNX graph as exported: its inputs and outputs from the sidecar (checked whole:
+    a Triton repository copies it for clients)."""
+    from detector.engine import check_sidecar
+
+    try:
+        check_sidecar(sidecar)
+    except ValueError as exc:
+        raise ValueError(f"model sidecar: {exc}") from None
     return ModelDescription(
         name,
         "onnxruntime_onnx",

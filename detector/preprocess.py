@@ -58,15 +58,33 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
+        """From JSON (a sidecar, a checkpoint): a wrong type is a ValueError naming the field,
+        never a TypeError from the checks above."""
+        if not isinstance(data, dict):
+            raise ValueError(f"expected an object, got {data!r}")
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(known))
         if unknown:
-            raise ValueError(f"unknown PreprocessConfig fields: {sorted(unknown)}")
+            raise ValueError(f"{unknown[0]} is an unknown field (known: {', '.join(known)})")
         values = dict(data)
+        for key in ("version", "input_size", "max_tiles"):
+            if key in values and not _is_int(values[key]):
+                raise ValueError(f"{key} must be an integer, got {values[key]!r}")
         for key in ("mean", "std"):
             if key in values:
-                values[key] = tuple(float(v) for v in values[key])
+                v = values[key]
+                if not isinstance(v, list | tuple) or not all(_is_number(x) for x in v):
+                    raise ValueError(f"{key} must be a list of numbers, got {v!r}")
+                values[key] = tuple(float(x) for x in v)
         return cls(**values)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def tile_origins(height: int, width: int, size: int, max_tiles: int) -> list[tuple[int, int]]:

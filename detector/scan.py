@@ -256,6 +256,8 @@ def _load_done(out: Path) -> dict[str, str]:
             continue
         try:
             rec = json.loads(line)
+            if not isinstance(rec, dict):  # valid JSON, but not a record: `[1, 2]`, `"x"`
+                raise TypeError
             key = rec["sha256"] if rec.get("sha256") is not None else rec.get("stat")
             done[str(rec["path"])] = str(key)
         except (ValueError, KeyError, TypeError):

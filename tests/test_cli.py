@@ -117,6 +117,8 @@ def test_verbose_lists_every_method(files):
     [
         (["score", "--methods", "nope", "x.png"], "unknown method 'nope'"),
         (["score", "--methods", ",", "x.png"], "--methods is empty"),
+        (["score", "--methods", "", "x.png"], "--methods is empty"),
+        (["scan", ".", "--out", "r.jsonl", "--methods", ""], "--methods is empty"),
         (["score", "missing.png"], "no such file"),
         (["score", "--max-pixels", "0", "x.png"], "must be positive"),
         (["score", "--max-tiles", "0", "x.png"], "--max-tiles: must be positive"),
@@ -264,14 +266,83 @@ def test_scan_reports_a_folder_it_cannot_list(tmp_path, scene, monkeypatch):
     assert scan_directory(root, out, Detector(["c2pa"]), progress=False).skipped == 2
 
 
-def test_scan_refuses_a_foreign_output_file(tmp_path, scene):
+@pytest.mark.parametrize("line", ["this is somebody's notes file", "[1, 2]", '"x"', "5"])
+def test_scan_refuses_a_foreign_output_file(tmp_path, scene, line):
+    """Text, or JSON that is not a record: the same one-line refusal, the file untouched."""
     root = tmp_path / "tree"
     _tree(root, scene, 2)
     out = tmp_path / "other.jsonl"
-    out.write_text("this is somebody's notes file\n")
+    out.write_text(line + "\n")
     res = run("scan", str(root), "--out", str(out), "--no-progress")
-    assert res.returncode == 2 and "not a synthdetect result" in res.stderr
-    assert out.read_text() == "this is somebody's notes file\n"
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    refusal = f"{out} line 1 is not a synthdetect result; choose another --out"
+    assert res.stderr == f"synthdetect: {refusal}\n"
+    assert out.read_text() == line + "\n"
+
+
+def test_plain_scan_refuses_parquet_output(tmp_path, scene):
+    """JSON lines under a .parquet name would be refused by the next `scan --ray`."""
+    root = tmp_path / "tree"
+    _tree(root, scene, 2)
+    out = tmp_path / "r.parquet"
+    res = run("scan", str(root), "--out", str(out), "--no-progress")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr == (
+        f"synthdetect: --out {out}: Parquet output needs --ray; plain scan writes JSONL\n"
+    )
+    assert not out.exists()
+    assert ".parquet needs --ray" in run("scan", "--help").stdout
+
+
+def test_score_and_scan_refuse_a_missing_memory_database(tmp_path, files):
+    """A mistyped --memory-db is refused, not created empty (an empty memory never matches)."""
+    db = tmp_path / "nosuch.sqlite"
+    for args in (["score", str(files["camera"])], ["scan", str(tmp_path), "--out", "r.jsonl"]):
+        res = run(*args, "--memory-db", str(db), cwd=tmp_path)
+        assert res.returncode == 2 and res.stderr == f"synthdetect: no memory database at {db}\n"
+        assert not db.exists()
+
+
+def test_json_records_the_sha256_of_a_file_read_but_not_decoded(files):
+    """As `scan` does: null only for a file that could not be read."""
+    import hashlib
+
+    out = run("score", "--json", str(files["truncated"]), str(files["text"]), "missing.png")
+    records = json.loads(out.stdout)
+    assert [r["sha256"] for r in records] == [
+        hashlib.sha256(files["truncated"].read_bytes()).hexdigest(),
+        hashlib.sha256(files["text"].read_bytes()).hexdigest(),
+        None,
+    ]
+    assert all("error" in r for r in records)
+
+
+def test_a_bad_model_folder_is_one_line_for_every_command(tmp_path):
+    """A folder whose graph takes other tiles than its preprocessing makes (here: no sidecar,
+    so the default 128 px), or whose sidecar is malformed: each command that loads a model says
+    so in one line naming the folder, exit 2, before any image is scored."""
+    from tests.onnxfiles import tile_graph
+
+    (tmp_path / "x.png").write_bytes(P.encode(P.synthetic_scene(1, 64, 64), "PNG"))
+    tile_graph(tmp_path / "bare" / "model.onnx", 192)
+    tile_graph(tmp_path / "bad" / "model.onnx", 128)
+    (tmp_path / "bad" / "model.json").write_text('{"preprocess": {"input_size": "abc"}}')
+    bare = "bare: model.onnx takes 3x192x192 tiles but its preprocessing"
+    bad = "bad/model.json: preprocess.input_size must be an integer, got 'abc'"
+    for args, message in [
+        (["score", "--model", "bare", "x.png"], bare),
+        (["score", "--model", "bad", "x.png"], bad),
+        (["scan", ".", "--out", "r.jsonl", "--model", "bare"], bare),
+        (["bench", "latency", "--model", "bare", "--seconds", "1"], bare),
+        (["serve", "--model", "bare", "--port", "0"], bare),
+        (["serve", "--model", "bad", "--port", "0"], bad),
+        (["export", "bad", "--triton-repo", "repo"], "preprocess.input_size must be an integer"),
+    ]:
+        out = run(*args, cwd=tmp_path)
+        last = out.stderr.strip().splitlines()[-1]
+        assert out.returncode == 2 and "Traceback" not in out.stderr, (args, out.stderr)
+        assert last.startswith("synthdetect: ") and message in last, (args, out.stderr)
+    assert not (tmp_path / "r.jsonl").exists() and not (tmp_path / "repo").exists()
 
 
 @pytest.mark.slow

@@ -13,11 +13,10 @@ answers with (``detector.model_io``). An export, so it lives beside ``export``.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
-from detector.engine import ONNX_FILE, SIDECAR
+from detector.engine import ONNX_FILE, SIDECAR, read_sidecar
 from detector.model_io import TENSOR_MODEL, tensor_model
 
 __all__ = ["write_triton_repo"]
@@ -34,7 +33,7 @@ def write_triton_repo(
     instances: int = 1,
     tensorrt: bool = False,
 ) -> Path:
-    meta = json.loads((model_dir / SIDECAR).read_text())
+    meta = read_sidecar(model_dir / SIDECAR)  # a ValueError naming the file and the field
     description = tensor_model(meta, name)
     target = repo / name
     (target / "1").mkdir(parents=True, exist_ok=True)

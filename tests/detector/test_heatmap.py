@@ -79,3 +79,20 @@ def test_score_heatmap_writes_overlays_and_reports_tiles(exported_model, tmp_pat
     ]:
         out = _score(*args)
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_score_heatmap_gives_files_of_the_same_name_their_own_overlays(exported_model, tmp_path):
+    """d1/x.png and d2/x.png: two overlays, each record pointing at its own image's."""
+    sizes = {"d1": (120, 200), "d2": (160, 90), "d3": (100, 100)}
+    for folder, (h, w) in sizes.items():
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "x.png").write_bytes(P.encode(P.synthetic_scene(1, h, w), "PNG"))
+    files = [str(tmp_path / folder / "x.png") for folder in sizes]
+    maps = tmp_path / "maps"
+    out = _score("--json", "--heatmap", str(maps), "--model", str(exported_model), *files)
+    assert out.returncode == 0, out.stderr
+    overlays = [rec["heatmap"]["overlay"] for rec in json.loads(out.stdout)]
+    assert overlays == [str(maps / n) for n in ("x.png.heatmap.png", "x.png.2.heatmap.png",
+                                                "x.png.3.heatmap.png")]  # fmt: skip
+    for overlay, (h, w) in zip(overlays, sizes.values(), strict=True):
+        assert Image.open(overlay).size == (w, h)

@@ -193,7 +193,7 @@ def test_export_import_round_trip_is_all_or_nothing(tmp_path):
     assert a.export_jsonl(buf) == 3
     lines = buf.getvalue().splitlines()
     b = MemoryStore(tmp_path / "b.sqlite")
-    assert b.import_jsonl(lines) == 3
+    assert b.import_jsonl(lines) == (3, 0)
     assert [(r.label, r.note, r.phash) for r in b.records()] == [
         (r.label, r.note, r.phash) for r in a.records()
     ]
@@ -203,6 +203,26 @@ def test_export_import_round_trip_is_all_or_nothing(tmp_path):
     with pytest.raises(KnownImageError, match="line 4"):
         b.import_jsonl(bad)
     assert b.stats()["records"] == 3  # nothing of the bad file was written
+
+
+def test_importing_an_export_again_adds_nothing(tmp_path):
+    """A record the store holds (the same pixels, the same label) is skipped: an import is
+    idempotent. The same picture with the other label is a new decision and is added."""
+    a = MemoryStore(tmp_path / "a.sqlite")
+    a.add(_hashes(_jpeg(_scene(1)), True), "generated", "carol")
+    a.add(_hashes(_jpeg(_scene(2))), "camera", "dave")
+    buf = io.StringIO()
+    a.export_jsonl(buf)
+    lines = buf.getvalue().splitlines()
+    b = MemoryStore(tmp_path / "b.sqlite")
+    assert b.import_jsonl(lines) == (2, 0)
+    assert b.import_jsonl(lines) == (0, 2)
+    assert a.import_jsonl(lines) == (0, 2)
+    assert b.stats()["records"] == 2 and b.stats()["indexed"] == 2 + 34
+    assert len(b.find(_hashes(_jpeg(_scene(1))))) == 1
+    relabelled = json.dumps({**json.loads(lines[1]), "label": "generated"})
+    assert b.import_jsonl([*lines, relabelled]) == (1, 2)
+    assert b.stats()["by_label"] == {"generated": 2, "camera": 1}
 
 
 def test_known_image_method_decides_over_model_and_declarations(tmp_path):
@@ -271,6 +291,9 @@ def test_memory_commands(tmp_path):
     assert _cli("memory", "export", "--out", str(export), "--db", db).returncode == 0
     db2 = str(tmp_path / "m2.sqlite")
     assert _cli("memory", "import", str(export), "--db", db2).returncode == 0
+    out = _cli("memory", "import", str(export), "--db", db2)  # again: nothing new
+    assert out.returncode == 0
+    assert out.stdout == "imported 0 records, skipped 1 already in the memory\n"
     stats = json.loads(_cli("memory", "stats", "--db", db2).stdout)
     assert stats["records"] == 1 and stats["by_label"]["generated"] == 1
     # Bad input: a clear message and exit 2, never a traceback; nothing half-recorded.
