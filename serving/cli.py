@@ -190,6 +190,16 @@ def serve(args: argparse.Namespace) -> int:
     if args.model is not None and not Path(args.model).exists():
         print(f"synthdetect: no model at {args.model}", file=sys.stderr)
         return 2
+    # Without a review queue nothing here writes to the memory: a path with no database is a
+    # typo, and an empty one made there would never match (reviewers' decisions fill a memory
+    # that --review-db brings, so there it may start empty).
+    if args.memory_db is not None and args.review_db is None and not args.memory_db.exists():
+        print(
+            f"synthdetect: no memory database at {args.memory_db} (`synthdetect memory add` "
+            "makes one; with --review-db, reviewers' decisions fill a new one)",
+            file=sys.stderr,
+        )
+        return 2
     if args.processes == 1:
         return serve_one(args)
     from serving.processes import supervise

@@ -129,6 +129,7 @@ def test_verbose_lists_every_method(files):
         (["serve", "--port", "99999"], "a port is 0-65535, got 99999"),
         (["serve", "--rate-limit", "-1"], "--rate-limit: must be a positive number"),
         (["serve", "--max-body-mb", "0"], "--max-body-mb: must be a positive number"),
+        (["serve", "--memory-db", "typo.sqlite"], "no memory database at typo.sqlite"),
         (["train", "--config", "bad.yaml", "epochs=abc"], "config.epochs must be a whole number"),
         (["bench", "accuracy", "--data", "m.csv", "--limit", "0"], "--limit: must be positive"),
         (["bench", "load", "--url", "http://127.0.0.1:9", "--seconds", "1"], "nothing answers"),
