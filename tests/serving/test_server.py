@@ -515,15 +515,7 @@ def test_readiness_follows_model_health_and_deadline_degrades(make_server):
     assert request(live.url, "/v2/health/ready")[0] == 200  # the probe answered: recovered
     assert request(live.url, "/v2/models/synthdetect_tiles/ready")[0] == 200
 
-    slow = make_server(
-        batcher=BatcherConfig(max_batch_size=16, max_queue_delay_us=0, deadline_s=0.05)
-    )
-    fast = slow.service.batcher._run
-
-    def sluggish(tiles):
-        time.sleep(0.5)
-        return fast(tiles)
-
+    slow, sluggish = _slow_server(make_server, 0.5)
     with _engine(slow, sluggish):
         status, _, body = request(slow.url, "/v1/score", jpeg(50, 128))
         time.sleep(0.6)  # let the engine finish the batch it was stuck on
@@ -536,18 +528,25 @@ def test_readiness_follows_model_health_and_deadline_degrades(make_server):
     assert status == 200 and json.loads(body)["verdict"]["degraded"] is False
 
 
-def test_deadlines_passing_do_not_make_the_server_unready(make_server):
-    """--deadline-ms is each request's budget: a slow model answering past it degrades those
-    verdicts, but is not a failing model, and the readiness probe is not held to it."""
+def _slow_server(make_server, seconds: float):
+    """A server with a 50 ms model deadline, and an engine taking ``seconds`` per batch to put
+    in with ``_engine``."""
     live = make_server(
         batcher=BatcherConfig(max_batch_size=16, max_queue_delay_us=0, deadline_s=0.05)
     )
     fast = live.service.batcher._run
 
     def sluggish(tiles):
-        time.sleep(0.3)
+        time.sleep(seconds)
         return fast(tiles)
 
+    return live, sluggish
+
+
+def test_deadlines_passing_do_not_make_the_server_unready(make_server):
+    """--deadline-ms is each request's budget: a slow model answering past it degrades those
+    verdicts, but is not a failing model, and the readiness probe is not held to it."""
+    live, sluggish = _slow_server(make_server, 0.3)
     with _engine(live, sluggish):
         for i in range(live.service.UNHEALTHY_AFTER + 1):
             status, _, body = request(live.url, "/v1/score", jpeg(55 + i, 128))
