@@ -247,7 +247,9 @@ _INSERT = (
     "INSERT INTO known_images (label, phash, dhash, pixel_sha256, file_sha256, confirmed_by, "
     "confirmed_at, note, source, windows) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_PRESENT = "SELECT 1 FROM known_images WHERE pixel_sha256 = ? AND label = ? LIMIT 1"
+_PRESENT = (
+    "SELECT 1 FROM known_images WHERE pixel_sha256 = ? AND label = ? AND confirmed_at = ? LIMIT 1"
+)
 _COLUMNS = (
     "id, label, phash, dhash, pixel_sha256, file_sha256, confirmed_by, confirmed_at, note, source"
 )
@@ -450,9 +452,11 @@ class MemoryStore:
                                 best = (frame, pd, dd)
                         if best is not None:
                             matches[rec.id] = Match(rec, best[1], best[2], False, best[0])
+        # Among equally close matches the latest decision leads (then the latest record): an
+        # import of an old export must not overturn a newer one by arriving later.
+        latest = sorted(matches.values(), key=lambda m: (m.record.confirmed_at, m.record.id))
         return sorted(
-            matches.values(),
-            key=lambda m: (not m.exact, m.phash_distance + m.dhash_distance, -m.record.id),
+            reversed(latest), key=lambda m: (not m.exact, m.phash_distance + m.dhash_distance)
         )
 
     def records(self) -> Iterator[KnownImage]:
@@ -502,9 +506,11 @@ class MemoryStore:
     def import_jsonl(self, lines: Iterable[str], origin: str = "import") -> tuple[int, int]:
         """Add the records of a JSONL export; all lines are checked before any is written.
 
-        A record the store already holds (the same pixels with the same label: that decision
-        about this picture) is skipped, so importing an export again adds nothing. Returns
-        (added, skipped)."""
+        A record the store already holds, or one the file repeats (the same pixels, label and
+        ``confirmed_at``: that decision about this picture), is skipped, so importing an export
+        again adds nothing; an older decision imported later does not lead ``find``, which
+        prefers the latest ``confirmed_at``. A line without ``confirmed_at`` is stamped now.
+        Returns (added, skipped)."""
         rows = []
         for number, line in enumerate(lines, 1):
             if not line.strip():
@@ -533,10 +539,13 @@ class MemoryStore:
                 # A write lock from the check to the insert: two imports of one file at once
                 # still add each record once.
                 self._db.execute("BEGIN IMMEDIATE")
-                new = []
+                new, seen = [], set()
                 for row in rows:  # (label, phash, dhash, pixel_sha256, ...): _INSERT's order
-                    if self._db.execute(_PRESENT, (row[3], row[0])).fetchone() is None:
-                        new.append(row)
+                    key = (row[3], row[0], row[6])  # the same pixels, decision and time
+                    if key in seen or self._db.execute(_PRESENT, key).fetchone() is not None:
+                        continue
+                    seen.add(key)
+                    new.append(row)
                 self._db.executemany(_INSERT, new)
             self._catch_up()
         return len(new), len(rows) - len(new)

@@ -225,6 +225,26 @@ def test_importing_an_export_again_adds_nothing(tmp_path):
     assert b.stats()["by_label"] == {"generated": 2, "camera": 1}
 
 
+def test_a_file_repeating_a_record_adds_it_once_and_an_old_decision_does_not_overturn_a_new(
+    tmp_path,
+):
+    a = MemoryStore(tmp_path / "a.sqlite")
+    a.add(_hashes(_jpeg(_scene(2))), "generated", "erin", confirmed_at="2026-01-01T00:00:00+00:00")
+    buf = io.StringIO()
+    a.export_jsonl(buf)
+    old = buf.getvalue().splitlines()
+    b = MemoryStore(tmp_path / "b.sqlite")
+    assert b.import_jsonl(old + old) == (1, 1)  # the repeat within the file is skipped too
+    photo = _hashes(_jpeg(_scene(2)))
+    c = MemoryStore(tmp_path / "c.sqlite")
+    c.add(photo, "camera", "frank", confirmed_at="2026-12-01T00:00:00+00:00")
+    assert c.import_jsonl(old) == (1, 0)  # kept: a decision on record, not hidden
+    assert c.find(photo)[0].record.label == "camera"  # but the newer one leads
+    newer = json.dumps({**json.loads(old[0]), "confirmed_at": "2026-12-05T00:00:00+00:00"})
+    c.import_jsonl([newer])
+    assert c.find(photo)[0].record.label == "generated"
+
+
 def test_known_image_method_decides_over_model_and_declarations(tmp_path):
     assert "known_image" not in method_names(available_only=True)  # needs a database
     with pytest.raises(MethodUnavailable, match="--memory-db"):
