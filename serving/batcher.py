@@ -178,11 +178,12 @@ class BatchingEngine:
             self._cond.notify()
         return req.future
 
-    def run(self, tiles: np.ndarray) -> np.ndarray:
+    def run(self, tiles: np.ndarray, deadline: float | None = None) -> np.ndarray:
         """Engine interface: block until this request's logits are ready (at most the
-        deadline: then ``EngineTimeout``, and the request leaves the queue if still in it)."""
+        deadline, the configured one unless given: then ``EngineTimeout``, and the request
+        leaves the queue if still in it)."""
         fut = self.submit(tiles)
-        deadline = self.config.deadline_s
+        deadline = self.config.deadline_s if deadline is None else deadline
         try:
             return fut.result(timeout=deadline)
         except FutureTimeout:

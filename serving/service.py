@@ -458,6 +458,7 @@ class Service:
     # A request's deadline (--deadline-ms) passing is the client's budget spent, not a failure:
     # it counts neither way, and the probe waits up to the work timeout instead.
     UNHEALTHY_AFTER = 3
+    PROBE_TIMEOUT_S = 5.0
 
     def _model_health(self, ok: bool, reasons: tuple[str, ...] = ()) -> None:
         if ok:
@@ -473,10 +474,12 @@ class Service:
     def probe_model(self) -> bool:
         """One tile through the batcher: does the model answer now? (blocks; worker thread)"""
         size = self.bundle.preprocess.input_size
-        wait = self.config.work_timeout_s
+        # Not the requests' deadline, and well inside the work timeout the check itself runs
+        # under, so that a hung model reads "not ready, because" rather than a timed-out check.
+        wait = min(self.PROBE_TIMEOUT_S, self.config.work_timeout_s / 2)
         try:
-            self.batcher.submit(np.zeros((1, 3, size, size), np.float32)).result(wait)
-        except TimeoutError:
+            self.batcher.run(np.zeros((1, 3, size, size), np.float32), deadline=wait)
+        except EngineTimeout:  # the tile has left the queue
             self._model_health(False, (f"model: no answer to a probe within {wait:g} s",))
             return False
         except Exception as exc:
@@ -490,8 +493,11 @@ class Service:
         check (the server's and each model's, over HTTP and gRPC)."""
         if not self.ready:
             return "shutting down"
-        if self.model_healthy or await self.run(self.probe_model):
-            return None
+        try:
+            if self.model_healthy or await self.run(self.probe_model):
+                return None
+        except WorkTimeout:  # every worker busy past the work timeout
+            return "model unhealthy: the readiness probe could not run within the work timeout"
         return f"model unhealthy: {self.model_failure_reason or 'the model keeps failing'}"
 
     def record(self, model: str, ok: bool, started: float, items: int) -> None:

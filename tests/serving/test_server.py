@@ -528,6 +528,27 @@ def test_readiness_follows_model_health_and_deadline_degrades(make_server):
     assert status == 200 and json.loads(body)["verdict"]["degraded"] is False
 
 
+def test_a_hung_model_reads_not_ready_with_its_reason(make_server):
+    """The readiness probe has its own short wait inside the work timeout: a model that stops
+    answering makes the check say why promptly, instead of the check itself timing out."""
+    live = make_server(work_timeout_s=2.0)
+    with _engine(live, _lost_gpu):
+        for i in range(live.service.UNHEALTHY_AFTER):
+            request(live.url, "/v1/score", jpeg(60 + i, 128))
+
+    def hung(tiles):
+        time.sleep(3)
+        raise RuntimeError("never answered")
+
+    with _engine(live, hung):
+        started = time.monotonic()
+        status, _, body = request(live.url, "/v2/health/ready")
+        assert time.monotonic() - started < 2.0  # the probe's 1 s, not the work timeout
+        assert status == 503
+        assert "no answer to a probe within 1 s" in json.loads(body)["error"]
+        time.sleep(3)  # let the hung batch end before the server closes
+
+
 def _slow_server(make_server, seconds: float):
     """A server with a 50 ms model deadline, and an engine taking ``seconds`` per batch to put
     in with ``_engine``."""
