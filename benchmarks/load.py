@@ -112,10 +112,10 @@ def _run(args: argparse.Namespace) -> int:
             described = f"synthdetect serve {args.serve}".strip()
             if "--model" not in args.serve:
                 described += " (the bundled model)"
+        if args.payload == "tiles" and not args.input_size:
+            args.input_size = served_tile_size(url)  # recorded with the results
         payload = {
-            "tiles": lambda: tiles_payload(
-                TILES_MODEL, args.batch, args.input_size or served_tile_size(url)
-            ),
+            "tiles": lambda: tiles_payload(TILES_MODEL, args.batch, args.input_size),
             "score": lambda: score_payload(images),
             "score-model": lambda: score_payload(images, "model"),
             "bytes": lambda: bytes_payload("synthdetect", images),
@@ -157,6 +157,11 @@ def _run(args: argparse.Namespace) -> int:
                     **environment(),
                     "benchmark": "load",
                     "payload": args.payload,
+                    **(
+                        {"tile_size": args.input_size, "batch": args.batch}
+                        if args.payload == "tiles"
+                        else {}
+                    ),
                     "server": described,
                     "client_processes": args.client_processes,
                     "rows": rows,

@@ -421,7 +421,7 @@ def _load_bundle(
         prep = PreprocessConfig.from_dict(meta.get("preprocess") or {})
         for spec in meta.get("inputs") or []:  # the tile size lives in the preprocessing
             side = list(spec.get("shape", []))[2:]
-            if side and side != [prep.input_size, prep.input_size]:
+            if side and side != [prep.input_size] * 2 and all(d >= 0 for d in side):  # -1: any
                 raise ValueError(
                     f"{sidecar}: the graph takes {side[0]}x{side[-1]} tiles but "
                     f"its preprocessing makes {prep.input_size}x{prep.input_size}"

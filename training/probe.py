@@ -327,6 +327,8 @@ def fit_logistic(
     in which photos differ most (mostly by what they show), so the fit must separate the
     classes in what is left; the removal is linear, so it folds into the returned weight and
     the probe stays one linear head at no cost."""
+    if drop_pcs < 0:
+        raise ValueError(f"drop_pcs must not be negative, got {drop_pcs}")
     if drop_pcs:
         if drop_pcs >= min(x.shape[1], int((y == 0).sum())):
             raise ValueError(

@@ -53,6 +53,12 @@ def test_a_graph_with_dynamic_sides_takes_the_tiles_its_sidecar_names(tmp_path):
     (folder / "model.json").write_text(json.dumps({"preprocess": {"input_size": 96}}))
     bundle = load_bundle(folder)
     assert bundle.logits(np.zeros((1, 3, 96, 96), np.float32)).shape == (1,)
+    # a sidecar declaring the sides dynamic, as KServe writes them (-1), says nothing against it
+    inputs = [{"name": "images", "datatype": "FP32", "shape": [-1, 3, -1, -1]}]
+    (folder / "model.json").write_text(
+        json.dumps({"preprocess": {"input_size": 96}, "inputs": inputs})
+    )
+    assert load_bundle(folder).preprocess.input_size == 96
 
 
 @pytest.mark.parametrize(

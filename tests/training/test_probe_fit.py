@@ -51,6 +51,8 @@ def test_too_many_directions_and_a_negative_setting_are_refused():
     x, y = _rows(rng, 5, content_shift=0.0)
     with pytest.raises(ValueError, match="drop_pcs 6 must be below the feature size"):
         fit_logistic(x, y, np.ones(len(y)), 1.0, drop_pcs=6)
+    with pytest.raises(ValueError, match="drop_pcs must not be negative, got -1"):
+        fit_logistic(x, y, np.ones(len(y)), 1.0, drop_pcs=-1)
     with pytest.raises(ValueError, match="probe_drop_pcs must not be negative"):
         load_config(None, ["probe_drop_pcs=-1"])
     assert load_config(None, ["probe_drop_pcs=16"]).probe_drop_pcs == 16
