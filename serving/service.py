@@ -239,6 +239,7 @@ class Service:
         }
         self.model_failures = 0
         self.model_failure_reason = ""
+        self.deadline_misses = 0  # requests in a row whose --deadline-ms passed
         self.ready = True
 
     def model_config(self, name: str) -> dict:
@@ -409,7 +410,11 @@ class Service:
             for r in v.results:
                 if "failure" in r.details:
                     self.metrics.degraded.labels(r.method, r.details["failure"]).inc()
-                if r.method == "model" and r.details.get("failure") != EngineTimeout.__name__:
+                if r.method != "model":
+                    continue
+                if r.details.get("failure") == EngineTimeout.__name__:
+                    self._deadline_missed(v.degraded)
+                else:
                     self._model_health("failure" not in r.details, v.degraded)
         return out
 
@@ -463,13 +468,25 @@ class Service:
     def _model_health(self, ok: bool, reasons: tuple[str, ...] = ()) -> None:
         if ok:
             self.model_failures, self.model_failure_reason = 0, ""
+            self.deadline_misses = 0
         else:
             self.model_failures += 1
             self.model_failure_reason = next((r for r in reasons if r.startswith("model:")), "")
 
+    def _deadline_missed(self, reasons: tuple[str, ...]) -> None:
+        """A request's deadline passed: not a failure, but as many in a row as make a model
+        unhealthy, with no answer between, send readiness to probe it (a slow model answers
+        the probe and is ready again; a hung one does not)."""
+        self.deadline_misses += 1
+        if not self.model_failure_reason:
+            self.model_failure_reason = next((r for r in reasons if r.startswith("model:")), "")
+
     @property
     def model_healthy(self) -> bool:
-        return self.model_failures < self.UNHEALTHY_AFTER
+        return (
+            self.model_failures < self.UNHEALTHY_AFTER
+            and self.deadline_misses < self.UNHEALTHY_AFTER
+        )
 
     def probe_model(self) -> bool:
         """One tile through the batcher: does the model answer now? (blocks; worker thread)"""

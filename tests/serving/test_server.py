@@ -549,6 +549,30 @@ def test_a_hung_model_reads_not_ready_with_its_reason(make_server):
         time.sleep(3)  # let the hung batch end before the server closes
 
 
+def test_a_model_hung_under_a_deadline_is_probed_and_reads_not_ready(make_server):
+    """Deadline misses are not failures, but a run of them with no answer between sends the
+    readiness check to probe the model: a hung one is not ready (a slow one answers, above)."""
+    live = make_server(
+        batcher=BatcherConfig(max_batch_size=16, max_queue_delay_us=0, deadline_s=0.05),
+        work_timeout_s=2.0,
+    )
+
+    def hung(tiles):
+        time.sleep(3)
+        raise RuntimeError("never answered")
+
+    with _engine(live, hung):
+        for i in range(live.service.UNHEALTHY_AFTER):
+            status, _, body = request(live.url, "/v1/score", jpeg(70 + i, 128))
+            assert json.loads(body)["verdict"]["degraded_reasons"][0].startswith(
+                "model: EngineTimeout"
+            )
+        status, _, body = request(live.url, "/v2/health/ready")
+        assert status == 503 and "no answer to a probe within 1 s" in json.loads(body)["error"]
+        time.sleep(3)  # let the hung batch end before the server closes
+    assert live.service.model_failures >= 1 and live.service.deadline_misses >= 3
+
+
 def _slow_server(make_server, seconds: float):
     """A server with a 50 ms model deadline, and an engine taking ``seconds`` per batch to put
     in with ``_engine``."""
