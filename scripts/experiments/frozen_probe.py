@@ -19,7 +19,9 @@ calibrated as training calibrates. This script runs the selection experiments ar
 - ``--zero-shot-of RUN``: also the probe as a checkpoint of RUN's architecture, the zero-shot
   end of WiSE-FT with ``synthdetect soup``.
 
-Features are cached per image under ``--features`` (``training.probe.FeatureCache``).
+Features are cached per image under ``--features`` (``training.probe.FeatureCache``). The
+probe is fitted with the configuration's ``probe_drop_pcs`` (16 since v6; the tables committed
+before v6 were made with 0: add ``probe_drop_pcs=0`` to rerun one).
 
     python scripts/experiments/frozen_probe.py MANIFEST OUT_DIR --features CACHE_DIR \
         [--parts head] [--downscale 1] [--zero-shot-of RUN]
@@ -181,8 +183,11 @@ def fit_head(
     share its images with the rest. ``drop_pcs`` (linear only; ``probe_drop_pcs`` of the
     training config): the fit without the real rows' top principal directions
     (``training.probe.fit_logistic``)."""
-    if drop_pcs and head != "linear":
-        raise ValueError("drop_pcs applies to the linear head only")
+    if drop_pcs and head != "linear":  # configs/default.yaml sets it for the bundled probe
+        raise SystemExit(
+            f"probe_drop_pcs ({drop_pcs}) applies to the linear head only: add probe_drop_pcs=0 "
+            f"for --lofo-head {head} (its committed tables were made without it)"
+        )
     if head == "linear":
         weight, bias = fit_logistic(x, y, w, c, drop_pcs)
         return lambda f: f @ weight + bias
@@ -412,6 +417,11 @@ def main() -> None:
     unknown = [i for i in inputs if i not in (*INPUTS, COOC)]
     if unknown:
         raise SystemExit(f"--input: unknown {unknown}; choose from {', '.join((*INPUTS, COOC))}")
+    if args.lofo and args.lofo_head != "linear" and config.probe_drop_pcs:
+        raise SystemExit(  # before minutes of feature loading (fit_head would refuse it too)
+            f"probe_drop_pcs ({config.probe_drop_pcs}) applies to the linear head only: add "
+            f"probe_drop_pcs=0 for --lofo-head {args.lofo_head}"
+        )
     if inputs != ["rgb"] and not args.lofo:
         raise SystemExit("--input other than rgb is measured with --lofo only")
     if args.lofo:
