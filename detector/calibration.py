@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Calibration"]
+from detector.preprocess import is_number
+
+__all__ = ["Calibration", "log_odds"]
 
 
 @dataclass(frozen=True)
@@ -46,14 +48,16 @@ class Calibration:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         for key in ("temperature", "threshold"):
-            if key in values and not _is_number(values[key]):
+            if key in values and not is_number(values[key]):
                 raise ValueError(f"{key} must be a number, got {values[key]!r}")
-        if values.get("target_fpr") is not None and not _is_number(values["target_fpr"]):
+        if values.get("target_fpr") is not None and not is_number(values["target_fpr"]):
             raise ValueError(f"target_fpr must be a number or null, got {values['target_fpr']!r}")
         if not isinstance(values.get("fitted_on", ""), str):
             raise ValueError(f"fitted_on must be a string, got {values['fitted_on']!r}")
         return cls(**values)
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+def log_odds(p: float) -> float:
+    """logit(p), p clipped to [1e-6, 1 - 1e-6] so that certainty stays finite."""
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))

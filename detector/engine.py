@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from detector.calibration import Calibration
-from detector.preprocess import PreprocessConfig
+from detector.preprocess import PreprocessConfig, is_int
 
 __all__ = [
     "SIDECAR",
@@ -344,9 +344,7 @@ def check_sidecar(meta: Any) -> dict[str, Any]:
                 if not isinstance(spec.get(field_), str):
                     raise ValueError(f"{where}.{field_} must be a string, got {spec.get(field_)!r}")
             shape = spec.get("shape")
-            if not isinstance(shape, list) or not all(
-                isinstance(d, int) and not isinstance(d, bool) for d in shape
-            ):
+            if not isinstance(shape, list) or not all(is_int(d) for d in shape):
                 raise ValueError(f"{where}.shape must be a list of integers, got {shape!r}")
     for key in ("name", "onnx_sha256"):
         if meta.get(key) is not None and not isinstance(meta[key], str):

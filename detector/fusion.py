@@ -33,11 +33,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from detector.calibration import log_odds
 from detector.methods.base import Evidence, MethodResult, Supports
 
 __all__ = ["FusionConfig", "Verdict", "fuse"]
-
-_EPS = 1e-6
 
 
 @dataclass(frozen=True)
@@ -85,11 +84,6 @@ class Verdict:
         }
 
 
-def _logit(p: float) -> float:
-    p = min(max(p, _EPS), 1 - _EPS)
-    return math.log(p / (1 - p))
-
-
 def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
@@ -110,7 +104,7 @@ def fuse(results: Sequence[MethodResult], config: FusionConfig | None = None) ->
         probability, decided_by = scored[0].probability, "fusion"  # a score at the threshold
     elif scored:
         total = sum(r.weight for r in scored)
-        mean = sum(r.weight * _logit(r.probability) for r in scored) / max(1.0, total)  # type: ignore[arg-type]
+        mean = sum(r.weight * log_odds(r.probability) for r in scored) / max(1.0, total)  # type: ignore[arg-type]
         probability = _sigmoid(mean)
         decided_by = "fusion"
     else:

@@ -364,9 +364,24 @@ class MemoryStore:
     ) -> int:
         """Record (hashes, label, confirmed_by, note, source, confirmed_at) tuples in one
         transaction: all or none. Returns how many."""
-        rows = [self._row(*rec) for rec in records]
+        return self._insert([self._row(*rec) for rec in records])
+
+    def _insert(self, rows: list[tuple], skip_present: bool = False) -> int:
+        """Insert checked rows in one transaction -> how many. ``skip_present``: leave out a
+        row the store holds, or that came earlier in ``rows`` (the same pixels, label and
+        ``confirmed_at``), under a write lock from the check to the insert, so that two
+        imports of one file at once still add each record once."""
         with self._lock:
             with self._db:
+                if skip_present:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    new, seen = [], set()
+                    for row in rows:  # (label, phash, dhash, pixel_sha256, ...): _INSERT's order
+                        key = (row[3], row[0], row[6])
+                        if key not in seen and self._db.execute(_PRESENT, key).fetchone() is None:
+                            seen.add(key)
+                            new.append(row)
+                    rows = new
                 self._db.executemany(_INSERT, rows)
             self._catch_up()
         return len(rows)
@@ -534,21 +549,8 @@ class MemoryStore:
             except (ValueError, KeyError, TypeError, KnownImageError) as exc:
                 missing = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
                 raise KnownImageError(f"{origin} line {number}: {missing}") from None
-        with self._lock:
-            with self._db:
-                # A write lock from the check to the insert: two imports of one file at once
-                # still add each record once.
-                self._db.execute("BEGIN IMMEDIATE")
-                new, seen = [], set()
-                for row in rows:  # (label, phash, dhash, pixel_sha256, ...): _INSERT's order
-                    key = (row[3], row[0], row[6])  # the same pixels, decision and time
-                    if key in seen or self._db.execute(_PRESENT, key).fetchone() is not None:
-                        continue
-                    seen.add(key)
-                    new.append(row)
-                self._db.executemany(_INSERT, new)
-            self._catch_up()
-        return len(new), len(rows) - len(new)
+        added = self._insert(rows, skip_present=True)
+        return added, len(rows) - added
 
     def close(self) -> None:
         with self._lock:

@@ -18,7 +18,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MIN_SIDE", "PreprocessConfig", "preprocess", "tile_origins", "too_small"]
+__all__ = [
+    "MIN_SIDE",
+    "PreprocessConfig",
+    "is_int",
+    "is_number",
+    "preprocess",
+    "tile_origins",
+    "too_small",
+]
 
 # The model method judges no image smaller than this on a side: below it, padding would be
 # most of what it sees, and a score would look like evidence without being it. The default
@@ -68,22 +76,24 @@ class PreprocessConfig:
             raise ValueError(f"{unknown[0]} is an unknown field (known: {', '.join(known)})")
         values = dict(data)
         for key in ("version", "input_size", "max_tiles"):
-            if key in values and not _is_int(values[key]):
+            if key in values and not is_int(values[key]):
                 raise ValueError(f"{key} must be an integer, got {values[key]!r}")
         for key in ("mean", "std"):
             if key in values:
                 v = values[key]
-                if not isinstance(v, list | tuple) or not all(_is_number(x) for x in v):
+                if not isinstance(v, list | tuple) or not all(is_number(x) for x in v):
                     raise ValueError(f"{key} must be a list of numbers, got {v!r}")
                 values[key] = tuple(float(x) for x in v)
         return cls(**values)
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
+    """A JSON integer (``true`` is not one)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
+    """A JSON number (``true`` is not one)."""
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 

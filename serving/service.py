@@ -461,7 +461,7 @@ class Service:
     # (load balancers route around it; verdicts still come from the other methods) until the
     # model answers again: a scored request, or the probe the readiness check itself runs.
     # A request's deadline (--deadline-ms) passing is the client's budget spent, not a failure:
-    # it counts neither way, and the probe waits up to the work timeout instead.
+    # misses count apart (``_deadline_missed``), and the probe has its own wait.
     UNHEALTHY_AFTER = 3
     PROBE_TIMEOUT_S = 5.0
 
@@ -471,15 +471,14 @@ class Service:
             self.deadline_misses = 0
         else:
             self.model_failures += 1
-            self.model_failure_reason = next((r for r in reasons if r.startswith("model:")), "")
+            self.model_failure_reason = _model_reason(reasons)
 
     def _deadline_missed(self, reasons: tuple[str, ...]) -> None:
         """A request's deadline passed: not a failure, but as many in a row as make a model
         unhealthy, with no answer between, send readiness to probe it (a slow model answers
         the probe and is ready again; a hung one does not)."""
         self.deadline_misses += 1
-        if not self.model_failure_reason:
-            self.model_failure_reason = next((r for r in reasons if r.startswith("model:")), "")
+        self.model_failure_reason = self.model_failure_reason or _model_reason(reasons)
 
     @property
     def model_healthy(self) -> bool:
@@ -539,3 +538,8 @@ class Service:
             self.reviews.close()
         if self.memory is not None:
             self.memory.close()
+
+
+def _model_reason(reasons: tuple[str, ...]) -> str:
+    """The model's line among a verdict's degraded reasons ("" when it has none)."""
+    return next((r for r in reasons if r.startswith("model:")), "")

@@ -17,6 +17,7 @@ from typing import ClassVar
 import numpy as np
 
 from detector.bundled import DEFAULT_MODEL
+from detector.calibration import log_odds
 from detector.engine import ModelBundle, load_bundle
 from detector.image import DecodedImage
 from detector.methods.base import Evidence, Kind, Method, MethodResult, Strength, Supports
@@ -125,7 +126,7 @@ class ModelMethod(Method):
         if edge is None:
             strength = Strength.WEAK
         else:
-            distance = abs(_log_odds(p) - _log_odds(edge))
+            distance = abs(log_odds(p) - log_odds(edge))
             strength = (
                 Strength.STRONG
                 if distance > 3
@@ -141,8 +142,3 @@ class ModelMethod(Method):
             "logit": round(logit, 4),
         }
         return self.result(p, [evidence], details=details, seconds=seconds)
-
-
-def _log_odds(p: float) -> float:
-    p = min(max(p, 1e-6), 1 - 1e-6)
-    return float(np.log(p / (1 - p)))

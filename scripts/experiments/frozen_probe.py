@@ -195,10 +195,9 @@ def fit_head(
         return fit_gauss(x, y, head == "relgauss")
     if head == "linear+gauss":  # both on one scale: standardised on the real rows, summed
         weight, bias = fit_logistic(x, y, w, c)
-        own = x[y == 0] @ weight
-        centre, scale = float(np.median(own)), float(own.std()) + 1e-9
+        linear = on_reals_scale(lambda f: f @ weight, x[y == 0])
         gauss = fit_gauss(x, y, False)
-        return lambda f: (f @ weight - centre) / scale + gauss(f)
+        return lambda f: linear(f) + gauss(f)
     if head != "mlp":
         raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
     from sklearn.neural_network import MLPClassifier
@@ -236,9 +235,16 @@ def fit_gauss(x: np.ndarray, y: np.ndarray, relative: bool) -> Callable[[np.ndar
     def raw(f: np.ndarray) -> np.ndarray:
         return real(f) - background(f) if relative else real(f)
 
-    own = raw(x[y == 0])  # centred and scaled on the real rows: logits, not saturated distances
+    return on_reals_scale(raw, x[y == 0])  # logits, not saturated distances
+
+
+def on_reals_scale(
+    score: Callable[[np.ndarray], np.ndarray], reals: np.ndarray
+) -> Callable[[np.ndarray], np.ndarray]:
+    """``score`` centred on its median over the real rows and divided by its spread there."""
+    own = score(reals)
     centre, scale = float(np.median(own)), float(own.std()) + 1e-9
-    return lambda f: (raw(f) - centre) / scale
+    return lambda f: (score(f) - centre) / scale
 
 
 def summarise(table: dict) -> dict:
