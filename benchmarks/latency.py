@@ -57,10 +57,16 @@ def _bundles(
     cuda_graphs: bool,
     max_tiles: int | None = None,
 ) -> list[tuple[str, ModelBundle]]:
-    out = [
-        (precision, load_bundle(path, device=device, max_tiles=max_tiles))
-        for precision, path in models.items()
-    ]
+    out = []
+    for precision, path in models.items():
+        bundle = load_bundle(path, device=device, max_tiles=max_tiles)
+        found = bundle.meta.get("precision", "fp32")  # what the export wrote in model.json
+        if precision != "fp32" and found != precision:  # an int8 row must time an int8 graph
+            raise ValueError(
+                f"--{precision} {path}: its model.json says precision {found}, not {precision} "
+                f"(synthdetect export --{precision} writes that copy to its own folder)"
+            )
+        out.append((found, bundle))  # --model: whatever precision the folder holds
     if checkpoint is not None:
         for precision in torch_precisions:
             for graphs in (False, True) if cuda_graphs and device == "cuda" else (False,):

@@ -79,6 +79,8 @@ def parse_infer_request(msg: service_pb2.ModelInferRequest) -> InferRequest:
             raise ProtocolError(f"input {spec.name!r}: unknown datatype {spec.datatype!r}")
         shape = check_shape(list(spec.shape), spec.name)
         if raw:
+            if spec.HasField("contents"):  # Triton refuses the two together as well
+                raise ProtocolError(f"input {spec.name!r} has both contents and raw_input_contents")
             tensor = binary_tensor(spec.name, spec.datatype, shape, raw[i])
         else:
             values = list(getattr(spec.contents, _CONTENTS[spec.datatype]))

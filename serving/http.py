@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, ContentLengthError
@@ -29,12 +31,29 @@ class HttpError(Exception):
         self.status, self.reason, self.headers = status, reason, headers or {}
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinity (JSON has none) as None, containers rebuilt."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def json_response(
     status: int, payload: dict, headers: dict[str, str] | None = None
 ) -> web.Response:
+    """A JSON body that every parser reads: a non-finite number (Python would write a bare
+    ``NaN``, which JSON does not have) goes out as null, as the KServe responses write it."""
+    try:
+        body = json.dumps(payload, allow_nan=False)
+    except ValueError:
+        body = json.dumps(_finite(payload), allow_nan=False)
     return web.Response(
         status=status,
-        body=json.dumps(payload).encode(),
+        body=body.encode(),
         content_type="application/json",
         headers=headers,
     )

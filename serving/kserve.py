@@ -84,6 +84,8 @@ async def infer(
 
 def _batch_limit(service: Service, n: int) -> None:
     limit = service.config.batcher.max_batch_size
+    if n == 0:  # nothing to run: Triton refuses an empty batch too; counting it would skew stats
+        raise InferError("invalid", "batch of 0: send at least one")
     if n > limit:
         raise InferError("invalid", f"batch of {n} exceeds max_batch_size {limit}")
 
@@ -126,6 +128,11 @@ async def _infer_bytes(
     if t.datatype != "BYTES":
         raise InferError(
             "invalid", f"input 'image' must be BYTES (encoded image files), got {t.datatype}"
+        )
+    if len(t.shape) != 2 or t.shape[1] != 1:  # as Triton checks the model's dims [-1, 1]
+        raise InferError(
+            "invalid",
+            f"input 'image' must have shape [N, 1] (one encoded image per row), got {t.shape}",
         )
     blobs = t.value
     assert isinstance(blobs, list)

@@ -202,6 +202,8 @@ def parse_request(body: bytes, header_length: int | None) -> InferRequest:
             raise ProtocolError(f"input {name!r}: unknown datatype {dtype!r}")
         shape = check_shape(spec.get("shape"), name)
         size = _parameters(spec.get("parameters"), f"input {name!r}").get("binary_data_size")
+        if size is not None and "data" in spec:
+            raise ProtocolError(f"input {name!r} has both data and binary_data_size")
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise ProtocolError(f"input {name!r}: binary_data_size must be an integer >= 0")

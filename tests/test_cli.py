@@ -320,8 +320,10 @@ def test_json_records_the_sha256_of_a_file_read_but_not_decoded(files):
 
 def test_a_bad_model_folder_is_one_line_for_every_command(tmp_path):
     """A folder whose graph takes other tiles than its preprocessing makes (here: no sidecar,
-    so the default 128 px), or whose sidecar is malformed: each command that loads a model says
+    so the default 128 px), whose sidecar is malformed, or that is not the precision its flag
+    names (an fp32 folder given as --int8): each command that loads a model says
     so in one line naming the folder, exit 2, before any image is scored."""
+    from detector.bundled import DEFAULT_MODEL
     from tests.onnxfiles import tile_graph
 
     (tmp_path / "x.png").write_bytes(P.encode(P.synthetic_scene(1, 64, 64), "PNG"))
@@ -335,6 +337,10 @@ def test_a_bad_model_folder_is_one_line_for_every_command(tmp_path):
         (["score", "--model", "bad", "x.png"], bad),
         (["scan", ".", "--out", "r.jsonl", "--model", "bare"], bare),
         (["bench", "latency", "--model", "bare", "--seconds", "1"], bare),
+        (
+            ["bench", "latency", "--model", str(DEFAULT_MODEL), "--int8", str(DEFAULT_MODEL)],
+            f"--int8 {DEFAULT_MODEL}: its model.json says precision fp32, not int8",
+        ),
         (["serve", "--model", "bare", "--port", "0"], bare),
         (["serve", "--model", "bad", "--port", "0"], bad),
         (["export", "bad", "--triton-repo", "repo"], "preprocess.input_size must be an integer"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import struct
 
 import grpc
 import numpy as np
@@ -194,6 +195,22 @@ def test_typed_contents_and_malformed_raw_contents(server):
             stub.ModelInfer(bad)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "10 bytes for shape" in err.value.details()
+        both = service_pb2.ModelInferRequest(model_name="synthdetect")
+        t = both.inputs.add(name="image", datatype="BYTES", shape=[1, 1])
+        t.contents.bytes_contents.append(jpeg(2))
+        both.raw_input_contents.append(struct.pack("<I", 3) + b"abc")
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(both)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "both contents and raw_input_contents" in err.value.details()
+        flat = service_pb2.ModelInferRequest(model_name="synthdetect")
+        flat.inputs.add(name="image", datatype="BYTES", shape=[1]).contents.bytes_contents.append(
+            jpeg(2)
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(flat)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "must have shape [N, 1]" in err.value.details()
         huge = service_pb2.ModelInferRequest(model_name="synthdetect_tiles")
         huge.inputs.add(name="images", datatype="FP32", shape=[0, 2**62])
         with pytest.raises(grpc.RpcError) as err:

@@ -97,3 +97,14 @@ def test_non_finite_floats_are_json_null_and_raw_in_binary():
     _strict(body[:head])
     raw = np.frombuffer(body[head:], np.float32)
     assert math.isnan(raw[0]) and raw[1] == 0.25 and np.isinf(raw[2:]).all()
+
+
+def test_the_v1_json_responses_write_non_finite_numbers_as_null():
+    """/v1 bodies (``json_response``) are JSON every parser reads: Python's json writes a bare
+    NaN unless told not to, and one hidden in a verdict's details would break a strict client."""
+    from serving.http import json_response
+
+    payload = {"probability": float("nan"), "ok": 0.5, "nested": [{"x": float("inf")}, (1, -1e999)]}
+    res = json_response(200, payload)
+    assert _strict(res.body) == {"probability": None, "ok": 0.5, "nested": [{"x": None}, [1, None]]}
+    assert _strict(json_response(200, {"a": 1.0, "b": "c"}).body) == {"a": 1.0, "b": "c"}

@@ -285,6 +285,20 @@ BAD.update({
 })  # fmt: skip
 
 
+# Inputs Triton refuses and this server took (a fresh-user audit): a BYTES tensor shaped other than
+# the model's [-1, 1], a tensor with both inline data and a binary part, an empty batch.
+_NOT_DECODED = "not an image, never decoded"
+BAD.update({
+    **{f"bytes shape {shape}": (*_infer_json("synthdetect", [{"name": "image", "shape": shape, "datatype": "BYTES", "data": [_NOT_DECODED]}]),
+                                400, "must have shape [N, 1]")
+       for shape in ([1], [1, 1, 1])},
+    "data and binary part": ("/v2/models/synthdetect/infer",
+                             *_binary_infer("synthdetect", {"inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES", "data": ["x"], "parameters": {"binary_data_size": 5}}]},
+                                            struct.pack("<I", 1) + b"x"), 400, "has both data and binary_data_size"),
+    "empty bytes batch": (*_infer_json("synthdetect", [{"name": "image", "shape": [0, 1], "datatype": "BYTES", "data": []}]), 400, "batch of 0"),
+    "empty tiles batch": (*_infer_json("synthdetect_tiles", [{"name": "images", "shape": [0, 3, 64, 64], "datatype": "FP32", "data": []}]), 400, "batch of 0"),
+})  # fmt: skip
+
 # A compressed body: a 500 when it did not inflate, and inflated past --max-body-mb when it did.
 _MULTIPART = {"Content-Type": "multipart/form-data; boundary=XyZ"}
 BAD.update({
