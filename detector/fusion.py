@@ -13,14 +13,22 @@ The rule (also in the README):
    probability to the largest decisive probability. Declarations of generation win over
    statistics because they are statements by the tool that made the file, and nobody gains by
    falsely labelling their own image as generated.
-3. Otherwise the probability is a weighted mean of the results' log-odds, with the weights
-   normalised by ``max(1, sum of weights)``:
+3. Otherwise the results are pooled by the source they read, the pixels (the model and the
+   artifact statistics) or the file's metadata, and each source's log-odds is the weighted
+   mean of its results' log-odds, normalised by ``max(1, the source's sum of weights)``; the
+   sources' log-odds add:
 
-       p = sigmoid( sum_i w_i * logit(p_i) / max(1, sum_i w_i) )
+       L_s = sum_{i in s} w_i * logit(p_i) / max(1, sum_{i in s} w_i)
+       p   = sigmoid( L_pixels + L_metadata )
 
-   A calibrated model has weight 1. Weak hints (EXIF fields, weight 0.25 to 0.5) on their own
-   therefore stay close to 0.5 instead of being stretched into confident scores, and correlated
-   signals are averaged rather than multiplied as if they were independent.
+   A calibrated model has weight 1. Weak hints (weight 0.5) on their own therefore stay close
+   to 0.5 instead of being stretched into confident scores; results that read the same thing
+   (two pixel statistics, two metadata fields one tool wrote) are averaged rather than
+   multiplied as if independent; and what the pixels say and what the file declares are
+   independent evidence, so a hint that agrees with the model raises its confidence, one that
+   disagrees lowers it, and one that says nothing (0.5) leaves it where it was. (The rule
+   before averaged every result, so an EXIF field naming a generative tool beside a model
+   flagging the image at 0.975 pulled the verdict down to 0.960, under the threshold.)
 4. The label is ``generated`` when p >= ``threshold``, ``camera`` when p <= ``camera_threshold``,
    otherwise ``uncertain``. The default threshold 0.5 is replaced by the model's calibrated
    threshold (chosen for a target false-positive rate) when a model is loaded.
@@ -34,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from detector.calibration import log_odds
-from detector.methods.base import Evidence, MethodResult, Supports
+from detector.methods.base import Evidence, Kind, MethodResult, Supports
 
 __all__ = ["FusionConfig", "Verdict", "fuse"]
 
@@ -84,6 +92,10 @@ class Verdict:
         }
 
 
+# What each kind of method reads: results reading the same source are averaged, sources add.
+_SOURCE = {Kind.MODEL: "pixels", Kind.ARTIFACT: "pixels", Kind.METADATA: "metadata"}
+
+
 def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
@@ -103,9 +115,14 @@ def fuse(results: Sequence[MethodResult], config: FusionConfig | None = None) ->
     elif len(scored) == 1 and scored[0].weight >= 1:  # the formula's value, without rounding
         probability, decided_by = scored[0].probability, "fusion"  # a score at the threshold
     elif scored:
-        total = sum(r.weight for r in scored)
-        mean = sum(r.weight * log_odds(r.probability) for r in scored) / max(1.0, total)  # type: ignore[arg-type]
-        probability = _sigmoid(mean)
+        sources: dict[str, list[MethodResult]] = {}
+        for r in scored:
+            sources.setdefault(_SOURCE.get(r.kind, r.kind.value), []).append(r)
+        total = 0.0
+        for same in sources.values():  # averaged within a source, added across sources
+            weight = sum(r.weight for r in same)
+            total += sum(r.weight * log_odds(r.probability) for r in same) / max(1.0, weight)  # type: ignore[arg-type]
+        probability = _sigmoid(total)
         decided_by = "fusion"
     else:
         probability, decided_by = None, "none"

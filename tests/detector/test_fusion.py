@@ -36,12 +36,34 @@ def test_decisive_declaration_overrides_a_low_model_score():
     assert v.summary == "declared"
 
 
-def test_weighted_mean_of_log_odds():
+def _p(log_odds: float) -> float:
+    return 1 / (1 + math.exp(-log_odds))
+
+
+def test_one_sources_results_are_averaged_and_sources_add():
+    """Pixels (model, artifact) and metadata are independent evidence: their log-odds add;
+    results reading the same source are a weighted mean of log-odds."""
+    logit = math.log(9)  # p 0.9
     v = fuse([r("model", 0.9, kind=Kind.MODEL), r("hint", 0.9, weight=0.5)])
-    logit = math.log(9)
-    expected = 1 / (1 + math.exp(-(1.0 * logit + 0.5 * logit) / 1.5))
-    assert v.probability == pytest.approx(expected)
+    assert v.probability == pytest.approx(_p(logit + 0.5 * logit))
     assert v.decided_by == "fusion"
+    pixels = [r("model", 0.9, kind=Kind.MODEL), r("artifact", 0.9, 0.5, kind=Kind.ARTIFACT)]
+    assert fuse(pixels).probability == pytest.approx(0.9)  # the same source: a mean
+    meta = [r("iptc", 0.25, 0.5), r("exif", 0.9, 0.5)]  # weights sum to 1: a plain mean
+    v = fuse([*pixels, *meta])
+    assert v.probability == pytest.approx(_p(logit + (0.5 * math.log(1 / 3) + 0.5 * logit)))
+
+
+def test_a_hint_that_agrees_with_the_model_raises_its_confidence():
+    """A model flagging at 0.975 and an EXIF field naming a generative tool (0.90, weight 0.5)
+    stay flagged (the mean over every result made it 0.960, under a 0.969 threshold); a hint
+    that says nothing (0.5) leaves the model's score; one that disagrees lowers it."""
+    cfg = FusionConfig(threshold=0.969, camera_threshold=0.4845)
+    model = r("model", 0.975, kind=Kind.MODEL)
+    agree = fuse([model, r("exif_hints", 0.90, weight=0.5)], cfg)
+    assert agree.probability > 0.975 and agree.label == "generated"
+    assert fuse([model, r("hint", 0.5, weight=0.5)], cfg).probability == pytest.approx(0.975)
+    assert fuse([model, r("capture", 0.25, weight=0.5)], cfg).probability < 0.975
 
 
 def test_weak_hint_alone_stays_near_half():
