@@ -11,7 +11,9 @@ calibrated as training calibrates. This script runs the selection experiments ar
   scored as ``evaluate --leave-one-out`` scores one), on the frozen network's features, on
   co-occurrences of quantised pixel residuals (``--input cooc``, ``training.cooccurrence``) or
   both side by side, with a linear, a one-hidden-layer or a one-class head (``--lofo-head``:
-  ``gauss``, ``relgauss``, ``linear+gauss``, which learn the reals' distribution); with
+  ``gauss``, ``relgauss``, ``linear+gauss``, which learn the reals' distribution), or a linear
+  head that uses the training families (``multinomial``: one class per family;
+  ``linear-nofamily``: without the directions that tell the families apart); with
   ``--pair-runs DIR`` (the work folder of ``scripts/lofo_wild.sh``) also the table of the
   default model's recipe, the fine-tuned run and the probe averaged as ``synthdetect
   ensemble`` averages them (equal weights on their temperature-scaled logits), for every
@@ -89,6 +91,7 @@ class Scales:
 def lofo(
     pool, cache: FeatureCache, holdouts: Path, c: float, config, manifest,
     pair_runs: Path | None = None, head: str = "linear", fit_jpeg90: bool = False,
+    family_dirs: int = 8,
 ) -> dict:  # fmt: skip
     """The probe's leave-one-family-out table, scored as ``evaluate --leave-one-out`` scores a
     group: its fakes from every split but test against the validation reals of their pools.
@@ -116,9 +119,11 @@ def lofo(
                                       config.pool_weights or None))  # fmt: skip
         y = np.array([pool[i].label for i in idx])
         rows = [feats["as-is"][idx], aug[idx]] + [feats["jpeg:90"][idx]] * fit_jpeg90
+        fams = np.array([pool[i].family or pool[i].generator for i in idx])
         score = fit_head(
             head, np.concatenate(rows), np.concatenate([y] * len(rows)),
             np.concatenate([w] * len(rows)) / w.mean(), c, config.seed, config.probe_drop_pcs,
+            np.concatenate([fams] * len(rows)), family_dirs,
         )  # fmt: skip
         val = [i for i, s in enumerate(pool) if s.split == "val" and keep(s)]
         cal = fit_calibration(
@@ -166,12 +171,14 @@ def lofo(
 
 
 KINDS = ("as_is", "equalised")
-HEADS = ("linear", "mlp", "gauss", "relgauss", "linear+gauss")
+HEADS = ("linear", "mlp", "gauss", "relgauss", "linear+gauss", "multinomial", "linear-nofamily")
+LINEAR_HEADS = ("linear", "multinomial", "linear-nofamily")  # those probe_drop_pcs applies to
+MIN_CLASS_ROWS = 20  # multinomial: a family with fewer rows joins the class "other"
 
 
 def fit_head(
     head: str, x: np.ndarray, y: np.ndarray, w: np.ndarray, c: float, seed: int,
-    drop_pcs: int = 0,
+    drop_pcs: int = 0, families: np.ndarray | None = None, family_dirs: int = 8,
 ) -> Callable[[np.ndarray], np.ndarray]:  # fmt: skip
     """Fit the probe's head on the rows -> a function from features to logits. ``linear``: the
     L2 logistic regression the bundled probe is (C ``c``). ``mlp``: one hidden layer of 256
@@ -180,17 +187,35 @@ def fit_head(
     batch's weight, the logistic regression its 1/(2C) by the whole table's): does a
     non-linear head on the same frozen features reach unseen families better? No early
     stopping: the rows are each image as-is and degraded, so a random tenth held back would
-    share its images with the rest. ``drop_pcs`` (linear only; ``probe_drop_pcs`` of the
-    training config): the fit without the real rows' top principal directions
-    (``training.probe.fit_logistic``)."""
-    if drop_pcs and head != "linear":  # configs/default.yaml sets it for the bundled probe
+    share its images with the rest. ``drop_pcs`` (the linear heads only; ``probe_drop_pcs`` of
+    the training config): the fit without the real rows' top principal directions
+    (``training.probe.fit_logistic``). Two linear heads that use the rows' ``families``:
+    ``multinomial``, a softmax regression over the reals and each training family (families
+    under MIN_CLASS_ROWS rows as one class), scored log P(any family) - log P(real): does
+    learning each family apart reach an unseen one through its nearest seen one?
+    ``linear-nofamily``: the logistic regression without the top ``family_dirs`` directions in
+    which the training families' mean features differ, so it must use what the families share
+    (the evidence common to all fakes) rather than what tells them apart."""
+    if drop_pcs and head not in LINEAR_HEADS:  # configs/default.yaml sets it for the probe
         raise SystemExit(
-            f"probe_drop_pcs ({drop_pcs}) applies to the linear head only: add probe_drop_pcs=0 "
+            f"probe_drop_pcs ({drop_pcs}) applies to the linear heads only: add probe_drop_pcs=0 "
             f"for --lofo-head {head} (its committed tables were made without it)"
         )
+    if head in ("multinomial", "linear-nofamily") and families is None:
+        raise ValueError(f"the {head} head needs each row's family")
     if head == "linear":
         weight, bias = fit_logistic(x, y, w, c, drop_pcs)
         return lambda f: f @ weight + bias
+    if head == "linear-nofamily":
+        fakes = sorted(set(families[y == 1]))
+        means = np.array([x[(y == 1) & (families == f)].mean(0) for f in fakes])
+        k = min(family_dirs, len(means) - 1)
+        q = np.linalg.svd(means - means.mean(0), full_matrices=False)[2][:k].T
+        weight, bias = fit_logistic(x - (x @ q) @ q.T, y, w, c, drop_pcs)
+        weight = weight - q @ (q.T @ weight)  # the same logits on the raw features
+        return lambda f: f @ weight + bias
+    if head == "multinomial":
+        return fit_multinomial(x, y, w, c, drop_pcs, families)
     if head in ("gauss", "relgauss"):
         return fit_gauss(x, y, head == "relgauss")
     if head == "linear+gauss":  # both on one scale: standardised on the real rows, summed
@@ -214,6 +239,39 @@ def fit_head(
         return (np.maximum((f - mu) / sd @ w1 + b1, 0) @ w2 + b2)[:, 0]
 
     return logits
+
+
+def fit_multinomial(
+    x: np.ndarray, y: np.ndarray, w: np.ndarray, c: float, drop_pcs: int, families: np.ndarray
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Softmax regression over the reals and each training family (sklearn lbfgs, L2 at C on
+    standardised features, without the reals' top ``drop_pcs`` directions as the linear fit)
+    -> log P(generated by any family) - log P(real)."""
+    from scipy.special import logsumexp
+    from sklearn.linear_model import LogisticRegression
+
+    top = np.zeros((x.shape[1], 0))
+    if drop_pcs:
+        real = x[y == 0]
+        top = np.linalg.svd(real - real.mean(0), full_matrices=False)[2][:drop_pcs].T
+    xp = x - (x @ top) @ top.T
+    rows = {f: int((families == f).sum()) for f in set(families[y == 1])}
+    label = np.where(y == 0, "real", families)
+    label = np.array([v if v == "real" or rows[v] >= MIN_CLASS_ROWS else "other" for v in label])
+    classes = sorted(set(label))
+    mu, sd = xp.mean(0), xp.std(0) + 1e-6
+    lr = LogisticRegression(C=c, max_iter=2000).fit((xp - mu) / sd, label, sample_weight=w)
+    weight = lr.coef_ / sd
+    weight = weight - (weight @ top) @ top.T  # the same logits on the raw features
+    bias = lr.intercept_ - (lr.coef_ * mu / sd).sum(1)
+    real = list(lr.classes_).index("real")
+    fake = [i for i in range(len(classes)) if i != real]
+
+    def score(f: np.ndarray) -> np.ndarray:
+        z = f @ weight.T + bias
+        return logsumexp(z[:, fake], axis=1) - z[:, real]
+
+    return score
 
 
 def fit_gauss(x: np.ndarray, y: np.ndarray, relative: bool) -> Callable[[np.ndarray], np.ndarray]:
@@ -381,6 +439,10 @@ def main() -> None:
         help="the head of every --lofo fit (gauss, relgauss: one-class, fitted on the reals)",
     )  # fmt: skip
     ap.add_argument(
+        "--family-dirs", type=int, default=8,
+        help="with --lofo-head linear-nofamily: how many directions of the families' means to drop",
+    )  # fmt: skip
+    ap.add_argument(
         "--fit-jpeg90", action="store_true",
         help="with --lofo: each training image also re-encoded as JPEG q90 among the fit's rows",
     )  # fmt: skip
@@ -423,7 +485,7 @@ def main() -> None:
     unknown = [i for i in inputs if i not in (*INPUTS, COOC)]
     if unknown:
         raise SystemExit(f"--input: unknown {unknown}; choose from {', '.join((*INPUTS, COOC))}")
-    if args.lofo and args.lofo_head != "linear" and config.probe_drop_pcs:
+    if args.lofo and args.lofo_head not in LINEAR_HEADS and config.probe_drop_pcs:
         raise SystemExit(  # before minutes of feature loading (fit_head would refuse it too)
             f"probe_drop_pcs ({config.probe_drop_pcs}) applies to the linear head only: add "
             f"probe_drop_pcs=0 for --lofo-head {args.lofo_head}"
@@ -457,11 +519,14 @@ def main() -> None:
         result = {"manifest": str(args.manifest), "C": args.lofo_c, "parts": parts,
                   "overrides": args.overrides, "head": args.lofo_head,
                   "fit_jpeg90": args.fit_jpeg90, "drop_pcs": config.probe_drop_pcs,
+                  **({"family_dirs": args.family_dirs}
+                     if args.lofo_head == "linear-nofamily" else {}),
                   "backbone": args.backbone, "downscale": scales, "input": inputs,
                   "scored": "each group's fakes from train/val/heldout-generators against the "
                   "validation reals of their pools; threshold at 1% of the validation reals",
                   **lofo(pool, cache, args.lofo, args.lofo_c, config, args.manifest,
-                         args.pair_runs, args.lofo_head, args.fit_jpeg90)}  # fmt: skip
+                         args.pair_runs, args.lofo_head, args.fit_jpeg90,
+                         args.family_dirs)}  # fmt: skip
         if args.previous:
             keep_previous_pairs(result, json.loads(args.previous.read_text()))
         args.out.parent.mkdir(parents=True, exist_ok=True)
