@@ -30,6 +30,7 @@ before v6 were made with 0: add ``probe_drop_pcs=0`` to rerun one).
     python scripts/experiments/frozen_probe.py MANIFEST OUT.json --features CACHE_DIR \
         --lofo configs/holdouts-wild.yaml [--downscale 1,2] [--input rgb,npr|cooc] \
         [--backbone efficientnet_lite1] [--lofo-c C] [--lofo-head mlp|gauss|...] [--fit-jpeg90] \
+        [--augment-draws N] \
         [--workers N] [--pair-runs runs/lofo192 [--previous OUT.json]] [KEY=VALUE ...]
 """
 
@@ -91,19 +92,23 @@ class Scales:
 def lofo(
     pool, cache: FeatureCache, holdouts: Path, c: float, config, manifest,
     pair_runs: Path | None = None, head: str = "linear", fit_jpeg90: bool = False,
-    family_dirs: int = 8,
+    family_dirs: int = 8, more_draws: tuple[Scales, ...] = (),
 ) -> dict:  # fmt: skip
     """The probe's leave-one-family-out table, scored as ``evaluate --leave-one-out`` scores a
     group: its fakes from every split but test against the validation reals of their pools.
     With ``pair_runs``, also the pair's table (``pair_row``) for each group whose fine-tuned
-    run ``pair_runs/loo-GROUP`` kept its held-out scores. ``fit_jpeg90``: each training image
+    run ``pair_runs/loo-GROUP`` kept its held-out scores. ``more_draws``: caches of other seeds,
+    each adding one more draw of the training degradations per training image to the fit's
+    rows (the bundled probe fits one). ``fit_jpeg90``: each training image
     also re-encoded as JPEG q90 among the fit's rows (the equalised view's own re-encoding,
     inside the training degradations' range: what a probe gains from seeing it)."""
     pairs: dict[str, dict] = {}
     feats = {v: cache.get(pool, v) for v in ("as-is", "jpeg:90")}
     train = [i for i, s in enumerate(pool) if s.split == "train"]
-    aug = np.zeros_like(feats["as-is"])
-    aug[train] = cache.get([pool[i] for i in train], AUGMENTED)
+    augs = []  # the training degradations: one draw per cache (seed), each its own rows
+    for draw in (cache, *more_draws):
+        augs.append(np.zeros_like(feats["as-is"]))
+        augs[-1][train] = draw.get([pool[i] for i in train], AUGMENTED)
     groups = read_holdouts(holdouts, pool)
     where = {id(s): i for i, s in enumerate(pool)}
     table = {}
@@ -118,7 +123,8 @@ def lofo(
         w = np.asarray(sample_weights([pool[i] for i in idx], config.balance_power,
                                       config.pool_weights or None))  # fmt: skip
         y = np.array([pool[i].label for i in idx])
-        rows = [feats["as-is"][idx], aug[idx]] + [feats["jpeg:90"][idx]] * fit_jpeg90
+        rows = [feats["as-is"][idx], *(a[idx] for a in augs)]
+        rows += [feats["jpeg:90"][idx]] * fit_jpeg90
         fams = np.array([pool[i].family or pool[i].generator for i in idx])
         score = fit_head(
             head, np.concatenate(rows), np.concatenate([y] * len(rows)),
@@ -443,6 +449,11 @@ def main() -> None:
         help="with --lofo-head linear-nofamily: how many directions of the families' means to drop",
     )  # fmt: skip
     ap.add_argument(
+        "--augment-draws", type=int, default=1,
+        help="with --lofo: draws of the training degradations per training image (seeds "
+        "seed, seed+1, ...; each draw's features are cached apart)",
+    )  # fmt: skip
+    ap.add_argument(
         "--fit-jpeg90", action="store_true",
         help="with --lofo: each training image also re-encoded as JPEG q90 among the fit's rows",
     )  # fmt: skip
@@ -510,15 +521,22 @@ def main() -> None:
                 return CooccurrenceFeatures(prep.mean, prep.std)
             return FrozenFeatures(net, parts, d, i)
 
-        cache = Scales(
-            [FeatureCache(extractor(i, d), prep, args.features if i == COOC else folder,
-                          config.augment, config.seed, workers=args.workers)
-             for i in inputs for d in ([1] if i == COOC else scales)]
-        )  # fmt: skip
+        def caches(seed: int) -> Scales:
+            return Scales(
+                [FeatureCache(extractor(i, d), prep, args.features if i == COOC else folder,
+                              config.augment, seed, workers=args.workers)
+                 for i in inputs for d in ([1] if i == COOC else scales)]
+            )  # fmt: skip
+
+        if args.augment_draws < 1:
+            raise SystemExit("--augment-draws must be at least 1")
+        cache = caches(config.seed)
+        more = tuple(caches(config.seed + k) for k in range(1, args.augment_draws))
         pool = [s for s in load_samples(args.manifest) if s.split != "test"]
         result = {"manifest": str(args.manifest), "C": args.lofo_c, "parts": parts,
                   "overrides": args.overrides, "head": args.lofo_head,
                   "fit_jpeg90": args.fit_jpeg90, "drop_pcs": config.probe_drop_pcs,
+                  "augment_draws": args.augment_draws,
                   **({"family_dirs": args.family_dirs}
                      if args.lofo_head == "linear-nofamily" else {}),
                   "backbone": args.backbone, "downscale": scales, "input": inputs,
@@ -526,7 +544,7 @@ def main() -> None:
                   "validation reals of their pools; threshold at 1% of the validation reals",
                   **lofo(pool, cache, args.lofo, args.lofo_c, config, args.manifest,
                          args.pair_runs, args.lofo_head, args.fit_jpeg90,
-                         args.family_dirs)}  # fmt: skip
+                         args.family_dirs, more)}  # fmt: skip
         if args.previous:
             keep_previous_pairs(result, json.loads(args.previous.read_text()))
         args.out.parent.mkdir(parents=True, exist_ok=True)
