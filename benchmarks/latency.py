@@ -66,6 +66,10 @@ def _bundles(
                 f"--{precision} {path}: its model.json says precision {found}, not {precision} "
                 f"(synthdetect export --{precision} writes that copy to its own folder)"
             )
+        if precision == "fp32" and found != "fp32" and found in models:  # two rows alike
+            raise ValueError(
+                f"--model {path} is {found} too (its model.json); give the fp32 folder as --model"
+            )
         out.append((found, bundle))  # --model: whatever precision the folder holds
     if checkpoint is not None:
         for precision in torch_precisions:
@@ -156,7 +160,10 @@ def _precisions(text: str) -> list[str]:
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, type=Path, help="fp32 ONNX folder")
+    p.add_argument(
+        "--model", required=True, type=Path,
+        help="ONNX folder (fp32 as exported; its model.json names its precision)",
+    )  # fmt: skip
     p.add_argument("--fp16", type=Path, help="fp16 ONNX folder")
     p.add_argument("--int8", type=Path, help="int8 ONNX folder")
     p.add_argument("--checkpoint", type=Path, help="also time the torch engine on this checkpoint")

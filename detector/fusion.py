@@ -14,7 +14,8 @@ The rule (also in the README):
    statistics because they are statements by the tool that made the file, and nobody gains by
    falsely labelling their own image as generated.
 3. Otherwise the results are pooled by the source they read, the pixels (the model and the
-   artifact statistics) or the file's metadata, and each source's log-odds is the weighted
+   artifact statistics) or what the file declares (the metadata methods, the invisible
+   watermark among them), and each source's log-odds is the weighted
    mean of its results' log-odds, normalised by ``max(1, the source's sum of weights)``; the
    sources' log-odds add:
 
@@ -93,7 +94,13 @@ class Verdict:
 
 
 # What each kind of method reads: results reading the same source are averaged, sources add.
-_SOURCE = {Kind.MODEL: "pixels", Kind.ARTIFACT: "pixels", Kind.METADATA: "metadata"}
+# The invisible watermark is a metadata method: a mark the generator's pipeline wrote, not a
+# trace the pixel statistics read. A memory result that is not a confirmation (none today:
+# known_image confirms or abstains) would be a person's judgement, a source of its own.
+_SOURCE = {
+    Kind.MODEL: "pixels", Kind.ARTIFACT: "pixels", Kind.METADATA: "metadata",
+    Kind.MEMORY: "memory",
+}  # fmt: skip
 
 
 def _sigmoid(x: float) -> float:
@@ -117,7 +124,7 @@ def fuse(results: Sequence[MethodResult], config: FusionConfig | None = None) ->
     elif scored:
         sources: dict[str, list[MethodResult]] = {}
         for r in scored:
-            sources.setdefault(_SOURCE.get(r.kind, r.kind.value), []).append(r)
+            sources.setdefault(_SOURCE[r.kind], []).append(r)
         total = 0.0
         for same in sources.values():  # averaged within a source, added across sources
             weight = sum(r.weight for r in same)

@@ -330,6 +330,10 @@ def test_a_bad_model_folder_is_one_line_for_every_command(tmp_path):
     tile_graph(tmp_path / "bare" / "model.onnx", 192)
     tile_graph(tmp_path / "bad" / "model.onnx", 128)
     (tmp_path / "bad" / "model.json").write_text('{"preprocess": {"input_size": "abc"}}')
+    (tmp_path / "int8").mkdir()  # an int8 copy given as --model and as --int8: two rows alike
+    (tmp_path / "int8" / "model.onnx").symlink_to(DEFAULT_MODEL / "model.onnx")
+    sidecar = json.loads((DEFAULT_MODEL / "model.json").read_text())
+    (tmp_path / "int8" / "model.json").write_text(json.dumps({**sidecar, "precision": "int8"}))
     bare = "bare: model.onnx takes 3x192x192 tiles but its preprocessing"
     bad = "bad/model.json: preprocess.input_size must be an integer, got 'abc'"
     for args, message in [
@@ -340,6 +344,10 @@ def test_a_bad_model_folder_is_one_line_for_every_command(tmp_path):
         (
             ["bench", "latency", "--model", str(DEFAULT_MODEL), "--int8", str(DEFAULT_MODEL)],
             f"--int8 {DEFAULT_MODEL}: its model.json says precision fp32, not int8",
+        ),
+        (
+            ["bench", "latency", "--model", "int8", "--int8", "int8"],
+            "--model int8 is int8 too (its model.json); give the fp32 folder as --model",
         ),
         (["serve", "--model", "bare", "--port", "0"], bare),
         (["serve", "--model", "bad", "--port", "0"], bad),

@@ -266,12 +266,15 @@ def fit_multinomial(
     label = np.array([v if v == "real" or rows[v] >= MIN_CLASS_ROWS else "other" for v in label])
     classes = sorted(set(label))
     mu, sd = xp.mean(0), xp.std(0) + 1e-6
-    lr = LogisticRegression(C=c, max_iter=2000).fit((xp - mu) / sd, label, sample_weight=w)
+    lr = LogisticRegression(C=c, max_iter=3000).fit((xp - mu) / sd, label, sample_weight=w)
     weight = lr.coef_ / sd
     weight = weight - (weight @ top) @ top.T  # the same logits on the raw features
     bias = lr.intercept_ - (lr.coef_ * mu / sd).sum(1)
     real = list(lr.classes_).index("real")
     fake = [i for i in range(len(classes)) if i != real]
+    if len(classes) == 2:  # one fake class: sklearn fits one logit, for classes_[1]
+        sign = 1.0 if real == 0 else -1.0
+        return lambda f: sign * (f @ weight[0] + bias[0])
 
     def score(f: np.ndarray) -> np.ndarray:
         z = f @ weight.T + bias
@@ -498,7 +501,7 @@ def main() -> None:
         raise SystemExit(f"--input: unknown {unknown}; choose from {', '.join((*INPUTS, COOC))}")
     if args.lofo and args.lofo_head not in LINEAR_HEADS and config.probe_drop_pcs:
         raise SystemExit(  # before minutes of feature loading (fit_head would refuse it too)
-            f"probe_drop_pcs ({config.probe_drop_pcs}) applies to the linear head only: add "
+            f"probe_drop_pcs ({config.probe_drop_pcs}) applies to the linear heads only: add "
             f"probe_drop_pcs=0 for --lofo-head {args.lofo_head}"
         )
     if inputs != ["rgb"] and not args.lofo:
@@ -530,6 +533,8 @@ def main() -> None:
 
         if args.augment_draws < 1:
             raise SystemExit("--augment-draws must be at least 1")
+        if args.family_dirs < 1:
+            raise SystemExit("--family-dirs must be at least 1")
         cache = caches(config.seed)
         more = tuple(caches(config.seed + k) for k in range(1, args.augment_draws))
         pool = [s for s in load_samples(args.manifest) if s.split != "test"]

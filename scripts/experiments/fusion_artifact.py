@@ -1,8 +1,9 @@
 """Does the artifact method help or hurt the fused verdict on the validation sources?
 
-The fused probability is ``sigmoid(sum w_i logit(p_i) / max(1, sum w_i))`` (detector.fusion):
-with the model (weight 1) and the artifact method (weight 0.5), a third of the fused log-odds
-comes from the artifact method's linear model. This scores the validation split of a mix
+The model and the artifact method both read the pixels, so fusion averages them as one source:
+``sigmoid(sum w_i logit(p_i) / max(1, sum w_i))`` over the two (detector.fusion): with the
+model (weight 1) and the artifact method (weight 0.5), a third of the fused log-odds comes
+from the artifact method's linear model. This scores the validation split of a mix
 (as-is and JPEG-q90 equalised) with the model and with one or more artifact models, and
 reports, per pool, the ROC-AUC and AP of the model alone and of the fused score for several
 artifact weights, and the share of each class above the model's shipped threshold. Validation

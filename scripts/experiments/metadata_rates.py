@@ -10,8 +10,8 @@ The invisible watermark lives in the pixels and survives some re-encoding: it is
 again on each file re-encoded as JPEG q90 (``--quality``; the metadata is gone there), as
 upload pipelines deliver files and the equalised evaluation scores them. Whole files only:
 the watermark repeats over the image's 4x4-block grid in raster order from its top-left
-corner, so a crop that starts elsewhere scrambles it: on the corpus's crops "likely" fired
-on 0.20% of the photos and 0.27-0.33% of the generated images, chance either way.
+corner, so a crop that starts elsewhere scrambles it (a first measurement on the corpus's
+crops, not kept, found "likely" there about as often on photos as on generated images).
 
     python scripts/experiments/metadata_rates.py SOURCES.csv OUT.json --mirror DIR [--quality 90]
 """

@@ -52,6 +52,8 @@ def test_one_sources_results_are_averaged_and_sources_add():
     meta = [r("iptc", 0.25, 0.5), r("exif", 0.9, 0.5)]  # weights sum to 1: a plain mean
     v = fuse([*pixels, *meta])
     assert v.probability == pytest.approx(_p(logit + (0.5 * math.log(1 / 3) + 0.5 * logit)))
+    person = r("memory", 0.9, kind=Kind.MEMORY)  # not a confirmation: a source of its own
+    assert fuse([pixels[0], person]).probability == pytest.approx(_p(2 * logit))
 
 
 def test_a_hint_that_agrees_with_the_model_raises_its_confidence():
