@@ -30,7 +30,7 @@ before v6 were made with 0: add ``probe_drop_pcs=0`` to rerun one).
     python scripts/experiments/frozen_probe.py MANIFEST OUT.json --features CACHE_DIR \
         --lofo configs/holdouts-wild.yaml [--downscale 1,2] [--input rgb,npr|cooc] \
         [--backbone efficientnet_lite1] [--lofo-c C] [--lofo-head mlp|gauss|...] [--fit-jpeg90] \
-        [--augment-draws N] \
+        [--augment-draws N] [--source-fraction F [--fraction-seed S]] \
         [--workers N] [--pair-runs runs/lofo192 [--previous OUT.json]] [KEY=VALUE ...]
 """
 
@@ -92,7 +92,8 @@ class Scales:
 def lofo(
     pool, cache: FeatureCache, holdouts: Path, c: float, config, manifest,
     pair_runs: Path | None = None, head: str = "linear", fit_jpeg90: bool = False,
-    family_dirs: int = 8, more_draws: tuple[Scales, ...] = (),
+    family_dirs: int = 8, more_draws: tuple[Scales, ...] = (), source_fraction: float = 1.0,
+    fraction_seed: int = 0,
 ) -> dict:  # fmt: skip
     """The probe's leave-one-family-out table, scored as ``evaluate --leave-one-out`` scores a
     group: its fakes from every split but test against the validation reals of their pools.
@@ -101,7 +102,9 @@ def lofo(
     each adding one more draw of the training degradations per training image to the fit's
     rows (the bundled probe fits one). ``fit_jpeg90``: each training image
     also re-encoded as JPEG q90 among the fit's rows (the equalised view's own re-encoding,
-    inside the training degradations' range: what a probe gains from seeing it)."""
+    inside the training degradations' range: what a probe gains from seeing it).
+    ``source_fraction``: every fit sees only this share of the training source groups (drawn
+    with ``fraction_seed``): how much does the table gain from more sources?"""
     pairs: dict[str, dict] = {}
     feats = {v: cache.get(pool, v) for v in ("as-is", "jpeg:90")}
     train = [i for i, s in enumerate(pool) if s.split == "train"]
@@ -109,6 +112,14 @@ def lofo(
     for draw in (cache, *more_draws):
         augs.append(np.zeros_like(feats["as-is"]))
         augs[-1][train] = draw.get([pool[i] for i in train], AUGMENTED)
+    if source_fraction < 1:
+        sources = sorted({pool[i].source_id for i in train})
+        kept = set(
+            np.random.default_rng(fraction_seed).choice(
+                sources, max(1, round(source_fraction * len(sources))), replace=False
+            )
+        )
+        train = [i for i in train if pool[i].source_id in kept]
     groups = read_holdouts(holdouts, pool)
     where = {id(s): i for i, s in enumerate(pool)}
     table = {}
@@ -457,6 +468,14 @@ def main() -> None:
         "seed, seed+1, ...; each draw's features are cached apart)",
     )  # fmt: skip
     ap.add_argument(
+        "--source-fraction", type=float, default=1.0,
+        help="with --lofo: fit on this share of the training source groups only (a learning "
+        "curve in sources)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--fraction-seed", type=int, default=0, help="the draw of --source-fraction's groups"
+    )
+    ap.add_argument(
         "--fit-jpeg90", action="store_true",
         help="with --lofo: each training image also re-encoded as JPEG q90 among the fit's rows",
     )  # fmt: skip
@@ -535,6 +554,8 @@ def main() -> None:
             raise SystemExit("--augment-draws must be at least 1")
         if args.family_dirs < 1:
             raise SystemExit("--family-dirs must be at least 1")
+        if not 0 < args.source_fraction <= 1:
+            raise SystemExit("--source-fraction must be in (0, 1]")
         cache = caches(config.seed)
         more = tuple(caches(config.seed + k) for k in range(1, args.augment_draws))
         pool = [s for s in load_samples(args.manifest) if s.split != "test"]
@@ -542,6 +563,8 @@ def main() -> None:
                   "overrides": args.overrides, "head": args.lofo_head,
                   "fit_jpeg90": args.fit_jpeg90, "drop_pcs": config.probe_drop_pcs,
                   "augment_draws": args.augment_draws,
+                  **({"source_fraction": args.source_fraction, "fraction_seed": args.fraction_seed}
+                     if args.source_fraction < 1 else {}),
                   **({"family_dirs": args.family_dirs}
                      if args.lofo_head == "linear-nofamily" else {}),
                   "backbone": args.backbone, "downscale": scales, "input": inputs,
@@ -549,7 +572,8 @@ def main() -> None:
                   "validation reals of their pools; threshold at 1% of the validation reals",
                   **lofo(pool, cache, args.lofo, args.lofo_c, config, args.manifest,
                          args.pair_runs, args.lofo_head, args.fit_jpeg90,
-                         args.family_dirs, more)}  # fmt: skip
+                         args.family_dirs, more, args.source_fraction,
+                         args.fraction_seed)}  # fmt: skip
         if args.previous:
             keep_previous_pairs(result, json.loads(args.previous.read_text()))
         args.out.parent.mkdir(parents=True, exist_ok=True)
