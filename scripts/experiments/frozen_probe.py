@@ -31,6 +31,7 @@ before v6 were made with 0: add ``probe_drop_pcs=0`` to rerun one).
         --lofo configs/holdouts-wild.yaml [--downscale 1,2] [--input rgb,npr|cooc] \
         [--backbone efficientnet_lite1] [--lofo-c C] [--lofo-head mlp|gauss|...] [--fit-jpeg90] \
         [--augment-draws N] [--source-fraction F [--fraction-seed S]] \
+        [--val-half SEED [--val-half-fit]] \
         [--workers N] [--pair-runs runs/lofo192 [--previous OUT.json]] [KEY=VALUE ...]
 """
 
@@ -93,7 +94,7 @@ def lofo(
     pool, cache: FeatureCache, holdouts: Path, c: float, config, manifest,
     pair_runs: Path | None = None, head: str = "linear", fit_jpeg90: bool = False,
     family_dirs: int = 8, more_draws: tuple[Scales, ...] = (), source_fraction: float = 1.0,
-    fraction_seed: int = 0,
+    fraction_seed: int = 0, val_half: int | None = None, val_half_fit: bool = False,
 ) -> dict:  # fmt: skip
     """The probe's leave-one-family-out table, scored as ``evaluate --leave-one-out`` scores a
     group: its fakes from every split but test against the validation reals of their pools.
@@ -104,7 +105,11 @@ def lofo(
     also re-encoded as JPEG q90 among the fit's rows (the equalised view's own re-encoding,
     inside the training degradations' range: what a probe gains from seeing it).
     ``source_fraction``: every fit sees only this share of the training source groups (drawn
-    with ``fraction_seed``): how much does the table gain from more sources?"""
+    with ``fraction_seed``): how much does the table gain from more sources? ``val_half`` (a
+    seed): the validation source groups are split in two halves at random; the reals of the
+    second half alone calibrate and are scored, and with ``val_half_fit`` the first half's
+    images (the held-out group's excepted) join the training rows: what would fitting on the
+    validation split's sources as well add?"""
     pairs: dict[str, dict] = {}
     feats = {v: cache.get(pool, v) for v in ("as-is", "jpeg:90")}
     train = [i for i, s in enumerate(pool) if s.split == "train"]
@@ -120,6 +125,17 @@ def lofo(
             )
         )
         train = [i for i in train if pool[i].source_id in kept]
+    scored_half = None  # the validation source groups that calibrate and are scored
+    if val_half is not None:
+        val_all = [i for i, s in enumerate(pool) if s.split == "val"]
+        halves = sorted({pool[i].source_id for i in val_all})
+        fit_half = set(np.random.default_rng(val_half).permutation(halves)[: len(halves) // 2])
+        scored_half = set(halves) - fit_half
+        if val_half_fit:
+            added = [i for i in val_all if pool[i].source_id in fit_half]
+            for a, draw in zip(augs, (cache, *more_draws), strict=True):
+                a[added] = draw.get([pool[i] for i in added], AUGMENTED)
+            train = train + added
     groups = read_holdouts(holdouts, pool)
     where = {id(s): i for i, s in enumerate(pool)}
     table = {}
@@ -143,6 +159,8 @@ def lofo(
             np.concatenate([fams] * len(rows)), family_dirs,
         )  # fmt: skip
         val = [i for i, s in enumerate(pool) if s.split == "val" and keep(s)]
+        if scored_half is not None:
+            val = [i for i in val if pool[i].source_id in scored_half]
         cal = fit_calibration(
             np.concatenate([score(feats[v][val]) for v in ("as-is", "jpeg:90")]),
             np.array([pool[i].label for i in val] * 2), config.target_fpr,
@@ -151,6 +169,8 @@ def lofo(
         scored = [
             where[id(s)] for s in held_out_selection(pool, g["score"], HELD_OUT_FAKE_SPLITS, "val")
         ]
+        if scored_half is not None:  # the held-out fakes, and the reals of the scored half
+            scored = [i for i in scored if pool[i].label or pool[i].source_id in scored_half]
         y = np.array([pool[i].label for i in scored])
         if not y.any() or y.all():
             print(f"{name}: no fakes or no validation reals to score, skipped")
@@ -476,6 +496,15 @@ def main() -> None:
         "--fraction-seed", type=int, default=0, help="the draw of --source-fraction's groups"
     )
     ap.add_argument(
+        "--val-half", type=int, metavar="SEED",
+        help="with --lofo: calibrate on and score the reals of a random half of the validation "
+        "source groups only",
+    )  # fmt: skip
+    ap.add_argument(
+        "--val-half-fit", action="store_true",
+        help="with --val-half: also fit on the other half's images (the held-out group's excepted)",
+    )  # fmt: skip
+    ap.add_argument(
         "--fit-jpeg90", action="store_true",
         help="with --lofo: each training image also re-encoded as JPEG q90 among the fit's rows",
     )  # fmt: skip
@@ -556,6 +585,10 @@ def main() -> None:
             raise SystemExit("--family-dirs must be at least 1")
         if not 0 < args.source_fraction <= 1:
             raise SystemExit("--source-fraction must be in (0, 1]")
+        if args.val_half is not None and args.pair_runs:
+            raise SystemExit("--val-half scores other reals than the fine-tuned runs kept")
+        if args.val_half_fit and args.val_half is None:
+            raise SystemExit("--val-half-fit needs --val-half SEED")
         cache = caches(config.seed)
         more = tuple(caches(config.seed + k) for k in range(1, args.augment_draws))
         pool = [s for s in load_samples(args.manifest) if s.split != "test"]
@@ -565,6 +598,8 @@ def main() -> None:
                   "augment_draws": args.augment_draws,
                   **({"source_fraction": args.source_fraction, "fraction_seed": args.fraction_seed}
                      if args.source_fraction < 1 else {}),
+                  **({"val_half": args.val_half, "val_half_fit": args.val_half_fit}
+                     if args.val_half is not None else {}),
                   **({"family_dirs": args.family_dirs}
                      if args.lofo_head == "linear-nofamily" else {}),
                   "backbone": args.backbone, "downscale": scales, "input": inputs,
@@ -573,7 +608,7 @@ def main() -> None:
                   **lofo(pool, cache, args.lofo, args.lofo_c, config, args.manifest,
                          args.pair_runs, args.lofo_head, args.fit_jpeg90,
                          args.family_dirs, more, args.source_fraction,
-                         args.fraction_seed)}  # fmt: skip
+                         args.fraction_seed, args.val_half, args.val_half_fit)}  # fmt: skip
         if args.previous:
             keep_previous_pairs(result, json.loads(args.previous.read_text()))
         args.out.parent.mkdir(parents=True, exist_ok=True)
