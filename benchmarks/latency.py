@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -49,6 +50,13 @@ def _row(engine: str, precision: str, batch: int, times: np.ndarray, items: int)
     }
 
 
+def _ort_has_gpu() -> bool:
+    import onnxruntime as ort
+
+    gpu = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
+    return bool(gpu & set(ort.get_available_providers()))
+
+
 def _bundles(
     models: dict[str, Path],
     checkpoint: Path | None,
@@ -58,8 +66,16 @@ def _bundles(
     max_tiles: int | None = None,
 ) -> list[tuple[str, ModelBundle]]:
     out = []
+    onnx_device = device
+    if device == "cuda" and not _ort_has_gpu():  # e.g. a GPU machine with the CPU wheel
+        print(  # the rows' engine column names the provider, so nothing is passed off as GPU
+            "ONNX Runtime has no GPU provider here: the ONNX rows run on the CPU, the torch "
+            "rows (--checkpoint) on CUDA",
+            file=sys.stderr,
+        )
+        onnx_device = "cpu"
     for precision, path in models.items():
-        bundle = load_bundle(path, device=device, max_tiles=max_tiles)
+        bundle = load_bundle(path, device=onnx_device, max_tiles=max_tiles)
         found = bundle.meta.get("precision", "fp32")  # what the export wrote in model.json
         if precision != "fp32" and found != precision:  # an int8 row must time an int8 graph
             raise ValueError(

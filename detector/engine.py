@@ -103,6 +103,12 @@ class OnnxEngine:
         available = set(ort.get_available_providers())
         providers = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
         on_gpu = providers[0] != "CPUExecutionProvider"
+        if device != "cpu" and not on_gpu:  # asked for a GPU: running on the CPU is no answer
+            raise ValueError(
+                f"--device {device}: this ONNX Runtime has no GPU provider (it has "
+                f"{', '.join(sorted(available))}); install synthdetect[gpu] (onnxruntime-gpu) "
+                "on a machine with CUDA, or use --device cpu"
+            )
         if on_gpu and hasattr(ort, "preload_dlls"):
             # onnxruntime-gpu finds CUDA and cuDNN in the nvidia-* pip packages (or torch's)
             # only when asked; without it they must be on LD_LIBRARY_PATH.
@@ -137,6 +143,11 @@ class OnnxEngine:
         self.device = (
             "cuda" if active[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
         )
+        if device != "cpu" and self.device == "cpu":  # the provider is there but did not start
+            raise ValueError(
+                f"--device {device}: ONNX Runtime's GPU provider did not start (CUDA or cuDNN "
+                "libraries missing?); see the log above, or use --device cpu"
+            )
         self.name = f"onnxruntime:{active[0]}"
         level = logging.WARNING if active[0] != wanted[0] else logging.INFO
         log.log(level, "ONNX Runtime active providers: %s (asked for %s)", active, wanted[0])
@@ -203,9 +214,8 @@ class TorchEngine:
         if device not in ("cpu", "cuda"):
             raise ValueError(f"the torch engine runs on cpu or cuda, got {device!r}")
         self.torch = torch
-        if device == "cuda" and not torch.cuda.is_available():
-            log.warning("CUDA requested but not available; torch engine runs on the CPU")
-            device = "cpu"
+        if device == "cuda" and not torch.cuda.is_available():  # as the ONNX engine refuses it
+            raise ValueError("--device cuda: torch sees no CUDA device here; use --device cpu")
         if cuda_graphs and device != "cuda":
             log.warning("CUDA graphs need a CUDA device; running without them")
             cuda_graphs = False

@@ -431,3 +431,28 @@ def test_bench_load_fails_when_every_request_fails(tmp_path):
     assert out.returncode == 1
     assert "no request succeeded at concurrency 1" in out.stderr and "'501'" in out.stderr
     assert not out_file.exists()
+
+
+def test_asking_for_a_gpu_where_there_is_none_is_refused(tmp_path):
+    """--device cuda used to run on the CPU after a log line: a deployment asking for a GPU
+    would not notice it had none. Every command that loads the model now says so, exit 2.
+    (`bench latency` alone runs its ONNX rows on the CPU then, labelled by their provider, so
+    that a GPU machine with the CPU wheel still times torch on CUDA beside them.)"""
+    import onnxruntime as ort
+
+    if {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(ort.get_available_providers()):
+        pytest.skip("this ONNX Runtime has a GPU provider")
+    from detector.bundled import DEFAULT_MODEL
+
+    (tmp_path / "x.png").write_bytes(P.encode(P.synthetic_scene(1, 64, 64), "PNG"))
+    for args in (
+        ["score", "x.png", "--device", "cuda"],
+        ["scan", ".", "--out", "r.jsonl", "--device", "cuda"],
+        ["serve", "--port", "0", "--device", "tensorrt"],
+        ["bench", "peers", "--model", str(DEFAULT_MODEL), "--device", "cuda"],
+    ):
+        out = run(*args, cwd=tmp_path)
+        last = out.stderr.strip().splitlines()[-1]
+        assert out.returncode == 2 and "Traceback" not in out.stderr, (args, out.stderr)
+        assert last.startswith(f"synthdetect: --device {args[-1]}: this ONNX Runtime has no GPU")
+    assert not (tmp_path / "r.jsonl").exists()

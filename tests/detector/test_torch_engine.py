@@ -76,3 +76,13 @@ def test_warmup_captures_every_bucket_before_traffic(untrained_checkpoint):
     engine = load_bundle(untrained_checkpoint, "cuda", precision="fp16", cuda_graphs=True).engine
     engine.warmup(64, 24)
     assert sorted(s[0] for s in engine._graphs) == [1, 2, 4, 8, 16, 32]
+
+
+def test_a_checkpoint_asked_onto_a_missing_gpu_is_refused(untrained_checkpoint):
+    """As the ONNX engine refuses it: no quiet fall back to the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    with pytest.raises(ValueError, match="--device cuda: torch sees no CUDA device"):
+        load_bundle(untrained_checkpoint, "cuda")
