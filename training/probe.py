@@ -62,6 +62,7 @@ __all__ = [
     "fit_logistic",
     "frozen_lite0",
     "probe_head",
+    "real_directions",
     "train_probe",
 ]
 
@@ -318,25 +319,37 @@ def probe_head(folder: Path) -> tuple[np.ndarray, float]:
     return weight[0].astype(np.float64), float(bias[0])
 
 
+def real_directions(x: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
+    """The real rows' top ``k`` principal directions, (features, k): what ``drop_pcs`` removes."""
+    if k < 0:
+        raise ValueError(f"drop_pcs must not be negative, got {k}")
+    if k >= min(x.shape[1], int((y == 0).sum())):
+        raise ValueError(
+            f"drop_pcs {k} must be below the feature size and the number of real "
+            f"rows ({x.shape[1]}, {int((y == 0).sum())})"
+        )
+    real = x[y == 0]
+    return np.linalg.svd(real - real.mean(0), full_matrices=False)[2][:k].T
+
+
 def fit_logistic(
-    x: np.ndarray, y: np.ndarray, w: np.ndarray, c: float, drop_pcs: int = 0
-) -> tuple[np.ndarray, float]:
+    x: np.ndarray, y: np.ndarray, w: np.ndarray, c: float, drop_pcs: int = 0,
+    top: np.ndarray | None = None,
+) -> tuple[np.ndarray, float]:  # fmt: skip
     """L2 logistic regression on standardised features -> (weight, bias) on the raw ones.
 
     ``drop_pcs``: first remove from every row the real rows' top principal directions, those
     in which photos differ most (mostly by what they show), so the fit must separate the
     classes in what is left; the removal is linear, so it folds into the returned weight and
-    the probe stays one linear head at no cost."""
+    the probe stays one linear head at no cost. ``top``: those directions computed already
+    (``real_directions``), for several fits of the same rows."""
     if drop_pcs < 0:
         raise ValueError(f"drop_pcs must not be negative, got {drop_pcs}")
     if drop_pcs:
-        if drop_pcs >= min(x.shape[1], int((y == 0).sum())):
-            raise ValueError(
-                f"drop_pcs {drop_pcs} must be below the feature size and the number of real "
-                f"rows ({x.shape[1]}, {int((y == 0).sum())})"
-            )
-        real = x[y == 0]
-        top = np.linalg.svd(real - real.mean(0), full_matrices=False)[2][:drop_pcs].T
+        if top is None:
+            top = real_directions(x, y, drop_pcs)
+        elif top.shape != (x.shape[1], drop_pcs):
+            raise ValueError(f"top must be {(x.shape[1], drop_pcs)}, got {top.shape}")
         weight, bias = fit_logistic(x - (x @ top) @ top.T, y, w, c)
         return weight - top @ (top.T @ weight), bias  # (I - V V^T) w: the same logits
     from sklearn.linear_model import LogisticRegression
@@ -408,8 +421,10 @@ def train_probe(
     y_val = np.array([s.label for s in val])
     val_x = {v: features.get(val, v) for v in views}
     rows, best = [], None
+    drop = config.probe_drop_pcs
+    top = real_directions(x_fit, y_fit, drop) if drop else None  # once for every C
     for c in cs:
-        weight, bias = fit_logistic(x_fit, y_fit, w_fit, float(c), config.probe_drop_pcs)
+        weight, bias = fit_logistic(x_fit, y_fit, w_fit, float(c), drop, top)
         row = {"C": float(c)}
         for v in views:
             m = compute_metrics(y_val, expit(val_x[v] @ weight + bias))

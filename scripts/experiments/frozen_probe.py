@@ -67,6 +67,7 @@ from training.probe import (
     fit_logistic,
     frozen_lite0,
     probe_head,
+    real_directions,
     train_probe,
 )
 from training.run_eval import (
@@ -287,10 +288,7 @@ def fit_multinomial(
     from scipy.special import logsumexp
     from sklearn.linear_model import LogisticRegression
 
-    top = np.zeros((x.shape[1], 0))
-    if drop_pcs:
-        real = x[y == 0]
-        top = np.linalg.svd(real - real.mean(0), full_matrices=False)[2][:drop_pcs].T
+    top = real_directions(x, y, drop_pcs) if drop_pcs else np.zeros((x.shape[1], 0))
     xp = x - (x @ top) @ top.T
     rows = {f: int((families == f).sum()) for f in set(families[y == 1])}
     label = np.where(y == 0, "real", families)

@@ -9,7 +9,7 @@ import pytest
 
 from training.config import load_config
 from training.metrics import average_precision
-from training.probe import fit_logistic
+from training.probe import fit_logistic, real_directions
 
 pytestmark = pytest.mark.unit
 
@@ -56,3 +56,17 @@ def test_too_many_directions_and_a_negative_setting_are_refused():
     with pytest.raises(ValueError, match="probe_drop_pcs must not be negative"):
         load_config(None, ["probe_drop_pcs=-1"])
     assert load_config(None, ["probe_drop_pcs=16"]).probe_drop_pcs == 16
+
+
+def test_directions_computed_once_give_the_same_fit():
+    """train_probe computes the reals' directions once for its several C values."""
+    x, y = _rows(np.random.default_rng(5), 200, content_shift=12.0)
+    w = np.ones(len(y))
+    top = real_directions(x, y, 2)
+    for c in (0.1, 1.0):
+        again, again_bias = fit_logistic(x, y, w, c, drop_pcs=2)
+        once, once_bias = fit_logistic(x, y, w, c, drop_pcs=2, top=top)
+        np.testing.assert_allclose(once, again, atol=1e-12)
+        assert once_bias == pytest.approx(again_bias, abs=1e-12)
+    with pytest.raises(ValueError, match=r"top must be \(6, 2\), got \(6, 1\)"):
+        fit_logistic(x, y, w, 1.0, drop_pcs=2, top=top[:, :1])
