@@ -19,7 +19,7 @@ from benchmarks.env import environment
 from benchmarks.registry import Benchmark, Results, fail, register_benchmark
 from benchmarks.report import _f, _table, save_figure, subhead
 from detector.argtypes import positive_float, positive_int, positive_ints
-from detector.engine import ModelBundle, load_bundle
+from detector.engine import ModelBundle, load_bundle, ort_has_gpu
 from detector.image import decode
 from detector.preprocess import preprocess
 
@@ -50,13 +50,6 @@ def _row(engine: str, precision: str, batch: int, times: np.ndarray, items: int)
     }
 
 
-def _ort_has_gpu() -> bool:
-    import onnxruntime as ort
-
-    gpu = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
-    return bool(gpu & set(ort.get_available_providers()))
-
-
 def _bundles(
     models: dict[str, Path],
     checkpoint: Path | None,
@@ -67,7 +60,7 @@ def _bundles(
 ) -> list[tuple[str, ModelBundle]]:
     out = []
     onnx_device = device
-    if device == "cuda" and not _ort_has_gpu():  # e.g. a GPU machine with the CPU wheel
+    if device == "cuda" and not ort_has_gpu():  # e.g. a GPU machine with the CPU wheel
         print(  # the rows' engine column names the provider, so nothing is passed off as GPU
             "ONNX Runtime has no GPU provider here: the ONNX rows run on the CPU, the torch "
             "rows (--checkpoint) on CUDA",

@@ -26,6 +26,7 @@ from detector.calibration import Calibration
 from detector.preprocess import PreprocessConfig, is_int
 
 __all__ = [
+    "GPU_PROVIDERS",
     "SIDECAR",
     "TORCH_PRECISIONS",
     "Engine",
@@ -35,12 +36,21 @@ __all__ = [
     "check_sidecar",
     "cpu_threads",
     "load_bundle",
+    "ort_has_gpu",
     "read_sidecar",
 ]
 
 log = logging.getLogger(__name__)
 SIDECAR = "model.json"
 ONNX_FILE = "model.onnx"
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")  # ONNX Runtime's
+
+
+def ort_has_gpu() -> bool:
+    """Whether this ONNX Runtime build can run on a GPU at all (onnxruntime-gpu)."""
+    import onnxruntime as ort
+
+    return bool(set(GPU_PROVIDERS) & set(ort.get_available_providers()))
 
 
 class Engine(Protocol):
@@ -102,7 +112,7 @@ class OnnxEngine:
             raise ValueError(f"device must be cpu, cuda or tensorrt, got {device!r}")
         available = set(ort.get_available_providers())
         providers = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
-        on_gpu = providers[0] != "CPUExecutionProvider"
+        on_gpu = providers[0] in GPU_PROVIDERS
         if device != "cpu" and not on_gpu:  # asked for a GPU: running on the CPU is no answer
             raise ValueError(
                 f"--device {device}: this ONNX Runtime has no GPU provider (it has "
@@ -140,9 +150,7 @@ class OnnxEngine:
         self.session = session()
         self._lock = threading.Lock()
         active = self.session.get_providers()
-        self.device = (
-            "cuda" if active[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
-        )
+        self.device = "cuda" if active[0] in GPU_PROVIDERS else "cpu"
         if device != "cpu" and self.device == "cpu":  # the provider is there but did not start
             raise ValueError(
                 f"--device {device}: ONNX Runtime's GPU provider did not start (CUDA or cuDNN "

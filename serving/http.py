@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 from dataclasses import dataclass, field
-from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, ContentLengthError
 from aiohttp.web_protocol import RequestPayloadError
+
+from serving.protocol import json_safe
 
 __all__ = ["HttpError", "Multipart", "flag", "json_response", "read_body", "read_multipart"]
 
@@ -31,17 +31,6 @@ class HttpError(Exception):
         self.status, self.reason, self.headers = status, reason, headers or {}
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with every NaN or infinity (JSON has none) as None, containers rebuilt."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def json_response(
     status: int, payload: dict, headers: dict[str, str] | None = None
 ) -> web.Response:
@@ -50,7 +39,7 @@ def json_response(
     try:
         body = json.dumps(payload, allow_nan=False)
     except ValueError:
-        body = json.dumps(_finite(payload), allow_nan=False)
+        body = json.dumps(json_safe(payload), allow_nan=False)
     return web.Response(
         status=status,
         body=body.encode(),

@@ -242,12 +242,23 @@ def parse_request(body: bytes, header_length: int | None) -> InferRequest:
     )
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinity (JSON has none) as None, containers rebuilt."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def _json_numbers(value: np.ndarray) -> list:
     """The elements as JSON numbers; a non-finite float (an abstained probability) as None."""
     flat = value.ravel()
     if flat.dtype.kind != "f" or np.isfinite(flat).all():
         return flat.tolist()
-    return [v if math.isfinite(v) else None for v in flat.tolist()]
+    return json_safe(flat.tolist())
 
 
 def encode_response(

@@ -62,6 +62,7 @@ __all__ = [
     "fit_logistic",
     "frozen_lite0",
     "probe_head",
+    "project_out",
     "real_directions",
     "train_probe",
 ]
@@ -319,6 +320,14 @@ def probe_head(folder: Path) -> tuple[np.ndarray, float]:
     return weight[0].astype(np.float64), float(bias[0])
 
 
+def project_out(a: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """``a`` (rows of features, or a weight vector or matrix over them) without its components
+    along the orthonormal columns of ``directions`` (features, k): (I - V V^T) applied to each
+    row. Applied to the rows before a linear fit and to its weight after, it gives the same
+    logits on the raw features, so a removal folds into one linear head."""
+    return a - (a @ directions) @ directions.T
+
+
 def real_directions(x: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
     """The real rows' top ``k`` principal directions, (features, k): what ``drop_pcs`` removes."""
     if k < 0:
@@ -350,8 +359,8 @@ def fit_logistic(
             top = real_directions(x, y, drop_pcs)
         elif top.shape != (x.shape[1], drop_pcs):
             raise ValueError(f"top must be {(x.shape[1], drop_pcs)}, got {top.shape}")
-        weight, bias = fit_logistic(x - (x @ top) @ top.T, y, w, c)
-        return weight - top @ (top.T @ weight), bias  # (I - V V^T) w: the same logits
+        weight, bias = fit_logistic(project_out(x, top), y, w, c)
+        return project_out(weight, top), bias  # (I - V V^T) w: the same logits
     from sklearn.linear_model import LogisticRegression
 
     mu, sd = x.mean(0), x.std(0) + 1e-6

@@ -47,8 +47,9 @@ MIN_PIXELS = 256 * 256  # the reference codec refuses smaller images
 # image's block grid from its corner; a crop scrambles it): "likely" fires on 25 of the 4,249
 # generated files and 2 of the 4,070 photos as published (0.59% and 0.05%: likelihood ratio
 # 12), and on 25 and 6 after a JPEG q90 re-encode (0.59% and 0.15%: ratio 4; few photo hits,
-# so both ratios are rough): P 0.8, the ratio that holds for both. "Very likely" fires on none of the photos either way (on 16.9% of the generated files
-# as published, 1.0% after q90) and is decisive (benchmarks/results/metadata-rates-wild.json).
+# so both ratios are rough): P 0.8, the ratio that holds for both. "Very likely" fires on none
+# of the photos either way (on 16.9% of the generated files as published, 1.0% after q90) and
+# is decisive (benchmarks/results/metadata-rates-wild.json).
 LIKELY_PROBABILITY = 0.8
 
 

@@ -67,6 +67,7 @@ from training.probe import (
     fit_logistic,
     frozen_lite0,
     probe_head,
+    project_out,
     real_directions,
     train_probe,
 )
@@ -249,8 +250,8 @@ def fit_head(
         means = np.array([x[(y == 1) & (families == f)].mean(0) for f in fakes])
         k = min(family_dirs, len(means) - 1)
         q = np.linalg.svd(means - means.mean(0), full_matrices=False)[2][:k].T
-        weight, bias = fit_logistic(x - (x @ q) @ q.T, y, w, c, drop_pcs)
-        weight = weight - q @ (q.T @ weight)  # the same logits on the raw features
+        weight, bias = fit_logistic(project_out(x, q), y, w, c, drop_pcs)
+        weight = project_out(weight, q)  # the same logits on the raw features
         return lambda f: f @ weight + bias
     if head == "multinomial":
         return fit_multinomial(x, y, w, c, drop_pcs, families)
@@ -289,7 +290,7 @@ def fit_multinomial(
     from sklearn.linear_model import LogisticRegression
 
     top = real_directions(x, y, drop_pcs) if drop_pcs else np.zeros((x.shape[1], 0))
-    xp = x - (x @ top) @ top.T
+    xp = project_out(x, top)
     rows = {f: int((families == f).sum()) for f in set(families[y == 1])}
     label = np.where(y == 0, "real", families)
     label = np.array([v if v == "real" or rows[v] >= MIN_CLASS_ROWS else "other" for v in label])
@@ -297,7 +298,7 @@ def fit_multinomial(
     mu, sd = xp.mean(0), xp.std(0) + 1e-6
     lr = LogisticRegression(C=c, max_iter=3000).fit((xp - mu) / sd, label, sample_weight=w)
     weight = lr.coef_ / sd
-    weight = weight - (weight @ top) @ top.T  # the same logits on the raw features
+    weight = project_out(weight, top)  # the same logits on the raw features
     bias = lr.intercept_ - (lr.coef_ * mu / sd).sum(1)
     real = list(lr.classes_).index("real")
     fake = [i for i in range(len(classes)) if i != real]
