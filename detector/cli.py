@@ -20,7 +20,7 @@ from typing import Any
 
 from detector.argtypes import positive_int
 from detector.image import DecodeLimits, ImageError, decode, decode_file, read_file
-from detector.memory import KnownImageError
+from detector.memory import KnownImageError, require_database
 from detector.registry import RegistryError
 
 __all__ = ["main"]
@@ -141,10 +141,11 @@ def _make_detector(args: argparse.Namespace) -> Any:
     from detector.pipeline import Detector
 
     names, options = _detector_spec(args)
-    if args.memory_db and not Path(args.memory_db).exists():
-        # A mistyped path would be created empty and never match: only `memory add` and
-        # `memory import` create a memory.
-        raise CliError(f"no memory database at {args.memory_db}")
+    if args.memory_db:  # only `memory add` and `memory import` create a memory
+        try:
+            require_database(args.memory_db)
+        except KnownImageError as exc:
+            raise CliError(str(exc)) from None
     limits = DecodeLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels)
     try:
         return Detector(names, limits=limits, **options)
@@ -449,9 +450,9 @@ def _open_memory(args: argparse.Namespace, create: bool = True) -> Any:
 
     if not args.db:
         raise CliError("no memory database: pass --db PATH or set SYNTHDETECT_MEMORY_DB")
-    if not create and not Path(args.db).is_file():
-        raise CliError(f"no memory database at {args.db}")
     try:
+        if not create:
+            require_database(args.db)
         return MemoryStore(args.db)
     except KnownImageError as exc:
         raise CliError(str(exc)) from None

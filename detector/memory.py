@@ -76,6 +76,17 @@ class KnownImageError(Exception):
     """A bad memory database, record or import line (the message says which and why)."""
 
 
+def require_database(path: str | Path) -> None:
+    """Refuse a memory that is not there yet, where only reading it makes sense.
+
+    :class:`MemoryStore` creates a missing file, which is right for ``memory add`` and
+    ``memory import`` but wrong for a reader: a mistyped path would hold an empty memory that
+    never matches. A directory passes here and is refused by :class:`MemoryStore` itself.
+    """
+    if not Path(path).exists():
+        raise KnownImageError(f"no memory database at {path}")
+
+
 @dataclass(frozen=True)
 class ImageHashes:
     phash: str  # 16 hex digits

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from detector.argtypes import port, positive_float, positive_int
-from detector.memory import KnownImageError
+from detector.memory import KnownImageError, require_database
 from serving.app import HttpConfig
 from serving.batcher import BatcherConfig
 from serving.review import ReviewError
@@ -193,13 +193,16 @@ def serve(args: argparse.Namespace) -> int:
     # Without a review queue nothing here writes to the memory: a path with no database is a
     # typo, and an empty one made there would never match (reviewers' decisions fill a memory
     # that --review-db brings, so there it may start empty).
-    if args.memory_db is not None and args.review_db is None and not args.memory_db.exists():
-        print(
-            f"synthdetect: no memory database at {args.memory_db} (`synthdetect memory add` "
-            "makes one; with --review-db, reviewers' decisions fill a new one)",
-            file=sys.stderr,
-        )
-        return 2
+    if args.memory_db is not None and args.review_db is None:
+        try:
+            require_database(args.memory_db)
+        except KnownImageError as exc:
+            print(
+                f"synthdetect: {exc} (`synthdetect memory add` makes one; with --review-db, "
+                "reviewers' decisions fill a new one)",
+                file=sys.stderr,
+            )
+            return 2
     if args.processes == 1:
         return serve_one(args)
     from serving.processes import supervise

@@ -328,6 +328,8 @@ def test_memory_commands(tmp_path):
         (("memory", "import", str(bad), "--db", db), "line 1: missing field 'phash'; nothing imported"),
         (("memory", "import", str(img), "--db", db), "cannot read"),
         (("score", "--memory-db", str(tmp_path), str(img)), "is a directory"),
+        (("memory", "stats", "--db", str(tmp_path)), "is a directory"),
+        (("score", "--memory-db", str(tmp_path / "none.sqlite"), str(img)), "no memory database at"),
     ]:  # fmt: skip
         out = _cli(*args)
         assert out.returncode == 2, (args, out.stderr)
