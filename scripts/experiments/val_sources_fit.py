@@ -39,8 +39,7 @@ from training.calibrate import fit_temperature
 from training.config import load_config
 from training.datasets import load_samples
 from training.metrics import compute_metrics
-from training.probe import AUGMENTED, FeatureCache, FrozenFeatures, fit_logistic, frozen_lite0
-from training.train import sample_weights
+from training.probe import FeatureCache, FrozenFeatures, fit_logistic, frozen_lite0, training_rows
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ensemble import model_logits  # the same logits cache as ensemble.py
@@ -48,11 +47,15 @@ from ensemble import model_logits  # the same logits cache as ensemble.py
 VIEWS = {"as_is": "as-is", "equalised": "jpeg:90"}
 
 
-def unit_of(sample, unit: str, repo: dict[str, str]) -> str:
-    """The indivisible piece of a half: a source group, or a site (repository owner) and class."""
+def units_of(samples, unit: str, manifest: Path) -> list[str]:
+    """Each sample's indivisible piece of a half: its source group, or its site (repository
+    owner, from the manifest's ``repo`` column) and class."""
     if unit == "group":
-        return sample.source_id
-    return f"{repo[str(sample.path)].split('/')[0]}:{sample.label}"
+        return [s.source_id for s in samples]
+    with open(manifest, newline="") as fh:
+        repo = {str(manifest.parent / r["path"]): r.get("repo") or r["source_id"]
+                for r in csv.DictReader(fh)}  # fmt: skip
+    return [f"{repo[str(s.path)].split('/')[0]}:{s.label}" for s in samples]
 
 
 def metrics(y: np.ndarray, z: np.ndarray) -> dict:
@@ -74,13 +77,6 @@ def main() -> None:
     args = ap.parse_args()
     config = load_config(args.config, [])
     samples = load_samples(args.manifest)
-    with open(args.manifest, newline="") as fh:
-        repo = {}
-        for row in csv.DictReader(fh):
-            repo[str(args.manifest.parent / row["path"])] = row.get("repo") or row["source_id"]
-    missing = [s.path for s in samples if str(s.path) not in repo]
-    if missing:
-        raise SystemExit(f"{len(missing)} images have no manifest row (e.g. {missing[0]})")
     train = [s for s in samples if s.split == "train"]
     val = [s for s in samples if s.split == "val" and s.pool == "wild"]
     prep = PreprocessConfig(input_size=config.input_size, max_tiles=config.max_tiles)
@@ -91,30 +87,23 @@ def main() -> None:
     ft = {k: model_logits("ft", bundle, args.fine_tuned, val, args.cache, None if v == "as-is"
                           else v) for k, v in VIEWS.items()}  # fmt: skip
     val_x = {k: cache.get(val, v) for k, v in VIEWS.items()}
-    val_aug = cache.get(val, AUGMENTED)
-    train_x = np.concatenate([cache.get(train, "as-is"), cache.get(train, AUGMENTED)])
     y_val = np.array([s.label for s in val])
 
-    def fit(extra: list[int]) -> tuple[np.ndarray, float]:
-        chosen = train + [val[i] for i in extra]
-        w = np.asarray(sample_weights(chosen, config.balance_power, config.pool_weights or None))
-        w = w / w.mean()
-        y = np.array([s.label for s in chosen])
-        n = len(train)
-        x = np.concatenate([train_x[:n], val_x["as_is"][extra], train_x[n:], val_aug[extra]])
-        return fit_logistic(x, np.concatenate([y, y]), np.concatenate([w, w]), args.c,
-                            config.probe_drop_pcs)  # fmt: skip
+    def fit(extra: list[int]) -> tuple[np.ndarray, float]:  # as synthdetect probe fits
+        x, y, w = training_rows(train + [val[i] for i in extra], cache, config)
+        return fit_logistic(x, y, w, args.c, config.probe_drop_pcs)
 
     t = time.time()
     base = fit([])
     print(f"the training split alone fitted ({time.time() - t:.0f} s)", flush=True)
-    units = sorted({unit_of(s, args.unit, repo) for s in val})
+    unit = units_of(val, args.unit, args.manifest)
+    units = sorted(set(unit))
     rows = []
     for seed in [int(v) for v in args.seeds.split(",") if v]:
         first = set(np.random.default_rng(seed).permutation(units)[: len(units) // 2])
         for fitted in (first, set(units) - first):
-            added = [i for i, s in enumerate(val) if unit_of(s, args.unit, repo) in fitted]
-            scored = [i for i, s in enumerate(val) if unit_of(s, args.unit, repo) not in fitted]
+            added = [i for i, u in enumerate(unit) if u in fitted]
+            scored = [i for i, u in enumerate(unit) if u not in fitted]
             y = y_val[scored]
             if y.all() or not y.any():
                 print(f"seed {seed}: the scored half has one class only, skipped")
