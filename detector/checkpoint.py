@@ -30,7 +30,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise
     except Exception as exc:  # unpickling a damaged or foreign file fails in many ways
-        raise ValueError(f"{path} cannot be read as a torch checkpoint: {exc!r}") from None
+        # Not torch's advice to load with weights_only=False (that would run whatever code a
+        # foreign file carries): only what the unpickler found.
+        reason = str(exc).strip() or type(exc).__name__
+        if isinstance(exc, EOFError):
+            reason = "the file is empty or cut short"
+        if "WeightsUnpickler error:" in reason:
+            found = reason.split("WeightsUnpickler error:", 1)[1].strip().split("\n\n")[0]
+            reason = f"not a plain tensor file ({found.strip() or 'unsupported content'})"
+        raise ValueError(f"{path} cannot be read as a torch checkpoint: {reason}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path} is not a synthdetect checkpoint (format {FORMAT})")
     return ckpt

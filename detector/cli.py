@@ -473,6 +473,8 @@ def _hash_files(files: list[str], windows: bool = False) -> tuple[list[tuple[str
 
 
 def _cmd_memory_add(args: argparse.Namespace) -> int:
+    from detector.memory import has_structure
+
     good, bad = _hash_files(args.files, windows=True)
     for line in bad:
         print(line, file=sys.stderr)
@@ -484,7 +486,12 @@ def _cmd_memory_add(args: argparse.Namespace) -> int:
                 rec = store.add(hashes, args.label, args.by, args.note, args.source)
             except KnownImageError as exc:
                 raise CliError(str(exc)) from None
-            print(f"{path}: recorded #{rec.id} as {rec.label} (pHash {rec.phash})")
+            only_exact = (
+                ""
+                if has_structure(hashes)
+                else "; too plain for near matches: only this exact image will match"
+            )
+            print(f"{path}: recorded #{rec.id} as {rec.label} (pHash {rec.phash}{only_exact})")
     return EXIT_OK
 
 
@@ -518,10 +525,17 @@ def _cmd_memory_export(args: argparse.Namespace) -> int:
         if args.out == "-":
             n = store.export_jsonl(sys.stdout)
         else:
-            tmp = Path(args.out + ".partial")
-            with open(tmp, "w") as fh:
-                n = store.export_jsonl(fh)
-            tmp.replace(args.out)
+            out = Path(args.out)
+            if out.is_dir():
+                raise CliError(f"--out {out} is a directory; give a file path")
+            tmp = out.with_name(out.name + ".partial")
+            try:
+                with open(tmp, "w") as fh:
+                    n = store.export_jsonl(fh)
+                tmp.replace(out)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                raise CliError(f"cannot write {out}: {exc.strerror or exc}") from None
     print(f"exported {n} records", file=sys.stderr)
     return EXIT_OK
 

@@ -421,6 +421,8 @@ def _load_bundle(
         path = path / ONNX_FILE
     elif path.is_dir() and (path / "checkpoints" / "best.pt").exists():
         path = path / "checkpoints" / "best.pt"
+    elif path.is_dir() and (path / SIDECAR).exists():
+        raise FileNotFoundError(f"{path} has a {SIDECAR} but no {ONNX_FILE}")
     if not path.exists():
         raise FileNotFoundError(f"no model at {path}")
     if path.suffix == ".onnx":

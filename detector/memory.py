@@ -47,6 +47,7 @@ __all__ = [
     "MatchRule",
     "MemoryStore",
     "connect_shared",
+    "has_structure",
     "hash_codes",
     "hash_pixels",
 ]
@@ -54,6 +55,9 @@ __all__ = [
 LABELS = ("generated", "camera")
 _BITS = 64
 _SCHEMA = 2
+# Below this many set pHash bits (32 for any picture with detail) an image has too little
+# structure for near-duplicate matching (``has_structure``).
+_MIN_PHASH_BITS = 24
 
 
 def _windows() -> tuple[tuple[float, float, float], ...]:
@@ -224,6 +228,16 @@ def _window_codes(blob: bytes | None) -> np.ndarray:
 def hash_codes(hexes: Iterable[str]) -> np.ndarray:
     """Hex hashes -> (n, 8) uint8 rows, the form faiss's binary index (and numpy) compare."""
     return np.stack([_code(h) for h in hexes])
+
+
+def has_structure(hashes: ImageHashes) -> bool:
+    """Whether the image's hashes can tell it from other pictures. pHash thresholds 64 DCT
+    coefficients at their median, so any picture with detail sets 32 of its bits; a flat,
+    nearly flat or plain-gradient image (a blank upload, a 1 px image, a colour field) has tied
+    coefficients and sets few (0-9 measured), and all such images hash alike. Those are matched
+    only exactly (same pixels or same file), never as near-duplicates: one confirmed blank image
+    must not decide every other blank one."""
+    return int(np.unpackbits(_code(hashes.phash)).sum()) >= _MIN_PHASH_BITS
 
 
 def _hamming(a: str, b: str) -> int:
@@ -450,7 +464,7 @@ class MemoryStore:
                 matches[rec.id] = Match(
                     rec, _hamming(rec.phash, hashes.phash), _hamming(rec.dhash, hashes.dhash), True
                 )
-            if self._index.ntotal:
+            if self._index.ntotal and has_structure(hashes):
                 dist, ids = _single_threaded(
                     self._index.search, _code(hashes.phash)[None, :], min(k, self._index.ntotal)
                 )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import sys
 import time
 from collections import Counter, deque
@@ -36,6 +37,8 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".dib", ".tif", ".tiff", ".gif"}
 )
 _FSYNC_EVERY_S = 2.0
+# How every result line starts (the writer puts "path" first): what a cut-off line may be.
+_RECORD_START = b'{"path": '
 
 
 class ScanError(Exception):
@@ -237,21 +240,28 @@ def _walk(root: Path, out: Path, all_files: bool) -> Iterator[_Entry]:
 
 
 def _load_done(out: Path) -> dict[str, str]:
-    """{path: sha256} of finished results; repairs a last line cut off by a crash."""
-    if not out.exists():
+    """{path: sha256} of finished results; repairs a last line cut off by a crash.
+
+    The file is checked before anything is cut: only a results file loses its unfinished last
+    line, and only when that line is the start of a result record. Anything that is not a
+    regular file (a device, a FIFO, a terminal) is refused unread.
+    """
+    try:
+        st = out.stat()
+    except FileNotFoundError:
         return {}
+    except OSError as exc:
+        raise ScanError(f"cannot read {out}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ScanError(f"{out} is not a regular file; --out takes a file path")
     try:
         raw = out.read_bytes()
     except OSError as exc:
         raise ScanError(f"cannot read {out}: {exc.strerror or exc}") from None
-    if raw and not raw.endswith(b"\n"):
-        # A crash mid-write leaves a partial line; drop it so appends stay line-aligned.
-        keep = raw.rfind(b"\n") + 1
-        with open(out, "r+b") as fh:
-            fh.truncate(keep)
-        raw = raw[:keep]
+    keep = raw.rfind(b"\n") + 1
+    partial = raw[keep:]
     done: dict[str, str] = {}
-    for lineno, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
+    for lineno, line in enumerate(raw[:keep].decode("utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -264,4 +274,14 @@ def _load_done(out: Path) -> dict[str, str]:
             raise ScanError(
                 f"{out} line {lineno} is not a synthdetect result; choose another --out"
             ) from None
+    if partial:
+        # A crash mid-write leaves a partial record; drop it so appends stay line-aligned.
+        # Anything else there is somebody's file, which is left as it is.
+        if not (partial.startswith(_RECORD_START) or _RECORD_START.startswith(partial)):
+            lineno = raw.count(b"\n") + 1
+            raise ScanError(
+                f"{out} line {lineno} is not a synthdetect result; choose another --out"
+            )
+        with open(out, "r+b") as fh:
+            fh.truncate(keep)
     return done

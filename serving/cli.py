@@ -181,7 +181,10 @@ def register(sub: Any) -> None:
 def _keys(file: Path | None, env: str) -> tuple[str, ...]:
     keys: list[str] = []
     if file:
-        keys += [k.strip() for k in file.read_text().splitlines() if k.strip()]
+        from_file = [k.strip() for k in file.read_text().splitlines() if k.strip()]
+        if not from_file:  # an empty file must not turn authentication off
+            raise ValueError(f"{file} holds no keys (one key per line)")
+        keys += from_file
     keys += [k.strip() for k in os.environ.get(env, "").split(",") if k.strip()]
     return tuple(keys)
 
@@ -221,7 +224,7 @@ def serve_one(
 
     from detector.engine import cpu_threads
     from serving.app import GUARD, make_app
-    from serving.grpc_server import GrpcServer
+    from serving.grpc_server import GrpcBindError, GrpcServer
     from serving.review import ReviewConfig
     from serving.runner import run_server
     from serving.service import Service
@@ -315,6 +318,9 @@ def serve_one(
             on_listening=listening,
             side_servers=(grpc,) if args.grpc_port else (),
         )
+    except GrpcBindError as exc:
+        print(f"synthdetect: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"synthdetect: cannot listen on {url}: {exc.strerror or exc}", file=sys.stderr)
         return 2

@@ -46,7 +46,7 @@ from serving.service import Unavailable, WorkTimeout
 if TYPE_CHECKING:
     from serving.service import Service
 
-__all__ = ["GrpcServer"]
+__all__ = ["GrpcBindError", "GrpcServer"]
 
 _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
              "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
@@ -240,6 +240,10 @@ def _const(reply):
     return work
 
 
+class GrpcBindError(OSError):
+    """The gRPC port cannot be bound (the message names it)."""
+
+
 class GrpcServer:
     """The gRPC server on ``host:port`` (``grpc.aio``: start and stop in the running loop)."""
 
@@ -264,9 +268,14 @@ class GrpcServer:
             _Servicer(service, guard), self.server
         )
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.port = self.server.add_insecure_port(address)
+        try:  # older grpc returns 0 when it cannot bind; newer raises RuntimeError
+            self.port = self.server.add_insecure_port(address)
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {address} (gRPC)")
+            raise GrpcBindError(
+                f"cannot listen on grpc://{address} (the port is in use or not allowed)"
+            )
         self.address = address
 
     async def start(self) -> None:

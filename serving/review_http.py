@@ -47,6 +47,7 @@ _PAGE_FILES = {
 _BROWSER_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
                   "GIF": "image/gif", "BMP": "image/bmp"}  # fmt: skip
 _MAX_LIST = 500
+_MAX_OFFSET = 2**63 - 1  # SQLite integers are signed 64-bit
 
 
 class ReviewRoutes:
@@ -153,8 +154,10 @@ class ReviewRoutes:
             offset = int(request.query.get("offset", "0"))
         except ValueError:
             raise HttpError(400, "limit and offset must be integers") from None
-        if not 1 <= limit <= _MAX_LIST or offset < 0:
-            raise HttpError(400, f"limit must be within 1..{_MAX_LIST} and offset >= 0")
+        if not 1 <= limit <= _MAX_LIST or not 0 <= offset <= _MAX_OFFSET:
+            raise HttpError(
+                400, f"limit must be within 1..{_MAX_LIST} and offset within 0..{_MAX_OFFSET}"
+            )
         return json_response(200, await self._call(queue.items, status, limit, offset))
 
     async def get(self, request: web.Request) -> web.Response:

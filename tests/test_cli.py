@@ -125,7 +125,18 @@ def test_verbose_lists_every_method(files):
         (["serve", "--max-tiles", "-2"], "--max-tiles: must be positive"),
         (["scan", "missing-dir", "--out", "r.jsonl"], "not a directory"),
         (["score", "--model", "junk.onnx", "x.png"], "ONNX Runtime cannot load"),
-        (["score", "--model", "junk.pt", "x.png"], "cannot be read as a torch checkpoint"),
+        (
+            ["score", "--model", "junk.pt", "x.png"],
+            "junk.pt cannot be read as a torch checkpoint: not a plain tensor file (Unsupported",
+        ),
+        (
+            ["score", "--model", "empty.pt", "x.png"],
+            "empty.pt cannot be read as a torch checkpoint: the file is empty or cut short",
+        ),
+        (
+            ["score", "--model", "sidecar-only", "x.png"],
+            "sidecar-only has a model.json but no model.onnx",
+        ),
         (["serve", "--port", "99999"], "a port is 0-65535, got 99999"),
         (["serve", "--rate-limit", "-1"], "--rate-limit: must be a positive number"),
         (["serve", "--max-body-mb", "0"], "--max-body-mb: must be a positive number"),
@@ -140,11 +151,15 @@ def test_verbose_lists_every_method(files):
 def test_usage_errors_are_one_line_and_exit_2(args, message, tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"not a model")  # damaged model files
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "sidecar-only").mkdir()
+    (tmp_path / "sidecar-only" / "model.json").write_text("{}")
     (tmp_path / "bad.yaml").write_text("epochs: 3\n")
     out = run(*args, cwd=tmp_path)
     assert out.returncode == 2
     assert message in (out.stderr + out.stdout)
     assert "Traceback" not in out.stderr
+    assert "weights_only" not in out.stderr  # never torch's advice to unpickle untrusted code
 
 
 def test_methods_command():
@@ -267,18 +282,47 @@ def test_scan_reports_a_folder_it_cannot_list(tmp_path, scene, monkeypatch):
     assert scan_directory(root, out, Detector(["c2pa"]), progress=False).skipped == 2
 
 
-@pytest.mark.parametrize("line", ["this is somebody's notes file", "[1, 2]", '"x"', "5"])
-def test_scan_refuses_a_foreign_output_file(tmp_path, scene, line):
-    """Text, or JSON that is not a record: the same one-line refusal, the file untouched."""
+@pytest.mark.parametrize(
+    ("text", "bad_line"),
+    [
+        ("this is somebody's notes file\n", 1),
+        ("[1, 2]\n", 1),
+        ('"x"\n', 1),
+        ("5\n", 1),
+        ("My thesis, final draft", 1),  # no final newline: not mistaken for a cut-off record
+        ("name,score\nalice,10\nbob,12", 1),
+        ('{"path": "a.png", "sha256": "00"}\nbob,12', 2),  # results, then a foreign line
+    ],
+)
+def test_scan_refuses_a_foreign_output_file(tmp_path, scene, text, bad_line):
+    """Text, or JSON that is not a record: the same one-line refusal, the file untouched (its
+    last line too, when the file does not end in a newline)."""
     root = tmp_path / "tree"
     _tree(root, scene, 2)
     out = tmp_path / "other.jsonl"
-    out.write_text(line + "\n")
+    out.write_text(text)
     res = run("scan", str(root), "--out", str(out), "--no-progress")
     assert res.returncode == 2 and "Traceback" not in res.stderr
-    refusal = f"{out} line 1 is not a synthdetect result; choose another --out"
+    refusal = f"{out} line {bad_line} is not a synthdetect result; choose another --out"
     assert res.stderr == f"synthdetect: {refusal}\n"
-    assert out.read_text() == line + "\n"
+    assert out.read_text() == text
+
+
+def test_scan_refuses_an_output_that_is_not_a_regular_file(tmp_path, scene):
+    """A device or a FIFO as --out is refused unread (reading /dev/zero never ends)."""
+    root = tmp_path / "tree"
+    _tree(root, scene, 2)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for out in ("/dev/zero", str(fifo)):
+        res = subprocess.run(
+            [sys.executable, "-m", "detector.cli", "scan", str(root), "--out", out,
+             "--no-progress"], capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert res.returncode == 2 and "Traceback" not in res.stderr
+        assert res.stderr == (
+            f"synthdetect: {out} is not a regular file; --out takes a file path\n"
+        )
 
 
 def test_plain_scan_refuses_parquet_output(tmp_path, scene):

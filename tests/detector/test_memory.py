@@ -139,6 +139,33 @@ def test_finds_re_encoded_and_rescaled_uploads_and_not_other_images(tmp_path):
     assert store.stats()["by_label"] == {"generated": 3, "camera": 0}
 
 
+def test_plain_images_match_only_exactly(tmp_path):
+    """A blank, flat or plain-gradient image hashes like every other one (pHash 0): confirming
+    one must not decide the others. They match their own pixels only; pictures with detail set
+    32 pHash bits and match as near-duplicates as before."""
+    from detector.memory import has_structure
+
+    flat = np.full((64, 64, 3), (20, 40, 200), np.uint8)
+    others = [
+        np.full((600, 800, 3), (0, 0, 255), np.uint8),
+        np.zeros((300, 300, 3), np.uint8),
+        np.full((1, 1, 3), 7, np.uint8),
+        np.repeat(np.linspace(0, 255, 400, dtype=np.uint8)[None, :, None], 300, 0).repeat(3, 2),
+    ]
+    store = MemoryStore(tmp_path / "m.sqlite")
+    blob = _jpeg(flat)
+    store.add(_hashes(blob, windows=True), "generated", "alice")
+    assert not has_structure(_hashes(blob))
+    assert store.find(_hashes(blob))[0].exact  # the same file still matches
+    for px in others:
+        hashes = _hashes(_jpeg(np.ascontiguousarray(px)))
+        assert not has_structure(hashes) and store.find(hashes) == []
+    scene = _scene(3)
+    assert has_structure(_hashes(_jpeg(scene)))
+    store.add(_hashes(_jpeg(scene), windows=True), "generated", "alice")
+    assert store.find(_hashes(_jpeg(scene, 60, 0.5)))  # near-duplicates of a picture still do
+
+
 def test_records_survive_a_restart_and_are_checked(tmp_path):
     path = tmp_path / "m.sqlite"
     blob = _jpeg(_scene(1))
@@ -329,6 +356,9 @@ def test_memory_commands(tmp_path):
         (("memory", "import", str(img), "--db", db), "cannot read"),
         (("score", "--memory-db", str(tmp_path), str(img)), "is a directory"),
         (("memory", "stats", "--db", str(tmp_path)), "is a directory"),
+        (("memory", "export", "--out", str(tmp_path), "--db", db), f"--out {tmp_path} is a directory"),
+        (("memory", "export", "--out", str(tmp_path / "no" / "e.jsonl"), "--db", db),
+         f"cannot write {tmp_path / 'no' / 'e.jsonl'}: No such file or directory"),
         (("score", "--memory-db", str(tmp_path / "none.sqlite"), str(img)), "no memory database at"),
     ]:  # fmt: skip
         out = _cli(*args)

@@ -258,6 +258,7 @@ def test_bad_input_to_review_endpoints_is_4xx_and_the_server_keeps_serving(make_
         (_get(live, "/v1/reviews?status=closed"), 400, "status must be one of"),
         (_get(live, "/v1/reviews?limit=0"), 400, "limit must be within"),
         (_get(live, "/v1/reviews?limit=x"), 400, "integers"),
+        (_get(live, f"/v1/reviews?offset={2**63}"), 400, "offset within 0.."),
         (_post_json(live, f"/v1/reviews/{item_id}", {"decision": "fake", "reviewer": "a"}), 400,
          "decision must be one of"),
         (_post_json(live, f"/v1/reviews/{item_id}", {"decision": "camera"}), 400,

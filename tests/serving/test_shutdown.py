@@ -211,6 +211,32 @@ def test_serve_rejects_bad_process_count_and_model(exported_model, tmp_path):
         assert message in out.stderr and "Traceback" not in out.stderr
 
 
+def test_serve_refuses_a_taken_grpc_port_and_an_empty_key_file(exported_model, tmp_path):
+    """A gRPC port another process holds: one line naming it, exit 2 (grpc raises, not 0, in
+    the installed version). A key file with no keys would turn authentication off: refused."""
+    import socket
+
+    empty = tmp_path / "keys.txt"
+    empty.write_text("\n  \n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        grpc_port = taken.getsockname()[1]
+        for extra, message in (
+            (["--grpc-port", str(grpc_port)],
+             f"synthdetect: cannot listen on grpc://127.0.0.1:{grpc_port} (the port is in use"),
+            (["--grpc-port", str(free_port()), "--api-key-file", str(empty)],
+             f"synthdetect: {empty} holds no keys (one key per line)"),
+        ):  # fmt: skip
+            out = subprocess.run(
+                [sys.executable, "-m", "detector.cli", "serve", "--model", str(exported_model),
+                 "--port", str(free_port()), *extra],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert out.returncode == 2, out.stderr
+            assert message in out.stderr and "Traceback" not in out.stderr
+
+
 def test_connection_cap_and_idle_timeout(exported_model):
     """Past --max-connections a new connection gets 503 and is closed at once; a connection
     that sends no request is closed after --idle-timeout-s, freeing its slot."""
