@@ -221,6 +221,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
         for rec in records:
             if "error" in rec:
                 print(f"{rec['path']}: unreadable: {rec['error']}", file=sys.stderr)
+            elif "error" in rec.get("heatmap", {}):
+                print(f"{rec['path']}: no heatmap: {rec['heatmap']['error']}", file=sys.stderr)
         if decoded:
             _print_table([rec for rec in records if "verdict" in rec], args.verbose)
     return EXIT_OK if decoded else EXIT_NONE_READABLE

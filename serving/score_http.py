@@ -53,6 +53,8 @@ class ScoreRoutes:
     async def score(self, request: web.Request) -> web.Response:
         detector = self._detector(request)
         heatmap = flag(request, "heatmap")
+        if heatmap and "model" not in detector.method_names:
+            raise HttpError(400, "heatmap=true needs the model method (it maps the model's tiles)")
         review = flag(request, "review")
         if review and self.s.reviews is None:
             raise HttpError(

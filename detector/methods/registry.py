@@ -74,7 +74,8 @@ def create_methods(names: Sequence[str] | None = None, **options: Any) -> list[M
     ``options`` are passed to each method whose constructor accepts them, so one flag such as
     ``include_prompt`` reaches the methods that understand it.
     """
-    chosen = list(names) if names is not None else default_method_names()
+    # A name given twice runs once (its evidence would count twice in fusion otherwise).
+    chosen = list(dict.fromkeys(names)) if names is not None else default_method_names()
     methods = []
     for name in chosen:
         cls = METHODS.get(name)

@@ -73,6 +73,11 @@ def test_score_heatmap_writes_overlays_and_reports_tiles(exported_model, tmp_pat
         "a.png.heatmap.png",
         "b.jpg.heatmap.png",
     ]
+    tiny = tmp_path / "tiny.png"
+    tiny.write_bytes(P.encode(P.synthetic_scene(3, 12, 12), "PNG"))
+    out = _score("--heatmap", str(tmp_path / "t.png"), *model, str(tiny))  # table: says why
+    assert out.returncode == 0 and not (tmp_path / "t.png").exists()
+    assert f"{tiny}: no heatmap: too small for the model" in out.stderr
     for args, message in [
         (("--heatmap", str(tmp_path / "x.png"), *model, str(a), str(b)), "takes one image"),
         (("--heatmap", str(tmp_path / "y"), "--methods", "c2pa", str(a)), "needs the model"),

@@ -482,6 +482,11 @@ def test_score_heatmap(server):
     assert "heatmap" not in json.loads(body)
     status, _, body = request(server.url, "/v1/score?heatmap=maybe", jpeg(21, 200))
     assert status == 400 and "heatmap must be true or false" in json.loads(body)["error"]
+    status, _, body = request(server.url, "/v1/score?heatmap=true&methods=c2pa", jpeg(21, 200))
+    assert status == 400 and "heatmap=true needs the model method" in json.loads(body)["error"]
+    status, _, body = request(server.url, "/v1/score?methods=model,model,c2pa", jpeg(21, 200))
+    methods = [e["method"] for e in json.loads(body)["verdict"]["evidence"]]
+    assert status == 200 and methods.count("model") == 1  # a repeated name runs once
 
 
 def _lost_gpu(tiles):
