@@ -12,7 +12,8 @@ import hashlib
 import io
 import os
 import stat
-from dataclasses import dataclass, field
+import zlib
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -148,7 +149,20 @@ def decode(data: bytes, limits: DecodeLimits | None = None) -> DecodedImage:
     if len(data) > limits.max_bytes:
         raise ImageError(f"file too large: {len(data)} bytes > limit of {limits.max_bytes}")
     try:
-        return _decode(data, limits)
+        try:
+            return _decode(data, limits)
+        except ValueError as exc:
+            # Pillow refuses a whole PNG whose compressed text chunks unpack past its text limits
+            # (1 MB a chunk, 64 MB in all): score the pixels, say which chunks went unread.
+            if "MAX_TEXT" not in str(exc) or not data.startswith(_PNG_MAGIC):
+                raise
+            kept, dropped = _without_big_text(data)
+            image = _decode(kept, limits)
+            note = (
+                f"PNG text chunk{'s' if len(dropped) > 1 else ''} {', '.join(dropped)} too large "
+                "to read (over Pillow's text limits): not checked for metadata"
+            )
+            return replace(image, data=data, notes=(*image.notes, note))
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -268,9 +282,49 @@ def _decode(data: bytes, limits: DecodeLimits) -> DecodedImage:
     )
 
 
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _without_big_text(data: bytes) -> tuple[bytes, list[str]]:
+    """The PNG without the compressed text chunks that unpack past Pillow's per-chunk limit
+    (without any text chunk, if none does: then their total was too much), and their keys."""
+    from PIL import PngImagePlugin
+
+    chunks, pos = [], len(_PNG_MAGIC)
+    while pos + 8 <= len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        end = pos + 12 + length
+        chunks.append((data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length], data[pos:end]))
+        pos = end
+    text = {b"tEXt", b"zTXt", b"iTXt"}
+
+    def too_big(kind: bytes, body: bytes) -> bool:
+        _, _, rest = body.partition(b"\0")
+        if kind == b"zTXt":
+            packed = rest[1:]
+        elif kind == b"iTXt" and rest[:1] == b"\x01":
+            packed = rest[2:].split(b"\0", 2)[-1]
+        else:
+            return False
+        unpack = zlib.decompressobj()
+        try:
+            return len(unpack.decompress(packed, PngImagePlugin.MAX_TEXT_CHUNK + 1)) > (
+                PngImagePlugin.MAX_TEXT_CHUNK
+            )
+        except zlib.error:
+            return False
+
+    drop = [i for i, (kind, body, _) in enumerate(chunks) if kind in text and too_big(kind, body)]
+    if not drop:
+        drop = [i for i, (kind, _, _) in enumerate(chunks) if kind in text]
+    keys = [repr(chunks[i][1].partition(b"\0")[0].decode("latin-1", "replace")[:79]) for i in drop]
+    body = b"".join(raw for i, (_, _, raw) in enumerate(chunks) if i not in set(drop))
+    return _PNG_MAGIC + body + data[pos:], keys
+
+
 _MAGIC = (
     (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (_PNG_MAGIC, "PNG"),
     (b"GIF87a", "GIF"),
     (b"GIF89a", "GIF"),
     (b"BM", "BMP"),

@@ -36,7 +36,9 @@ _A1111 = "Stable Diffusion web UI (AUTOMATIC1111)"
 _SETTINGS_LINE = re.compile(r"(?:^|\n)(Steps: *\d+,[^\n]*)\s*$")
 # "Key: value" pairs of the settings line; values may be double-quoted and contain commas.
 _PAIR = re.compile(r'\s*([\w][\w \-/\.]*?):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
-_MAX_JSON = 2 * 1024 * 1024
+# Text chunks are parsed up to this size: a ComfyUI workflow with embedded images can pass a few
+# MB, and parsing is bounded anyway by the decoder's file-size and text-memory limits.
+_MAX_JSON = 16 * 1024 * 1024
 
 
 @dataclass

@@ -232,6 +232,29 @@ def test_png_text_and_xmp_kept(scene):
     assert meta.quantization is None
 
 
+@pytest.mark.parametrize("chunk", ["zTXt", "iTXt"])
+def test_png_with_a_text_chunk_past_pillows_limit_is_scored_and_says_so(scene, chunk):
+    """Pillow refuses a whole PNG whose compressed text chunk unpacks past 1 MB: the pixels are
+    still decoded, the other chunks still read, and a note names the chunk left unread."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", "ComfyUI")
+    big = '{"3": {"class_type": "KSampler", "inputs": {"x": "' + "x" * 1_200_000 + '"}}}'
+    if chunk == "zTXt":
+        info.add_text("prompt", big, zip=True)
+    else:
+        info.add_itxt("prompt", big, zip=True)
+    data = save(Image.fromarray(scene), "PNG", pnginfo=info)
+    image = decode(data)
+    assert np.array_equal(image.pixels, scene) and image.data == data
+    assert image.metadata.text == {"Software": "ComfyUI"}
+    assert image.notes == (
+        "PNG text chunk 'prompt' too large to read (over Pillow's text limits): not checked for "
+        "metadata",
+    )
+
+
 def test_webp_exif_user_comment_decoded(scene):
     data = P.encode(scene, "WEBP", exif=P.user_comment_exif("Steps: 20, Seed: 1"))
     assert decode(data).metadata.exif["UserComment"] == "Steps: 20, Seed: 1"
