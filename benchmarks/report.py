@@ -48,7 +48,12 @@ def write_report(results_dir: Path, out: Path) -> Path:
     files: dict[str, list[tuple[str, dict]]] = {}  # kind -> the files the report uses
     sources: list[str] = []
     for path in sorted(Path(results_dir).glob("*.json")):
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"{path}: not a readable JSON file ({exc})") from None
+        if not isinstance(data, dict):
+            continue  # a JSON file that is not a result record: not the report's
         kind = data.get("benchmark")
         if kind and (kind in every_file or kind not in files):
             files.setdefault(kind, []).append((path.stem, data))

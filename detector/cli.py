@@ -8,6 +8,8 @@ never imports them. Every user error ends with a one-line message and a non-zero
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -53,6 +55,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # e.g. `synthdetect score ... | head`
         return EXIT_OK
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+            raise
+        # stdout (or a file the command writes) is on a full or failing disk: say so, once
+        print(f"synthdetect: cannot write output: {exc.strerror}", file=sys.stderr)
+        with contextlib.suppress(OSError):  # what is still buffered cannot be written either
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaces stdout until exit
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -530,6 +540,10 @@ def _cmd_memory_export(args: argparse.Namespace) -> int:
             out = Path(args.out)
             if out.is_dir():
                 raise CliError(f"--out {out} is a directory; give a file path")
+            if out.exists() and not out.is_file():  # moving a file over it would replace it
+                raise CliError(
+                    f"--out {out} is not a regular file; give a file path, or - for stdout"
+                )
             tmp = out.with_name(out.name + ".partial")
             try:
                 with open(tmp, "w") as fh:

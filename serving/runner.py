@@ -120,6 +120,9 @@ def run_server(
             app,
             handle_signals=True,
             access_log=None,
+            # Compressed bodies are refused with 415 before they are read: the parser must not
+            # inflate them meanwhile (a bad gzip stream logged a traceback; a bomb cost CPU).
+            auto_decompress=False,
             keepalive_timeout=idle_timeout_s,
             shutdown_timeout=shutdown_timeout,
         )

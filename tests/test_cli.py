@@ -51,6 +51,20 @@ def test_console_script_is_installed():
     assert out.returncode == 0 and out.stdout.startswith("synthdetect ")
 
 
+@pytest.mark.skipif(
+    not Path("/dev/full").is_char_device(), reason="needs /dev/full (a disk that is always full)"
+)
+def test_a_full_disk_under_stdout_is_one_line_and_exit_1(files):
+    for extra in ((), ("--json",)):
+        with open("/dev/full", "w") as full:
+            out = subprocess.run(
+                [*CLI, "score", *extra, str(files["a1111"])],
+                stdout=full, stderr=subprocess.PIPE, text=True, timeout=120,
+            )  # fmt: skip
+        assert out.returncode == 1
+        assert out.stderr == "synthdetect: cannot write output: No space left on device\n"
+
+
 def test_a1111_png_says_generated_and_names_the_tool(files):
     out = run("score", str(files["a1111"]))
     assert out.returncode == 0, out.stderr

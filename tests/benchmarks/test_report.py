@@ -122,3 +122,13 @@ def test_committed_reports_regenerate_identically(folder, tmp_path):
     shutil.copytree(results, tmp_path / "results", ignore=shutil.ignore_patterns("*.png", "*.md"))
     made = write_report(tmp_path / "results", tmp_path / "out").read_text()
     assert made == (results / "REPORT.md").read_text()
+
+
+@pytest.mark.unit
+def test_report_names_a_malformed_result_file_and_skips_foreign_json(tmp_path):
+    shutil.copy(RESULTS / "latency-cpu.json", tmp_path)
+    (tmp_path / "notes.json").write_text(json.dumps([1, 2]))  # JSON, not a result record
+    assert "## In-process latency" in write_report(tmp_path, tmp_path / "out").read_text()
+    (tmp_path / "broken.json").write_text('{"benchmark": "latency", ')
+    with pytest.raises(ValueError, match=r"broken\.json: not a readable JSON file"):
+        write_report(tmp_path, tmp_path / "out")

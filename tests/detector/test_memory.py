@@ -357,6 +357,7 @@ def test_memory_commands(tmp_path):
         (("score", "--memory-db", str(tmp_path), str(img)), "is a directory"),
         (("memory", "stats", "--db", str(tmp_path)), "is a directory"),
         (("memory", "export", "--out", str(tmp_path), "--db", db), f"--out {tmp_path} is a directory"),
+        (("memory", "export", "--out", "/dev/null", "--db", db), "--out /dev/null is not a regular file"),
         (("memory", "export", "--out", str(tmp_path / "no" / "e.jsonl"), "--db", db),
          f"cannot write {tmp_path / 'no' / 'e.jsonl'}: No such file or directory"),
         (("score", "--memory-db", str(tmp_path / "none.sqlite"), str(img)), "no memory database at"),

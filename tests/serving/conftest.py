@@ -36,7 +36,7 @@ class LiveServer:
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         app = make_app(self.service, self.http)
-        self.runner = web.AppRunner(app, access_log=None)
+        self.runner = web.AppRunner(app, access_log=None, auto_decompress=False)  # as serve
         self.loop.run_until_complete(self.runner.setup())
         self.loop.run_until_complete(web.TCPSite(self.runner, "127.0.0.1", self.port).start())
         self.grpc = GrpcServer(
