@@ -21,13 +21,16 @@ and view, averaged over the inference grid, and cached per image (``FeatureCache
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import tempfile
 import time
 import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -240,11 +243,19 @@ class FeatureCache:
         self._extract = lambda tiles: session.run(None, {"images": tiles})[0]
 
     def _file(self, view: str) -> Path | None:
+        """One file per view and per settings that change the features: the tiles (size,
+        count, normalisation, padding) and, for the augmented view, the policy and its seed.
+        A digest of them is in the name, so another setting never reads these features."""
         if self.folder is None:
             return None
         slug = re.sub(r"[^A-Za-z0-9]+", "", view)
-        seed = f"-seed{self.seed}" if view == AUGMENTED else ""
-        return self.folder / f"{self.tag}-{slug}{seed}.npz"
+        settings: dict[str, Any] = {"preprocess": self.prep.to_dict()}
+        seed = ""
+        if view == AUGMENTED:
+            seed = f"-seed{self.seed}"
+            settings["augment"] = asdict(self.augment) if self.augment is not None else None
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+        return self.folder / f"{self.tag}-{slug}{seed}-{digest}.npz"
 
     def _load(self, view: str) -> dict[str, np.ndarray]:
         if view not in self.memory:

@@ -200,7 +200,7 @@ def test_an_interrupted_extraction_keeps_what_it_did_and_a_broken_cache_is_rebui
     logs: list[str] = []
     first = cache(logs).get(samples)  # the three done before the failure were kept
     assert not logs and first.shape == (3, 1280)
-    file = next((tmp_path / "cache").glob("*asis.npz"))
+    file = next((tmp_path / "cache").glob("*-asis-*.npz"))
     file.write_bytes(b"garbage")
     again = cache(logs).get(samples)
     assert "unreadable" in logs[0] and logs[1].startswith("features (as-is): 3 images")
@@ -208,6 +208,34 @@ def test_an_interrupted_extraction_keeps_what_it_did_and_a_broken_cache_is_rebui
     # images decoded in worker processes give the same features, in the same order
     workers = FeatureCache(net, prep, None, batch_images=2, workers=2, log=logs.append)
     np.testing.assert_allclose(workers.get(samples[::-1]), first[::-1], rtol=1e-6)
+
+
+def test_features_made_with_other_tile_or_augment_settings_are_never_reused(tmp_path):
+    """The cache is per setting that changes the features: two tiles instead of one, or
+    another augment policy, extract again into a file of their own (they were read back as
+    the other setting's features, fitting a wrong probe)."""
+    from detector.preprocess import PreprocessConfig
+    from tests.imagefiles import random_png_samples
+    from training.degrade import AugmentPolicy
+    from training.probe import AUGMENTED
+
+    samples = random_png_samples(tmp_path, 2, seed=4, side=2 * SIZE)
+    net = FrozenFeatures(frozen_lite0())
+    logs: list[str] = []
+
+    def get(max_tiles: int, view: str = "as-is", policy: AugmentPolicy | None = None):
+        prep = PreprocessConfig(input_size=SIZE, max_tiles=max_tiles)
+        cache = FeatureCache(net, prep, tmp_path / "cache", augment=policy, log=logs.append)
+        return cache.get(samples, view)
+
+    one, four = get(1), get(4)
+    assert len(logs) == 2 and not np.allclose(one, four)  # both extracted
+    np.testing.assert_allclose(get(1), one)  # and each read back as its own
+    np.testing.assert_allclose(get(4), four)
+    assert len(logs) == 2 and len(list((tmp_path / "cache").glob("*.npz"))) == 2
+    get(1, AUGMENTED, AugmentPolicy(p_jpeg=0.0, p_blur=0.0))
+    get(1, AUGMENTED, AugmentPolicy(p_jpeg=1.0, p_blur=1.0))
+    assert len(logs) == 4 and len(list((tmp_path / "cache").glob("*.npz"))) == 4
 
 
 def test_the_npr_input_sees_the_neighbouring_pixel_residual_not_the_scene(tmp_path):
