@@ -150,23 +150,52 @@ def export_onnx(
         raise ExportError(
             f"{checkpoint} is not calibrated (training did not finish); refusing to export"
         )
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / ONNX_FILE
-    size = prep.input_size
-    write_onnx(model, path, size, opset)
+    # The inputs are checked before anything is written, and the graph is built beside ``out``
+    # and moved in only once it passed: a failed export leaves no model.onnx that a loader would
+    # trust, and an export already in ``out`` stays as it was.
     tiles = parity_tiles(images, prep)
-    with torch.inference_mode():
-        ref = model(torch.from_numpy(tiles)).reshape(-1).numpy()
-    if precision == "fp16":
-        _to_fp16(path)
-    elif precision == "int8":
-        _to_int8(path, calibration_tiles(calib_images or [], prep))
-    diff, tolerance = _parity(precision, OnnxEngine(path).run(tiles), ref, "torch")
+    calib = calibration_tiles(calib_images or [], prep) if precision == "int8" else None
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        staged = staging / ONNX_FILE
+        write_onnx(model, staged, prep.input_size, opset)
+        with torch.inference_mode():
+            ref = model(torch.from_numpy(tiles)).reshape(-1).numpy()
+        if precision == "fp16":
+            _to_fp16(staged)
+        elif calib is not None:
+            _to_int8(staged, calib)
+        diff, tolerance = _parity(precision, OnnxEngine(staged).run(tiles), ref, "torch")
+        sidecar = _checkpoint_sidecar(
+            ckpt, staged, len(tiles), diff, tolerance, precision, opset, name
+        )
+        (staging / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
+        out.mkdir(exist_ok=True)
+        path = out / ONNX_FILE
+        os.replace(staged, path)
+        os.replace(staging / SIDECAR, out / SIDECAR)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ExportResult(path, sidecar)
+
+
+def _checkpoint_sidecar(
+    ckpt: dict,
+    onnx_path: Path,
+    tiles: int,
+    diff: float,
+    tolerance: float,
+    precision: str,
+    opset: int,
+    name: str | None,
+) -> dict:
     trained = ckpt.get("train_config") or {}
-    sidecar = new_sidecar(
+    return new_sidecar(
         name or ckpt["model_spec"]["name"], ckpt["model_spec"], ckpt["preprocess"],
-        ckpt["calibration"], path,
-        {"tiles": len(tiles), "max_abs_logit_diff": diff, "tolerance": tolerance},
+        ckpt["calibration"], onnx_path,
+        {"tiles": tiles, "max_abs_logit_diff": diff, "tolerance": tolerance},
         precision=precision, opset=opset,
         training={
             "commit": ckpt.get("commit"),
@@ -181,8 +210,6 @@ def export_onnx(
             "config": trained,
         },
     )  # fmt: skip
-    (out / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
-    return ExportResult(path, sidecar)
 
 
 def check_convertible(exported: Path, out: Path, precision: str) -> dict:

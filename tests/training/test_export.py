@@ -244,6 +244,33 @@ def test_a_copy_that_fails_its_parity_check_leaves_nothing_behind(
     assert list((tmp_path / "out").iterdir()) == []  # neither the folder nor its staging copy
 
 
+def test_a_failed_export_from_a_checkpoint_leaves_an_existing_export_as_it_was(
+    untrained_checkpoint, tmp_path, monkeypatch
+):
+    """No images, int8 without calibration images, a failed parity check: nothing is written
+    (a lone model.onnx would be loaded with default preprocessing and threshold 0.5), and a
+    good export already in --out still loads and is byte for byte the same."""
+    from training import export
+
+    images = _scenes(tmp_path / "img", n=1)
+    out = tmp_path / "models" / "m"
+    export_onnx(untrained_checkpoint, out, images)
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    with pytest.raises(ExportError, match="no images for the parity check"):
+        export_onnx(untrained_checkpoint, out, [])
+    with pytest.raises(ExportError, match="int8 needs calibration images"):
+        export_onnx(untrained_checkpoint, out, images, precision="int8")
+    monkeypatch.setitem(export.TOLERANCE, "fp16", 0.0)
+    with pytest.raises(ExportError, match="differs from torch"):
+        export_onnx(untrained_checkpoint, out, images, precision="fp16")
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["m"]  # no staging left
+    load_bundle(out)
+    with pytest.raises(ExportError, match="no images for the parity check"):
+        export_onnx(untrained_checkpoint, tmp_path / "fresh", [])
+    assert not (tmp_path / "fresh").exists()
+
+
 def test_int8_calibration_takes_tiles_spread_over_every_image(tmp_path):
     from training.export import calibration_tiles
 
