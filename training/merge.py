@@ -25,6 +25,10 @@ def _rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         with open(manifest, newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
             rows = list(reader)
+            for n, r in enumerate(rows, 2):  # line numbers as an editor shows them (1: header)
+                if None in r or None in r.values():  # DictReader's marks of a ragged row
+                    more = "more" if None in r else "fewer"
+                    raise ValueError(f"{manifest} row {n}: {more} fields than the header")
             return list(reader.fieldnames or []), [
                 {**r, "path": str(manifest.parent / r["path"])} for r in rows
             ]
@@ -74,12 +78,18 @@ def merge_manifests(inputs: list[Path], out: Path, exclude_pools: tuple[str, ...
     out.mkdir(parents=True, exist_ok=True)
     for r in merged:
         r["path"] = Path(os.path.relpath(r["path"], out)).as_posix()
-    with open(out / "manifest.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields, restval="")
-        writer.writeheader()
-        writer.writerows(merged)
-    info["excluded_pools"] = list(exclude_pools)
-    info["rows"] = len(merged)
-    info["manifest_sha256"] = hashlib.sha256((out / "manifest.csv").read_bytes()).hexdigest()
-    (out / "merge.json").write_text(json.dumps(info, indent=2) + "\n")
+    # Written whole, then moved into place: a failure never leaves a manifest a run would trust.
+    partial = out / "manifest.csv.partial"
+    try:
+        with open(partial, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields, restval="")
+            writer.writeheader()
+            writer.writerows(merged)
+        info["excluded_pools"] = list(exclude_pools)
+        info["rows"] = len(merged)
+        info["manifest_sha256"] = hashlib.sha256(partial.read_bytes()).hexdigest()
+        (out / "merge.json").write_text(json.dumps(info, indent=2) + "\n")
+        os.replace(partial, out / "manifest.csv")
+    finally:
+        partial.unlink(missing_ok=True)
     return info

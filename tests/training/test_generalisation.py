@@ -103,6 +103,18 @@ def test_merge_rewrites_paths_keeps_columns_and_refuses_shared_sources(tmp_path)
         merge_manifests([a, c], tmp_path / "m3")
     with pytest.raises(ValueError, match="exists"):
         merge_manifests([a, b], tmp_path / "m")
+    # A ragged row is refused before anything is written, and nothing is left to block a rerun.
+    ragged = tmp_path / "d" / "manifest.csv"
+    ragged.parent.mkdir()
+    ragged.write_text("path,label,split,source_id\nq.png,real,train,s9\nr.png,real,train,s8,x\n")
+    with pytest.raises(ValueError, match=r"manifest\.csv row 3: more fields than the header"):
+        merge_manifests([a, ragged.parent], tmp_path / "m4")
+    ragged.write_text("path,label,split,source_id\nq.png,real,train\n")
+    with pytest.raises(ValueError, match=r"row 2: fewer fields than the header"):
+        merge_manifests([a, ragged.parent], tmp_path / "m4")
+    assert not (tmp_path / "m4" / "manifest.csv").exists()
+    assert merge_manifests([a, b], tmp_path / "m4")["rows"] == 3
+    assert sorted(f.name for f in (tmp_path / "m4").iterdir()) == ["manifest.csv", "merge.json"]
 
 
 def test_excluded_families_read_from_checkpoints_and_exported_models():
