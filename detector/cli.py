@@ -55,6 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # e.g. `synthdetect score ... | head`
         return EXIT_OK
+    except (IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError,
+            FileNotFoundError) as exc:  # fmt: skip
+        # a path given on the command line that cannot be written or read as asked
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"synthdetect: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
             raise

@@ -159,6 +159,8 @@ def test_verbose_lists_every_method(files):
         (["bench", "accuracy", "--data", "m.csv", "--limit", "0"], "--limit: must be positive"),
         (["bench", "load", "--url", "http://127.0.0.1:9", "--seconds", "1"], "nothing answers"),
         (["bench", "load", "--serve", "--port 1"], "leave out --port/--host"),
+        (["evaluate", "--model", "m", "--data", "d.csv", "--out", "."], "--out . is a directory"),
+        (["corpus", "merge", "a", "b", "--out", "junk.pt"], "File exists: junk.pt"),
         ([], "usage"),
     ],
 )
@@ -166,6 +168,11 @@ def test_usage_errors_are_one_line_and_exit_2(args, message, tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"not a model")  # damaged model files
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     (tmp_path / "empty.pt").write_bytes(b"")
+    for name, src in (("a", "s1"), ("b", "s2")):  # two tiny corpora to merge
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.csv").write_text(
+            f"path,label,split,source_id\n{name}.png,real,train,{src}\n"
+        )
     (tmp_path / "sidecar-only").mkdir()
     (tmp_path / "sidecar-only" / "model.json").write_text("{}")
     (tmp_path / "bad.yaml").write_text("epochs: 3\n")

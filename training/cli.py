@@ -422,6 +422,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from training.run_eval import HELD_OUT_FAKE_SPLITS, evaluate_model, leave_one_out
 
+    if args.out is not None and Path(args.out).is_dir():  # found before the work, not after
+        print(f"synthdetect: --out {args.out} is a directory; give a file path", file=sys.stderr)
+        return 2
     if (args.groups or args.previous) and not args.leave_one_out:
         print("synthdetect: --groups and --previous go with --leave-one-out", file=sys.stderr)
         return 2
