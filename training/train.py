@@ -16,7 +16,7 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -43,6 +43,7 @@ from training.metrics import average_precision
 __all__ = [
     "AMP_DTYPES",
     "BalancedSampler",
+    "need_both_classes",
     "optimization_step",
     "sample_weights",
     "seed_everything",
@@ -159,6 +160,9 @@ RUN_DEFINING = (
     "seed",
     "ema_decay",
     "tiles_per_image",
+    "head",
+    "head_dim",
+    "max_tiles",
 )
 
 
@@ -186,7 +190,23 @@ def split_samples(
         train = [s for s in train if s not in set(val)]
     if not train or not val:
         raise ValueError("need training and validation images (a train and a val split)")
+    need_both_classes(val, "validation")  # calibration and model choice rank val's two classes
+    seen = {str(s.path) for s in train}
+    leaked = [s for s in val if str(s.path) in seen]
+    if leaked:
+        raise ValueError(
+            f"{len(leaked)} validation images are training images too (e.g. {leaked[0].path}): "
+            "validation would measure what was learned"
+        )
     return train, val, test
+
+
+def need_both_classes(samples: Sequence[Sample], split: str) -> None:
+    """Refuse a split without generated or without camera images, naming what it lacks."""
+    labels = {s.label for s in samples}
+    for label, name in ((1, "generated"), (0, "camera")):
+        if label not in labels:
+            raise ValueError(f"the {split} split has no {name} images ({len(samples)} images)")
 
 
 @dataclass
@@ -332,6 +352,7 @@ class Trainer:
         self.train_s, self.val_s, self.test_s = split_samples(
             samples, config.exclude_families, config.exclude_sources
         )
+        need_both_classes(self.train_s, "training")
         self.spec = ModelSpec(
             config.model,
             tuple(config.branches),

@@ -279,6 +279,28 @@ def test_excluded_sources_leave_every_split_with_the_excluded_families():
     assert "0.png" in {s.path.name for s in train} and "1.png" in {s.path.name for s in val}
 
 
+def test_splits_that_cannot_train_or_validate_are_refused():
+    """Validation without one of the classes (its AP is undefined: no best checkpoint was ever
+    written), training without one, and images on both sides (validation would measure what was
+    learned): each refused before any training, naming what is wrong."""
+    from training.train import need_both_classes
+
+    def rows(*spec):
+        return [Sample(Path(p), label, "g", "g", p, split) for p, label, split in spec]
+
+    good = [("a.png", 0, "train"), ("b.png", 1, "train"), ("c.png", 0, "val"), ("d.png", 1, "val")]
+    train, val, _ = split_samples(rows(*good), [])
+    assert len(val) == 2
+    need_both_classes(train, "training")
+    with pytest.raises(ValueError, match="the validation split has no generated images"):
+        split_samples(rows(*good[:3]), [])
+    with pytest.raises(ValueError, match="validation images are training images too"):
+        split_samples(rows(*good, ("b.png", 1, "val")), [])
+    train, _, _ = split_samples(rows(good[0], *good[2:]), [])
+    with pytest.raises(ValueError, match="the training split has no generated images"):
+        need_both_classes(train, "training")
+
+
 def test_the_shipped_holdout_groups_cover_every_family_of_the_sources_list():
     """configs/holdouts-wild.yaml names every fake family of the pinned list, each once
     as scored (skips where ../shared is absent)."""
