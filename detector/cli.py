@@ -50,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"synthdetect: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except RegistryError as exc:  # an unknown method, model or generator name, from any command
+        print(f"synthdetect: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("synthdetect: interrupted", file=sys.stderr)
         return 130

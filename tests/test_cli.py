@@ -161,6 +161,20 @@ def test_verbose_lists_every_method(files):
         (["bench", "load", "--serve", "--port 1"], "leave out --port/--host"),
         (["evaluate", "--model", "m", "--data", "d.csv", "--out", "."], "--out . is a directory"),
         (["corpus", "merge", "a", "b", "--out", "junk.pt"], "File exists: junk.pt"),
+        (
+            [
+                "bench",
+                "accuracy",
+                "--data",
+                "a/manifest.csv",
+                "--split",
+                "train",
+                "--methods",
+                "nosuch",
+            ],
+            "synthdetect: unknown method 'nosuch' (known: ",
+        ),
+        (["train", "device=tpu"], "device must be auto, cpu or cuda, got 'tpu'"),
         ([], "usage"),
     ],
 )

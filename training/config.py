@@ -206,6 +206,10 @@ def _validate(c: TrainConfig) -> None:
         raise ValueError(
             f"head must be one of {HEADS} and head_dim positive, got {c.head!r}, {c.head_dim}"
         )
+    if c.device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {c.device!r}")
+    if c.eval_batch_images < 1:
+        raise ValueError(f"eval_batch_images must be positive, got {c.eval_batch_images}")
     if c.amp not in ("auto", "bf16", "fp16", "off"):
         raise ValueError(f"amp must be auto, bf16, fp16 or off, got {c.amp!r}")
     if c.channels_last not in ("auto", "on", "off"):

@@ -100,11 +100,19 @@ def read_manifest(path: Path) -> list[Sample]:
         raise DatasetError(f"{path}: cannot read manifest ({exc})") from None
     if not rows:
         raise DatasetError(f"{path}: manifest has no rows")
-    missing = {"path", "label"} - set(rows[0])
-    if missing:
-        raise DatasetError(f"{path}: manifest lacks columns {sorted(missing)}; expected {_LAYOUTS}")
+    first = 1 if path.suffix == ".jsonl" else 2  # a CSV's line 1 is its header
+    for n, row in enumerate(rows, first):  # every JSONL row stands alone: check each
+        if not isinstance(row, dict):
+            raise DatasetError(f"{path} row {n}: not an object with path and label")
+        missing = {"path", "label"} - set(row)
+        if missing:
+            raise DatasetError(
+                f"{path} row {n}: lacks {sorted(missing)}; expected {_LAYOUTS}"
+                if n > first
+                else f"{path}: manifest lacks columns {sorted(missing)}; expected {_LAYOUTS}"
+            )
     samples = []
-    for n, row in enumerate(rows, 2):
+    for n, row in enumerate(rows, first):
         label = _LABELS.get(str(row["label"]).strip().lower())
         if label is None:
             raise DatasetError(f"{path} row {n}: label {row['label']!r} is not real/fake/0/1")

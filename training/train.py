@@ -221,6 +221,8 @@ class _Dist:
 
 
 def _init_distributed(config: TrainConfig) -> _Dist:
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda, but torch sees no CUDA device here (device=auto or cpu)")
     want_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))

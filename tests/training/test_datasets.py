@@ -96,6 +96,16 @@ def test_manifest_csv_and_jsonl(tmp_path):
             "row 2: label 'maybe'",
         ),
         (
+            lambda p: (p / "manifest.jsonl").write_text(
+                '{"path": "a.png", "label": 0}\n{"path": "b.png"}\n'
+            ),
+            r"row 2: lacks \['label'\]",
+        ),
+        (
+            lambda p: (p / "manifest.jsonl").write_text('{"path": "a.png", "label": 0}\n[1, 2]\n'),
+            "row 2: not an object with path and label",
+        ),
+        (
             lambda p: (
                 _img(p / "g" / "0_real" / "a.png")
                 or _img(p / "g" / "1_fake" / "b.png")
