@@ -50,7 +50,7 @@ from training.datasets import Sample, load_samples, read_pixels
 from training.degrade import AugmentPolicy, apply_chain, parse_chain
 from training.export import TOLERANCE, new_sidecar, parity_tiles, write_onnx
 from training.metrics import average_precision, compute_metrics
-from training.train import need_both_classes, sample_weights, split_samples
+from training.train import check_data, need_both_classes, sample_weights, split_samples
 
 __all__ = [
     "AUGMENTED",
@@ -392,13 +392,6 @@ def training_rows(
     return x, np.concatenate([y, y]), np.concatenate([w, w])
 
 
-def _check_classes(samples: list[Sample], what: str) -> None:
-    labels = {s.label for s in samples}
-    if labels != {0, 1}:
-        have = "no images" if not labels else f"only {'real' if labels == {0} else 'generated'}"
-        raise ProbeError(f"the {what} split has {have}; a probe needs real and generated images")
-
-
 def train_probe(
     data: Path,
     out: Path,
@@ -421,13 +414,12 @@ def train_probe(
         raise ProbeError(f"C values must be positive, got {list(cs)}")
     try:
         samples = load_samples(data)
+        check_data(samples, config.exclude_families, config.exclude_sources)
         train, val, _ = split_samples(samples, config.exclude_families, config.exclude_sources)
         need_both_classes(train, "training")
     except (OSError, ValueError) as exc:
         message = str(exc)
         raise ProbeError(message if str(data) in message else f"{data}: {message}") from None
-    _check_classes(train, "training")
-    _check_classes(val, "validation")
     views = ["as-is", *config.calibration_views]
     for view in views[1:]:
         parse_chain(view)  # a bad view fails before minutes of feature extraction

@@ -43,6 +43,7 @@ from training.metrics import average_precision
 __all__ = [
     "AMP_DTYPES",
     "BalancedSampler",
+    "check_data",
     "need_both_classes",
     "optimization_step",
     "sample_weights",
@@ -201,6 +202,24 @@ def split_samples(
     return train, val, test
 
 
+def check_data(
+    samples: Sequence[Sample], exclude_families: Collection[str], exclude_sources: Collection[str]
+) -> None:
+    """Before training: every image file is there (one found missing mid-epoch stopped the
+    run with a worker's traceback), and what the run leaves out is in the data (a mistyped
+    family would be trained on while the run says it was held out)."""
+    missing = [s.path for s in samples if not s.path.is_file()]
+    if missing:
+        raise ValueError(f"{len(missing)} images of the manifest are not there (e.g. {missing[0]})")
+    for what, names, present in (
+        ("families", exclude_families, {s.family for s in samples}),
+        ("sources", exclude_sources, {s.source_id for s in samples}),
+    ):
+        unknown = sorted(set(names) - present)
+        if unknown:
+            raise ValueError(f"exclude_{what} names {what} not in the data: {unknown}")
+
+
 def need_both_classes(samples: Sequence[Sample], split: str) -> None:
     """Refuse a split without generated or without camera images, naming what it lacks."""
     labels = {s.label for s in samples}
@@ -351,6 +370,7 @@ class Trainer:
         self._setup_logging()
         seed_everything(config.seed)
         samples = load_samples(config.data)
+        check_data(samples, config.exclude_families, config.exclude_sources)
         self.train_s, self.val_s, self.test_s = split_samples(
             samples, config.exclude_families, config.exclude_sources
         )

@@ -301,6 +301,27 @@ def test_splits_that_cannot_train_or_validate_are_refused():
         need_both_classes(train, "training")
 
 
+def test_train_checks_its_files_and_what_it_leaves_out_before_it_starts(tmp_path):
+    from training.train import check_data
+
+    (tmp_path / "a.png").write_bytes(b"x")
+    rows = [Sample(tmp_path / "a.png", 0, "real", "camera", "s1", "train")]
+    check_data(rows, ["camera"], ["s1"])
+    with pytest.raises(
+        ValueError, match=r"exclude_families names families not in the data: \['gna'\]"
+    ):
+        check_data(rows, ["gna"], [])
+    with pytest.raises(
+        ValueError, match=r"exclude_sources names sources not in the data: \['s2'\]"
+    ):
+        check_data(rows, [], ["s2"])
+    rows.append(Sample(tmp_path / "gone.png", 1, "g", "g", "s3", "train"))
+    with pytest.raises(
+        ValueError, match=r"1 images of the manifest are not there \(e\.g\. .*gone\.png\)"
+    ):
+        check_data(rows, [], [])
+
+
 def test_the_shipped_holdout_groups_cover_every_family_of_the_sources_list():
     """configs/holdouts-wild.yaml names every fake family of the pinned list, each once
     as scored (skips where ../shared is absent)."""

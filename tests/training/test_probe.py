@@ -142,7 +142,8 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path, fitted):
     with pytest.raises(ProbeError, match="already holds a model"):
         train_probe(manifest, root / "probe", config())
     cases = [
-        (dict(exclude_families=["seen", "held"]), "no images|only real"),
+        (dict(exclude_families=["seen", "held"]), "split has no generated images"),
+        (dict(exclude_families=["sene"]), r"exclude_families names families not in the data"),
         (dict(calibration_views=["jpeg:900"]), "quality|jpeg"),
     ]
     for kw, message in cases:
