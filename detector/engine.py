@@ -471,6 +471,12 @@ def _load_bundle(
         from detector.checkpoint import load_checkpoint
 
         model, ckpt = load_checkpoint(path)
+        if not ckpt.get("calibration"):
+            log.warning(
+                "%s is not calibrated (training did not finish): threshold 0.5, probabilities "
+                "uncalibrated",
+                path,
+            )
         meta = {
             k: v
             for k, v in ckpt.items()
