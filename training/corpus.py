@@ -30,6 +30,7 @@ import hashlib
 import io
 import json
 import platform
+import shutil
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -188,6 +189,10 @@ def build_corpus(
                 f"generator {gen.name}: {exc}. Or leave it out with --generators"
             ) from None
 
+    # Built in <out>.partial and renamed to out only when complete (as `corpus sources` does):
+    # an interrupted or failed build leaves nothing that blocks a rerun or that a run would read.
+    final, out = out, out.with_name(out.name + ".partial")
+    shutil.rmtree(out, ignore_errors=True)
     (out / "images").mkdir(parents=True)
     stats = CorpusStats()
     writer = CorpusWriter(out, config, stats)
@@ -221,8 +226,11 @@ def build_corpus(
         "manifest_sha256": hashlib.sha256((out / "manifest.csv").read_bytes()).hexdigest(),
     }  # fmt: skip
     (out / "corpus.json").write_text(json.dumps(info, indent=2) + "\n")
+    if final.exists():  # empty (checked above): the finished build takes its place
+        final.rmdir()
+    out.rename(final)
     log(summary)
-    log(f"built {len(stats.rows)} images in {info['build_seconds']} s -> {out}")
+    log(f"built {len(stats.rows)} images in {info['build_seconds']} s -> {final}")
     return info
 
 

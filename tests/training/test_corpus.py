@@ -108,6 +108,21 @@ def test_same_seed_same_bytes(tiny_corpus, tmp_path):
     assert first == second
 
 
+def test_a_failed_build_leaves_no_output_folder(tiny_corpus, tmp_path, monkeypatch):
+    """The build runs in <out>.partial: a failure midway (here the first image written) leaves
+    no out folder, so nothing blocks the rerun and no run reads half a corpus."""
+    from training import corpus
+
+    def fail(self, item):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(corpus.CorpusWriter, "write", fail)  # generators come from the cache
+    out = tmp_path / "c"
+    with pytest.raises(OSError, match="No space left"):
+        build_corpus(out, SIZES["tiny"], wild_dir=None, log=lambda m: None)
+    assert not out.exists()
+
+
 def test_refuses_a_non_empty_output(tmp_path):
     (tmp_path / "x").write_text("keep me")
     with pytest.raises(CorpusError, match="not empty"):
