@@ -106,6 +106,10 @@ def test_manifest_csv_and_jsonl(tmp_path):
             "row 2: not an object with path and label",
         ),
         (
+            lambda p: (p / "manifest.csv").write_text("path,label\na.png,0\nb.png,1\na.png,0\n"),
+            r"row 4: a.png is listed already \(row 2\)",
+        ),
+        (
             lambda p: (
                 _img(p / "g" / "0_real" / "a.png")
                 or _img(p / "g" / "1_fake" / "b.png")
