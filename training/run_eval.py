@@ -346,6 +346,13 @@ def leave_one_out(
     per: dict[str, dict[str, Metrics]] = {"as_is": {}, "equalised": {}}
     pooled: dict[str, tuple[list, list]] = {"as_is": ([], []), "equalised": ([], [])}
     split = f"held-out group: fakes from {','.join(fake_splits)}, reals from {real_split}"
+    if (
+        isinstance(previous, dict)
+        and Path(str(previous.get("data"))).resolve() != Path(data).resolve()
+    ):
+        raise ValueError(
+            f"the previous report was scored on {previous.get('data')}, this run on {data}"
+        )
     kept = _previous_groups(previous, groups, only, split, eq) if previous else {}
     for kind, rows in kept.items():
         per[kind].update(rows)

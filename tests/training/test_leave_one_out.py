@@ -137,6 +137,9 @@ def test_groups_finished_elsewhere_are_kept_and_only_the_named_ones_run(tiny_cor
         leave_one_out(None, overrides, data, tmp_path / "c", holdouts, previous=previous)
     with pytest.raises(ValueError, match="no hold-out group"):
         leave_one_out(None, overrides, data, tmp_path / "c", holdouts, only=["sd9"])
+    previous["data"] = "another/manifest.csv"  # rows of another corpus are not merged in
+    with pytest.raises(ValueError, match=r"previous report was scored on another/manifest\.csv"):
+        leave_one_out(None, overrides, data, tmp_path / "c", holdouts, previous=previous)
 
 
 def test_cli_rejects_groups_without_leave_one_out_and_an_unreadable_previous(tmp_path):
