@@ -175,6 +175,14 @@ def test_verbose_lists_every_method(files):
             "synthdetect: unknown method 'nosuch' (known: ",
         ),
         (["train", "device=tpu"], "device must be auto, cpu or cuda, got 'tpu'"),
+        (
+            ["evaluate", "--model", "m", "--data", "d.csv", "--held-out", "gan"],
+            "--held-out not used by a plain evaluation",
+        ),
+        (
+            ["evaluate", "--model", "m", "--data", "d.csv", "--leave-one-out", "--generalisation"],
+            "--generalisation not used by --leave-one-out",
+        ),
         ([], "usage"),
     ],
 )

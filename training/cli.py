@@ -430,6 +430,32 @@ def _evaluate(args: argparse.Namespace) -> int:
     if (args.groups or args.previous) and not args.leave_one_out:
         print("synthdetect: --groups and --previous go with --leave-one-out", file=sys.stderr)
         return 2
+    # Options that belong to one mode are refused elsewhere, not silently ignored.
+    ignored = [
+        name
+        for name, given, unused in (
+            ("--generalisation", args.generalisation, args.leave_one_out),
+            ("--config", args.config is not None, not args.leave_one_out),
+            ("KEY=VALUE overrides", bool(args.overrides), not args.leave_one_out),
+            ("--held-out", args.held_out is not None, not args.generalisation),
+            (
+                "--holdouts",
+                args.holdouts is not None,
+                not (args.leave_one_out or args.generalisation),
+            ),
+        )
+        if given and unused
+    ]
+    if ignored:
+        mode = (
+            "--leave-one-out"
+            if args.leave_one_out
+            else "--generalisation"
+            if args.generalisation
+            else "a plain evaluation"
+        )
+        print(f"synthdetect: {', '.join(ignored)} not used by {mode}", file=sys.stderr)
+        return 2
     try:
         if args.generalisation:
             return _generalisation(args)
