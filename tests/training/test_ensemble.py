@@ -77,7 +77,8 @@ def setup(tmp_path_factory):
                 Image.fromarray(px).save(root / name)
                 fam = "seen" if label == "fake" else ""
                 rows.append({"path": name, "label": label, "family": fam, "split": split})
-    rows.append({"path": "train-fake-0.png", "label": "fake", "family": "held", "split": "val"})
+    (root / "val-held-0.png").write_bytes((root / "train-fake-0.png").read_bytes())
+    rows.append({"path": "val-held-0.png", "label": "fake", "family": "held", "split": "val"})
     manifest = root / "manifest.csv"
     with manifest.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["path", "label", "family", "split"])
