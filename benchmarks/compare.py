@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.registry import Benchmark, fail, register_benchmark
+from detector.argtypes import fraction
 
 __all__ = ["GateResult", "compare_results", "load_result"]
 
@@ -92,8 +93,8 @@ def compare_results(
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("baseline", type=Path)
     p.add_argument("new", type=Path)
-    p.add_argument("--accuracy-tol", type=float, default=0.02)
-    p.add_argument("--speed-tol", type=float, default=0.25)
+    p.add_argument("--accuracy-tol", type=fraction, default=0.02, help="allowed drop, 0..1")
+    p.add_argument("--speed-tol", type=fraction, default=0.25, help="allowed slowdown, 0..1")
 
 
 def _run(args: argparse.Namespace) -> int:

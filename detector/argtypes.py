@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["floats", "port", "positive_float", "positive_int", "positive_ints"]
+__all__ = ["floats", "fraction", "port", "positive_float", "positive_int", "positive_ints"]
 
 
 def _number(text: str, cast: type, what: str) -> Any:
@@ -27,6 +27,14 @@ def positive_float(text: str) -> float:
     value = _number(text, float, "a number")
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number: {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A share from 0 to 1 (a tolerance: 0 allows no change)."""
+    value = _number(text, float, "a number")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be within 0..1: {text}")
     return value
 
 

@@ -175,6 +175,7 @@ def test_verbose_lists_every_method(files):
             "synthdetect: unknown method 'nosuch' (known: ",
         ),
         (["train", "device=tpu"], "device must be auto, cpu or cuda, got 'tpu'"),
+        (["bench", "compare", "a", "b", "--accuracy-tol", "-1"], "must be within 0..1: -1"),
         (
             ["evaluate", "--model", "m", "--data", "d.csv", "--held-out", "gan"],
             "--held-out not used by a plain evaluation",

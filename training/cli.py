@@ -511,7 +511,10 @@ def _generalisation(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.model, device=args.device)
     held: list[str] | dict[str, list[str]] | None = None
     if args.held_out:
-        held = [f.strip() for f in args.held_out.split(",")]
+        held = [f.strip() for f in args.held_out.split(",") if f.strip()]
+        unknown = sorted(set(held) - {s.family for s in samples if s.label == 1})
+        if unknown or not held:
+            raise ValueError(f"--held-out names no generated family of {args.data}: {unknown}")
     if args.holdouts:  # name the run's excluded families by the groups they belong to
         excluded = held or excluded_families(bundle)
         groups = read_holdouts(args.holdouts, samples)

@@ -346,3 +346,18 @@ def test_the_shipped_holdout_groups_cover_every_family_of_the_sources_list():
     real_groups = {r["source_group"] for r in rows if r["label"] == "real"}
     twins = {x for g in groups.values() for x in g.get("exclude_sources", [])}
     assert twins and twins <= real_groups
+
+
+@pytest.mark.integration
+def test_cli_generalisation_refuses_a_held_out_family_not_in_the_data(exported_model, tiny_corpus):
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "detector.cli", "evaluate", "--generalisation",
+         "--model", str(exported_model), "--data", str(tiny_corpus / "manifest.csv"),
+         "--held-out", "gan,nosuch"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "--held-out names no generated family of" in out.stderr and "['nosuch']" in out.stderr
