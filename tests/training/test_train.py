@@ -237,6 +237,8 @@ def test_run_folder_and_resume(tiny_corpus, tmp_path):
         ("exclude_families=[gan]", "exclude_families=[], not ['gan']"),
         ("exclude_sources=[elsewhere]", "exclude_sources=[], not ['elsewhere']"),
         ("seed=3", "seed=0, not 3"),
+        ("max_tiles=4", "max_tiles=9, not 4"),
+        ("head=hypersphere", "head='linear', not 'hypersphere'"),
     ):
         with pytest.raises(ValueError) as err:
             train(_config(tiny_corpus, out, "epochs=2", change))
