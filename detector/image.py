@@ -318,7 +318,8 @@ def _without_big_text(data: bytes) -> tuple[bytes, list[str]]:
     if not drop:
         drop = [i for i, (kind, _, _) in enumerate(chunks) if kind in text]
     keys = [repr(chunks[i][1].partition(b"\0")[0].decode("latin-1", "replace")[:79]) for i in drop]
-    body = b"".join(raw for i, (_, _, raw) in enumerate(chunks) if i not in set(drop))
+    dropped = set(drop)
+    body = b"".join(raw for i, (_, _, raw) in enumerate(chunks) if i not in dropped)
     return _PNG_MAGIC + body + data[pos:], keys
 
 

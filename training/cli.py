@@ -8,18 +8,16 @@ from pathlib import Path
 from typing import Any
 
 from detector.argtypes import floats, positive_int
-from detector.registry import RegistryError
 
 __all__ = ["register"]
 
 # What a user's input can raise (a bad manifest or config, a missing file; DatasetError is a
 # ValueError): a message and exit status 2, never a traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, RegistryError)  # RegistryError: unknown name
+USER_ERRORS = (ValueError, FileNotFoundError)
 
 
 def _refused(exc: BaseException) -> int:
-    message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # no repr quotes
-    print(f"synthdetect: {message}", file=sys.stderr)
+    print(f"synthdetect: {exc}", file=sys.stderr)
     return 2
 
 

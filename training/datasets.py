@@ -112,15 +112,15 @@ def read_manifest(path: Path) -> list[Sample]:
                 else f"{path}: manifest lacks columns {sorted(missing)}; expected {_LAYOUTS}"
             )
     samples = []
-    seen: dict[str, int] = {}
+    seen: dict[Path, int] = {}
     for n, row in enumerate(rows, first):
-        where = seen.setdefault(str(row["path"]), n)
+        file = path.parent / str(row["path"])
+        where = seen.setdefault(file, n)
         if where != n:  # counted twice, it would weigh twice in every metric
             raise DatasetError(f"{path} row {n}: {row['path']} is listed already (row {where})")
         label = _LABELS.get(str(row["label"]).strip().lower())
         if label is None:
             raise DatasetError(f"{path} row {n}: label {row['label']!r} is not real/fake/0/1")
-        file = path.parent / str(row["path"])
         samples.append(
             Sample(
                 file,

@@ -50,7 +50,7 @@ from training.datasets import Sample, load_samples, read_pixels
 from training.degrade import AugmentPolicy, apply_chain, parse_chain
 from training.export import TOLERANCE, new_sidecar, parity_tiles, write_onnx
 from training.metrics import average_precision, compute_metrics
-from training.train import check_data, need_both_classes, sample_weights, split_samples
+from training.train import sample_weights, training_splits
 
 __all__ = [
     "AUGMENTED",
@@ -414,9 +414,7 @@ def train_probe(
         raise ProbeError(f"C values must be positive, got {list(cs)}")
     try:
         samples = load_samples(data)
-        check_data(samples, config.exclude_families, config.exclude_sources)
-        train, val, _ = split_samples(samples, config.exclude_families, config.exclude_sources)
-        need_both_classes(train, "training")
+        train, val, _ = training_splits(samples, config.exclude_families, config.exclude_sources)
     except (OSError, ValueError) as exc:
         message = str(exc)
         raise ProbeError(message if str(data) in message else f"{data}: {message}") from None

@@ -346,14 +346,7 @@ def leave_one_out(
     per: dict[str, dict[str, Metrics]] = {"as_is": {}, "equalised": {}}
     pooled: dict[str, tuple[list, list]] = {"as_is": ([], []), "equalised": ([], [])}
     split = f"held-out group: fakes from {','.join(fake_splits)}, reals from {real_split}"
-    if (
-        isinstance(previous, dict)
-        and Path(str(previous.get("data"))).resolve() != Path(data).resolve()
-    ):
-        raise ValueError(
-            f"the previous report was scored on {previous.get('data')}, this run on {data}"
-        )
-    kept = _previous_groups(previous, groups, only, split, eq) if previous else {}
+    kept = _previous_groups(previous, groups, only, data, split, eq) if previous else {}
     for kind, rows in kept.items():
         per[kind].update(rows)
     todo = [n for n in groups if (only is None or n in only) and n not in per["as_is"]]
@@ -390,18 +383,23 @@ def leave_one_out(
     return report
 
 
-def _previous_groups(previous: dict, groups, only, split, eq) -> dict[str, dict[str, Metrics]]:
+def _previous_groups(
+    previous: dict, groups, only, data, split, eq
+) -> dict[str, dict[str, Metrics]]:
     """The finished groups of an earlier report that this run keeps (those not in ``only``).
 
     A kept group must be defined as it is now and have been scored the same way (the same
-    fake and real splits, the same equalisation), or the table would mix two measurements.
+    manifest, the same fake and real splits, the same equalisation), or the table would mix two measurements.
     """
     try:
         runs = previous["leave_one_out"]
         prev_split = previous["split"]
         prev_eq = (previous.get("equalised") or {}).get("equalise")
+        prev_data = previous["data"]
     except (KeyError, TypeError):
         raise ValueError("the previous report is not a leave-one-out result") from None
+    if Path(str(prev_data)).resolve() != Path(data).resolve():  # rows from another corpus
+        raise ValueError(f"the previous report was scored on {prev_data}, this run on {data}")
     if prev_split != split:
         raise ValueError(f"the previous report scored {prev_split!r}, this run {split!r}")
     want_eq = chain_name(eq) if eq else None

@@ -50,6 +50,7 @@ __all__ = [
     "seed_everything",
     "split_samples",
     "train",
+    "training_splits",
     "validation_calibration",
 ]
 
@@ -199,6 +200,17 @@ def split_samples(
             f"{len(leaked)} validation images are training images too (e.g. {leaked[0].path}): "
             "validation would measure what was learned"
         )
+    return train, val, test
+
+
+def training_splits(
+    samples: list[Sample], exclude_families: Collection[str], exclude_sources: Collection[str]
+) -> tuple[list[Sample], list[Sample], list[Sample]]:
+    """``split_samples`` for a model about to be fitted (``train``, ``probe``): the data are
+    checked first (``check_data``) and the training split must hold both classes."""
+    check_data(samples, exclude_families, exclude_sources)
+    train, val, test = split_samples(samples, exclude_families, exclude_sources)
+    need_both_classes(train, "training")
     return train, val, test
 
 
@@ -370,11 +382,9 @@ class Trainer:
         self._setup_logging()
         seed_everything(config.seed)
         samples = load_samples(config.data)
-        check_data(samples, config.exclude_families, config.exclude_sources)
-        self.train_s, self.val_s, self.test_s = split_samples(
+        self.train_s, self.val_s, self.test_s = training_splits(
             samples, config.exclude_families, config.exclude_sources
         )
-        need_both_classes(self.train_s, "training")
         self.spec = ModelSpec(
             config.model,
             tuple(config.branches),
