@@ -63,6 +63,7 @@ class ShortcutReport:
     roc_auc: float
     per_pool: dict[str, float] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # "path: reason" of the unreadable images
 
     def render(self) -> str:
         lines = [
@@ -72,6 +73,11 @@ class ShortcutReport:
             "  (AP < 0.6 passes)",
         ]
         lines += [f"  pool {pool}: AP {ap:.3f}" for pool, ap in sorted(self.per_pool.items())]
+        if self.skipped:
+            lines.append(f"  skipped {len(self.skipped)} unreadable images, not in the fit:")
+            lines += [f"    {why}" for why in self.skipped[:5]]
+            if len(self.skipped) > 5:
+                lines.append(f"    ... and {len(self.skipped) - 5} more")
         verdict = "PASS" if self.ap < 0.6 else "FAIL: container features separate the classes"
         lines.append(f"  {verdict}")
         return "\n".join(lines)
@@ -79,13 +85,16 @@ class ShortcutReport:
 
 def shortcut_check(corpus: str | Path) -> ShortcutReport:
     samples = [s for s in load_samples(corpus) if s.split in ("train", "test")]
-    rows, kept = [], []
+    rows, kept, skipped = [], [], []
     for s in samples:
         try:
             rows.append(_features(s))
             kept.append(s)
-        except (ImageError, OSError):
-            continue
+        except (ImageError, OSError) as exc:
+            skipped.append(f"{s.path}: {getattr(exc, 'strerror', None) or exc}")
+    if not kept:
+        first = f" (first: {skipped[0]})" if skipped else ""
+        raise ValueError(f"{corpus}: no readable image in the train and test splits{first}")
     x = np.asarray(rows)
     y = np.asarray([s.label for s in kept], dtype=np.float64)
     train = np.asarray([s.split == "train" for s in kept])
@@ -108,4 +117,5 @@ def shortcut_check(corpus: str | Path) -> ShortcutReport:
         roc_auc=roc_auc(y[~train], z),
         per_pool=per_pool,
         weights=dict(zip((*FEATURES, "bias"), map(float, w), strict=True)),
+        skipped=skipped,
     )

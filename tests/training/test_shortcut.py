@@ -1,0 +1,71 @@
+"""The shortcut check on a manifest the test writes: a container shortcut is found, unreadable
+images are named in the report (not dropped silently), and nothing readable is a clear error."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from training.shortcut import estimate_jpeg_quality, shortcut_check
+
+pytestmark = pytest.mark.unit
+
+
+def _manifest(root: Path, rows: list[tuple[str, str, str]]) -> Path:
+    path = root / "manifest.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "split"])
+        w.writerows(rows)
+    return path
+
+
+def _corpus(root: Path, n: int = 12) -> list[tuple[str, str, str]]:
+    """Reals as JPEG q70, fakes as PNG: the container alone separates them."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        pixels = rng.integers(0, 256, (32, 32, 3), np.uint8)
+        split = "train" if i < n // 2 else "test"
+        Image.fromarray(pixels).save(root / f"r{i}.jpg", quality=70)
+        Image.fromarray(pixels).save(root / f"f{i}.png")
+        rows += [(f"r{i}.jpg", "real", split), (f"f{i}.png", "fake", split)]
+    return rows
+
+
+def test_container_shortcut_found(tmp_path):
+    report = shortcut_check(_manifest(tmp_path, _corpus(tmp_path)))
+    assert (report.n_train, report.n_test) == (12, 12)
+    assert report.ap > 0.95 and "FAIL" in report.render()
+    assert report.skipped == []
+
+
+def test_unreadable_images_are_reported(tmp_path):
+    rows = _corpus(tmp_path)
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    rows += [("broken.png", "fake", "train"), ("gone.png", "real", "test")]
+    report = shortcut_check(_manifest(tmp_path, rows))
+    assert (report.n_train, report.n_test) == (12, 12)
+    assert len(report.skipped) == 2
+    text = report.render()
+    assert "skipped 2 unreadable images" in text
+    assert "broken.png" in text and "gone.png" in text
+
+
+def test_nothing_readable_is_an_error(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"junk")
+    path = _manifest(tmp_path, [("a.png", "real", "train"), ("b.png", "fake", "test")])
+    with pytest.raises(ValueError, match="no readable image.*a.png"):
+        shortcut_check(path)
+
+
+def test_jpeg_quality_estimate():
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (90, 120, 30)).save(buf, "JPEG", quality=83)
+    image = Image.open(io.BytesIO(buf.getvalue()))
+    assert estimate_jpeg_quality(image.quantization[0]) == 83
