@@ -81,6 +81,7 @@ def _bundles(
             )
         out.append((found, bundle))  # --model: whatever precision the folder holds
     if checkpoint is not None:
+        onnx = {network(b.meta.get("model_spec")) for _, b in out}
         for precision in torch_precisions:
             for graphs in (False, True) if cuda_graphs and device == "cuda" else (False,):
                 bundle = load_bundle(
@@ -88,7 +89,23 @@ def _bundles(
                     max_tiles=max_tiles,
                 )  # fmt: skip
                 out.append((precision, bundle))
+        torch_net = network(out[-1][1].meta.get("model_spec"))
+        if onnx and onnx != {torch_net}:  # labelled per row (model), and said here
+            print(
+                f"note: --checkpoint is {torch_net}, the ONNX rows time {', '.join(sorted(onnx))}: "
+                "the torch and ONNX rows are two different networks, not two engines of one",
+                file=sys.stderr,
+            )
     return out
+
+
+def network(spec: dict | None) -> str:
+    """A model spec in a few words: the architecture (an ensemble's members) and its input size."""
+    if not spec:
+        return "unknown network"
+    if spec.get("name") == "ensemble":
+        return "ensemble of " + " + ".join(network(m) for m in spec.get("members", []))
+    return f"{spec.get('name')} {spec.get('input_size')} px"
 
 
 def latency_benchmark(
@@ -115,12 +132,13 @@ def latency_benchmark(
     chosen = _bundles(models, checkpoint, device, torch_precisions, cuda_graphs, max_tiles)
     for precision, bundle in chosen:
         size = bundle.preprocess.input_size
+        net = network(bundle.meta.get("model_spec"))
         for batch in batches:
             tiles = (
                 np.random.default_rng(batch).normal(size=(batch, 3, size, size)).astype(np.float32)
             )
             times = measure(lambda t=tiles, b=bundle: b.engine.run(t), seconds)
-            rows.append(_row(bundle.engine.name, precision, batch, times, batch))
+            rows.append(_row(bundle.engine.name, precision, batch, times, batch) | {"model": net})
 
         def one(b: ModelBundle = bundle, state: dict = {"i": 0}) -> None:  # noqa: B006 - a counter
             blob = images[state["i"] % len(images)]
@@ -130,7 +148,7 @@ def latency_benchmark(
         times = measure(one, seconds)
         e2e.append(
             _row(bundle.engine.name, precision, 1, times, 1)
-            | {"what": "decode+preprocess+model, 512x512 JPEG"}
+            | {"what": "decode+preprocess+model, 512x512 JPEG", "model": net}
         )
     result = {
         **environment(), "benchmark": "latency", "max_tiles": max_tiles,  # None: the model's own
@@ -153,6 +171,11 @@ def latency_table(result: dict) -> str:
     rows = [row(r, r["engine"], r["batch"]) for r in result["model_only"]]
     rows += [row(r, f"{r['engine']} (end to end)", "1 image") for r in result["end_to_end"]]
     header = ["engine", "precision", "batch", "p50 ms", "p99 ms", "items/s"]
+    every = [*result["model_only"], *result["end_to_end"]]
+    if len({r.get("model") for r in every}) > 1:  # two networks timed: say which row is which
+        header.insert(1, "model")
+        for r, cells in zip(every, rows, strict=True):
+            cells.insert(1, r.get("model") or "?")
     return "\n".join(_table(header, rows, 2))
 
 
