@@ -297,6 +297,9 @@ def build_sources_corpus(
                 f"{len(unusable)} listed files cannot be used:\n  {shown}\n"
                 "Pass --skip-unusable to build without them (each is recorded in corpus.json)."
             )
+        if not stats.rows:  # every listed file skipped: an empty corpus is no corpus
+            first = f" (first: {unusable[0][0].where}: {unusable[0][1]})" if unusable else ""
+            raise CorpusError(f"none of the {len(rows)} listed files could be used{first}")
         write_manifest(partial, stats.rows, MANIFEST_FIELDS + PROVENANCE_FIELDS)
         info = _info(rows, stats, unusable, split_of, unit_of, config, sources_file, partial)
         info["build_seconds"] = round(time.perf_counter() - start, 1)

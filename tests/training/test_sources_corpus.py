@@ -200,6 +200,17 @@ def test_an_undecodable_file_stops_the_build_or_is_skipped_on_request(gallery, t
     assert all(r["src_path"] != "outputs/broken.jpg" for r in _manifest(out))
 
 
+def test_skipping_every_listed_file_is_refused(gallery, tmp_path):
+    sources = read_sources(_sources(tmp_path / "s.csv", [gallery["broken"]]))
+    out = tmp_path / "corpus"
+    with pytest.raises(CorpusError, match=r"none of the 1 listed files could be used.*broken"):
+        build_sources_corpus(
+            sources, out, Store(gallery["mirror"]), SourcesConfig(skip_unusable=True),
+            log=lambda m: None,
+        )  # fmt: skip
+    assert not out.exists() and not (tmp_path / "corpus.partial").exists()
+
+
 def test_a_grid_that_does_not_fit_is_unusable(gallery, tmp_path):
     rows = [dict(r) for r in gallery["rows"]]
     rows[4]["notes"] = (
