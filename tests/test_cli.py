@@ -184,6 +184,10 @@ def test_verbose_lists_every_method(files):
             ["evaluate", "--model", "m", "--data", "d.csv", "--leave-one-out", "--generalisation"],
             "--generalisation not used by --leave-one-out",
         ),
+        (
+            ["corpus", "build", "--size", "tiny", "--wild-dir", "bad.yaml", "--out", "c"],
+            "--wild-dir bad.yaml is a file, not a folder",
+        ),
         ([], "usage"),
     ],
 )

@@ -333,8 +333,9 @@ def _build(args: argparse.Namespace) -> int:
     if args.fakes_per_real:
         config = replace(config, fakes_per_real=args.fakes_per_real)
     wild = None if args.no_wild else (args.wild_dir or WILD_DEFAULT)
-    if args.wild_dir and not args.wild_dir.exists():
-        print(f"synthdetect: --wild-dir {args.wild_dir} does not exist", file=sys.stderr)
+    if args.wild_dir and not args.wild_dir.is_dir():
+        what = "is a file, not a folder" if args.wild_dir.exists() else "does not exist"
+        print(f"synthdetect: --wild-dir {args.wild_dir} {what}", file=sys.stderr)
         return 2
     try:
         cache = cache_dir(args.cache_dir)

@@ -183,7 +183,8 @@ class Store:
         if mirror is None and cache is None:
             raise ValueError("a Store needs a mirror folder or a cache folder to clone into")
         if mirror is not None and not Path(mirror).is_dir():
-            raise PinnedError(f"mirror folder {mirror} does not exist")
+            what = "is a file, not a folder" if Path(mirror).exists() else "does not exist"
+            raise PinnedError(f"mirror folder {mirror} {what}")
         self.mirror = Path(mirror) if mirror is not None else None
         self.cache = Path(cache) if cache is not None else None
         self.url_base = url_base if url_base.endswith("/") else url_base + "/"

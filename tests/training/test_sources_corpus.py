@@ -239,6 +239,9 @@ def test_a_mirror_folder_without_the_repository_is_named(gallery, tmp_path):
         build_sources_corpus(rows, tmp_path / "c", Store(tmp_path / "empty"), log=lambda m: None)
     with pytest.raises(PinnedError, match="does not exist"):
         Store(tmp_path / "absent")
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(PinnedError, match="is a file, not a folder"):
+        Store(tmp_path / "a-file")
 
 
 @pytest.mark.parametrize(
