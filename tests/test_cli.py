@@ -188,6 +188,10 @@ def test_verbose_lists_every_method(files):
             ["corpus", "build", "--size", "tiny", "--wild-dir", "bad.yaml", "--out", "c"],
             "--wild-dir bad.yaml is a file, not a folder",
         ),
+        (
+            ["export", "sidecar-only/..", "--fp16", "--out", "x16"],
+            "is neither a run folder (no checkpoints/best.pt) nor an ONNX export",
+        ),
         ([], "usage"),
     ],
 )

@@ -143,6 +143,12 @@ def export_onnx(
         raise ExportError(f"precision must be fp32, fp16 or int8, got {precision!r}")
     checkpoint = Path(checkpoint)
     if checkpoint.is_dir():
+        if not (checkpoint / "checkpoints" / "best.pt").is_file():
+            raise ExportError(
+                f"{checkpoint} is neither a run folder (no checkpoints/best.pt) nor an ONNX "
+                f"export (no {SIDECAR}): give a run folder or a .pt checkpoint to export, or an "
+                "ONNX export folder to convert with --fp16/--int8"
+            )
         checkpoint = checkpoint / "checkpoints" / "best.pt"
     model, ckpt = load_checkpoint(checkpoint)
     prep = PreprocessConfig.from_dict(ckpt["preprocess"])
