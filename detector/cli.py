@@ -41,7 +41,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # reports what matters, so the command line keeps its output to results and errors.
     warnings.filterwarnings("ignore", module=r"PIL\.")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE overrides may come after an option too (`train --config c.yaml epochs=3
+    # lr=1e-3`): argparse takes the positional run before the option only
+    if extra and isinstance(getattr(args, "overrides", None), list):
+        kept = [a for a in extra if "=" in a and not a.startswith("-")]
+        args.overrides += kept
+        extra = [a for a in extra if a not in kept]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE

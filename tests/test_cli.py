@@ -192,6 +192,8 @@ def test_verbose_lists_every_method(files):
             ["export", "sidecar-only/..", "--fp16", "--out", "x16"],
             "is neither a run folder (no checkpoints/best.pt) nor an ONNX export",
         ),
+        (["train", "epochs=2", "--config", "bad.yaml", "lr=abc"], "config.lr must be a number"),
+        (["train", "--config", "bad.yaml", "--bogus", "lr=1"], "unrecognized arguments: --bogus"),
         ([], "usage"),
     ],
 )

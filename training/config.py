@@ -5,6 +5,8 @@ synthdetect train --config configs/default.yaml epochs=5 model=mobilenetv3_small
 
 from __future__ import annotations
 
+import contextlib
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -133,6 +135,11 @@ def _typed(value: Any, hint: Any, name: str) -> Any:
             raise ValueError(f"{name} must be a whole number, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot in the mantissa) as text
+            with contextlib.suppress(ValueError):
+                number = float(value)
+                if math.isfinite(number):
+                    return number
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{name} must be a number, got {value!r}")
         return float(value)

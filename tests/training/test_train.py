@@ -334,6 +334,11 @@ def test_config_values_are_checked_against_their_types():
     assert (c.amp, c.channels_last, c.lr, c.max_steps) == ("off", "on", 1.0, None)
     assert c.pretrained is None
     assert isinstance(c.lr, float)
+    # ... and 1e-3 (no dot) as text: a number setting takes it, not nan or inf
+    assert load_config(None, ["lr=1e-3", "augment.p_jpeg=5e-1"]).lr == 0.001
+    for bad in ("lr=nan", "lr=inf", "lr=1e-3x"):
+        with pytest.raises(ValueError, match=r"config\.lr must be a number"):
+            load_config(None, [bad])
 
 
 @pytest.mark.parametrize("keep, kept_epoch", [("best", 1), ("last", 2)])
