@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from training.degrade import encode_jpeg
 
 __all__ = ["SIGNALS", "build_metadata_set"]
 
+SPLITS = ("declared", "stripped")  # the same images with their signals, then re-encoded without
 SIGNALS = ("a1111", "comfyui", "c2pa", "iptc", "sdxl_watermark", "exif_software")
 
 
@@ -51,8 +53,9 @@ def build_metadata_set(corpus: Path, out: Path, per_signal: int = 12, min_side: 
     fakes = [s for s in samples if s.label == 1]
     reals = [s for s in samples if s.label == 0]
     chain = P.make_signing_chain("synthdetect benchmark signer")
-    rows = []
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out)
+    if out.exists() and not _replaceable(out):
+        raise ValueError(f"--out {out} holds other files than a metadata set; choose a new folder")
 
     def big(s) -> np.ndarray | None:
         px = decode_file(s.path).pixels
@@ -68,14 +71,38 @@ def build_metadata_set(corpus: Path, out: Path, per_signal: int = 12, min_side: 
             jobs.append(("fake", signal, fake_pixels[(k * per_signal + i) % len(fake_pixels)]))
     for i in range(per_signal * len(SIGNALS)):
         jobs.append(("real", "real", real_pixels[i % len(real_pixels)]))
+    # built beside ``out`` and moved in whole: a failed build leaves no folder, an earlier set
+    # stays as it was until the new one is complete
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        _write(jobs, chain, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return out / "manifest.csv"
+
+
+def _replaceable(out: Path) -> bool:
+    """An earlier metadata set (or an empty folder) that a new build may replace."""
+    if not out.is_dir():
+        return False
+    names = {p.name for p in out.iterdir()}
+    return not names or ("manifest.csv" in names and names <= {"manifest.csv", *SPLITS})
+
+
+def _write(jobs, chain, out: Path) -> None:
+    rows = []
     for n, (label, signal, pixels) in enumerate(jobs):
         if label == "fake":
             declared = _declared(signal, pixels, chain)
         else:
             declared = P.encode(pixels, "JPEG", quality=92, exif=P.camera_exif())
-        for split, data in (
-            ("declared", declared),
-            ("stripped", encode_jpeg(decode_file_bytes(declared), 90)),
+        for split, data in zip(
+            SPLITS, (declared, encode_jpeg(decode_file_bytes(declared), 90)), strict=True
         ):
             ext = "jpg" if data[:3] == b"\xff\xd8\xff" else "png"
             rel = f"{split}/{label}/{signal}-{n:04d}.{ext}"
@@ -87,7 +114,6 @@ def build_metadata_set(corpus: Path, out: Path, per_signal: int = 12, min_side: 
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    return out / "manifest.csv"
 
 
 def decode_file_bytes(data: bytes) -> np.ndarray:
