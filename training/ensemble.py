@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +173,7 @@ def make_ensemble(
     except ValueError as exc:
         raise EnsembleError(f"calibration data {data}: {exc}") from None
 
+    created = not out.exists()  # a failed merge removes the folder it made, not the user's
     out.mkdir(parents=True, exist_ok=True)
     path = out / "model.onnx"
     onnx.save(merged, str(path))
@@ -220,6 +222,8 @@ def make_ensemble(
     except BaseException:
         path.unlink(missing_ok=True)
         (out / SIDECAR).unlink(missing_ok=True)
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
         raise
     meta["calibration"] = calib.to_dict()
     meta["parity"] = {

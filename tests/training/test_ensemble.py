@@ -140,6 +140,23 @@ def test_models_that_cannot_be_merged_are_refused_before_anything_is_written(set
         make_ensemble([a, b], done, manifest)
 
 
+def test_a_merge_that_fails_while_calibrating_leaves_no_folder(setup, tmp_path):
+    manifest, a, b = setup
+    rows = manifest.read_text() + "val-broken.png,fake,seen,val\n"
+    bad = manifest.parent / "broken-manifest.csv"
+    bad.write_text(rows)
+    (manifest.parent / "val-broken.png").write_bytes(b"not an image")
+    with pytest.raises(Exception, match=r"val-broken\.png"):
+        make_ensemble([a, b], tmp_path / "new", bad)
+    assert not (tmp_path / "new").exists()  # made here: removed
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("kept")
+    with pytest.raises(Exception, match=r"val-broken\.png"):
+        make_ensemble([a, b], mine, bad)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]  # the user's folder: kept as it was
+
+
 def test_cli_reports_a_bad_model_folder_without_a_traceback(setup, tmp_path):
     manifest, a, _ = setup
     res = subprocess.run(
