@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Sampler
 from detector.buildinfo import git_commit
 from detector.calibration import Calibration
 from detector.checkpoint import FORMAT, read_checkpoint, write_checkpoint
+from detector.image import ImageError
 from detector.models import ModelSpec, build_model
 from detector.preprocess import PreprocessConfig
 from training.calibrate import fit_calibration
@@ -676,8 +677,15 @@ class Trainer:
         log.info("train %d / val %d / test %d images; %d steps of %d; model %s %s", len(self.train_s),
                  len(self.val_s), len(self.test_s), self.total_steps, c.batch_size, c.model, c.branches)  # fmt: skip
         while self.epoch < c.epochs and self.step < self.total_steps and self.stale < c.patience:
-            loss = self.run_epoch()
-            ap = self.validate()
+            try:
+                loss = self.run_epoch()
+                ap = self.validate()
+            except ImageError as exc:  # a file that was there when the run started is unreadable
+                kept = f" (it resumes after epoch {self.epoch}, kept)" if self.epoch else ""
+                raise ImageError(
+                    f"{worker_message(exc)}; replace the file or remove its manifest row, then "
+                    f"run the same command again{kept}"
+                ) from None
             self.epoch += 1
             improved = ap > self.best_ap
             self.best_ap, self.stale = (ap, 0) if improved else (self.best_ap, self.stale + 1)
@@ -746,6 +754,17 @@ def _plain(value):
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+def worker_message(exc: BaseException) -> str:
+    """An error's own message, also when a DataLoader worker raised it: torch re-raises it in
+    the main process with the worker's whole traceback as its text."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    name = type(exc).__name__
+    return last.split(f"{name}: ", 1)[1] if f"{name}: " in last else last
 
 
 def train(config: TrainConfig) -> Path:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from detector.image import ImageError
 from detector.models import HEADS
 from training.config import load_config
 from training.datasets import Sample
@@ -356,3 +357,46 @@ def test_the_checkpoint_kept_is_the_best_or_the_last_epoch(tiny_corpus, tmp_path
     assert same == (keep == "last")
     with pytest.raises(ValueError, match="keep must be best or last"):
         load_config(None, ["keep=first"])
+
+
+def _small_manifest(root: Path) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = ["path,label,split,source_id"]
+    for split, n in (("train", 6), ("val", 4)):
+        for label in ("real", "fake"):
+            for i in range(n):
+                name = f"{split}-{label}-{i}.png"
+                Image.fromarray(rng.integers(0, 256, (80, 80, 3), np.uint8)).save(root / name)
+                rows.append(f"{name},{label},{split},{split}-{label}-{i}")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return root / "manifest.csv"
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_image_that_turns_unreadable_stops_the_run_with_its_name(tmp_path, workers):
+    manifest = _small_manifest(tmp_path)
+    broken = sorted(tmp_path.glob("train-fake-*.png"))  # the sampler draws with replacement
+    config = load_config(
+        None, [f"data={manifest}", f"out={tmp_path / 'run'}", *FAST, f"workers={workers}",
+               "batch_size=4", "epochs=3"],
+    )  # fmt: skip
+    trainer = Trainer(config)
+    validate = trainer.validate
+
+    def then_break() -> float:  # the file is damaged after the first epoch has finished
+        ap = validate()
+        for path in broken:
+            path.write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+        return ap
+
+    trainer.validate = then_break
+    with pytest.raises(ImageError) as err:
+        trainer.fit()
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path}/train-fake-")
+    assert ".png: corrupt or truncated PNG file" in message
+    assert message.endswith("run the same command again (it resumes after epoch 1, kept)")
+    assert "Traceback" not in message
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
