@@ -17,7 +17,9 @@ USER_ERRORS = (ValueError, FileNotFoundError)
 
 
 def _refused(exc: BaseException) -> int:
-    print(f"synthdetect: {exc}", file=sys.stderr)
+    from training.datasets import worker_message  # a DataLoader worker's error: its own words
+
+    print(f"synthdetect: {worker_message(exc)}", file=sys.stderr)
     return 2
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "read_manifest",
     "read_pixels",
     "read_real_fake",
+    "worker_message",
 ]
 
 _LAYOUTS = (
@@ -64,6 +65,17 @@ def read_pixels(path: str | Path, limits: DecodeLimits | None = None) -> np.ndar
         return decode_file(path, limits or DecodeLimits()).pixels
     except ImageError as exc:
         raise ImageError(f"{path}: {exc}") from None
+
+
+def worker_message(exc: BaseException) -> str:
+    """An error's own message, also when a DataLoader worker raised it: torch re-raises it in
+    the main process with the worker's whole traceback as its text."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    name = type(exc).__name__
+    return last.split(f"{name}: ", 1)[1] if f"{name}: " in last else last
 
 
 def load_samples(path: str | Path) -> list[Sample]:

@@ -35,7 +35,7 @@ from detector.preprocess import PreprocessConfig
 from training.calibrate import fit_calibration
 from training.config import TrainConfig
 from training.data import TrainDataset
-from training.datasets import Sample, load_samples
+from training.datasets import Sample, load_samples, worker_message
 from training.debian import sha256_file
 from training.degrade import apply_chain, parse_chain
 from training.evaluate import evaluate_scores, predict_logits
@@ -754,17 +754,6 @@ def _plain(value):
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
-
-def worker_message(exc: BaseException) -> str:
-    """An error's own message, also when a DataLoader worker raised it: torch re-raises it in
-    the main process with the worker's whole traceback as its text."""
-    text = str(exc)
-    if "Original Traceback" not in text:
-        return text
-    last = [line for line in text.splitlines() if line.strip()][-1]
-    name = type(exc).__name__
-    return last.split(f"{name}: ", 1)[1] if f"{name}: " in last else last
 
 
 def train(config: TrainConfig) -> Path:

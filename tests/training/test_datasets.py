@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from detector.image import ImageError
-from training.datasets import DatasetError, load_samples, read_manifest, read_pixels
+from training.datasets import DatasetError, load_samples, read_manifest, read_pixels, worker_message
 
 pytestmark = pytest.mark.unit
 
@@ -141,3 +141,20 @@ def test_read_pixels_decodes_and_names_an_unreadable_file(tmp_path):
         read_pixels(bad)
     with pytest.raises(ImageError, match=r"missing\.png: no such file"):
         read_pixels(tmp_path / "missing.png")
+
+
+def test_worker_message_is_the_errors_own_words():
+    import torch.utils.data as tud
+
+    class Broken(tud.Dataset):
+        def __len__(self) -> int:
+            return 1
+
+        def __getitem__(self, i: int):
+            raise ImageError("x.png: corrupt or truncated image data")
+
+    with pytest.raises(ImageError) as err:
+        next(iter(tud.DataLoader(Broken(), num_workers=1)))
+    assert "Original Traceback" in str(err.value)  # what torch makes of it
+    assert worker_message(err.value) == "x.png: corrupt or truncated image data"
+    assert worker_message(ValueError("plain")) == "plain"
