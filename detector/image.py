@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import stat
 import zlib
 from dataclasses import dataclass, field, replace
@@ -166,8 +167,14 @@ def decode(data: bytes, limits: DecodeLimits | None = None) -> DecodedImage:
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
-        # Pillow's own hard limit (2x its warning level) fired inside Image.open, before ours.
-        raise ImageError(f"too many pixels: refused as a decompression bomb ({exc})") from None
+        # Pillow's own hard limit (2x its warning level) fired inside Image.open, before ours
+        # could: say it as ours does (the count from Pillow's message, the limit ours)
+        found = re.search(r"Image size \((\d+) pixels\)", str(exc))
+        if found is None:
+            raise ImageError(f"too many pixels: refused as a decompression bomb ({exc})") from None
+        raise ImageError(
+            f"too many pixels: {int(found.group(1))} > limit of {limits.max_pixels}"
+        ) from None
     except (OSError, EOFError, SyntaxError) as exc:
         # Pillow reports truncation and corrupt streams as OSError / SyntaxError.
         raise ImageError(f"corrupt or truncated image data ({_short(exc)})") from None

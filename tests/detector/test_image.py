@@ -71,6 +71,10 @@ def test_bomb_is_refused_before_decompression():
     assert len(data) < 50_000
     with pytest.raises(ImageError, match="too many pixels"):
         decode(data)
+    # past Pillow's own hard limit (2x its 89.5 MP warning level) Pillow refuses first: the
+    # message still gives this decoder's limit, not Pillow's
+    with pytest.raises(ImageError, match=r"too many pixels: 10000000000 > limit of 80000000$"):
+        decode(bomb_png(100_000))
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, None])
