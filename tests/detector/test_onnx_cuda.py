@@ -41,3 +41,19 @@ def test_bundled_onnx_on_cuda_matches_cpu():
         # cuDNN convolutions use TF32 on Ampere and later (ONNX Runtime's default): measured
         # on an H100, logits differ from the CPU's by up to 0.26% (0.0095 at |logit| 3.7)
         assert np.abs(a - b).max() <= 5e-3 * max(1.0, np.abs(b).max())
+
+
+def test_a_gpu_provider_that_does_not_start_is_an_error_not_a_silent_cpu_run(monkeypatch):
+    """onnxruntime-gpu lists its CUDA provider even where CUDA or cuDNN is missing; the session
+    then quietly runs on the CPU. Asked for a GPU, the engine refuses that. Here the CPU wheel
+    is told it has the provider (the one thing faked): ONNX Runtime itself falls back."""
+    import onnxruntime as ort
+
+    real = ort.get_available_providers()
+    if "CUDAExecutionProvider" in real:
+        pytest.skip("this ONNX Runtime has a CUDA provider: the fallback is not reproducible")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [*real, "CUDAExecutionProvider"])
+    monkeypatch.setattr(ort, "preload_dlls", lambda *a, **k: None, raising=False)
+    with pytest.raises(ValueError, match="GPU provider did not start"):
+        load_bundle(DEFAULT_MODEL, device="cuda")
+    assert load_bundle(DEFAULT_MODEL).engine.device == "cpu"  # the CPU is still there
