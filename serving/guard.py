@@ -41,7 +41,8 @@ class _Bucket:
 def credential(authorization: str | None, api_key: str | None) -> str:
     """The key a request presents: ``Bearer KEY`` in Authorization, else the API-key header."""
     auth = authorization or ""
-    return auth[7:] if auth.startswith("Bearer ") else (api_key or "")
+    scheme, _, key = auth.partition(" ")
+    return key.strip() if scheme.lower() == "bearer" else (api_key or "")  # RFC 9110: any case
 
 
 class Guard:
@@ -64,7 +65,9 @@ class Guard:
         caller = Caller("anonymous", "reviewer")
         if self.keys:
             # Compare with every key, without stopping early, so timing says nothing.
-            match = [hmac.compare_digest(given.encode(), k) for k, _, _ in self.keys]
+            # a header's bytes arrive as latin-1 text (surrogates from a raw \xff): compare them
+            raw = given.encode("utf-8", "surrogateescape")
+            match = [hmac.compare_digest(raw, k) for k, _, _ in self.keys]
             if not any(match):
                 raise AccessDenied("missing or invalid API key")
             _, label, role = self.keys[match.index(True)]

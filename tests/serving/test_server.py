@@ -380,6 +380,14 @@ def test_api_keys_and_rate_limit(make_server):
     codes = [request(live.url, "/v2", headers=ok)[0] for _ in range(5)]
     assert codes[:2] == [200, 200] and 429 in codes
     assert request(live.url, "/v2", headers={"X-API-Key": "other"})[0] == 200  # its own bucket
+    assert request(live.url, "/v2", headers={"Authorization": "bearer other"})[0] == 200  # any case
+    for bad in (b"X-API-Key: \xff\xfe", b"Authorization: Bearer \xc3"):  # not UTF-8: a bad key
+        reply = _raw(
+            live,
+            b"GET /v2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + bad + b"\r\n\r\n",
+            half_close=False,
+        )
+        assert reply.split(b" ")[1] == b"401", reply[:200]
 
 
 def test_overload_answers_503_fast_and_recovers(make_server):
