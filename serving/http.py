@@ -14,7 +14,7 @@ import asyncio
 import json
 from dataclasses import dataclass, field
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import BadHttpMessage, ContentLengthError
 from aiohttp.web_protocol import RequestPayloadError
 
@@ -123,6 +123,12 @@ async def read_multipart(
     try:
         reader = await request.multipart()
         while (part := await timed(reader.next())) is not None:
+            if not isinstance(
+                part, BodyPartReader
+            ):  # a multipart/mixed part (deprecated, RFC 7578)
+                raise HttpError(
+                    400, "nested multipart parts are not read; send each file as a part"
+                )
             is_file = part.filename is not None or part.name in _FILE_FIELDS
             if is_file and len(out.files) >= max_files:
                 raise HttpError(400, f"too many files in one request (more than {max_files})")

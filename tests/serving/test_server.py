@@ -301,6 +301,20 @@ BAD.update({
 
 # A compressed body: a 500 when it did not inflate, and inflated past --max-body-mb when it did.
 _MULTIPART = {"Content-Type": "multipart/form-data; boundary=XyZ"}
+# A part that is itself multipart/mixed (RFC 2388's way to send several files; RFC 7578 drops it)
+_NESTED = (
+    b'--XyZ\r\nContent-Disposition: form-data; name="files"\r\n'
+    b"Content-Type: multipart/mixed; boundary=in\r\n\r\n"
+    b'--in\r\nContent-Disposition: file; filename="a.jpg"\r\n\r\nabc\r\n--in--\r\n'
+    b"\r\n--XyZ--\r\n"
+)
+BAD["nested multipart"] = (
+    "/v1/score",
+    _NESTED,
+    _MULTIPART,
+    400,
+    "nested multipart parts are not read",
+)
 BAD.update({
     f"{what} on {where}": (path, body, {**headers, "Content-Encoding": coding}, 415,
                            f"Content-Encoding {coding} is not accepted")
