@@ -93,7 +93,7 @@ class ReviewRoutes:
     @staticmethod
     def _id(request: web.Request) -> int:
         raw = request.match_info["id"]
-        if not raw.isdigit() or len(raw) > 18:
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # "²" is a digit to isdigit
             raise HttpError(400, f"review id must be a positive integer, got {raw!r}")
         return int(raw)
 

@@ -257,6 +257,8 @@ def test_bad_input_to_review_endpoints_is_4xx_and_the_server_keeps_serving(
     cases = [
         (_get(live, "/v1/reviews/999"), 404, "no review with id 999"),
         (_get(live, "/v1/reviews/abc"), 400, "positive integer"),
+        (_get(live, "/v1/reviews/%C2%B2"), 400, "positive integer"),  # superscript 2: isdigit()
+        (_get(live, "/v1/reviews/%D9%A3/image"), 400, "positive integer"),  # Arabic-Indic 3
         (_get(live, "/v1/reviews?status=closed"), 400, "status must be one of"),
         (_get(live, "/v1/reviews?limit=0"), 400, "limit must be within"),
         (_get(live, "/v1/reviews?limit=x"), 400, "integers"),
