@@ -11,13 +11,15 @@ contents or as raw bytes.
 Errors get the status Triton gives them: INVALID_ARGUMENT for a malformed request or an image
 that cannot be decoded, NOT_FOUND for an unknown model or version, UNAUTHENTICATED for a missing
 or wrong key, RESOURCE_EXHAUSTED for a spent rate limit or a message over the size limit,
-UNAVAILABLE when overloaded or shutting down, DEADLINE_EXCEEDED past the work timeout. The
+UNAVAILABLE when overloaded or shutting down, DEADLINE_EXCEEDED past the work timeout, INTERNAL
+for a failure of the server itself (logged, counted under its code). The
 shared-memory, repository and trace services answer UNIMPLEMENTED. A message is at most the HTTP
 body limit, and never more than 2 GiB - 1 byte (gRPC's sizes are 32-bit).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +49,8 @@ if TYPE_CHECKING:
     from serving.service import Service
 
 __all__ = ["GrpcBindError", "GrpcServer"]
+
+log = logging.getLogger("synthdetect.grpc")
 
 _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
              "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
@@ -82,6 +86,11 @@ def parse_infer_request(msg: service_pb2.ModelInferRequest) -> InferRequest:
             if spec.HasField("contents"):  # Triton refuses the two together as well
                 raise ProtocolError(f"input {spec.name!r} has both contents and raw_input_contents")
             tensor = binary_tensor(spec.name, spec.datatype, shape, raw[i])
+        elif spec.datatype not in _CONTENTS:  # FP16, BF16: the proto has no typed field
+            raise ProtocolError(
+                f"input {spec.name!r}: {spec.datatype} has no typed contents field; send it as "
+                "raw_input_contents"
+            )
         else:
             values = list(getattr(spec.contents, _CONTENTS[spec.datatype]))
             if spec.datatype == "BYTES":
@@ -106,6 +115,18 @@ def parse_infer_request(msg: service_pb2.ModelInferRequest) -> InferRequest:
         binary_all=True,  # gRPC answers carry raw_output_contents, as Triton's do
         parameters=params,
     )
+
+
+def _unimplemented(name: str):
+    async def method(self, request, context):  # the generated stub logs a traceback each call
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"{name} is not served here (health, metadata, configuration, statistics and "
+            "inference are)",
+        )
+
+    method.__name__ = name
+    return method
 
 
 class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
@@ -145,6 +166,11 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             code, message = grpc.StatusCode.DEADLINE_EXCEEDED, exc.reason
         except Unavailable as exc:
             code, message = grpc.StatusCode.UNAVAILABLE, exc.reason
+        except grpc.aio.AbortError:
+            raise
+        except Exception:  # a bug: INTERNAL (as the HTTP side's 500), counted as one, logged once
+            log.exception("gRPC %s failed", method)
+            code, message = grpc.StatusCode.INTERNAL, "internal server error"
         finally:
             endpoint = f"grpc:{method}"
             self.s.metrics.requests.labels(endpoint, code.name).inc()
@@ -231,6 +257,14 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             return reply
 
         return await self._call("ModelInfer", context, work)
+
+
+# Triton's shared-memory, repository, trace, log and streaming services: a clean UNIMPLEMENTED
+for name in ("CudaSharedMemoryRegister", "CudaSharedMemoryStatus", "CudaSharedMemoryUnregister",
+             "LogSettings", "ModelStreamInfer", "RepositoryIndex", "RepositoryModelLoad",
+             "RepositoryModelUnload", "SystemSharedMemoryRegister", "SystemSharedMemoryStatus",
+             "SystemSharedMemoryUnregister", "TraceSetting"):  # fmt: skip
+    setattr(_Servicer, name, _unimplemented(name))
 
 
 def _const(reply):

@@ -216,6 +216,18 @@ def test_typed_contents_and_malformed_raw_contents(server):
         with pytest.raises(grpc.RpcError) as err:
             stub.ModelInfer(huge)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        half = service_pb2.ModelInferRequest(model_name="synthdetect_tiles")  # FP16: no typed field
+        half.inputs.add(name="images", datatype="FP16", shape=[1, 3, 64, 64])
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(half)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "FP16 has no typed contents field" in err.value.details()
+        for call, message in ((stub.RepositoryIndex, service_pb2.RepositoryIndexRequest()),
+                              (stub.TraceSetting, service_pb2.TraceSettingRequest())):  # fmt: skip
+            with pytest.raises(grpc.RpcError) as err:
+                call(message)
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert "is not served here" in err.value.details()
 
 
 def test_keys_rate_limits_and_message_size(make_server):
@@ -311,3 +323,19 @@ def test_the_readmes_perf_analyzer_command_runs(server):
         "synthdetect_tiles", as_json=True
     )["model_stats"][0]
     assert int(stats["inference_count"]) > 0
+
+
+def test_an_unexpected_failure_is_internal_and_counted_so(server, monkeypatch):
+    import serving.grpc_server as g
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(g, "resolve_model", broken)  # the one thing made to fail
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    status, message = _status(lambda: client.is_model_ready("synthdetect"))
+    assert status == "StatusCode.INTERNAL" and "internal server error" in message
+    _, _, metrics = request(server.url, "/metrics")
+    assert 'requests_total{code="INTERNAL",endpoint="grpc:ModelReady"} 1.0' in metrics.decode()
+    monkeypatch.undo()
+    assert client.is_model_ready("synthdetect")  # the server goes on
