@@ -280,9 +280,12 @@ class Service:
                 asyncio.wait_for(asyncio.shield(future), self.config.work_timeout_s)
             )
         except TimeoutError:
-            raise WorkTimeout(
-                f"scoring did not finish within {self.config.work_timeout_s:g} s; retry later", 5
-            ) from None
+            raise self._timed_out() from None
+
+    def _timed_out(self) -> WorkTimeout:
+        return WorkTimeout(
+            f"scoring did not finish within {self.config.work_timeout_s:g} s; retry later", 5
+        )
 
     async def score(
         self, blobs: list[bytes], detector: Detector | None = None
@@ -291,10 +294,16 @@ class Service:
 
     async def score_tiles(self, tiles: np.ndarray) -> np.ndarray:
         """Tiles go from the event loop straight into the batcher (``submit`` never blocks)
-        and the batch's future is awaited: no worker-thread hop for tensor requests."""
+        and the batch's future is awaited: no worker-thread hop for tensor requests. Past the
+        work timeout the caller gets ``WorkTimeout``; the batch settles the abandoned future
+        (cancelled) without effect."""
 
         async def submitted() -> np.ndarray:  # submits once ``active`` counts this request
-            return await self.batcher.submit_async(tiles)
+            future = self.batcher.submit_async(tiles)
+            try:
+                return await asyncio.wait_for(future, self.config.work_timeout_s)
+            except TimeoutError:
+                raise self._timed_out() from None
 
         return await self._scoring(submitted())
 

@@ -719,15 +719,19 @@ def test_work_past_the_timeout_answers_503_and_the_server_goes_on(make_server):
         return np.zeros((len(tiles), 1), np.float32)
 
     live = make_server(work_timeout_s=0.3)
+    tiles = {"name": "images", "shape": [1, 3, 64, 64], "datatype": "FP32", "data": [0.0] * 12288}
     with _engine(live, slow):
         status, headers, body = request(live.url, "/v1/score", jpeg(33, 128))
+        # the tensor model too (it skips the worker threads, not the timeout)
+        t_status, _, t_body = request(live.url, *_infer_json("synthdetect_tiles", [tiles])[:2])
     assert status == 503 and "did not finish within 0.3 s" in json.loads(body)["error"]
     assert headers["Retry-After"] == "5"
+    assert t_status == 503 and "did not finish within 0.3 s" in json.loads(t_body)["error"]
     time.sleep(1.5)  # the abandoned work finishes on its thread
     status, _, body = request(live.url, "/v1/score", jpeg(33, 128))
     assert status == 200 and json.loads(body)["verdict"]["degraded"] is False
     _, _, metrics = request(live.url, "/metrics")
-    assert 'synthdetect_errors_total{reason="work_timeout"} 1.0' in metrics.decode()
+    assert 'synthdetect_errors_total{reason="work_timeout"} 2.0' in metrics.decode()
     assert 'reason="overloaded"' not in metrics.decode()  # counted once, under its reason
 
 
