@@ -59,6 +59,11 @@ async def infer(
     go back as binary."""
     started = time.perf_counter()
     uncertain: list[tuple[bytes, Verdict]] = []
+    served = {o.name for o in service.models[name].outputs}
+    unknown = set(req.outputs or ()) - served
+    if unknown:  # before any work, and a failed request in the statistics, as Triton counts it
+        service.record(name, False, started, 0)
+        raise InferError("invalid", f"unknown outputs {sorted(unknown)} for model {name!r}")
     try:
         if name == TENSOR_MODEL:
             outputs, items = await _infer_tensor(service, req)
@@ -69,11 +74,8 @@ async def infer(
         raise
     service.record(name, True, started, items)
     wanted = req.outputs or [o.name for o in outputs]
-    unknown = set(wanted) - {o.name for o in outputs}
-    if unknown:
-        raise InferError("invalid", f"unknown outputs {sorted(unknown)} for model {name!r}")
-    # Only now, the whole request answered: a refused one (a bad image later in the batch, an
-    # unknown output) leaves the review queue as it was, however often the client retries.
+    # Only now, the whole request answered: a refused one (a bad image later in the batch)
+    # leaves the review queue as it was, however often the client retries.
     if service.reviews is not None:
         for blob, verdict in uncertain:
             await service.run(service.queue_review, blob, verdict, "uncertain", actor, None)

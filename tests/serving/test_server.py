@@ -782,3 +782,27 @@ def test_a_client_that_disconnects_mid_upload_is_a_400_not_a_500(make_server):
     assert 'synthdetect_requests_total{code="400",endpoint="/v1/score"} 3.0' in text
     assert 'code="500"' not in text
     assert request(live.url, "/v1/score", jpeg(9))[0] == 200
+
+
+def test_an_unknown_output_is_refused_before_the_model_runs(make_server):
+    live = make_server()
+    calls = []
+
+    def counted(tiles):
+        calls.append(len(tiles))
+        return np.zeros((len(tiles), 1), np.float32)
+
+    def stats() -> dict:
+        (entry,) = json.loads(request(live.url, "/v2/models/synthdetect/stats")[2])["model_stats"]
+        return entry
+
+    path, body, headers = _infer_json(
+        "synthdetect", [_bytes_input([tiny_png().decode("latin-1")])], outputs=[{"name": "nope"}]
+    )
+    with _engine(live, counted):
+        status, _, out = request(live.url, path, body, headers)
+    assert status == 400 and "unknown outputs ['nope']" in json.loads(out)["error"]
+    assert calls == []  # nothing scored
+    entry = stats()
+    assert entry["inference_stats"]["fail"]["count"] == 1  # counted as Triton counts it
+    assert entry["inference_stats"]["success"]["count"] == 0 and entry["inference_count"] == 0
