@@ -136,7 +136,8 @@ def make_app(service: Service, config: HttpConfig | None = None) -> web.Applicat
             response, status = json_response(413, {"error": reason}), 413
         except web.HTTPException as exc:  # aiohttp's own 404/405 etc., as JSON
             reason = exc.reason
-            response, status = json_response(exc.status, {"error": exc.reason}), exc.status
+            kept = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}  # 405 MUST
+            response, status = json_response(exc.status, {"error": reason}, kept), exc.status
         except Exception:
             log.exception("unhandled error on %s", request.path)
             reason = "internal server error"

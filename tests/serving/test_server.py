@@ -806,3 +806,9 @@ def test_an_unknown_output_is_refused_before_the_model_runs(make_server):
     entry = stats()
     assert entry["inference_stats"]["fail"]["count"] == 1  # counted as Triton counts it
     assert entry["inference_stats"]["success"]["count"] == 0 and entry["inference_count"] == 0
+
+
+def test_a_method_not_allowed_names_the_allowed_ones(server):
+    status, headers, body = request(server.url, "/v1/score", b"x", method="PUT")
+    assert status == 405 and json.loads(body)["error"] == "Method Not Allowed"
+    assert headers["Allow"] == "POST"  # RFC 9110 15.5.6: a 405 MUST carry Allow
