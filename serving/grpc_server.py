@@ -19,6 +19,7 @@ body limit, and never more than 2 GiB - 1 byte (gRPC's sizes are 32-bit).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -31,7 +32,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from detector import __version__
 from serving.guard import AccessDenied, Guard, credential
 from serving.kserve import InferError, infer, model_stats, resolve_model
-from serving.kserve_http import EXTENSIONS
+from serving.kserve_http import EXTENSIONS, PARSE_INLINE_BYTES
 from serving.protocol import (
     DTYPES,
     InferRequest,
@@ -242,7 +243,13 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request, context):
         async def work(caller):
             name = resolve_model(self.s, request.model_name, request.model_version)
-            req = parse_infer_request(request)
+            if not request.raw_input_contents and request.ByteSize() > PARSE_INLINE_BYTES:
+                # typed contents become Python lists, then arrays: off the event loop when large
+                req = await asyncio.get_running_loop().run_in_executor(
+                    self.s.pool, parse_infer_request, request
+                )
+            else:
+                req = parse_infer_request(request)
             outputs, _ = await infer(self.s, name, req, caller.key if caller else "anonymous")
             reply = service_pb2.ModelInferResponse(
                 model_name=name, model_version="1", id=request.id

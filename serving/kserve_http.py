@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["EXTENSIONS", "KServeRoutes", "http_status"]
 
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
-_PARSE_INLINE_BYTES = 256 * 1024  # larger bodies are parsed on a worker thread
+PARSE_INLINE_BYTES = 256 * 1024  # larger bodies are parsed on a worker thread (HTTP, gRPC)
 _STATUS = {"invalid": 400, "not_found": 404, "unprocessable": 422}
 
 
@@ -98,7 +98,7 @@ class KServeRoutes:
             raise HttpError(400, f"{HEADER} must be an integer") from None
         body = await read_body(request, self.body_timeout_s)
         try:
-            if len(body) > _PARSE_INLINE_BYTES:  # a big JSON tensor must not block the loop
+            if len(body) > PARSE_INLINE_BYTES:  # a big JSON tensor must not block the loop
                 req = await asyncio.get_running_loop().run_in_executor(
                     self.s.pool, parse_request, body, header_len
                 )

@@ -339,3 +339,31 @@ def test_an_unexpected_failure_is_internal_and_counted_so(server, monkeypatch):
     assert 'requests_total{code="INTERNAL",endpoint="grpc:ModelReady"} 1.0' in metrics.decode()
     monkeypatch.undo()
     assert client.is_model_ready("synthdetect")  # the server goes on
+
+
+def test_large_typed_contents_are_parsed_off_the_event_loop(server, monkeypatch):
+    import asyncio
+
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    import serving.grpc_server as g
+
+    where, real = [], g.parse_infer_request
+
+    def spy(request):
+        try:
+            asyncio.get_running_loop()
+            where.append("event loop")
+        except RuntimeError:
+            where.append("worker thread")
+        return real(request)
+
+    monkeypatch.setattr(g, "parse_infer_request", spy)
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for n in (1, 8):  # 48 KiB inline; 384 KiB (over 256) on a worker thread
+            req = service_pb2.ModelInferRequest(model_name="synthdetect_tiles")
+            t = req.inputs.add(name="images", datatype="FP32", shape=[n, 3, 64, 64])
+            t.contents.fp32_contents.extend([0.0] * (n * 3 * 64 * 64))
+            assert len(np.frombuffer(stub.ModelInfer(req).raw_output_contents[0], np.float32)) == n
+    assert where == ["event loop", "worker thread"]
