@@ -4,7 +4,8 @@ Result files carry a ``gate`` section: ``{"accuracy": {name: value}, "speed_rati
 value}}``, every value higher-is-better. Accuracy may drop by at most ``accuracy_tol``
 (absolute); a speed ratio by at most ``speed_tol`` (relative). Only ratios measured within one
 run are gated for speed (e.g. server / in-process), never absolute times from two machines.
-A metric in the baseline that the new result lacks is a failure too.
+A metric in the baseline that the new result lacks is a failure too. A baseline that gates
+nothing, or two results of different benchmarks, splits or fused method sets, are refused.
 """
 
 from __future__ import annotations
@@ -59,9 +60,26 @@ def load_result(path: Path) -> dict:
 GATED = ("accuracy", "speed_ratio")
 
 
+# What the two results must share to be compared (where both record it): the kind of
+# benchmark, the split scored, and which methods the fused verdict fused.
+SAME = ("benchmark", "split", "fused_methods")
+
+
 def compare_results(
     baseline: dict, new: dict, accuracy_tol: float = 0.02, speed_tol: float = 0.25
 ) -> GateResult:
+    if not any(baseline["gate"].get(kind) for kind in GATED):
+        raise ValueError(
+            "the baseline gates nothing (its gate has no accuracy or speed metric): every "
+            "result would pass it"
+        )
+    for key in SAME:
+        old, now = baseline.get(key), new.get(key)
+        if old is not None and now is not None and old != now:
+            raise ValueError(
+                f"the baseline's {key} is {old!r}, the new result's {now!r}: they do not "
+                "measure the same thing"
+            )
     failures, checked = [], []
     for kind, tol, relative in (
         ("accuracy", accuracy_tol, False),

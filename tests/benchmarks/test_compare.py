@@ -30,6 +30,20 @@ def test_identical_and_slightly_noisy_results_pass():
     assert compare_results(BASE, noisy).ok
 
 
+def test_results_that_measure_different_things_are_refused():
+    with pytest.raises(ValueError, match="the baseline gates nothing"):
+        compare_results({"gate": {"accuracy": {}}}, BASE)
+    declared = {**BASE, "benchmark": "accuracy", "split": "declared"}
+    stripped = {**declared, "split": "stripped"}
+    with pytest.raises(ValueError, match="the baseline's split is 'declared', the new result's"):
+        compare_results(declared, stripped)
+    fused_a = {**declared, "fused_methods": ["model"]}
+    fused_b = {**declared, "fused_methods": ["model", "artifact"]}
+    with pytest.raises(ValueError, match="fused_methods"):
+        compare_results(fused_a, fused_b)
+    assert compare_results(declared, BASE).ok  # a result that does not say is compared
+
+
 @pytest.mark.parametrize(
     "kind,name,value",
     [("accuracy", "model@none.ap", 0.90), ("speed_ratio", "server_vs_inprocess_tiles_c16", 0.5)],
