@@ -38,6 +38,15 @@ def save_figure(fig, path: Path) -> str:
     return path.name
 
 
+def _device(data: dict) -> str:
+    """Where a result was measured, as its file records it."""
+    device = data.get("device") if isinstance(data.get("device"), dict) else {}
+    if not device.get("cpu"):
+        return "machine not recorded"
+    gpu = f" with {device['gpu']}" if device.get("gpu") else ""
+    return f"{device['cpu']} ({device.get('cores', '?')} cores){gpu}"
+
+
 def write_report(results_dir: Path, out: Path) -> Path:
     from benchmarks.registry import all_benchmarks
 
@@ -58,28 +67,34 @@ def write_report(results_dir: Path, out: Path) -> Path:
         if kind and (kind in every_file or kind not in files):
             files.setdefault(kind, []).append((path.stem, data))
             sources.append(
-                f"- `{path.name}`: {kind}, commit {data.get('commit')}, {data.get('time')}"
+                f"- `{path.name}`: {kind}, {_device(data)}, commit {data.get('commit')}, "
+                f"{data.get('time')}"
             )
     if not files:
         raise ValueError(f"no benchmark results in {results_dir}")
     out.mkdir(parents=True, exist_ok=True)
-    env = next(iter(files.values()))[0][1]
-    gpu = f" with {env['device']['gpu']}" if env["device"].get("gpu") else ""
-    sections = [
-        "# Benchmark report",
-        "",
-        f"Measured on {env['device']['cpu']} ({env['device']['cores']} cores){gpu}, from:",
-        "",
-        *sources,
-        "",
-    ]
+    devices = sorted({_device(data) for kind_files in files.values() for _, data in kind_files})
+    where = (
+        f"Measured on {devices[0]}, from:"
+        if len(devices) == 1
+        else f"Measured on {len(devices)} machines ({'; '.join(devices)}): each file's below."
+    )
+    sections = ["# Benchmark report", "", where, "", *sources, ""]
     plots: list[str] = []
     for b in benchmarks:
-        if b.kind in files and b.section is not None:
-            sections += b.section(files[b.kind])
-    for b in benchmarks:
-        if b.kind in files and b.plots is not None:
-            plots += b.plots(files[b.kind], out)
+        for what, render in (("section", b.section), ("plots", b.plots)):
+            if b.kind not in files or render is None:
+                continue
+            try:
+                if what == "section":
+                    sections += render(files[b.kind])
+                else:
+                    plots += render(files[b.kind], out)
+            except (KeyError, TypeError, ValueError, IndexError) as exc:  # a file of the kind
+                names = ", ".join(f"{stem}.json" for stem, _ in files[b.kind])  # lacking a field
+                raise ValueError(
+                    f"{names}: not a complete {b.kind} result ({type(exc).__name__}: {exc})"
+                ) from None
     sections += [f"![{p}]({p})" for p in plots]
     path = out / "REPORT.md"
     path.write_text("\n".join(sections) + "\n")

@@ -68,6 +68,20 @@ def test_gpu_report_has_training_throughput_and_names_the_gpu(tmp_path):
 
 
 @pytest.mark.unit
+def test_each_file_names_its_machine_and_an_incomplete_file_is_named(tmp_path):
+    shutil.copy(RESULTS / "latency-cpu.json", tmp_path)
+    other = json.loads((RESULTS / "serving-cpu.json").read_text())
+    other["device"] = {"cpu": "Some Other CPU", "cores": 64}
+    (tmp_path / "serving-other.json").write_text(json.dumps(other))
+    text = write_report(tmp_path, tmp_path / "out").read_text()
+    assert "Measured on 2 machines" in text
+    assert "- `serving-other.json`: serving, Some Other CPU (64 cores), commit" in text
+    (tmp_path / "accuracy-bare.json").write_text(json.dumps({"benchmark": "accuracy", "data": "x"}))
+    with pytest.raises(ValueError, match=r"accuracy-bare\.json: not a complete accuracy result"):
+        write_report(tmp_path, tmp_path / "out")
+
+
+@pytest.mark.unit
 def test_report_without_results_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="no benchmark results"):
         write_report(tmp_path, tmp_path / "out")
