@@ -65,18 +65,21 @@ def build_metadata_set(corpus: Path, out: Path, per_signal: int = 12, min_side: 
     real_pixels = [p for p in (big(s) for s in reals) if p is not None]
     if len(fake_pixels) < per_signal or len(real_pixels) < per_signal:
         raise ValueError(f"{corpus}: not enough test images of at least {min_side}px")
+    # Each job: (label, signal, index of its source image). With fewer test images than jobs
+    # an image serves several jobs; its source_id stays that image's, so that grouping by source
+    # (and counting independent images) sees one image, not several.
     jobs = []
     for k, signal in enumerate(SIGNALS):
         for i in range(per_signal):
-            jobs.append(("fake", signal, fake_pixels[(k * per_signal + i) % len(fake_pixels)]))
+            jobs.append(("fake", signal, (k * per_signal + i) % len(fake_pixels)))
     for i in range(per_signal * len(SIGNALS)):
-        jobs.append(("real", "real", real_pixels[i % len(real_pixels)]))
+        jobs.append(("real", "real", i % len(real_pixels)))
     # built beside ``out`` and moved in whole: a failed build leaves no folder, an earlier set
     # stays as it was until the new one is complete
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        _write(jobs, chain, staging)
+        _write(jobs, {"fake": fake_pixels, "real": real_pixels}, chain, staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -94,9 +97,10 @@ def _replaceable(out: Path) -> bool:
     return not names or ("manifest.csv" in names and names <= {"manifest.csv", *SPLITS})
 
 
-def _write(jobs, chain, out: Path) -> None:
+def _write(jobs, pixels_of: dict, chain, out: Path) -> None:
     rows = []
-    for n, (label, signal, pixels) in enumerate(jobs):
+    for n, (label, signal, source) in enumerate(jobs):
+        pixels = pixels_of[label][source]
         if label == "fake":
             declared = _declared(signal, pixels, chain)
         else:
@@ -109,7 +113,7 @@ def _write(jobs, chain, out: Path) -> None:
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             (out / rel).write_bytes(data)
             rows.append({"path": rel, "label": label, "generator": signal, "family": f"metadata-{signal}" if label == "fake" else "camera",
-                         "source_id": f"item{n}", "split": split, "sha256": hashlib.sha256(data).hexdigest()})  # fmt: skip
+                         "source_id": f"{label}-image{source}", "split": split, "sha256": hashlib.sha256(data).hexdigest()})  # fmt: skip
     with open(out / "manifest.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()

@@ -46,6 +46,13 @@ def test_both_splits_and_every_signal(corpus, tmp_path):
     assert all((out / r["path"]).is_file() for r in rows)
     stripped = [r for r in rows if r["split"] == "stripped"]
     assert all(r["path"].endswith(".jpg") for r in stripped)
+    # 12 fakes and 12 reals made from 2 images each: grouped by source, 2 of each
+    assert {r["source_id"] for r in rows} == {
+        "fake-image0",
+        "fake-image1",
+        "real-image0",
+        "real-image1",
+    }
     assert not (tmp_path / "set.partial").exists()
 
 
