@@ -25,11 +25,11 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.env import environment
-from benchmarks.registry import Benchmark, Results, fail, register_benchmark
+from benchmarks.registry import Benchmark, Results, fail, register_benchmark, result_file
 from benchmarks.report import _f, _table, save_figure
 from detector.argtypes import positive_int
 from detector.fusion import fuse
-from detector.image import decode
+from detector.image import ImageError, decode
 from detector.methods import METHODS, create_method
 from detector.pipeline import default_fusion
 from training.datasets import Sample, load_samples
@@ -43,7 +43,7 @@ def _degraded_bytes(sample: Sample, chain, equalise=None) -> bytes:
     data = sample.path.read_bytes()
     if not chain and not equalise:
         return data
-    pixels = apply_chain(decode(data).pixels, chain, np.random.default_rng(0))
+    pixels = apply_chain(_decoded(sample, data).pixels, chain, np.random.default_rng(0))
     if equalise:
         return encode_jpeg(pixels, round(equalise[0].value))
     buf = io.BytesIO()
@@ -51,14 +51,33 @@ def _degraded_bytes(sample: Sample, chain, equalise=None) -> bytes:
     return buf.getvalue()
 
 
+def _decoded(sample: Sample, data: bytes):
+    try:
+        return decode(data)
+    except ImageError as exc:  # one bad file among thousands: say which
+        raise ImageError(f"{sample.path}: {exc}") from None
+
+
 def _available(names: Sequence[str] | None, options: dict) -> list[str]:
-    chosen = list(names) if names else METHODS.names()
-    ok = []
-    for name in chosen:
-        opts = options.get(name, {})
-        if METHODS.get(name).availability(**opts) is None:
-            ok.append(name)
-    return ok
+    """The methods to measure: every one that can run here, or those named, each of which
+    must run (a named method that cannot is an error, as for ``score --methods``)."""
+    if not names:
+        return [
+            n for n in METHODS.names() if METHODS.get(n).availability(**options.get(n, {})) is None
+        ]
+    for name in names:
+        reason = METHODS.get(name).availability(**options.get(name, {}))
+        if reason is not None:
+            raise ValueError(f"method {name!r} is unavailable: {reason}")
+    return list(names)
+
+
+def _spread(samples: list, limit: int | None) -> list:
+    """At most ``limit`` samples spread evenly over the list (a manifest is often sorted by
+    class or source)."""
+    if not limit or limit >= len(samples):
+        return samples
+    return [samples[i] for i in np.linspace(0, len(samples) - 1, limit).round().astype(int)]
 
 
 def _roc(labels: np.ndarray, scores: np.ndarray, points: int = 100) -> dict:
@@ -95,9 +114,14 @@ def _metrics_row(
                     "coverage": float(covered[gens == gen].mean()),
                 }
         row["per_generator"] = per_gen
-    elif covered.any():
+    elif covered.any():  # judged one class only: no ranking, but whether it judged right
         row["fake_coverage"] = float(covered[labels == 1].mean()) if (labels == 1).any() else None
         row["real_coverage"] = float(covered[labels == 0].mean()) if (labels == 0).any() else None
+        p = np.array([np.nan if x is None else x for x in probs], dtype=np.float64)
+        for name, label, right in (("fake", 1, p >= threshold), ("real", 0, p < threshold)):
+            judged = covered & (labels == label)
+            if judged.any():
+                row[f"{name}_accuracy_at_threshold"] = float(right[judged].mean())
     return row
 
 
@@ -120,9 +144,7 @@ def accuracy_benchmark(
     samples = load_samples(data)
     if split != "all":
         samples = [s for s in samples if s.split == split]
-    if limit:
-        step = max(1, len(samples) // limit)
-        samples = samples[::step][:limit]
+    samples = _spread(samples, limit)
     if not samples:
         raise ValueError(f"{data}: no images in split {split!r}")
     names = _available(methods, options)
@@ -138,7 +160,7 @@ def accuracy_benchmark(
     for chain, e in variants:
         cname = chain_name(chain)
         ename = chain_name(e)
-        images = [decode(_degraded_bytes(s, chain, e)) for s in samples]
+        images = [_decoded(s, _degraded_bytes(s, chain, e)) for s in samples]
         per_method: dict[str, list] = {}
         timing: dict[str, float] = defaultdict(float)
         for name, method in built.items():
@@ -162,7 +184,8 @@ def accuracy_benchmark(
         verdicts = [fuse([per_method[n][i] for n in fused_names], config)
                     for i in range(len(images))]  # fmt: skip
         fused = [v.probability for v in verdicts]
-        row = _metrics_row(labels, fused, config.threshold, generators, sum(timing.values()))
+        fused_ms = sum(timing[n] for n in fused_names)  # the fused methods' time, no other
+        row = _metrics_row(labels, fused, config.threshold, generators, fused_ms)
         rows.append(
             {"degradation": cname, "equalise": ename, "method": "fused", "kind": "fused", **row}
         )
@@ -178,6 +201,7 @@ def accuracy_benchmark(
         **environment(),
         "benchmark": "accuracy",
         "data": str(data),
+        "model": _model_name(built.get("model"), options),
         "split": split,
         "images": len(samples),
         "methods": names,
@@ -194,10 +218,25 @@ def accuracy_benchmark(
             }
         },
     }
+    if not result["gate"]["accuracy"]:
+        log("note: no method has an AP here (it needs real and generated images it judged): "
+            "this result gates nothing")  # fmt: skip
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _model_name(method, options: dict) -> dict | None:
+    """Which model the model method ran (None: not measured): its folder or checkpoint, its
+    name and the sha256 its sidecar records."""
+    if method is None:
+        return None
+    from detector.bundled import DEFAULT_MODEL
+
+    path = (options.get("model") or {}).get("model_path") or DEFAULT_MODEL
+    meta = method.bundle.meta
+    return {"path": str(path), "name": method.bundle.name, "onnx_sha256": meta.get("onnx_sha256")}
 
 
 # --- command line, report section and plots (the benchmark registry) ----------------------
@@ -213,7 +252,9 @@ def accuracy_table(result: dict) -> str:
     ]  # fmt: skip
     header = ["degradation", "equalise", "method", "kind", "coverage", "AP", "ROC-AUC", "acc@thr",
               "real acc", "fake acc", "TPR@1%FPR", "ms/img"]  # fmt: skip
-    title = f"Accuracy on {result['data']} (split {result['split']}, {result['images']} images)"
+    model = result.get("model") or {}
+    by = f", model {model['name']} ({model['path']})" if model.get("name") else ""
+    title = f"Accuracy on {result['data']} (split {result['split']}, {result['images']} images{by})"
     return "\n".join([title, "", *_table(header, rows, 4)])
 
 
@@ -232,7 +273,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         help="also score every chain after re-encoding each image of both classes as a JPEG "
         "of quality Q (rows marked equalise), beside the as-is rows",
     )
-    p.add_argument("--out", type=Path)
+    p.add_argument("--out", type=result_file)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.env import environment
-from benchmarks.registry import Benchmark, Results, fail, register_benchmark
+from benchmarks.registry import Benchmark, Results, fail, register_benchmark, result_file
 from benchmarks.report import _f, _table, save_figure, subhead
 from detector.argtypes import positive_float, positive_int, positive_ints
 from detector.engine import ModelBundle, load_bundle, ort_has_gpu
@@ -214,7 +214,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-tiles", type=positive_int, help="end to end: at most this many tiles per image"
     )
-    p.add_argument("--out", type=Path)
+    p.add_argument("--out", type=result_file)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.registry import Benchmark, Results, fail, register_benchmark
+from benchmarks.registry import Benchmark, Results, fail, register_benchmark, result_file
 from benchmarks.report import _f, _table, subhead
 from detector.argtypes import positive_float, positive_int, positive_ints
 
@@ -95,7 +95,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         help="start `synthdetect serve ARGS` on a free loopback port, wait until every one of"
         " its processes is up, load it instead of --url, then stop it",
     )
-    p.add_argument("--out", type=Path)
+    p.add_argument("--out", type=result_file)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.env import environment
-from benchmarks.registry import Benchmark, Results, fail, register_benchmark
+from benchmarks.registry import Benchmark, Results, fail, register_benchmark, result_file
 from detector.argtypes import positive_int
 from detector.image import decode
 from detector.memory import (
@@ -385,7 +385,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queries", type=positive_int, default=500, help="images re-uploaded")
     p.add_argument("--distinct", type=positive_int, default=10_000)
     p.add_argument("--index-size", type=positive_int, default=1_000_000)
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=result_file)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ import numpy as np
 from benchmarks.env import environment
 from benchmarks.latency import measure
 from benchmarks.loadgen import grpc_tiles_payload, run_load, score_payload, tiles_payload
-from benchmarks.registry import Benchmark, Results, fail, register_benchmark
+from benchmarks.registry import Benchmark, Results, fail, register_benchmark, result_file
 from benchmarks.report import _f, _table, save_figure, subhead
 from benchmarks.serving import benchmark_images, spawn_ready, start_server
 from detector.argtypes import positive_float, positive_int, positive_ints
@@ -328,7 +328,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--client-processes", type=positive_int, default=1, help="load generator processes"
     )
-    p.add_argument("--out", type=Path)
+    p.add_argument("--out", type=result_file)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -11,13 +11,22 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BENCHMARKS", "Benchmark", "Results", "all_benchmarks", "fail", "register_benchmark"]
+__all__ = [
+    "BENCHMARKS",
+    "Benchmark",
+    "Results",
+    "all_benchmarks",
+    "fail",
+    "register_benchmark",
+    "result_file",
+]
 
 # Every result file of one kind, in file-name order: (file stem, parsed JSON).
 Results = list[tuple[str, dict]]
@@ -63,3 +72,19 @@ def fail(exc: Exception) -> int:
     """A clear one-line error and exit status 2 (bad input, missing file, failed run)."""
     print(f"synthdetect: {exc}", file=sys.stderr)
     return 2
+
+
+def result_file(text: str) -> Path:
+    """An argparse type for ``--out FILE.json``: checked before the run, not after it (a
+    benchmark's minutes are lost when its result cannot be written)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory; give a file path for the JSON")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:  # the folders it would create
+        folder = folder.parent
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text}: cannot write in {folder}")
+    return path

@@ -30,7 +30,7 @@ import numpy as np
 
 from benchmarks.env import environment
 from benchmarks.loadgen import run_load, score_payload, tiles_payload
-from benchmarks.registry import Benchmark, Results, fail, register_benchmark
+from benchmarks.registry import Benchmark, Results, fail, register_benchmark, result_file
 from detector.argtypes import positive_float, positive_int
 from detector.engine import load_bundle
 from detector.image import decode
@@ -299,7 +299,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("--seconds", type=positive_float, default=15.0)
     p.add_argument("--batch", type=positive_int, default=8)
-    p.add_argument("--out", type=Path)
+    p.add_argument("--out", type=result_file)
 
 
 def _run(args: argparse.Namespace) -> int:

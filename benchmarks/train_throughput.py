@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from benchmarks.env import environment
-from benchmarks.registry import Benchmark, Results, fail, register_benchmark
+from benchmarks.registry import Benchmark, Results, fail, register_benchmark, result_file
 from benchmarks.report import _f, _table
 from detector.argtypes import positive_float, positive_int, positive_ints
 
@@ -143,7 +143,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-size", type=positive_int, default=128)
     p.add_argument("--seconds", type=positive_float, default=3.0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--out", type=Path)
+    p.add_argument("--out", type=result_file)
 
 
 def _run(args: argparse.Namespace) -> int:

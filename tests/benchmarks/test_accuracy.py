@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.accuracy import _degraded_bytes, accuracy_benchmark
-from detector.image import decode
+from benchmarks.accuracy import _degraded_bytes, _spread, accuracy_benchmark, accuracy_table
+from detector.image import ImageError, decode
 from training.datasets import load_samples
 from training.run_eval import parse_equalise
 
@@ -61,3 +61,68 @@ def test_equalised_files_are_plain_jpegs_of_the_same_pixels(tiny_corpus):
     assert image.pixels.shape == original.pixels.shape
     diff = abs(image.pixels.astype(int) - original.pixels.astype(int)).mean()
     assert 0 < diff < 6  # re-encoded, not replaced
+
+
+@pytest.fixture
+def sorted_manifest(tmp_path):
+    """8 camera photos, then 4 fakes of each of two generators declaring themselves (A1111
+    parameters): sorted by class, as manifests often are."""
+    from training import metadata_writers as P
+
+    rows = ["path,label,split,generator"]
+    for i in range(16):
+        pixels = P.synthetic_scene(i, 96, 96)
+        label, gen = ("real", "real") if i < 8 else ("fake", "genA" if i < 12 else "genB")
+        text = {"parameters": P.a1111_parameters()} if label == "fake" else None
+        (tmp_path / f"{i}.png").write_bytes(P.encode(pixels, "PNG", png_text=text))
+        rows.append(f"{i}.png,{label},test,{gen}")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path / "manifest.csv"
+
+
+def _run(manifest, **kwargs):
+    return accuracy_benchmark(manifest, log=lambda m: None, **kwargs)
+
+
+def test_a_named_method_that_cannot_run_is_an_error(sorted_manifest):
+    with pytest.raises(
+        ValueError, match="method 'known_image' is unavailable: needs a known-image"
+    ):
+        _run(sorted_manifest, methods=["known_image", "generator_params"])
+
+
+def test_limit_spreads_over_the_whole_manifest(sorted_manifest):
+    picked = _spread(list(range(16)), 10)
+    assert len(picked) == 10 and picked[0] == 0 and picked[-1] == 15
+    assert sum(i >= 8 for i in picked) == 5  # half from each half, not the first ten rows
+    result = _run(sorted_manifest, methods=["generator_params"], limit=10)
+    (row,) = [r for r in result["rows"] if r["method"] == "generator_params"]
+    assert row["n"] == 10 and row["fake_coverage"] == 1.0 and row["coverage"] == 0.5
+
+
+def test_a_method_that_judged_one_class_says_how_right_it_was(sorted_manifest, method_options):
+    result = _run(sorted_manifest, methods=["model", "generator_params"], options=method_options)
+    rows = {r["method"]: r for r in result["rows"]}
+    params = rows["generator_params"]  # judged the 8 fakes only (they declare themselves)
+    assert params["fake_coverage"] == 1.0 and params["real_coverage"] == 0.0
+    assert params["fake_accuracy_at_threshold"] == 1.0 and "ap" not in params
+    model = result["model"]
+    assert model["name"] == "efficientnet_lite0_default" and model["onnx_sha256"]
+    assert rows["fused"]["ms_per_image"] == pytest.approx(
+        rows["model"]["ms_per_image"] + params["ms_per_image"]
+    )
+    assert "model efficientnet_lite0_default" in accuracy_table(result)
+
+
+def test_the_fused_time_counts_the_fused_methods_only(sorted_manifest, method_options):
+    result = _run(sorted_manifest, methods=None, options=method_options, limit=4)
+    rows = {r["method"]: r for r in result["rows"]}
+    assert "artifact" in rows and "artifact" not in result["fused_methods"]
+    want = sum(rows[n]["ms_per_image"] for n in result["fused_methods"])
+    assert rows["fused"]["ms_per_image"] == pytest.approx(want)
+
+
+def test_an_unreadable_image_is_named(sorted_manifest):
+    (sorted_manifest.parent / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n cut")
+    with pytest.raises(ImageError, match=r"3\.png: corrupt or truncated"):
+        _run(sorted_manifest, methods=["generator_params"], grid="blur:1")
