@@ -83,8 +83,10 @@ def parse_source_type(value: str) -> SourceType | None:
 # XMP CreatorTool or PNG text of generated images.
 _AI_TOOLS = [
     ("Midjourney", r"midjourney"),
-    ("DALL-E", r"dall[\s\-·?]?e"),  # "?" where an ASCII-only EXIF writer replaced "·"
-    ("Adobe Firefly", r"firefly"),
+    # "?" where an ASCII-only EXIF writer replaced "·"; "dalle" alone is an Italian word and a
+    # surname, so without a separator only with a version (DALLE3, DALLE 2)
+    ("DALL-E", r"dall[\s\-·?]e|dalle[\s\-]?[23]"),
+    ("Adobe Firefly", r"adobe firefly|firefly\s?(?:image\s?)?\d"),  # not the insect
     ("NovelAI", r"novel\s?ai"),
     ("Stable Diffusion", r"stable[\s\-_]?diffusion"),
     ("ComfyUI", r"comfy\s?ui"),
@@ -97,7 +99,7 @@ _AI_TOOLS = [
     ("NightCafe", r"nightcafe"),
     ("Craiyon", r"craiyon"),
     ("Bing Image Creator", r"bing image creator"),
-    ("Google Imagen", r"imagen\s?\d"),
+    ("Google Imagen", r"google imagen|imagen\s?\d"),
     ("Draw Things", r"draw things"),
     ("SwarmUI", r"swarm\s?ui"),
 ]

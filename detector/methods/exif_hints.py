@@ -24,7 +24,10 @@ from detector.xmp import NS, XmpError, parse_xmp
 
 __all__ = ["ExifHints"]
 
-_TEXT_TAGS = ("Software", "Artist", "ImageDescription", "HostComputer", "Make", "Model")
+# The fields a tool writes its own name in. Not ImageDescription, Artist or Copyright: those are
+# people's words (a caption "Vista dalle colline", an artist named Dalle, a news photo about
+# Midjourney), and a tool's name in them says nothing about what made the file.
+_TEXT_TAGS = ("Software", "HostComputer", "Make", "Model")
 _CAPTURE_TAGS = (
     "ExposureTime",
     "FNumber",

@@ -63,3 +63,37 @@ def test_tool_names_need_word_boundaries(text):
 def test_editor_names():
     assert find_editor("Adobe Lightroom Classic 13.0") == "Adobe Lightroom"
     assert find_editor("GIMP 2.10.34") == "GIMP"
+
+
+@pytest.mark.parametrize(
+    "tag,text",
+    [
+        ("ImageDescription", "Vista dalle colline di Firenze"),  # Italian "from the"
+        ("ImageDescription", "A firefly glowing at dusk"),
+        ("ImageDescription", "Imagen 3 de la boda"),  # Spanish "image"
+        ("ImageDescription", "Protest against Midjourney outside the courthouse"),  # a news caption
+        ("Artist", "Maria Dalle"),
+    ],
+)
+def test_captions_and_names_are_not_tool_fields(method, scene, tag, text):
+    from PIL import ExifTags
+
+    exif = P.camera_exif()
+    exif[getattr(ExifTags.Base, tag)] = text
+    res = method.score([decode(P.encode(scene, "JPEG", exif=exif))])[0]
+    assert res.abstained and "tool" not in res.details
+    assert res.evidence[0].code == "exif.camera"
+
+
+@pytest.mark.parametrize("text", ["Dalle", "Firefly", "firefly photo app", "Imagenes"])
+def test_plain_words_are_not_tool_names(text):
+    assert find_ai_tool(text) is None
+
+
+@pytest.mark.parametrize(
+    "text,tool",
+    [("DALLE3", "DALL-E"), ("DALL-E 2", "DALL-E"), ("Firefly Image 2", "Adobe Firefly"),
+     ("Google Imagen", "Google Imagen")],
+)  # fmt: skip
+def test_tool_names_with_their_versions(text, tool):
+    assert find_ai_tool(text) == tool
