@@ -31,18 +31,16 @@ class XmpError(ValueError):
     """The packet is not well-formed or is refused."""
 
 
-def parse_xmp(packet: str) -> dict[tuple[str, str], list[str]]:
-    """Flatten an XMP packet to ``{(namespace URI, local name): [values]}``."""
-    if len(packet) > _MAX_CHARS:
-        raise XmpError(f"XMP packet too large ({len(packet)} characters)")
-    head = packet[:4096].upper()
-    if "<!DOCTYPE" in head or "<!ENTITY" in packet.upper():
-        raise XmpError("XMP packet declares a DTD or entities; refused")
-    body = _strip_packet_wrapper(packet)
-    try:
-        root = ET.fromstring(body)
-    except ET.ParseError as exc:
-        raise XmpError(f"malformed XMP: {exc}") from None
+def parse_xmp(packet: str, top_level: bool = False) -> dict[tuple[str, str], list[str]]:
+    """Flatten an XMP packet to ``{(namespace URI, local name): [values]}``.
+
+    ``top_level``: only the properties of the resource the packet describes (the
+    ``rdf:Description`` nodes directly under ``rdf:RDF``, XMP Part 1), not those of structures
+    nested in them: an ingredient in ``xmpMM:Pantry`` or ``xmpMM:Ingredients`` carries its own
+    DigitalSourceType, which is not the image's."""
+    root = _parse(packet)
+    if top_level:
+        return _top_level(root)
     values: dict[tuple[str, str], list[str]] = defaultdict(list)
     for elem in root.iter():
         for key, value in elem.attrib.items():
@@ -52,15 +50,62 @@ def parse_xmp(packet: str) -> dict[tuple[str, str], list[str]]:
         ns, name = _split(elem.tag)
         if not ns or ns == _RDF or ns == "adobe:ns:meta/":
             continue
-        resource = elem.attrib.get(f"{{{_RDF}}}resource")
-        if resource:
-            values[(ns, name)].append(resource.strip())
-        if elem.text and elem.text.strip():
-            values[(ns, name)].append(elem.text.strip())
+        values[(ns, name)].extend(_own_values(elem))
         for li in elem.iter(f"{{{_RDF}}}li"):
             if li.text and li.text.strip():
                 values[(ns, name)].append(li.text.strip())
     return dict(values)
+
+
+def _own_values(prop: ET.Element) -> list[str]:
+    """A property element's simple value: ``rdf:resource``, its text, or the ``rdf:value`` of
+    a qualified value (``rdf:parseType="Resource"``, or an ``rdf:Description`` inside it)."""
+    out = []
+    resource = prop.attrib.get(f"{{{_RDF}}}resource")
+    if resource:
+        out.append(resource.strip())
+    if prop.text and prop.text.strip():
+        out.append(prop.text.strip())
+    holders = [prop, *prop.findall(f"{{{_RDF}}}Description")]
+    for holder in holders:
+        value = holder.find(f"{{{_RDF}}}value")
+        if value is not None and value.text and value.text.strip():
+            out.append(value.text.strip())
+    return out
+
+
+def _top_level(root: ET.Element) -> dict[tuple[str, str], list[str]]:
+    values: dict[tuple[str, str], list[str]] = defaultdict(list)
+    rdfs = [root] if root.tag == f"{{{_RDF}}}RDF" else root.findall(f".//{{{_RDF}}}RDF")[:1]
+    for rdf in rdfs:
+        for desc in rdf.findall(f"{{{_RDF}}}Description"):
+            for key, value in desc.attrib.items():
+                ns, name = _split(key)
+                if ns and ns != _RDF and value.strip():
+                    values[(ns, name)].append(value.strip())
+            for prop in desc:
+                ns, name = _split(prop.tag)
+                if not ns or ns == _RDF:
+                    continue
+                values[(ns, name)].extend(_own_values(prop))
+                for container in prop:  # rdf:Bag / Seq / Alt: its items, not deeper
+                    for li in container.findall(f"{{{_RDF}}}li"):
+                        if li.text and li.text.strip():
+                            values[(ns, name)].append(li.text.strip())
+    return dict(values)
+
+
+def _parse(packet: str) -> ET.Element:
+    if len(packet) > _MAX_CHARS:
+        raise XmpError(f"XMP packet too large ({len(packet)} characters)")
+    head = packet[:4096].upper()
+    if "<!DOCTYPE" in head or "<!ENTITY" in packet.upper():
+        raise XmpError("XMP packet declares a DTD or entities; refused")
+    body = _strip_packet_wrapper(packet)
+    try:
+        return ET.fromstring(body)
+    except ET.ParseError as exc:
+        raise XmpError(f"malformed XMP: {exc}") from None
 
 
 def _split(tag: str) -> tuple[str, str]:

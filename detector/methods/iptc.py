@@ -44,12 +44,22 @@ class IptcSourceType(PerImageMethod):
         if not packet:
             return self.abstain()
         try:
-            props = parse_xmp(packet)
+            props = parse_xmp(packet, top_level=True)  # the image's own declaration
+            every = parse_xmp(packet)  # with those of nested records (ingredients, history)
         except XmpError as exc:
             return self.abstain(Evidence("xmp.malformed", f"XMP packet ignored: {exc}"))
         declared = props.get(_KEY, []) + props.get(_KEY_PLUS, [])
+        nested = [v for v in every.get(_KEY, []) + every.get(_KEY_PLUS, []) if v not in declared]
+        context = [
+            Evidence(
+                "iptc.nested_source_type",
+                f"a record nested in the XMP (an ingredient or a past version, not this image) "
+                f"declares DigitalSourceType {t.code if (t := parse_source_type(v)) else v!r}",
+            )
+            for v in dict.fromkeys(nested)
+        ]
         if not declared:
-            return self.abstain()
+            return self.abstain(*context)
         # Several values can be present (edits append); the most "generated" one decides.
         known = [(v, parse_source_type(v)) for v in declared]
         typed = [(v, t) for v, t in known if t is not None]
@@ -57,7 +67,7 @@ class IptcSourceType(PerImageMethod):
         evidence = [
             Evidence("iptc.unknown_source_type", f"unrecognised DigitalSourceType {v!r}")
             for v in unknown
-        ]
+        ] + context
         rated = [(v, t) for v, t in typed if t.category in _PROBABILITY]
         if not rated:
             evidence += [

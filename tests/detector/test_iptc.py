@@ -89,3 +89,39 @@ def test_source_type_vocabulary(value, category):
 
 def test_unknown_source_type_is_none():
     assert parse_source_type("http://example.com/whatever") is None
+
+
+_XMP_HEAD = (
+    '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#" '
+    'xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/" '
+    'xmlns:xmpMM="http://ns.adobe.com/xap/1.0/mm/">'
+)
+
+
+def test_an_ingredients_source_type_is_not_the_images(method, scene):
+    """A photo that placed a generated ingredient: the photo declares digitalCapture at the top
+    level; the ingredient's trainedAlgorithmicMedia is context, not the image's declaration."""
+    xmp = (
+        _XMP_HEAD
+        + f'<rdf:Description rdf:about="" Iptc4xmpExt:DigitalSourceType="{IPTC_DST_PREFIX}digitalCapture">'
+        "<xmpMM:Pantry><rdf:Bag><rdf:li><rdf:Description>"
+        f"<Iptc4xmpExt:DigitalSourceType>{IPTC_DST_PREFIX}trainedAlgorithmicMedia</Iptc4xmpExt:DigitalSourceType>"
+        "</rdf:Description></rdf:li></rdf:Bag></xmpMM:Pantry>"
+        "</rdf:Description></rdf:RDF></x:xmpmeta>"
+    )
+    res = method.score([decode(P.encode(scene, "JPEG", xmp=xmp))])[0]
+    assert not res.decisive and res.probability == pytest.approx(0.25)  # the capture hint
+    assert res.details["source_types"] == ["digitalCapture"]
+    nested = [e for e in res.evidence if e.code == "iptc.nested_source_type"]
+    assert len(nested) == 1 and "trainedAlgorithmicMedia" in nested[0].message
+
+
+def test_a_qualified_value_is_read(method, scene):
+    xmp = (
+        _XMP_HEAD + '<rdf:Description rdf:about="">'
+        '<Iptc4xmpExt:DigitalSourceType rdf:parseType="Resource">'
+        f"<rdf:value>{IPTC_DST_PREFIX}trainedAlgorithmicMedia</rdf:value>"
+        "</Iptc4xmpExt:DigitalSourceType></rdf:Description></rdf:RDF></x:xmpmeta>"
+    )
+    res = method.score([decode(P.encode(scene, "JPEG", xmp=xmp))])[0]
+    assert res.decisive and res.evidence[0].code == "iptc.ai_generated"
