@@ -33,7 +33,10 @@ from detector.methods.registry import register_method
 __all__ = ["Finding", "GeneratorParams", "find_generator_params"]
 
 _A1111 = "Stable Diffusion web UI (AUTOMATIC1111)"
-_SETTINGS_LINE = re.compile(r"(?:^|\n)(Steps: *\d+,[^\n]*)\s*$")
+_SETTINGS_START = re.compile(r"Steps: *\d+,")
+# A1111's settings line is a few hundred characters (a few KB with many LoRA hashes); a longer
+# one is not parsed: the pair pattern below backtracks quadratically on long runs of spaces.
+_MAX_SETTINGS_LINE = 16 * 1024
 # "Key: value" pairs of the settings line; values may be double-quoted and contain commas.
 _PAIR = re.compile(r'\s*([\w][\w \-/\.]*?):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 # Text chunks are parsed up to this size: a ComfyUI workflow with embedded images can pass a few
@@ -61,16 +64,26 @@ def _json(text: str | None) -> Any:
         return None
 
 
+def _settings_line(text: str) -> str | None:
+    """A1111's settings line: the text's last line, starting ``Steps: N,`` (found without a
+    regular expression over the whole text, whose backtracking a crafted chunk can make
+    quadratic)."""
+    last = text.strip().rsplit("\n", 1)[-1].strip()
+    if len(last) > _MAX_SETTINGS_LINE or not _SETTINGS_START.match(last):
+        return None
+    return last
+
+
 def _a1111(fields: dict[str, str]) -> Finding | None:
     for key, location in _candidates(fields, "parameters"):
         text = fields[key]
-        match = _SETTINGS_LINE.search(text.strip())
-        if not match:
+        line = _settings_line(text)
+        if line is None:
             continue
-        settings = {k.strip(): v.strip().strip('"') for k, v in _PAIR.findall(match.group(1))}
+        settings = {k.strip(): v.strip().strip('"') for k, v in _PAIR.findall(line)}
         if not ({"Sampler", "CFG scale", "Seed", "Size", "Model hash"} & settings.keys()):
             continue  # "Steps:" alone is too thin to call it generation parameters
-        head = text[: text.rfind(match.group(1))].rstrip("\n")
+        head = text[: text.rfind(line)].rstrip("\n")
         prompt, _, negative = head.partition("\nNegative prompt:")
         fields_found = (["prompt"] if prompt.strip() else []) + (
             ["negative prompt"] if negative.strip() else []

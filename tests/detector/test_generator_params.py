@@ -174,3 +174,17 @@ def test_huge_json_chunk_is_ignored_not_parsed(method, scene):
     res = _score(method, P.encode(scene, "PNG", png_text={"prompt": blob}))
     assert res.decisive  # under the 2 MB cap it is still parsed
     assert len(str(res.to_dict())) < 10_000
+
+
+def test_a_crafted_settings_line_is_not_parsed_for_minutes(method, scene):
+    """A 'parameters' chunk of 'Steps: 1,' and a million spaces: the settings regex used to
+    backtrack quadratically over it (about an hour of CPU per image); a line this long is not
+    A1111's and is skipped."""
+    text = "Steps: 1," + " " * 1_000_000 + "x\nfoo"
+    res = method.score([decode(P.encode(scene[:64, :64], "PNG", png_text={"parameters": text}))])[0]
+    assert res.abstained
+    long_line = "Steps: 20, Sampler: Euler a, CFG scale: 7," + " " * 20_000 + "Seed: 1"
+    res = method.score(
+        [decode(P.encode(scene[:64, :64], "PNG", png_text={"parameters": long_line}))]
+    )[0]
+    assert res.abstained
