@@ -471,6 +471,22 @@ def _exif(im: Image.Image) -> tuple[dict[str, Any], bool]:
     return out, has_gps
 
 
+def _utf16_order(body: bytes) -> str:
+    """The byte order of UTF-16 text without a recorded one (EXIF 2.3 leaves UNICODE's open:
+    A1111 writes big-endian through piexif, ExifTool the EXIF block's order, little-endian in
+    most files). A BOM decides; else the zero bytes do: text in Latin script has a zero high
+    byte in every character, at even offsets in big-endian, odd in little-endian."""
+    if body[:2] in (b"\xfe\xff", b"\xff\xfe"):
+        return "utf-16-be" if body[:2] == b"\xfe\xff" else "utf-16-le"
+    even, odd = body[0::2].count(0), body[1::2].count(0)
+    if even != odd:
+        return "utf-16-be" if even > odd else "utf-16-le"
+    candidates = {enc: body.decode(enc, errors="replace") for enc in ("utf-16-be", "utf-16-le")}
+    return min(
+        candidates, key=lambda e: candidates[e].count("\x00") + candidates[e].count("\ufffd")
+    )
+
+
 def decode_user_comment(value: Any) -> str | None:
     """EXIF UserComment: an 8-byte character-code prefix, then the text."""
     if isinstance(value, str):
@@ -479,10 +495,7 @@ def decode_user_comment(value: Any) -> str | None:
         return None
     prefix, body = value[:8], value[8:]
     if prefix.startswith(b"UNICODE"):
-        # The byte order is not recorded reliably (A1111 writes UTF-16BE through piexif);
-        # pick the order whose text has fewer NULs.
-        candidates = [body.decode(enc, errors="replace") for enc in ("utf-16-be", "utf-16-le")]
-        text = min(candidates, key=lambda s: s.count("\x00") + s.count("\ufffd"))
+        text = body.decode(_utf16_order(body), errors="replace").lstrip("\ufeff")
     elif prefix.startswith(b"ASCII") or prefix == b"\x00" * 8:
         text = body.decode("utf-8", errors="replace")
     else:

@@ -305,3 +305,25 @@ def test_progressive_jpeg_with_thousands_of_scans_is_refused_before_decoding(sce
     hostile = normal[:-2] + refine * 3000 + b"\xff\xd9"
     with pytest.raises(ImageError, match="too many JPEG scans: 30"):
         decode(hostile)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "Steps: 20, Seed: 1".encode("utf-16-be"),
+        "Steps: 20, Seed: 1".encode("utf-16-le"),  # ExifTool in a little-endian EXIF block
+        "\ufeffSteps: 20, Seed: 1".encode("utf-16-le"),  # with a BOM
+        "\ufeffSteps: 20, Seed: 1".encode("utf-16-be"),
+    ],
+)
+def test_unicode_user_comment_in_either_byte_order(body):
+    from detector.image import decode_user_comment
+
+    assert decode_user_comment(b"UNICODE\x00" + body) == "Steps: 20, Seed: 1"
+
+
+def test_unicode_user_comment_without_latin_letters():
+    from detector.image import decode_user_comment
+
+    text = "夕焼けの灯台"  # no zero bytes to tell the order: the one that decodes cleanly
+    assert decode_user_comment(b"UNICODE\x00" + text.encode("utf-16-be")) == text
