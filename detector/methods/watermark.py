@@ -150,6 +150,9 @@ def _vote(block_bits: np.ndarray, length: int) -> np.ndarray:
     return ones / np.maximum(count, 1) * 255 > 127
 
 
+_RANK = {"none": 0, "partial": 1, "likely": 2, "very likely": 3}
+
+
 @dataclass(frozen=True)
 class Match:
     payload: Payload
@@ -195,7 +198,9 @@ class InvisibleWatermark(PerImageMethod):
         matches = match_payloads(image.pixels)
         if not matches:
             return self.abstain()
-        top = max(matches, key=lambda m: (m.level != "none", m.matched / len(m.payload.bits)))
+        # the strongest level first (each payload's cutoffs differ: SD 1.x's 'very likely' is a
+        # lower share of its 136 bits than SD 2.x's 'partial' of its 32), then the share
+        top = max(matches, key=lambda m: (_RANK[m.level], m.matched / len(m.payload.bits)))
         n = len(top.payload.bits)
         details = {
             "generator": top.payload.generator,

@@ -167,3 +167,17 @@ def test_decoding_reads_a_bounded_region_of_large_images():
     wide = np.zeros((2500, 32000, 3), np.uint8)
     bits = decode_bits(wide)
     assert 0 < len(bits) * 64 <= MAX_READ_PIXELS and len(bits) % (32000 // 8) == 0
+
+
+def test_the_strongest_level_decides_not_the_bit_share(method, content, monkeypatch):
+    """SD 1.x's 'very likely' cutoff is 89 of 136 bits (0.65), below the share of SD 2.x's
+    'partial' (23 of 32, 0.72): ranked by share, a decisive SD 1.x mark read as nothing."""
+    import detector.methods.watermark as wm
+
+    found = [wm.Match(PAYLOADS["sd1"], 92, False), wm.Match(PAYLOADS["sd2"], 23, False)]
+    assert [m.level for m in found] == ["very likely", "partial"]
+    monkeypatch.setattr(wm, "match_payloads", lambda pixels: found)  # the decoder's reading
+    res = method.score([decode(P.encode(content, "PNG"))])[0]
+    assert (
+        res.decisive and res.details["payload"] == "sd1" and res.details["level"] == "very likely"
+    )
