@@ -465,10 +465,27 @@ def _exif(im: Image.Image) -> tuple[dict[str, Any], bool]:
             name = ExifTags.TAGS.get(tag, f"Tag0x{tag:04X}")
             if tag == ExifTags.Base.UserComment:
                 value = decode_user_comment(value)
+            if _comfyui_graph(tag, value):  # a JSON graph, kept whole (not cut at 64 KiB)
+                out[name] = value.strip("\x00 ")[:_MAX_EXIF_JSON]
+                continue
             clean = _exif_value(value)
             if clean is not None and clean != "":
                 out[name] = clean
     return out, has_gps
+
+
+# ComfyUI's WebP saver writes its graphs into EXIF Make ("workflow:{...}") and Model
+# ("prompt:{...}"): a few hundred KB of JSON where a device name belongs.
+COMFYUI_EXIF_PREFIXES = ("prompt:", "workflow:")
+_MAX_EXIF_JSON = 16 * 1024 * 1024
+
+
+def _comfyui_graph(tag: int, value: Any) -> bool:
+    return (
+        tag in (ExifTags.Base.Make, ExifTags.Base.Model)
+        and isinstance(value, str)
+        and value.startswith(COMFYUI_EXIF_PREFIXES)
+    )
 
 
 def _utf16_order(body: bytes) -> str:

@@ -9,7 +9,7 @@ low fusion weight; camera fields are reported as weak evidence but the method ab
 
 from __future__ import annotations
 
-from detector.image import DecodedImage
+from detector.image import COMFYUI_EXIF_PREFIXES, DecodedImage
 from detector.methods.base import (
     Evidence,
     Kind,
@@ -40,7 +40,7 @@ _CAPTURE_TAGS = (
 
 def _free_text(image: DecodedImage) -> list[tuple[str, str]]:
     """(where, text) pairs from the fields tools sign their names in."""
-    exif = image.metadata.exif
+    exif = _without_graphs(image.metadata.exif)
     found = [(f"EXIF {tag}", str(exif[tag])) for tag in _TEXT_TAGS if exif.get(tag)]
     if image.metadata.text.get("Software"):
         found.append(("PNG text 'Software'", image.metadata.text["Software"]))
@@ -52,6 +52,16 @@ def _free_text(image: DecodedImage) -> list[tuple[str, str]]:
         for value in props.get((NS["xmp"], "CreatorTool"), []):
             found.append(("XMP CreatorTool", value))
     return found
+
+
+def _without_graphs(exif: dict[str, object]) -> dict[str, object]:
+    """EXIF without ComfyUI's graphs in Make and Model: not a device, not a tool's signature
+    (generator_params reads them)."""
+    return {
+        k: v
+        for k, v in exif.items()
+        if not (k in ("Make", "Model") and str(v).startswith(COMFYUI_EXIF_PREFIXES))
+    }
 
 
 def _device(exif: dict[str, object]) -> str:
@@ -68,7 +78,7 @@ class ExifHints(PerImageMethod):
 
     def score_one(self, image: DecodedImage) -> MethodResult:
         texts = _free_text(image)
-        exif = image.metadata.exif
+        exif = _without_graphs(image.metadata.exif)
         evidence: list[Evidence] = []
         details: dict[str, object] = {}
         ai = [(where, text, tool) for where, text in texts if (tool := find_ai_tool(text))]

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from detector.image import DecodedImage
+from detector.image import COMFYUI_EXIF_PREFIXES, DecodedImage
 from detector.methods.base import (
     Evidence,
     Kind,
@@ -42,6 +42,7 @@ _PAIR = re.compile(r'\s*([\w][\w \-/\.]*?):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 # Text chunks are parsed up to this size: a ComfyUI workflow with embedded images can pass a few
 # MB, and parsing is bounded anyway by the decoder's file-size and text-memory limits.
 _MAX_JSON = 16 * 1024 * 1024
+_COMFYUI_WHERE = "_comfyui_location"  # a text_fields entry: where ComfyUI's graphs were found
 
 
 @dataclass
@@ -175,7 +176,9 @@ def _comfyui(fields: dict[str, str]) -> Finding | None:
     classes = sorted({cls for cls, _ in nodes} | set(wf_types))
     samplers = [c for c in classes if "sampler" in c.lower()]
     chunks = [repr(k) for k in ("prompt", "workflow") if k in fields]
-    location = f"PNG text chunk{'s' if len(chunks) > 1 else ''} {' and '.join(chunks)}"
+    location = fields.get(_COMFYUI_WHERE) or (
+        f"PNG text chunk{'s' if len(chunks) > 1 else ''} {' and '.join(chunks)}"
+    )
     return Finding(
         "ComfyUI",
         location,
@@ -285,6 +288,13 @@ def text_fields(image: DecodedImage) -> dict[str, str]:
         fields.setdefault("UserComment", user_comment)
     if image.metadata.comment:
         fields.setdefault("comment", image.metadata.comment)
+    for tag in ("Make", "Model"):  # ComfyUI's WebP saver: "prompt:{...}" / "workflow:{...}"
+        value = image.metadata.exif.get(tag)
+        if isinstance(value, str) and value.startswith(COMFYUI_EXIF_PREFIXES):
+            key, _, graph = value.partition(":")
+            if key not in fields:
+                fields[key] = graph
+                fields[_COMFYUI_WHERE] = "EXIF Make and Model"
     return fields
 
 

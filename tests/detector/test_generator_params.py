@@ -188,3 +188,24 @@ def test_a_crafted_settings_line_is_not_parsed_for_minutes(method, scene):
         [decode(P.encode(scene[:64, :64], "PNG", png_text={"parameters": long_line}))]
     )[0]
     assert res.abstained
+
+
+@pytest.mark.parametrize("pad", [0, 100_000])  # and past the 64 KiB other EXIF text is cut at
+def test_comfyui_graphs_in_webp_exif_make_and_model(method, scene, pad):
+    """ComfyUI's SaveAnimatedWEBP writes Model 'prompt:{...}' and Make 'workflow:{...}'."""
+    import json
+
+    from PIL import ExifTags, Image
+
+    chunks = P.comfyui_chunks()
+    workflow = json.loads(chunks["workflow"])
+    workflow["extra"] = {"note": "x" * pad}
+    exif = Image.Exif()
+    exif[ExifTags.Base.Model] = "prompt:" + chunks["prompt"]
+    exif[ExifTags.Base.Make] = "workflow:" + json.dumps(workflow)
+    image = decode(P.encode(scene, "WEBP", exif=exif))
+    res = method.score([image])[0]
+    assert res.decisive and res.details["generator"] == "ComfyUI"
+    assert "ComfyUI generation parameters in EXIF Make and Model" in res.evidence[0].message
+    hints = create_method("exif_hints").score([image])[0]
+    assert hints.abstained and not hints.evidence  # not a device, not a tool's signature
