@@ -278,6 +278,42 @@ _PRESENT = (
 _COLUMNS = (
     "id, label, phash, dhash, pixel_sha256, file_sha256, confirmed_by, confirmed_at, note, source"
 )
+_OTHER_LABEL = (
+    "SELECT label FROM known_images WHERE pixel_sha256 = ? AND confirmed_at = ? AND label != ? "
+    "LIMIT 1"
+)
+_SHA256 = frozenset("0123456789abcdef")
+
+
+def _utc(when: object) -> str:
+    """An ISO 8601 time with its zone, as UTC to the second: the form ``find`` orders by (it
+    compares the text, so '2026-12-07T20:00:00+09:00' must read as 11:00 UTC)."""
+    if not isinstance(when, str):
+        raise KnownImageError(f"confirmed_at must be an ISO 8601 time as text, got {when!r}")
+    try:
+        moment = datetime.fromisoformat(when.strip())
+    except ValueError:
+        raise KnownImageError(f"confirmed_at {when!r} is not an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        raise KnownImageError(f"confirmed_at {when!r} has no time zone (add Z or +00:00)")
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def _text(value: object, name: str) -> str:
+    """An optional text field of an imported record: absent or null is empty."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise KnownImageError(f"{name} must be text, got {value!r}")
+    return value
+
+
+def _digest(value: object, name: str, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if not (isinstance(value, str) and len(value) == 64 and set(value) <= _SHA256):
+        raise KnownImageError(f"{name} must be 64 lower-case hex digits, got {value!r}")
+    return value
 
 
 class MemoryStore:
@@ -403,6 +439,12 @@ class MemoryStore:
                     new, seen = [], set()
                     for row in rows:  # (label, phash, dhash, pixel_sha256, ...): _INSERT's order
                         key = (row[3], row[0], row[6])
+                        other = self._db.execute(_OTHER_LABEL, (row[3], row[6], row[0])).fetchone()
+                        if other is not None:  # two decisions about one picture at one moment
+                            raise KnownImageError(
+                                f"pixels {row[3][:12]}... were confirmed {other[0]} at {row[6]} "
+                                f"already; this record says {row[0]} at the same time"
+                            )
                         if key not in seen and self._db.execute(_PRESENT, key).fetchone() is None:
                             seen.add(key)
                             new.append(row)
@@ -423,7 +465,7 @@ class MemoryStore:
         """A checked row for ``_INSERT``."""
         if label not in LABELS:
             raise KnownImageError(f"label must be one of {', '.join(LABELS)}, got {label!r}")
-        if not confirmed_by.strip():
+        if not isinstance(confirmed_by, str) or not confirmed_by.strip():
             raise KnownImageError("who confirmed the image is required")
         _code(hashes.phash), _code(hashes.dhash)
         if hashes.windows and len(hashes.windows) != len(CROP_WINDOWS):
@@ -431,7 +473,9 @@ class MemoryStore:
                 f"{len(hashes.windows)} crop windows; this version uses {len(CROP_WINDOWS)}"
             )
         windows = b"".join(_code(p).tobytes() + _code(d).tobytes() for p, d in hashes.windows)
-        when = confirmed_at or datetime.now(UTC).isoformat(timespec="seconds")
+        when = (
+            _utc(confirmed_at) if confirmed_at is not None else _utc(datetime.now(UTC).isoformat())
+        )
         return (label, hashes.phash, hashes.dhash, hashes.pixel_sha256, hashes.file_sha256,
                 confirmed_by.strip(), when, note, source, windows or None)  # fmt: skip
 
@@ -551,7 +595,8 @@ class MemoryStore:
         again adds nothing; an older decision imported later does not lead ``find``, which
         prefers the latest ``confirmed_at``. A line without ``confirmed_at`` is stamped now.
         Returns (added, skipped)."""
-        rows = []
+        rows: list[tuple] = []
+        decided: dict[tuple, str] = {}
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
@@ -565,12 +610,19 @@ class MemoryStore:
                 ):
                     raise ValueError("windows must be a list of [phash, dhash] pairs")
                 hashes = ImageHashes(
-                    str(d["phash"]), str(d["dhash"]), str(d["pixel_sha256"]), d.get("file_sha256"),
+                    str(d["phash"]), str(d["dhash"]), _digest(d["pixel_sha256"], "pixel_sha256"),
+                    _digest(d.get("file_sha256"), "file_sha256", optional=True),
                     tuple((str(p), str(q)) for p, q in windows),
                 )  # fmt: skip
-                rec = (hashes, d["label"], str(d["confirmed_by"]), str(d.get("note", "")),
-                       str(d.get("source", "") or origin), d.get("confirmed_at"))  # fmt: skip
+                rec = (hashes, d["label"], d["confirmed_by"], _text(d.get("note"), "note"),
+                       _text(d.get("source"), "source") or origin, d.get("confirmed_at"))  # fmt: skip
                 rows.append(self._row(*rec))  # checked here, so that an error names its line
+                when = (rows[-1][3], rows[-1][6])  # pixels and moment: one label in a file
+                if decided.setdefault(when, rows[-1][0]) != rows[-1][0]:
+                    raise KnownImageError(
+                        f"says {rows[-1][0]}, an earlier line {decided[when]}, for the same "
+                        f"pixels at the same time ({rows[-1][6]})"
+                    )
             except (ValueError, KeyError, TypeError, KnownImageError) as exc:
                 missing = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
                 raise KnownImageError(f"{origin} line {number}: {missing}") from None

@@ -247,9 +247,16 @@ def test_importing_an_export_again_adds_nothing(tmp_path):
     assert a.import_jsonl(lines) == (0, 2)
     assert b.stats()["records"] == 2 and b.stats()["indexed"] == 2 + 34
     assert len(b.find(_hashes(_jpeg(_scene(1))))) == 1
-    relabelled = json.dumps({**json.loads(lines[1]), "label": "generated"})
-    assert b.import_jsonl([*lines, relabelled]) == (1, 2)
+    later = {**json.loads(lines[1]), "label": "generated", "confirmed_at": "2099-01-01T00:00:00Z"}
+    assert b.import_jsonl([*lines, json.dumps(later)]) == (1, 2)
     assert b.stats()["by_label"] == {"generated": 2, "camera": 1}
+    # the other label at the very moment of the recorded decision: which one holds? refused
+    same_time = json.dumps({**json.loads(lines[1]), "label": "generated"})
+    with pytest.raises(KnownImageError, match="confirmed camera at .* says generated at the same"):
+        b.import_jsonl([same_time])
+    with pytest.raises(KnownImageError, match="line 2: says generated, an earlier line camera"):
+        MemoryStore(tmp_path / "c.sqlite").import_jsonl([lines[1], same_time])
+    assert b.stats()["records"] == 3  # nothing of a refused file is written
 
 
 def test_a_file_repeating_a_record_adds_it_once_and_an_old_decision_does_not_overturn_a_new(
@@ -366,3 +373,35 @@ def test_memory_commands(tmp_path):
         assert out.returncode == 2, (args, out.stderr)
         assert message in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
     assert json.loads(_cli("memory", "stats", "--db", db).stdout)["records"] == 1
+
+
+def test_imported_times_are_utc_and_fields_are_checked(tmp_path):
+    a = MemoryStore(tmp_path / "a.sqlite")
+    a.add(_hashes(_jpeg(_scene(3))), "generated", "alice", confirmed_at="2026-12-07T13:46:00Z")
+    buf = io.StringIO()
+    a.export_jsonl(buf)
+    (line,) = buf.getvalue().splitlines()
+    record = json.loads(line)
+    assert record["confirmed_at"] == "2026-12-07T13:46:00+00:00"
+    # 20:00 in Tokyo is 11:00 UTC: earlier than alice's decision, so hers still leads
+    tokyo = {**record, "label": "camera", "confirmed_by": "mallory",
+             "confirmed_at": "2026-12-07T20:00:00+09:00"}  # fmt: skip
+    assert a.import_jsonl([json.dumps(tokyo)]) == (1, 0)
+    (first, *_) = a.find(_hashes(_jpeg(_scene(3))))
+    assert first.record.label == "generated"
+    stored = {
+        m.record.confirmed_by: m.record.confirmed_at for m in a.find(_hashes(_jpeg(_scene(3))))
+    }
+    assert stored["mallory"] == "2026-12-07T11:00:00+00:00"
+    for change, message in [
+        ({"confirmed_at": "n/a"}, "is not an ISO 8601 time"),
+        ({"confirmed_at": 12345}, "must be an ISO 8601 time as text"),
+        ({"confirmed_at": [1]}, "must be an ISO 8601 time as text"),
+        ({"confirmed_at": "2026-12-07T20:00:00"}, "has no time zone"),
+        ({"file_sha256": [1]}, "file_sha256 must be 64 lower-case hex digits"),
+        ({"pixel_sha256": ""}, "pixel_sha256 must be 64 lower-case hex digits"),
+        ({"confirmed_by": None}, "who confirmed the image is required"),
+        ({"note": {"a": 1}}, "note must be text"),
+    ]:
+        with pytest.raises(KnownImageError, match=f"line 1: .*{message}"):
+            a.import_jsonl([json.dumps({**record, **change})])
