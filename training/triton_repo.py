@@ -14,6 +14,7 @@ answers with (``detector.model_io``). An export, so it lives beside ``export``.
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
 from detector.engine import ONNX_FILE, SIDECAR, read_sidecar
@@ -34,11 +35,49 @@ def write_triton_repo(
     tensorrt: bool = False,
 ) -> Path:
     meta = read_sidecar(model_dir / SIDECAR)  # a ValueError naming the file and the field
+    if not (model_dir / ONNX_FILE).is_file():
+        raise ValueError(f"{model_dir} has a {SIDECAR} but no {ONNX_FILE}")
     description = tensor_model(meta, name)
     target = repo / name
-    (target / "1").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(model_dir / ONNX_FILE, target / "1" / ONNX_FILE)
-    shutil.copy2(model_dir / SIDECAR, target / SIDECAR)  # preprocessing + calibration for clients
+    if target.exists() and not _ours(target):  # Triton serves the highest version folder
+        raise ValueError(
+            f"{target} holds other files or versions than an export's ({', '.join(_extra(target))}"
+            "): remove them or choose another --name"
+        )
+    repo.mkdir(parents=True, exist_ok=True)
+    # built beside the model folder and swapped in whole: a failure leaves no half-written model
+    # for Triton to load, and an earlier export stays as it was until this one is complete
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=repo))
+    try:
+        (staging / "1").mkdir()
+        shutil.copy2(model_dir / ONNX_FILE, staging / "1" / ONNX_FILE)
+        shutil.copy2(model_dir / SIDECAR, staging / SIDECAR)  # preprocessing + calibration
+        _config(staging, description, max_batch_size, max_queue_delay_us, gpu, instances, tensorrt)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+_LAYOUT = {"config.pbtxt", SIDECAR, "1", f"1/{ONNX_FILE}"}
+
+
+def _extra(target: Path) -> list[str]:
+    """What a model folder holds beyond an export's files."""
+    found = {p.relative_to(target).as_posix() for p in target.rglob("*")}
+    return sorted(found - _LAYOUT)
+
+
+def _ours(target: Path) -> bool:
+    return target.is_dir() and not _extra(target)
+
+
+def _config(
+    target: Path, description, max_batch_size, max_queue_delay_us, gpu, instances, tensorrt
+) -> None:
     accel = ""
     if tensorrt:
         accel = """optimization { execution_accelerators { gpu_execution_accelerator: [ {
@@ -50,4 +89,3 @@ def write_triton_repo(
 """
     config = description.pbtxt(max_batch_size, max_queue_delay_us, gpu, instances, accel)
     (target / "config.pbtxt").write_text(config)
-    return target

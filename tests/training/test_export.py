@@ -368,6 +368,30 @@ def test_cli_makes_an_int8_copy_of_an_export_and_measures_its_validation_ap(
     assert "Traceback" not in plain.stderr and not (tmp_path / "p").exists()
 
 
+def test_a_triton_export_replaces_its_own_folder_whole_and_nothing_else(exported_model, tmp_path):
+    import shutil
+
+    from training.triton_repo import write_triton_repo
+
+    repo = tmp_path / "repo"
+    target = write_triton_repo(exported_model, repo, gpu=False)
+    (target / "config.pbtxt").write_text("stale")
+    write_triton_repo(exported_model, repo, gpu=False)  # an earlier export: replaced
+    assert "KIND_CPU" in (target / "config.pbtxt").read_text()
+    (target / "2").mkdir()
+    (target / "2" / "model.onnx").write_bytes(b"another version")
+    with pytest.raises(ValueError, match=r"holds other files or versions than an export's \(2, "):
+        write_triton_repo(exported_model, repo)  # Triton would serve the stale 2/
+    assert (target / "2" / "model.onnx").read_bytes() == b"another version"
+    broken = tmp_path / "no-onnx"
+    broken.mkdir()
+    shutil.copy(exported_model / "model.json", broken)
+    with pytest.raises(ValueError, match="has a model.json but no model.onnx"):
+        write_triton_repo(broken, tmp_path / "r3")
+    assert not (tmp_path / "r3").exists()
+    assert sorted(p.name for p in repo.iterdir()) == ["synthdetect_tiles"]  # no staging left
+
+
 def test_cli_puts_an_existing_onnx_export_in_a_triton_repository(exported_model, tmp_path):
     """The bundled model (an ONNX export, not a checkpoint) reaches Triton without a re-export."""
     repo = tmp_path / "repo"
