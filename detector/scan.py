@@ -208,21 +208,42 @@ def _bounded_map(pool: ThreadPoolExecutor, fn, items: list, window: int) -> Iter
             pending.append(pool.submit(fn, nxt))
 
 
+def _folder_key(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()  # through a symlink: the folder it names
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _display(path: str) -> str:
-    """A path that can be written as UTF-8: undecodable bytes (os.walk keeps them as
-    surrogates) become ``\\xNN``."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    """A path that can be written as UTF-8, one per file: undecodable bytes (os.walk keeps
+    them as surrogates) become ``\\xNN`` and a backslash of the name itself ``\\\\``, so
+    that a file named with the byte 0xff and one named with the text ``\\xff`` stay two."""
+    return os.fsencode(path.replace("\\", "\\\\")).decode("utf-8", "backslashreplace")
 
 
 def _walk(root: Path, out: Path, all_files: bool) -> Iterator[_Entry]:
     out_resolved = out.resolve()
     unlisted: list[OSError] = []
-    for dirpath, dirnames, filenames in os.walk(root, onerror=unlisted.append):
+    # Symlinked folders are followed, as symlinked files are; a folder reached a second time
+    # (a symlink loop, or two links to one folder) is one entry saying so, not scanned twice.
+    seen = {_folder_key(root)}
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unlisted.append, followlinks=True):
         while unlisted:  # a folder os.walk could not list: one error entry, not silence
             exc = unlisted.pop()
             rel = Path(exc.filename or dirpath).relative_to(root).as_posix() + "/"
             yield _Entry(_display(rel), None, f"cannot list folder ({exc.strerror or exc})")
         dirnames.sort()
+        # real folders claim their place before links to them at the same level
+        for name in sorted(dirnames, key=lambda n: os.path.islink(os.path.join(dirpath, n))):
+            key = _folder_key(Path(dirpath) / name)
+            if key is not None and key in seen:
+                dirnames.remove(name)
+                rel = (Path(dirpath) / name).relative_to(root).as_posix() + "/"
+                yield _Entry(_display(rel), None, "links to a folder scanned already: not again")
+            elif key is not None:
+                seen.add(key)
         for name in sorted(filenames):
             path = Path(dirpath) / name
             if not all_files and path.suffix.lower() not in IMAGE_EXTENSIONS:

@@ -241,7 +241,10 @@ def _load_done_any(out: Path) -> tuple[dict[str, str], list[dict]]:
         recent = [_parquet_row(json.loads(line)) for line in partial.read_text().splitlines()]
         seen = {r["path"] for r in recent}
         rows = [r for r in rows if r["path"] not in seen] + recent
-    return {r["path"]: r["sha256"] for r in rows if r.get("sha256")}, rows
+    # a finished file is known by its sha256, an unreadable one by its stat (as in JSONL): an
+    # unchanged unreadable file is not reported again on every resume
+    done = {r["path"]: r.get("sha256") or r.get("stat") for r in rows}
+    return {p: str(key) for p, key in done.items() if key}, rows
 
 
 def _parquet_row(rec: dict) -> dict:
@@ -253,6 +256,7 @@ def _parquet_row(rec: dict) -> dict:
         "probability": verdict["probability"] if verdict else None,
         "error": rec.get("error"),
         "verdict": json.dumps(verdict) if verdict else None,
+        "stat": rec.get("stat"),  # an unreadable file's size and time: resumed, not retried
     }
 
 

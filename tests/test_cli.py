@@ -336,6 +336,31 @@ def test_scan_reports_a_folder_it_cannot_list(tmp_path, scene, monkeypatch):
     assert scan_directory(root, out, Detector(["c2pa"]), progress=False).skipped == 2
 
 
+def test_scan_follows_symlinked_folders_once_and_keeps_odd_names_apart(tmp_path, scene):
+    from detector.pipeline import Detector
+    from detector.scan import scan_directory
+
+    root = tmp_path / "tree"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "a.png").write_bytes(P.encode(scene, "PNG"))
+    (root / "photos").symlink_to(root / "sub")  # a second way to the same folder
+    (root / "elsewhere").mkdir()
+    (root / "elsewhere" / "loop").symlink_to(root / "elsewhere")  # a loop
+    (root / "elsewhere" / "b.png").write_bytes(P.encode(scene, "PNG"))
+    with open(os.fsencode(root) + b"/\xff.png", "wb") as fh:  # the byte 0xff
+        fh.write(P.encode(scene[:64], "PNG"))
+    (root / "\\xff.png").write_bytes(P.encode(scene[:96], "PNG"))  # the text \xff
+    out = tmp_path / "r.jsonl"
+    stats = scan_directory(root, out, Detector(["c2pa"]), progress=False)
+    recs = {r["path"]: r for r in _lines(out)}
+    assert set(recs) == {"elsewhere/b.png", "elsewhere/loop/", "photos/", "sub/a.png",
+                         "\\xff.png", "\\\\xff.png"}  # fmt: skip
+    assert recs["elsewhere/loop/"]["error"] == "links to a folder scanned already: not again"
+    assert sum(stats.labels.values()) == 4 and stats.errors == 2 and len(_lines(out)) == 6
+    again = scan_directory(root, out, Detector(["c2pa"]), progress=False)
+    assert again.skipped == 6 and len(_lines(out)) == 6  # nothing scored twice on a resume
+
+
 @pytest.mark.parametrize(
     ("text", "bad_line"),
     [

@@ -96,20 +96,23 @@ def test_ray_scan_writes_parquet_and_resumes(tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
     root = tmp_path / "tree"
     _tree(root)
+    (root / "gone.png").symlink_to(root / "nothing.png")  # unreadable, known by its stat
     out = tmp_path / "results.parquet"
     cmd = _readme_ray_job()[2:]
     local = {cmd[0]: str(root), "/shared/results.parquet": str(out), "8": "2"}
     _scan(*(local.get(w, w) for w in cmd if w != "auto"))
     table = pq.read_table(out).to_pylist()
-    assert {r["path"] for r in table} >= {"img0.png", "bad.jpg"} and len(table) == 7
+    assert {r["path"] for r in table} >= {"img0.png", "bad.jpg", "gone.png"} and len(table) == 8
     row = next(r for r in table if r["path"] == "img0.png")
     assert row["label"] == "generated" and json.loads(row["verdict"])["decided_by"] == "declaration"
     assert not (tmp_path / "results.parquet.partial.jsonl").exists()
     (root / "img2.png").write_bytes(P.encode(P.synthetic_scene(9, 180, 180), "JPEG"))  # changed
     again = _scan(str(root), "--out", str(out), "--ray")
-    assert "6 already in the results" in again.stderr and "1 scored" in again.stderr
+    # the unchanged unreadable link is not reported again (it was on every resume)
+    assert "7 already in the results" in again.stderr and "1 scored" in again.stderr
+    assert "0 unreadable" in again.stderr or "unreadable" not in again.stderr
     table = pq.read_table(out).to_pylist()
-    assert len(table) == 7 and len({r["path"] for r in table}) == 7
+    assert len(table) == 8 and len({r["path"] for r in table}) == 8
 
 
 def test_ray_scan_refuses_bad_output_and_source(tmp_path):

@@ -252,7 +252,7 @@ def test_importing_an_export_again_adds_nothing(tmp_path):
     assert b.stats()["by_label"] == {"generated": 2, "camera": 1}
     # the other label at the very moment of the recorded decision: which one holds? refused
     same_time = json.dumps({**json.loads(lines[1]), "label": "generated"})
-    with pytest.raises(KnownImageError, match="confirmed camera at .* says generated at the same"):
+    with pytest.raises(KnownImageError, match=r"confirmed camera at .* says generated at the same"):
         b.import_jsonl([same_time])
     with pytest.raises(KnownImageError, match="line 2: says generated, an earlier line camera"):
         MemoryStore(tmp_path / "c.sqlite").import_jsonl([lines[1], same_time])

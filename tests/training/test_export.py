@@ -386,7 +386,7 @@ def test_a_triton_export_replaces_its_own_folder_whole_and_nothing_else(exported
     broken = tmp_path / "no-onnx"
     broken.mkdir()
     shutil.copy(exported_model / "model.json", broken)
-    with pytest.raises(ValueError, match="has a model.json but no model.onnx"):
+    with pytest.raises(ValueError, match=r"has a model\.json but no model\.onnx"):
         write_triton_repo(broken, tmp_path / "r3")
     assert not (tmp_path / "r3").exists()
     assert sorted(p.name for p in repo.iterdir()) == ["synthdetect_tiles"]  # no staging left
