@@ -284,7 +284,8 @@ def memory_benchmark(
                 for r in fake
             )  # fmt: skip
             bulk.add_many(
-                (h, "generated", "bench", "", "", "2026-01-01") for h in [*hashes, *random]
+                (h, "generated", "bench", "", "", "2026-01-01T00:00:00+00:00")
+                for h in [*hashes, *random]
             )
         t0 = time.perf_counter()  # a store opening on the file rebuilds its index, as at start
         store = MemoryStore(path, rule=shipped)
