@@ -28,10 +28,9 @@ from benchmarks.env import environment
 from benchmarks.registry import Benchmark, Results, fail, register_benchmark, result_file
 from benchmarks.report import _f, _table, save_figure
 from detector.argtypes import positive_int
-from detector.fusion import fuse
 from detector.image import ImageError, decode
 from detector.methods import METHODS, create_method
-from detector.pipeline import default_fusion
+from detector.pipeline import default_fusion, fuse_results
 from training.datasets import Sample, load_samples
 from training.degrade import apply_chain, chain_name, encode_jpeg, parse_grid
 from training.metrics import compute_metrics, roc_curve
@@ -181,7 +180,7 @@ def accuracy_benchmark(
                 {"degradation": cname, "equalise": ename, "method": name,
                  "kind": built[name].kind.value, **row}
             )  # fmt: skip
-        verdicts = [fuse([per_method[n][i] for n in fused_names], config)
+        verdicts = [fuse_results([per_method[n][i] for n in fused_names], config)
                     for i in range(len(images))]  # fmt: skip
         fused = [v.probability for v in verdicts]
         fused_ms = sum(timing[n] for n in fused_names)  # the fused methods' time, no other

@@ -31,8 +31,10 @@ The rule (also in the README):
    before averaged every result, so an EXIF field naming a generative tool beside a model
    flagging the image at 0.975 pulled the verdict down to 0.960, under the threshold.)
 4. The label is ``generated`` when p >= ``threshold``, ``camera`` when p <= ``camera_threshold``,
-   otherwise ``uncertain``. The default threshold 0.5 is replaced by the model's calibrated
-   threshold (chosen for a target false-positive rate) when a model is loaded.
+   otherwise ``uncertain``; a confirmed result gives its own side, a decisive one
+   ``generated``. The default threshold 0.5 (camera band 0.25) is replaced by the model's
+   calibrated threshold (chosen for a target false-positive rate) and its band when the model
+   scored the image; when it abstained or failed, the neutral ones apply.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ __all__ = ["FusionConfig", "Verdict", "fuse"]
 @dataclass(frozen=True)
 class FusionConfig:
     threshold: float = 0.5
-    camera_threshold: float = 0.2
+    camera_threshold: float = 0.25  # threshold / 2, as a calibrated model's band
 
     def __post_init__(self) -> None:
         if not 0.0 < self.camera_threshold < self.threshold < 1.0:
@@ -136,6 +138,10 @@ def fuse(results: Sequence[MethodResult], config: FusionConfig | None = None) ->
 
     if probability is None:
         label = "uncertain"
+    elif confirmed:  # a person's decision: its side, whatever the bands
+        label = "generated" if probability >= 0.5 else "camera"
+    elif decisive:  # a declaration of generation wins over statistics (rule 2), and so over
+        label = "generated"  # the model's threshold, which is a statistic's
     elif probability >= config.threshold:
         label = "generated"
     elif probability <= config.camera_threshold:
@@ -143,17 +149,26 @@ def fuse(results: Sequence[MethodResult], config: FusionConfig | None = None) ->
     else:
         label = "uncertain"
 
-    first = decided_by if confirmed else None  # a reviewer's match leads the explanation
+    # The explanation leads with what decided: a reviewer's match, the declaration, else the
+    # evidence on the label's side; then by strength.
+    first = {decided_by} if confirmed else {r.method for r in decisive}
+    side = {"generated": Supports.GENERATED, "camera": Supports.CAMERA}.get(label)
     evidence = sorted(
         ((r.method, e) for r in results for e in r.evidence),
-        key=lambda me: (me[0] != first, -me[1].strength.rank, me[0]),
+        key=lambda me: (
+            me[0] not in first,
+            me[1].supports is not side,
+            -me[1].strength.rank,
+            me[0],
+        ),
     )
     return Verdict(
         label=label,
         probability=probability,
         threshold=config.threshold,
         decided_by=decided_by,
-        generator=_generator(confirmed or decisive or scored),
+        # a generator is named on the generated side only: a camera verdict names none
+        generator=None if label == "camera" else _generator(confirmed or decisive or scored),
         results=tuple(results),
         evidence=tuple(evidence),
         summary=_summary(label, results, evidence),

@@ -10,13 +10,25 @@ from typing import Any
 from detector.fusion import FusionConfig, Verdict, fuse
 from detector.image import DecodedImage, DecodeLimits, ImageError, decode
 from detector.methods import Evidence, Method, create_methods
+from detector.methods.base import Kind, MethodResult
 
-__all__ = ["Detector", "Overloaded", "default_fusion", "image_info"]
+__all__ = ["Detector", "Overloaded", "default_fusion", "fuse_results", "image_info"]
 
 
 class Overloaded(RuntimeError):
     """A method's engine refuses work for now (its queue is full). Not a failure to degrade
     around: the caller sheds the request (the server answers 503) and the client retries."""
+
+
+def fuse_results(results: Sequence[MethodResult], config: FusionConfig) -> Verdict:
+    """``fuse`` with the model's calibrated bands only where the model scored the image: they
+    were chosen for its score, not for what the metadata methods say without it (a lone
+    camera hint read as 'camera' at the model's 0.48 band)."""
+    if config != FusionConfig() and not any(
+        r.kind is Kind.MODEL and r.probability is not None for r in results
+    ):
+        config = FusionConfig()
+    return fuse(results, config)
 
 
 def default_fusion(methods: Sequence[Method]) -> FusionConfig:
@@ -88,11 +100,20 @@ class Detector:
         verdicts = []
         for i, image in enumerate(images):
             results = [res[i] for res in per_method]
-            verdict = fuse(results, self.fusion)
+            verdict = fuse_results(results, self.fusion)
             timings = {r.method: r.seconds * 1000 for r in results}
+            batch = {reason.split(":")[0] for reason in failed}
+            one = [  # a method that failed on this image alone (its batch went on)
+                f"{r.method}: {r.details['failure']}"
+                for r in results
+                if r.details.get("failure") and r.method not in batch
+            ]
             verdicts.append(
                 replace(
-                    verdict, image=image_info(image), timings_ms=timings, degraded=tuple(failed)
+                    verdict,
+                    image=image_info(image),
+                    timings_ms=timings,
+                    degraded=(*failed, *one),
                 )
             )
         return verdicts

@@ -437,8 +437,8 @@ class Service:
     ) -> list[Verdict | ImageError]:
         """The model alone on JPEGs decoded and tiled by ``detector.gpu_decode``; whatever it
         does not take (or a failing engine) goes through the detector as usual."""
-        from detector.fusion import fuse
         from detector.gpu_decode import GpuTiles, gpu_tiles
+        from detector.pipeline import fuse_results
 
         device = "cuda" if self.config.device in ("cuda", "tensorrt") else "cpu"
         prepared = gpu_tiles(blobs, self.bundle.preprocess, self.config.limits, device)
@@ -454,7 +454,7 @@ class Service:
                 results = None
             if results is not None:
                 for i, res in zip(fast, results, strict=True):
-                    verdict = fuse([res], detector.fusion)
+                    verdict = fuse_results([res], detector.fusion)
                     out[i] = replace(
                         verdict,
                         image=prepared[i].info,  # type: ignore[union-attr]

@@ -174,8 +174,9 @@ class Method(ABC):
 class PerImageMethod(Method):
     """A method that judges each image on its own (all metadata methods).
 
-    ``score`` isolates failures: an exception on one image becomes an abstention with an
-    ``<name>.error`` evidence item, and the rest of the batch is still scored.
+    ``score`` isolates failures: an exception on one image becomes an abstention with a
+    ``<name>.failed`` evidence item (and ``failure`` in its details: the verdict is marked
+    degraded), and the rest of the batch is still scored.
     """
 
     @abstractmethod
@@ -189,7 +190,7 @@ class PerImageMethod(Method):
             try:
                 res = self.score_one(image)
             except Exception as exc:  # one odd file must not lose the batch
-                err = Evidence(f"{self.name}.error", f"{self.name} failed: {exc}")
-                res = self.abstain(err)
+                err = Evidence(f"{self.name}.failed", f"{self.name} failed: {exc}")
+                res = self.abstain(err, failure=f"{type(exc).__name__}: {exc}")
             results.append(replace(res, seconds=time.perf_counter() - start))
         return results

@@ -112,3 +112,50 @@ def test_results_validate_probability(bad):
 def test_abstention_cannot_be_decisive():
     with pytest.raises(ValueError):
         r("a", None, decisive=True)
+
+
+_MODEL_BANDS = FusionConfig(threshold=0.969, camera_threshold=0.4845)  # the bundled model's
+
+
+def test_a_declaration_is_generated_whatever_the_models_threshold():
+    ev = Evidence("iptc.ai_composite", "declares composite", Strength.STRONG, Supports.GENERATED)
+    v = fuse([r("model", 0.3, kind=Kind.MODEL), r("iptc", 0.95, decisive=True, evidence=[ev])],
+             _MODEL_BANDS)  # fmt: skip
+    assert v.label == "generated" and v.probability == pytest.approx(0.95)
+    assert v.decided_by == "declaration"
+
+
+def test_the_explanation_leads_with_what_decided_and_its_side():
+    capture = Evidence("c2pa.capture", "declares digitalCapture", Strength.STRONG, Supports.CAMERA)
+    params = Evidence("generator_params.a1111", "A1111 parameters", Strength.STRONG,
+                      Supports.GENERATED)  # fmt: skip
+    v = fuse([r("c2pa", 0.05, evidence=[capture]),
+              r("generator_params", 0.99, decisive=True, evidence=[params])])  # fmt: skip
+    assert v.label == "generated" and v.summary.startswith("A1111 parameters")
+    assert [m for m, _ in v.evidence] == ["generator_params", "c2pa"]
+    hint = Evidence("iptc.capture", "declares digitalCapture", Strength.WEAK, Supports.CAMERA)
+    flag = Evidence("model.high", "the model flags it", Strength.WEAK, Supports.GENERATED)
+    v = fuse([r("iptc", 0.25, 0.5, evidence=[hint]),
+              r("model", 0.985, kind=Kind.MODEL, evidence=[flag])], _MODEL_BANDS)  # fmt: skip
+    assert v.label == "generated" and v.summary.startswith("the model flags it")
+
+
+def test_a_camera_verdict_names_no_generator():
+    v = fuse([r("exif", 0.9, 0.5, tool="Midjourney"), r("c2pa", 0.05, decisive=False),
+              r("model", 0.02, kind=Kind.MODEL)])  # fmt: skip
+    assert v.label == "camera" and v.generator is None
+
+
+def test_without_a_model_the_camera_band_is_half_the_threshold():
+    v = fuse([r("iptc", 0.25, 0.5), r("c2pa", 0.25, 0.5)])
+    assert v.probability == pytest.approx(0.25) and v.label == "camera"
+
+
+def test_the_models_bands_apply_only_where_it_scored():
+    from detector.pipeline import fuse_results
+
+    hint = [r("iptc", 0.25, 0.5), r("model", None, kind=Kind.MODEL)]  # the model abstained
+    v = fuse_results(hint, _MODEL_BANDS)
+    assert v.threshold == 0.5 and v.label == "uncertain"  # not 'camera' by the model's band
+    scored = [r("iptc", 0.25, 0.5), r("model", 0.45, kind=Kind.MODEL)]
+    assert fuse_results(scored, _MODEL_BANDS).threshold == 0.969

@@ -114,9 +114,17 @@ def test_one_failing_image_does_not_lose_the_batch(batch, monkeypatch):
 
     monkeypatch.setattr(type(method), "score_one", flaky)
     results = method.score(batch)
-    assert results[0].abstained and results[0].evidence[0].code == "generator_params.error"
+    assert results[0].abstained and results[0].evidence[0].code == "generator_params.failed"
     assert "boom" in results[0].evidence[0].message
+    assert results[0].details["failure"] == "RuntimeError: boom"
     assert results[1].decisive
+    # the verdict of the image it failed on says so; the other's does not
+    from detector.pipeline import Detector
+
+    detector = Detector(["generator_params"])
+    detector.methods = [method]
+    first, second = detector.score(batch[:2])
+    assert first.degraded == ("generator_params: RuntimeError: boom",) and not second.degraded
 
 
 def test_opt_in_methods_run_only_when_named():
