@@ -304,7 +304,7 @@ class ReviewQueue:
         with self._lock:
             self._store_image(sha, data)
             with self._db:
-                row = self._open_item(sha)
+                row = self._open_item(sha, hashes.pixel_sha256)
                 if row is not None:
                     self._db.execute(
                         "UPDATE review_items SET seen = seen + 1, updated_at = ? WHERE id = ?",
@@ -314,11 +314,13 @@ class ReviewQueue:
                     return row
                 return self._insert(hashes, verdict, reason, actor, filename)
 
-    def _open_item(self, sha: str) -> int | None:
+    def _open_item(self, sha: str, pixels: str | None = None) -> int | None:
+        """The open item of this file, or of a byte-different copy of the same pixels (junk
+        appended, metadata changed): one picture, one item."""
         row = self._db.execute(
-            "SELECT id FROM review_items WHERE image_sha256 = ? AND status = 'open' "
-            "ORDER BY id DESC LIMIT 1",
-            (sha,),
+            "SELECT id FROM review_items WHERE (image_sha256 = ? OR pixel_sha256 = ?) "
+            "AND status = 'open' ORDER BY id DESC LIMIT 1",
+            (sha, pixels or sha),
         ).fetchone()
         return None if row is None else int(row[0])
 
@@ -375,7 +377,7 @@ class ReviewQueue:
                 hashes = self._hashes(item)
                 verdict, filename = item["verdict"], filename or item["filename"]
             with self._db:
-                row = self._open_item(sha)
+                row = self._open_item(sha, hashes.pixel_sha256)
                 item_id = (
                     row
                     if row is not None
@@ -410,29 +412,84 @@ class ReviewQueue:
             now = _iso(_now())
             if decision == "skip":
                 with self._db:
-                    self._db.execute(
-                        "UPDATE review_items SET skips = skips + 1, updated_at = ? WHERE id = ?",
+                    cur = self._db.execute(
+                        "UPDATE review_items SET skips = skips + 1, updated_at = ? "
+                        "WHERE id = ? AND status = 'open'",
                         (now, item_id),
                     )
+                    if cur.rowcount != 1:  # decided meanwhile by another server process
+                        raise self._decided_already(item_id)
                     self._audit(item_id, actor, "skipped", {"reviewer": reviewer, "note": note})
             else:
-                hashes = self._hashes(item)
-                try:
-                    record = self.memory.add(
-                        hashes, decision, reviewer, note=note, source=f"review:{item_id}"
-                    )
-                except KnownImageError as exc:
-                    raise ReviewError(str(exc)) from None
-                with self._db:
-                    self._db.execute(
-                        "UPDATE review_items SET status = 'decided', decision = ?, decided_by = ?,"
-                        " decided_at = ?, note = ?, memory_id = ?, updated_at = ? WHERE id = ?",
-                        (decision, reviewer, now, note, record.id, now, item_id),
-                    )
-                    self._audit(item_id, actor, "decided",
-                                {"decision": decision, "reviewer": reviewer, "note": note,
-                                 "memory_id": record.id})  # fmt: skip
+                self._decide_locked(item, decision, reviewer, note, actor, now)
         return self.get(item_id)
+
+    def _decided_already(self, item_id: int) -> ReviewError:
+        item = self._item_locked(item_id)
+        return ReviewError(
+            f"review {item_id} was already decided ({item['decision']}) by "
+            f"{item['decided_by']} on {item['decided_at']}",
+            409,
+        )
+
+    def _decide_locked(
+        self, item: dict, decision: str, reviewer: str, note: str, actor: str, now: str
+    ) -> None:
+        """Close the item, and every other open item of the same pixels (a byte-different copy
+        of one picture), then record the decision in the memory once. The item is claimed
+        first with a conditional update, so that two server processes sharing the database
+        cannot both decide it (the thread lock holds within one process only)."""
+        item_id = item["id"]
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            cur = self._db.execute(
+                "UPDATE review_items SET status = 'decided', decision = ?, decided_by = ?, "
+                "decided_at = ?, note = ?, updated_at = ? WHERE id = ? AND status = 'open'",
+                (decision, reviewer, now, note, now, item_id),
+            )
+            if cur.rowcount != 1:
+                raise self._decided_already(item_id)
+            notes = {  # id -> note of the other open items of these pixels
+                int(row[0]): row[1]
+                for row in self._db.execute(
+                    "SELECT id, note FROM review_items WHERE pixel_sha256 = ? AND status = 'open' "
+                    "AND id != ?",
+                    (item["pixel_sha256"], item_id),
+                )
+            }
+            copies = sorted(notes)
+            for other in copies:
+                self._db.execute(
+                    "UPDATE review_items SET status = 'decided', decision = ?, decided_by = ?, "
+                    "decided_at = ?, note = ?, updated_at = ? WHERE id = ?",
+                    (decision, reviewer, now, f"the same pixels as review {item_id}", now, other),
+                )
+        try:
+            record = self.memory.add(
+                self._hashes(item), decision, reviewer, note=note, source=f"review:{item_id}"
+            )
+        except KnownImageError as exc:  # give the items back to the queue as they were
+            with self._db:
+                for row_id in (item_id, *copies):
+                    self._db.execute(
+                        "UPDATE review_items SET status = 'open', decision = NULL, "
+                        "decided_by = NULL, decided_at = NULL, note = ?, updated_at = ? "
+                        "WHERE id = ?",
+                        (notes.get(row_id, item["note"]), now, row_id),
+                    )
+            raise ReviewError(str(exc)) from None
+        with self._db:
+            for row_id in (item_id, *copies):
+                self._db.execute(
+                    "UPDATE review_items SET memory_id = ? WHERE id = ?", (record.id, row_id)
+                )
+            self._audit(item_id, actor, "decided",
+                        {"decision": decision, "reviewer": reviewer, "note": note,
+                         "memory_id": record.id})  # fmt: skip
+            for other in copies:
+                self._audit(other, actor, "decided_with",
+                            {"decision": decision, "reviewer": reviewer, "item": item_id,
+                             "memory_id": record.id})  # fmt: skip
 
     # --- reading ---------------------------------------------------------------------------
 

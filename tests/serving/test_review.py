@@ -62,6 +62,36 @@ def test_submit_decide_writes_memory_and_audit(queue):
 
 
 @pytest.mark.unit
+def test_byte_different_copies_of_one_picture_are_one_item_decided_once(queue):
+    data, hashes, verdict = _scored(11)
+    first = queue.submit(data, hashes, verdict, "uncertain", "key0")
+    for junk in (b"x", b"yy"):  # the same pixels, other bytes (junk after the JPEG's end)
+        copy = data + junk
+        again = hash_pixels(decode(copy).pixels, copy)
+        assert again.file_sha256 != hashes.file_sha256
+        assert queue.submit(copy, again, verdict, "requested", "key1") == first
+    queue.decide(first, "camera", "dana", "", "key9")
+    assert queue.memory.stats()["records"] == 1
+
+
+@pytest.mark.unit
+def test_a_second_process_cannot_decide_what_the_first_did(queue, tmp_path):
+    """Two server processes share the database; each has its own thread lock. The second
+    read the item as open just before the first decided it: its claim fails (409) and the
+    memory holds one decision, not two opposite ones."""
+    item_id = queue.submit(*_scored(12)[:3], "uncertain", "key0")
+    other = ReviewQueue(tmp_path / "review.sqlite", queue.memory)
+    stale = other.get(item_id)  # open, as the second process saw it
+    queue.decide(item_id, "generated", "alice", "", "key1")
+    now = datetime.now(UTC).isoformat()
+    with pytest.raises(ReviewError, match="already decided \\(generated\\) by alice") as err:
+        other._decide_locked(stale, "camera", "bob", "", "key2", now)
+    assert err.value.status == 409
+    assert queue.memory.stats()["by_label"] == {"generated": 1, "camera": 0}
+    other.close()
+
+
+@pytest.mark.unit
 def test_audit_is_append_only(queue):
     data, hashes, verdict = _scored(2)
     queue.submit(data, hashes, verdict, "uncertain", "key0")
