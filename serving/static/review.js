@@ -102,8 +102,17 @@ function setImage(blob) {
 }
 
 async function showItem(id) {
+  // A slow image (a large TIFF converted, a heatmap) must not land on the next item: each
+  // load has a number, and a response for an earlier one is dropped. Until this item's image
+  // is shown, the old one is gone and no decision is taken.
+  const load = (state.load = (state.load || 0) + 1);
+  const stale = () => load !== state.load;
+  state.ready = false;
+  $("image").removeAttribute("src");
+  clearHeatmap();
   try {
     const item = await api(`/v1/reviews/${id}`);
+    if (stale()) return;
     state.current = item;
     $("item").hidden = false;
     $("item-title").textContent = `Review #${item.id} (${item.reason}, ${item.status})`;
@@ -114,19 +123,24 @@ async function showItem(id) {
     renderQueue();
     clearHeatmap();
     if (item.image_kept) {
-      await setImage(await api(`/v1/reviews/${id}/image`));
+      const blob = await api(`/v1/reviews/${id}/image`);
+      if (stale()) return;
+      await setImage(blob);
+      if (stale()) return;
+      state.ready = true;
       // 422: the image is too small for a heatmap; the item is still shown, saying so
       const heat = await api(`/v1/reviews/${id}/heatmap`).catch((error) => {
         if (error.status !== 422) throw error;
         return { error: error.message };
       });
+      if (stale()) return;
       drawHeatmap(heat, item.verdict.image.width, item.verdict.image.height);
     } else {
-      $("image").removeAttribute("src");
+      state.ready = true;
       say("the image is no longer kept (expired or over the folder's cap); verdict only", "");
     }
   } catch (error) {
-    say(`could not open review #${id}: ${error.message}`, "error");
+    if (!stale()) say(`could not open review #${id}: ${error.message}`, "error");
   }
 }
 
@@ -245,6 +259,10 @@ function toggleHeatmap() {
 async function decide(decision) {
   const item = state.current;
   if (!item || item.status !== "open") return;
+  if (!state.ready) {  // the decision is about the picture: not before it is on the page
+    say("the image is still loading", "error");
+    return;
+  }
   const reviewer = $("reviewer").value.trim();
   if (!reviewer) {
     say("enter your name as reviewer first", "error");
