@@ -537,13 +537,34 @@ class ReviewQueue:
         del item["windows"]  # hashes of crop windows: for the memory, not for people
         return item
 
-    def items(self, status: str = "open", limit: int = 50, offset: int = 0) -> dict:
+    def items(
+        self, status: str = "open", limit: int = 50, offset: int = 0, after: str | None = None
+    ) -> dict:
         """Items in review order: open ones by fewest skips, then oldest first; the others
-        newest first."""
+        newest first. ``after`` (the ``next`` of the previous page) continues a listing while
+        others decide and skip: an offset shifts under them and skips items, a cursor does not
+        (an item skipped meanwhile moves later and may be listed again, never left out)."""
         if status not in (*STATUSES, "all"):
             raise ReviewError(f"status must be one of open, decided, all; got {status!r}")
-        where, args = ("WHERE status = ?", [status]) if status in STATUSES else ("", [])
+        clauses, args = (["status = ?"], [status]) if status in STATUSES else ([], [])
         order = "skips, id" if status == "open" else "id DESC"
+        if after is not None:
+            if offset:
+                raise ReviewError("give after or offset, not both")
+            try:
+                key = [int(x) for x in after.split(":")]
+            except ValueError:
+                key = []
+            if status == "open" and len(key) == 2:
+                clauses.append("(skips > ? OR (skips = ? AND id > ?))")
+                args += [key[0], key[0], key[1]]
+            elif status != "open" and len(key) == 1:
+                clauses.append("id < ?")
+                args += key
+            else:
+                want = "SKIPS:ID" if status == "open" else "ID"
+                raise ReviewError(f"after must be {want} (the next of the previous page)")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._lock:
             rows = self._db.execute(
                 f"SELECT {_ITEM_COLUMNS} FROM review_items {where} ORDER BY {order} "
@@ -559,7 +580,11 @@ class ReviewQueue:
             d["summary"] = d["verdict"].get("summary", "")
             del d["verdict"], d["windows"]
             items.append(d)
-        return {"items": items, "counts": {s: counts.get(s, 0) for s in STATUSES}}
+        last = items[-1] if len(items) == limit else None
+        cursor = None if last is None else (
+            f"{last['skips']}:{last['id']}" if status == "open" else str(last["id"])
+        )  # fmt: skip
+        return {"items": items, "counts": {s: counts.get(s, 0) for s in STATUSES}, "next": cursor}
 
     def stats(self) -> dict:
         with self._lock:

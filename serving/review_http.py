@@ -158,7 +158,8 @@ class ReviewRoutes:
             raise HttpError(
                 400, f"limit must be within 1..{_MAX_LIST} and offset within 0..{_MAX_OFFSET}"
             )
-        return json_response(200, await self._call(queue.items, status, limit, offset))
+        after = request.query.get("after")
+        return json_response(200, await self._call(queue.items, status, limit, offset, after))
 
     async def get(self, request: web.Request) -> web.Response:
         queue = self._reviewer_only(request)

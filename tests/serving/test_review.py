@@ -92,6 +92,28 @@ def test_a_second_process_cannot_decide_what_the_first_did(queue, tmp_path):
 
 
 @pytest.mark.unit
+def test_a_cursor_lists_every_open_item_while_others_skip_and_decide(queue):
+    ids = [queue.submit(*_scored(20 + i)[:3], "uncertain", "key0") for i in range(8)]
+    page = queue.items("open", limit=3)
+    listed = [item["id"] for item in page["items"]]
+    assert listed == ids[:3] and page["next"] == f"0:{ids[2]}"
+    queue.decide(ids[0], "skip", "ann", "", "key1")  # another reviewer meanwhile
+    queue.decide(ids[3], "camera", "ann", "", "key1")
+    while page["next"]:
+        page = queue.items("open", limit=3, after=page["next"])
+        listed += [item["id"] for item in page["items"]]
+    assert set(ids) - {ids[3]} <= set(listed)  # none left out (the skipped one comes again)
+    with pytest.raises(ReviewError, match="after must be SKIPS:ID"):
+        queue.items("open", after="7")
+    with pytest.raises(ReviewError, match="after or offset, not both"):
+        queue.items("open", offset=3, after="0:1")
+    decided = queue.items("decided", limit=1)
+    assert (
+        decided["next"] == str(ids[3]) and queue.items("decided", after=str(ids[3]))["items"] == []
+    )
+
+
+@pytest.mark.unit
 def test_audit_is_append_only(queue):
     data, hashes, verdict = _scored(2)
     queue.submit(data, hashes, verdict, "uncertain", "key0")
