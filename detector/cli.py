@@ -264,11 +264,18 @@ def _heatmap_target(args: argparse.Namespace, detector: Any) -> tuple[Any, list[
     single = out.suffix.lower() == ".png"
     if single and len(args.files) > 1:
         raise CliError("--heatmap FILE.png takes one image; give a folder for several")
+    dests = [out] if single else _heatmap_names(out, args.files)
+    for dest in dests:  # an overlay never replaces an image being scored
+        for path in args.files:
+            if dest.exists() and Path(path).exists() and os.path.samefile(dest, path):
+                raise CliError(
+                    f"--heatmap {dest} is an input image: it would be overwritten by its overlay"
+                )
     try:
         (out.parent if single else out).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CliError(f"--heatmap {out}: {exc}") from None
-    return model.bundle, [out] if single else _heatmap_names(out, args.files)
+    return model.bundle, dests
 
 
 def _heatmap_names(out: Path, files: list[str]) -> list[Path]:

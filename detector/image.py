@@ -266,12 +266,16 @@ def _decode(data: bytes, limits: DecodeLimits) -> DecodedImage:
             kind = "pages" if fmt == "TIFF" else "frames"
             notes.append(f"{fmt} with {frames} {kind}: only the first was scored")
         im.seek(0)
+        declared = _orientation(im)  # before load(): Pillow's TIFF loader applies and drops it
         im.load()
         metadata = _metadata(im)
         orientation = _orientation(im)
         source_mode = im.mode
         if orientation != 1:
             im = ImageOps.exif_transpose(im)
+            notes.append(f"EXIF orientation {orientation} applied")
+        elif declared != 1:  # applied by the loader itself: say so all the same
+            orientation = declared
             notes.append(f"EXIF orientation {orientation} applied")
         pixels, mode_note = _to_rgb(im)
     if mode_note:
@@ -381,20 +385,20 @@ def _check_size(size: tuple[int, int], limits: DecodeLimits) -> None:
 def _to_rgb(im: Image.Image) -> tuple[np.ndarray, str | None]:
     """Convert any Pillow mode to (H, W, 3) uint8 RGB, saying what was changed and how."""
     mode = im.mode
-    if mode == "RGB":
+    keyed = "transparency" in im.info  # a PNG tRNS colour key: transparent like an alpha 0
+    if mode == "RGB" and not keyed:
         return np.array(im, dtype=np.uint8), None
     if mode.startswith("I;16") or mode == "I":
-        # 16-bit samples (Pillow opens 16-bit greyscale PNG/TIFF as I;16 or I): round to 8 bits.
+        # 16-bit samples (Pillow opens 16-bit greyscale PNG/TIFF as I;16 or I): the high byte,
+        # as Pillow itself reduces 16-bit RGB, so that both colour types give the same pixels
         wide = np.asarray(im).astype(np.int64)
         if mode == "I" and wide.size and (wide.min() < 0 or wide.max() > 65535):
             raise ImageError("32-bit integer pixels outside the 16-bit range are not supported")
-        grey = ((wide * 255 + 32767) // 65535).astype(np.uint8)
+        grey = (wide >> 8).astype(np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2), "16-bit greyscale reduced to 8-bit RGB"
     if mode == "F":
         raise ImageError("floating-point pixel data is not supported")
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        mode == "P" and "transparency" in im.info
-    )
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode in ("P", "RGB", "L") and keyed)
     if has_alpha:
         # Transparent pixels have no colour of their own: composite onto white, deliberately.
         rgba = im.convert("RGBA")

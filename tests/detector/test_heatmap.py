@@ -81,9 +81,11 @@ def test_score_heatmap_writes_overlays_and_reports_tiles(exported_model, tmp_pat
     for args, message in [
         (("--heatmap", str(tmp_path / "x.png"), *model, str(a), str(b)), "takes one image"),
         (("--heatmap", str(tmp_path / "y"), "--methods", "c2pa", str(a)), "needs the model"),
+        (("--heatmap", str(a), *model, str(a)), "is an input image: it would be overwritten"),
     ]:
         out = _score(*args)
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+    assert a.read_bytes() == P.encode(P.synthetic_scene(1, 200, 300), "PNG")  # untouched
 
 
 def test_score_heatmap_gives_files_of_the_same_name_their_own_overlays(exported_model, tmp_path):

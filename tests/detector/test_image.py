@@ -327,3 +327,48 @@ def test_unicode_user_comment_without_latin_letters():
 
     text = "夕焼けの灯台"  # no zero bytes to tell the order: the one that decodes cleanly
     assert decode_user_comment(b"UNICODE\x00" + text.encode("utf-16-be")) == text
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_a_colour_key_is_transparent_like_an_alpha(mode):
+    """A PNG tRNS colour key (RGB or greyscale) marks transparent pixels as alpha 0 does:
+    composited onto white, with the note, as RGBA, LA and palette transparency are."""
+    px = np.zeros((8, 8, 3), np.uint8)
+    px[:, 4:] = 200
+    im = Image.fromarray(px).convert(mode)
+    buf = io.BytesIO()
+    im.save(buf, "PNG", transparency=0 if mode == "L" else (0, 0, 0))
+    image = decode(buf.getvalue())
+    assert image.pixels[0, 0].tolist() == [255, 255, 255]
+    assert image.pixels[0, 7].tolist() == [200, 200, 200]
+    assert f"{mode} alpha composited onto white" in image.notes
+
+
+def test_16_bit_greyscale_and_rgb_reduce_alike():
+    values = np.array([[0, 255, 256, 32767, 32768, 65280, 65535, 511]], np.uint16)
+    grey = io.BytesIO()
+    Image.fromarray(values).save(grey, "PNG")  # colour type 0, 16 bits
+    rgb16 = np.repeat(values[:, :, None], 3, axis=2)
+    raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in rgb16)  # colour type 2
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 1, 16, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))  # fmt: skip
+    a, b = decode(grey.getvalue()).pixels, decode(png).pixels
+    assert a[..., 0].tolist() == b[..., 0].tolist() == [(values >> 8).astype(np.uint8).tolist()[0]]
+
+
+def test_tiff_orientation_is_reported_though_the_loader_applies_it(scene):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    buf = io.BytesIO()
+    Image.fromarray(scene[:40, :100]).save(buf, "TIFF", exif=exif)
+    image = decode(buf.getvalue())
+    assert image.pixels.shape[:2] == (100, 40)  # applied once
+    assert image.orientation == 6 and "EXIF orientation 6 applied" in image.notes
