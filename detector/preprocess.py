@@ -103,8 +103,9 @@ def tile_origins(height: int, width: int, size: int, max_tiles: int) -> list[tup
     The grid has as many rows and columns as needed to cover the image, spread so the first
     and last tiles touch the borders; if that exceeds ``max_tiles`` the grid is thinned evenly.
     """
-    ny = max(1, math.ceil(height / size))
-    nx = max(1, math.ceil(width / size))
+    full_y = max(1, math.ceil(height / size))
+    full_x = max(1, math.ceil(width / size))
+    ny, nx = full_y, full_x
     while ny * nx > max_tiles:
         if ny >= nx and ny > 1:
             ny -= 1
@@ -112,6 +113,21 @@ def tile_origins(height: int, width: int, size: int, max_tiles: int) -> list[tup
             nx -= 1
         else:
             break
+
+    # The even thinning above keeps rows and columns balanced; where that wastes tiles (a
+    # banner's second row of tiles 8 px below the first, an odd max_tiles leaving one unused)
+    # the grid of at most max_tiles tiles that covers most of the image is taken instead.
+    def covered(n: int, length: int) -> float:
+        return min(length, n * size) / length if length > size else 1.0
+
+    best = max(
+        ((covered(r, height) * covered(c, width), r * c, r, c)
+         for r in range(1, full_y + 1)
+         for c in [min(full_x, max_tiles // r)] if c >= 1),
+        default=None,
+    )  # fmt: skip
+    if best is not None and best[0] > covered(ny, height) * covered(nx, width) + 1e-9:
+        ny, nx = best[2], best[3]
     ys = _spread(height - size, ny)
     xs = _spread(width - size, nx)
     return [(y, x) for y in ys for x in xs]

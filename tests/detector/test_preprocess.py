@@ -16,6 +16,21 @@ def test_grid_covers_the_image_and_is_capped():
     assert len(tile_origins(4000, 3000, 128, 9)) == 9
 
 
+def _grid(origins):
+    return len({y for y, _ in origins}), len({x for _, x in origins})
+
+
+def test_a_thinned_grid_spends_its_tiles_where_they_cover_most():
+    # a banner: one row of 16 tiles, not two rows 8 px apart of 8
+    assert _grid(tile_origins(200, 5000, 192, 16)) == (1, 16)
+    assert _grid(tile_origins(200, 2000, 192, 4)) == (1, 4)
+    assert _grid(tile_origins(900, 600, 192, 16)) == (5, 3)  # every row covered, 15 tiles
+    # where balanced rows and columns cover as much, they stay (the grid most images get)
+    for h, w in [(1024, 1024), (1080, 1920), (3000, 4000), (768, 768)]:
+        assert _grid(tile_origins(h, w, 192, 16)) == (4, 4)
+    assert _grid(tile_origins(512, 512, 192, 9)) == (3, 3)
+
+
 def test_inference_tiles_are_native_pixels_normalised():
     cfg = PreprocessConfig(input_size=32, max_tiles=4, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     img = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
