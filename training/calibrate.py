@@ -42,11 +42,24 @@ def fit_calibration(logits, labels, target_fpr: float, description: str) -> Cali
     """Temperature by NLL, then the threshold that flags at most ``target_fpr`` of the reals."""
     z = np.asarray(logits, np.float64)
     y = np.asarray(labels, np.int64)
+    if not np.isfinite(z).all():  # one NaN or inf turns the temperature search to its bound
+        bad = int((~np.isfinite(z)).sum())
+        raise ValueError(
+            f"{description}: {bad} of {len(z)} logits are not finite; cannot calibrate"
+        )
     temperature = fit_temperature(z, y)
     probs = Calibration(temperature=temperature).probability(z)
     reals = probs[y == 0]
     threshold = threshold_at_fpr(reals, target_fpr) if len(reals) else 0.5
     threshold = float(np.clip(threshold, 1e-6, 1 - 1e-6))
+    if len(reals) and float(np.mean(reals >= threshold)) > target_fpr:
+        # more than target_fpr of the reals score 1 - 1e-6 or more: no probability threshold
+        # inside (0, 1) keeps to the target (the model is surely wrong on those reals)
+        raise ValueError(
+            f"{description}: {float(np.mean(reals >= threshold)):.1%} of the reals score "
+            f"P >= {threshold} after temperature scaling; no threshold flags at most "
+            f"{target_fpr:.1%} of them (check the model and the validation labels)"
+        )
     return Calibration(
         temperature=temperature,
         threshold=threshold,

@@ -516,6 +516,13 @@ def _generalisation(args: argparse.Namespace) -> int:
         unknown = sorted(set(held) - {s.family for s in samples if s.label == 1})
         if unknown or not held:
             raise ValueError(f"--held-out names no generated family of {args.data}: {unknown}")
+        trained = sorted(set(held) - set(excluded_families(bundle)))
+        if trained:  # scored as held out, a family the run trained on would read as unseen
+            raise ValueError(
+                f"--held-out {','.join(trained)}: the model was trained on it; only the "
+                f"families it excluded ({', '.join(excluded_families(bundle)) or 'none'}) "
+                "are held out"
+            )
     if args.holdouts:  # name the run's excluded families by the groups they belong to
         excluded = held or excluded_families(bundle)
         groups = read_holdouts(args.holdouts, samples)

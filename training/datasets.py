@@ -169,7 +169,11 @@ def read_forensynths(root: Path) -> list[Sample]:
             for label, sub in ((0, "0_real"), (1, "1_fake")):
                 for file in _images(holder / sub):
                     gen = gen_dir.name if label else "real"
-                    samples.append(Sample(file, label, gen, gen_dir.name, source, split))
+                    # the pool is the generator's folder: its reals are its fakes' pairs (LSUN,
+                    # CelebA, ImageNet...), and a generator is judged against them, not others'
+                    samples.append(
+                        Sample(file, label, gen, gen_dir.name, source, split, gen_dir.name)
+                    )
     return _non_empty(samples, root)
 
 
@@ -185,7 +189,9 @@ def read_genimage(root: Path) -> list[Sample]:
             for label, sub in ((0, "nature"), (1, "ai")):
                 for file in _images(base / sub):
                     gen = gen_dir.name if label else "real"
-                    samples.append(Sample(file, label, gen, gen_dir.name, gen_dir.name, split))
+                    samples.append(
+                        Sample(file, label, gen, gen_dir.name, gen_dir.name, split, gen_dir.name)
+                    )
     return _non_empty(samples, root)
 
 

@@ -40,7 +40,7 @@ def _arrays(labels, scores) -> tuple[np.ndarray, np.ndarray]:
 
 def average_precision(labels, scores) -> float:
     y, s = _arrays(labels, scores)
-    if y.sum() == 0:
+    if y.sum() == 0 or y.sum() == len(y):  # one class: no ranking to measure (as ROC-AUC)
         return float("nan")
     order = np.argsort(-s, kind="mergesort")
     y, s = y[order], s[order]

@@ -188,6 +188,7 @@ def generalisation(
         held_out = excluded_families(bundle)
     groups = held_out if isinstance(held_out, dict) else {f: [f] for f in held_out}
     excluded = {f for fams in groups.values() for f in fams}
+
     thr = bundle.calibration.threshold
     # the recipe travels with its numbers (tile size, learning rates, schedule, augmentation)
     out: dict = {"threshold": thr, "held_out": groups, "train_config": training_config(bundle)}
@@ -288,6 +289,12 @@ def read_holdouts(path: Path | None, samples: list[Sample]) -> dict[str, dict[st
             )
         exclude = [str(f) for f in spec["exclude"]]
         score = [str(f) for f in spec.get("score", exclude)]
+        trained = sorted(set(score) - set(exclude))
+        if trained:  # scored as held out, yet the group's run trains on them
+            raise ValueError(
+                f"{path}: group {name!r} scores {trained}, which it does not exclude from "
+                "training (score must be among exclude)"
+            )
         sources = spec.get("exclude_sources", [])
         if not isinstance(sources, list):
             raise ValueError(f"{path}: group {name!r}: exclude_sources must be a list of sources")

@@ -33,3 +33,23 @@ def test_calibration_validation():
     with pytest.raises(ValueError):
         Calibration(threshold=1.0)
     assert Calibration.from_dict(None) == Calibration()
+
+
+def test_calibration_refuses_non_finite_logits_and_an_unreachable_target():
+    import numpy as np
+    import pytest
+
+    from training.calibrate import fit_calibration
+
+    rng = np.random.default_rng(0)
+    z = np.r_[rng.normal(-2, 1, 500), rng.normal(2, 1, 500)]
+    y = np.r_[np.zeros(500), np.ones(500)]
+    assert fit_calibration(z, y, 0.01, "val").temperature < 1  # finite: fitted
+    bad = z.copy()
+    bad[700] = np.nan
+    with pytest.raises(ValueError, match="1 of 1000 logits are not finite"):
+        fit_calibration(bad, y, 0.01, "val")
+    sure = np.r_[rng.normal(-6, 1, 985), np.full(15, 40.0), rng.normal(6, 1, 1000)]
+    labels = np.r_[np.zeros(1000), np.ones(1000)]  # 1.5% of the reals beyond any threshold
+    with pytest.raises(ValueError, match=r"no threshold flags at most 1\.0%"):
+        fit_calibration(sure, labels, 0.01, "val")

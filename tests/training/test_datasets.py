@@ -158,3 +158,12 @@ def test_worker_message_is_the_errors_own_words():
     assert "Original Traceback" in str(err.value)  # what torch makes of it
     assert worker_message(err.value) == "x.png: corrupt or truncated image data"
     assert worker_message(ValueError("plain")) == "plain"
+
+
+def test_forensynths_pairs_each_generator_with_its_own_reals(tmp_path):
+    for gen in ("progan", "stylegan"):
+        _img(tmp_path / gen / "0_real" / "r.png")
+        _img(tmp_path / gen / "1_fake" / "f.png")
+    pools = {(s.generator, s.label, s.pool) for s in load_samples(tmp_path)}
+    assert pools == {("real", 0, "progan"), ("progan", 1, "progan"),
+                     ("real", 0, "stylegan"), ("stylegan", 1, "stylegan")}  # fmt: skip

@@ -253,6 +253,9 @@ def test_holdout_groups_from_yaml(tmp_path):
     f.write_text("x:\n  exclude: [a]\n  exclude_sources: twins\n")
     with pytest.raises(ValueError, match="exclude_sources must be a list"):
         read_holdouts(f, samples)
+    f.write_text("g:\n  exclude: [a]\n  score: [a, b]\n")  # b trained on, then 'held out'
+    with pytest.raises(ValueError, match="scores \\['b'\\], which it does not exclude"):
+        read_holdouts(f, samples)
 
 
 def test_excluded_sources_leave_every_split_with_the_excluded_families():
@@ -361,3 +364,11 @@ def test_cli_generalisation_refuses_a_held_out_family_not_in_the_data(exported_m
     )  # fmt: skip
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "--held-out names no generated family of" in out.stderr and "['nosuch']" in out.stderr
+    seen = subprocess.run(  # a family the run trained on is not held out
+        [sys.executable, "-m", "detector.cli", "evaluate", "--generalisation",
+         "--model", str(exported_model), "--data", str(tiny_corpus / "manifest.csv"),
+         "--held-out", "gan"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert seen.returncode == 2 and "Traceback" not in seen.stderr
+    assert "--held-out gan: the model was trained on it" in seen.stderr
