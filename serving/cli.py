@@ -117,7 +117,7 @@ def register(sub: Any) -> None:
         "--idle-timeout-s",
         type=positive_float,
         default=15,
-        help="close a connection that sends no complete request for this long",
+        help="close a connection that sends no complete request head for this long (a body has 30 s)",
     )
     p.add_argument(
         "--work-timeout-s",
@@ -132,7 +132,10 @@ def register(sub: Any) -> None:
         help="decoded pixels of the images scored at once (memory: ~12 bytes each); more wait",
     )
     p.add_argument("--api-key-file", type=Path)
-    p.add_argument("--rate-limit", type=positive_float, help="requests per second per API key")
+    p.add_argument(
+        "--rate-limit", type=positive_float,
+        help="requests per second per API key (a token bucket with a burst of 20)",
+    )  # fmt: skip
     p.add_argument(
         "--cors-origin", action="append", default=[], help="allow this origin (repeatable)"
     )
