@@ -47,6 +47,17 @@ def _device(data: dict) -> str:
     return f"{device['cpu']} ({device.get('cores', '?')} cores){gpu}"
 
 
+def _rendered(kind: str, results: list, render, *args) -> list[str]:
+    """A benchmark's section or plots; a result file of its kind lacking a field is named."""
+    try:
+        return render(results, *args)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        names = ", ".join(f"{stem}.json" for stem, _ in results)
+        raise ValueError(
+            f"{names}: not a complete {kind} result ({type(exc).__name__}: {exc})"
+        ) from None
+
+
 def write_report(results_dir: Path, out: Path) -> Path:
     from benchmarks.registry import all_benchmarks
 
@@ -82,19 +93,11 @@ def write_report(results_dir: Path, out: Path) -> Path:
     sections = ["# Benchmark report", "", where, "", *sources, ""]
     plots: list[str] = []
     for b in benchmarks:
-        for what, render in (("section", b.section), ("plots", b.plots)):
-            if b.kind not in files or render is None:
-                continue
-            try:
-                if what == "section":
-                    sections += render(files[b.kind])
-                else:
-                    plots += render(files[b.kind], out)
-            except (KeyError, TypeError, ValueError, IndexError) as exc:  # a file of the kind
-                names = ", ".join(f"{stem}.json" for stem, _ in files[b.kind])  # lacking a field
-                raise ValueError(
-                    f"{names}: not a complete {b.kind} result ({type(exc).__name__}: {exc})"
-                ) from None
+        if b.kind in files and b.section is not None:
+            sections += _rendered(b.kind, files[b.kind], b.section)
+    for b in benchmarks:
+        if b.kind in files and b.plots is not None:
+            plots += _rendered(b.kind, files[b.kind], b.plots, out)
     sections += [f"![{p}]({p})" for p in plots]
     path = out / "REPORT.md"
     path.write_text("\n".join(sections) + "\n")

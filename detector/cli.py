@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from detector.argtypes import positive_int
-from detector.image import DecodeLimits, ImageError, decode, decode_file, read_file
+from detector.image import DecodeLimits, ImageError, decode, decode_file, file_identity, read_file
 from detector.memory import KnownImageError, require_database
 from detector.registry import RegistryError
 
@@ -265,12 +265,12 @@ def _heatmap_target(args: argparse.Namespace, detector: Any) -> tuple[Any, list[
     if single and len(args.files) > 1:
         raise CliError("--heatmap FILE.png takes one image; give a folder for several")
     dests = [out] if single else _heatmap_names(out, args.files)
+    inputs = {key for path in args.files if (key := file_identity(path))}
     for dest in dests:  # an overlay never replaces an image being scored
-        for path in args.files:
-            if dest.exists() and Path(path).exists() and os.path.samefile(dest, path):
-                raise CliError(
-                    f"--heatmap {dest} is an input image: it would be overwritten by its overlay"
-                )
+        if file_identity(dest) in inputs:
+            raise CliError(
+                f"--heatmap {dest} is an input image: it would be overwritten by its overlay"
+            )
     try:
         (out.parent if single else out).mkdir(parents=True, exist_ok=True)
     except OSError as exc:

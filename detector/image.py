@@ -29,7 +29,9 @@ __all__ = [
     "ImageError",
     "decode",
     "decode_file",
+    "file_identity",
     "image_size",
+    "is_comfyui_graph",
     "read_file",
 ]
 
@@ -192,6 +194,16 @@ def image_size(data: bytes) -> tuple[int, int] | None:
             return im.size
     except Exception:  # any header Pillow cannot parse: decode reports it properly
         return None
+
+
+def file_identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """(device, inode) of what ``path`` names, through symlinks: the same file or folder by any
+    name (None where it cannot be read)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def read_file(path: str | os.PathLike[str], max_bytes: int) -> bytes:
@@ -469,7 +481,8 @@ def _exif(im: Image.Image) -> tuple[dict[str, Any], bool]:
             name = ExifTags.TAGS.get(tag, f"Tag0x{tag:04X}")
             if tag == ExifTags.Base.UserComment:
                 value = decode_user_comment(value)
-            if _comfyui_graph(tag, value):  # a JSON graph, kept whole (not cut at 64 KiB)
+            if tag in (ExifTags.Base.Make, ExifTags.Base.Model) and is_comfyui_graph(value):
+                # a JSON graph, kept whole (not cut at 64 KiB as other text is)
                 out[name] = value.strip("\x00 ")[:_MAX_EXIF_JSON]
                 continue
             clean = _exif_value(value)
@@ -480,16 +493,13 @@ def _exif(im: Image.Image) -> tuple[dict[str, Any], bool]:
 
 # ComfyUI's WebP saver writes its graphs into EXIF Make ("workflow:{...}") and Model
 # ("prompt:{...}"): a few hundred KB of JSON where a device name belongs.
-COMFYUI_EXIF_PREFIXES = ("prompt:", "workflow:")
+_COMFYUI_PREFIXES = ("prompt:", "workflow:")
 _MAX_EXIF_JSON = 16 * 1024 * 1024
 
 
-def _comfyui_graph(tag: int, value: Any) -> bool:
-    return (
-        tag in (ExifTags.Base.Make, ExifTags.Base.Model)
-        and isinstance(value, str)
-        and value.startswith(COMFYUI_EXIF_PREFIXES)
-    )
+def is_comfyui_graph(value: Any) -> bool:
+    """An EXIF Make or Model value that is one of ComfyUI's graphs, not a device name."""
+    return isinstance(value, str) and value.startswith(_COMFYUI_PREFIXES)
 
 
 def _utf16_order(body: bytes) -> str:

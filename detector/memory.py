@@ -474,7 +474,9 @@ class MemoryStore:
             )
         windows = b"".join(_code(p).tobytes() + _code(d).tobytes() for p, d in hashes.windows)
         when = (
-            _utc(confirmed_at) if confirmed_at is not None else _utc(datetime.now(UTC).isoformat())
+            _utc(confirmed_at)
+            if confirmed_at is not None
+            else datetime.now(UTC).isoformat(timespec="seconds")
         )
         return (label, hashes.phash, hashes.dhash, hashes.pixel_sha256, hashes.file_sha256,
                 confirmed_by.strip(), when, note, source, windows or None)  # fmt: skip

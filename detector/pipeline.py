@@ -80,7 +80,8 @@ class Detector:
         if not images:
             return []
         per_method = []
-        failed: list[str] = []
+        failed: list[str] = []  # "method: reason" of the methods that failed on the whole batch
+        failed_methods: set[str] = set()
         for method in self.methods:
             # A method that fails on the whole batch (an engine error, a model that is not
             # loaded, a timeout) abstains for every image, and the verdicts come from the
@@ -94,6 +95,7 @@ class Detector:
             except Exception as exc:
                 reason = f"{method.name}: {type(exc).__name__}: {exc}"
                 failed.append(reason)
+                failed_methods.add(method.name)
                 why = Evidence(f"{method.name}.failed", f"{method.name} failed: {exc}")
                 results = [method.abstain(why, failure=type(exc).__name__) for _ in images]
             per_method.append(results)
@@ -102,11 +104,10 @@ class Detector:
             results = [res[i] for res in per_method]
             verdict = fuse_results(results, self.fusion)
             timings = {r.method: r.seconds * 1000 for r in results}
-            batch = {reason.split(":")[0] for reason in failed}
             one = [  # a method that failed on this image alone (its batch went on)
                 f"{r.method}: {r.details['failure']}"
                 for r in results
-                if r.details.get("failure") and r.method not in batch
+                if r.details.get("failure") and r.method not in failed_methods
             ]
             verdicts.append(
                 replace(

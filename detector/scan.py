@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from detector.image import DecodedImage, ImageError, decode, read_file
+from detector.image import DecodedImage, ImageError, decode, file_identity, read_file
 from detector.pipeline import Detector
 
 __all__ = ["IMAGE_EXTENSIONS", "ScanError", "ScanStats", "scan_directory"]
@@ -208,14 +208,6 @@ def _bounded_map(pool: ThreadPoolExecutor, fn, items: list, window: int) -> Iter
             pending.append(pool.submit(fn, nxt))
 
 
-def _folder_key(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()  # through a symlink: the folder it names
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
 def _display(path: str) -> str:
     """A path that can be written as UTF-8, one per file: undecodable bytes (os.walk keeps
     them as surrogates) become ``\\xNN`` and a backslash of the name itself ``\\\\``, so
@@ -228,7 +220,7 @@ def _walk(root: Path, out: Path, all_files: bool) -> Iterator[_Entry]:
     unlisted: list[OSError] = []
     # Symlinked folders are followed, as symlinked files are; a folder reached a second time
     # (a symlink loop, or two links to one folder) is one entry saying so, not scanned twice.
-    seen = {_folder_key(root)}
+    seen = {file_identity(root)}
     for dirpath, dirnames, filenames in os.walk(root, onerror=unlisted.append, followlinks=True):
         while unlisted:  # a folder os.walk could not list: one error entry, not silence
             exc = unlisted.pop()
@@ -237,7 +229,7 @@ def _walk(root: Path, out: Path, all_files: bool) -> Iterator[_Entry]:
         dirnames.sort()
         # real folders claim their place before links to them at the same level
         for name in sorted(dirnames, key=lambda n: os.path.islink(os.path.join(dirpath, n))):
-            key = _folder_key(Path(dirpath) / name)
+            key = file_identity(Path(dirpath) / name)
             if key is not None and key in seen:
                 dirnames.remove(name)
                 rel = (Path(dirpath) / name).relative_to(root).as_posix() + "/"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 
-__all__ = ["NS", "XmpError", "parse_xmp"]
+__all__ = ["NS", "XmpError", "parse_xmp", "parse_xmp_layers"]
 
 NS = {
     "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
@@ -31,16 +31,23 @@ class XmpError(ValueError):
     """The packet is not well-formed or is refused."""
 
 
-def parse_xmp(packet: str, top_level: bool = False) -> dict[tuple[str, str], list[str]]:
-    """Flatten an XMP packet to ``{(namespace URI, local name): [values]}``.
+def parse_xmp(packet: str) -> dict[tuple[str, str], list[str]]:
+    """Flatten an XMP packet to ``{(namespace URI, local name): [values]}``."""
+    return _flatten(_parse(packet))
 
-    ``top_level``: only the properties of the resource the packet describes (the
-    ``rdf:Description`` nodes directly under ``rdf:RDF``, XMP Part 1), not those of structures
-    nested in them: an ingredient in ``xmpMM:Pantry`` or ``xmpMM:Ingredients`` carries its own
-    DigitalSourceType, which is not the image's."""
+
+def parse_xmp_layers(
+    packet: str,
+) -> tuple[dict[tuple[str, str], list[str]], dict[tuple[str, str], list[str]]]:
+    """(own, every): the properties of the resource the packet describes (the
+    ``rdf:Description`` nodes directly under ``rdf:RDF``, XMP Part 1), and ``parse_xmp``'s
+    flattening of every property, those of nested structures too (an ingredient in
+    ``xmpMM:Pantry`` carries its own DigitalSourceType, which is not the image's). One parse."""
     root = _parse(packet)
-    if top_level:
-        return _top_level(root)
+    return _top_level(root), _flatten(root)
+
+
+def _flatten(root: ET.Element) -> dict[tuple[str, str], list[str]]:
     values: dict[tuple[str, str], list[str]] = defaultdict(list)
     for elem in root.iter():
         for key, value in elem.attrib.items():

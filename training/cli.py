@@ -510,23 +510,23 @@ def _generalisation(args: argparse.Namespace) -> int:
 
     samples = load_samples(args.data)
     bundle = load_bundle(args.model, device=args.device)
+    excluded = excluded_families(bundle)
     held: list[str] | dict[str, list[str]] | None = None
     if args.held_out:
         held = [f.strip() for f in args.held_out.split(",") if f.strip()]
         unknown = sorted(set(held) - {s.family for s in samples if s.label == 1})
         if unknown or not held:
             raise ValueError(f"--held-out names no generated family of {args.data}: {unknown}")
-        trained = sorted(set(held) - set(excluded_families(bundle)))
+        trained = sorted(set(held) - set(excluded))
         if trained:  # scored as held out, a family the run trained on would read as unseen
             raise ValueError(
                 f"--held-out {','.join(trained)}: the model was trained on it; only the "
-                f"families it excluded ({', '.join(excluded_families(bundle)) or 'none'}) "
-                "are held out"
+                f"families it excluded ({', '.join(excluded) or 'none'}) are held out"
             )
     if args.holdouts:  # name the run's excluded families by the groups they belong to
-        excluded = held or excluded_families(bundle)
+        chosen = held or excluded
         groups = read_holdouts(args.holdouts, samples)
-        held = {n: g["score"] for n, g in groups.items() if set(g["exclude"]) <= set(excluded)}
+        held = {n: g["score"] for n, g in groups.items() if set(g["exclude"]) <= set(chosen)}
     report = generalisation(bundle, samples, held, args.equalise or "jpeg:90")
     report = {"model": str(args.model), "data": str(args.data), **report}
     for kind in ("as_is", "equalised"):

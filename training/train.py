@@ -190,7 +190,8 @@ def split_samples(
         import zlib
 
         val = [s for s in train if zlib.crc32((s.source_id or str(s.path)).encode()) % 10 == 0]
-        train = [s for s in train if s not in set(val)]
+        held = set(val)
+        train = [s for s in train if s not in held]
     if not train or not val:
         raise ValueError("need training and validation images (a train and a val split)")
     need_both_classes(val, "validation")  # calibration and model choice rank val's two classes

@@ -9,7 +9,7 @@ low fusion weight; camera fields are reported as weak evidence but the method ab
 
 from __future__ import annotations
 
-from detector.image import COMFYUI_EXIF_PREFIXES, DecodedImage
+from detector.image import DecodedImage, is_comfyui_graph
 from detector.methods.base import (
     Evidence,
     Kind,
@@ -57,11 +57,7 @@ def _free_text(image: DecodedImage) -> list[tuple[str, str]]:
 def _without_graphs(exif: dict[str, object]) -> dict[str, object]:
     """EXIF without ComfyUI's graphs in Make and Model: not a device, not a tool's signature
     (generator_params reads them)."""
-    return {
-        k: v
-        for k, v in exif.items()
-        if not (k in ("Make", "Model") and str(v).startswith(COMFYUI_EXIF_PREFIXES))
-    }
+    return {k: v for k, v in exif.items() if not (k in ("Make", "Model") and is_comfyui_graph(v))}
 
 
 def _device(exif: dict[str, object]) -> str:

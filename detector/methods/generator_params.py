@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from detector.image import COMFYUI_EXIF_PREFIXES, DecodedImage
+from detector.image import DecodedImage, is_comfyui_graph
 from detector.methods.base import (
     Evidence,
     Kind,
@@ -290,7 +290,7 @@ def text_fields(image: DecodedImage) -> dict[str, str]:
         fields.setdefault("comment", image.metadata.comment)
     for tag in ("Make", "Model"):  # ComfyUI's WebP saver: "prompt:{...}" / "workflow:{...}"
         value = image.metadata.exif.get(tag)
-        if isinstance(value, str) and value.startswith(COMFYUI_EXIF_PREFIXES):
+        if is_comfyui_graph(value):
             key, _, graph = value.partition(":")
             if key not in fields:
                 fields[key] = graph

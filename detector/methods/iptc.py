@@ -19,7 +19,7 @@ from detector.methods.base import (
 )
 from detector.methods.registry import register_method
 from detector.provenance import SourceCategory, parse_source_type
-from detector.xmp import NS, XmpError, parse_xmp
+from detector.xmp import NS, XmpError, parse_xmp_layers
 
 __all__ = ["IptcSourceType"]
 
@@ -44,8 +44,8 @@ class IptcSourceType(PerImageMethod):
         if not packet:
             return self.abstain()
         try:
-            props = parse_xmp(packet, top_level=True)  # the image's own declaration
-            every = parse_xmp(packet)  # with those of nested records (ingredients, history)
+            # the image's own declaration, and every one (nested records: ingredients, history)
+            props, every = parse_xmp_layers(packet)
         except XmpError as exc:
             return self.abstain(Evidence("xmp.malformed", f"XMP packet ignored: {exc}"))
         declared = props.get(_KEY, []) + props.get(_KEY_PLUS, [])
