@@ -32,7 +32,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -296,7 +296,7 @@ def _utc(when: object) -> str:
         raise KnownImageError(f"confirmed_at {when!r} is not an ISO 8601 time") from None
     if moment.tzinfo is None:
         raise KnownImageError(f"confirmed_at {when!r} has no time zone (add Z or +00:00)")
-    return moment.astimezone(UTC).isoformat(timespec="seconds")
+    return moment.astimezone(timezone.utc).isoformat(timespec="seconds")
 
 
 def _text(value: object, name: str) -> str:
@@ -476,7 +476,7 @@ class MemoryStore:
         when = (
             _utc(confirmed_at)
             if confirmed_at is not None
-            else datetime.now(UTC).isoformat(timespec="seconds")
+            else datetime.now(timezone.utc).isoformat(timespec="seconds")
         )
         return (label, hashes.phash, hashes.dhash, hashes.pixel_sha256, hashes.file_sha256,
                 confirmed_by.strip(), when, note, source, windows or None)  # fmt: skip

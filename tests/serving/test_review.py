@@ -7,7 +7,7 @@ import json
 import os
 import sqlite3
 import struct
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -83,7 +83,7 @@ def test_a_second_process_cannot_decide_what_the_first_did(queue, tmp_path):
     other = ReviewQueue(tmp_path / "review.sqlite", queue.memory)
     stale = other.get(item_id)  # open, as the second process saw it
     queue.decide(item_id, "generated", "alice", "", "key1")
-    now = datetime.now(UTC).isoformat()
+    now = datetime.now(timezone.utc).isoformat()
     with pytest.raises(ReviewError, match="already decided \\(generated\\) by alice") as err:
         other._decide_locked(stale, "camera", "bob", "", "key2", now)
     assert err.value.status == 409
@@ -193,7 +193,7 @@ def test_image_folder_cap_and_expiry(tmp_path):
     removed = [a for a in q.audit() if a["action"] == "image_removed"]
     assert len(removed) == 1 and "cap" in removed[0]["detail"]["why"]
     # expiry: images stored more than a day ago are removed when the queue opens
-    old = (datetime.now(UTC) - timedelta(days=2)).isoformat(timespec="seconds")
+    old = (datetime.now(timezone.utc) - timedelta(days=2)).isoformat(timespec="seconds")
     with sqlite3.connect(db) as raw:
         raw.execute("UPDATE review_images SET stored_at = ?", (old,))
     q.close()
