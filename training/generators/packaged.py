@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -42,23 +43,31 @@ __all__ = ["FaceDcgan", "RealCugan", "RealEsrgan", "Span"]
 _NATIVE = {"libomp.so.5": "libomp5-14", "libvulkan.so.1": "libvulkan1"}
 
 
+# One native call at a time, process-wide: fds 1 and 2 belong to the process (two threads
+# redirecting at once leave them on /dev/null for good), and an ncnn network shared by the
+# corpus builder's worker threads corrupts its output when two threads run it at once.
+_NATIVE_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _quiet_native_output() -> Iterator[None]:
-    """The ncnn wrapper prints progress from C to fds 1 and 2; keep it out of the user's output."""
-    try:
-        saved = [os.dup(1), os.dup(2)]
-    except OSError:  # no usable stdout/stderr: nothing to protect
-        yield
-        return
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), 1)
-        os.dup2(devnull.fileno(), 2)
+    """The ncnn wrapper prints progress from C to fds 1 and 2; keep it out of the user's output.
+    Holds ``_NATIVE_LOCK`` for the block, so what runs inside is serialised too."""
+    with _NATIVE_LOCK:
         try:
+            saved = [os.dup(1), os.dup(2)]
+        except OSError:  # no usable stdout/stderr: nothing to protect
             yield
-        finally:
-            for fd, target in zip(saved, (1, 2), strict=True):
-                os.dup2(fd, target)
-                os.close(fd)
+            return
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            os.dup2(devnull.fileno(), 2)
+            try:
+                yield
+            finally:
+                for fd, target in zip(saved, (1, 2), strict=True):
+                    os.dup2(fd, target)
+                    os.close(fd)
 
 
 class _SuperResolution(Generator):
