@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from typing import ClassVar
 
 import numpy as np
@@ -41,6 +42,19 @@ def test_training_is_deterministic(crops, tmp_path):
         model = ConvAutoencoder("nearest")
         _train_autoencoder(model, PrepareContext(tmp_path, 3, 3, crops, lambda m: None))
         states.append({k: v.clone() for k, v in model.state_dict().items()})
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+@pytest.mark.parametrize("name", ["ae_pixelshuffle", "dcgan_texture"])
+def test_trained_weights_follow_the_seed_not_the_process(name, crops, tmp_path):
+    """The module is built before the seed is known; its training must not start from weights
+    the process's random state drew (two builds with one seed gave different corpora)."""
+    states = []
+    for process_state in (1, 2):
+        torch.manual_seed(process_state)  # whatever ran before in this process
+        gen = GENERATORS.get(name)()
+        gen.prepare(PrepareContext(tmp_path / str(process_state), 0, 2, crops, lambda m: None))
+        states.append({k: v.clone() for k, v in gen.model.state_dict().items()})
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
 
@@ -89,6 +103,28 @@ def test_super_resolution_fakes_are_aligned_and_deterministic(name, photo_crop, 
     # the same content (a fake of its twin), but not the twin itself
     assert 20 < psnr(a, photo_crop) < 45
     assert cls.family.startswith("sr-") and cls.aligned
+
+
+def test_super_resolution_is_safe_from_several_threads(photo_crop, tmp_path):
+    """The corpus builder's workers share one generator: same fakes as one thread, and the
+    process's stderr is still the terminal afterwards (not /dev/null)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cls = GENERATORS.get("realesrgan_animevideov3")
+    if cls.availability():
+        pytest.skip(f"realesrgan_animevideov3: {cls.availability()}")
+    gen = cls()
+    gen.prepare(PrepareContext(tmp_path, 0, 1, photo_crop[None], lambda m: None))
+    crops = [
+        np.ascontiguousarray(np.roll(photo_crop, 37 * i, axis=1)[:128, :128]) for i in range(6)
+    ]
+    serial = [gen.transform([c])[0] for c in crops]
+    stderr_before = os.fstat(2)
+    with ThreadPoolExecutor(3) as pool:
+        threaded = list(pool.map(lambda c: gen.transform([c])[0], crops * 2))
+    after = os.fstat(2)
+    assert (after.st_dev, after.st_ino) == (stderr_before.st_dev, stderr_before.st_ino)
+    assert all(np.array_equal(a, b) for a, b in zip(threaded, serial * 2, strict=True))
 
 
 def test_each_super_resolution_architecture_is_its_own_family():

@@ -62,7 +62,12 @@ def _cached_train(
         ctx.log(f"  {gen.name}: cached weights {path.name}")
     else:
         ctx.log(f"  {gen.name}: training {ctx.steps} steps on {len(ctx.train_crops)} train crops")
+        # Seed, then start from the seed's initial weights: the module was built (and drew its
+        # initial weights from the process's unseeded generator) before the seed was known.
         torch.manual_seed(ctx.seed)
+        for module in model.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
         with _deterministic():
             train(model, ctx)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,7 +147,7 @@ def _train_autoencoder(model: nn.Module, ctx: PrepareContext) -> None:
 
 class _AutoencoderGenerator(Generator):
     family = "autoencoder"
-    version = "1"
+    version = "2"  # 2: initial weights from the seed (1 drew them unseeded)
     aligned = True
     pool = "crops256"
     trains = True
@@ -232,7 +237,7 @@ class DcganTexture(Generator):
     """A small DCGAN trained on 64x64 real crops of the train split: GAN textures."""
 
     family = "gan"
-    version = "1"
+    version = "2"  # 2: initial weights from the seed (1 drew them unseeded)
     aligned = False
     pool = "crops64"
     trains = True
