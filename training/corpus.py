@@ -73,6 +73,7 @@ MANIFEST_FIELDS = [
     "path", "label", "generator", "family", "pool", "source_id", "split",
     "sha256", "width", "height", "format", "quality", "pair",
 ]  # fmt: skip
+WILD_PROVENANCE = ["repo", "commit", "src_path", "licence"]
 SPLITS = ("train", "val", "test", "heldout-real", "heldout-generators")
 WILD_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wild-train"
 
@@ -208,7 +209,10 @@ def build_corpus(
     except DebianError as exc:
         log(f"heldout-real skipped: {exc}")
 
-    write_manifest(out, stats.rows)
+    # the wild images' provenance (repo, commit, path), so that a merge with a corpus cut from
+    # the same files can tell (training.merge refuses the same file in two corpora)
+    extra = [c for c in WILD_PROVENANCE if any(c in r for r in stats.rows)]
+    write_manifest(out, stats.rows, MANIFEST_FIELDS + extra)
     summary = _summary_table(stats.rows)
     (out / "summary.md").write_text(summary)
     _contact_sheet(stats.sheet, out / "contact_sheet.png")
@@ -560,6 +564,8 @@ def _wild(root: Path, config: CorpusConfig, writer: CorpusWriter, log) -> None:
             pixels, row.label, row.slug if fake else "real",
             wild_family(row.slug) if fake else "wild-real", "wild", f"wild:{row.slug}",
             split_of[(row.label, row.slug)], f"wild-{row.path.stem}",
+            extra={"repo": row.repo, "commit": row.commit, "src_path": row.src_path,
+                   "licence": row.licence},
         )  # fmt: skip
         writer.write(item)
         writer.sheet("wild fake" if fake else "wild real", pixels)

@@ -30,7 +30,13 @@ def _rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
                     more = "more" if None in r else "fewer"
                     raise ValueError(f"{manifest} row {n}: {more} fields than the header")
             return list(reader.fieldnames or []), [
-                {**r, "path": str(manifest.parent / r["path"])} for r in rows
+                {
+                    **r,
+                    "path": str(manifest.parent / r["path"]),
+                    # the aligned fake's real twin, a path like ``path``
+                    **({"pair": str(manifest.parent / r["pair"])} if r.get("pair") else {}),
+                }
+                for r in rows
             ]
     except (OSError, UnicodeDecodeError, csv.Error, KeyError) as exc:
         raise ValueError(f"{manifest}: cannot read the manifest ({exc})") from None
@@ -40,7 +46,9 @@ def merge_manifests(inputs: list[Path], out: Path, exclude_pools: tuple[str, ...
     """Write ``out/manifest.csv`` (and ``merge.json``) from ``inputs``; returns merge.json's dict.
 
     Refuses a source id that appears in two inputs (the same source could land on both sides of
-    a split) and an image listed twice.
+    a split), a source file (``repo`` and ``src_path``) that two inputs both cut images from
+    (their builders name sources differently, and split them independently), an image listed
+    twice, and a merge that keeps no rows.
     """
     if len(inputs) < 2:
         raise ValueError("merge needs at least two corpora")
@@ -50,6 +58,7 @@ def merge_manifests(inputs: list[Path], out: Path, exclude_pools: tuple[str, ...
     fields = list(MANIFEST_FIELDS)
     merged: list[dict[str, str]] = []
     owner: dict[str, Path] = {}
+    file_owner: dict[tuple[str, str], tuple[Path, str]] = {}
     info = {"schema": 1, "inputs": []}
     for path in inputs:
         columns, rows = _rows(Path(path))
@@ -62,6 +71,16 @@ def merge_manifests(inputs: list[Path], out: Path, exclude_pools: tuple[str, ...
             first = owner.setdefault(r["source_id"], Path(path))
             if first != Path(path):
                 raise ValueError(f"source {r['source_id']!r} is in both {first} and {path}")
+            if r.get("repo") and r.get("src_path"):
+                file = (r["repo"], r["src_path"])
+                where = file_owner.setdefault(file, (Path(path), r["source_id"]))
+                if where[0] != Path(path):
+                    raise ValueError(
+                        f"{file[0]}:{file[1]} is a source of both {where[0]} (source "
+                        f"{where[1]!r}) and {path} (source {r['source_id']!r}): crops of one "
+                        "image could land on two splits; build one of them without it (corpus "
+                        "build --no-wild leaves the wild-train images out) or --exclude-pools it"
+                    )
         manifest = Path(path) / "manifest.csv" if Path(path).is_dir() else Path(path)
         info["inputs"].append(
             {
@@ -72,12 +91,17 @@ def merge_manifests(inputs: list[Path], out: Path, exclude_pools: tuple[str, ...
             }
         )
         merged += kept
+    if not merged:
+        excluded = f" (--exclude-pools {','.join(exclude_pools)})" if exclude_pools else ""
+        raise ValueError(f"no rows left to merge{excluded}")
     paths = [r["path"] for r in merged]
     if len(set(paths)) != len(paths):
         raise ValueError("an image is listed twice across the inputs")
     out.mkdir(parents=True, exist_ok=True)
     for r in merged:
         r["path"] = Path(os.path.relpath(r["path"], out)).as_posix()
+        if r.get("pair"):
+            r["pair"] = Path(os.path.relpath(r["pair"], out)).as_posix()
     # Written whole, then moved into place: a failure never leaves a manifest a run would trust.
     partial = out / "manifest.csv.partial"
     try:

@@ -242,6 +242,8 @@ class WildImage:
     description: str
     repo: str
     licence: str
+    commit: str = ""
+    src_path: str = ""  # the file's path in ``repo`` (the crop was cut from it)
 
 
 # Wild generators that are GANs / VQ models rather than diffusion models.
@@ -269,6 +271,8 @@ def wild_images(root: Path) -> list[WildImage]:
                     row["generator_or_source"],
                     row["repo"],
                     row["license"],
+                    row.get("commit") or "",
+                    row.get("path_in_repo") or "",
                 )
             )
     return out

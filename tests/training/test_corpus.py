@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.corpus import MANIFEST_FIELDS, SIZES, CorpusError, build_corpus
+from training.corpus import MANIFEST_FIELDS, SIZES, WILD_PROVENANCE, CorpusError, build_corpus
 from training.generators import GENERATORS
 
 pytestmark = pytest.mark.integration
@@ -36,7 +36,11 @@ def test_outputs_exist(tiny_corpus):
 
 def test_manifest_matches_files(tiny_corpus):
     rows = _rows(tiny_corpus)
-    assert list(rows[0]) == MANIFEST_FIELDS
+    wild = [r for r in rows if r["pool"] == "wild"]  # when ../shared/data/wild-train is there
+    assert list(rows[0]) == MANIFEST_FIELDS + (WILD_PROVENANCE if wild else [])
+    # the wild images name the file they were cut from, so a merge can refuse a second corpus
+    # cut from the same files (training.merge)
+    assert all(r["repo"] and r["src_path"] and r["commit"] for r in wild)
     for row in rows:
         data = (tiny_corpus / row["path"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == row["sha256"]

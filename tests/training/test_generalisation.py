@@ -117,6 +117,35 @@ def test_merge_rewrites_paths_keeps_columns_and_refuses_shared_sources(tmp_path)
     assert sorted(f.name for f in (tmp_path / "m4").iterdir()) == ["manifest.csv", "merge.json"]
 
 
+def test_merge_refuses_one_source_file_in_two_corpora_and_an_empty_result(tmp_path):
+    """The own corpus's wild-train images and the sources corpus cut crops from the same files
+    under other source ids, and split them independently: crops of one image on two splits."""
+    own = _write(tmp_path / "own", [
+        {"path": "i/r.png", "label": "real", "split": "train", "source_id": "s1", "pool": "crops256", "pair": "", "repo": "", "src_path": ""},
+        {"path": "i/f.png", "label": "fake", "split": "train", "source_id": "s1", "pool": "crops256", "pair": "i/r.png", "repo": "", "src_path": ""},
+        {"path": "i/w.png", "label": "fake", "split": "val", "source_id": "wild:cn11", "pool": "wild", "pair": "", "repo": "o/cn", "src_path": "a/b.png"},
+    ])  # fmt: skip
+    wild = _write(tmp_path / "wild", [
+        {"path": "x/c0.jpg", "label": "fake", "split": "test", "source_id": "wt-cn", "pool": "wild", "pair": "", "repo": "o/cn", "src_path": "a/b.png"},
+        {"path": "x/c1.jpg", "label": "fake", "split": "test", "source_id": "wt-cn", "pool": "wild", "pair": "", "repo": "o/cn", "src_path": "a/c.png"},
+    ])  # fmt: skip
+    with pytest.raises(
+        ValueError, match=r"o/cn:a/b\.png is a source of both .*own.*'wild:cn11'.*'wt-cn'"
+    ):
+        merge_manifests([own, wild], tmp_path / "m")
+    assert not (tmp_path / "m" / "manifest.csv").exists()
+    # without the own corpus's wild pool the two are disjoint; the twin's pair is rewritten
+    # like its path, so it still names the real file
+    merge_manifests([own, wild], tmp_path / "m", exclude_pools=("wild",))
+    rows = list(csv.DictReader((tmp_path / "m" / "manifest.csv").read_text().splitlines()))
+    assert rows[1]["pair"] == "../own/i/r.png" and rows[0]["pair"] == ""
+    assert (tmp_path / "m" / rows[1]["pair"]).resolve() == (own / "i" / "r.png").resolve()
+    with pytest.raises(ValueError, match=r"no rows left to merge \(--exclude-pools wild\)"):
+        merge_manifests([_write(tmp_path / "w2", [dict(r, source_id="y") for r in [
+            {"path": "q.png", "label": "fake", "split": "test", "pool": "wild"}]]), wild],
+            tmp_path / "m5", exclude_pools=("wild",))  # fmt: skip
+
+
 def test_excluded_families_read_from_checkpoints_and_exported_models():
     from types import SimpleNamespace
 
