@@ -78,6 +78,9 @@ STAGE_WIDTHS = (16, 24, 40, 80, 112, 192, 320)
 HEAD_WIDTH = 1280
 PARTS = ("stages", "head")
 INPUTS = ("rgb", "npr", "zoom2")
+# The smallest tile side the frozen network runs on (after --downscale; its stride is 32), and
+# for the ``stages`` features, which need a last stage of 2x2 (a 1x1 map has no spread).
+MIN_FEATURE_SIDE = {"head": 32, "stages": 64}
 NPR_GAIN = 6.0  # the residual's spread is about 1/6 of the tiles' (40 validation images)
 AUGMENTED = "train-augment"  # the view: one draw of the training degradations per image
 
@@ -228,6 +231,14 @@ class FeatureCache:
             self.tag = f"{network.tag}-s{prep.input_size}"
             self._extract = network
             return
+        side = prep.input_size // network.downscale
+        least = max(MIN_FEATURE_SIDE[p] for p in network.parts)
+        if side < least:
+            raise ProbeError(
+                f"tiles of {prep.input_size} px seen {network.downscale}x downscaled are {side} "
+                f"px; the frozen network's {'+'.join(network.parts)} features need at least "
+                f"{least} (lower --downscale or raise input_size)"
+            )
         parts = "+".join(network.parts)
         self.tag = f"{parts}-s{prep.input_size}-d{network.downscale}"
         if network.input != "rgb":
@@ -244,12 +255,13 @@ class FeatureCache:
 
     def _file(self, view: str) -> Path | None:
         """One file per view and per settings that change the features: the tiles (size,
-        count, normalisation, padding) and, for the augmented view, the policy and its seed.
+        count, normalisation, padding), the view's exact text and, for the augmented view, the policy and its seed.
         A digest of them is in the name, so another setting never reads these features."""
         if self.folder is None:
             return None
         slug = re.sub(r"[^A-Za-z0-9]+", "", view)
-        settings: dict[str, Any] = {"preprocess": self.prep.to_dict()}
+        # the view itself too: the slug alone is ambiguous (blur:1.5 and blur:15 both "blur15")
+        settings: dict[str, Any] = {"preprocess": self.prep.to_dict(), "view": view}
         seed = ""
         if view == AUGMENTED:
             seed = f"-seed{self.seed}"

@@ -237,6 +237,22 @@ def test_features_made_with_other_tile_or_augment_settings_are_never_reused(tmp_
     get(1, AUGMENTED, AugmentPolicy(p_jpeg=0.0, p_blur=0.0))
     get(1, AUGMENTED, AugmentPolicy(p_jpeg=1.0, p_blur=1.0))
     assert len(logs) == 4 and len(list((tmp_path / "cache").glob("*.npz"))) == 4
+    # two views whose names differ only in punctuation (both slug to "blur15")
+    light, heavy = get(1, "blur:1.5"), get(1, "blur:15")
+    assert len(logs) == 6 and not np.allclose(light, heavy)
+
+
+def test_tiles_too_small_for_the_frozen_network_are_refused_before_any_work(tmp_path):
+    """The stride-32 network on a 12 px tile failed inside the ONNX export with a traceback;
+    on a 32 px tile its last stage is 1x1 and the stages' standard deviations are NaN."""
+    from detector.preprocess import PreprocessConfig
+
+    net = FrozenFeatures(frozen_lite0(), parts=("stages",), downscale=4)
+    with pytest.raises(ProbeError, match="192 px seen 4x downscaled are 48 px; .* at least 64"):
+        FeatureCache(net, PreprocessConfig(input_size=192, max_tiles=1), tmp_path)
+    head = FrozenFeatures(frozen_lite0(), downscale=16)
+    with pytest.raises(ProbeError, match="192 px seen 16x downscaled are 12 px; .*head .* 32"):
+        FeatureCache(head, PreprocessConfig(input_size=192, max_tiles=1), tmp_path)
 
 
 def test_the_npr_input_sees_the_neighbouring_pixel_residual_not_the_scene(tmp_path):
