@@ -9,6 +9,9 @@ from training.metrics import threshold_at_fpr
 
 __all__ = ["fit_calibration", "fit_temperature"]
 
+# The threshold's margin above the highest real it must not flag, relative to that real's logit.
+LOGIT_MARGIN = 1e-5
+
 
 def _nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
     z = logits / temperature
@@ -51,6 +54,16 @@ def fit_calibration(logits, labels, target_fpr: float, description: str) -> Cali
     probs = Calibration(temperature=temperature).probability(z)
     reals = probs[y == 0]
     threshold = threshold_at_fpr(reals, target_fpr) if len(reals) else 0.5
+    real_logits = np.sort(z[y == 0])[::-1]
+    k = int(np.floor(target_fpr * len(real_logits)))  # the highest real kept below it
+    if k < len(real_logits):
+        # The shipped graph computes these logits again in float32 (about 5e-7 apart, and the
+        # temperature may magnify that 20x): keep the boundary real below the threshold with a
+        # margin of 1e-5 of its logit, not one float step (which flagged it again).
+        boundary = real_logits[k]
+        margin = LOGIT_MARGIN * max(1.0, abs(float(boundary)))
+        threshold = max(threshold, float(Calibration(temperature=temperature).probability(
+            np.array([boundary + margin]))[0]))  # fmt: skip
     threshold = float(np.clip(threshold, 1e-6, 1 - 1e-6))
     if len(reals) and float(np.mean(reals >= threshold)) > target_fpr:
         # more than target_fpr of the reals score 1 - 1e-6 or more: no probability threshold

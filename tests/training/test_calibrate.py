@@ -53,3 +53,20 @@ def test_calibration_refuses_non_finite_logits_and_an_unreachable_target():
     labels = np.r_[np.zeros(1000), np.ones(1000)]  # 1.5% of the reals beyond any threshold
     with pytest.raises(ValueError, match=r"no threshold flags at most 1\.0%"):
         fit_calibration(sure, labels, 0.01, "val")
+
+
+def test_threshold_holds_when_the_shipped_graph_recomputes_the_logits_in_float32():
+    """Calibration fits on float64 logits; the exported graph computes the same logits in
+    float32 (about 5e-7 apart). A threshold one float step above the boundary real flagged it
+    again when the temperature (here at its 0.05 floor) magnified that difference."""
+    rng = np.random.default_rng(0)
+    reals = rng.normal(-0.5, 0.02, 200)
+    z = np.concatenate([reals, reals + 40.0])
+    y = np.array([0] * 200 + [1] * 200)
+    cal = fit_calibration(z, y, 0.01, "val")
+    assert cal.temperature < 0.06
+    for drift in (5e-7, 1e-6, -1e-6):
+        flagged = cal.probability((reals.astype(np.float32) + np.float32(drift))) >= cal.threshold
+        assert flagged.mean() <= 0.01, drift
+    # and the margin is small: the fakes are all still flagged
+    assert (cal.probability(reals + 40.0) >= cal.threshold).all()
