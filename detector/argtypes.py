@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 __all__ = ["floats", "fraction", "port", "positive_float", "positive_int", "positive_ints"]
@@ -52,11 +53,14 @@ def positive_ints(text: str) -> list[int]:
 
 
 def floats(text: str) -> list[float]:
-    """Comma-separated numbers (weights)."""
+    """Comma-separated finite numbers (weights, C values)."""
     try:
-        return [float(x) for x in text.split(",")]
+        values = [float(x) for x in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"numbers separated by commas, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"finite numbers separated by commas, got {text!r}")
+    return values
 
 
 def port(text: str) -> int:

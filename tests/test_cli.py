@@ -579,3 +579,15 @@ def test_asking_for_a_gpu_where_there_is_none_is_refused(tmp_path):
         assert out.returncode == 2 and "Traceback" not in out.stderr, (args, out.stderr)
         assert last.startswith(f"synthdetect: --device {args[-1]}: this ONNX Runtime has no GPU")
     assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_weights_and_c_values_must_be_finite_numbers(tmp_path):
+    """nan or inf weights reached the calibration, which then blamed the data's logits."""
+    for args in (
+        ["soup", "a", "b", "--out", "s", "--weights", "nan,1"],
+        ["ensemble", "a", "b", "--out", "e", "--data", "m.csv", "--weights", "1,inf"],
+        ["probe", "--data", "m.csv", "--out", "p", "--c", "0.1,nan"],
+    ):
+        out = run(*args, cwd=tmp_path)
+        assert out.returncode == 2 and "finite numbers separated by commas" in out.stderr, args
+        assert "Traceback" not in out.stderr

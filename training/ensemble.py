@@ -29,7 +29,7 @@ from training.datasets import load_samples
 from training.evaluate import predict_logits
 from training.export import TOLERANCE, parity_tiles
 from training.metrics import average_precision
-from training.soup import left_out_by_all, normalised_weights
+from training.soup import left_out_by_all, model_in, normalised_weights
 from training.train import split_samples, validation_calibration
 
 __all__ = ["EnsembleError", "fp16_storage", "make_ensemble", "merge_graphs"]
@@ -134,8 +134,8 @@ def make_ensemble(
     if len(folders) < 2:
         raise EnsembleError("an ensemble needs at least two models")
     weights = normalised_weights(weights, len(folders), "models", EnsembleError)
-    if (out / "model.onnx").exists():
-        raise EnsembleError(f"{out} already holds a model; choose a new folder")
+    if held := model_in(out):
+        raise EnsembleError(f"{out} already holds {held}; choose a new folder")
     metas, graphs = [], []
     for folder in folders:
         sidecar = Path(folder) / SIDECAR

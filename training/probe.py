@@ -50,6 +50,7 @@ from training.datasets import Sample, load_samples, read_pixels
 from training.degrade import AugmentPolicy, apply_chain, parse_chain
 from training.export import TOLERANCE, new_sidecar, parity_tiles, write_onnx
 from training.metrics import average_precision, compute_metrics
+from training.soup import model_in
 from training.train import sample_weights, training_splits
 
 __all__ = [
@@ -420,10 +421,10 @@ def train_probe(
     ``config.exclude_families`` / ``exclude_sources``) into the model folder ``out``.
     -> its sidecar (also written to ``out``)."""
     out = Path(out)
-    if (out / ONNX_FILE).exists():
-        raise ProbeError(f"{out} already holds a model; choose a new folder")
-    if not cs or any(c <= 0 for c in cs):
-        raise ProbeError(f"C values must be positive, got {list(cs)}")
+    if held := model_in(out):
+        raise ProbeError(f"{out} already holds {held}; choose a new folder")
+    if not cs or not all(np.isfinite(cs)) or any(c <= 0 for c in cs):
+        raise ProbeError(f"C values must be positive and finite, got {list(cs)}")
     try:
         samples = load_samples(data)
         train, val, _ = training_splits(samples, config.exclude_families, config.exclude_sources)

@@ -77,6 +77,18 @@ def average_state_dicts(states: list[dict], weights: list[float]) -> dict:
     return out
 
 
+def model_in(folder: Path) -> str | None:
+    """The model ``folder`` already holds, in words, or None. A new model written beside it
+    hides it or is hidden by it (``score --model`` reads the ONNX file first, ``export`` and
+    ``evaluate`` the checkpoints), so soup, probe and ensemble refuse such a folder."""
+    folder = Path(folder)
+    if (folder / "model.onnx").exists() or (folder / "model.json").exists():
+        return "an ONNX model"
+    if (folder / "checkpoints").exists():
+        return "a training run (checkpoints/)"
+    return None
+
+
 def normalised_weights(
     weights: list[float] | None, count: int, unit: str, error: type[ValueError] = SoupError
 ) -> list[float]:
@@ -84,8 +96,8 @@ def normalised_weights(
     weights = [1.0] * count if weights is None else [float(w) for w in weights]
     if len(weights) != count:
         raise error(f"{len(weights)} weights for {count} {unit}")
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise error("weights must be >= 0 and not all zero")
+    if not all(np.isfinite(weights)) or any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise error("weights must be finite, >= 0 and not all zero")
     return [w / sum(weights) for w in weights]
 
 
@@ -102,8 +114,8 @@ def make_soup(
     if len(runs) < 2:
         raise SoupError("a soup needs at least two runs")
     weights = normalised_weights(weights, len(runs), "runs")
-    if (out / "checkpoints" / "best.pt").exists():
-        raise SoupError(f"{out} already holds a checkpoint; choose a new folder")
+    if held := model_in(out):
+        raise SoupError(f"{out} already holds {held}; choose a new folder")
 
     ckpts = [(run, read_checkpoint(_best(run))) for run in runs]
     first_run, first = ckpts[0]

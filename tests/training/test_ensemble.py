@@ -136,8 +136,14 @@ def test_models_that_cannot_be_merged_are_refused_before_anything_is_written(set
         make_ensemble([a, broken], tmp_path / "out", manifest)
     done = tmp_path / "done"
     make_ensemble([a, b], done, manifest)
-    with pytest.raises(EnsembleError, match="already holds a model"):
+    with pytest.raises(EnsembleError, match="already holds an ONNX model"):
         make_ensemble([a, b], done, manifest)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)  # a training run: export/evaluate read it
+    with pytest.raises(EnsembleError, match=r"already holds a training run"):
+        make_ensemble([a, b], run, manifest)
+    with pytest.raises(EnsembleError, match="finite"):
+        make_ensemble([a, b], tmp_path / "inf", manifest, weights=[float("inf"), 1.0])
 
 
 def test_a_merge_that_fails_while_calibrating_leaves_no_folder(setup, tmp_path):

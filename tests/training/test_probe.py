@@ -139,8 +139,13 @@ def test_the_feature_cache_is_reused_and_notices_a_changed_image(fitted):
 
 def test_bad_input_is_refused_before_anything_is_written(tmp_path, fitted):
     manifest, root, _, _ = fitted
-    with pytest.raises(ProbeError, match="already holds a model"):
+    with pytest.raises(ProbeError, match="already holds an ONNX model"):
         train_probe(manifest, root / "probe", config())
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ProbeError, match="already holds a training run"):
+        train_probe(manifest, tmp_path / "run", config())
+    with pytest.raises(ProbeError, match="positive and finite"):
+        train_probe(manifest, tmp_path / "nan", config(), cs=(float("nan"),))
     cases = [
         (dict(exclude_families=["seen", "held"]), "split has no generated images"),
         (dict(exclude_families=["sene"]), r"exclude_families names families not in the data"),

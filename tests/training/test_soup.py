@@ -108,8 +108,16 @@ def test_runs_that_cannot_be_averaged(two_runs, tmp_path):
         make_soup(runs, tmp_path / "s7", data=tmp_path / "missing.csv")
     assert not any((tmp_path / f"s{i}").exists() for i in range(1, 8))  # nothing half-written
     make_soup(runs, tmp_path / "done")
-    with pytest.raises(SoupError, match="already holds a checkpoint"):
+    with pytest.raises(SoupError, match=r"already holds a training run \(checkpoints/\)"):
         make_soup(runs, tmp_path / "done")
+    # an ONNX model folder too: score --model would keep reading its model.onnx
+    onnx = tmp_path / "onnx"
+    onnx.mkdir()
+    (onnx / "model.json").write_text("{}")
+    with pytest.raises(SoupError, match="already holds an ONNX model"):
+        make_soup(runs, onnx)
+    with pytest.raises(SoupError, match="finite"):
+        make_soup(runs, tmp_path / "s8", weights=[float("nan"), 1])
 
 
 def test_shapes_must_match():
