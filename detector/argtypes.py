@@ -5,9 +5,35 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 from typing import Any
 
-__all__ = ["floats", "fraction", "port", "positive_float", "positive_int", "positive_ints"]
+__all__ = [
+    "floats",
+    "fraction",
+    "output_file",
+    "output_folder",
+    "port",
+    "positive_float",
+    "positive_int",
+    "positive_ints",
+]
+
+
+def output_file(text: str) -> Path:
+    """A file the command writes at the end: not a directory (found before the work)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory; give a file path")
+    return path
+
+
+def output_folder(text: str) -> Path:
+    """A folder the command creates or fills at the end: not an existing file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; give a folder")
+    return path
 
 
 def _number(text: str, cast: type, what: str) -> Any:

@@ -581,7 +581,7 @@ def test_asking_for_a_gpu_where_there_is_none_is_refused(tmp_path):
     assert not (tmp_path / "r.jsonl").exists()
 
 
-def test_weights_and_c_values_must_be_finite_numbers(tmp_path):
+def test_weights_c_values_and_out_folders_are_checked_before_the_work(tmp_path):
     """nan or inf weights reached the calibration, which then blamed the data's logits."""
     for args in (
         ["soup", "a", "b", "--out", "s", "--weights", "nan,1"],
@@ -591,3 +591,9 @@ def test_weights_and_c_values_must_be_finite_numbers(tmp_path):
         out = run(*args, cwd=tmp_path)
         assert out.returncode == 2 and "finite numbers separated by commas" in out.stderr, args
         assert "Traceback" not in out.stderr
+    # an --out that cannot take the result is found before the work (feature extraction ran
+    # for minutes, then "File exists")
+    (tmp_path / "taken").write_text("")
+    for command in (["probe", "--data", "m.csv"], ["soup", "a", "b"]):
+        out = run(*command, "--out", "taken", cwd=tmp_path)
+        assert out.returncode == 2 and "taken is a file; give a folder" in out.stderr, command

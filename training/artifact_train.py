@@ -14,6 +14,7 @@ from training.calibrate import fit_calibration
 from training.datasets import Sample, load_samples, read_pixels
 from training.evaluate import evaluate_scores
 from training.linear import fit_logistic
+from training.train import need_both_classes
 
 __all__ = ["features_of", "train_artifact"]
 
@@ -33,6 +34,8 @@ def train_artifact(data: Path, out: Path, *, target_fpr: float = 0.01, l2: float
     test = [s for s in samples if s.split == "test"]
     if not train or not val:
         raise ValueError(f"{data}: needs a train and a val split")
+    need_both_classes(train, "train")  # one class fits a constant, calibrated on nothing
+    need_both_classes(val, "val")
     x_train = features_of(train)
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
     y_train = np.array([s.label for s in train], dtype=np.float64)

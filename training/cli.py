@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from detector.argtypes import floats, positive_int
+from detector.argtypes import floats, output_file, output_folder, positive_int
 
 __all__ = ["register"]
 
@@ -151,7 +151,7 @@ def register(sub: Any) -> None:
         help="also report every number after decoding and re-encoding each image of both "
         "classes the same way (e.g. jpeg:90), beside the as-is numbers",
     )
-    e.add_argument("--out", type=Path, help="write the JSON report here")
+    e.add_argument("--out", type=output_file, help="write the JSON report here")
     e.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     e.add_argument(
         "--generalisation",
@@ -207,7 +207,7 @@ def register(sub: Any) -> None:
         "families are those every run was trained without.",
     )
     sp.add_argument("runs", nargs="+", type=Path, help="run folders (or best.pt checkpoints)")
-    sp.add_argument("--out", required=True, type=Path, help="the new run folder")
+    sp.add_argument("--out", required=True, type=output_folder, help="the new run folder")
     sp.add_argument("--data", type=Path, help="calibration manifest (default: the first run's)")
     sp.add_argument(
         "--weights", type=floats, help="comma-separated weights, one per run (default: all equal)"
@@ -224,7 +224,7 @@ def register(sub: Any) -> None:
         "was trained without.",
     )
     en.add_argument("models", nargs="+", type=Path, help="exported model folders (fp32)")
-    en.add_argument("--out", required=True, type=Path, help="the new model folder")
+    en.add_argument("--out", required=True, type=output_folder, help="the new model folder")
     en.add_argument("--data", required=True, type=Path, help="calibration manifest")
     en.add_argument(
         "--weights", type=floats, help="comma-separated weights, one per model (default: equal)"
@@ -252,7 +252,7 @@ def register(sub: Any) -> None:
     pr.add_argument("--config", type=Path)
     pr.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     pr.add_argument("--data", type=Path, help="manifest or dataset (default: the config's data)")
-    pr.add_argument("--out", required=True, type=Path, help="the new model folder")
+    pr.add_argument("--out", required=True, type=output_folder, help="the new model folder")
     pr.add_argument(
         "--c", type=floats, default=None, help="comma-separated C values to choose from "
         "(inverse L2 strength; default 1e-4,3e-4,1e-3,3e-3,1e-2)",
@@ -274,7 +274,7 @@ def register(sub: Any) -> None:
 
     a = sub.add_parser("train-artifact", help="fit the artifact method's linear model on a dataset")
     a.add_argument("--data", required=True, type=Path, help="manifest or dataset layout")
-    a.add_argument("--out", required=True, type=Path, help="where to write the model JSON")
+    a.add_argument("--out", required=True, type=output_file, help="where to write the model JSON")
     a.set_defaults(func=_train_artifact)
 
     x = sub.add_parser(
@@ -425,9 +425,6 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from training.run_eval import HELD_OUT_FAKE_SPLITS, evaluate_model, leave_one_out
 
-    if args.out is not None and Path(args.out).is_dir():  # found before the work, not after
-        print(f"synthdetect: --out {args.out} is a directory; give a file path", file=sys.stderr)
-        return 2
     if (args.groups or args.previous) and not args.leave_one_out:
         print("synthdetect: --groups and --previous go with --leave-one-out", file=sys.stderr)
         return 2
