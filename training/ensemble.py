@@ -114,6 +114,10 @@ def fp16_storage(model: onnx.ModelProto, min_size: int = 256) -> onnx.ModelProto
     return model
 
 
+# Sidecar keys of the first member that do not describe the merged model.
+_NOT_INHERITED = ("parity", "training", "model_spec", "weights_storage")
+
+
 def make_ensemble(
     folders: list[Path],
     out: Path,
@@ -164,6 +168,11 @@ def make_ensemble(
     if store_fp16:
         merged = fp16_storage(merged)
     tolerance = TOLERANCE["fp16" if store_fp16 else "fp32"]
+    # the merged graph keeps each member's initializers as they were stored
+    fp16_members = sum(m.get("weights_storage") == "fp16" for m in metas)
+    storage = (
+        "fp16" if store_fp16 or fp16_members == len(metas) else "mixed" if fp16_members else None
+    )
 
     trained = [m.get("training") or {} for m in metas]
     common = left_out_by_all(trained, "exclude_families")
@@ -178,11 +187,11 @@ def make_ensemble(
     path = out / "model.onnx"
     onnx.save(merged, str(path))
     meta = {
-        **{k: v for k, v in metas[0].items() if k not in ("parity", "training", "model_spec")},
+        **{k: v for k, v in metas[0].items() if k not in _NOT_INHERITED},
         "name": name or out.name,
         "model_spec": {"name": "ensemble", "members": [m.get("model_spec") for m in metas]},
         "onnx_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        **({"weights_storage": "fp16"} if store_fp16 else {}),
+        **({"weights_storage": storage} if storage else {}),
         "training": {
             "data": str(data),
             "exclude_families": common,

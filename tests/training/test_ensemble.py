@@ -179,6 +179,12 @@ def test_fp16_storage_halves_the_weights_and_keeps_float32_compute(setup, tmp_pa
     meta = make_ensemble([a, b], tmp_path / "ens", manifest, store_fp16=True)
     assert meta["weights_storage"] == "fp16" and meta["parity"]["tolerance"] == 5e-2
     assert meta["parity"]["max_abs_logit_diff"] <= 5e-2
+    # an fp16-stored member keeps its storage in a merge without the flag: in either order
+    # (the key was copied from the first member's sidecar, so it depended on the order)
+    for i, members in enumerate(([tmp_path / "ens", a], [a, tmp_path / "ens"])):
+        again = make_ensemble(members, tmp_path / f"again{i}", manifest)
+        assert again["weights_storage"] == "mixed", members
+    assert "weights_storage" not in make_ensemble([a, b], tmp_path / "plain", manifest)
     # every initializer from min_size values on is stored as float16, cast back by a node
     model = onnx.load(str(tmp_path / "ens" / "model.onnx"))
     halved = fp16_storage(model, min_size=1)
