@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.shortcut import estimate_jpeg_quality, shortcut_check
+from training.shortcut import ShortcutReport, estimate_jpeg_quality, shortcut_check
 
 pytestmark = pytest.mark.unit
 
@@ -43,6 +43,33 @@ def test_container_shortcut_found(tmp_path):
     assert (report.n_train, report.n_test) == (12, 12)
     assert report.ap > 0.95 and "FAIL" in report.render()
     assert report.skipped == []
+
+
+def test_the_verdict_does_not_move_with_the_share_of_generated_images(tmp_path):
+    """Three fakes per real and no shortcut failed (AP 0.78 against a fixed 0.6 bar, chance
+    0.75); one fake per six reals with the fakes at a higher JPEG quality passed (AP 0.42)."""
+    rng = np.random.default_rng(1)
+
+    def corpus(root: Path, reals: int, fakes: int, fake_quality: int | None) -> ShortcutReport:
+        root.mkdir()
+        rows = []
+        for i in range(24):
+            split = "train" if i % 2 else "test"
+            for j in range(reals + fakes):
+                pixels = rng.integers(0, 256, (32, 32, 3), np.uint8)
+                label = "real" if j < reals else "fake"
+                quality = int(rng.integers(70, 96))
+                if label == "fake" and fake_quality is not None:
+                    quality = fake_quality
+                Image.fromarray(pixels).save(root / f"{label}{i}_{j}.jpg", quality=quality)
+                rows.append((f"{label}{i}_{j}.jpg", label, split))
+        return shortcut_check(_manifest(root, rows))
+
+    no_shortcut = corpus(tmp_path / "a", 1, 3, None)
+    assert no_shortcut.chance == 0.75 and no_shortcut.render().endswith("PASS")
+    shortcut = corpus(tmp_path / "b", 6, 1, 98)
+    assert shortcut.chance < 0.15 and shortcut.roc_auc > 0.9
+    assert shortcut.render().endswith("FAIL: container features separate the classes")
 
 
 def test_unreadable_images_are_reported(tmp_path):
