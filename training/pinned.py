@@ -104,6 +104,8 @@ def _check_pin(path: Path, n: int, row: dict[str, str]) -> None:
             raise PinnedError(f"{where}: {key} {row[key]!r} is not a 40-digit git object id")
     if not row["path"] or row["path"].startswith("/") or ".." in row["path"].split("/"):
         raise PinnedError(f"{where}: path {row['path']!r} is not a path inside the repository")
+    if any(ord(c) < 32 or ord(c) == 127 for c in row["path"]):  # git cat-file reads lines
+        raise PinnedError(f"{where}: path {row['path']!r} holds a control character")
 
 
 def read_sources(path: str | os.PathLike[str]) -> list[SourceRow]:

@@ -251,6 +251,7 @@ def test_a_mirror_folder_without_the_repository_is_named(gallery, tmp_path):
         ({"blob_sha": "xyz"}, "is not a 40-digit git object id"),
         ({"repo": "no-slash"}, "is not owner/name"),
         ({"path": "../etc/passwd"}, "not a path inside the repository"),
+        ({"path": "a\nb.png"}, "holds a control character"),
         ({"source_group": ""}, "needs a family and a source_group"),
     ],
 )
