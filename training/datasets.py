@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from detector.image import DecodeLimits, ImageError, decode_file
+from detector.image import DecodeLimits, ImageError, decode_file, file_identity
 from detector.scan import IMAGE_EXTENSIONS
 
 __all__ = [
@@ -215,9 +216,23 @@ def _has_binary_dirs(path: Path) -> bool:
 
 
 def _images(folder: Path) -> list[Path]:
+    """Image files under ``folder``, through symlinked folders (``fake/<gen> -> elsewhere``,
+    each folder once: a link loop ends), never a folder named like an image."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    found, seen = [], set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        identity = file_identity(top)
+        if identity in seen:
+            dirs[:] = []
+            continue
+        seen.add(identity)
+        found += [
+            Path(top) / f
+            for f in files
+            if Path(f).suffix.lower() in IMAGE_EXTENSIONS and (Path(top) / f).is_file()
+        ]
+    return sorted(found)
 
 
 def _non_empty(samples: list[Sample], root: Path) -> list[Sample]:

@@ -66,6 +66,24 @@ def test_real_fake_folders(tmp_path):
     ]
 
 
+def test_symlinked_generator_folders_are_read_and_folders_named_like_images_are_not(tmp_path):
+    """rglob did not follow ``fake/<gen> -> elsewhere`` (its images were silently left out)
+    and took a folder ``weird.png/`` for an image."""
+    root = tmp_path / "data"
+    _img(root / "real" / "a.png")
+    _img(tmp_path / "elsewhere" / "sdxl" / "b.png")
+    (root / "fake").mkdir()
+    (root / "fake" / "sdxl").symlink_to(tmp_path / "elsewhere" / "sdxl")
+    (root / "fake" / "sdxl" / "loop").symlink_to(root / "fake")  # a loop ends
+    (root / "fake" / "weird.png").mkdir()
+    (root / "fake" / "gone.png").symlink_to(tmp_path / "missing.png")  # broken: not a file
+    samples = load_samples(root)
+    assert sorted((s.label, s.generator, s.path.name) for s in samples) == [
+        (0, "real", "a.png"),
+        (1, "sdxl", "b.png"),
+    ]
+
+
 def test_manifest_csv_and_jsonl(tmp_path):
     _img(tmp_path / "a.png")
     _img(tmp_path / "b.png")
