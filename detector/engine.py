@@ -11,6 +11,7 @@ ones that were asked for.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -51,6 +52,25 @@ def ort_has_gpu() -> bool:
     import onnxruntime as ort
 
     return bool(set(GPU_PROVIDERS) & set(ort.get_available_providers()))
+
+
+# How to get ONNX Runtime's GPU build: the CPU wheel (a core dependency) and onnxruntime-gpu
+# install into one ``onnxruntime`` folder, so the GPU build must replace it, never join it.
+GPU_RUNTIME_HOWTO = (
+    "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu "
+    "(the synthdetect[gpu] extra names it; the CPU wheel must go, the two share one folder)"
+)
+
+
+def ort_wheels() -> list[str]:
+    """The ONNX Runtime distributions installed (two of them shadow each other's files)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in ("onnxruntime", "onnxruntime-gpu"):
+        with contextlib.suppress(PackageNotFoundError):
+            found.append(f"{name} {version(name)}")
+    return found
 
 
 class Engine(Protocol):
@@ -114,10 +134,12 @@ class OnnxEngine:
         providers = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
         on_gpu = providers[0] in GPU_PROVIDERS
         if device != "cpu" and not on_gpu:  # asked for a GPU: running on the CPU is no answer
+            wheels = ort_wheels()
+            both = f" ({' and '.join(wheels)} are both installed)" if len(wheels) > 1 else ""
             raise ValueError(
                 f"--device {device}: this ONNX Runtime has no GPU provider (it has "
-                f"{', '.join(sorted(available))}); install synthdetect[gpu] (onnxruntime-gpu) "
-                "on a machine with CUDA, or use --device cpu"
+                f"{', '.join(sorted(available))}){both}; on a machine with CUDA: "
+                f"{GPU_RUNTIME_HOWTO}; or use --device cpu"
             )
         if on_gpu and hasattr(ort, "preload_dlls"):
             # onnxruntime-gpu finds CUDA and cuDNN in the nvidia-* pip packages (or torch's)

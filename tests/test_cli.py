@@ -578,7 +578,25 @@ def test_asking_for_a_gpu_where_there_is_none_is_refused(tmp_path):
         last = out.stderr.strip().splitlines()[-1]
         assert out.returncode == 2 and "Traceback" not in out.stderr, (args, out.stderr)
         assert last.startswith(f"synthdetect: --device {args[-1]}: this ONNX Runtime has no GPU")
+        # the recipe that works: [gpu] alone keeps the CPU wheel (a core dependency) beside it
+        assert "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu" in last
     assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_both_onnx_runtime_wheels_installed_are_named(monkeypatch):
+    """The CPU wheel and onnxruntime-gpu share one folder: with both, the refusal says so."""
+    import importlib.metadata
+
+    from detector import engine
+
+    if engine.ort_has_gpu():
+        pytest.skip("this ONNX Runtime has a GPU provider")
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "1.20.0")
+    assert engine.ort_wheels() == ["onnxruntime 1.20.0", "onnxruntime-gpu 1.20.0"]
+    with pytest.raises(
+        ValueError, match=r"\(onnxruntime 1\.20\.0 and onnxruntime-gpu 1\.20\.0 are both"
+    ):
+        engine.OnnxEngine("unused.onnx", device="cuda")
 
 
 def test_weights_c_values_and_out_folders_are_checked_before_the_work(tmp_path):
