@@ -22,6 +22,7 @@ and view, averaged over the inference grid, and cached per image (``FeatureCache
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import re
 import tempfile
@@ -88,6 +89,12 @@ AUGMENTED = "train-augment"  # the view: one draw of the training degradations p
 
 class ProbeError(ValueError):
     """The probe cannot be fitted on this data, or its export failed."""
+
+
+def missing_packages() -> list[str]:
+    """What the probe needs beyond the core install (the ``probe`` extra), missing here."""
+    needed = (("sklearn", "scikit-learn"), (WEIGHTS_PACKAGE.replace("-", "_"), WEIGHTS_PACKAGE))
+    return [package for module, package in needed if importlib.util.find_spec(module) is None]
 
 
 def frozen_lite0() -> nn.Module:
@@ -425,6 +432,12 @@ def train_probe(
         raise ProbeError(f"{out} already holds {held}; choose a new folder")
     if not cs or not all(np.isfinite(cs)) or any(c <= 0 for c in cs):
         raise ProbeError(f"C values must be positive and finite, got {list(cs)}")
+    if missing := missing_packages():
+        raise ProbeError(
+            f"the probe needs {' and '.join(missing)} (pip install 'synthdetect[probe]'): "
+            "scikit-learn fits it, and without the ImageNet weights its frozen network would be "
+            "random"
+        )
     try:
         samples = load_samples(data)
         train, val, _ = training_splits(samples, config.exclude_families, config.exclude_sources)

