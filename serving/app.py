@@ -108,7 +108,7 @@ def make_app(service: Service, config: HttpConfig | None = None) -> web.Applicat
                     f"request body of {request.content_length} bytes exceeds {config.max_body_bytes}",
                 )
             if request.method == "POST":
-                with service.admit():
+                with service.admit(at_work=True):
                     response = await handler(request)
             else:
                 response = await handler(request)

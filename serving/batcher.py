@@ -187,16 +187,21 @@ class BatchingEngine:
         try:
             return fut.result(timeout=deadline)
         except FutureTimeout:
-            with self._cond:
-                for req in self._queue:
-                    if req.future is fut:
-                        self._queue.remove(req)
-                        self._queued_tiles -= len(req.tiles)
-                        break
-                fut.cancel()
+            self.withdraw(fut)
             raise EngineTimeout(
                 f"the model did not answer within {deadline * 1000:.0f} ms"  # type: ignore[operator]
             ) from None
+
+    def withdraw(self, fut: Future | asyncio.Future) -> None:
+        """The caller gave up on this request: out of the queue if still in it (its tiles
+        are not run), and its future cancelled (a batch running it settles nothing)."""
+        with self._cond:
+            for req in self._queue:
+                if req.future is fut:
+                    self._queue.remove(req)
+                    self._queued_tiles -= len(req.tiles)
+                    break
+            fut.cancel()
 
     def close(self, drain: bool = True, timeout: float = 30.0) -> None:
         """Stop accepting work; by default finish what is queued first."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import sqlite3
@@ -187,6 +188,22 @@ class ModelStats:
     last: int = 0
 
 
+class _Ticket:
+    """A request's admission (``Service.admit(at_work=True)``): held once its work starts."""
+
+    held = False
+
+
+class _Job:
+    abandoned = False  # its caller timed out or was cancelled: skip it if not started
+
+
+_TICKET: contextvars.ContextVar[_Ticket | None] = contextvars.ContextVar(
+    "synthdetect_admission", default=None
+)
+_SKIPPED = object()  # what skipped work returns
+
+
 class Service:
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
@@ -202,8 +219,10 @@ class Service:
             max_tiles=config.max_tiles,
         )
         bundle.engine.warmup(bundle.preprocess.input_size, config.batcher.max_batch_size)
-        self.active = 0  # scoring tasks in flight: the batcher's view (see serving.batcher)
-        self.inflight = 0  # requests admitted (``admit``)
+        self.active = 0  # scoring tasks that can submit now: the batcher's view (``_running``)
+        self._active_lock = threading.Lock()  # worker threads and the event loop count
+        self.inflight = 0  # requests admitted (``admit``) and abandoned work still running
+        self.closing = False  # queued work is skipped (``close``)
         self.batcher = BatchingEngine(
             bundle.engine.run,
             config.batcher,
@@ -252,35 +271,99 @@ class Service:
     # --- the async face every protocol uses -----------------------------------------------
 
     @contextlib.contextmanager
-    def admit(self):
-        """One request in flight, at most ``max_inflight`` at once (``Unavailable`` past it)."""
+    def admit(self, at_work: bool = False):
+        """One request in flight, at most ``max_inflight`` at once (``Unavailable`` past it).
+
+        ``at_work``: the slot is taken when the request's scoring starts (``run``,
+        ``score_tiles``), not on entry: an HTTP body may still be arriving, and 256 uploads
+        sending a byte at a time held every slot while scoring sat idle."""
+        if not at_work:
+            self._take_slot()
+            try:
+                yield
+            finally:
+                self._give_slot()
+            return
+        ticket = _Ticket()
+        token = _TICKET.set(ticket)
+        try:
+            yield
+        finally:
+            _TICKET.reset(token)
+            if ticket.held:
+                self._give_slot()
+
+    def _take_slot(self) -> None:
         if self.inflight >= self.config.max_inflight:
             raise Unavailable("server overloaded, retry later")
         self.inflight += 1
         self.metrics.inflight.set(self.inflight)
+
+    def _give_slot(self) -> None:
+        self.inflight -= 1
+        self.metrics.inflight.set(self.inflight)
+
+    def _admitted(self) -> None:
+        """Where a request's work starts: its slot, once (``admit(at_work=True)``)."""
+        ticket = _TICKET.get()
+        if ticket is not None and not ticket.held:
+            self._take_slot()
+            ticket.held = True
+
+    @contextlib.contextmanager
+    def _running(self):
+        """``active``: scoring tasks that can submit to the batcher now (on a worker thread,
+        or tiles from the event loop), not those still waiting for a thread (the batcher
+        waited out its whole delay for them, though they could not join)."""
+        with self._active_lock:
+            self.active += 1
         try:
             yield
         finally:
-            self.inflight -= 1
-            self.metrics.inflight.set(self.inflight)
+            with self._active_lock:
+                self.active -= 1
 
     async def run(self, fn, *args):
         """``fn(*args)`` on a worker thread: work that decodes images or blocks. Past the work
-        timeout the caller gets ``WorkTimeout`` at once; the thread finishes its step (a decoder
-        cannot be interrupted) and its result is dropped, while the decode limits, the pixel
-        budget and the worker count bound what such work can cost."""
+        timeout the caller gets ``WorkTimeout`` at once. Work abandoned so (or by a cancelled
+        request) before a thread took it is skipped; work a thread already runs finishes its
+        step (a decoder cannot be interrupted), its result dropped, and keeps a slot of
+        ``max_inflight`` until then: the queue of work stays bounded under overload."""
+        self._admitted()
         loop = asyncio.get_running_loop()
+        job = _Job()
+
+        def work():
+            if job.abandoned or self.closing:
+                return _SKIPPED
+            with self._running():
+                return fn(*args)
+
         try:
-            future = loop.run_in_executor(self.pool, fn, *args)
+            future = loop.run_in_executor(self.pool, work)
         except RuntimeError as exc:  # the pool is shut down
             raise Unavailable(f"server is shutting down ({exc})") from None
         future.add_done_callback(lambda f: f.cancelled() or f.exception())  # abandoned: no log
         try:
-            return await self._scoring(
+            result = await self._errors(
                 asyncio.wait_for(asyncio.shield(future), self.config.work_timeout_s)
             )
         except TimeoutError:
+            self._abandon(job, future)
             raise self._timed_out() from None
+        except asyncio.CancelledError:
+            self._abandon(job, future)
+            raise
+        if result is _SKIPPED:
+            raise Unavailable("server is shutting down")
+        return result
+
+    def _abandon(self, job: _Job, future: asyncio.Future) -> None:
+        job.abandoned = True
+        if not future.done():  # a thread may be running it: its slot is kept until it ends
+            self.inflight += 1
+            self.metrics.inflight.set(self.inflight)
+            future.add_done_callback(lambda f: self._give_slot())
 
     def _timed_out(self) -> WorkTimeout:
         return WorkTimeout(
@@ -295,22 +378,24 @@ class Service:
     async def score_tiles(self, tiles: np.ndarray) -> np.ndarray:
         """Tiles go from the event loop straight into the batcher (``submit`` never blocks)
         and the batch's future is awaited: no worker-thread hop for tensor requests. Past the
-        work timeout the caller gets ``WorkTimeout``; the batch settles the abandoned future
-        (cancelled) without effect."""
+        work timeout the caller gets ``WorkTimeout`` and the request leaves the queue (a
+        batch already running it settles nothing)."""
+        self._admitted()
 
-        async def submitted() -> np.ndarray:  # submits once ``active`` counts this request
+        async def submitted() -> np.ndarray:
             future = self.batcher.submit_async(tiles)
             try:
-                return await asyncio.wait_for(future, self.config.work_timeout_s)
-            except TimeoutError:
-                raise self._timed_out() from None
+                return await asyncio.wait_for(asyncio.shield(future), self.config.work_timeout_s)
+            except (TimeoutError, asyncio.CancelledError) as exc:
+                self.batcher.withdraw(future)
+                if isinstance(exc, TimeoutError):
+                    raise self._timed_out() from None
+                raise
 
-        return await self._scoring(submitted())
+        with self._running():  # counted while it may join a batch
+            return await self._errors(submitted())
 
-    async def _scoring(self, work):
-        # ``active`` counts scoring tasks not yet finished; each submits to the batcher at most
-        # once, so the batcher knows when no one else can join a batch (see serving.batcher).
-        self.active += 1
+    async def _errors(self, work):
         try:
             return await work
         except QueueFull as exc:
@@ -319,8 +404,6 @@ class Service:
             if "shutdown" in str(exc):
                 raise Unavailable("server is shutting down") from None
             raise
-        finally:
-            self.active -= 1
 
     def make_detector(self, names: list[str], include_prompt: bool = False) -> Detector:
         """A detector over these methods, sharing the batched model (cached per method set)."""
@@ -539,8 +622,10 @@ class Service:
         st.last = int(time.time() * 1000)
 
     def close(self) -> None:
-        """Drain: finish queued batches, then stop the worker threads."""
+        """Drain: work a thread runs finishes, work still queued is skipped (its requests
+        were answered or cut off by the server's shutdown), queued batches finish."""
         self.ready = False
+        self.closing = True
         self.pool.shutdown(wait=True)
         self.batcher.close(drain=True)
         if self.reviews is not None:

@@ -812,3 +812,74 @@ def test_a_method_not_allowed_names_the_allowed_ones(server):
     status, headers, body = request(server.url, "/v1/score", b"x", method="PUT")
     assert status == 405 and json.loads(body)["error"] == "Method Not Allowed"
     assert headers["Allow"] == "POST"  # RFC 9110 15.5.6: a 405 MUST carry Allow
+
+
+def test_work_abandoned_under_overload_is_skipped_and_keeps_its_slot(make_server):
+    """A request past the work timeout freed its slot while its work stayed queued: under
+    sustained load the queue grew without bound (2.2 GB), the engine ran for clients long
+    gone, and the server answered 503 for a minute after the load stopped."""
+    calls: list[float] = []
+
+    def slow(tiles):
+        calls.append(time.monotonic())
+        time.sleep(0.1)
+        return np.zeros((len(tiles), 1), np.float32)
+
+    live = make_server(
+        workers=2, work_timeout_s=0.25, max_inflight=4,
+        batcher=BatcherConfig(max_batch_size=1, max_queue_delay_us=0),
+    )  # fmt: skip
+    image = jpeg(61, 64)
+    stop = time.monotonic() + 2.0
+
+    def client(_):
+        codes = []
+        while time.monotonic() < stop:
+            codes.append(request(live.url, "/v1/score?methods=model", image)[0])
+            time.sleep(0.02)
+        return codes
+
+    with _engine(live, slow), concurrent.futures.ThreadPoolExecutor(12) as pool:
+        codes = [c for cs in pool.map(client, range(12)) for c in cs]
+        ended = time.monotonic()
+        time.sleep(1.0)
+    assert set(codes) <= {200, 503} and codes.count(503) > 10
+    # no more work than the two threads had started before the load ended (a batch each)
+    assert all(t < ended + 0.25 for t in calls), [round(t - ended, 2) for t in calls][-3:]
+    assert live.service.inflight == 0 and live.service.pool._work_queue.qsize() == 0
+    assert request(live.url, "/v1/score?methods=model", image)[0] == 200
+
+
+def test_a_slow_upload_holds_no_scoring_slot(make_server):
+    """The slot was taken before the body was read: max_inflight clients sending a byte at a
+    time shut every other client out (503) until the body timeout."""
+    import socket
+
+    live = make_server(max_inflight=2)
+    host, port = live.url.split(":")
+    slow = []
+    for _ in range(3):
+        s = socket.create_connection((host, int(port)))
+        s.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nabc")
+        slow.append(s)
+    try:
+        time.sleep(0.3)
+        status, _, body = request(live.url, "/v1/score", jpeg(62, 96))
+        assert status == 200, body
+    finally:
+        for s in slow:
+            s.close()
+
+
+def test_the_batcher_does_not_wait_for_work_still_queued_for_a_thread(make_server):
+    """``active`` counted requests waiting for a worker thread: they cannot join the batch
+    the busy threads wait on, so the batcher waited out its whole delay on every batch."""
+    live = make_server(
+        workers=2, batcher=BatcherConfig(max_batch_size=64, max_queue_delay_us=2_000_000)
+    )
+    images = [jpeg(70 + i, 64) for i in range(6)]
+    start = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        codes = list(pool.map(lambda b: request(live.url, "/v1/score?methods=model", b)[0], images))
+    assert codes == [200] * 6
+    assert time.monotonic() - start < 3.0  # 3 rounds of a 2 s wait before
