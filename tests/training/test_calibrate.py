@@ -66,7 +66,7 @@ def test_threshold_holds_when_the_shipped_graph_recomputes_the_logits_in_float32
     cal = fit_calibration(z, y, 0.01, "val")
     assert cal.temperature < 0.06
     for drift in (5e-7, 1e-6, -1e-6):
-        flagged = cal.probability((reals.astype(np.float32) + np.float32(drift))) >= cal.threshold
+        flagged = cal.probability(reals.astype(np.float32) + np.float32(drift)) >= cal.threshold
         assert flagged.mean() <= 0.01, drift
     # and the margin is small: the fakes are all still flagged
     assert (cal.probability(reals + 40.0) >= cal.threshold).all()

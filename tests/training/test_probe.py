@@ -272,10 +272,10 @@ def test_tiles_too_small_for_the_frozen_network_are_refused_before_any_work(tmp_
     from detector.preprocess import PreprocessConfig
 
     net = FrozenFeatures(frozen_lite0(), parts=("stages",), downscale=4)
-    with pytest.raises(ProbeError, match="192 px seen 4x downscaled are 48 px; .* at least 64"):
+    with pytest.raises(ProbeError, match=r"192 px seen 4x downscaled are 48 px; .* at least 64"):
         FeatureCache(net, PreprocessConfig(input_size=192, max_tiles=1), tmp_path)
     head = FrozenFeatures(frozen_lite0(), downscale=16)
-    with pytest.raises(ProbeError, match="192 px seen 16x downscaled are 12 px; .*head .* 32"):
+    with pytest.raises(ProbeError, match=r"192 px seen 16x downscaled are 12 px; .*head .* 32"):
         FeatureCache(head, PreprocessConfig(input_size=192, max_tiles=1), tmp_path)
 
 
