@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from detector.argtypes import port, positive_float, positive_int
+from detector.argtypes import batch_size, port, positive_float, positive_int
 from detector.memory import KnownImageError, require_database
 from serving.app import HttpConfig
 from serving.batcher import BatcherConfig
@@ -64,7 +64,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--max-batch-size",
-        type=positive_int,
+        type=batch_size,
         default=BatcherConfig.max_batch_size,
         help="tiles per engine call",
     )
@@ -234,6 +234,8 @@ def serve_one(
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
+        if args.max_body_mb * 1024 * 1024 < 1024:
+            raise ValueError(f"--max-body-mb {args.max_body_mb:g} is under 1 KiB: no image fits")
         batcher = BatcherConfig(
             args.max_batch_size,
             args.max_queue_delay_us,
@@ -273,6 +275,13 @@ def serve_one(
         )
     except (ValueError, FileNotFoundError, OSError, KnownImageError, ReviewError) as exc:
         print(f"synthdetect: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError:  # the warm-up runs one batch of --max-batch-size tiles
+        print(
+            f"synthdetect: not enough memory to run a batch of {args.max_batch_size} tiles "
+            "(--max-batch-size)",
+            file=sys.stderr,
+        )
         return 2
     app = make_app(service, http)
 

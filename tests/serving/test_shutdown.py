@@ -202,6 +202,9 @@ def test_serve_rejects_bad_process_count_and_model(exported_model, tmp_path):
     for extra, message in (
         (["--processes", "0"], "argument --processes: must be positive: 0"),
         (["--processes", "2", "--model", str(bad)], "ONNX Runtime cannot load"),
+        # the warm-up ran one batch this large: a 41 GiB allocation and a traceback
+        (["--max-batch-size", "100000"], "at most 4096 tiles per batch, got 100000"),
+        (["--max-body-mb", "1e-9"], "--max-body-mb 1e-09 is under 1 KiB"),
     ):
         out = subprocess.run(
             [sys.executable, "-m", "detector.cli", "serve", "--grpc-port", str(free_port()), "--port", str(free_port()), *extra],
