@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -225,6 +226,7 @@ def serve_one(
     """One server process; ``index`` of ``total`` sharing the port (``serve --processes``)."""
     from aiohttp import web
 
+    from detector.bundled import SAMPLES
     from detector.engine import cpu_threads
     from serving.app import GUARD, make_app
     from serving.grpc_server import GrpcBindError, GrpcServer
@@ -295,22 +297,25 @@ def serve_one(
             service, app[GUARD], args.host, args.grpc_port, http.max_body_bytes, total > 1
         )
 
-    url = f"http://{args.host}:{args.port}"
+    host = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 literal
+    sample = SAMPLES / "no-metadata.jpg"
+    if sample.resolve().is_relative_to(Path.cwd().resolve()):  # short from a checkout
+        sample = sample.resolve().relative_to(Path.cwd().resolve())
     auth = ' -H "Authorization: Bearer $KEY"' if http.api_keys or http.reviewer_keys else ""
     where = f" (process {index + 1} of {total}, pid {os.getpid()})" if total > 1 else ""
 
-    def listening() -> None:
+    def listening(port: int) -> None:
         """Called by aiohttp once the socket is bound: only then say so (and signal ready)."""
+        url = f"http://{host}:{port}"
         print(
             f"synthdetect serving {service.bundle.name} ({service.engine_name}) on {url}"
-            + (f" and grpc://{args.host}:{args.grpc_port}" if args.grpc_port else "")
+            + (f" and grpc://{host}:{args.grpc_port}" if args.grpc_port else "")
             + where,
             file=sys.stderr,
         )
         if index == 0:
             print(
-                f"try: curl -s{auth} --data-binary @detector/assets/samples/no-metadata.jpg"
-                f" {url}/v1/score",
+                f"try: curl -s{auth} --data-binary @{shlex.quote(str(sample))} {url}/v1/score",
                 file=sys.stderr,
             )
             if service.reviews is not None:
@@ -334,6 +339,9 @@ def serve_one(
         print(f"synthdetect: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"synthdetect: cannot listen on {url}: {exc.strerror or exc}", file=sys.stderr)
+        print(
+            f"synthdetect: cannot listen on http://{host}:{args.port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
         return 2
     return 0

@@ -105,7 +105,7 @@ def run_server(
     max_connections: int | None = None,
     idle_timeout_s: float = 15.0,
     shutdown_timeout: float = 30.0,
-    on_listening: Callable[[], None] | None = None,
+    on_listening: Callable[[int], None] | None = None,
     side_servers: tuple[Callable[[], Any], ...] = (),
 ) -> None:
     """Serve ``app`` until SIGINT/SIGTERM; ``OSError`` if the socket cannot be bound.
@@ -136,8 +136,8 @@ def run_server(
                 server = make()
                 await server.start()
                 started.append(server)
-            if on_listening is not None:
-                on_listening()
+            if on_listening is not None:  # with the port bound (``port`` 0: the system's pick)
+                on_listening(runner.addresses[0][1])
             await asyncio.Event().wait()  # until a signal raises GracefulExit
         finally:
             for server in started:

@@ -282,3 +282,40 @@ def test_serve_max_tiles_cuts_each_image_into_at_most_that_many_tiles(exported_m
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_the_printed_curl_works_verbatim_from_anywhere(exported_model, tmp_path, host):
+    """The line printed `http://::1:PORT` (curl: bad URL), `:0` for --port 0 (the port the
+    system picked was never shown), and a sample path relative to the checkout (from anywhere
+    else curl sent an empty body)."""
+    import shutil
+    import socket
+
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    if host == "::1":
+        try:
+            socket.socket(socket.AF_INET6).bind(("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback here")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "detector.cli", "serve", "--grpc-port", "0", "--host", host,
+         "--port", "0", "--model", str(exported_model), "--no-access-log"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        line = ""
+        deadline = time.monotonic() + 120
+        while not line.startswith("try: ") and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, "the server stopped"
+        command = line.removeprefix("try: ").strip()
+        assert ":0/" not in command and ("[::1]" in command) == (host == "::1")
+        out = subprocess.run(
+            ["sh", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+        assert json.loads(out.stdout)["verdict"]["label"] in ("generated", "camera", "uncertain")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
