@@ -8,11 +8,13 @@ tests iterate over ``names()`` so that a new entry is tested the day it is added
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
-__all__ = ["Registry", "RegistryError"]
+__all__ = ["Registry", "RegistryError", "import_plugins"]
 
 T = TypeVar("T")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -63,3 +65,12 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def import_plugins(package: str, path: Iterable[str], skip: Iterable[str] = ()) -> None:
+    """Import every module of ``package`` (its ``__path__``), in name order, but ``skip``:
+    a module that registers itself is picked up by being there (no list to keep in step)."""
+    skipped = set(skip)
+    for info in sorted(pkgutil.iter_modules(list(path)), key=lambda m: m.name):
+        if info.name not in skipped and not info.name.startswith("_"):
+            importlib.import_module(f"{package}.{info.name}")

@@ -3,17 +3,6 @@
 Importing this package registers the built-in methods. See ``base`` for the contract.
 """
 
-# Built-in methods register themselves on import.
-from detector.methods import (  # noqa: F401
-    artifact,
-    c2pa_manifest,
-    exif_hints,
-    generator_params,
-    iptc,
-    known_image,
-    model,
-    watermark,
-)
 from detector.methods.base import (
     Evidence,
     Kind,
@@ -32,6 +21,10 @@ from detector.methods.registry import (
     method_names,
     register_method,
 )
+from detector.registry import import_plugins
+
+# Every module here registers its methods on import: a new one is found by being here.
+import_plugins(__name__, __path__, skip=("base", "registry"))
 
 __all__ = [
     "METHODS",

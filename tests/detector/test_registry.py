@@ -34,6 +34,33 @@ def test_duplicate_and_invalid_names_are_errors():
         reg.get("b")
 
 
+def test_a_method_module_is_found_by_being_in_the_package(tmp_path, monkeypatch):
+    """The README's "one file" promise: the package imported a fixed list of modules, so a
+    new module that registered itself was never imported (and its method never ran)."""
+    import sys
+
+    package = tmp_path / "plugins_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "from detector.registry import Registry, import_plugins\n"
+        "FOUND = Registry('thing')\n"
+        "import_plugins(__name__, __path__, skip=('base',))\n"
+    )
+    (package / "base.py").write_text("raise AssertionError('skipped modules are not imported')\n")
+    for name in ("zeta", "alpha"):
+        (package / f"{name}.py").write_text(
+            f"from plugins_pkg import FOUND\nFOUND.register('{name}')(object)\n"
+        )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import plugins_pkg
+
+    try:
+        assert plugins_pkg.FOUND.names() == ["alpha", "zeta"]
+    finally:
+        for mod in [m for m in sys.modules if m.startswith("plugins_pkg")]:
+            del sys.modules[mod]
+
+
 def test_registering_a_builtin_name_again_fails():
     with pytest.raises(RegistryError):
 

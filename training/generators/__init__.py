@@ -1,7 +1,9 @@
 """Generator plugins of the offline corpus (see ``base`` for the interface)."""
 
-# Built-in generators register themselves on import.
-from training.generators import latent, packaged, trained  # noqa: F401
+from detector.registry import import_plugins
 from training.generators.base import GENERATORS, Generator, PrepareContext, register_generator
+
+# Every module here registers its generators on import: a new one is found by being here.
+import_plugins(__name__, __path__, skip=("base",))
 
 __all__ = ["GENERATORS", "Generator", "PrepareContext", "register_generator"]
