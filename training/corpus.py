@@ -78,6 +78,21 @@ SPLITS = ("train", "val", "test", "heldout-real", "heldout-generators")
 WILD_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wild-train"
 
 
+def new_corpus_folder(out: str | Path) -> Path:
+    """``out`` as an absolute path, checked before any work: absent or empty, and not the
+    current folder or one above it (the build is renamed into place from ``<out>.partial``;
+    ``--out .`` failed after the generators were trained, on a path with no name)."""
+    given = Path(out)
+    out = given.resolve()
+    if out.exists() and not out.is_dir():
+        raise CorpusError(f"{given} is a file; choose a new --out directory")
+    if out.exists() and any(out.iterdir()):
+        raise CorpusError(f"{given} is not empty; choose a new --out directory")
+    if out == Path.cwd().resolve() or out in Path.cwd().resolve().parents:
+        raise CorpusError(f"--out {given} is the current folder or above it; give a new folder")
+    return out
+
+
 class CorpusError(RuntimeError):
     """The corpus cannot be built as asked (the message says why and what to do)."""
 
@@ -163,9 +178,7 @@ def build_corpus(
     of the pinned commits; without it they must already be in the cache.
     """
     start = time.perf_counter()
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise CorpusError(f"{out} is not empty; choose a new --out directory")
+    out = new_corpus_folder(out)
     cache = cache_dir(cache)
     generators = _generators(config)
     photos = _real_photos(config, real_dir, cache)

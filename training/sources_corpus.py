@@ -52,6 +52,7 @@ from training.corpus import (
     CorpusItem,
     CorpusStats,
     CorpusWriter,
+    new_corpus_folder,
     psnr,
     stream_rng,
     write_manifest,
@@ -272,9 +273,7 @@ def build_sources_corpus(
 
     ``cache`` holds the weights of twin generators (``config.twins``)."""
     start = time.perf_counter()
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise CorpusError(f"{out} is not empty; choose a new --out directory")
+    out = new_corpus_folder(out)
     rows = [r for r in sources if config.families is None or r.family in config.families]
     if not rows:
         raise CorpusError(f"no rows of families {config.families} in the sources list")

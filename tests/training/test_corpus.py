@@ -134,6 +134,19 @@ def test_refuses_a_non_empty_output(tmp_path):
     assert (tmp_path / "x").read_text() == "keep me"
 
 
+def test_refuses_the_current_folder_and_a_file_before_any_work(tmp_path, monkeypatch):
+    """--out . in an empty folder passed the check, trained the generators, then failed on a
+    path with no name (``.partial`` is made beside the output and renamed into place)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    with pytest.raises(CorpusError, match=r"--out \. is the current folder or above it"):
+        build_corpus(".", SIZES["tiny"], log=lambda m: None)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(CorpusError, match="is a file"):
+        build_corpus(tmp_path / "file", SIZES["tiny"], log=lambda m: None)
+
+
 def test_unknown_generator_is_a_clear_error(tmp_path):
     with pytest.raises(CorpusError, match="unknown generators"):
         build_corpus(
