@@ -13,12 +13,15 @@ row against its git repository before anything is written, then for each file:
 4. cuts up to ``crops_per_image`` non-overlapping native-resolution crops of at most
    ``crop`` px a side from each image (never resized), placed at random but reproducibly;
 5. writes each crop through the corpus's post-processing (``training.corpus.CorpusWriter``):
-   the same JPEG-quality distribution or PNG for both classes, no metadata.
+   the same JPEG-quality distribution or PNG for both classes, no metadata (crop sizes follow
+   the images: generated ones are mostly square, photos of every shape).
 
 Splits are by *split unit*: source groups joined with every other group of the same repository,
-so neither a group nor a repository is ever on two sides. Within each (label, family) stratum
-the largest unit goes to train, so every family is seen in training, and the rest go to
-whichever split is furthest below its share. Whole families stay available for
+so neither a group nor a repository is ever on two sides. Each unit is ranked under its most
+common (label, family); within each such stratum the largest unit goes to train, and the rest
+go to whichever split is furthest below its share. A family that is only a minority inside
+other units follows those units, so it may never be trained on (9 small families of the
+shipped list sit only in a mixed validation unit). Whole families stay available for
 leave-one-family-out (the ``family`` column). Each manifest row records where its pixels came
 from: repository, commit, path, blob, licence, source group and the region cut.
 
