@@ -69,6 +69,9 @@ class ShortcutReport:
     roc_auc: float
     per_pool: dict[str, float] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
+    # each feature alone, as a score, on train and on test: which one separates, and whether
+    # its direction holds between the splits
+    per_feature: dict[str, tuple[float, float]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # "path: reason" of the unreadable images
 
     @property
@@ -90,6 +93,11 @@ class ShortcutReport:
             f"  AP {self.ap:.3f} (chance {self.chance:.3f})",
         ]
         lines += [f"  pool {pool}: AP {ap:.3f}" for pool, ap in sorted(self.per_pool.items())]
+        if self.per_feature:
+            lines.append("  each feature alone, ROC-AUC train / test:")
+            lines += [
+                f"    {name}: {tr:.3f} / {te:.3f}" for name, (tr, te) in self.per_feature.items()
+            ]
         if self.skipped:
             lines.append(f"  skipped {len(self.skipped)} unreadable images, not in the fit:")
             lines += [f"    {why}" for why in self.skipped[:5]]
@@ -133,5 +141,9 @@ def shortcut_check(corpus: str | Path) -> ShortcutReport:
         roc_auc=roc_auc(y[~train], z),
         per_pool=per_pool,
         weights=dict(zip((*FEATURES, "bias"), map(float, w), strict=True)),
+        per_feature={
+            name: (roc_auc(y[train], x[train, i]), roc_auc(y[~train], x[~train, i]))
+            for i, name in enumerate(FEATURES)
+        },
         skipped=skipped,
     )
