@@ -28,7 +28,9 @@ mkdir -p "$WORK" "$RESULTS"
 [ -f "$WORK/corpus-own/manifest.csv" ] ||
   $SD corpus build --size small --no-wild --fakes-per-real 3 "${FROM[@]}" --out "$WORK/corpus-own"
 [ -f "$WORK/mix/manifest.csv" ] || $SD corpus merge "$WORK/corpus-own" "$WORK/corpus-wild" --out "$WORK/mix"
-$SD corpus check-shortcut "$WORK/mix" | tee "$WORK/shortcut.txt"
+# A report: the shipped mix fails it by crop size (the model card's Data section says why).
+$SD corpus check-shortcut "$WORK/mix" | tee "$WORK/shortcut.txt" ||
+  echo "train_default.sh: the shortcut check failed (see $WORK/shortcut.txt); going on" >&2
 
 # 2. The two members: the fine-tuned detector (the recipe chosen by scripts/select_model.sh,
 #    every family in training) and a linear probe on frozen ImageNet features (training/probe.py;
@@ -41,10 +43,13 @@ $SD probe --config configs/default.yaml --data "$WORK/mix/manifest.csv" --out "$
 # 3. Export the fine-tuned member (parity-checked), merge both into one graph (their
 #    temperature-scaled logits averaged; calibrated on validation; parity-checked against the
 #    members; weights stored as float16 to keep the file under 25 MB) and bundle it.
+rm -rf "$WORK/finetuned-onnx" "$WORK/onnx"  # remade every time (seconds)
 $SD export "$WORK/default" --out "$WORK/finetuned-onnx" --name efficientnet_lite0_finetuned
-rm -rf detector/assets/models/default
-$SD ensemble "$WORK/finetuned-onnx" "$WORK/probe-onnx" --out detector/assets/models/default \
+$SD ensemble "$WORK/finetuned-onnx" "$WORK/probe-onnx" --out "$WORK/onnx" \
   --data "$WORK/mix/manifest.csv" --fp16-storage --name efficientnet_lite0_default
+# only a finished, parity-checked model replaces the bundled one
+rm -rf detector/assets/models/default
+mv "$WORK/onnx" detector/assets/models/default
 
 # 4. Evaluation for the model card: validation sources (what it was chosen and calibrated on),
 #    the untouched test split, held-out real photos and generators; as-is and equalised.

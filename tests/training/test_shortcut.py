@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,14 @@ def test_container_shortcut_found(tmp_path):
     assert (report.n_train, report.n_test) == (12, 12)
     assert report.ap > 0.95 and "FAIL" in report.render()
     assert report.skipped == []
+    # the command exits 1 on a failure (it printed FAIL and exited 0: no CI step could stop)
+    out = subprocess.run(
+        [sys.executable, "-m", "detector.cli", "corpus", "check-shortcut", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 1 and out.stdout.rstrip().endswith(
+        "FAIL: container features separate the classes"
+    )
 
 
 def test_the_verdict_does_not_move_with_the_share_of_generated_images(tmp_path):
