@@ -14,9 +14,13 @@
 #     runs/mix/manifest.csv runs/lofo-power0 balance_power=0 --groups midjourney
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=${1:?usage: scripts/lofo_wild.sh MIX_MANIFEST [WORK_DIR] [KEY=VALUE...]}
-WORK=${2:-runs/lofo}
-shift $(( $# > 1 ? 2 : 1 ))
+DATA=${1:?usage: scripts/lofo_wild.sh MIX_MANIFEST [WORK_DIR] [KEY=VALUE...] [--groups G,...] [--previous JSON]}
+WORK=runs/lofo
+shift
+if [ $# -gt 0 ] && [[ $1 != -* && $1 != *=* ]]; then  # WORK_DIR, when given, comes first
+  WORK=$1
+  shift
+fi
 OUT=${OUT:-benchmarks/results/default-model/leave-one-family-out-wild.json}
 mkdir -p "$(dirname "$OUT")"
 .venv/bin/synthdetect evaluate --leave-one-out --config configs/default.yaml --data "$DATA" \

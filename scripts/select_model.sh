@@ -20,6 +20,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:?usage: scripts/select_model.sh MIX_MANIFEST [WORK_DIR] [CANDIDATE...]}
 WORK=${2:-runs/select}
+case $WORK in  # a candidate name there would be taken for the work folder
+  -*|*=*) echo "select_model.sh: WORK_DIR $WORK looks like an option" >&2; exit 2 ;;
+esac
+[ $# -lt 2 ] || [ -d "$WORK" ] || [[ $WORK == */* ]] || {
+  echo "select_model.sh: WORK_DIR $WORK is not a folder yet; give a path (runs/$WORK) to make one, or name the work folder before the candidates" >&2
+  exit 2
+}
 shift $(( $# > 1 ? 2 : 1 ))
 RESULTS=${RESULTS:-benchmarks/results/selection}
 EVAL_DATA=${EVAL_DATA:-$DATA}
@@ -150,6 +157,12 @@ print(f"epoch {last['epoch']} (kept {best['last_epoch_of']['kept_epoch']})")
 PY
 }
 names=("$@")
+for name in "${names[@]}"; do  # every name known before hours of training start
+  [ -n "${CANDIDATES[$name]+x}" ] || [ -n "${SOUPS[$name]:-}" ] || {
+    echo "select_model.sh: unknown candidate $name" >&2
+    exit 2
+  }
+done
 [ ${#names[@]} -gt 0 ] || names=(base no-rgb wild-only more-own no-new-aligned lite2 long power0 patchnet lr3e-4 lr1e-4 lr3e-4-seed1 lr3e-4-seed2 power0-seed1 soup3 soup-seeds tile192 tile192-seed1 tile192-seed2 tile256 aug-heavy aug-light tile192-power0 tile192-power0-seed1 tile192-2ep flip lpft head-lr ema shuffle freqmask tile192-power0-seed2 tile192-seed3 tile192-power0-seed3 tile192-5ep tile192-hsc tile192-positive tile192-mil2 tile192-wild-only)
 
 for name in "${names[@]}"; do

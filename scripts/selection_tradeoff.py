@@ -37,12 +37,15 @@ def tile_sizes(script: Path = SELECT_SCRIPT) -> dict[str, int]:
 def read(folder: Path, view: str) -> list[tuple[str, float, float]]:
     rows = []
     for path in sorted(folder.glob("*.json")):
-        report = json.loads(path.read_text())
         try:
+            report = json.loads(path.read_text())
             part = report[view]
-            rows.append((path.stem, part["val"]["pool:wild"]["roc_auc"], part["mean_held_out_ap"]))
-        except (KeyError, TypeError):
+            fit, reach = part["val"]["pool:wild"]["roc_auc"], part["mean_held_out_ap"]
+        except (KeyError, TypeError, json.JSONDecodeError):
             continue  # not a generalisation report (latency, ensembles, fusion, tile counts)
+        if fit is None or reach is None:
+            continue  # a model scored without held-out families (the bundled one)
+        rows.append((path.stem, float(fit), float(reach)))
     return rows
 
 
