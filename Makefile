@@ -52,7 +52,9 @@ bench: $(STAMP)
 
 # Re-record the quick profile's baseline after an intended change (new model, new corpus).
 bench-baseline: $(STAMP)
-	[ -f runs/corpus-tiny-baseline/manifest.csv ] || $(BIN)/synthdetect corpus build --size tiny --out runs/corpus-tiny-baseline
+	# rebuilt every time: the gate (make test) builds a fresh tiny corpus with the current code
+	rm -rf runs/corpus-tiny-baseline
+	$(BIN)/synthdetect corpus build --size tiny --out runs/corpus-tiny-baseline
 	$(BIN)/synthdetect bench quick --data runs/corpus-tiny-baseline/manifest.csv --out benchmarks/results/quick-baseline.json
 
 clean:

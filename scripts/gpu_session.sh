@@ -23,7 +23,6 @@ cd "$(dirname "$0")/.."
 SD=${SD:-synthdetect}
 RESULTS=${RESULTS:-benchmarks/results/gpu}
 WORK=${WORK:-runs/gpu}
-mkdir -p "$RESULTS" "$WORK"
 # The GPU schedule: a larger batch and loader workers for 16 cores. The default recipe's 3
 # epochs over the mix (pinned sources + own generators, ~15,700 images) are kept: 6 epochs
 # measured no better on held-out families (benchmarks/results/selection/long.json).
@@ -33,6 +32,11 @@ GPU_TRAIN_V2=(device=cuda epochs=60 patience=15 batch_size=64 warmup_steps=200 w
 
 stage=${1:?usage: scripts/gpu_session.sh check|throughput|bench CKPT|serve CKPT|ort CKPT|score CKPT|decode CKPT|train MANIFEST|lofo MANIFEST|loo MANIFEST|backbones MANIFEST}
 shift
+case $stage in
+  check|throughput|bench|serve|ort|score|decode|train|lofo|loo|backbones) ;;
+  *) echo "unknown stage $stage" >&2; exit 2 ;;
+esac
+mkdir -p "$RESULTS" "$WORK"
 case $stage in
   check)
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
