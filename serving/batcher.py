@@ -220,27 +220,36 @@ class BatchingEngine:
     def _next_batch(self) -> list[_Request] | None:
         delay = self.config.max_queue_delay_us / 1e6
         with self._cond:
-            while not self._queue:
-                if self._closed:
-                    return None
-                self._cond.wait()
-            deadline = self._queue[0].arrived + delay
             while True:
-                sizes = [len(r.tiles) for r in self._queue]
-                count = take_batch(sizes, self.config.max_batch_size)
-                full = count < len(sizes) or sum(sizes[:count]) >= self.config.max_batch_size
-                remaining = deadline - time.monotonic()
-                nobody_else = (
-                    self._upstream is not None
-                    and self._upstream() <= len(self._queue) + self._running
-                )
-                if full or remaining <= 0 or self._closed or nobody_else:
-                    break
-                self._cond.wait(min(remaining, 0.0005) if self._upstream is not None else remaining)
-            batch = [self._queue.popleft() for _ in range(count)]
-            self._queued_tiles -= sum(len(r.tiles) for r in batch)
-            self._running = len(batch)
-            return batch
+                while not self._queue:
+                    if self._closed:
+                        return None
+                    self._cond.wait()
+                if (batch := self._wait_for_batch(delay)) is not None:
+                    return batch
+                # every waiting request was withdrawn meanwhile: wait for the next one
+
+    def _wait_for_batch(self, delay: float) -> list[_Request] | None:
+        """Under ``_cond``, with a request queued: wait until a batch is due, take it (None
+        if the queue emptied meanwhile: requests withdrawn while the batch waited)."""
+        deadline = self._queue[0].arrived + delay
+        while True:
+            if not self._queue:
+                return None
+            sizes = [len(r.tiles) for r in self._queue]
+            count = take_batch(sizes, self.config.max_batch_size)
+            full = count < len(sizes) or sum(sizes[:count]) >= self.config.max_batch_size
+            remaining = deadline - time.monotonic()
+            nobody_else = (
+                self._upstream is not None and self._upstream() <= len(self._queue) + self._running
+            )
+            if full or remaining <= 0 or self._closed or nobody_else:
+                break
+            self._cond.wait(min(remaining, 0.0005) if self._upstream is not None else remaining)
+        batch = [self._queue.popleft() for _ in range(count)]
+        self._queued_tiles -= sum(len(r.tiles) for r in batch)
+        self._running = len(batch)
+        return batch
 
     def _loop(self) -> None:
         while (batch := self._next_batch()) is not None:

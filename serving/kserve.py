@@ -10,7 +10,6 @@ same statistics. Errors are ``InferError`` with a kind each transport maps to it
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,7 @@ from detector.fusion import Verdict
 from detector.image import ImageError
 from detector.model_io import BYTES_MODEL, TENSOR_MODEL
 from serving.protocol import InferRequest
+from serving.service import gather_or_cancel
 
 if TYPE_CHECKING:
     from serving.service import Service
@@ -139,7 +139,7 @@ async def _infer_bytes(
     blobs = t.value
     assert isinstance(blobs, list)
     _batch_limit(service, len(blobs))
-    results = await asyncio.gather(*(service.score([b]) for b in blobs))
+    results = await gather_or_cancel(*(service.score([b]) for b in blobs))
     probs, labels, uncertain = [], [], []
     for i, (res,) in enumerate(results):
         if isinstance(res, ImageError):

@@ -6,7 +6,6 @@ The models, their checks and their statistics are ``serving.kserve``'s; the desc
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -99,9 +98,9 @@ class KServeRoutes:
         body = await read_body(request, self.body_timeout_s)
         try:
             if len(body) > PARSE_INLINE_BYTES:  # a big JSON tensor must not block the loop
-                req = await asyncio.get_running_loop().run_in_executor(
-                    self.s.pool, parse_request, body, header_len
-                )
+                # as scoring work: it takes the request's slot first (an overloaded server
+                # refuses before parsing), under the work timeout
+                req = await self.s.run(parse_request, body, header_len)
             else:
                 req = parse_request(body, header_len)
         except ProtocolError as exc:

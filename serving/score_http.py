@@ -9,7 +9,6 @@ verdicts are queued for review whenever the queue is on.
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -18,6 +17,7 @@ from detector.fusion import Verdict
 from detector.image import ImageError
 from detector.registry import RegistryError
 from serving.http import HttpError, flag, json_response, read_body, read_multipart
+from serving.service import gather_or_cancel
 
 if TYPE_CHECKING:
     from serving.service import Service
@@ -70,7 +70,7 @@ class ScoreRoutes:
                     400, "empty body: send an image file, or multipart/form-data with files"
                 )
             files = [(None, body)]
-        results = await asyncio.gather(*(self.s.score([data], detector) for _, data in files))
+        results = await gather_or_cancel(*(self.s.score([data], detector) for _, data in files))
         out = []
         for (name, data), (res,) in zip(files, results, strict=True):
             if not multipart and isinstance(res, ImageError):

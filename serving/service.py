@@ -43,7 +43,7 @@ from serving.batcher import BatcherConfig, BatchingEngine, EngineTimeout, QueueF
 from serving.processes import METRICS_DIR_ENV
 from serving.review import ReviewConfig, ReviewError, ReviewQueue
 
-__all__ = ["Service", "ServiceConfig", "Unavailable", "WorkTimeout"]
+__all__ = ["Service", "ServiceConfig", "Unavailable", "WorkTimeout", "gather_or_cancel"]
 
 log = logging.getLogger("synthdetect.server")
 
@@ -186,6 +186,20 @@ class ModelStats:
     inferences: int = 0  # items (images or tiles)
     executions: int = 0
     last: int = 0
+
+
+async def gather_or_cancel(*aws):
+    """``asyncio.gather``, but when one fails the others are cancelled (and awaited) before the
+    error propagates: their queued work is abandoned with them instead of running on for a
+    request already answered (``asyncio.TaskGroup`` needs Python 3.11)."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 class _Ticket:

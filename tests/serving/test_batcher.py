@@ -216,3 +216,26 @@ def test_async_requests_learn_engine_errors_and_a_stop():
     first, *rest = asyncio.run(stopped())
     np.testing.assert_array_equal(first, [2, 2])
     assert all(isinstance(r, QueueFull) and "server stopped" in str(r) for r in rest)
+
+
+def test_a_request_withdrawn_while_its_batch_waits_does_not_stop_the_engine():
+    """The only queued request withdrawn during the queue delay (a tensor request past its
+    work timeout, while others that might join still run): the engine thread took an empty
+    batch, failed on it and died, and every later request waited for ever."""
+    rec = _Recorder()
+    engine = BatchingEngine(
+        rec,
+        BatcherConfig(max_batch_size=16, max_queue_delay_us=500_000),
+        upstream=lambda: 5,  # others may still join: the batch waits out its delay
+    )
+    try:
+        gone = engine.submit(np.ones((1, 2), np.float32))
+        time.sleep(0.1)
+        engine.withdraw(gone)
+        time.sleep(0.6)  # past the delay the withdrawn request would have waited
+        assert engine._thread.is_alive()
+        out = engine.run(np.full((2, 2), 3.0, np.float32), deadline=5.0)
+        np.testing.assert_allclose(out, [6.0, 6.0])
+        assert rec.calls == [2]  # the withdrawn tile never ran
+    finally:
+        engine.close()

@@ -883,3 +883,68 @@ def test_the_batcher_does_not_wait_for_work_still_queued_for_a_thread(make_serve
         codes = list(pool.map(lambda b: request(live.url, "/v1/score?methods=model", b)[0], images))
     assert codes == [200] * 6
     assert time.monotonic() - start < 3.0  # 3 rounds of a 2 s wait before
+
+
+def test_cancelled_work_still_queued_is_skipped_and_siblings_are_cancelled(make_server):
+    """A request cancelled while its work waits for a thread (a gRPC deadline, shutdown, or
+    a sibling file of a multipart request refused: gather_or_cancel) leaves that work
+    skipped; before, one refused file answered 503 while the other files' work ran on."""
+    import asyncio
+    import threading
+
+    from serving.service import Unavailable, gather_or_cancel
+
+    live = make_server(workers=1)
+    gate = threading.Event()
+    ran: list[str] = []
+
+    def blocker():
+        gate.wait(5)
+        ran.append("blocker")
+
+    async def refused():
+        await asyncio.sleep(0.05)
+        raise Unavailable("server overloaded: queue full")
+
+    async def scenario():
+        first = asyncio.ensure_future(live.service.run(blocker))
+        await asyncio.sleep(0.05)  # the one thread is taken
+        with pytest.raises(Unavailable):
+            await gather_or_cancel(live.service.run(ran.append, "sibling"), refused())
+        gate.set()
+        await first
+
+    asyncio.run_coroutine_threadsafe(scenario(), live.loop).result(10)
+    time.sleep(0.2)
+    assert ran == ["blocker"]  # the sibling's queued work was skipped
+    assert live.service.inflight == 0 and live.service.pool._work_queue.qsize() == 0
+
+
+def test_a_large_tensor_request_is_refused_before_it_is_parsed(make_server):
+    """A JSON tensor over 256 KiB is parsed on a worker thread; under overload it was parsed
+    in full (seconds of work) before the 503."""
+    import serving.protocol
+
+    live = make_server(max_inflight=1)
+    parsed: list[int] = []
+    real_parse = serving.kserve_http.parse_request
+
+    def counting(body, header_len):
+        parsed.append(len(body))
+        return real_parse(body, header_len)
+
+    serving.kserve_http.parse_request = counting
+    tiles = {"name": "images", "shape": [6, 3, 64, 64], "datatype": "FP32", "data": [0.5] * 73728}
+    path, payload = _infer_json("synthdetect_tiles", [tiles])[:2]
+    try:
+        assert len(payload) > 256 * 1024
+        live.service.inflight = 1  # the one slot taken
+        status, _, out = request(live.url, path, payload)
+        assert status == 503 and "overloaded" in json.loads(out)["error"] and not parsed
+        live.service.inflight = 0
+        status, _, out = request(live.url, path, payload)
+        assert status == 200 and parsed
+    finally:
+        serving.kserve_http.parse_request = real_parse
+        live.service.inflight = 0
+    assert serving.protocol.parse_request is real_parse
