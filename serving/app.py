@@ -107,11 +107,11 @@ def make_app(service: Service, config: HttpConfig | None = None) -> web.Applicat
                     413,
                     f"request body of {request.content_length} bytes exceeds {config.max_body_bytes}",
                 )
-            if request.method == "POST":
+            if request.path in OPEN_PATHS:  # health probes: never refused for load
+                response = await handler(request)
+            else:  # a slot once the request's work starts (GETs too: a review heatmap)
                 with service.admit(at_work=True):
                     response = await handler(request)
-            else:
-                response = await handler(request)
             status = response.status
         except AccessDenied as exc:
             status, reason = (429, exc.reason) if exc.rate_limited else (401, exc.reason)

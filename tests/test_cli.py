@@ -159,7 +159,10 @@ def test_verbose_lists_every_method(files):
         (["bench", "accuracy", "--data", "m.csv", "--limit", "0"], "--limit: must be positive"),
         (["bench", "load", "--url", "http://127.0.0.1:9", "--seconds", "1"], "nothing answers"),
         (["bench", "load", "--serve", "--port 1"], "leave out --port/--host"),
-        (["evaluate", "--model", "m", "--data", "d.csv", "--out", "."], "argument --out: . is a directory; give a file path"),
+        (
+            ["evaluate", "--model", "m", "--data", "d.csv", "--out", "."],
+            "argument --out: . is a directory; give a file path",
+        ),
         (["corpus", "merge", "a", "b", "--out", "junk.pt"], "File exists: junk.pt"),
         (
             [

@@ -422,3 +422,22 @@ def test_two_server_processes_share_one_queue(make_server, tmp_path):
     assert verdict["label"] == "generated" and verdict["decided_by"] == "known_image"
     assert os.path.exists(f"{db}.images")
     assert json.loads(_get(one, f"/v1/reviews/{item_id}")[2])["status"] == "decided"
+
+
+@pytest.mark.integration
+def test_review_reads_take_a_slot_and_health_probes_never_do(make_server, tmp_path):
+    """GETs were never admitted: a review heatmap runs the model over every tile of an image
+    with no bound. Now every request takes a slot once its work starts; the health probes
+    are still answered with every slot taken."""
+    live = make_server(review_db=tmp_path / "review.sqlite", max_inflight=1)
+    _, _, body = request(live.url, "/v1/score?review=true", jpeg(52, 128))
+    item_id = json.loads(body)["review_id"]
+    live.service.inflight = 1  # the one slot taken
+    try:
+        status, _, body = _get(live, f"/v1/reviews/{item_id}/heatmap")
+        assert status == 503 and "overloaded" in json.loads(body)["error"]
+        assert request(live.url, "/v2/health/live")[0] == 200
+        assert request(live.url, "/v2/health/ready")[0] == 200
+    finally:
+        live.service.inflight = 0
+    assert _get(live, f"/v1/reviews/{item_id}/heatmap")[0] == 200
