@@ -227,6 +227,9 @@ def _images(folder: Path) -> list[Path]:
             dirs[:] = []
             continue
         seen.add(identity)
+        # name order, real folders before links to them: a folder reached twice keeps its
+        # own name (its generator), whatever order the file system lists them in
+        dirs.sort(key=lambda d: (os.path.islink(os.path.join(top, d)), d))
         found += [
             Path(top) / f
             for f in files

@@ -291,6 +291,7 @@ def reduce_precision(
     }
     sidecar["name"] = name or f"{sidecar.get('name', 'model')}-{precision}"
     sidecar.pop("int8_validation", None)
+    sidecar.pop("weights_storage", None)  # the source's float16 storage: this copy is converted
     (out / SIDECAR).write_text(json.dumps(sidecar, indent=2) + "\n")
     return ExportResult(path, sidecar)
 

@@ -79,7 +79,8 @@ def merge_manifests(inputs: list[Path], out: Path, exclude_pools: tuple[str, ...
                         f"{file[0]}:{file[1]} is a source of both {where[0]} (source "
                         f"{where[1]!r}) and {path} (source {r['source_id']!r}): crops of one "
                         "image could land on two splits; build one of them without it (corpus "
-                        "build --no-wild leaves the wild-train images out) or --exclude-pools it"
+                        "build --no-wild leaves the wild-train images out) or leave its pool out "
+                        f"(--exclude-pools {r.get('pool') or 'POOL'})"
                     )
         manifest = Path(path) / "manifest.csv" if Path(path).is_dir() else Path(path)
         info["inputs"].append(

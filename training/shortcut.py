@@ -76,7 +76,7 @@ class ShortcutReport:
 
     @property
     def verdict(self) -> str:
-        if not abs(self.roc_auc - 0.5) >= MARGIN:  # NaN (one class on test) is no evidence
+        if abs(self.roc_auc - 0.5) < MARGIN:
             return "PASS"
         if self.roc_auc > 0.5:
             return "FAIL: container features separate the classes"
@@ -124,6 +124,9 @@ def shortcut_check(corpus: str | Path) -> ShortcutReport:
     train = np.asarray([s.split == "train" for s in kept])
     if train.sum() == 0 or (~train).sum() == 0:
         raise ValueError(f"{corpus}: need images in both the train and the test split")
+    for split, rows_of in (("train", train), ("test", ~train)):
+        if len(set(y[rows_of])) < 2:  # no ranking to judge: never a pass
+            raise ValueError(f"{corpus}: the {split} split needs real and generated images")
     mean, std = x[train].mean(0), x[train].std(0) + 1e-9
     w = fit_logistic((x[train] - mean) / std, y[train])
     z = np.c_[(x[~train] - mean) / std, np.ones((~train).sum())] @ w

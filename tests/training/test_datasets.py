@@ -84,6 +84,17 @@ def test_symlinked_generator_folders_are_read_and_folders_named_like_images_are_
     ]
 
 
+@pytest.mark.parametrize("alias", ["a", "zz"])
+def test_a_folder_reached_twice_keeps_its_own_name(tmp_path, alias):
+    """fake/sdxl and a link fake/<alias> -> sdxl: the images were labelled with whichever name
+    the file system listed first; the real folder's name wins, before or after the link's."""
+    _img(tmp_path / "real" / "r.png")
+    _img(tmp_path / "fake" / "sdxl" / "x.png")
+    (tmp_path / "fake" / alias).symlink_to(tmp_path / "fake" / "sdxl")
+    fakes = [(s.generator, s.path.name) for s in load_samples(tmp_path) if s.label == 1]
+    assert fakes == [("sdxl", "x.png")]
+
+
 def test_manifest_csv_and_jsonl(tmp_path):
     _img(tmp_path / "a.png")
     _img(tmp_path / "b.png")

@@ -97,6 +97,13 @@ def test_unreadable_images_are_reported(tmp_path):
     assert "broken.png" in text and "gone.png" in text
 
 
+def test_a_split_with_one_class_is_refused_not_passed(tmp_path):
+    """ROC-AUC is undefined on a test split of fakes only: the check printed nan and PASS."""
+    rows = [r for r in _corpus(tmp_path) if r[2] == "train" or r[1] == "fake"]
+    with pytest.raises(ValueError, match="the test split needs real and generated images"):
+        shortcut_check(_manifest(tmp_path, rows))
+
+
 def test_nothing_readable_is_an_error(tmp_path):
     (tmp_path / "a.png").write_bytes(b"junk")
     path = _manifest(tmp_path, [("a.png", "real", "train"), ("b.png", "fake", "test")])
