@@ -87,7 +87,6 @@ def gpu_tiles(
 ) -> list[GpuTiles | ImageError | None]:
     """Per blob: its tiles (decoded on ``device``), an ``ImageError`` (over a limit), or None
     (not for this path: decode it on the CPU)."""
-    import hashlib
     import warnings
 
     import torch
@@ -123,29 +122,41 @@ def gpu_tiles(
                     decoded.append(decode_jpeg(r, mode=ImageReadMode.RGB, device=device))
                 except RuntimeError:
                     decoded.append(None)
-    mean = torch.tensor(prep.mean, device=device, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(prep.std, device=device, dtype=torch.float32).view(1, 3, 1, 1)
+    try:
+        mean = torch.tensor(prep.mean, device=device, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(prep.std, device=device, dtype=torch.float32).view(1, 3, 1, 1)
+    except RuntimeError:  # the device is unusable (no driver): every image takes the CPU path
+        return out
     for i, img in zip(take, decoded, strict=True):
         if img is None:
             continue
-        orientation = headers[i][2]
-        if orientation != 1:
-            img = _orient(img, orientation)
-        h, w = img.shape[1:]
-        crops = torch.stack(
-            [
-                img[:, y : y + size, x : x + size]
-                for y, x in tile_origins(h, w, size, prep.max_tiles)
-            ]
-        )
-        if prep.channel_order == "BGR":
-            crops = crops.flip(1)
-        tiles = (crops.to(torch.float32) / 255.0 - mean) / std
-        notes = ["decoded on the GPU"] if str(device).startswith("cuda") else []
-        if orientation != 1:
-            notes.append(f"EXIF orientation {orientation} applied")
-        info = {"format": "JPEG", "width": int(w), "height": int(h), "frames": 1,
-                "bytes": len(blobs[i]), "sha256": hashlib.sha256(blobs[i]).hexdigest(),
-                "notes": notes}  # fmt: skip
-        out[i] = GpuTiles(np.ascontiguousarray(tiles.cpu().numpy()), info)
+        try:
+            out[i] = _tiles_of(img, headers[i][2], blobs[i], prep, mean, std, device)
+        except RuntimeError:  # out of device memory, a failing device: this one on the CPU
+            out[i] = None
     return out
+
+
+def _tiles_of(img, orientation: int, blob: bytes, prep: PreprocessConfig, mean, std, device):
+    """One decoded image (3, H, W) on ``device`` -> its normalised tiles and the info."""
+    import hashlib
+
+    import torch
+
+    size = prep.input_size
+    if orientation != 1:
+        img = _orient(img, orientation)
+    h, w = img.shape[1:]
+    crops = torch.stack(
+        [img[:, y : y + size, x : x + size] for y, x in tile_origins(h, w, size, prep.max_tiles)]
+    )
+    if prep.channel_order == "BGR":
+        crops = crops.flip(1)
+    tiles = (crops.to(torch.float32) / 255.0 - mean) / std
+    notes = ["decoded on the GPU"] if str(device).startswith("cuda") else []
+    if orientation != 1:
+        notes.append(f"EXIF orientation {orientation} applied")
+    info = {"format": "JPEG", "width": int(w), "height": int(h), "frames": 1,
+            "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest(),
+            "notes": notes}  # fmt: skip
+    return GpuTiles(np.ascontiguousarray(tiles.cpu().numpy()), info)

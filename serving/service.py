@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import logging
 import os
 import sqlite3
@@ -526,8 +527,22 @@ class Service:
 
     @property
     def gpu_decode(self) -> bool:
-        on_gpu = self.config.device in ("cuda", "tensorrt")
-        return on_gpu if self.config.gpu_decode is None else self.config.gpu_decode
+        if self.config.gpu_decode is not None:
+            return self.config.gpu_decode
+        return self._torch_sees_cuda  # on by default where torch can decode on the GPU
+
+    @functools.cached_property
+    def _torch_sees_cuda(self) -> bool:
+        """``--device cuda`` may be ONNX Runtime's GPU build beside a CPU-only torch: then
+        the GPU decoder (torchvision) is off by default, not a failing path."""
+        if self.config.device not in ("cuda", "tensorrt"):
+            return False
+        try:
+            import torch
+
+            return bool(torch.cuda.is_available())
+        except Exception:  # no torch, or a broken CUDA install: decode on the CPU
+            return False
 
     def _score_model_only(
         self, blobs: list[bytes], detector: Detector

@@ -657,7 +657,7 @@ class Trainer:
         val = self._epoch_val()
         ap = average_precision([s.label for s in val], self.scores(val)) if self.d.main else 0.0
         if self.d.world > 1:  # every rank needs the same early-stopping decision
-            t = torch.tensor([ap], dtype=torch.float64)
+            t = torch.tensor([ap], dtype=torch.float64, device=self.d.device)  # NCCL: on the GPU
             dist.broadcast(t, 0)
             ap = float(t.item())
         return ap

@@ -65,3 +65,14 @@ def test_what_the_path_does_not_take_goes_back_and_limits_hold():
     many = scans[:-2] + b"\xff\xda\x00\x02" * 200 + scans[-2:]  # empty scans before EOI
     (refused,) = gpu_tiles([many], PREP, DecodeLimits(), device="cpu")
     assert isinstance(refused, ImageError) and "too many JPEG scans" in str(refused)
+
+
+def test_an_unusable_device_sends_every_image_to_the_cpu_path():
+    """A GPU decoder asked for where CUDA cannot start (no driver; a CPU-only torch beside
+    ONNX Runtime's GPU build) raised out of the request instead of decoding on the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is usable here")
+    blob = P.encode(P.synthetic_scene(7, 256, 256), "JPEG")
+    assert gpu_tiles([blob, blob], PREP, DecodeLimits(), device="cuda") == [None, None]

@@ -15,7 +15,7 @@ if __name__ == "__main__":
     out, data = sys.argv[1], sys.argv[2]
     config = load_config(None, [f"data={data}", f"out={out}", "model=mobilenetv3_small", "input_size=64",
                                 "batch_size=4", "epochs=1", "max_steps=2", "workers=0", "warmup_steps=1",
-                                "pretrained=null", *sys.argv[3:]])  # fmt: skip
+                                "pretrained=null", "device=cpu", *sys.argv[3:]])  # fmt: skip
     trainer = Trainer(config)
     trainer.fit()
     digest = hashlib.sha256()
