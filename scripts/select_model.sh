@@ -32,7 +32,6 @@ RESULTS=${RESULTS:-benchmarks/results/selection}
 EVAL_DATA=${EVAL_DATA:-$DATA}
 SD=.venv/bin/synthdetect
 HELD=midjourney,flux,flux2,gigagan,stylegan,biggan,vqgan
-mkdir -p "$RESULTS" "$WORK"
 
 # base, no-rgb, long and the twins run were measured when configs/default.yaml had lr 1e-3;
 # lr3e-4 won and became the default, so those keep lr=0.001 to stay reproducible, and every
@@ -163,6 +162,7 @@ for name in "${names[@]}"; do  # every name known before hours of training start
     exit 2
   }
 done
+mkdir -p "$RESULTS" "$WORK"
 [ ${#names[@]} -gt 0 ] || names=(base no-rgb wild-only more-own no-new-aligned lite2 long power0 patchnet lr3e-4 lr1e-4 lr3e-4-seed1 lr3e-4-seed2 power0-seed1 soup3 soup-seeds tile192 tile192-seed1 tile192-seed2 tile256 aug-heavy aug-light tile192-power0 tile192-power0-seed1 tile192-2ep flip lpft head-lr ema shuffle freqmask tile192-power0-seed2 tile192-seed3 tile192-power0-seed3 tile192-5ep tile192-hsc tile192-positive tile192-mil2 tile192-wild-only)
 
 for name in "${names[@]}"; do

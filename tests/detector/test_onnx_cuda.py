@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from detector.bundled import DEFAULT_MODEL
-from detector.engine import load_bundle
+from detector.engine import GPU_RUNTIME_HOWTO, load_bundle
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,7 @@ def test_padding_to_a_bucket_leaves_the_logits_unchanged():
 def test_bundled_onnx_on_cuda_matches_cpu():
     ort = pytest.importorskip("onnxruntime")
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        pytest.skip("onnxruntime here is the CPU wheel: install the [gpu] extra (onnxruntime-gpu)")
+        pytest.skip(f"onnxruntime here is the CPU wheel: {GPU_RUNTIME_HOWTO}")
     gpu, cpu = load_bundle(DEFAULT_MODEL, device="cuda"), load_bundle(DEFAULT_MODEL)
     assert gpu.engine.device == "cuda" and "CUDAExecutionProvider" in gpu.engine.name
     size = gpu.preprocess.input_size
