@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from detector.calibration import Calibration
+from training.export import TOLERANCE
 from training.metrics import threshold_at_fpr
 
 __all__ = ["fit_calibration", "fit_temperature"]
 
-# The threshold's margin above the highest real it must not flag, relative to that real's logit.
+# The threshold's margin above the highest real it must not flag: relative to that real's
+# logit, and at least the parity an fp32 export is held to (training.export.TOLERANCE).
 LOGIT_MARGIN = 1e-5
 
 
@@ -57,11 +59,12 @@ def fit_calibration(logits, labels, target_fpr: float, description: str) -> Cali
     real_logits = np.sort(z[y == 0])[::-1]
     k = int(np.floor(target_fpr * len(real_logits)))  # the highest real kept below it
     if k < len(real_logits):
-        # The shipped graph computes these logits again in float32 (about 5e-7 apart, and the
-        # temperature may magnify that 20x): keep the boundary real below the threshold with a
-        # margin of 1e-5 of its logit, not one float step (which flagged it again).
+        # The shipped graph computes these logits again (in float32: about 5e-7 apart; and a
+        # run calibrated in torch is exported within the fp32 parity tolerance of them), and
+        # the temperature may magnify that 20x: keep the boundary real below the threshold by
+        # that much, not by one float step (which flagged it again).
         boundary = real_logits[k]
-        margin = LOGIT_MARGIN * max(1.0, abs(float(boundary)))
+        margin = max(LOGIT_MARGIN * abs(float(boundary)), TOLERANCE["fp32"] or 0.0)
         threshold = max(threshold, float(Calibration(temperature=temperature).probability(
             np.array([boundary + margin]))[0]))  # fmt: skip
     threshold = float(np.clip(threshold, 1e-6, 1 - 1e-6))

@@ -65,7 +65,7 @@ def test_threshold_holds_when_the_shipped_graph_recomputes_the_logits_in_float32
     y = np.array([0] * 200 + [1] * 200)
     cal = fit_calibration(z, y, 0.01, "val")
     assert cal.temperature < 0.06
-    for drift in (5e-7, 1e-6, -1e-6):
+    for drift in (5e-7, 1e-6, -1e-6, 9e-4):  # up to the fp32 export parity (1e-3)
         flagged = cal.probability(reals.astype(np.float32) + np.float32(drift)) >= cal.threshold
         assert flagged.mean() <= 0.01, drift
     # and the margin is small: the fakes are all still flagged
