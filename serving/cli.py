@@ -229,9 +229,8 @@ def serve_one(
     from detector.bundled import SAMPLES
     from detector.engine import cpu_threads
     from serving.app import GUARD, make_app
-    from serving.grpc_server import GrpcBindError, GrpcServer
     from serving.review import ReviewConfig
-    from serving.runner import run_server
+    from serving.runner import GrpcBindError, run_server
     from serving.service import Service
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -292,7 +291,11 @@ def serve_one(
 
     app.on_cleanup.append(drain)
 
-    def grpc() -> GrpcServer:
+    def grpc():
+        # imported only when gRPC is on: it needs tritonclient's generated protos, which a
+        # lean install (a GPU machine's image, say) may lack; --grpc-port 0 serves HTTP alone
+        from serving.grpc_server import GrpcServer
+
         return GrpcServer(
             service, app[GUARD], args.host, args.grpc_port, http.max_body_bytes, total > 1
         )

@@ -44,6 +44,7 @@ from serving.protocol import (
     encode_bytes_tensor,
     json_tensor,
 )
+from serving.runner import GrpcBindError
 from serving.service import Unavailable, WorkTimeout
 
 if TYPE_CHECKING:
@@ -279,10 +280,6 @@ def _const(reply):
         return reply
 
     return work
-
-
-class GrpcBindError(OSError):
-    """The gRPC port cannot be bound (the message names it)."""
 
 
 class GrpcServer:

@@ -30,7 +30,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_runner import GracefulExit
 
-__all__ = ["default_max_connections", "run_server"]
+__all__ = ["GrpcBindError", "default_max_connections", "run_server"]
 
 log = logging.getLogger("synthdetect.server")
 
@@ -94,6 +94,11 @@ class _AcceptErrors:
             self.last, self.suppressed = now, 0
             return
         loop.default_exception_handler(context)
+
+
+class GrpcBindError(OSError):
+    """The gRPC port cannot be bound (the message names it). Here, not in ``grpc_server``: the
+    command catches it without importing the gRPC stack, which HTTP alone does not need."""
 
 
 def run_server(

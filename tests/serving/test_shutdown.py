@@ -319,3 +319,33 @@ def test_the_printed_curl_works_verbatim_from_anywhere(exported_model, tmp_path,
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def test_http_alone_serves_without_the_grpc_stack(exported_model, tmp_path):
+    """--grpc-port 0 serves HTTP only: it must not need tritonclient's generated protos (a
+    lean image, such as a lent GPU machine's, lacks them), which serve imported regardless."""
+    blocker = tmp_path / "block" / "tritonclient"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text(
+        "raise ImportError('tritonclient blocked for this test')\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{blocker.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "detector.cli", "serve", "--grpc-port", "0", "--port", "0",
+         "--model", str(exported_model), "--no-access-log"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        lines = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(x.startswith("try: ") for x in lines):
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, "".join(lines)
+            lines.append(line)
+        assert any("synthdetect serving" in x for x in lines) and "grpc://" not in "".join(lines)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
