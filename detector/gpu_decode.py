@@ -16,6 +16,7 @@ answer is the same either way. Without CUDA the same code runs torchvision's CPU
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass
 from typing import Any
@@ -139,8 +140,6 @@ def gpu_tiles(
 
 def _tiles_of(img, orientation: int, blob: bytes, prep: PreprocessConfig, mean, std, device):
     """One decoded image (3, H, W) on ``device`` -> its normalised tiles and the info."""
-    import hashlib
-
     import torch
 
     size = prep.input_size

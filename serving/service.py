@@ -308,14 +308,16 @@ class Service:
             if ticket.held:
                 self._give_slot()
 
-    def _take_slot(self) -> None:
-        if self.inflight >= self.config.max_inflight:
+    def _take_slot(self, even_if_full: bool = False) -> None:
+        if not even_if_full and self.inflight >= self.config.max_inflight:
             raise Unavailable("server overloaded, retry later")
-        self.inflight += 1
-        self.metrics.inflight.set(self.inflight)
+        self._count_slots(+1)
 
     def _give_slot(self) -> None:
-        self.inflight -= 1
+        self._count_slots(-1)
+
+    def _count_slots(self, change: int) -> None:
+        self.inflight += change
         self.metrics.inflight.set(self.inflight)
 
     def _admitted(self) -> None:
@@ -376,8 +378,7 @@ class Service:
     def _abandon(self, job: _Job, future: asyncio.Future) -> None:
         job.abandoned = True
         if not future.done():  # a thread may be running it: its slot is kept until it ends
-            self.inflight += 1
-            self.metrics.inflight.set(self.inflight)
+            self._take_slot(even_if_full=True)
             future.add_done_callback(lambda f: self._give_slot())
 
     def _timed_out(self) -> WorkTimeout:

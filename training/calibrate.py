@@ -53,20 +53,20 @@ def fit_calibration(logits, labels, target_fpr: float, description: str) -> Cali
             f"{description}: {bad} of {len(z)} logits are not finite; cannot calibrate"
         )
     temperature = fit_temperature(z, y)
-    probs = Calibration(temperature=temperature).probability(z)
+    calibration = Calibration(temperature=temperature)
+    probs = calibration.probability(z)
     reals = probs[y == 0]
-    threshold = threshold_at_fpr(reals, target_fpr) if len(reals) else 0.5
-    real_logits = np.sort(z[y == 0])[::-1]
-    k = int(np.floor(target_fpr * len(real_logits)))  # the highest real kept below it
-    if k < len(real_logits):
+    threshold = 0.5
+    if len(reals):
         # The shipped graph computes these logits again (in float32: about 5e-7 apart; and a
         # run calibrated in torch is exported within the fp32 parity tolerance of them), and
-        # the temperature may magnify that 20x: keep the boundary real below the threshold by
-        # that much, not by one float step (which flagged it again).
-        boundary = real_logits[k]
-        margin = max(LOGIT_MARGIN * abs(float(boundary)), TOLERANCE["fp32"] or 0.0)
-        threshold = max(threshold, float(Calibration(temperature=temperature).probability(
-            np.array([boundary + margin]))[0]))  # fmt: skip
+        # the temperature may magnify that 20x: each real is ranked as if its logit were that
+        # much higher (a monotonic shift), so the boundary real stays below the threshold by
+        # the margin, not by one float step (which flagged it again).
+        real_logits = z[y == 0]
+        margin = np.maximum(LOGIT_MARGIN * np.abs(real_logits), TOLERANCE["fp32"] or 0.0)
+        cut = threshold_at_fpr(real_logits + margin, target_fpr)
+        threshold = float(calibration.probability(np.array([cut]))[0])
     threshold = float(np.clip(threshold, 1e-6, 1 - 1e-6))
     if len(reals) and float(np.mean(reals >= threshold)) > target_fpr:
         # more than target_fpr of the reals score 1 - 1e-6 or more: no probability threshold

@@ -23,6 +23,7 @@ import yaml
 
 from detector.buildinfo import git_commit
 from detector.checkpoint import FORMAT, model_from_checkpoint, read_checkpoint, write_checkpoint
+from detector.engine import ONNX_FILE, SIDECAR
 from detector.preprocess import PreprocessConfig
 from training.datasets import load_samples
 from training.debian import sha256_file
@@ -82,7 +83,7 @@ def model_in(folder: Path) -> str | None:
     hides it or is hidden by it (``score --model`` reads the ONNX file first, ``export`` and
     ``evaluate`` the checkpoints), so soup, probe and ensemble refuse such a folder."""
     folder = Path(folder)
-    if (folder / "model.onnx").exists() or (folder / "model.json").exists():
+    if (folder / ONNX_FILE).exists() or (folder / SIDECAR).exists():
         return "an ONNX model"
     if (folder / "checkpoints").exists():
         return "a training run (checkpoints/)"
