@@ -230,11 +230,8 @@ def _images(folder: Path) -> list[Path]:
         # name order, real folders before links to them: a folder reached twice keeps its
         # own name (its generator), whatever order the file system lists them in
         dirs.sort(key=lambda d: (os.path.islink(os.path.join(top, d)), d))
-        found += [
-            Path(top) / f
-            for f in files
-            if Path(f).suffix.lower() in IMAGE_EXTENSIONS and (Path(top) / f).is_file()
-        ]
+        paths = (Path(top) / f for f in files)
+        found += [p for p in paths if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
     return sorted(found)
 
 

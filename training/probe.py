@@ -263,7 +263,8 @@ class FeatureCache:
 
     def _file(self, view: str) -> Path | None:
         """One file per view and per settings that change the features: the tiles (size,
-        count, normalisation, padding), the view's exact text and, for the augmented view, the policy and its seed.
+        count, normalisation, padding), the view's exact text and, for the augmented view,
+        the policy and its seed.
         A digest of them is in the name, so another setting never reads these features."""
         if self.folder is None:
             return None
