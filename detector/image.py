@@ -68,6 +68,8 @@ _MIME = {
 _SKIP_EXIF = {0x927C, 0x8769, 0x8825, 0xA005, 0x02BC, 0x83BB, 0x8773, 0x9C9B, 0x9C9C, 0x9C9D}
 _MAX_EXIF_TEXT = 64 * 1024
 _MAX_XMP = 4 * 1024 * 1024
+_MAX_XMP_PACKETS = 8
+_XMP_APP1 = b"http://ns.adobe.com/xap/1.0/\x00"  # a JPEG APP1 segment that holds XMP
 
 
 class ImageError(ValueError):
@@ -103,12 +105,18 @@ class ContainerMetadata:
     """What the file says about itself, before any pixel analysis."""
 
     exif: dict[str, Any] = field(default_factory=dict)
-    xmp: str | None = None
+    xmp: str | None = None  # the first XMP packet
+    xmp_extra: tuple[str, ...] = ()  # any further packets (a JPEG can carry several)
     text: dict[str, str] = field(default_factory=dict)  # PNG tEXt / zTXt / iTXt chunks
     comment: str | None = None  # JPEG COM segment, GIF comment extension
     icc_profile: bool = False
     quantization: dict[int, tuple[int, ...]] | None = None  # JPEG quantization tables
     has_gps: bool = False
+
+    @property
+    def xmp_packets(self) -> tuple[str, ...]:
+        """Every XMP packet, the first one first."""
+        return (self.xmp, *self.xmp_extra) if self.xmp else self.xmp_extra
 
 
 @dataclass(frozen=True, eq=False)
@@ -429,6 +437,10 @@ def _to_rgb(im: Image.Image) -> tuple[np.ndarray, str | None]:
 def _orientation(im: Image.Image) -> int:
     try:
         value = int(im.getexif().get(ExifTags.Base.Orientation, 1))
+    except ValueError as exc:
+        if "MAX_TEXT" in str(exc):  # a PNG's getexif() loads its chunks: decode() handles this
+            raise
+        return 1
     except Exception:  # a broken EXIF block must not make the image undecodable
         return 1
     return value if 2 <= value <= 8 else 1
@@ -442,9 +454,11 @@ def _metadata(im: Image.Image) -> ContainerMetadata:
     if im.format == "PNG":
         text = {str(k): str(v) for k, v in getattr(im, "text", {}).items()}
     comment = info.get("comment")
+    packets = _xmp_packets(im)
     return ContainerMetadata(
         exif=exif,
-        xmp=_xmp(im),
+        xmp=packets[0] if packets else None,
+        xmp_extra=tuple(packets[1:]),
         text=text,
         comment=_as_text(comment) if comment else None,
         icc_profile=bool(info.get("icc_profile")),
@@ -455,14 +469,24 @@ def _metadata(im: Image.Image) -> ContainerMetadata:
     )
 
 
-def _xmp(im: Image.Image) -> str | None:
-    raw: Any = im.info.get("xmp") or im.info.get("XML:com.adobe.xmp")
-    if raw is None and isinstance(im, TiffImagePlugin.TiffImageFile):
-        raw = im.tag_v2.get(700)  # TIFF XMLPacket
-    if not raw:
-        return None
-    text = _as_text(raw)[:_MAX_XMP].strip("\x00 \r\n\t")
-    return text or None
+def _xmp_packets(im: Image.Image) -> list[str]:
+    """Every XMP packet the container carries, in file order, each once: a JPEG can hold
+    several APP1 packets (Pillow's ``info`` keeps the last alone), a PNG both an iTXt and a
+    tEXt one; at most _MAX_XMP_PACKETS."""
+    raws: list[Any] = [
+        body[len(_XMP_APP1) :]
+        for marker, body in getattr(im, "applist", [])
+        if marker == "APP1" and body.startswith(_XMP_APP1)
+    ]
+    raws += [im.info.get("xmp"), im.info.get("XML:com.adobe.xmp")]
+    if isinstance(im, TiffImagePlugin.TiffImageFile):
+        raws.append(im.tag_v2.get(700))  # TIFF XMLPacket
+    packets: list[str] = []
+    for raw in raws:
+        text = _as_text(raw)[:_MAX_XMP].strip("\x00 \r\n\t") if raw else ""
+        if text and text not in packets:
+            packets.append(text)
+    return packets[:_MAX_XMP_PACKETS]
 
 
 def _exif(im: Image.Image) -> tuple[dict[str, Any], bool]:

@@ -22,6 +22,9 @@ __all__ = [
 ]
 
 IPTC_DST_PREFIX = "http://cv.iptc.org/newscodes/digitalsourcetype/"
+_IPTC_NAMESPACES = {
+    f"{scheme}://cv.iptc.org/newscodes/digitalsourcetype" for scheme in ("http", "https")
+}
 
 
 class SourceCategory(str, Enum):
@@ -74,7 +77,11 @@ def parse_source_type(value: str) -> SourceType | None:
 
     Unknown codes return None; the caller reports them as info rather than guessing.
     """
-    code = value.strip().rstrip("/").rsplit("/", 1)[-1]
+    prefix, _, code = value.strip().rstrip("/").rpartition("/")
+    # only the IPTC vocabulary's own namespace (http or https) or a bare code: a value such as
+    # "https://evil.example/trainedAlgorithmicMedia" names some other vocabulary's term
+    if prefix and prefix.lower() not in _IPTC_NAMESPACES:
+        return None
     return _BY_CODE.get(code.lower())
 
 

@@ -25,6 +25,9 @@ NS = {
 }
 _RDF = NS["rdf"]
 _MAX_CHARS = 4 * 1024 * 1024
+# XMP written by tools nests a few levels (properties in structures in arrays); far deeper
+# nesting is only ever an attack on the reader's time
+MAX_DEPTH = 64
 
 
 class XmpError(ValueError):
@@ -48,6 +51,8 @@ def parse_xmp_layers(
 
 
 def _flatten(root: ET.Element) -> dict[tuple[str, str], list[str]]:
+    # each property collects the rdf:li items below it: a walk per property, bounded by the
+    # nesting depth _parse allows (without the bound, 40,000 nested elements took minutes)
     values: dict[tuple[str, str], list[str]] = defaultdict(list)
     for elem in root.iter():
         for key, value in elem.attrib.items():
@@ -110,9 +115,20 @@ def _parse(packet: str) -> ET.Element:
         raise XmpError("XMP packet declares a DTD or entities; refused")
     body = _strip_packet_wrapper(packet)
     try:
-        return ET.fromstring(body)
+        root = ET.fromstring(body)
     except ET.ParseError as exc:
         raise XmpError(f"malformed XMP: {exc}") from None
+    _check_depth(root)
+    return root
+
+
+def _check_depth(root: ET.Element) -> None:
+    stack = [(root, 1)]
+    while stack:
+        elem, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise XmpError(f"XMP nests elements deeper than {MAX_DEPTH} levels; refused")
+        stack.extend((child, depth + 1) for child in elem)
 
 
 def _split(tag: str) -> tuple[str, str]:
@@ -123,14 +139,18 @@ def _split(tag: str) -> tuple[str, str]:
 
 
 def _strip_packet_wrapper(packet: str) -> str:
-    """Drop the ``<?xpacket ...?>`` processing instructions and anything outside the XML."""
-    start = packet.find("<x:xmpmeta")
-    if start < 0:
-        start = packet.find("<rdf:RDF")
-    if start < 0:
-        start = packet.find("<")
-    end_marker = "</x:xmpmeta>" if "<x:xmpmeta" in packet else "</rdf:RDF>"
-    end = packet.rfind(end_marker)
-    if start < 0 or end < 0:
+    """The XML of the packet: without its processing instructions (``<?xpacket ...?>``, an
+    XML declaration) and without anything before its first or after its last tag (padding,
+    NULs). The root is whatever element comes first, under any prefix: the parser decides."""
+    kept, pos = [], 0
+    while (opened := packet.find("<?", pos)) >= 0:  # one pass: a regex would retry each "<?"
+        closed = packet.find("?>", opened + 2)
+        if closed < 0:
+            break
+        kept.append(packet[pos:opened])
+        pos = closed + 2
+    body = "".join([*kept, packet[pos:]])
+    start, end = body.find("<"), body.rfind(">")
+    if start < 0 or end < start:
         raise XmpError("no XMP root element found")
-    return packet[start : end + len(end_marker)]
+    return body[start : end + 1]

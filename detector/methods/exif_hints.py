@@ -44,9 +44,9 @@ def _free_text(image: DecodedImage) -> list[tuple[str, str]]:
     found = [(f"EXIF {tag}", str(exif[tag])) for tag in _TEXT_TAGS if exif.get(tag)]
     if image.metadata.text.get("Software"):
         found.append(("PNG text 'Software'", image.metadata.text["Software"]))
-    if image.metadata.xmp:
+    for packet in image.metadata.xmp_packets:
         try:
-            props = parse_xmp(image.metadata.xmp)
+            props = parse_xmp(packet)
         except XmpError:
             props = {}
         for value in props.get((NS["xmp"], "CreatorTool"), []):

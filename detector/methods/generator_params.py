@@ -35,7 +35,7 @@ __all__ = ["Finding", "GeneratorParams", "find_generator_params"]
 _A1111 = "Stable Diffusion web UI (AUTOMATIC1111)"
 _SETTINGS_START = re.compile(r"Steps: *\d+,")
 # A1111's settings line is a few hundred characters (a few KB with many LoRA hashes); a longer
-# one is not parsed: the pair pattern below backtracks quadratically on long runs of spaces.
+# one is not parsed.
 _MAX_SETTINGS_LINE = 16 * 1024
 # "Key: value" pairs of the settings line; values may be double-quoted and contain commas.
 _PAIR = re.compile(r'\s*([\w][\w \-/\.]*?):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
@@ -61,7 +61,7 @@ def _json(text: str | None) -> Any:
         return None
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
         return None
 
 
@@ -75,13 +75,32 @@ def _settings_line(text: str) -> str | None:
     return last
 
 
+def _settings(line: str) -> dict[str, str]:
+    """The settings line's "Key: value" pairs in one pass: each pair is matched where the last
+    one ended, and a stretch that is no pair is skipped to its next comma (``findall`` would
+    retry at every character: quadratic on a long run of word characters)."""
+    settings: dict[str, str] = {}
+    pos = 0
+    while pos < len(line):
+        m = _PAIR.match(line, pos)
+        if m is None:
+            comma = line.find(",", pos)
+            if comma < 0:
+                break
+            pos = comma + 1
+            continue
+        settings[m.group(1).strip()] = m.group(2).strip().strip('"')
+        pos = m.end()
+    return settings
+
+
 def _a1111(fields: dict[str, str]) -> Finding | None:
     for key, location in _candidates(fields, "parameters"):
         text = fields[key]
         line = _settings_line(text)
         if line is None:
             continue
-        settings = {k.strip(): v.strip().strip('"') for k, v in _PAIR.findall(line)}
+        settings = _settings(line)
         if not ({"Sampler", "CFG scale", "Seed", "Size", "Model hash"} & settings.keys()):
             continue  # "Steps:" alone is too thin to call it generation parameters
         head = text[: text.rfind(line)].rstrip("\n")
@@ -147,12 +166,14 @@ def _comfyui(fields: dict[str, str]) -> Finding | None:
     nodes: list[tuple[str, dict[str, Any]]] = []
     if isinstance(graph, dict):
         nodes = [
-            (str(n["class_type"]), n.get("inputs") or {})
+            (str(n["class_type"]), n["inputs"] if isinstance(n.get("inputs"), dict) else {})
             for n in graph.values()
             if isinstance(n, dict) and "class_type" in n
         ]
     wf_nodes = workflow.get("nodes") if isinstance(workflow, dict) else None
-    wf_types = [str(n.get("type")) for n in wf_nodes or [] if isinstance(n, dict) and n.get("type")]
+    if not isinstance(wf_nodes, list):
+        wf_nodes = []
+    wf_types = [str(n.get("type")) for n in wf_nodes if isinstance(n, dict) and n.get("type")]
     if not nodes and not wf_types:
         return None
     found = []
@@ -303,7 +324,17 @@ def find_generator_params(image: DecodedImage) -> list[Finding]:
     fields = text_fields(image)
     if not fields:
         return []
-    return [f for f in (parser(fields) for parser in _PARSERS) if f is not None]
+    found = []
+    for parser in _PARSERS:
+        try:
+            finding = parser(fields)
+        except (ValueError, TypeError, AttributeError, KeyError, RecursionError):
+            # a chunk shaped unlike its tool's output is no finding of that tool; the other
+            # parsers' findings stand
+            continue
+        if finding is not None:
+            found.append(finding)
+    return found
 
 
 @register_method("generator_params")

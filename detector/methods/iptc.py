@@ -40,24 +40,38 @@ class IptcSourceType(PerImageMethod):
     description = "IPTC DigitalSourceType in the XMP packet (unsigned declaration)"
 
     def score_one(self, image: DecodedImage) -> MethodResult:
-        packet = image.metadata.xmp
-        if not packet:
+        packets = image.metadata.xmp_packets
+        if not packets:
             return self.abstain()
-        try:
-            # the image's own declaration, and every one (nested records: ingredients, history)
-            props, every = parse_xmp_layers(packet)
-        except XmpError as exc:
-            return self.abstain(Evidence("xmp.malformed", f"XMP packet ignored: {exc}"))
-        declared = props.get(_KEY, []) + props.get(_KEY_PLUS, [])
-        nested = [v for v in every.get(_KEY, []) + every.get(_KEY_PLUS, []) if v not in declared]
-        context = [
+        # every packet (a file can carry several, and a later one must not hide a declaration):
+        # the image's own declarations, and every one (nested records: ingredients, history)
+        declared: list[str] = []
+        every: list[str] = []
+        problems: list[Evidence] = []
+        for n, packet in enumerate(packets, 1):
+            try:
+                props, flat = parse_xmp_layers(packet)
+            except XmpError as exc:
+                which = f" {n} of {len(packets)}" if len(packets) > 1 else ""
+                problems.append(Evidence("xmp.malformed", f"XMP packet{which} ignored: {exc}"))
+                continue
+            declared += props.get(_KEY, []) + props.get(_KEY_PLUS, [])
+            every += flat.get(_KEY, []) + flat.get(_KEY_PLUS, [])
+        nested = [v for v in every if v not in declared]
+        context = problems + [
             Evidence(
                 "iptc.nested_source_type",
                 f"a record nested in the XMP (an ingredient or a past version, not this image) "
-                f"declares DigitalSourceType {t.code if (t := parse_source_type(v)) else v!r}",
+                f"declares DigitalSourceType {t.code if (t := parse_source_type(v)) else _clip(v)}",
             )
             for v in dict.fromkeys(nested)
         ]
+        if len(packets) > 1:
+            context.append(
+                Evidence(
+                    "xmp.packets", f"the file carries {len(packets)} XMP packets; all were read"
+                )
+            )
         if not declared:
             return self.abstain(*context)
         # Several values can be present (edits append); the most "generated" one decides.
@@ -65,8 +79,8 @@ class IptcSourceType(PerImageMethod):
         typed = [(v, t) for v, t in known if t is not None]
         unknown = [v for v, t in known if t is None]
         evidence = [
-            Evidence("iptc.unknown_source_type", f"unrecognised DigitalSourceType {v!r}")
-            for v in unknown
+            Evidence("iptc.unknown_source_type", f"unrecognised DigitalSourceType {_clip(v)}")
+            for v in dict.fromkeys(unknown)
         ] + context
         rated = [(v, t) for v, t in typed if t.category in _PROBABILITY]
         if not rated:
@@ -93,3 +107,10 @@ class IptcSourceType(PerImageMethod):
             weight=1.0 if decisive else 0.5,
             details={"source_types": [t.code for _, t in typed], "value": value},
         )
+
+
+def _clip(value: str, limit: int = 80) -> str:
+    """A declared value as the evidence quotes it: its first ``limit`` characters."""
+    return repr(value[:limit]) + (
+        f" (+{len(value) - limit} characters)" if len(value) > limit else ""
+    )

@@ -178,6 +178,8 @@ def match_payloads(pixels: np.ndarray) -> list[Match] | None:
     best: dict[str, Match] = {}
     for swap in (False, True):
         block_bits = decode_bits(pixels, swap)
+        if block_bits.size == 0:  # a side under one block (a 4 x 16,384 strip): nothing to read
+            return None
         share = float(block_bits.mean())
         if share < 0.02 or share > 0.98:
             continue  # flat chroma (e.g. greyscale): every block reads the same, no signal

@@ -209,3 +209,30 @@ def test_comfyui_graphs_in_webp_exif_make_and_model(method, scene, pad):
     assert "ComfyUI generation parameters in EXIF Make and Model" in res.evidence[0].message
     hints = create_method("exif_hints").score([image])[0]
     assert hints.abstained and not hints.evidence  # not a device, not a tool's signature
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"prompt": "[" * 100_000 + "]" * 100_000},  # deeper than json can recurse
+        {"workflow": '{"nodes": 5}'},
+        {"prompt": '{"3": {"class_type": "KSampler", "inputs": [1]}}'},
+        {"workflow": '{"nodes": [{"type": "KSampler"}, 7, null]}'},
+    ],
+)
+def test_a_malformed_chunk_does_not_hide_the_other_findings(method, scene, extra):
+    """One chunk shaped unlike its tool's output made the whole method fail (RecursionError,
+    TypeError, AttributeError): the A1111 parameters beside it were lost."""
+    png_text = {"parameters": P.a1111_parameters(), **extra}
+    res = _score(method, P.encode(scene[:64, :64], "PNG", png_text=png_text))
+    assert res.decisive and res.probability == pytest.approx(0.99)
+    assert "Stable Diffusion web UI (AUTOMATIC1111)" in res.details["tools"]
+
+
+def test_a_long_run_of_word_characters_in_the_settings_line_is_linear(method, scene):
+    """Under the 16 KB cap, 'Steps: 1, ' and 16,000 letters took seconds per place it was
+    found (the pair pattern retried at every character); the real pairs around it still read."""
+    line = "Steps: 20, " + "a" * 16_000 + ", Sampler: Euler a, Seed: 1"
+    res = _score(method, P.encode(scene[:64, :64], "PNG", png_text={"parameters": "p\n" + line}))
+    assert res.decisive
+    assert {"steps", "sampler", "seed"} <= set(res.details["fields"])

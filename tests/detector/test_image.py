@@ -372,3 +372,20 @@ def test_tiff_orientation_is_reported_though_the_loader_applies_it(scene):
     image = decode(buf.getvalue())
     assert image.pixels.shape[:2] == (100, 40)  # applied once
     assert image.orientation == 6 and "EXIF orientation 6 applied" in image.notes
+
+
+def test_a_big_text_chunk_after_the_pixels_is_dropped_not_fatal(scene):
+    """A zTXt past Pillow's limit after IDAT: the EXIF lookup loads the image first, and its
+    error was swallowed there, so the PNG became undecodable ("AssertionError") instead of
+    being scored without that chunk."""
+    import zlib
+
+    data = P.encode(scene, "PNG", png_text={"parameters": P.a1111_parameters()})
+    body = b"Comment\0\0" + zlib.compress(b"a" * 8 * 1024 * 1024)
+    chunk = len(body).to_bytes(4, "big") + b"zTXt" + body
+    chunk += zlib.crc32(b"zTXt" + body).to_bytes(4, "big")
+    iend = data.rindex(b"IEND") - 4
+    image = decode(data[:iend] + chunk + data[iend:])
+    assert np.array_equal(image.pixels, scene)
+    assert image.metadata.text["parameters"] == P.a1111_parameters()
+    assert any("'Comment' too large to read" in note for note in image.notes)

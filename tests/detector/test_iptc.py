@@ -125,3 +125,57 @@ def test_a_qualified_value_is_read(method, scene):
     )
     res = method.score([decode(P.encode(scene, "JPEG", xmp=xmp))])[0]
     assert res.decisive and res.evidence[0].code == "iptc.ai_generated"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "https://evil.example/x/trainedAlgorithmicMedia",
+        "notTrained/trainedAlgorithmicMedia",
+        "http://cv.iptc.org.evil.example/newscodes/digitalsourcetype/trainedAlgorithmicMedia",
+    ],
+)
+def test_only_the_iptc_namespace_or_a_bare_code_counts(value):
+    assert parse_source_type(value) is None
+    assert parse_source_type("HTTPS://CV.IPTC.ORG/newscodes/digitalsourcetype/digitalCapture")
+
+
+def _with_app1_xmp_first(jpeg: bytes, packet: str) -> bytes:
+    body = b"http://ns.adobe.com/xap/1.0/\x00" + packet.encode()
+    return jpeg[:2] + b"\xff\xe1" + (len(body) + 2).to_bytes(2, "big") + body + jpeg[2:]
+
+
+@pytest.mark.parametrize("first", ["trainedAlgorithmicMedia", "digitalCapture"])
+def test_every_xmp_packet_of_a_jpeg_is_read(method, scene, first):
+    """Two APP1 XMP packets that disagree: Pillow keeps the last alone, which hid an AI
+    declaration behind a later camera one; the most generated declaration decides, whichever
+    packet carries it."""
+    other = "digitalCapture" if first == "trainedAlgorithmicMedia" else "trainedAlgorithmicMedia"
+    data = _with_app1_xmp_first(P.encode(scene, "JPEG", xmp=P.iptc_xmp(other)), P.iptc_xmp(first))
+    image = decode(data)
+    assert len(image.metadata.xmp_packets) == 2
+    res = method.score([image])[0]
+    assert res.decisive and res.probability == pytest.approx(0.98)
+    assert sorted(res.details["source_types"]) == ["digitalCapture", "trainedAlgorithmicMedia"]
+    assert any(e.code == "xmp.packets" for e in res.evidence)
+
+
+def test_a_png_with_an_itxt_and_a_text_xmp_packet_reads_both(method, scene):
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", P.iptc_xmp("digitalCapture"))
+    info.add_text("XML:com.adobe.xmp", P.iptc_xmp("trainedAlgorithmicMedia"))
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(scene).save(buf, "PNG", pnginfo=info)
+    res = method.score([decode(buf.getvalue())])[0]
+    assert res.decisive and res.probability == pytest.approx(0.98)
+
+
+def test_an_unknown_value_is_quoted_short(method, scene):
+    res = method.score([decode(P.encode(scene, "PNG", xmp=P.iptc_xmp("x" * 100_000)))])[0]
+    assert res.abstained
+    (unknown,) = [e for e in res.evidence if e.code == "iptc.unknown_source_type"]
+    assert len(unknown.message) < 200 and unknown.message.endswith(" (+99967 characters)")

@@ -181,3 +181,12 @@ def test_the_strongest_level_decides_not_the_bit_share(method, content, monkeypa
     assert (
         res.decisive and res.details["payload"] == "sd1" and res.details["level"] == "very likely"
     )
+
+
+@pytest.mark.parametrize("shape", [(4, 16_384), (65_536, 1)])
+def test_a_strip_narrower_than_a_block_is_undecodable(shape):
+    """Enough pixels, but no whole block: the vote ran on zero blocks (NaN share, a made-up
+    bit count in the details)."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    assert match_payloads(pixels) is None

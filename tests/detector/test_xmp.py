@@ -35,3 +35,41 @@ def test_attribute_seq_and_alt_forms():
 def test_bad_packets_raise_xmp_error(packet, reason):
     with pytest.raises(XmpError, match=reason):
         parse_xmp(packet)
+
+
+_RDF_NS = f'xmlns:rdf="{NS["rdf"]}"'
+
+
+def test_deep_nesting_is_refused_quickly():
+    """40,000 nested elements took minutes to flatten (each property walked its subtree)."""
+    ns = 'xmlns:a="http://example.com/a/"'
+    deep = f"<rdf:RDF {_RDF_NS} {ns}>" + "<a:b>" * 40_000 + "x" + "</a:b>" * 40_000 + "</rdf:RDF>"
+    with pytest.raises(XmpError, match="deeper than 64"):
+        parse_xmp(deep)
+    ok = f"<rdf:RDF {_RDF_NS} {ns}>" + "<a:b>" * 60 + "x" + "</a:b>" * 60 + "</rdf:RDF>"
+    assert parse_xmp(ok)[("http://example.com/a/", "b")] == ["x"]
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        # any prefix for the RDF namespace, no x:xmpmeta wrapper
+        lambda p: p.replace("rdf:", "r:").replace("xmlns:rdf=", "xmlns:r="),
+        # a comment that mentions the wrapper before the packet, an XML declaration first
+        lambda p: '<?xml version="1.0"?><!-- copied from <x:xmpmeta --> ' + p,
+        # NUL padding after the packet
+        lambda p: p + "\0" * 100,
+    ],
+)
+def test_packet_forms_other_writers_use(wrap):
+    packet = (
+        f'<rdf:RDF {_RDF_NS}><rdf:Description xmlns:xmp="http://ns.adobe.com/xap/1.0/" '
+        'xmp:CreatorTool="Tool B"/></rdf:RDF>'
+    )
+    assert parse_xmp(wrap(packet))[(NS["xmp"], "CreatorTool")] == ["Tool B"]
+
+
+def test_an_unclosed_processing_instruction_flood_is_refused():
+    """One pass over the packet (a regex retrying at each "<?" was quadratic: hours here)."""
+    with pytest.raises(XmpError, match=r"no XMP root|malformed"):
+        parse_xmp("<?" * 1_000_000 + "<a>")
