@@ -149,7 +149,6 @@ def make_app(service: Service, config: HttpConfig | None = None) -> web.Applicat
         service.metrics.latency.labels(endpoint).observe(elapsed)
         if status >= 400:
             service.metrics.errors.labels(label or _reason_label(status)).inc()
-        service.metrics.queue.set(service.batcher.queued_tiles)
         response.headers["X-Request-Id"] = rid
         if config.cors_origins:
             origin = request.headers.get("Origin")

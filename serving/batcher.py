@@ -77,7 +77,7 @@ def take_batch(sizes: Sequence[int], max_batch_size: int) -> int:
     return count
 
 
-@dataclass
+@dataclass(eq=False)  # by identity: a generated __eq__ would compare the tiles' arrays
 class _Request:
     tiles: np.ndarray
     future: Future | asyncio.Future
@@ -131,8 +131,11 @@ class BatchingEngine:
         name: str = "engine",
         observe: Callable[[int], None] | None = None,
         upstream: Callable[[], int] | None = None,
+        queued: Callable[[int], None] | None = None,
     ) -> None:
         self._run = run
+        # ``queued(n)``: told the tiles waiting at every change (a metrics gauge, say)
+        self._report_queued = queued or (lambda n: None)
         # ``upstream()``: requests in the host that may still submit tiles (decoding, say).
         # When none can, waiting out the queue delay only adds latency, so the batch runs.
         self._upstream = upstream
@@ -151,6 +154,10 @@ class BatchingEngine:
     @property
     def queued_tiles(self) -> int:
         return self._queued_tiles
+
+    def _set_queued(self, n: int) -> None:  # under ``_cond``
+        self._queued_tiles = n
+        self._report_queued(n)
 
     def submit(self, tiles: np.ndarray) -> Future:
         """Queue ``tiles``; the future (for any thread) holds their logits."""
@@ -174,7 +181,7 @@ class BatchingEngine:
             if self._queued_tiles and self._queued_tiles + n > self.config.max_queue_tiles:
                 raise QueueFull(f"queue full ({self._queued_tiles} tiles waiting)")
             self._queue.append(req)
-            self._queued_tiles += n
+            self._set_queued(self._queued_tiles + n)
             self._cond.notify()
         return req.future
 
@@ -196,10 +203,10 @@ class BatchingEngine:
         """The caller gave up on this request: out of the queue if still in it (its tiles
         are not run), and its future cancelled (a batch running it settles nothing)."""
         with self._cond:
-            for req in self._queue:
+            for i, req in enumerate(self._queue):
                 if req.future is fut:
-                    self._queue.remove(req)
-                    self._queued_tiles -= len(req.tiles)
+                    del self._queue[i]
+                    self._set_queued(self._queued_tiles - len(req.tiles))
                     break
             fut.cancel()
 
@@ -210,7 +217,7 @@ class BatchingEngine:
             if not drain:
                 dropped = list(self._queue)
                 self._queue.clear()
-                self._queued_tiles = 0
+                self._set_queued(0)
                 _answer([(r, None, QueueFull("server stopped")) for r in dropped])
             self._cond.notify_all()
         self._thread.join(timeout)
@@ -247,7 +254,7 @@ class BatchingEngine:
                 break
             self._cond.wait(min(remaining, 0.0005) if self._upstream is not None else remaining)
         batch = [self._queue.popleft() for _ in range(count)]
-        self._queued_tiles -= sum(len(r.tiles) for r in batch)
+        self._set_queued(self._queued_tiles - sum(len(r.tiles) for r in batch))
         self._running = len(batch)
         return batch
 

@@ -336,6 +336,7 @@ def serve_one(
             idle_timeout_s=args.idle_timeout_s,
             shutdown_timeout=30,
             on_listening=listening,
+            on_stopping=service.stopping,
             side_servers=(grpc,) if args.grpc_port else (),
         )
     except GrpcBindError as exc:

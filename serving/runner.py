@@ -111,13 +111,17 @@ def run_server(
     idle_timeout_s: float = 15.0,
     shutdown_timeout: float = 30.0,
     on_listening: Callable[[int], None] | None = None,
+    on_stopping: Callable[[], None] | None = None,
     side_servers: tuple[Callable[[], Any], ...] = (),
 ) -> None:
     """Serve ``app`` until SIGINT/SIGTERM; ``OSError`` if the socket cannot be bound.
 
     ``side_servers``: factories, called inside the event loop, of servers with async
     ``start()`` and ``stop(grace)`` (the gRPC server): started with the app, stopped before it
-    (so that the app's cleanup drains the work they handed over)."""
+    (so that the app's cleanup drains the work they handed over).
+
+    ``on_stopping``: called first when a signal stops the server (readiness should fail from
+    then on); the listening sockets close next, then the side servers drain, then the app."""
     cap = max_connections or default_max_connections()
 
     async def main() -> None:
@@ -145,6 +149,10 @@ def run_server(
                 on_listening(runner.addresses[0][1])
             await asyncio.Event().wait()  # until a signal raises GracefulExit
         finally:
+            if on_stopping is not None:
+                on_stopping()
+            for site in list(runner.sites):  # no new connections while the side servers drain
+                await site.stop()
             for server in started:
                 await server.stop(shutdown_timeout)
             await runner.cleanup()

@@ -244,6 +244,7 @@ class Service:
             bundle.engine.name,
             self.metrics.batch.observe,
             lambda: self.active,
+            self.metrics.queue.set,
         )
         self.batcher.device = bundle.engine.device
         self.bundle: ModelBundle = replace(bundle, engine=self.batcher)
@@ -365,6 +366,9 @@ class Service:
             result = await self._errors(
                 asyncio.wait_for(asyncio.shield(future), self.config.work_timeout_s)
             )
+        except EngineTimeout as exc:  # the model's own deadline, inside the work: not ours
+            self._deadline_missed((str(exc),))
+            raise Unavailable(f"model deadline exceeded: {exc}") from None
         except TimeoutError:
             self._abandon(job, future)
             raise self._timed_out() from None
@@ -448,11 +452,12 @@ class Service:
         from detector.image import decode
         from detector.preprocess import too_small
 
-        image = decode(blob, self.config.limits)
-        if too_small(image.pixels):
-            return {"error": "too small for the model"}
-        heat = tile_heatmap(self.bundle, image.pixels)
-        return heat.to_dict(overlay_png(image.pixels, heat) if overlay else None)
+        with self._holding([blob]):  # decoded again: its pixels count against the budget
+            image = decode(blob, self.config.limits)
+            if too_small(image.pixels):
+                return {"error": "too small for the model"}
+            heat = tile_heatmap(self.bundle, image.pixels)
+            return heat.to_dict(overlay_png(image.pixels, heat) if overlay else None)
 
     # --- review queue (worker threads; ``self.reviews`` is set) ----------------------------
 
@@ -460,7 +465,8 @@ class Service:
         from detector.image import decode
         from detector.memory import hash_pixels
 
-        return hash_pixels(decode(blob, self.config.limits).pixels, blob, windows=True)
+        with self._holding([blob]):
+            return hash_pixels(decode(blob, self.config.limits).pixels, blob, windows=True)
 
     def queue_review(
         self, blob: bytes, verdict: Verdict, reason: str, actor: str, filename: str | None
@@ -472,7 +478,7 @@ class Service:
             return self.reviews.submit(
                 blob, self._hashes(blob), verdict.to_dict(), reason, actor, filename
             )
-        except (ReviewError, OSError, sqlite3.Error) as exc:
+        except (ReviewError, OSError, sqlite3.Error, QueueFull) as exc:
             log.error("review queue: could not queue an image: %s", exc)
             return None
 
@@ -495,19 +501,24 @@ class Service:
         scored = (blob, self._hashes(blob), res.to_dict())
         return self.reviews.report(reporter, reason, actor, scored=scored, filename=filename), res
 
+    def _holding(self, blobs: list[bytes]):
+        """The pixel budget's hold for decoding ``blobs``: what their headers declare, within
+        the limits decode enforces (every decode of request bytes goes through it)."""
+        limits = self.config.limits
+        pixels = 0
+        for blob in blobs:
+            w, h = image_size(blob) or (0, 0)
+            if max(w, h) <= limits.max_side:  # else decode refuses it before decompressing
+                pixels += min(w * h, limits.max_pixels)
+        return self.pixels.hold(pixels)
+
     def score_blobs(
         self, blobs: list[bytes], detector: Detector | None = None
     ) -> list[Verdict | ImageError]:
         """Decode and score (called from a worker thread; blocks on the pixel budget and the
         batcher)."""
-        limits = self.config.limits
-        pixels = 0
-        for blob in blobs:  # what the headers declare, within the limits decode enforces
-            w, h = image_size(blob) or (0, 0)
-            if max(w, h) <= limits.max_side:  # else decode refuses it before decompressing
-                pixels += min(w * h, limits.max_pixels)
         detector = detector or self.detector
-        with self.pixels.hold(pixels):
+        with self._holding(blobs):
             if self.gpu_decode and detector.method_names == ["model"]:
                 out = self._score_model_only(blobs, detector)
             else:
@@ -609,17 +620,22 @@ class Service:
             and self.deadline_misses < self.UNHEALTHY_AFTER
         )
 
-    def probe_model(self) -> bool:
-        """One tile through the batcher: does the model answer now? (blocks; worker thread)"""
+    async def probe_model(self) -> bool:
+        """One tile through the batcher: does the model answer now? Submitted from the event
+        loop, not through the worker pool, so that a readiness check never waits behind the
+        queue of decoding work (it waited seconds under load)."""
         size = self.bundle.preprocess.input_size
-        # Not the requests' deadline, and well inside the work timeout the check itself runs
-        # under, so that a hung model reads "not ready, because" rather than a timed-out check.
+        # Not the requests' deadline, and well inside the work timeout, so that a hung model
+        # reads "not ready, because" rather than a timed-out check.
         wait = min(self.PROBE_TIMEOUT_S, self.config.work_timeout_s / 2)
         try:
-            self.batcher.run(np.zeros((1, 3, size, size), np.float32), deadline=wait)
-        except EngineTimeout:  # the tile has left the queue
-            self._model_health(False, (f"model: no answer to a probe within {wait:g} s",))
-            return False
+            fut = self.batcher.submit_async(np.zeros((1, 3, size, size), np.float32))
+            try:
+                await asyncio.wait_for(asyncio.shield(fut), wait)
+            except TimeoutError:
+                self.batcher.withdraw(fut)  # the tile leaves the queue
+                self._model_health(False, (f"model: no answer to a probe within {wait:g} s",))
+                return False
         except Exception as exc:
             self._model_health(False, (f"model: {type(exc).__name__}: {exc}",))
             return False
@@ -631,11 +647,8 @@ class Service:
         check (the server's and each model's, over HTTP and gRPC)."""
         if not self.ready:
             return "shutting down"
-        try:
-            if self.model_healthy or await self.run(self.probe_model):
-                return None
-        except WorkTimeout:  # every worker busy past the work timeout
-            return "model unhealthy: the readiness probe could not run within the work timeout"
+        if self.model_healthy or await self.probe_model():
+            return None
         return f"model unhealthy: {self.model_failure_reason or 'the model keeps failing'}"
 
     def record(self, model: str, ok: bool, started: float, items: int) -> None:
@@ -650,6 +663,11 @@ class Service:
             st.fail += 1
             st.fail_ns += ns
         st.last = int(time.time() * 1000)
+
+    def stopping(self) -> None:
+        """The server was told to stop: readiness answers "shutting down" from now on, while
+        the work in flight drains (``close`` follows)."""
+        self.ready = False
 
     def close(self) -> None:
         """Drain: work a thread runs finishes, work still queued is skipped (its requests

@@ -239,3 +239,23 @@ def test_a_request_withdrawn_while_its_batch_waits_does_not_stop_the_engine():
         assert rec.calls == [2]  # the withdrawn tile never ran
     finally:
         engine.close()
+
+
+def test_a_request_behind_others_can_be_withdrawn():
+    """Withdrawing a request that is not first in the queue compared it with those ahead of
+    it, tiles and all (a dataclass's generated __eq__): ValueError, the request never left
+    the queue and its tiles still ran."""
+    rec = _Recorder()
+    engine = BatchingEngine(
+        rec, BatcherConfig(max_batch_size=64, max_queue_delay_us=2_000_000), upstream=lambda: 9
+    )
+    try:
+        ahead = [engine.submit(np.ones((n, 2), np.float32)) for n in (1, 2, 3)]
+        gone = engine.submit(np.ones((4, 2), np.float32))
+        engine.withdraw(gone)
+        assert gone.cancelled() and engine.queued_tiles == 6
+        for fut in ahead:
+            fut.result(timeout=5)
+        assert rec.calls == [6]  # the withdrawn request's 4 tiles never ran
+    finally:
+        engine.close()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import gzip
 import json
 import struct
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -948,3 +950,78 @@ def test_a_large_tensor_request_is_refused_before_it_is_parsed(make_server):
         serving.kserve_http.parse_request = real_parse
         live.service.inflight = 0
     assert serving.protocol.parse_request is real_parse
+
+
+def test_the_readiness_probe_does_not_wait_behind_queued_work(make_server):
+    """With the model unhealthy, readiness probes it: the probe went through the worker pool
+    and waited behind every queued decode (4-9 s under load); it now goes to the batcher."""
+    live = make_server(workers=1, work_timeout_s=20.0)
+    with _engine(live, _lost_gpu):
+        for i in range(live.service.UNHEALTHY_AFTER):
+            request(live.url, "/v1/score", jpeg(80 + i, 128))
+    assert not live.service.model_healthy
+    busy = asyncio.run_coroutine_threadsafe(live.service.run(time.sleep, 3), live.loop)
+    time.sleep(0.2)  # the only worker is taken
+    started = time.monotonic()
+    status, _, body = request(live.url, "/v2/health/ready")
+    assert status == 200, body
+    assert time.monotonic() - started < 2.0  # not behind the 3 s of queued work
+    assert live.service.model_healthy
+    busy.result(10)
+
+
+def test_a_model_deadline_inside_the_work_is_not_the_work_timeout(make_server):
+    """The heatmap's model call past --deadline-ms was reported as the 60 s work timeout
+    (EngineTimeout is a TimeoutError): it is a model deadline miss, said as one."""
+    live, sluggish = _slow_server(make_server, 0.3)
+    with _engine(live, sluggish):
+        status, _, body = request(live.url, "/v1/score?heatmap=true", jpeg(90, 200))
+    assert status == 503
+    error = json.loads(body)["error"]
+    assert error.startswith("model deadline exceeded: the model did not answer within 50 ms")
+    assert live.service.deadline_misses >= 1
+    time.sleep(0.5)  # the sluggish batch ends before the server closes
+
+
+def test_the_queue_gauge_follows_the_batcher_without_http_traffic(make_server):
+    """synthdetect_queue_tiles was set only at the end of an HTTP request: gRPC traffic never
+    moved it, and an idle server showed the tiles of its last busy moment."""
+    live = make_server(batcher=BatcherConfig(max_batch_size=4, max_queue_delay_us=0))
+    gate = threading.Event()
+    fast = live.service.batcher._run
+
+    def held(tiles):
+        gate.wait(10)
+        return fast(tiles)
+
+    with _engine(live, held):
+        side = live.service.bundle.preprocess.input_size
+        tiles = np.zeros((4, 3, side, side), np.float32)
+        futures = [live.service.batcher.submit(tiles) for _ in range(3)]
+        time.sleep(0.2)  # one batch runs, two wait
+        assert live.service.metrics.queue._value.get() == 8
+        gate.set()
+        for fut in futures:
+            fut.result(10)
+    assert live.service.metrics.queue._value.get() == 0
+
+
+def test_heatmaps_and_review_hashes_decode_within_the_pixel_budget(make_server, tmp_path):
+    """The heatmap (and the review queue's hashes) decoded the image a second time outside
+    the pixel budget: concurrent heatmaps of large images added up with nothing to stop them."""
+    live = make_server(max_pixels_in_flight=1_000_000, review_db=tmp_path / "reviews.db")
+    big = P.encode(P.synthetic_scene(6, 700, 700), "PNG")  # 0.49 MP: two fit at once
+    held = []
+    hold = live.service.pixels.hold
+
+    @contextlib.contextmanager
+    def spy(pixels):
+        held.append(pixels)
+        with hold(pixels):
+            yield
+
+    live.service.pixels.hold = spy
+    status, _, body = request(live.url, "/v1/score?heatmap=true&review=true", big)
+    assert status == 200 and "heatmap" in json.loads(body) and json.loads(body)["review_id"]
+    assert held == [490_000] * 3  # scored, hashed for the review queue, mapped
+    assert live.service.pixels.used == 0

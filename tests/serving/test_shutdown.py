@@ -349,3 +349,60 @@ def test_http_alone_serves_without_the_grpc_stack(exported_model, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+_DRAINING_SERVER = """
+import asyncio
+from aiohttp import web
+from serving.runner import run_server
+
+ready = [True]
+
+
+async def readiness(request):
+    return web.Response(status=200 if ready[0] else 503)
+
+
+class Draining:  # a side server (gRPC's place) whose in-flight calls take 3 s to drain
+    async def start(self):
+        pass
+
+    async def stop(self, grace):
+        print("draining", flush=True)
+        await asyncio.sleep(3)
+
+
+def stopping():
+    ready[0] = False
+    print("stopping", flush=True)
+
+
+app = web.Application()
+app.router.add_get("/ready", readiness)
+run_server(app, "127.0.0.1", 0, on_listening=lambda port: print(port, flush=True),
+           on_stopping=stopping, side_servers=(Draining,))
+"""
+
+
+def test_a_stopping_server_is_unready_and_takes_no_connections_while_grpc_drains():
+    """SIGTERM with gRPC calls in flight: HTTP kept answering ready and taking new work for
+    the whole gRPC grace period. Now readiness fails first and the listening socket closes
+    before the side servers drain."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _DRAINING_SERVER], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        port = int(proc.stdout.readline())
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5).status == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.stdout.readline().strip() == "stopping"
+        assert proc.stdout.readline().strip() == "draining"
+        with pytest.raises(OSError):  # refused: nothing listens while the drain runs
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2)
+        assert proc.poll() is None  # still draining
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "Traceback" not in proc.stderr.read()
