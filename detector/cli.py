@@ -173,8 +173,8 @@ def _make_detector(args: argparse.Namespace) -> Any:
             require_database(args.memory_db)
         except KnownImageError as exc:
             raise CliError(str(exc)) from None
-    limits = DecodeLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels)
     try:
+        limits = DecodeLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels)
         return Detector(names, limits=limits, **options)
     except (RegistryError, MethodUnavailable, ValueError, FileNotFoundError) as exc:
         raise CliError(str(exc)) from None
@@ -217,10 +217,30 @@ def _add_score(sub: Any) -> None:
     p.set_defaults(func=_cmd_score)
 
 
+# `score` decodes and scores its files in chunks of at most this many files or pixels, so
+# that its memory does not grow with the number of files (one 80 MP image decodes to 240 MB)
+_SCORE_CHUNK_FILES = 32
+_SCORE_CHUNK_PIXELS = 100_000_000
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
     detector = _make_detector(args)
+    heat_out = _heatmap_target(args, detector) if args.heatmap else None
     records: list[dict[str, Any]] = []
-    decoded = []  # (index into records, image)
+    pending: list[tuple[int, Any]] = []  # (index into records, image), scored in chunks
+    scored = 0
+
+    def flush() -> None:  # score the chunk and drop its pixels: memory bounded by the chunk
+        nonlocal scored
+        verdicts = detector.score([image for _, image in pending])
+        for (i, image), verdict in zip(pending, verdicts, strict=True):
+            records[i] = record(args.files[i], image.sha256, verdict)
+            if heat_out is not None:
+                bundle, dests = heat_out
+                records[i]["heatmap"] = _write_heatmap(bundle, dests[i], image)
+        scored += len(pending)
+        pending.clear()
+
     for path in args.files:
         try:
             data = read_file(path, detector.limits.max_bytes)
@@ -232,15 +252,16 @@ def _cmd_score(args: argparse.Namespace) -> int:
         except ImageError as exc:
             records.append(record(path, hashlib.sha256(data).hexdigest(), error=str(exc)))
             continue
-        decoded.append((len(records), image))
-        records.append({})  # filled in once the batch is scored
-    heat_out = _heatmap_target(args, detector) if args.heatmap else None
-    verdicts = detector.score([image for _, image in decoded])
-    for (i, image), verdict in zip(decoded, verdicts, strict=True):
-        records[i] = record(args.files[i], image.sha256, verdict)
-        if heat_out is not None:
-            bundle, dests = heat_out
-            records[i]["heatmap"] = _write_heatmap(bundle, dests[i], image)
+        pending.append((len(records), image))
+        records.append({})  # filled in once its chunk is scored
+        if (
+            len(pending) >= _SCORE_CHUNK_FILES
+            or sum(im.pixels.shape[0] * im.pixels.shape[1] for _, im in pending)
+            >= _SCORE_CHUNK_PIXELS
+        ):
+            flush()
+    if pending:
+        flush()
     if args.json:
         json.dump(records, sys.stdout, indent=2)
         print()
@@ -250,9 +271,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
                 print(f"{rec['path']}: unreadable: {rec['error']}", file=sys.stderr)
             elif "error" in rec.get("heatmap", {}):
                 print(f"{rec['path']}: no heatmap: {rec['heatmap']['error']}", file=sys.stderr)
-        if decoded:
+        if scored:
             _print_table([rec for rec in records if "verdict" in rec], args.verbose)
-    return EXIT_OK if decoded else EXIT_NONE_READABLE
+    return EXIT_OK if scored else EXIT_NONE_READABLE
 
 
 def _heatmap_target(args: argparse.Namespace, detector: Any) -> tuple[Any, list[Path]]:

@@ -85,24 +85,30 @@ def _colour(p: np.ndarray, threshold: float) -> np.ndarray:
 def overlay_png(
     pixels: np.ndarray, heat: Heatmap, alpha: float = 0.45, max_side: int = 1024
 ) -> bytes:
-    """The image with the heatmap blended over it (tile overlaps averaged), as PNG bytes."""
+    """The image with the heatmap blended over it (tile overlaps averaged), as PNG bytes, at
+    most ``max_side`` px on a side. The image is scaled down first and the tiles' boxes with
+    it, so the work is at the overlay's size (at the image's, an 80 MP image took 5 GB)."""
     from PIL import Image
 
     h, w = pixels.shape[:2]
-    acc = np.zeros((h, w), np.float32)
-    cnt = np.zeros((h, w), np.float32)
+    scale = min(1.0, max_side / max(h, w))
+    img = Image.fromarray(pixels)
+    if scale < 1:
+        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+    base = np.asarray(img, dtype=np.float32)
+    sh, sw = base.shape[:2]
+    acc = np.zeros((sh, sw), np.float32)
+    cnt = np.zeros((sh, sw), np.float32)
     for (x, y, bw, bh), p in zip(heat.boxes, heat.probabilities, strict=True):
-        acc[y : y + bh, x : x + bw] += p
-        cnt[y : y + bh, x : x + bw] += 1
+        x0, y0 = int(x * sw / w), int(y * sh / h)
+        x1, y1 = -(-(x + bw) * sw // w), -(-(y + bh) * sh // h)  # ceil: a box keeps >= 1 px
+        acc[y0:y1, x0:x1] += p
+        cnt[y0:y1, x0:x1] += 1
     covered = cnt > 0
     prob = np.where(covered, acc / np.maximum(cnt, 1), 0)
     colour = _colour(prob, heat.threshold)
-    base = pixels.astype(np.float32)
     blend = np.where(covered[..., None], base * (1 - alpha) + colour * alpha, base * 0.6)
     img = Image.fromarray(np.clip(blend, 0, 255).astype(np.uint8))
-    if max(h, w) > max_side:
-        scale = max_side / max(h, w)
-        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
     buf = io.BytesIO()
     img.save(buf, "PNG", optimize=False, compress_level=3)
     return buf.getvalue()

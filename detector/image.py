@@ -98,6 +98,17 @@ class DecodeLimits:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"DecodeLimits.{name} must be a positive integer, got {value!r}")
+        ceiling = pillow_pixel_ceiling()
+        if ceiling is not None and self.max_pixels > ceiling:
+            raise ValueError(
+                f"max_pixels {self.max_pixels} is above the {ceiling} pixels Pillow opens at "
+                "most (twice its Image.MAX_IMAGE_PIXELS): it would refuse such images anyway"
+            )
+
+
+def pillow_pixel_ceiling() -> int | None:
+    """The most pixels ``Image.open`` accepts: past it, it raises DecompressionBombError."""
+    return None if Image.MAX_IMAGE_PIXELS is None else 2 * int(Image.MAX_IMAGE_PIXELS)
 
 
 @dataclass(frozen=True)
@@ -582,5 +593,5 @@ def _as_text(raw: Any) -> str:
 
 
 def _short(exc: BaseException, limit: int = 160) -> str:
-    text = str(exc) or type(exc).__name__
+    text = " ".join(str(exc).split()) or type(exc).__name__  # one line: messages end in \n too
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -618,3 +618,38 @@ def test_weights_c_values_and_out_folders_are_checked_before_the_work(tmp_path):
     for command in (["probe", "--data", "m.csv"], ["soup", "a", "b"]):
         out = run(*command, "--out", "taken", cwd=tmp_path)
         assert out.returncode == 2 and "taken is a file; give a folder" in out.stderr, command
+
+
+def test_score_decodes_and_scores_in_bounded_chunks(files, monkeypatch, capsys):
+    """`score` decoded every file before scoring any: memory grew by each file's pixels (six
+    80 MP files peaked at 2.9 GB). It scores chunks and drops their pixels; the records are
+    those of one batch, in the files' order, errors kept in place."""
+    import detector.cli as cli
+    from detector.pipeline import Detector
+
+    order = [files[k] for k in ("camera", "truncated", "a1111", "camera", "text", "a1111")]
+    argv = ["score", "--json", "--methods", "generator_params,exif_hints", *map(str, order)]
+    assert cli.main(argv) == 0
+    whole = json.loads(capsys.readouterr().out)
+    sizes = []
+    scores = Detector.score
+
+    def spy(self, images):
+        sizes.append(len(images))
+        return scores(self, images)
+
+    monkeypatch.setattr(Detector, "score", spy)
+    monkeypatch.setattr(cli, "_SCORE_CHUNK_FILES", 2)
+    assert cli.main(argv) == 0
+    assert sizes == [2, 2]  # 4 readable files in chunks of 2
+    assert _untimed(json.loads(capsys.readouterr().out)) == _untimed(whole)
+    assert [("error" in r) for r in whole] == [False, True, False, False, True, False]
+
+
+def _untimed(value):
+    """A record without its timings (``ms``, ``timings_ms``), which differ run to run."""
+    if isinstance(value, dict):
+        return {k: _untimed(v) for k, v in value.items() if k not in ("ms", "timings_ms")}
+    if isinstance(value, list):
+        return [_untimed(v) for v in value]
+    return value

@@ -103,3 +103,26 @@ def test_score_heatmap_gives_files_of_the_same_name_their_own_overlays(exported_
                                                 "x.png.3.heatmap.png")]  # fmt: skip
     for overlay, (h, w) in zip(overlays, sizes.values(), strict=True):
         assert Image.open(overlay).size == (w, h)
+
+
+def test_a_large_image_overlay_is_made_at_the_overlay_size():
+    """The overlay was blended at full resolution in float32 before being scaled to 1024 px:
+    an 80 MP image took 5 GB. The boxes are scaled with the image now; the colours land on
+    the same places."""
+    import tracemalloc
+
+    from detector.heatmap import Heatmap
+
+    h, w = 3000, 4000
+    px = np.full((h, w, 3), 128, np.uint8)
+    heat = Heatmap(192, [(0, 0, 2000, 1500), (2000, 1500, 2000, 1500)], [1.0, 0.0], 0.5, w, h)
+    tracemalloc.start()
+    png = overlay_png(px, heat)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 60e6  # the image's own float32 copy alone is 144 MB
+    out = np.asarray(Image.open(io.BytesIO(png)))
+    assert out.shape == (768, 1024, 3)
+    red, blue, uncovered = out[100, 100], out[700, 900], out[100, 900]
+    assert red[0] > red[2] and blue[2] > blue[0]  # generated tile red, camera tile blue
+    assert (uncovered == int(128 * 0.6)).all()  # outside every tile: the image darkened

@@ -389,3 +389,33 @@ def test_a_big_text_chunk_after_the_pixels_is_dropped_not_fatal(scene):
     assert np.array_equal(image.pixels, scene)
     assert image.metadata.text["parameters"] == P.a1111_parameters()
     assert any("'Comment' too large to read" in note for note in image.notes)
+
+
+def test_a_pixel_limit_above_pillows_ceiling_is_refused_up_front():
+    """--max-pixels 300000000 refused a 200 MP image with 'too many pixels: 200000000 > limit
+    of 300000000': Pillow's own ceiling fired first. Such a limit is refused when it is set."""
+    from detector.image import pillow_pixel_ceiling
+
+    ceiling = pillow_pixel_ceiling()
+    assert DecodeLimits(max_pixels=ceiling).max_pixels == ceiling
+    with pytest.raises(ValueError, match=f"above the {ceiling} pixels Pillow opens at most"):
+        DecodeLimits(max_pixels=ceiling + 1)
+
+
+def test_an_error_message_over_several_lines_is_said_on_one(monkeypatch, scene):
+    """pillow_heif's truncation error ends in a newline: the CLI's one line per unreadable
+    file became two."""
+    import detector.image as image_module
+
+    def broken(data, limits):
+        raise RuntimeError(
+            "Invalid input: Unexpected end of file\n  (points to file position 379)\n"
+        )
+
+    monkeypatch.setattr(image_module, "_decode", broken)
+    with pytest.raises(ImageError) as err:
+        decode(P.encode(scene, "PNG"))
+    assert str(err.value) == (
+        "could not decode image (RuntimeError: Invalid input: Unexpected end of file "
+        "(points to file position 379))"
+    )
