@@ -22,8 +22,8 @@ __all__ = [
 ]
 
 IPTC_DST_PREFIX = "http://cv.iptc.org/newscodes/digitalsourcetype/"
-_IPTC_NAMESPACES = {
-    f"{scheme}://cv.iptc.org/newscodes/digitalsourcetype" for scheme in ("http", "https")
+_IPTC_NAMESPACES = {  # with or without the scheme (some writers drop it)
+    f"{scheme}cv.iptc.org/newscodes/digitalsourcetype" for scheme in ("http://", "https://", "")
 }
 
 

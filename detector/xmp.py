@@ -113,13 +113,16 @@ def _parse(packet: str) -> ET.Element:
     head = packet[:4096].upper()
     if "<!DOCTYPE" in head or "<!ENTITY" in packet.upper():
         raise XmpError("XMP packet declares a DTD or entities; refused")
-    body = _strip_packet_wrapper(packet)
-    try:
-        root = ET.fromstring(body)
-    except ET.ParseError as exc:
-        raise XmpError(f"malformed XMP: {exc}") from None
-    _check_depth(root)
-    return root
+    bodies = _packet_bodies(packet)
+    for body in bodies:
+        try:
+            root = ET.fromstring(body)
+        except ET.ParseError as exc:
+            error = exc
+            continue
+        _check_depth(root)
+        return root
+    raise XmpError(f"malformed XMP: {error}") from None
 
 
 def _check_depth(root: ET.Element) -> None:
@@ -138,10 +141,12 @@ def _split(tag: str) -> tuple[str, str]:
     return "", tag
 
 
-def _strip_packet_wrapper(packet: str) -> str:
-    """The XML of the packet: without its processing instructions (``<?xpacket ...?>``, an
-    XML declaration) and without anything before its first or after its last tag (padding,
-    NULs). The root is whatever element comes first, under any prefix: the parser decides."""
+def _packet_bodies(packet: str) -> list[str]:
+    """The XML of the packet, cut two ways, to be parsed in turn: without its processing
+    instructions (``<?xpacket ...?>``, an XML declaration) and anything before its first or
+    after its last tag, the root under any prefix; and between the conventional
+    ``x:xmpmeta`` (or ``rdf:RDF``) tags, for packets with junk around them that holds ``<``
+    or ``>``. ``XmpError`` if neither finds an element."""
     kept, pos = [], 0
     while (opened := packet.find("<?", pos)) >= 0:  # one pass: a regex would retry each "<?"
         closed = packet.find("?>", opened + 2)
@@ -150,7 +155,17 @@ def _strip_packet_wrapper(packet: str) -> str:
         kept.append(packet[pos:opened])
         pos = closed + 2
     body = "".join([*kept, packet[pos:]])
+    bodies = []
     start, end = body.find("<"), body.rfind(">")
-    if start < 0 or end < start:
+    if start >= 0 and end > start:
+        bodies.append(body[start : end + 1])
+    for open_tag, close_tag in (("<x:xmpmeta", "</x:xmpmeta>"), ("<rdf:RDF", "</rdf:RDF>")):
+        first, last = packet.find(open_tag), packet.rfind(close_tag)
+        if 0 <= first < last:
+            marked = packet[first : last + len(close_tag)]
+            if marked not in bodies:
+                bodies.append(marked)
+            break
+    if not bodies:
         raise XmpError("no XMP root element found")
-    return body[start : end + 1]
+    return bodies

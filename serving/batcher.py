@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +29,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from detector.pipeline import Overloaded
+
+log = logging.getLogger(__name__)
 
 __all__ = ["BatcherConfig", "BatchingEngine", "EngineTimeout", "QueueFull", "take_batch"]
 
@@ -157,7 +160,10 @@ class BatchingEngine:
 
     def _set_queued(self, n: int) -> None:  # under ``_cond``
         self._queued_tiles = n
-        self._report_queued(n)
+        try:
+            self._report_queued(n)
+        except Exception:  # a metrics hiccup must not stop the engine thread
+            log.exception("batcher %s: could not report the queue length", self.name)
 
     def submit(self, tiles: np.ndarray) -> Future:
         """Queue ``tiles``; the future (for any thread) holds their logits."""

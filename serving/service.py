@@ -367,7 +367,7 @@ class Service:
                 asyncio.wait_for(asyncio.shield(future), self.config.work_timeout_s)
             )
         except EngineTimeout as exc:  # the model's own deadline, inside the work: not ours
-            self._deadline_missed((str(exc),))
+            self._deadline_missed((f"model: {exc}",))
             raise Unavailable(f"model deadline exceeded: {exc}") from None
         except TimeoutError:
             self._abandon(job, future)

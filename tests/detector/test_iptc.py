@@ -138,6 +138,7 @@ def test_a_qualified_value_is_read(method, scene):
 def test_only_the_iptc_namespace_or_a_bare_code_counts(value):
     assert parse_source_type(value) is None
     assert parse_source_type("HTTPS://CV.IPTC.ORG/newscodes/digitalsourcetype/digitalCapture")
+    assert parse_source_type("cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia")
 
 
 def _with_app1_xmp_first(jpeg: bytes, packet: str) -> bytes:

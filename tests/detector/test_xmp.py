@@ -73,3 +73,23 @@ def test_an_unclosed_processing_instruction_flood_is_refused():
     """One pass over the packet (a regex retrying at each "<?" was quadratic: hours here)."""
     with pytest.raises(XmpError, match=r"no XMP root|malformed"):
         parse_xmp("<?" * 1_000_000 + "<a>")
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda p: (
+            '<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?>' + p + '<?xpacket end="w"?>x>y'
+        ),
+        lambda p: "junk < here " + p,
+        lambda p: '<?xpacket begin="" ' + p,  # the wrapper's instruction never closed
+    ],
+)
+def test_junk_around_the_conventional_tags_still_reads(wrap):
+    """Shapes the reader took before it cut from the first '<' to the last '>': the packet
+    between its x:xmpmeta tags is parsed when the wider cut is not XML."""
+    packet = (
+        f'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF {_RDF_NS}><rdf:Description '
+        'xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmp:CreatorTool="Tool C"/></rdf:RDF></x:xmpmeta>'
+    )
+    assert parse_xmp(wrap(packet))[(NS["xmp"], "CreatorTool")] == ["Tool C"]

@@ -960,13 +960,20 @@ def test_the_readiness_probe_does_not_wait_behind_queued_work(make_server):
         for i in range(live.service.UNHEALTHY_AFTER):
             request(live.url, "/v1/score", jpeg(80 + i, 128))
     assert not live.service.model_healthy
-    busy = asyncio.run_coroutine_threadsafe(live.service.run(time.sleep, 3), live.loop)
-    time.sleep(0.2)  # the only worker is taken
-    started = time.monotonic()
-    status, _, body = request(live.url, "/v2/health/ready")
-    assert status == 200, body
-    assert time.monotonic() - started < 2.0  # not behind the 3 s of queued work
-    assert live.service.model_healthy
+    release, taken = threading.Event(), threading.Event()
+
+    def occupy():
+        taken.set()
+        release.wait(30)
+
+    busy = asyncio.run_coroutine_threadsafe(live.service.run(occupy), live.loop)
+    assert taken.wait(10)  # the only worker is held until the check has answered
+    try:
+        status, _, body = request(live.url, "/v2/health/ready")
+        assert status == 200, body
+        assert not release.is_set() and live.service.model_healthy
+    finally:
+        release.set()
     busy.result(10)
 
 
@@ -998,8 +1005,11 @@ def test_the_queue_gauge_follows_the_batcher_without_http_traffic(make_server):
         side = live.service.bundle.preprocess.input_size
         tiles = np.zeros((4, 3, side, side), np.float32)
         futures = [live.service.batcher.submit(tiles) for _ in range(3)]
-        time.sleep(0.2)  # one batch runs, two wait
-        assert live.service.metrics.queue._value.get() == 8
+        gauge = live.service.metrics.queue._value
+        deadline = time.monotonic() + 10
+        while gauge.get() != 8 and time.monotonic() < deadline:  # one batch runs, two wait
+            time.sleep(0.01)
+        assert gauge.get() == 8
         gate.set()
         for fut in futures:
             fut.result(10)
