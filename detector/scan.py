@@ -31,7 +31,14 @@ from typing import IO, Any
 from detector.image import DecodedImage, ImageError, decode, file_identity, read_file
 from detector.pipeline import Detector
 
-__all__ = ["IMAGE_EXTENSIONS", "ScanError", "ScanStats", "scan_directory"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ScanError",
+    "ScanStats",
+    "done_key",
+    "open_results",
+    "scan_directory",
+]
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".dib", ".tif", ".tiff", ".gif"}
@@ -90,14 +97,15 @@ def scan_directory(
 ) -> ScanStats:
     from tqdm import tqdm
 
-    done = _load_done(out)
-    files = list(_walk(root, out, all_files))
+    fh = open_results(out)  # locked: a second scan of the same --out is refused
+    try:
+        done = _load_done(out)
+        files = list(_walk(root, out, all_files))
+    except BaseException:
+        fh.close()
+        raise
     stats = ScanStats(files=len(files))
     workers = workers or min(8, os.cpu_count() or 1)
-    try:
-        fh = open(out, "a", encoding="utf-8")  # noqa: SIM115 - closed in the finally below
-    except OSError as exc:
-        raise ScanError(f"cannot write {out}: {exc.strerror or exc}") from None
     writer = _Writer(fh)
     bar = tqdm(total=len(files), unit="img", disable=not progress, file=sys.stderr)
     batch: list[_Loaded] = []
@@ -136,6 +144,37 @@ def _flush_batch(batch: list[_Loaded], detector: Detector, writer: _Writer, stat
     batch.clear()
 
 
+def open_results(out: Path) -> IO[str]:
+    """``out`` opened for appending results, created if absent, and locked for this process
+    alone (``ScanError`` if another scan holds it: two scans appending to one file scored
+    everything twice). Not a regular file (a FIFO, a device): refused before it is opened."""
+    try:
+        st = out.stat()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ScanError(f"cannot read {out}: {exc.strerror or exc}") from None
+    else:
+        if not stat.S_ISREG(st.st_mode):
+            raise ScanError(f"{out} is not a regular file; --out takes a file path")
+    try:
+        fh = open(out, "a", encoding="utf-8")  # noqa: SIM115 - the caller closes it
+    except OSError as exc:
+        raise ScanError(f"cannot write {out}: {exc.strerror or exc}") from None
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return fh
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise ScanError(
+            f"{out} is being written by another scan; wait for it or choose another --out"
+        ) from None
+    return fh
+
+
 class _Writer:
     """Appends JSON lines; flushes each line, fsyncs at most every few seconds."""
 
@@ -171,7 +210,32 @@ def _load(entry: _Entry, done: dict[str, str], detector: Detector) -> _Loaded:
     try:
         return _Loaded(entry.rel, sha, image=decode(data, detector.limits))
     except ImageError as exc:
+        if done.get(entry.rel) == decode_failure_key(sha, str(exc)):
+            return _Loaded(entry.rel, sha, skip=True)  # failed the same way before
         return _Loaded(entry.rel, sha, error=str(exc))
+
+
+def decode_failure_key(sha256: str, error: str) -> str:
+    """A file read but not decoded is known by its bytes and the error: decoded again on a
+    re-run, it is reported again only if it now fails differently (or decodes, once a limit
+    is raised)."""
+    return f"{sha256}|{error}"
+
+
+def done_key(rec: dict[str, Any]) -> str | None:
+    """What a result record says was done with its path, to compare on a re-run: the sha256 of
+    a scored file, ``decode_failure_key`` of an undecodable one, ``failure_key`` (its stat and
+    error) of an unreadable one; None for a record that is no result."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("path"), str):
+        return None
+    sha, error = rec.get("sha256"), rec.get("error")
+    if rec.get("verdict") is not None and sha:
+        return str(sha)
+    if error is None:
+        return None
+    if rec.get("stat"):
+        return str(rec["stat"])
+    return decode_failure_key(str(sha), str(error)) if sha else None
 
 
 def failure_key(path: str | Path | None, error: str) -> str:
@@ -215,8 +279,10 @@ def _display(path: str) -> str:
     return os.fsencode(path.replace("\\", "\\\\")).decode("utf-8", "backslashreplace")
 
 
-def _walk(root: Path, out: Path, all_files: bool) -> Iterator[_Entry]:
-    out_resolved = out.resolve()
+def _walk(root: Path, out: Path | tuple[Path, ...], all_files: bool) -> Iterator[_Entry]:
+    """The files under ``root``, without ``out`` (the results file, or every file the scan
+    writes) when it lies inside."""
+    outs = {p.resolve() for p in (out if isinstance(out, tuple) else (out,))}
     unlisted: list[OSError] = []
     # Symlinked folders are followed, as symlinked files are; a folder reached a second time
     # (a symlink loop, or two links to one folder) is one entry saying so, not scanned twice.
@@ -241,7 +307,7 @@ def _walk(root: Path, out: Path, all_files: bool) -> Iterator[_Entry]:
             if not all_files and path.suffix.lower() not in IMAGE_EXTENSIONS:
                 continue
             try:
-                if path.resolve() == out_resolved:
+                if path.resolve() in outs:
                     continue
             except (OSError, RuntimeError):  # a symlink loop: read_file reports it
                 pass
@@ -253,11 +319,12 @@ def _walk(root: Path, out: Path, all_files: bool) -> Iterator[_Entry]:
 
 
 def _load_done(out: Path) -> dict[str, str]:
-    """{path: sha256} of finished results; repairs a last line cut off by a crash.
+    """{path: done_key} of finished results; repairs a last line cut off by a crash.
 
-    The file is checked before anything is cut: only a results file loses its unfinished last
-    line, and only when that line is the start of a result record. Anything that is not a
-    regular file (a device, a FIFO, a terminal) is refused unread.
+    The file is checked before anything is cut: every line must be a result record, and an
+    unfinished last line is dropped only when it is the start of one (a complete record
+    whose newline was lost is kept and ended). Anything that is not a regular file (a
+    device, a FIFO, a terminal) is refused unread.
     """
     try:
         st = out.stat()
@@ -274,27 +341,37 @@ def _load_done(out: Path) -> dict[str, str]:
     keep = raw.rfind(b"\n") + 1
     partial = raw[keep:]
     done: dict[str, str] = {}
-    for lineno, line in enumerate(raw[:keep].decode("utf-8", errors="replace").splitlines(), 1):
+
+    def refuse(lineno: int) -> ScanError:
+        return ScanError(f"{out} line {lineno} is not a synthdetect result; choose another --out")
+
+    lines = raw[:keep].decode("utf-8", errors="replace").splitlines()
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
-            if not isinstance(rec, dict):  # valid JSON, but not a record: `[1, 2]`, `"x"`
-                raise TypeError
-            key = rec["sha256"] if rec.get("sha256") is not None else rec.get("stat")
-            done[str(rec["path"])] = str(key)
-        except (ValueError, KeyError, TypeError):
-            raise ScanError(
-                f"{out} line {lineno} is not a synthdetect result; choose another --out"
-            ) from None
+        except ValueError:
+            raise refuse(lineno) from None
+        if (key := done_key(rec)) is None:
+            raise refuse(lineno)
+        done[rec["path"]] = key
     if partial:
-        # A crash mid-write leaves a partial record; drop it so appends stay line-aligned.
-        # Anything else there is somebody's file, which is left as it is.
-        if not (partial.startswith(_RECORD_START) or _RECORD_START.startswith(partial)):
-            lineno = raw.count(b"\n") + 1
-            raise ScanError(
-                f"{out} line {lineno} is not a synthdetect result; choose another --out"
-            )
-        with open(out, "r+b") as fh:
-            fh.truncate(keep)
+        lineno = len(lines) + 1
+        try:
+            rec = json.loads(partial.decode("utf-8"))
+        except ValueError:
+            rec = None
+        if rec is not None:  # complete JSON: a record whose newline was lost, or not ours
+            if (key := done_key(rec)) is None:
+                raise refuse(lineno)
+            done[rec["path"]] = key
+            with open(out, "ab") as fh:
+                fh.write(b"\n")
+        elif partial.startswith(_RECORD_START) or _RECORD_START.startswith(partial):
+            # A crash mid-write leaves a partial record; drop it so appends stay line-aligned
+            with open(out, "r+b") as fh:
+                fh.truncate(keep)
+        else:  # anything else there is somebody's file, which is left as it is
+            raise refuse(lineno)
     return done

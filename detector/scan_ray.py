@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from detector.image import DecodeLimits, ImageError, decode, read_file
 from detector.methods.model import model_tiles
@@ -39,7 +39,10 @@ from detector.scan import (
     ScanStats,
     _load_done,
     _walk,
+    decode_failure_key,
+    done_key,
     failure_key,
+    open_results,
 )
 
 __all__ = ["DetectorSpec", "scan_ray"]
@@ -70,7 +73,7 @@ def _list(source: str, out: Path, all_files: bool) -> list[dict]:
             raise ScanError(f"not a directory: {source}")
         return [
             {"rel": e.rel, "path": str(e.path) if e.path else "", "error": e.error or ""}
-            for e in _walk(root, out, all_files)
+            for e in _walk(root, (out, _partial(out), _tmp(out)), all_files)
         ]
     import pyarrow.fs as pafs
 
@@ -161,6 +164,8 @@ class _Prepare:
             results = [m.score([image])[0] for m in self.others]
             tiles = model_tiles([image], self.spec.tiles)[0] if self.spec.tiles else None
         except ImageError as exc:
+            if self.done.get(rel) == decode_failure_key(sha, str(exc)):
+                return "skip", b""  # failed the same way before
             return "error", json.dumps({"error": str(exc)}).encode()
         return "ok", pickle.dumps((image_info(image), results, tiles, decode_ms))
 
@@ -220,6 +225,10 @@ def _partial(out: Path) -> Path:
     return out.with_name(out.name + ".partial.jsonl")
 
 
+def _tmp(out: Path) -> Path:
+    return out.with_name(out.name + ".tmp")
+
+
 def _load_done_any(out: Path) -> tuple[dict[str, str], list[dict]]:
     """{path: sha256} of finished results, and (Parquet) the rows to keep: the Parquet file's
     and those an interrupted run left in its partial file."""
@@ -238,13 +247,14 @@ def _load_done_any(out: Path) -> tuple[dict[str, str], list[dict]]:
     partial = _partial(out)
     if partial.exists():
         _load_done(partial)  # checks it and repairs a line cut off by a crash
-        recent = [_parquet_row(json.loads(line)) for line in partial.read_text().splitlines()]
+        lines = partial.read_text(encoding="utf-8").splitlines()
+        recent = [_parquet_row(json.loads(line)) for line in lines if line.strip()]
         seen = {r["path"] for r in recent}
         rows = [r for r in rows if r["path"] not in seen] + recent
-    # a finished file is known by its sha256, an unreadable one by its stat (as in JSONL): an
-    # unchanged unreadable file is not reported again on every resume
-    done = {r["path"]: r.get("sha256") or r.get("stat") for r in rows}
-    return {p: str(key) for p, key in done.items() if key}, rows
+    # keyed as in JSONL (``done_key``): an unchanged unreadable file is not reported again on
+    # every resume, an undecodable one is decoded again (a limit may have been raised)
+    done = {r["path"]: done_key(r) for r in rows}
+    return {p: key for p, key in done.items() if key}, rows
 
 
 def _parquet_row(rec: dict) -> dict:
@@ -275,11 +285,29 @@ def scan_ray(
     machine) with ``workers`` model actors; write ``out`` (.jsonl or .parquet)."""
     try:
         import ray
-        import ray.data
+        import ray.data  # noqa: F401 - whether Ray is here, before anything is opened
     except ImportError:
         raise ScanError("scan --ray needs Ray: pip install 'synthdetect[ray]'") from None
     if out.suffix not in (".jsonl", ".parquet"):
         raise ScanError(f"--out must end in .jsonl or .parquet with --ray, got {out.name}")
+    target = out if out.suffix == ".jsonl" else _partial(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ScanError(f"cannot write {out}: {exc.strerror or exc}") from None
+    fh = open_results(target)  # locked: a second scan of the same --out is refused
+    try:
+        return _scan_locked(source, out, spec, fh, address, workers, batch_size, all_files)
+    finally:
+        fh.close()
+        if target != out and target.exists() and target.stat().st_size == 0:
+            target.unlink()  # the partial file this run opened and never wrote
+
+
+def _scan_locked(source, out, spec, fh, address, workers, batch_size, all_files) -> ScanStats:
+    import ray
+    import ray.data
+
     done, kept = _load_done_any(out)
     rows = _list(source, out, all_files)
     stats = ScanStats(files=len(rows))
@@ -316,21 +344,19 @@ def scan_ray(
             num_gpus=1 if gpus else 0,
         )
         records = (r for r in ds.iter_rows())
-        _write(out, records, kept, stats)
+        _write(out, fh, records, kept, stats)
     finally:
         if started_here:
             ray.shutdown()
     return stats
 
 
-def _write(out: Path, rows: Iterator[dict], kept: list[dict], stats: ScanStats) -> None:
-    """Stream records to OUT (.jsonl) or to OUT.partial.jsonl, then merge into OUT (.parquet)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+def _write(
+    out: Path, fh: IO[str], rows: Iterator[dict], kept: list[dict], stats: ScanStats
+) -> None:
+    """Stream records to ``fh``: OUT (.jsonl), or OUT.partial.jsonl, then merged into OUT
+    (.parquet)."""
     target = out if out.suffix == ".jsonl" else _partial(out)
-    try:
-        fh = open(target, "a", encoding="utf-8")  # noqa: SIM115 - closed in the finally below
-    except OSError as exc:
-        raise ScanError(f"cannot write {target}: {exc.strerror or exc}") from None
     fresh: list[dict] = []
     try:
         for row in rows:
@@ -346,7 +372,7 @@ def _write(out: Path, rows: Iterator[dict], kept: list[dict], stats: ScanStats) 
             fh.flush()
             fresh.append(_parquet_row(rec))
     finally:
-        fh.close()
+        fh.flush()
     if out.suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -354,7 +380,7 @@ def _write(out: Path, rows: Iterator[dict], kept: list[dict], stats: ScanStats) 
         new_paths = {r["path"] for r in fresh}
         merged = [r for r in kept if r["path"] not in new_paths] + fresh
         if merged:
-            tmp = out.with_name(out.name + ".tmp")
+            tmp = _tmp(out)
             pq.write_table(pa.Table.from_pylist(merged), tmp)
             os.replace(tmp, out)
         target.unlink(missing_ok=True)

@@ -373,7 +373,10 @@ def test_scan_follows_symlinked_folders_once_and_keeps_odd_names_apart(tmp_path,
         ("5\n", 1),
         ("My thesis, final draft", 1),  # no final newline: not mistaken for a cut-off record
         ("name,score\nalice,10\nbob,12", 1),
-        ('{"path": "a.png", "sha256": "00"}\nbob,12', 2),  # results, then a foreign line
+        ('{"path": "a.png", "sha256": "00", "error": "x"}\nbob,12', 2),  # results, then not
+        # JSON with a path but no verdict or error: somebody's manifest, not results
+        ('{"path": "a.png", "size": 3}\n', 1),
+        ('{"path": "/etc/foo", "other": 1}', 1),  # a whole JSON file without a final newline
     ],
 )
 def test_scan_refuses_a_foreign_output_file(tmp_path, scene, text, bad_line):
@@ -653,3 +656,53 @@ def _untimed(value):
     if isinstance(value, list):
         return [_untimed(v) for v in value]
     return value
+
+
+def test_a_second_scan_of_the_same_output_is_refused(tmp_path, scene):
+    """Two scans appending to one --out both scored everything: every file twice."""
+    from detector.pipeline import Detector
+    from detector.scan import ScanError, open_results, scan_directory
+
+    root, out = tmp_path / "tree", tmp_path / "results.jsonl"
+    _tree(root, scene, 3)
+    held = open_results(out)  # another scan at work
+    try:
+        with pytest.raises(ScanError, match="being written by another scan"):
+            scan_directory(root, out, Detector(["c2pa"]), progress=False)
+        res = run("scan", str(root), "--out", str(out), "--no-progress")
+        assert res.returncode == 2 and "being written by another scan" in res.stderr
+    finally:
+        held.close()
+    assert scan_directory(root, out, Detector(["c2pa"]), progress=False).errors == 1  # bad.jpg
+    assert len(_lines(out)) == 4
+
+
+def test_a_record_whose_newline_was_lost_is_kept_and_ended(tmp_path, scene):
+    from detector.pipeline import Detector
+    from detector.scan import scan_directory
+
+    root, out = tmp_path / "tree", tmp_path / "results.jsonl"
+    _tree(root, scene, 3)
+    scan_directory(root, out, Detector(["c2pa"]), progress=False)
+    out.write_bytes(out.read_bytes()[:-1])  # a crash between the record and its newline
+    again = scan_directory(root, out, Detector(["c2pa"]), progress=False)
+    assert again.skipped == 3 and len(_lines(out)) == 3
+
+
+def test_files_refused_by_a_decode_limit_are_scanned_once_it_is_raised(tmp_path, scene):
+    """Undecodable files were known by their sha256 alone: raising --max-pixels left them
+    reported as errors for ever. They are decoded again; the same failure is not repeated."""
+    from detector.image import DecodeLimits
+    from detector.pipeline import Detector
+    from detector.scan import scan_directory
+
+    root, out = tmp_path / "tree", tmp_path / "results.jsonl"
+    _tree(root, scene, 3)
+    strict = Detector(["c2pa"], limits=DecodeLimits(max_pixels=1000))
+    assert scan_directory(root, out, strict, progress=False).errors == 4  # 3 + bad.jpg
+    assert scan_directory(root, out, strict, progress=False).skipped == 4  # same failures
+    assert len(_lines(out)) == 4
+    scored = scan_directory(root, out, Detector(["c2pa"]), progress=False)
+    assert scored.skipped == 1 and sum(scored.labels.values()) == 3  # bad.jpg: still bad
+    assert scan_directory(root, out, Detector(["c2pa"]), progress=False).skipped == 4
+    assert len(_lines(out)) == 7

@@ -128,3 +128,21 @@ def test_ray_scan_refuses_bad_output_and_source(tmp_path):
         )  # fmt: skip
         assert out.returncode == 2 and "Traceback" not in out.stderr
         assert (message or "not a directory") in out.stderr
+
+
+def test_ray_scan_resumes_a_partial_file_with_a_blank_line_and_never_scans_it(tmp_path):
+    """An interrupted Parquet scan's partial file with a blank line was a JSONDecodeError
+    traceback; with --all-files and --out inside the folder, the partial file itself was
+    scanned (a row for a file the run then deletes)."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    root = tmp_path / "tree"
+    _tree(root)
+    _scan(str(root), "--out", str(tmp_path / "plain.jsonl"))
+    first, second = (tmp_path / "plain.jsonl").read_text().splitlines()[:2]
+    out = root / "x.parquet"
+    (root / "x.parquet.partial.jsonl").write_text(f"{first}\n\n{second}\n")
+    again = _scan(str(root), "--out", str(out), "--ray", "--all-files")
+    assert "2 already in the results" in again.stderr
+    paths = [r["path"] for r in pq.read_table(out).to_pylist()]
+    assert sorted(paths) == sorted({*paths} - {"x.parquet.partial.jsonl"}) and len(paths) == 7
+    assert not (root / "x.parquet.partial.jsonl").exists()
