@@ -13,6 +13,7 @@ import errno
 import hashlib
 import json
 import os
+import sqlite3
 import sys
 import warnings
 from collections.abc import Sequence
@@ -64,6 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("synthdetect: interrupted", file=sys.stderr)
         return 130
+    except sqlite3.DatabaseError as exc:  # a memory or review database damaged on disk
+        print(f"synthdetect: database error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except BrokenPipeError:  # e.g. `synthdetect score ... | head`
         return EXIT_OK
     except (IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError,

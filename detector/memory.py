@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
@@ -253,6 +254,23 @@ def connect_shared(path: Path) -> sqlite3.Connection:
     return db
 
 
+def _connect_ours(path: Path) -> sqlite3.Connection:
+    """``connect_shared`` on a memory database, or on a new file: any other SQLite file is
+    refused before anything is written to it (not even its journal mode is changed)."""
+    if path.exists() and path.stat().st_size > 0:
+        probe = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {name for (name,) in probe.execute("SELECT name FROM sqlite_master")}
+        finally:
+            probe.close()
+        if "memory_meta" not in tables:
+            raise KnownImageError(
+                f"{path}: not a synthdetect memory database (an SQLite file without its "
+                "tables); nothing was changed"
+            )
+    return connect_shared(path)
+
+
 def _single_threaded(fn, *args):
     """Run a faiss call on one OpenMP thread. One query at a time gains nothing from faiss's
     pool, whose spinning threads cost (a search over 200,000 hashes: 54 ms with the pool on a
@@ -296,7 +314,10 @@ def _utc(when: object) -> str:
         raise KnownImageError(f"confirmed_at {when!r} is not an ISO 8601 time") from None
     if moment.tzinfo is None:
         raise KnownImageError(f"confirmed_at {when!r} has no time zone (add Z or +00:00)")
-    return moment.astimezone(timezone.utc).isoformat(timespec="seconds")
+    try:
+        return moment.astimezone(timezone.utc).isoformat(timespec="seconds")
+    except OverflowError:  # 9999-12-31T23:59:59-05:00 is past the last representable time
+        raise KnownImageError(f"confirmed_at {when!r} is out of range") from None
 
 
 def _text(value: object, name: str) -> str:
@@ -323,28 +344,45 @@ class MemoryStore:
     catches up on rows written by others before it searches).
     """
 
-    def __init__(self, path: str | Path, rule: MatchRule | None = None) -> None:
+    def __init__(
+        self, path: str | Path, rule: MatchRule | None = None, read_only: bool | None = None
+    ) -> None:
         self.path = Path(path)
         self.rule = rule or MatchRule()
         if self.path.is_dir():
             raise KnownImageError(f"{self.path} is a directory, not a memory database file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        try:
-            self._db = connect_shared(self.path)
-            self._init_schema()
-        except sqlite3.DatabaseError as exc:
-            raise KnownImageError(f"{self.path}: not a usable memory database ({exc})") from None
         import faiss
 
         self._index = faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(_BITS))
         self._seen = 0  # the highest row id in the index
-        with self._lock:
-            self._catch_up()
+        # ``read_only`` (None: when this process may not write the file, e.g. a reviewed
+        # memory shipped read-only): looked up, never changed; writes are refused saying so
+        if read_only is None:
+            read_only = self.path.exists() and not os.access(self.path, os.W_OK)
+        if read_only and not self.path.exists():
+            raise KnownImageError(f"no memory database at {self.path}")
+        self.read_only = read_only
+        try:
+            if self.read_only:
+                self._db = sqlite3.connect(
+                    f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
+                )
+            else:
+                self._db = _connect_ours(self.path)
+            self._init_schema()
+            with self._lock:
+                self._catch_up()
+        except sqlite3.DatabaseError as exc:
+            raise KnownImageError(f"{self.path}: not a usable memory database ({exc})") from None
 
     # --- schema and sync -------------------------------------------------------------------
 
     def _init_schema(self) -> None:
+        if self.read_only:
+            self._check_schema()
+            return
         with self._db:
             self._db.execute(
                 """CREATE TABLE IF NOT EXISTS known_images (
@@ -371,10 +409,16 @@ class MemoryStore:
             self._db.execute(
                 "INSERT OR IGNORE INTO memory_meta VALUES ('schema', ?)", (str(_SCHEMA),)
             )
-        (version,) = self._db.execute(
-            "SELECT value FROM memory_meta WHERE key = 'schema'"
-        ).fetchone()
-        if version == "1":  # schema 1 had no crop windows: its records match by full frame only
+        self._check_schema()
+
+    def _check_schema(self) -> None:
+        found = self._db.execute("SELECT value FROM memory_meta WHERE key = 'schema'").fetchone()
+        if found is None:
+            raise KnownImageError(f"{self.path}: not a synthdetect memory database (no schema)")
+        (version,) = found
+        if (
+            version == "1" and not self.read_only
+        ):  # schema 1 had no crop windows: its records match by full frame only
             with self._db:
                 self._db.execute("ALTER TABLE known_images ADD COLUMN windows BLOB")
                 self._db.execute("UPDATE memory_meta SET value = '2' WHERE key = 'schema'")
@@ -403,6 +447,10 @@ class MemoryStore:
 
     # --- writing ---------------------------------------------------------------------------
 
+    def _writable(self) -> None:
+        if self.read_only:
+            raise KnownImageError(f"{self.path} is read-only here: records cannot be added")
+
     def add(
         self,
         hashes: ImageHashes,
@@ -414,6 +462,7 @@ class MemoryStore:
     ) -> KnownImage:
         """Record a confirmed image; returns the stored record."""
         row = self._row(hashes, label, confirmed_by, note, source, confirmed_at)
+        self._writable()
         with self._lock:
             with self._db:
                 row_id = int(self._db.execute(_INSERT, row).lastrowid or 0)
@@ -432,6 +481,7 @@ class MemoryStore:
         row the store holds, or that came earlier in ``rows`` (the same pixels, label and
         ``confirmed_at``), under a write lock from the check to the insert, so that two
         imports of one file at once still add each record once."""
+        self._writable()
         with self._lock:
             with self._db:
                 if skip_present:

@@ -398,6 +398,7 @@ def test_imported_times_are_utc_and_fields_are_checked(tmp_path):
         ({"confirmed_at": 12345}, "must be an ISO 8601 time as text"),
         ({"confirmed_at": [1]}, "must be an ISO 8601 time as text"),
         ({"confirmed_at": "2026-12-07T20:00:00"}, "has no time zone"),
+        ({"confirmed_at": "9999-12-31T23:59:59-05:00"}, "is out of range"),  # was a traceback
         ({"file_sha256": [1]}, "file_sha256 must be 64 lower-case hex digits"),
         ({"pixel_sha256": ""}, "pixel_sha256 must be 64 lower-case hex digits"),
         ({"confirmed_by": None}, "who confirmed the image is required"),
@@ -405,3 +406,50 @@ def test_imported_times_are_utc_and_fields_are_checked(tmp_path):
     ]:
         with pytest.raises(KnownImageError, match=f"line 1: .*{message}"):
             a.import_jsonl([json.dumps({**record, **change})])
+
+
+def test_another_sqlite_file_is_refused_and_left_unchanged(tmp_path):
+    """Opening any SQLite file as the memory added the memory's tables to it and switched it
+    to WAL, even for `memory stats`."""
+    import sqlite3
+
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE users (name TEXT)")
+    before = path.read_bytes()
+    with pytest.raises(KnownImageError, match="not a synthdetect memory database"):
+        MemoryStore(path)
+    assert path.read_bytes() == before
+    res = _cli("memory", "stats", "--db", str(path))
+    assert res.returncode == 2 and "not a synthdetect memory database" in res.stderr
+    assert path.read_bytes() == before and not (tmp_path / "app.db-wal").exists()
+
+
+def test_a_read_only_memory_is_looked_up_and_refuses_writes(tmp_path):
+    """A memory file this process may not write was 'not a usable memory database (attempt to
+    write a readonly database)', even for lookups."""
+    import os
+
+    path = tmp_path / "m.sqlite"
+    with MemoryStore(path) as store:
+        store.add(_hashes(_jpeg(_scene(5))), "generated", "alice")
+    path.chmod(0o444)
+    # as root every file is writable: then the mode is asked for, as os.access would choose it
+    with MemoryStore(path, read_only=None if os.access(path, os.W_OK) is False else True) as store:
+        assert store.read_only and store.stats()["records"] == 1
+        assert store.find(_hashes(_jpeg(_scene(5), quality=80)))[0].record.label == "generated"
+        with pytest.raises(KnownImageError, match="read-only here"):
+            store.add(_hashes(_jpeg(_scene(6))), "camera", "bob")
+
+
+def test_a_damaged_memory_is_a_message_not_a_traceback(tmp_path):
+    path = tmp_path / "m.sqlite"
+    with MemoryStore(path) as store:
+        for i in range(40):
+            store.add(_hashes(_jpeg(_scene(i, 64))), "generated", "alice")
+    data = bytearray(path.read_bytes())
+    data[4096:8096] = b"\x07" * 4000  # a page of the table overwritten
+    path.write_bytes(bytes(data))
+    res = _cli("memory", "stats", "--db", str(path))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "malformed" in res.stderr or "not a usable memory database" in res.stderr
