@@ -13,6 +13,7 @@ answers with (``detector.model_io``). An export, so it lives beside ``export``.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -38,7 +39,10 @@ def write_triton_repo(
     if not (model_dir / ONNX_FILE).is_file():
         raise ValueError(f"{model_dir} has a {SIDECAR} but no {ONNX_FILE}")
     description = tensor_model(meta, name)
+    _check_graph(model_dir / ONNX_FILE, meta, description)
     target = repo / name
+    if target.is_symlink():  # replacing it would replace the link, or what it points to
+        raise ValueError(f"{target} is a symbolic link: choose another --name or --triton-repo")
     if target.exists() and not _ours(target):  # Triton serves the highest version folder
         raise ValueError(
             f"{target} holds other files or versions than an export's ({', '.join(_extra(target))}"
@@ -60,6 +64,48 @@ def write_triton_repo(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+_ORT_TYPES = {"FP32": "tensor(float)", "FP16": "tensor(float16)", "INT64": "tensor(int64)",
+              "INT32": "tensor(int32)", "UINT8": "tensor(uint8)", "BOOL": "tensor(bool)"}  # fmt: skip
+
+
+def _check_graph(onnx_path: Path, meta: dict, description) -> None:
+    """The config Triton gets describes the graph it loads: the file is the one the sidecar
+    recorded (its sha256, as the engine checks), and every input and output the sidecar
+    names is in the graph with that type and those dimensions."""
+    import onnxruntime as ort
+
+    data = onnx_path.read_bytes()
+    expected = meta.get("onnx_sha256")
+    if expected and expected != hashlib.sha256(data).hexdigest():
+        raise ValueError(f"{onnx_path} does not match the sha256 recorded in {SIDECAR}")
+    try:
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ONNX Runtime raises its own types for a file it cannot load
+        raise ValueError(f"{onnx_path} is not a loadable ONNX graph ({exc})") from None
+    for kind, specs, found in (
+        ("input", description.inputs, session.get_inputs()),
+        ("output", description.outputs, session.get_outputs()),
+    ):
+        graph = {t.name: t for t in found}
+        for spec in specs:
+            tensor = graph.get(spec.name)
+            if tensor is None:
+                raise ValueError(
+                    f"{SIDECAR} names {kind} {spec.name!r}, which the graph does not have "
+                    f"(it has {', '.join(sorted(graph))})"
+                )
+            dims = [d if isinstance(d, int) else -1 for d in tensor.shape[1:]]
+            if (
+                _ORT_TYPES.get(spec.datatype) != tensor.type
+                or any(a != b and -1 not in (a, b) for a, b in zip(dims, spec.dims, strict=False))
+                or len(dims) != len(spec.dims)
+            ):
+                raise ValueError(
+                    f"{SIDECAR} says {kind} {spec.name!r} is {spec.datatype} {spec.dims}; the "
+                    f"graph's is {tensor.type} {dims}"
+                )
 
 
 _LAYOUT = {"config.pbtxt", SIDECAR, "1", f"1/{ONNX_FILE}"}

@@ -407,3 +407,43 @@ def test_cli_puts_an_existing_onnx_export_in_a_triton_repository(exported_model,
     )
     assert both.returncode == 2 and "without --out" in both.stderr
     assert not (tmp_path / "r2").exists() and not (tmp_path / "o").exists()
+
+
+def test_a_triton_export_checks_the_graph_against_its_sidecar(exported_model, tmp_path):
+    """A graph replaced beside its sidecar, or a sidecar edited to other names, gave a
+    config.pbtxt that did not describe the graph Triton would load."""
+    import shutil
+
+    from training.triton_repo import write_triton_repo
+
+    swapped = tmp_path / "swapped"
+    shutil.copytree(exported_model, swapped)
+    (swapped / "model.onnx").write_bytes((swapped / "model.onnx").read_bytes() + b"\0")
+    with pytest.raises(ValueError, match=r"does not match the sha256 recorded in model\.json"):
+        write_triton_repo(swapped, tmp_path / "r1")
+    renamed = tmp_path / "renamed"
+    shutil.copytree(exported_model, renamed)
+    meta = json.loads((renamed / "model.json").read_text())
+    meta["inputs"][0]["name"] = "pixels"
+    (renamed / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="names input 'pixels', which the graph does not have"):
+        write_triton_repo(renamed, tmp_path / "r2")
+    meta["inputs"][0]["name"] = "images"
+    meta["outputs"][0]["datatype"] = "FP16"
+    (renamed / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"says output 'logits' is FP16 \[1\]; the graph's is "):
+        write_triton_repo(renamed, tmp_path / "r3")
+    assert not any((tmp_path / r).exists() for r in ("r1", "r2", "r3"))
+
+
+def test_a_triton_export_refuses_a_symlinked_model_folder(exported_model, tmp_path):
+    from training.triton_repo import write_triton_repo
+
+    elsewhere = tmp_path / "elsewhere"
+    write_triton_repo(exported_model, elsewhere, gpu=False)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "synthdetect_tiles").symlink_to(elsewhere / "synthdetect_tiles")
+    with pytest.raises(ValueError, match="is a symbolic link"):
+        write_triton_repo(exported_model, repo)
+    assert (elsewhere / "synthdetect_tiles" / "1" / "model.onnx").exists()
