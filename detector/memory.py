@@ -254,18 +254,19 @@ def connect_shared(path: Path) -> sqlite3.Connection:
     return db
 
 
-def _connect_ours(path: Path) -> sqlite3.Connection:
-    """``connect_shared`` on a memory database, or on a new file: any other SQLite file is
-    refused before anything is written to it (not even its journal mode is changed)."""
+def connect_own(path: Path, markers: frozenset[str], what: str) -> sqlite3.Connection:
+    """``connect_shared`` on one of the project's databases (holding one of the ``markers``
+    tables) or on a new, empty file: any other SQLite file is refused before anything is
+    written to it (not even its journal mode is changed)."""
     if path.exists() and path.stat().st_size > 0:
         probe = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
             tables = {name for (name,) in probe.execute("SELECT name FROM sqlite_master")}
         finally:
             probe.close()
-        if "memory_meta" not in tables:
+        if not tables & markers:
             raise KnownImageError(
-                f"{path}: not a synthdetect memory database (an SQLite file without its "
+                f"{path}: not a synthdetect {what} database (an SQLite file without its "
                 "tables); nothing was changed"
             )
     return connect_shared(path)
@@ -370,7 +371,7 @@ class MemoryStore:
                     f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
                 )
             else:
-                self._db = _connect_ours(self.path)
+                self._db = connect_own(self.path, frozenset({"memory_meta"}), "memory")
             self._init_schema()
             with self._lock:
                 self._catch_up()

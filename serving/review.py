@@ -32,7 +32,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from detector.memory import LABELS, ImageHashes, KnownImageError, MemoryStore, connect_shared
+from detector.memory import LABELS, ImageHashes, KnownImageError, MemoryStore, connect_own
 
 __all__ = ["DECISIONS", "ReviewConfig", "ReviewError", "ReviewQueue"]
 
@@ -96,8 +96,13 @@ class ReviewQueue:
         self.images.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         try:
-            self._db = connect_shared(self.path)
+            # a review database, or the memory's when they share one file (no --memory-db)
+            self._db = connect_own(
+                self.path, frozenset({"review_items", "review_meta", "memory_meta"}), "review"
+            )
             self._init_schema()
+        except KnownImageError as exc:
+            raise ReviewError(str(exc)) from None
         except sqlite3.DatabaseError as exc:
             raise ReviewError(f"{self.path}: not a usable review database ({exc})") from None
         with self._lock:
@@ -213,7 +218,7 @@ class ReviewQueue:
                 (sha256, len(data), _iso(_now())),
             )
         self._expire()
-        self._hold_cap()
+        self._hold_cap(keep=sha256)
 
     def _drop_images(self, shas: list[str], why: str) -> None:
         for sha in shas:
@@ -234,7 +239,9 @@ class ReviewQueue:
         if old:
             self._drop_images(old, f"older than {self.config.expiry_days:g} days")
 
-    def _hold_cap(self) -> None:
+    def _hold_cap(self, keep: str | None = None) -> None:
+        """Drop images until the folder is under its cap, never ``keep`` (the image just stored,
+        whose item may not exist yet: it would count as needed by none and go first)."""
         (total,) = self._db.execute("SELECT COALESCE(SUM(bytes), 0) FROM review_images").fetchone()
         if total <= self.config.max_image_bytes:
             return
@@ -248,6 +255,8 @@ class ReviewQueue:
         for sha, size, _ in rows:
             if total <= self.config.max_image_bytes:
                 break
+            if sha == keep:
+                continue
             drop.append(sha)
             total -= size
         self._drop_images(drop, f"image folder over its cap of {self.config.max_image_bytes} bytes")
@@ -304,6 +313,9 @@ class ReviewQueue:
         with self._lock:
             self._store_image(sha, data)
             with self._db:
+                # the check and the insert in one write transaction: another server process
+                # queueing the same picture at once joins this item instead of opening a twin
+                self._db.execute("BEGIN IMMEDIATE")
                 row = self._open_item(sha, hashes.pixel_sha256)
                 if row is not None:
                     self._db.execute(
@@ -377,6 +389,7 @@ class ReviewQueue:
                 hashes = self._hashes(item)
                 verdict, filename = item["verdict"], filename or item["filename"]
             with self._db:
+                self._db.execute("BEGIN IMMEDIATE")  # as in submit: one open item per picture
                 row = self._open_item(sha, hashes.pixel_sha256)
                 item_id = (
                     row
@@ -468,7 +481,7 @@ class ReviewQueue:
             record = self.memory.add(
                 self._hashes(item), decision, reviewer, note=note, source=f"review:{item_id}"
             )
-        except KnownImageError as exc:  # give the items back to the queue as they were
+        except (KnownImageError, sqlite3.Error, OSError) as exc:  # back to the queue as they were
             with self._db:
                 for row_id in (item_id, *copies):
                     self._db.execute(
@@ -477,7 +490,13 @@ class ReviewQueue:
                         "WHERE id = ?",
                         (notes.get(row_id, item["note"]), now, row_id),
                     )
-            raise ReviewError(str(exc)) from None
+            if isinstance(exc, KnownImageError):
+                raise ReviewError(str(exc)) from None
+            raise ReviewError(  # a busy or failing memory database: the decision can be retried
+                f"decision not saved, the known-image memory could not be written ({exc}); "
+                "the review is open again: retry",
+                503,
+            ) from None
         with self._db:
             for row_id in (item_id, *copies):
                 self._db.execute(
@@ -554,6 +573,8 @@ class ReviewQueue:
             try:
                 key = [int(x) for x in after.split(":")]
             except ValueError:
+                key = []
+            if any(not 0 <= k < 2**63 for k in key):  # past what SQLite's integers hold
                 key = []
             if status == "open" and len(key) == 2:
                 clauses.append("(skips > ? OR (skips = ? AND id > ?))")

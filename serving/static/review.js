@@ -36,6 +36,8 @@ async function loadQueue() {
     const page = await api("/v1/reviews?status=open&limit=200");
     state.queueOn = true;
     state.queue = page.items;
+    if (state.queueError) say("", "");  // the key or the server is fine now
+    state.queueError = false;
     const shown = page.counts.open > page.items.length
       ? ` (the first ${page.items.length} in review order shown)` : "";
     $("counts").textContent =
@@ -50,8 +52,10 @@ async function loadQueue() {
       $("upload-queue").disabled = true;
     } else if (error.status === 401 || error.status === 403) {
       say(error.message + ": enter a reviewer key above", "error");
+      state.queueError = true;
     } else {
       say("could not load the queue: " + error.message, "error");
+      state.queueError = true;
     }
     renderQueue();
     return false;

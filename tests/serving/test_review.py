@@ -441,3 +441,90 @@ def test_review_reads_take_a_slot_and_health_probes_never_do(make_server, tmp_pa
     finally:
         live.service.inflight = 0
     assert _get(live, f"/v1/reviews/{item_id}/heatmap")[0] == 200
+
+
+@pytest.mark.unit
+def test_a_memory_that_cannot_be_written_reopens_the_review(queue):
+    """A locked memory database (a long `memory import`, another process) failed the write
+    with sqlite3.OperationalError: the item stayed decided with no memory record, and a
+    retry got 409. The review is open again and the answer a 503 to retry."""
+    item_id = queue.submit(*_scored(30)[:3], "uncertain", "key0")
+    add = queue.memory.add
+
+    def locked(*args, **kwargs):
+        raise sqlite3.OperationalError("database is locked")
+
+    queue.memory.add = locked
+    with pytest.raises(ReviewError, match="the review is open again: retry") as err:
+        queue.decide(item_id, "generated", "alice", "", "reviewer0")
+    assert err.value.status == 503
+    assert queue.get(item_id)["status"] == "open"
+    queue.memory.add = add
+    assert queue.decide(item_id, "generated", "alice", "", "reviewer0")["memory_id"]
+
+
+@pytest.mark.unit
+def test_the_image_just_queued_is_not_the_first_evicted(tmp_path):
+    """Over the folder's cap, the new image (its item not yet written) counted as needed by
+    no open item and was dropped first, instead of the oldest open item's."""
+    db = tmp_path / "review.sqlite"
+    memory = MemoryStore(db)
+    files = [_scored(s, 128) for s in (20, 21, 22)]
+    cap = len(files[0][0]) + len(files[1][0]) + 10
+    q = ReviewQueue(db, memory, ReviewConfig(max_image_bytes=cap))
+    ids = [q.submit(d, h, v, "uncertain", "key0") for d, h, v in files]
+    assert [q.get(i)["image_kept"] for i in ids] == [False, True, True]  # the oldest goes
+    q.close()
+    memory.close()
+
+
+@pytest.mark.unit
+def test_reports_from_two_processes_at_once_join_one_item(queue, tmp_path):
+    """The open-item check ran before the write transaction: processes reporting one image
+    at once each opened an item (5 of 10 images twice, as measured on a 2-process server).
+    Each queue here is a process of its own (its own connection and lock), slowed between
+    the check and the insert so that they overlap."""
+    import threading
+    import time
+
+    item_id = queue.submit(*_scored(40)[:3], "uncertain", "key0")
+    queue.decide(item_id, "generated", "alice", "", "reviewer0")
+    sha = queue.get(item_id)["image_sha256"]
+    others = [ReviewQueue(tmp_path / "review.sqlite", queue.memory) for _ in range(3)]
+    for q in others:
+        check = q._open_item
+        q._open_item = lambda *a, check=check: (check(*a), time.sleep(0.3))[0]
+    start, got = threading.Barrier(len(others)), []
+
+    def report(q, n):
+        start.wait()
+        got.append(q.report(f"user{n}", "looks fake", "key0", sha256=sha))
+
+    threads = [threading.Thread(target=report, args=(q, n)) for n, q in enumerate(others)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(got) == len(others) and len(set(got)) == 1, got
+    for q in others:
+        q.close()
+
+
+@pytest.mark.unit
+def test_another_sqlite_file_is_refused_as_the_review_database(tmp_path):
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE users (name TEXT)")
+    before = path.read_bytes()
+    memory = MemoryStore(tmp_path / "memory.sqlite")
+    with pytest.raises(ReviewError, match="not a synthdetect review database"):
+        ReviewQueue(path, memory)
+    assert path.read_bytes() == before
+    memory.close()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("after", ["99999999999999999999999:1", "-1:1", "1:99999999999999999999"])
+def test_a_cursor_past_sqlites_integers_is_refused(queue, after):
+    with pytest.raises(ReviewError, match="after must be SKIPS:ID"):
+        queue.items("open", after=after)

@@ -57,6 +57,11 @@ def test_review_page_upload_heatmap_decide(make_server, tmp_path):
     )
     image = tmp_path / "upload.jpg"
     image.write_bytes(jpeg(71, 200))
+    # an item already waits, so the page opens it once the key is in
+    status, _, _ = request(
+        live.url, "/v1/score?review=true", jpeg(77, 150), {"X-API-Key": "scorer"}
+    )
+    assert status == 200
     browser = _browser()
     try:
         wait = WebDriverWait(browser, 60)
@@ -66,6 +71,8 @@ def test_review_page_upload_heatmap_decide(make_server, tmp_path):
         browser.find_element(By.ID, "api-key").send_keys(KEY, Keys.TAB)
         browser.find_element(By.ID, "reviewer").send_keys("dana", Keys.TAB)
         wait.until(lambda b: "open" in b.find_element(By.ID, "counts").text)
+        # the queue loaded with the key: the key's error is gone (it stayed on screen)
+        assert "reviewer key" not in browser.find_element(By.ID, "message").text
         # upload and score by hand; the image joins the queue and opens
         browser.find_element(By.ID, "upload-input").send_keys(str(image))
         browser.find_element(By.ID, "upload-button").click()
