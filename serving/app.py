@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -45,7 +46,9 @@ class _OneLineProtocolErrors(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, BadHttpMessage):
-            reason = " ".join(str(exc.message).split())
+            # the reason without the parser's excerpt of the bad bytes (a header line can hold
+            # an API key: "Invalid header value char: b'X-API-Key: ...'")
+            reason = " ".join(str(exc.message).split()).split(": b'")[0]
             record.msg, record.args = f"malformed HTTP request (400): {reason}", ()
             record.exc_info = record.exc_text = None
             record.levelno, record.levelname = logging.INFO, "INFO"
@@ -59,6 +62,7 @@ def _quiet_protocol_errors() -> None:
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
 PAGE_PREFIX = "/review"  # the review page's static files (no data; its API calls carry keys)
 SERVICE = web.AppKey("service", Service)
@@ -88,7 +92,9 @@ def make_app(service: Service, config: HttpConfig | None = None) -> web.Applicat
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         start = time.perf_counter()
-        rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
+        rid = request.headers.get("X-Request-Id", "")
+        if not _REQUEST_ID.fullmatch(rid):  # echoed and logged: short and plain, or ours
+            rid = uuid.uuid4().hex[:16]
         endpoint = _endpoint(request)
         status, reason, label = 500, "", None
         try:
@@ -162,6 +168,11 @@ def make_app(service: Service, config: HttpConfig | None = None) -> web.Applicat
         return response
 
     app = web.Application(middlewares=[middleware], client_max_size=config.max_body_bytes)
+
+    async def no_version(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers["Server"] = "synthdetect"  # not the Python and aiohttp versions
+
+    app.on_response_prepare.append(no_version)
     app[SERVICE] = service
     app[GUARD] = guard
     KServeRoutes(service, config.body_timeout_s, _actor).add_to(app)

@@ -297,8 +297,9 @@ def serve_one(
         from serving.grpc_server import GrpcServer
 
         return GrpcServer(
-            service, app[GUARD], args.host, args.grpc_port, http.max_body_bytes, total > 1
-        )
+            service, app[GUARD], args.host, args.grpc_port, http.max_body_bytes, total > 1,
+            args.idle_timeout_s,
+        )  # fmt: skip
 
     host = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 literal
     sample = SAMPLES / "no-metadata.jpg"
@@ -323,6 +324,13 @@ def serve_one(
             )
             if service.reviews is not None:
                 print(f"review page: {url}/review", file=sys.stderr)
+            if not auth and not _loopback(args.host):
+                print(
+                    f"synthdetect: WARNING: {args.host} is reachable from other machines and no "
+                    "API keys are set: anyone who can connect may score, read the metrics and "
+                    "(with --review-db) review and confirm images; pass --api-key-file",
+                    file=sys.stderr,
+                )
         if on_started is not None:
             on_started()
 
@@ -349,3 +357,17 @@ def serve_one(
         )
         return 2
     return 0
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` binds this machine's loopback only (a name resolves to decide)."""
+    import ipaddress
+    import socket
+
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(
+        ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses
+    )

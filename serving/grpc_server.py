@@ -39,6 +39,7 @@ from serving.protocol import (
     ProtocolError,
     Tensor,
     binary_tensor,
+    check_batch,
     check_shape,
     count_elements,
     encode_bytes_tensor,
@@ -70,7 +71,9 @@ def _param(p: service_pb2.InferParameter) -> Any:
     return getattr(p, kind) if kind else None
 
 
-def parse_infer_request(msg: service_pb2.ModelInferRequest) -> InferRequest:
+def parse_infer_request(
+    msg: service_pb2.ModelInferRequest, max_batch: int | None = None
+) -> InferRequest:
     """A gRPC ModelInferRequest as the transport-neutral ``InferRequest``."""
     raw = list(msg.raw_input_contents)
     if raw and len(raw) != len(msg.inputs):
@@ -84,6 +87,7 @@ def parse_infer_request(msg: service_pb2.ModelInferRequest) -> InferRequest:
         if spec.datatype not in DTYPES:
             raise ProtocolError(f"input {spec.name!r}: unknown datatype {spec.datatype!r}")
         shape = check_shape(list(spec.shape), spec.name)
+        check_batch(shape, spec.name, max_batch)
         if raw:
             if spec.HasField("contents"):  # Triton refuses the two together as well
                 raise ProtocolError(f"input {spec.name!r} has both contents and raw_input_contents")
@@ -244,13 +248,14 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request, context):
         async def work(caller):
             name = resolve_model(self.s, request.model_name, request.model_version)
+            limit = self.s.config.batcher.max_batch_size
             if not request.raw_input_contents and request.ByteSize() > PARSE_INLINE_BYTES:
                 # typed contents become Python lists, then arrays: off the event loop when large
                 req = await asyncio.get_running_loop().run_in_executor(
-                    self.s.pool, parse_infer_request, request
+                    self.s.pool, parse_infer_request, request, limit
                 )
             else:
-                req = parse_infer_request(request)
+                req = parse_infer_request(request, limit)
             outputs, _ = await infer(self.s, name, req, caller.key if caller else "anonymous")
             reply = service_pb2.ModelInferResponse(
                 model_name=name, model_version="1", id=request.id
@@ -293,13 +298,20 @@ class GrpcServer:
         port: int,
         max_message_bytes: int,
         reuse_port: bool = False,
+        idle_timeout_s: float = 15.0,
     ) -> None:
         self.max_message_bytes = min(max_message_bytes, MAX_MESSAGE_BYTES)
+        idle_ms = max(1, int(idle_timeout_s * 1000))
         self.server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", self.max_message_bytes),
                 ("grpc.max_send_message_length", self.max_message_bytes),
                 ("grpc.so_reuseport", 1 if reuse_port else 0),
+                # as on the HTTP port (--idle-timeout-s): a connection with no call in flight,
+                # or one that never finishes its handshake, is closed, so that idle clients
+                # cannot hold the process's file descriptors (and starve HTTP of them)
+                ("grpc.max_connection_idle_ms", idle_ms),
+                ("grpc.server_handshake_timeout_ms", idle_ms),
             ]
         )
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(

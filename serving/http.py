@@ -101,6 +101,7 @@ class Multipart:
 
 _FILE_FIELDS = ("file", "files", "image")
 _MAX_FIELD_BYTES = 64 * 1024
+_MAX_FIELDS = 32  # text fields beside the files (the API reads a handful)
 
 
 async def read_multipart(
@@ -122,6 +123,7 @@ async def read_multipart(
 
     try:
         reader = await request.multipart()
+        parts = 0
         while (part := await timed(reader.next())) is not None:
             if not isinstance(
                 part, BodyPartReader
@@ -132,6 +134,11 @@ async def read_multipart(
             is_file = part.filename is not None or part.name in _FILE_FIELDS
             if is_file and len(out.files) >= max_files:
                 raise HttpError(400, f"too many files in one request (more than {max_files})")
+            parts += 1
+            if parts > max_files + _MAX_FIELDS:  # 100,000 one-byte fields took 20 s of CPU
+                raise HttpError(
+                    400, f"too many parts in one request (more than {max_files + _MAX_FIELDS})"
+                )
             chunks = []
             size = 0
             while chunk := await timed(part.read_chunk(1 << 16)):

@@ -96,13 +96,14 @@ class KServeRoutes:
         except ValueError:
             raise HttpError(400, f"{HEADER} must be an integer") from None
         body = await read_body(request, self.body_timeout_s)
+        limit = self.s.config.batcher.max_batch_size
         try:
             if len(body) > PARSE_INLINE_BYTES:  # a big JSON tensor must not block the loop
                 # as scoring work: it takes the request's slot first (an overloaded server
                 # refuses before parsing), under the work timeout
-                req = await self.s.run(parse_request, body, header_len)
+                req = await self.s.run(parse_request, body, header_len, limit)
             else:
-                req = parse_request(body, header_len)
+                req = parse_request(body, header_len, limit)
         except ProtocolError as exc:
             raise HttpError(400, str(exc)) from None
         try:

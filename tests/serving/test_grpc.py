@@ -350,13 +350,13 @@ def test_large_typed_contents_are_parsed_off_the_event_loop(server, monkeypatch)
 
     where, real = [], g.parse_infer_request
 
-    def spy(request):
+    def spy(request, max_batch=None):
         try:
             asyncio.get_running_loop()
             where.append("event loop")
         except RuntimeError:
             where.append("worker thread")
-        return real(request)
+        return real(request, max_batch)
 
     monkeypatch.setattr(g, "parse_infer_request", spy)
     with grpc.insecure_channel(server.grpc_url) as channel:
@@ -367,3 +367,92 @@ def test_large_typed_contents_are_parsed_off_the_event_loop(server, monkeypatch)
             t.contents.fp32_contents.extend([0.0] * (n * 3 * 64 * 64))
             assert len(np.frombuffer(stub.ModelInfer(req).raw_output_contents[0], np.float32)) == n
     assert where == ["event loop", "worker thread"]
+
+
+def test_idle_grpc_connections_are_closed(service_config):
+    """The gRPC port kept idle connections for ever (--idle-timeout-s covered HTTP only): 250
+    of them used up the process's file descriptors and HTTP stopped answering."""
+    import asyncio
+    import socket
+    import time
+
+    from serving.grpc_server import GrpcServer
+    from serving.guard import Guard
+    from serving.service import Service
+
+    service = Service(service_config)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)  # grpc.aio binds the server to the loop it is made in
+
+    async def make() -> GrpcServer:
+        made = GrpcServer(service, Guard((), ()), "127.0.0.1", 0, 1 << 20, idle_timeout_s=1.0)
+        await made.start()
+        return made
+
+    server = loop.run_until_complete(make())
+    try:
+        clients = []
+        for preface in (b"", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(9)):  # + empty SETTINGS
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            sock.sendall(preface)
+            clients.append(sock)
+        deadline = time.monotonic() + 8
+        for sock in clients:  # each is closed by the server: recv returns b"" at its end
+            while True:
+                loop.run_until_complete(asyncio.sleep(0.1))
+                sock.settimeout(0.1)
+                try:
+                    if sock.recv(65536) == b"":
+                        break
+                except TimeoutError:
+                    pass
+                except ConnectionResetError:
+                    break
+                assert time.monotonic() < deadline, "an idle gRPC connection stayed open"
+            sock.close()
+    finally:
+        loop.run_until_complete(server.stop(1))
+        loop.close()
+        asyncio.set_event_loop(None)
+        service.close()
+
+
+def test_an_oversized_batch_is_refused_before_its_tensor_is_built(server):
+    """A 10-million element BYTES tensor was decoded (660 MB, seconds) before the batch
+    limit refused it; the shape alone refuses it now, over gRPC and HTTP."""
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    big = grpcclient.InferInput("image", [1_000_000, 1], "BYTES")
+    big.set_data_from_numpy(np.array([[b"x"]] * 1_000_000, dtype=object))
+    with pytest.raises(InferenceServerException, match="'image': batch of 1000000 exceeds"):
+        client.infer("synthdetect", [big])
+    body = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "datatype": "BYTES",
+                    "shape": [3_000_000, 1],
+                    "data": ["x"] * 3_000_000,
+                }
+            ]
+        }
+    ).encode()
+    status, _, answer = request(server.url, "/v2/models/synthdetect/infer", body)
+    assert status == 400 and "'image': batch of 3000000 exceeds max_batch_size" in answer.decode()
+    # the shape is checked first: a tensor that would also be malformed is not even read
+    from serving.protocol import ProtocolError, parse_request
+
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "datatype": "BYTES",
+                    "shape": [10_000_000, 1],
+                    "parameters": {"binary_data_size": 4},
+                }
+            ]
+        }
+    ).encode()
+    with pytest.raises(ProtocolError, match="batch of 10000000 exceeds max_batch_size 32"):
+        parse_request(head + b"\0\0\0\0", len(head), max_batch=32)

@@ -931,9 +931,9 @@ def test_a_large_tensor_request_is_refused_before_it_is_parsed(make_server):
     parsed: list[int] = []
     real_parse = serving.kserve_http.parse_request
 
-    def counting(body, header_len):
+    def counting(body, header_len, max_batch=None):
         parsed.append(len(body))
-        return real_parse(body, header_len)
+        return real_parse(body, header_len, max_batch)
 
     serving.kserve_http.parse_request = counting
     tiles = {"name": "images", "shape": [6, 3, 64, 64], "datatype": "FP32", "data": [0.5] * 73728}
@@ -1035,3 +1035,41 @@ def test_heatmaps_and_review_hashes_decode_within_the_pixel_budget(make_server, 
     assert status == 200 and "heatmap" in json.loads(body) and json.loads(body)["review_id"]
     assert held == [490_000] * 3  # scored, hashed for the review queue, mapped
     assert live.service.pixels.used == 0
+
+
+def test_request_ids_and_the_server_header_say_nothing_an_attacker_chose(server):
+    """An 8,000-byte X-Request-Id was echoed and logged whole, on requests without a key too;
+    every response named the Python and aiohttp versions."""
+    status, headers, _ = request(server.url, "/v2/health/live", headers={"X-Request-Id": "ab-12.c"})
+    assert status == 200 and headers["X-Request-Id"] == "ab-12.c"
+    assert headers["Server"] == "synthdetect"
+    for bad in ("x" * 8000, 'a"}, {"status": 200', "a b"):
+        _, headers, _ = request(server.url, "/v2/health/live", headers={"X-Request-Id": bad})
+        assert headers["X-Request-Id"] != bad and len(headers["X-Request-Id"]) == 16
+
+
+def test_a_malformed_header_is_logged_without_its_value(server, caplog):
+    """The parser's reason quoted the bad header line: an API key went into the log."""
+    import logging
+    import socket
+
+    with caplog.at_level(logging.INFO, logger="aiohttp.server"):
+        host, port = server.url.split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"GET /v2 HTTP/1.1\r\nHost: x\r\nX-API-Key: secret-key-1\x00\r\n\r\n")
+            assert sock.recv(65536).split(b"\r\n")[0].endswith(b" 400 Bad Request")
+        time.sleep(0.2)
+    lines = [r.getMessage() for r in caplog.records if "malformed HTTP request" in r.getMessage()]
+    assert lines and not any("secret-key-1" in line for line in lines)
+
+
+def test_a_multipart_body_of_many_small_fields_is_refused_early(server):
+    """100,000 one-byte fields took 20 s of CPU before 'no files'."""
+    boundary = b"B0undary"
+    part = b'--B0undary\r\nContent-Disposition: form-data; name="f"\r\n\r\nx\r\n'
+    body = part * 5000 + b"--B0undary--\r\n"
+    status, _, answer = request(
+        server.url, "/v1/score", body,
+        {"Content-Type": "multipart/form-data; boundary=" + boundary.decode()},
+    )  # fmt: skip
+    assert status == 400 and "too many parts in one request" in json.loads(answer)["error"]

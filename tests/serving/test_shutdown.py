@@ -406,3 +406,20 @@ def test_a_stopping_server_is_unready_and_takes_no_connections_while_grpc_drains
         if proc.poll() is None:
             proc.kill()
     assert "Traceback" not in proc.stderr.read()
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "127.0.0.1"])
+def test_a_server_open_to_the_network_without_keys_says_so(exported_model, host):
+    """Bound beyond loopback with no keys, every client is a reviewer: said on start."""
+    port = free_port()
+    proc = _serve(exported_model, port, "--host", host, grpc_port=0)
+    try:
+        _wait_until(proc, lambda: _ready(f"127.0.0.1:{port}"))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = proc.stderr.read()
+    warned = "WARNING: 0.0.0.0 is reachable from other machines and no API keys are set" in err
+    assert warned == (host == "0.0.0.0")
