@@ -18,7 +18,7 @@ import numpy as np
 from benchmarks.env import environment
 from benchmarks.registry import Benchmark, Results, fail, register_benchmark, result_file
 from benchmarks.report import _f, _table, save_figure, subhead
-from detector.argtypes import positive_float, positive_int, positive_ints
+from detector.argtypes import batch_sizes, positive_float, positive_int
 from detector.engine import ModelBundle, load_bundle, ort_has_gpu
 from detector.image import decode
 from detector.preprocess import preprocess
@@ -208,7 +208,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cuda-graphs", action="store_true", help="also time the torch engine with CUDA graphs"
     )
-    p.add_argument("--batches", type=positive_ints, default=[1, 8, 32, 128])
+    p.add_argument("--batches", type=batch_sizes, default=[1, 8, 32, 128])
     p.add_argument("--seconds", type=positive_float, default=3.0)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument(

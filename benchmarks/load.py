@@ -179,7 +179,7 @@ def _start_serve(arg_line: str) -> tuple[subprocess.Popen, str]:
     from detector.bundled import DEFAULT_MODEL
 
     extra = shlex.split(arg_line)
-    if "--port" in extra or "--host" in extra:
+    if any(a.split("=")[0] in ("--port", "--host") for a in extra):
         raise ValueError("--serve picks a free loopback port itself: leave out --port/--host")
     model = DEFAULT_MODEL
     if "--model" in extra:

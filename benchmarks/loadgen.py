@@ -32,6 +32,8 @@ __all__ = [
     "tiles_payload",
 ]
 
+_MARGIN_S = 30.0  # how much longer than the run one request may take
+
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -170,8 +172,11 @@ async def _run(
     import aiohttp
 
     conn = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    # a request may take the whole run and then some, not minutes more: a server that accepts
+    # and never answers ends the run in about twice this, as errors (it hung for 50 min)
+    limit = min(300.0, seconds + _MARGIN_S)
     async with aiohttp.ClientSession(
-        connector=conn, timeout=aiohttp.ClientTimeout(total=300)
+        connector=conn, timeout=aiohttp.ClientTimeout(total=limit)
     ) as session:
 
         async def one(i: int) -> tuple[int, float]:
@@ -200,7 +205,9 @@ async def _closed_loop(one, concurrency, requests, seconds, warmup, ready) -> _R
     codes: dict[str, int] = {}
     counter = {"sent": 0}
     for i in range(warmup):
-        await one(i)
+        status, _ = await one(i)
+        if str(status) != "200":  # the server fails or does not answer: the run will say so
+            break
     if ready is not None:
         ready()  # every client process starts its clock together
     deadline = time.perf_counter() + seconds

@@ -22,7 +22,7 @@ from benchmarks.latency import measure
 from benchmarks.loadgen import grpc_tiles_payload, run_load, score_payload, tiles_payload
 from benchmarks.registry import Benchmark, Results, fail, register_benchmark, result_file
 from benchmarks.report import _f, _table, save_figure, subhead
-from benchmarks.serving import benchmark_images, spawn_ready, start_server
+from benchmarks.serving import benchmark_images, free_port, spawn_ready, start_server
 from detector.argtypes import positive_float, positive_int, positive_ints
 from detector.engine import load_bundle
 
@@ -108,20 +108,21 @@ def peers_benchmark(
     tiles = tiles_payload("synthdetect_tiles", 1, size)
     grpc_tiles = grpc_tiles_payload("synthdetect_tiles", 1, size)
     scores = score_payload(benchmark_images(), "model")
-    ours = ["--max-batch-size", str(max_batch), "--grpc-port", "8770", *engine_args]
+    port, grpc_port, naive_port = free_port(), free_port(), free_port()  # never a server's
+    ours = ["--max-batch-size", str(max_batch), "--grpc-port", str(grpc_port), *engine_args]
     if server_processes > 1:
         ours += ["--processes", str(server_processes)]
     plan: dict[str, dict[str, tuple[str, object]]] = {}  # server -> payload -> (url, payload)
     skipped: dict[str, str] = {}
     procs = {}
     try:
-        procs["synthdetect"] = start_server(model, 8765, ours)
-        plan["synthdetect"] = {"tiles": ("http://127.0.0.1:8765", tiles),
-                               "score": ("http://127.0.0.1:8765", scores),
-                               "grpc_tiles": ("grpc://127.0.0.1:8770", grpc_tiles)}  # fmt: skip
-        procs["naive"] = spawn_ready([sys.executable, "-m", "benchmarks.naive_server", "--model", str(model), "--port", "8766", *engine_args], 8766)  # fmt: skip
-        plan["naive"] = {"tiles": ("http://127.0.0.1:8766", tiles),
-                         "score": ("http://127.0.0.1:8766", scores)}  # fmt: skip
+        procs["synthdetect"] = start_server(model, port, ours)
+        plan["synthdetect"] = {"tiles": (f"http://127.0.0.1:{port}", tiles),
+                               "score": (f"http://127.0.0.1:{port}", scores),
+                               "grpc_tiles": (f"grpc://127.0.0.1:{grpc_port}", grpc_tiles)}  # fmt: skip
+        procs["naive"] = spawn_ready([sys.executable, "-m", "benchmarks.naive_server", "--model", str(model), "--port", str(naive_port), *engine_args], naive_port)  # fmt: skip
+        plan["naive"] = {"tiles": (f"http://127.0.0.1:{naive_port}", tiles),
+                         "score": (f"http://127.0.0.1:{naive_port}", scores)}  # fmt: skip
         if pytriton_python and Path(pytriton_python).exists() and on_cpu:
             script = Path(__file__).with_name("pytriton_server.py")
             env = {**os.environ, "LD_LIBRARY_PATH": _libdir(pytriton_python)}

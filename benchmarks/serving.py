@@ -126,6 +126,12 @@ def spawn_ready(
     ready as soon as its first process listens; the others are not up until it says so).
     """
     url = f"http://127.0.0.1:{port}/v2/models/{model}/ready"
+    with socket.socket() as probe:  # another server there would answer for ours: refuse
+        probe.settimeout(1)
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            raise RuntimeError(
+                f"port {port} is taken by another process: a benchmark would measure that one"
+            )
     # The child keeps its own descriptor of the (already unlinked) file after ours closes.
     with tempfile.TemporaryFile(mode="w+") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True, env=env)
@@ -226,9 +232,10 @@ def serving_benchmark(
     *,
     seconds: float = 15.0,
     batch: int = 8,
-    port: int = 8765,
+    port: int | None = None,
     server_args: list[str] | None = None,
 ) -> dict:
+    port = port or free_port()
     images = benchmark_images()
     base = inprocess(model_dir, batch, images, seconds)
     size = load_bundle(model_dir).preprocess.input_size

@@ -16,7 +16,7 @@ from pathlib import Path
 from benchmarks.env import environment
 from benchmarks.registry import Benchmark, Results, fail, register_benchmark, result_file
 from benchmarks.report import _f, _table
-from detector.argtypes import positive_float, positive_int, positive_ints
+from detector.argtypes import batch_sizes, positive_float, positive_int
 
 __all__ = ["train_throughput"]
 
@@ -138,7 +138,7 @@ def train_throughput_table(result: dict) -> str:
 
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", default="efficientnet_lite0", help="comma-separated model names")
-    p.add_argument("--batches", type=positive_ints, default=[32, 128])
+    p.add_argument("--batches", type=batch_sizes, default=[32, 128])
     p.add_argument("--amp", default="off", help="comma-separated: off, bf16, fp16 (CUDA)")
     p.add_argument("--input-size", type=positive_int, default=128)
     p.add_argument("--seconds", type=positive_float, default=3.0)

@@ -10,6 +10,7 @@ from typing import Any
 
 __all__ = [
     "batch_size",
+    "batch_sizes",
     "floats",
     "fraction",
     "output_file",
@@ -87,6 +88,14 @@ def positive_ints(text: str) -> list[int]:
         ) from None
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError("values must be positive integers")
+    return values
+
+
+def batch_sizes(text: str) -> list[int]:
+    """Comma-separated batch sizes, each 1 to ``MAX_BATCH`` (100,000 asked for 82 GiB)."""
+    values = positive_ints(text)
+    if max(values) > MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"at most {MAX_BATCH} per batch, got {max(values)}")
     return values
 
 

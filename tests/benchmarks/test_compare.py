@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import subprocess
@@ -110,3 +111,54 @@ def test_cli_exit_codes(tmp_path):
 def test_load_generator_refuses_non_loopback_targets():
     with pytest.raises(ValueError, match="loopback"):
         run_load("http://example.com:8000", score_payload([b"x"]), 1, requests=1, seconds=1)
+
+
+@pytest.mark.parametrize(
+    "kind, old, new, tol",
+    [("accuracy", 0.8, 0.7, 0.1), ("speed_ratio", 0.8, 0.6, 0.25)],
+)
+def test_a_drop_of_exactly_the_tolerance_passes(kind, old, new, tol):
+    """0.8 - 0.1 and 0.8 * 0.75 land a hair off 0.7 and 0.6 in floating point: a drop the
+    tolerance allows failed the gate."""
+    base = {"gate": {kind: {"m": old}}}
+    result = {"gate": {kind: {"m": new}}}
+    gate = compare_results(base, result, accuracy_tol=tol, speed_tol=tol)
+    assert gate.ok, gate.failures
+    worse = {"gate": {kind: {"m": new - 1e-4}}}
+    assert not compare_results(base, worse, accuracy_tol=tol, speed_tol=tol).ok
+
+
+def test_a_server_that_never_answers_ends_the_run_as_errors(monkeypatch):
+    """A server that accepts and never answers held `bench load` for 50 minutes (a 300 s
+    timeout per request, ten warm-up requests one after another)."""
+    import socket
+    import threading
+
+    import benchmarks.loadgen as loadgen
+
+    monkeypatch.setattr(loadgen, "_MARGIN_S", 1.0)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                held.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        port = listener.getsockname()[1]
+        payload = score_payload([b"\xff\xd8 not an image"], "model")
+        result = run_load(f"http://127.0.0.1:{port}", payload, 2, seconds=1.0, warmup=10)
+        assert result.errors == result.requests >= 1 and result.status_codes == {"0": result.errors}
+    finally:
+        stop.set()
+        thread.join(5)
+        for sock in held:
+            sock.close()
+        listener.close()
