@@ -41,7 +41,7 @@ from PIL import Image
 from benchmarks.env import environment
 from benchmarks.registry import Benchmark, Results, fail, register_benchmark, result_file
 from detector.argtypes import positive_int
-from detector.image import decode
+from detector.image import ImageError, decode
 from detector.memory import (
     CROP_WINDOWS,
     ImageHashes,
@@ -156,7 +156,10 @@ def memory_benchmark(
     thumbs: list[np.ndarray] = []
     n_q = min(queries, len(chosen))
     for i, s in enumerate(chosen):
-        img = decode(s.path.read_bytes())
+        try:
+            img = decode(s.path.read_bytes())
+        except ImageError as exc:  # one bad file among thousands: say which
+            raise ImageError(f"{s.path}: {exc}") from None
         hashes.append(hash_pixels(img.pixels, img.data, windows=True))
         thumbs.append(_thumb(img.pixels))
         if i < n_q:

@@ -60,3 +60,19 @@ def test_memory_benchmark_measures_recall_false_matches_and_lookups(tiny_corpus)
     # the store's lookups agree with the benchmark's own arithmetic for the shipped rule
     mean = r["shipped_rule"]["mean_recall"]
     assert lookup["uploads_matched_under_shipped_rule"] >= mean - 1e-9
+
+
+def test_an_unreadable_image_is_named(tiny_corpus, tmp_path):
+    """A corrupt file stopped the benchmark with 'not a recognized image' and no path."""
+    import shutil
+
+    from detector.image import ImageError
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(tiny_corpus, corpus)
+    for image in (corpus / "images").rglob("*.*"):
+        image.write_bytes(b"not an image")
+    with pytest.raises(ImageError, match=r"^/.*: not a recognized image"):
+        memory_benchmark(
+            corpus / "manifest.csv", queries=2, distinct=4, index_size=10, log=lambda m: None
+        )
