@@ -312,6 +312,12 @@ def run_load(
     host = urlparse(url).hostname
     if host not in _LOOPBACK:
         raise ValueError(f"the load generator only targets loopback servers, not {host!r}")
+    scheme = urlparse(url).scheme
+    wanted = ("grpc",) if payload.protocol == "grpc" else ("http",)
+    if scheme not in wanted:  # an HTTP payload sent to grpc:// failed every request as "0"
+        raise ValueError(
+            f"a {payload.protocol.upper()} payload needs a {wanted[0]}:// URL, got {url!r}"
+        )
     if processes < 1 or concurrency < 1:
         raise ValueError("concurrency and processes must be >= 1")
     url = url.rstrip("/")

@@ -162,3 +162,10 @@ def test_a_server_that_never_answers_ends_the_run_as_errors(monkeypatch):
         for sock in held:
             sock.close()
         listener.close()
+
+
+def test_an_http_payload_is_refused_for_a_grpc_url():
+    """`bench load --url grpc://...` sent HTTP requests to it: every one 'connection failed'."""
+    payload = score_payload([b"x"], "model")
+    with pytest.raises(ValueError, match="a HTTP payload needs a http:// URL"):
+        run_load("grpc://127.0.0.1:1", payload, 1, seconds=0.1)
