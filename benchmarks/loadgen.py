@@ -16,6 +16,7 @@ import multiprocessing as mp
 import queue
 import socket
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from urllib.parse import urlparse
@@ -294,6 +295,35 @@ def _client(url, payload, concurrency, requests, seconds, warmup, barrier, resul
         results.put({"error": f"{type(exc).__name__}: {exc}"})
 
 
+def _check_answers(url: str, payload: Payload, timeout: float) -> None:
+    """One request before the run: a 200 whose body is not this API's answer comes from some
+    other server, which the run would count as successes. An error answer, or none, is left
+    to the run to count."""
+    if payload.protocol != "http":
+        return
+    headers = dict(payload.headers)
+    if payload.header_lengths:
+        headers["Inference-Header-Content-Length"] = str(payload.header_lengths[0])
+    request = urllib.request.Request(
+        url + payload.path, data=payload.bodies[0], headers=headers, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            body, length = resp.read(), resp.headers.get("Inference-Header-Content-Length")
+    except (OSError, ValueError):  # HTTPError (an error answer), no answer, a bad header
+        return
+    try:
+        doc = json.loads(body[: int(length)] if length else body)
+    except (ValueError, UnicodeDecodeError):
+        doc = None
+    keys = ("verdict", "results") if payload.path.startswith("/v1/score") else ("outputs",)
+    if not isinstance(doc, dict) or not any(k in doc for k in keys):
+        raise ValueError(
+            f"{url}{payload.path} answered 200 with something other than a synthdetect or "
+            "KServe answer: another server is there; refusing to measure it"
+        )
+
+
 def run_load(
     url: str,
     payload: Payload,
@@ -325,6 +355,7 @@ def run_load(
         socket.create_connection((host, urlparse(url).port or 80), timeout=5).close()
     except OSError as exc:
         raise ConnectionError(f"nothing answers at {url}: {exc.strerror or exc}") from None
+    _check_answers(url, payload, min(300.0, seconds + _MARGIN_S))
     processes = min(processes, concurrency)
     if processes == 1:
         return _summary(

@@ -169,3 +169,31 @@ def test_an_http_payload_is_refused_for_a_grpc_url():
     payload = score_payload([b"x"], "model")
     with pytest.raises(ValueError, match="a HTTP payload needs a http:// URL"):
         run_load("grpc://127.0.0.1:1", payload, 1, seconds=0.1)
+
+
+def test_a_server_answering_200_with_something_else_is_not_measured():
+    """Any 200 counted as a success: a stub answering 'hello' measured 321 items/s."""
+    import http.server
+    import threading
+
+    class Hello(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.send_header("Content-Length", "5")
+            self.end_headers()
+            self.wfile.write(b"hello")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        with pytest.raises(ValueError, match="answered 200 with something other than"):
+            run_load(url, score_payload([b"x"], "model"), 1, seconds=0.5)
+    finally:
+        server.shutdown()
+        server.server_close()
