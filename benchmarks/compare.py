@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.registry import Benchmark, fail, register_benchmark
@@ -26,13 +26,15 @@ __all__ = ["GateResult", "compare_results", "load_result"]
 class GateResult:
     failures: list[str]
     checked: list[str]
+    notes: list[str] = field(default_factory=list)  # what differs between the two runs
 
     @property
     def ok(self) -> bool:
         return not self.failures
 
     def render(self) -> str:
-        lines = [*self.checked, *(f"REGRESSION: {f}" for f in self.failures)]
+        lines = [*(f"note: {n}" for n in self.notes), *self.checked]
+        lines += [f"REGRESSION: {f}" for f in self.failures]
         lines.append("gate: PASS" if self.ok else f"gate: FAIL ({len(self.failures)} regressions)")
         return "\n".join(lines)
 
@@ -102,7 +104,21 @@ def compare_results(
             checked.append(line)
             if value < floor - 1e-9 * max(1.0, abs(floor)):  # a drop of exactly tol passes
                 failures.append(line)
-    return GateResult(failures, checked)
+    return GateResult(failures, checked, _differences(baseline, new))
+
+
+# Where two results may differ and still be compared, but a reader must know: another data
+# set, model or machine moves the numbers by more than a regression would
+NOTED = ("data", "model", "device")
+
+
+def _differences(baseline: dict, new: dict) -> list[str]:
+    return [
+        f"the baseline's {key} is {baseline[key]!r}, the new result's {new[key]!r}: the gate "
+        "compares them all the same"
+        for key in NOTED
+        if baseline.get(key) is not None and new.get(key) is not None and baseline[key] != new[key]
+    ]
 
 
 # --- command line (the benchmark registry) ---------------------------------------------------

@@ -197,3 +197,15 @@ def test_a_server_answering_200_with_something_else_is_not_measured():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_runs_on_other_data_models_or_machines_are_compared_with_a_note():
+    """A result on a hand-picked 24-image set, on another CPU, passed against the baseline
+    with no word that they measured different things."""
+    base = {**BASE, "data": "runs/corpus-tiny/manifest.csv", "device": {"cpu": "Xeon"}}
+    new = {**BASE, "data": "mine.csv", "device": {"cpu": "EPYC"}}
+    gate = compare_results(base, new)
+    assert gate.ok and len(gate.notes) == 2
+    assert "the baseline's data is 'runs/corpus-tiny/manifest.csv'" in gate.render()
+    assert "the baseline's device is {'cpu': 'Xeon'}" in gate.render()
+    assert compare_results(base, base).notes == []
