@@ -65,7 +65,9 @@ def _cap_connections(server: web.Server, max_connections: int) -> None:
                 )
                 refused["logged"] = now
             transport.write(_REFUSED)
-            transport.close()
+            # closed on the next turn of the loop, after the handler's task has started: closed
+            # at once, that task met a handler already torn down and logged a traceback
+            asyncio.get_running_loop().call_soon(transport.close)
             return
         accept(handler, transport)
 

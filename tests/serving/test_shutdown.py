@@ -267,6 +267,7 @@ def test_connection_cap_and_idle_timeout(exported_model):
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "connection cap (4) reached: refused 1 connections" in err
+    assert "Traceback" not in err  # one per refused connection, before (aiohttp's handler task)
 
 
 def test_serve_max_tiles_cuts_each_image_into_at_most_that_many_tiles(exported_model):
