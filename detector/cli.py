@@ -232,10 +232,10 @@ def _cmd_score(args: argparse.Namespace) -> int:
     heat_out = _heatmap_target(args, detector) if args.heatmap else None
     records: list[dict[str, Any]] = []
     pending: list[tuple[int, Any]] = []  # (index into records, image), scored in chunks
-    scored = 0
+    scored = pending_pixels = 0
 
     def flush() -> None:  # score the chunk and drop its pixels: memory bounded by the chunk
-        nonlocal scored
+        nonlocal scored, pending_pixels
         verdicts = detector.score([image for _, image in pending])
         for (i, image), verdict in zip(pending, verdicts, strict=True):
             records[i] = record(args.files[i], image.sha256, verdict)
@@ -244,6 +244,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
                 records[i]["heatmap"] = _write_heatmap(bundle, dests[i], image)
         scored += len(pending)
         pending.clear()
+        pending_pixels = 0
 
     for path in args.files:
         try:
@@ -258,11 +259,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
             continue
         pending.append((len(records), image))
         records.append({})  # filled in once its chunk is scored
-        if (
-            len(pending) >= _SCORE_CHUNK_FILES
-            or sum(im.pixels.shape[0] * im.pixels.shape[1] for _, im in pending)
-            >= _SCORE_CHUNK_PIXELS
-        ):
+        pending_pixels += image.width * image.height
+        if len(pending) >= _SCORE_CHUNK_FILES or pending_pixels >= _SCORE_CHUNK_PIXELS:
             flush()
     if pending:
         flush()

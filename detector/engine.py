@@ -34,6 +34,7 @@ __all__ = [
     "ModelBundle",
     "OnnxEngine",
     "TorchEngine",
+    "check_onnx_sha256",
     "check_sidecar",
     "cpu_threads",
     "load_bundle",
@@ -394,6 +395,16 @@ def check_sidecar(meta: Any) -> dict[str, Any]:
     return meta
 
 
+def check_onnx_sha256(path: Path, meta: dict) -> bytes:
+    """The graph file's bytes, refused (ValueError) when they are not those its sidecar
+    recorded (``onnx_sha256``; a sidecar without one records nothing to check)."""
+    data = path.read_bytes()
+    expected = meta.get("onnx_sha256")
+    if expected and expected != hashlib.sha256(data).hexdigest():
+        raise ValueError(f"{path} does not match the sha256 recorded in {SIDECAR}")
+    return data
+
+
 def read_sidecar(path: Path) -> dict[str, Any]:
     """A ``model.json``, checked (``check_sidecar``); each problem a ValueError naming it."""
     try:
@@ -450,9 +461,7 @@ def _load_bundle(
     if path.suffix == ".onnx":
         sidecar = path.parent / SIDECAR
         meta = read_sidecar(sidecar) if sidecar.exists() else {}
-        expected = meta.get("onnx_sha256")
-        if expected and expected != hashlib.sha256(path.read_bytes()).hexdigest():
-            raise ValueError(f"{path} does not match the sha256 recorded in {SIDECAR}")
+        check_onnx_sha256(path, meta)
         if engine == "torch" or precision != "fp32" or cuda_graphs:
             raise ValueError(
                 "an ONNX file runs on ONNX Runtime in the precision it was exported in; pass a"

@@ -323,17 +323,9 @@ def _load_done(out: Path) -> dict[str, str]:
 
     The file is checked before anything is cut: every line must be a result record, and an
     unfinished last line is dropped only when it is the start of one (a complete record
-    whose newline was lost is kept and ended). Anything that is not a regular file (a
-    device, a FIFO, a terminal) is refused unread.
+    whose newline was lost is kept and ended). ``out`` is the file ``open_results`` opened
+    and locked (it refused anything but a regular file).
     """
-    try:
-        st = out.stat()
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        raise ScanError(f"cannot read {out}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ScanError(f"{out} is not a regular file; --out takes a file path")
     try:
         raw = out.read_bytes()
     except OSError as exc:

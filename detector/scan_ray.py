@@ -225,6 +225,11 @@ def _partial(out: Path) -> Path:
     return out.with_name(out.name + ".partial.jsonl")
 
 
+def _target(out: Path) -> Path:
+    """Where the records stream: OUT itself (.jsonl), or its partial file (.parquet)."""
+    return out if out.suffix == ".jsonl" else _partial(out)
+
+
 def _tmp(out: Path) -> Path:
     return out.with_name(out.name + ".tmp")
 
@@ -290,7 +295,7 @@ def scan_ray(
         raise ScanError("scan --ray needs Ray: pip install 'synthdetect[ray]'") from None
     if out.suffix not in (".jsonl", ".parquet"):
         raise ScanError(f"--out must end in .jsonl or .parquet with --ray, got {out.name}")
-    target = out if out.suffix == ".jsonl" else _partial(out)
+    target = _target(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -356,7 +361,7 @@ def _write(
 ) -> None:
     """Stream records to ``fh``: OUT (.jsonl), or OUT.partial.jsonl, then merged into OUT
     (.parquet)."""
-    target = out if out.suffix == ".jsonl" else _partial(out)
+    target = _target(out)
     fresh: list[dict] = []
     try:
         for row in rows:

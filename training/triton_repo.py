@@ -13,12 +13,11 @@ answers with (``detector.model_io``). An export, so it lives beside ``export``.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 from pathlib import Path
 
-from detector.engine import ONNX_FILE, SIDECAR, read_sidecar
+from detector.engine import ONNX_FILE, SIDECAR, check_onnx_sha256, read_sidecar
 from detector.model_io import TENSOR_MODEL, tensor_model
 
 __all__ = ["write_triton_repo"]
@@ -76,10 +75,7 @@ def _check_graph(onnx_path: Path, meta: dict, description) -> None:
     names is in the graph with that type and those dimensions."""
     import onnxruntime as ort
 
-    data = onnx_path.read_bytes()
-    expected = meta.get("onnx_sha256")
-    if expected and expected != hashlib.sha256(data).hexdigest():
-        raise ValueError(f"{onnx_path} does not match the sha256 recorded in {SIDECAR}")
+    data = check_onnx_sha256(onnx_path, meta)
     try:
         session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ONNX Runtime raises its own types for a file it cannot load
