@@ -135,12 +135,56 @@ def _unimplemented(name: str):
     return method
 
 
+_SERVICE_PREFIX = "/inference.GRPCInferenceService/"
+
+
+class _KeyCheck(grpc.aio.ServerInterceptor):
+    """A missing or wrong key is refused from the call's metadata, before its message is read:
+    the servicer's handlers take the whole (deserialised) request first, so without this a
+    caller without a key had the server read and parse up to the size limit per call (and an
+    oversized one was told RESOURCE_EXHAUSTED, not UNAUTHENTICATED). The servicer checks the
+    key again with the rate limit, which is spent there once per call."""
+
+    def __init__(self, servicer: _Servicer) -> None:
+        self.servicer = servicer
+
+    async def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method or ""
+        name = method[len(_SERVICE_PREFIX) :] if method.startswith(_SERVICE_PREFIX) else ""
+        if name and name not in _OPEN and self.servicer.guard.keys:
+            meta = dict(handler_call_details.invocation_metadata or ())
+            try:
+                self.servicer.guard.identify(
+                    credential(meta.get("authorization"), meta.get("x-api-key"))
+                )
+            except AccessDenied as exc:
+                return self.servicer.refusal(name, exc.reason)
+        return await continuation(handler_call_details)
+
+
 class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, service: Service, guard: Guard) -> None:
         self.s = service
         self.guard = guard
 
     # --- the guard, the metrics and the error mapping, around every call --------------------
+
+    def refusal(self, method: str, reason: str):
+        """A handler that answers UNAUTHENTICATED without reading the request: a streaming
+        one, whose messages are read only when it asks (a unary one has them read first)."""
+
+        async def refuse(requests, context):
+            self._count(method, grpc.StatusCode.UNAUTHENTICATED, time.perf_counter())
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
+
+        return grpc.stream_unary_rpc_method_handler(refuse)
+
+    def _count(self, method: str, code: grpc.StatusCode, start: float) -> None:
+        endpoint = f"grpc:{method}"
+        self.s.metrics.requests.labels(endpoint, code.name).inc()
+        self.s.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+        if code != grpc.StatusCode.OK:
+            self.s.metrics.errors.labels(f"grpc_{code.name.lower()}").inc()
 
     async def _call(self, method: str, context, work):
         start = time.perf_counter()
@@ -178,10 +222,7 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             log.exception("gRPC %s failed", method)
             code, message = grpc.StatusCode.INTERNAL, "internal server error"
         finally:
-            endpoint = f"grpc:{method}"
-            self.s.metrics.requests.labels(endpoint, code.name).inc()
-            self.s.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-        self.s.metrics.errors.labels(f"grpc_{code.name.lower()}").inc()
+            self._count(method, code, start)
         await context.abort(code, message)
 
     # --- health and metadata ----------------------------------------------------------------
@@ -302,7 +343,9 @@ class GrpcServer:
     ) -> None:
         self.max_message_bytes = min(max_message_bytes, MAX_MESSAGE_BYTES)
         idle_ms = max(1, int(idle_timeout_s * 1000))
+        servicer = _Servicer(service, guard)
         self.server = grpc.aio.server(
+            interceptors=[_KeyCheck(servicer)],
             options=[
                 ("grpc.max_receive_message_length", self.max_message_bytes),
                 ("grpc.max_send_message_length", self.max_message_bytes),
@@ -312,11 +355,9 @@ class GrpcServer:
                 # cannot hold the process's file descriptors (and starve HTTP of them)
                 ("grpc.max_connection_idle_ms", idle_ms),
                 ("grpc.server_handshake_timeout_ms", idle_ms),
-            ]
+            ],
         )
-        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            _Servicer(service, guard), self.server
-        )
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self.server)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:  # older grpc returns 0 when it cannot bind; newer raises RuntimeError
             self.port = self.server.add_insecure_port(address)

@@ -61,17 +61,22 @@ class Guard:
         self.rate, self.burst = rate_limit, rate_burst
         self.buckets: dict[str, _Bucket] = {}
 
+    def identify(self, given: str) -> Caller:
+        """Who presents ``given``; AccessDenied for a missing or wrong key. Spends nothing."""
+        if not self.keys:
+            return Caller("anonymous", "reviewer")
+        # Compare with every key, without stopping early, so timing says nothing.
+        # a header's bytes arrive as latin-1 text (surrogates from a raw \xff): compare them
+        raw = given.encode("utf-8", "surrogateescape")
+        match = [hmac.compare_digest(raw, k) for k, _, _ in self.keys]
+        if not any(match):
+            raise AccessDenied("missing or invalid API key")
+        _, label, role = self.keys[match.index(True)]
+        return Caller(label, role)
+
     def check(self, given: str) -> Caller:
-        caller = Caller("anonymous", "reviewer")
-        if self.keys:
-            # Compare with every key, without stopping early, so timing says nothing.
-            # a header's bytes arrive as latin-1 text (surrogates from a raw \xff): compare them
-            raw = given.encode("utf-8", "surrogateescape")
-            match = [hmac.compare_digest(raw, k) for k, _, _ in self.keys]
-            if not any(match):
-                raise AccessDenied("missing or invalid API key")
-            _, label, role = self.keys[match.index(True)]
-            caller = Caller(label, role)
+        """The caller of ``given`` (``identify``), with one request spent from its rate limit."""
+        caller = self.identify(given)
         if self.rate:
             now = time.monotonic()
             bucket = self.buckets.setdefault(caller.key, _Bucket(float(self.burst), now))

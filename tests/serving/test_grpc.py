@@ -249,6 +249,13 @@ def test_keys_rate_limits_and_message_size(make_server):
     status, _ = _status(lambda: client.infer("synthdetect_tiles", [_tiles_input(big)],
                                              headers={"authorization": "Bearer k1"}))  # fmt: skip
     assert status == "StatusCode.RESOURCE_EXHAUSTED"
+    # without a valid key the call is refused from its metadata, before its message is read:
+    # the size limit is never reached (it answered RESOURCE_EXHAUSTED for these)
+    for headers in ({}, {"x-api-key": "k3"}):
+        status, message = _status(
+            lambda h=headers: client.infer("synthdetect_tiles", [_tiles_input(big)], headers=h)
+        )
+        assert status == "StatusCode.UNAUTHENTICATED" and "API key" in message
     codes = []
     for _ in range(6):  # the burst of 3 (one spent above) runs out: the HTTP limit's buckets
         try:
@@ -260,6 +267,9 @@ def test_keys_rate_limits_and_message_size(make_server):
     assert request(live.url, "/v2/models/synthdetect", headers={"X-API-Key": "k1"})[0] == 429
     _, _, metrics = request(live.url, "/metrics", headers={"X-API-Key": "k2"})
     assert 'endpoint="grpc:ModelMetadata"' in metrics.decode()
+    assert (
+        'requests_total{code="UNAUTHENTICATED",endpoint="grpc:ModelInfer"} 2.0' in metrics.decode()
+    )
 
 
 def test_the_readmes_client_examples_run_against_the_server(server, tmp_path, capsys):
