@@ -187,7 +187,14 @@ def make_app(service: Service, config: HttpConfig | None = None) -> web.Applicat
 
     app.router.add_get("/metrics", metrics)
     if config.cors_origins:
-        app.router.add_route("OPTIONS", "/{tail:.*}", _preflight(config.cors_origins))
+        # one preflight route per path served, not a catch-all: that made every path exist,
+        # so an unknown one answered 405 rather than 404
+        preflight = _preflight(config.cors_origins)
+        for resource in list(app.router.resources()):
+            if isinstance(resource, web.StaticResource):
+                resource.set_options_route(preflight)
+            else:
+                resource.add_route("OPTIONS", preflight)
     return app
 
 

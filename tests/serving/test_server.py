@@ -702,6 +702,11 @@ def test_cors_preflight_lets_a_browser_call_with_a_key(make_server):
     )
     assert status == 200 and headers["Access-Control-Allow-Origin"] == "https://mod.example"
     assert "X-Request-Id" in headers["Access-Control-Expose-Headers"]
+    # an unknown path is still unknown (the preflight route made it exist: 405 for GET)
+    assert request(live.url, "/v1/nope", headers={"X-API-Key": "k"})[0] == 404
+    assert request(live.url, "/v1/nope", headers=pre, method="OPTIONS")[0] == 404
+    for path in ("/v2/models/synthdetect/infer", "/review", "/v2/health/ready"):
+        assert request(live.url, path, headers=pre, method="OPTIONS")[0] == 204, path
     # without --cors-origin there is no preflight route
     assert request(make_server().url, "/v1/score", headers=pre, method="OPTIONS")[0] == 405
 
