@@ -8,6 +8,7 @@ repeated calls within a time budget.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -108,6 +109,15 @@ def network(spec: dict | None) -> str:
     return f"{spec.get('name')} {spec.get('input_size')} px"
 
 
+def _described(path: Path, precision: str, bundle: ModelBundle) -> dict:
+    """Which model a row timed: its folder or checkpoint, name and graph (or file) sha256, so
+    that two results of other models are never compared unnoticed (``bench compare``)."""
+    digest = bundle.meta.get("onnx_sha256")
+    if digest is None and Path(path).is_file():  # a torch checkpoint: the file itself
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return {"path": str(path), "name": bundle.name, "precision": precision, "sha256": digest}
+
+
 def latency_benchmark(
     models: dict[str, Path],
     *,
@@ -150,8 +160,12 @@ def latency_benchmark(
             _row(bundle.engine.name, precision, 1, times, 1)
             | {"what": "decode+preprocess+model, 512x512 JPEG", "model": net}
         )
+    sources = [*models.values(), *([checkpoint] * (len(chosen) - len(models)))]
     result = {
         **environment(), "benchmark": "latency", "max_tiles": max_tiles,  # None: the model's own
+        # what was asked for: the rows' engine column says what ran (the CPU, without a GPU)
+        "requested_device": device,
+        "model": [_described(path, *pb) for path, pb in zip(sources, chosen, strict=True)],
         "model_only": rows, "end_to_end": e2e,
     }  # fmt: skip
     if out:

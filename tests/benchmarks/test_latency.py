@@ -45,3 +45,17 @@ def test_other_network_is_said(exported_model, untrained_checkpoint, tmp_path, c
     header, *_ = latency_table(result).splitlines()
     assert "model" in header
     assert "mobilenetv3_small 96 px" in latency_table(result)
+
+
+def test_the_result_names_each_model_it_timed(exported_model, untrained_checkpoint):
+    """A latency result named its networks in words only: two results of other weights (the
+    same architecture) could not be told apart."""
+    import hashlib
+    import json
+
+    result = _run(exported_model, untrained_checkpoint)
+    onnx, torch_row = result["model"]
+    sidecar = json.loads((exported_model / "model.json").read_text())
+    assert onnx["sha256"] == sidecar["onnx_sha256"] and onnx["path"] == str(exported_model)
+    assert torch_row["sha256"] == hashlib.sha256(untrained_checkpoint.read_bytes()).hexdigest()
+    assert torch_row["precision"] == "fp32" and result["requested_device"] == "cpu"
