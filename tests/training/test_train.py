@@ -268,7 +268,7 @@ def test_ddp_two_processes_agree(tiny_corpus, tmp_path):
     worker = Path(__file__).with_name("ddp_worker.py")
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",  # a free port
          str(worker), str(tmp_path), str(tiny_corpus / "manifest.csv"),
          # the first step with the backbone frozen: the ranks rewrap the model when it thaws
          "freeze_backbone_steps=1"],
