@@ -656,11 +656,39 @@ def _load_plugins(sub: Any) -> None:
     Each entry point is a function ``register(subparsers)``. A plugin that fails to load is
     reported on stderr and skipped, so one broken optional dependency never breaks scoring.
     """
-    for ep in sorted(metadata.entry_points(group="synthdetect.commands"), key=lambda e: e.name):
+    for ep in sorted(_plugin_entry_points(), key=lambda e: e.name):
         try:
             ep.load()(sub)
         except Exception as exc:
             print(f"synthdetect: command {ep.name!r} unavailable: {exc}", file=sys.stderr)
+
+
+def _plugin_entry_points() -> list[metadata.EntryPoint]:
+    """The installed entry points; from a source tree that was never installed (``python -m
+    detector.cli`` with the checkout on the path, as on a bare GPU machine) the ones its
+    ``pyproject.toml`` declares, which otherwise would not exist: no train, serve or bench."""
+    group = "synthdetect.commands"
+    installed = list(metadata.entry_points(group=group))
+    try:
+        metadata.distribution("synthdetect")
+        return installed
+    except metadata.PackageNotFoundError:
+        pass
+    import re
+    from pathlib import Path
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    try:  # the table's `name = "module:function"` lines (tomllib is newer than Python 3.10)
+        text = pyproject.read_text()
+    except OSError:
+        return installed
+    table = re.search(r'^\[project\.entry-points\."synthdetect\.commands"\]\n(.*?)(?=^\[|\Z)',
+                      text, re.M | re.S)  # fmt: skip
+    declared = (
+        dict(re.findall(r'^(\w+)\s*=\s*"([\w.]+:\w+)"', table.group(1), re.M)) if table else {}
+    )
+    own = [metadata.EntryPoint(name, value, group) for name, value in declared.items()]
+    return [*own, *(ep for ep in installed if ep.name not in declared)]
 
 
 if __name__ == "__main__":

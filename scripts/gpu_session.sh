@@ -3,6 +3,8 @@
 # lease of a GPU machine can run them in a few calls. Results (JSON naming the device) land in
 # $RESULTS (default benchmarks/results/gpu); models in $WORK (default runs/gpu).
 #
+#   scripts/gpu_session.sh wheels                # HERE, before a lease: the wheels it lacks
+#   scripts/gpu_session.sh lease                 # check + bench on an untrained checkpoint
 #   scripts/gpu_session.sh check                 # device, library versions, the GPU tests
 #   scripts/gpu_session.sh throughput            # training steps/s: models x precision x batch
 #   scripts/gpu_session.sh bench CHECKPOINT      # in-process latency and server load on CUDA
@@ -15,14 +17,56 @@
 #   scripts/gpu_session.sh loo MANIFEST          # leave-one-generator-out (v2's own corpus)
 #   scripts/gpu_session.sh backbones MANIFEST    # Lite1 / Lite2 on the default recipe, on val
 #
-# SD names the synthdetect command (default: the one on PATH). Speed does not depend on the
-# weights, so `bench` may time any checkpoint of the shipped architecture; the results record
-# which one.
+# SD names the synthdetect command (default: the one on PATH, else `python3 -m detector.cli`
+# from this tree). Speed does not depend on the weights, so `bench` may time any checkpoint of
+# the shipped architecture, `untrained` among them (scripts/untrained_checkpoint.py makes one
+# in $WORK); the results record which one (its sha256).
+#
+# A lent machine is bare and offline: Python 3.12 with torch, onnxruntime (CPU), aiohttp,
+# grpcio, timm, scikit-learn and more, not this project's other dependencies. `wheels`, run
+# here where PyPI is reachable, downloads those into .whl/ (about 23 MB; ignored by git); name
+# `.whl` in the device call's carry, and every stage installs them into /tmp/site first and
+# runs the CLI from this source tree. One call for a lease (RESULTS under $OUT comes back):
+#   scripts/gpu_session.sh wheels                                   # here
+#   device run, carry [".whl"]: RESULTS=$OUT/gpu scripts/gpu_session.sh lease
+# The corpus does not fit a call's 64 MiB, so train/lofo/loo/backbones need it on that machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SD=${SD:-synthdetect}
 RESULTS=${RESULTS:-benchmarks/results/gpu}
 WORK=${WORK:-runs/gpu}
+# py3.12 wheels of what the GPU image lacks (its package list: /work/.library/device/KINDS.md):
+# the Lite0 architecture, Triton's protos (the gRPC server), the known-image memory's hashes,
+# C2PA. faiss-cpu (19 MB) and pillow-heif (needs a newer Pillow than the image's) stay behind:
+# the benchmarks run without the memory index, and JPEGs need no HEIF.
+WHEELS=(efficientnet-lite-pytorch tritonclient python-rapidjson imagehash PyWavelets
+        c2pa-python toml)
+
+setup() {
+  if compgen -G ".whl/*.whl" >/dev/null && [[ ":${PYTHONPATH:-}:" != *":/tmp/site:"* ]]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  fi
+  if [ -z "${SD:-}" ]; then
+    if command -v synthdetect >/dev/null; then
+      SD=synthdetect
+    else  # the CLI finds train, serve and bench in pyproject.toml when never installed
+      export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+      SD="python3 -m detector.cli"
+    fi
+  fi
+  export SD  # the lease stage runs this script again for each of its stages
+}
+
+# CHECKPOINT `untrained`: made here, the bundled model's fine-tuned network at random weights
+checkpoint() {
+  if [ "$1" = untrained ]; then
+    [ -f "$WORK/untrained.pt" ] || python3 scripts/untrained_checkpoint.py "$WORK/untrained.pt" >&2
+    echo "$WORK/untrained.pt"
+  else
+    echo "$1"
+  fi
+}
 # The GPU schedule: a larger batch and loader workers for 16 cores. The default recipe's 3
 # epochs over the mix (pinned sources + own generators, ~15,700 images) are kept: 6 epochs
 # measured no better on held-out families (benchmarks/results/selection/long.json).
@@ -30,14 +74,34 @@ GPU_TRAIN=(device=cuda batch_size=64 warmup_steps=100 workers=12)
 # v2's schedule on its own small corpus (one random tile per image per epoch): the loo stage.
 GPU_TRAIN_V2=(device=cuda epochs=60 patience=15 batch_size=64 warmup_steps=200 workers=12)
 
-stage=${1:?usage: scripts/gpu_session.sh check|throughput|bench CKPT|serve CKPT|ort CKPT|score CKPT|decode CKPT|train MANIFEST|lofo MANIFEST|loo MANIFEST|backbones MANIFEST}
+stage=${1:?usage: scripts/gpu_session.sh wheels|lease|check|throughput|bench CKPT|serve CKPT|ort CKPT|score CKPT|decode CKPT|train MANIFEST|lofo MANIFEST|loo MANIFEST|backbones MANIFEST}
 shift
 case $stage in
-  check|throughput|bench|serve|ort|score|decode|train|lofo|loo|backbones) ;;
+  wheels|lease|check|throughput|bench|serve|ort|score|decode|train|lofo|loo|backbones) ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac
+if [ "$stage" = wheels ]; then
+  mkdir -p .whl
+  grep -qxF "/.whl/" .git/info/exclude 2>/dev/null || echo "/.whl/" >> .git/info/exclude
+  for name in "${WHEELS[@]}"; do
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+      --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+      --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+      --platform manylinux2014_x86_64 --platform any -d .whl "$name"
+  done
+  du -sh .whl
+  exit 0
+fi
+setup
 mkdir -p "$RESULTS" "$WORK"
+[ $# -gt 0 ] && set -- "$(checkpoint "$1")" "${@:2}"
 case $stage in
+  lease)
+    # One device call: the GPU tests, then the model's latency and server load on CUDA, on an
+    # untrained checkpoint of the shipped network (about 5 min after the machine's start).
+    "$0" check 2>&1 | tee "$RESULTS/check.log"
+    "$0" bench untrained
+    ;;
   check)
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
     python3 -c "import torch, onnxruntime as o; print('torch', torch.__version__, torch.cuda.get_device_name(0), '| onnxruntime', o.__version__, o.get_available_providers())"

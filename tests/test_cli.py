@@ -706,3 +706,25 @@ def test_files_refused_by_a_decode_limit_are_scanned_once_it_is_raised(tmp_path,
     assert scored.skipped == 1 and sum(scored.labels.values()) == 3  # bad.jpg: still bad
     assert scan_directory(root, out, Detector(["c2pa"]), progress=False).skipped == 4
     assert len(_lines(out)) == 7
+
+
+def test_a_source_tree_never_installed_has_every_command(monkeypatch, capsys):
+    """`python -m detector.cli` from a checkout that was never pip-installed (a bare GPU
+    machine with the tree on PYTHONPATH) had score, scan, methods and memory only: train,
+    serve and bench come from entry points, which exist only once installed."""
+    from importlib import metadata
+
+    from detector import cli
+
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "distribution", missing)
+    monkeypatch.setattr(metadata, "entry_points", lambda **kw: [])
+    found = {ep.name: ep.value for ep in cli._plugin_entry_points()}
+    assert found == {"training": "training.cli:register", "serving": "serving.cli:register",
+                     "benchmarks": "benchmarks.cli:register"}  # fmt: skip
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["--help"])
+    shown = capsys.readouterr().out
+    assert all(f"    {name} " in shown for name in ("train", "serve", "bench", "probe"))
