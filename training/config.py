@@ -142,6 +142,8 @@ def _typed(value: Any, hint: Any, name: str) -> Any:
                     return number
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{name} must be a number, got {value!r}")
+        if not math.isfinite(value):  # YAML's .inf and .nan: a run would fail an epoch later
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if isinstance(value, bool):
@@ -176,7 +178,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ValueError(f"override {item!r} is not key=value")
-        value = yaml.safe_load(raw) if raw else None
+        try:
+            value = yaml.safe_load(raw) if raw else None
+        except yaml.YAMLError as exc:
+            problem = str(getattr(exc, "problem", None) or exc).splitlines()[0]
+            raise ValueError(
+                f"override {item!r}: its value is not valid YAML ({problem})"
+            ) from None
         target = data
         parts = key.split(".")
         for part in parts[:-1]:
@@ -230,6 +238,18 @@ def _validate(c: TrainConfig) -> None:
         )
     if not 0 <= c.ema_decay < 1:
         raise ValueError(f"ema_decay must be in [0, 1) (0: off), got {c.ema_decay}")
+    if c.weight_decay < 0 or c.grad_clip <= 0:  # a negative clip turns every gradient round
+        raise ValueError(
+            f"weight_decay must not be negative and grad_clip must be positive, got "
+            f"{c.weight_decay}, {c.grad_clip}"
+        )
+    if c.patience < 1 or c.seed < 0 or c.workers < 0:
+        raise ValueError(
+            f"patience must be positive and seed and workers not negative, got {c.patience}, "
+            f"{c.seed}, {c.workers}"
+        )
+    if c.max_steps is not None and c.max_steps < 1:
+        raise ValueError(f"max_steps must be positive (or null: no limit), got {c.max_steps}")
     if c.freeze_backbone_steps < 0 or c.warmup_steps < 0:
         raise ValueError("freeze_backbone_steps and warmup_steps must not be negative")
     if c.probe_drop_pcs < 0:

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from training.datasets import SPLITS
 from training.debian import DebianError, cache_dir
 from training.degrade import encode_jpeg
 from training.generators import GENERATORS, Generator, PrepareContext
@@ -74,7 +75,6 @@ MANIFEST_FIELDS = [
     "sha256", "width", "height", "format", "quality", "pair",
 ]  # fmt: skip
 WILD_PROVENANCE = ["repo", "commit", "src_path", "licence"]
-SPLITS = ("train", "val", "test", "heldout-real", "heldout-generators")
 WILD_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wild-train"
 
 

@@ -24,8 +24,11 @@ from detector.image import DecodeLimits, ImageError, decode_file, file_identity
 from detector.scan import IMAGE_EXTENSIONS
 
 __all__ = [
+    "SPLITS",
     "DatasetError",
     "Sample",
+    "data_digest",
+    "file_key",
     "load_samples",
     "read_forensynths",
     "read_genimage",
@@ -42,6 +45,34 @@ _LAYOUTS = (
     "or root/real/ + root/fake/"
 )
 _LABELS = {"real": 0, "0": 0, "camera": 0, "fake": 1, "1": 1, "generated": 1}
+# A manifest's splits: trained on, validated (model choice, calibration), tested; the held-out
+# ones are scored only (photos and generators no split trains on).
+SPLITS = ("train", "val", "test", "heldout-real", "heldout-generators")
+
+
+def file_key(path: str | os.PathLike[str]) -> object:
+    """What a path names, whatever its spelling (``img/../x.png``, absolute, a symlink): the
+    file's (device, inode), else the normalised absolute path (a file not there)."""
+    return file_identity(path) or os.path.abspath(path)
+
+
+def data_digest(path: str | Path, samples: list[Sample]) -> str:
+    """What a run was trained on, to refuse resuming it on other data: the sha256 of the
+    manifest (a file, or the one a folder holds), else of the listing of a folder layout's
+    images (path, label, generator, family, source group, split)."""
+    import hashlib
+
+    from training.debian import sha256_file
+
+    path = Path(path)
+    for manifest in (path, path / "manifest.csv", path / "manifest.jsonl"):
+        if manifest.is_file():
+            return sha256_file(manifest)
+    listing = "\n".join(
+        f"{s.path}\t{s.label}\t{s.generator}\t{s.family}\t{s.source_id}\t{s.split}"
+        for s in sorted(samples, key=lambda s: str(s.path))
+    )
+    return hashlib.sha256(listing.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 class DatasetError(ValueError):
@@ -107,7 +138,9 @@ def read_manifest(path: Path) -> list[Sample]:
             with open(path, encoding="utf-8") as fh:
                 rows = [json.loads(line) for line in fh if line.strip()]
         else:
-            with open(path, newline="", encoding="utf-8") as fh:
+            # utf-8-sig: a spreadsheet's CSV starts with a byte-order mark, which otherwise
+            # becomes part of the first column's name ("manifest lacks columns ['path']")
+            with open(path, newline="", encoding="utf-8-sig") as fh:
                 rows = list(csv.DictReader(fh))
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path}: cannot read manifest ({exc})") from None
@@ -125,10 +158,10 @@ def read_manifest(path: Path) -> list[Sample]:
                 else f"{path}: manifest lacks columns {sorted(missing)}; expected {_LAYOUTS}"
             )
     samples = []
-    seen: dict[Path, int] = {}
+    seen: dict[object, int] = {}
     for n, row in enumerate(rows, first):
         file = path.parent / str(row["path"])
-        where = seen.setdefault(file, n)
+        where = seen.setdefault(file_key(file), n)  # the same file by another spelling too
         if where != n:  # counted twice, it would weigh twice in every metric
             raise DatasetError(f"{path} row {n}: {row['path']} is listed already (row {where})")
         label = _LABELS.get(str(row["label"]).strip().lower())

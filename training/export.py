@@ -122,6 +122,28 @@ def new_sidecar(
     }
 
 
+def check_out(out: Path) -> None:
+    """``--out`` is new, empty, or an export to replace (once the new one passed its parity
+    check): never a training run (its model.onnx would hide the checkpoints from ``score``
+    and ``evaluate``, which read the ONNX file first) nor a folder of other files."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file, not a folder")
+    if (out / "checkpoints").exists():
+        raise ExportError(
+            f"--out {out} holds a training run (checkpoints/): an ONNX model written there "
+            "would hide it; export into another folder"
+        )
+    other = sorted(p.name for p in out.iterdir() if p.name not in (ONNX_FILE, SIDECAR)) if (
+        out.is_dir()
+    ) else []  # fmt: skip
+    if other:
+        raise ExportError(
+            f"--out {out} holds other files ({', '.join(other[:3])}): export into a new or "
+            "empty folder, or one that holds only an export to replace"
+        )
+
+
 def export_onnx(
     checkpoint: Path,
     out: Path,
@@ -142,6 +164,7 @@ def export_onnx(
     if precision not in ("fp32", "fp16", "int8"):
         raise ExportError(f"precision must be fp32, fp16 or int8, got {precision!r}")
     checkpoint = Path(checkpoint)
+    check_out(out)
     if checkpoint.is_dir():
         if not (checkpoint / "checkpoints" / "best.pt").is_file():
             raise ExportError(
@@ -233,6 +256,7 @@ def check_convertible(exported: Path, out: Path, precision: str) -> dict:
         )
     if Path(out).resolve() == exported.resolve():
         raise ExportError("--out must be another folder than the fp32 export it converts")
+    check_out(out)
     return sidecar
 
 

@@ -22,7 +22,7 @@ __all__ = ["merge_manifests"]
 def _rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     manifest = path / "manifest.csv" if path.is_dir() else path
     try:
-        with open(manifest, newline="", encoding="utf-8") as fh:
+        with open(manifest, newline="", encoding="utf-8-sig") as fh:  # a spreadsheet's BOM
             reader = csv.DictReader(fh)
             rows = list(reader)
             for n, r in enumerate(rows, 2):  # line numbers as an editor shows them (1: header)

@@ -81,7 +81,7 @@ def git_blob_id(data: bytes) -> str:
 
 def _read_csv(path: Path, required: Iterable[str]) -> list[tuple[int, dict[str, str]]]:
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             rows = [(n, row) for n, row in enumerate(reader, 2)]
             columns = reader.fieldnames or []

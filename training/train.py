@@ -35,8 +35,7 @@ from detector.preprocess import PreprocessConfig
 from training.calibrate import fit_calibration
 from training.config import TrainConfig
 from training.data import TrainDataset
-from training.datasets import Sample, load_samples, worker_message
-from training.debian import sha256_file
+from training.datasets import SPLITS, Sample, data_digest, file_key, load_samples, worker_message
 from training.degrade import apply_chain, parse_chain
 from training.evaluate import evaluate_scores, predict_logits
 from training.metrics import average_precision
@@ -166,6 +165,11 @@ RUN_DEFINING = (
     "head",
     "head_dim",
     "max_tiles",
+    # the optimizer's: a resumed run takes them from its stored optimizer and scheduler, so a
+    # new value would be recorded and not used
+    "lr",
+    "weight_decay",
+    "backbone_lr_scale",
 )
 
 
@@ -176,6 +180,12 @@ def split_samples(
 ) -> tuple[list[Sample], list[Sample], list[Sample]]:
     """(train, val, test) without the excluded families and sources; without a val split, 10%
     of train sources (by hash) become val."""
+    unknown = sorted({s.split for s in samples} - {"", *SPLITS})
+    if unknown:  # a "validation" split was dropped, and val taken from the training images
+        raise ValueError(
+            f"the data have splits {unknown}, not one of {list(SPLITS)} (or none): rename "
+            "them, or their images are left out of training and validation unnoticed"
+        )
     kept = [
         s
         for s in samples
@@ -195,8 +205,8 @@ def split_samples(
     if not train or not val:
         raise ValueError("need training and validation images (a train and a val split)")
     need_both_classes(val, "validation")  # calibration and model choice rank val's two classes
-    seen = {str(s.path) for s in train}
-    leaked = [s for s in val if str(s.path) in seen]
+    seen = {file_key(s.path) for s in train}  # the file, however its path is written
+    leaked = [s for s in val if file_key(s.path) in seen]
     if leaked:
         raise ValueError(
             f"{len(leaked)} validation images are training images too (e.g. {leaked[0].path}): "
@@ -378,12 +388,12 @@ class Trainer:
         self.config = config
         self.d = _init_distributed(config)
         self.run = Path(config.out)
-        (self.run / "checkpoints").mkdir(parents=True, exist_ok=True)
-        self.data_sha = sha256_file(Path(config.data)) if Path(config.data).is_file() else ""
-        stored = self._stored_run()  # before logging rewrites the folder's config.yaml
-        self._setup_logging()
-        seed_everything(config.seed)
+        _check_run_folder(self.run)
         samples = load_samples(config.data)
+        # the manifest's sha256 (a folder's manifest too), else the listing of its images
+        self.data_sha = data_digest(config.data, samples)
+        stored = self._stored_run()
+        seed_everything(config.seed)
         self.train_s, self.val_s, self.test_s = training_splits(
             samples, config.exclude_families, config.exclude_sources
         )
@@ -456,8 +466,13 @@ class Trainer:
             pin_memory=self.d.device.type == "cuda",
         )
         self.step, self.epoch, self.best_ap, self.stale = 0, 0, -1.0, 0
-        if stored is not None and "optimizer" in stored:  # last.pt: continue where it stopped
+        # best.pt and no last.pt (removed, or a soup's folder): nothing to continue from
+        self.best_only = stored is not None and "optimizer" not in stored
+        if stored is not None and not self.best_only:  # last.pt: continue where it stopped
             self._resume(stored)
+        # only now, every check passed: the folder (and, in fit, its config.yaml) is written
+        (self.run / "checkpoints").mkdir(parents=True, exist_ok=True)
+        self._setup_logging()
 
     # --- hooks ----------------------------------------------------------------------------
 
@@ -468,9 +483,14 @@ class Trainer:
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
-        (self.run / "config.yaml").write_text(
-            yaml.safe_dump(_plain(self.config.to_dict()), sort_keys=False)
-        )
+
+    def _write_config(self) -> None:
+        """The settings of the training about to run (not of a command that found nothing
+        to do: a finished run's config.yaml keeps the settings it was trained with)."""
+        if self.d.main:
+            (self.run / "config.yaml").write_text(
+                yaml.safe_dump(_plain(self.config.to_dict()), sort_keys=False)
+            )
 
     def _log_metrics(self, record: dict) -> None:
         if self.d.main:
@@ -672,9 +692,16 @@ class Trainer:
     def fit(self) -> Path:
         c = self.config
         more = self.epoch < c.epochs and self.step < self.total_steps and self.stale < c.patience
-        if not more and self._finished():  # nothing left to train: do not recalibrate
+        if (not more or self.best_only) and self._finished():  # do not recalibrate
             log.info("%s is finished (final record in metrics.jsonl); nothing to do", self.run)
             return self.run
+        if self.best_only:  # training from scratch would overwrite its best.pt
+            raise ValueError(
+                f"{self.run}/checkpoints holds best.pt and no last.pt to continue from (a "
+                "soup's folder, or last.pt removed): train into another out= folder, or "
+                "remove this one"
+            )
+        self._write_config()
         log.info("train %d / val %d / test %d images; %d steps of %d; model %s %s", len(self.train_s),
                  len(self.val_s), len(self.test_s), self.total_steps, c.batch_size, c.model, c.branches)  # fmt: skip
         while self.epoch < c.epochs and self.step < self.total_steps and self.stale < c.patience:
@@ -684,8 +711,9 @@ class Trainer:
             except ImageError as exc:  # a file that was there when the run started is unreadable
                 kept = f" (it resumes after epoch {self.epoch}, kept)" if self.epoch else ""
                 raise ImageError(
-                    f"{worker_message(exc)}; replace the file or remove its manifest row, then "
-                    f"run the same command again{kept}"
+                    f"{worker_message(exc)}; replace the file with a readable copy, then run "
+                    f"the same command again{kept} (without its manifest row the data differ: "
+                    "that is a new run, in another out= folder)"
                 ) from None
             self.epoch += 1
             improved = ap > self.best_ap
@@ -696,7 +724,14 @@ class Trainer:
                 self._checkpoint(self.run / "checkpoints" / "best.pt", with_optimizer=False)
             self._checkpoint(self.run / "checkpoints" / "last.pt")
         if self.d.main:
-            self.finish()
+            try:
+                self.finish()
+            except ImageError as exc:  # a validation or test image, after the training
+                raise ImageError(
+                    f"{worker_message(exc)}; replace the file with a readable copy, then run "
+                    "the same command again (the training is kept: it calibrates and scores "
+                    "again)"
+                ) from None
         if self.d.world > 1:
             dist.barrier()
         return self.run
@@ -755,6 +790,18 @@ def _plain(value):
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+def _check_run_folder(run: Path) -> None:
+    """A run folder is new, empty, or a run's (checkpoints/, config.yaml or train.log): a
+    folder of other files is not taken over (its config.yaml and checkpoints were added)."""
+    if run.exists() and not run.is_dir():
+        raise ValueError(f"out={run} is a file, not a folder")
+    marks = ("checkpoints", "config.yaml", "train.log")
+    if run.is_dir() and any(run.iterdir()) and not any((run / n).exists() for n in marks):
+        raise ValueError(
+            f"out={run} holds other files and no training run: train into a new or empty folder"
+        )
 
 
 def train(config: TrainConfig) -> Path:

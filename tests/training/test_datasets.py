@@ -109,6 +109,21 @@ def test_manifest_csv_and_jsonl(tmp_path):
     jsonl = tmp_path / "m.jsonl"
     jsonl.write_text('{"path": "a.png", "label": 0}\n{"path": "b.png", "label": 1}\n')
     assert [s.label for s in read_manifest(jsonl)] == [0, 1]
+    # a spreadsheet's CSV starts with a byte-order mark ("manifest lacks columns ['path']")
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + (tmp_path / "manifest.csv").read_bytes())
+    assert [s.path.name for s in read_manifest(bom)] == ["a.png", "b.png"]
+
+
+def test_the_same_file_by_another_spelling_is_a_duplicate(tmp_path):
+    _img(tmp_path / "img" / "a.png")
+    _img(tmp_path / "img" / "b.png")
+    for other in ("img/../img/a.png", str(tmp_path / "img" / "a.png")):
+        (tmp_path / "manifest.csv").write_text(
+            f"path,label\nimg/a.png,real\nimg/b.png,fake\n{other},real\n"
+        )
+        with pytest.raises(DatasetError, match=r"row 4: .*a.png is listed already \(row 2\)"):
+            load_samples(tmp_path)
 
 
 @pytest.mark.parametrize(

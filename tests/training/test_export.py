@@ -14,7 +14,7 @@ from detector.image import decode
 from detector.methods import create_method
 from detector.preprocess import PreprocessConfig, preprocess
 from training import metadata_writers as P
-from training.export import ExportError, export_onnx
+from training.export import ExportError, export_onnx, reduce_precision
 
 pytestmark = pytest.mark.integration
 
@@ -269,6 +269,31 @@ def test_a_failed_export_from_a_checkpoint_leaves_an_existing_export_as_it_was(
     with pytest.raises(ExportError, match="no images for the parity check"):
         export_onnx(untrained_checkpoint, tmp_path / "fresh", [])
     assert not (tmp_path / "fresh").exists()
+
+
+def test_export_never_writes_into_a_run_or_a_folder_of_other_files(
+    untrained_checkpoint, exported_model, tmp_path
+):
+    """--out a training run: its model.onnx then hid the checkpoints from score and evaluate
+    (they read the ONNX file first); a folder of other files was written into. An export to
+    replace is still replaced."""
+    images = _scenes(tmp_path / "img", n=1)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    for out, message in ((run, "holds a training run"), (other, r"holds other files \(notes")):
+        before = sorted(p.name for p in out.iterdir())
+        with pytest.raises(ExportError, match=message):
+            export_onnx(untrained_checkpoint, out, images)
+        with pytest.raises(ExportError, match=message):
+            reduce_precision(exported_model, out, images, precision="fp16")
+        assert sorted(p.name for p in out.iterdir()) == before
+    again = tmp_path / "again"
+    export_onnx(untrained_checkpoint, again, images)
+    export_onnx(untrained_checkpoint, again, images, precision="fp16")  # replaced
+    assert json.loads((again / "model.json").read_text())["precision"] == "fp16"
 
 
 def test_int8_calibration_takes_tiles_spread_over_every_image(tmp_path):

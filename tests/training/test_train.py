@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -240,11 +241,101 @@ def test_run_folder_and_resume(tiny_corpus, tmp_path):
         ("seed=3", "seed=0, not 3"),
         ("max_tiles=4", "max_tiles=9, not 4"),
         ("head=hypersphere", "head='linear', not 'hypersphere'"),
+        # taken from the stored optimizer on resuming: a new value was recorded, not used
+        ("lr=0.5", "lr=0.001, not 0.5"),
+        ("weight_decay=0.3", "weight_decay=0.05, not 0.3"),
     ):
         with pytest.raises(ValueError) as err:
             train(_config(tiny_corpus, out, "epochs=2", change))
         assert said in str(err.value) and "another out= folder" in str(err.value)
     assert (out / "metrics.jsonl").read_text().splitlines() == [json.dumps(r) for r in records]
+    # neither the refused commands nor one with nothing to do rewrote the run's config.yaml
+    # (it claimed target_fpr 0.2 for a threshold fitted at 0.01)
+    saved = (out / "config.yaml").read_text()
+    train(_config(tiny_corpus, out, "epochs=2", "target_fpr=0.2"))
+    assert (out / "config.yaml").read_text() == saved and "target_fpr: 0.01" in saved
+
+
+def test_a_run_folder_without_last_pt_is_not_trained_over(tmp_path):
+    """best.pt and no last.pt (removed, or a soup's folder): the run started from scratch and
+    wrote over the calibrated best.pt."""
+    manifest = _small_manifest(tmp_path)
+    out = tmp_path / "run"
+    cfg = [f"data={manifest}", f"out={out}", *FAST, "batch_size=4"]
+    train(load_config(None, [*cfg, "epochs=1"]))
+    best = (out / "checkpoints" / "best.pt").read_bytes()
+    (out / "checkpoints" / "last.pt").unlink()
+    train(load_config(None, [*cfg, "epochs=1"]))  # finished: nothing to do
+    assert (out / "checkpoints" / "best.pt").read_bytes() == best
+    assert "nothing to do" in (out / "train.log").read_text()
+    metrics = out / "metrics.jsonl"  # not finished (no final record): nothing to continue from
+    metrics.write_text("\n".join(metrics.read_text().splitlines()[:-1]) + "\n")
+    with pytest.raises(ValueError, match=r"best\.pt and no last\.pt to continue from"):
+        train(load_config(None, [*cfg, "epochs=1"]))
+    assert (out / "checkpoints" / "best.pt").read_bytes() == best
+
+
+def test_a_resumed_run_on_other_data_is_refused_when_data_is_a_folder(tmp_path):
+    """data= a folder holding manifest.csv: its sha256 was never taken, so a changed manifest
+    resumed silently."""
+    manifest = _small_manifest(tmp_path)
+    out = tmp_path / "run"
+    cfg = [f"data={tmp_path}", f"out={out}", *FAST, "batch_size=4"]
+    train(load_config(None, [*cfg, "epochs=1"]))
+    stored = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert stored["data"]["sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    text = manifest.read_text()
+    manifest.write_text(text.replace(",train-real-0\n", ",another-source\n"))
+    assert manifest.read_text() != text
+    with pytest.raises(ValueError, match="was trained on another"):
+        train(load_config(None, [*cfg, "epochs=2"]))
+
+
+def test_a_folder_of_other_files_is_not_taken_over_and_a_refused_run_writes_nothing(tmp_path):
+    manifest = _small_manifest(tmp_path)
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds other files and no training run"):
+        train(load_config(None, [f"data={manifest}", f"out={other}", *FAST]))
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+    with pytest.raises(ValueError, match="does not exist"):
+        train(load_config(None, [f"data={tmp_path / 'nope.csv'}", f"out={tmp_path / 'r'}"]))
+    assert not (tmp_path / "r").exists()  # (it was left with config.yaml and checkpoints/)
+
+
+def test_splits_are_known_and_a_leak_is_found_however_the_path_is_written(tmp_path):
+    from training.train import split_samples
+
+    def sample(path, label, split):
+        return Sample(tmp_path / path, label, "real" if label == 0 else "g", "", "", split)
+
+    for name in ("a", "b", "c", "d"):
+        (tmp_path / f"{name}.png").write_bytes(b"x")
+    base = [sample("a.png", 0, "train"), sample("b.png", 1, "train"), sample("c.png", 0, "val")]
+    # a "validation" split was dropped and val taken from the training images instead
+    with pytest.raises(ValueError, match=r"splits \['validation'\], not one of"):
+        split_samples([*base, sample("d.png", 1, "validation")], ())
+    for leak in ("sub/../b.png", str(tmp_path / "b.png")):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        with pytest.raises(ValueError, match="1 validation images are training images too"):
+            split_samples([*base, sample("d.png", 1, "val"), sample(leak, 1, "val")], ())
+
+
+def test_more_bad_settings_are_refused_before_a_run_starts():
+    for override, message in [
+        ("lr=[1", r"override 'lr=\[1': its value is not valid YAML"),
+        ("exclude_families=[a, b", "not valid YAML"),
+        ("lr=.inf", r"config\.lr must be a finite number"),
+        ("grad_clip=-1", "grad_clip must be positive"),  # it turned every gradient round
+        ("grad_clip=0", "grad_clip must be positive"),
+        ("weight_decay=-1", "weight_decay must not be negative"),
+        ("patience=0", "patience must be positive"),
+        ("seed=-1", "seed and workers not negative"),
+        ("max_steps=0", "max_steps must be positive"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            load_config(None, [override])
 
 
 def test_calibration_views_validation_subset_and_no_test_scoring(tiny_corpus, tmp_path):
@@ -397,6 +488,7 @@ def test_an_image_that_turns_unreadable_stops_the_run_with_its_name(tmp_path, wo
     message = str(err.value)
     assert message.startswith(f"{tmp_path}/train-fake-")
     assert ".png: corrupt or truncated PNG file" in message
-    assert message.endswith("run the same command again (it resumes after epoch 1, kept)")
+    assert "run the same command again (it resumes after epoch 1, kept)" in message
+    assert message.endswith("that is a new run, in another out= folder)")
     assert "Traceback" not in message
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
