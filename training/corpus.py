@@ -396,6 +396,11 @@ class CorpusWriter:
         if item.key in self.by_key:
             raise CorpusError(f"duplicate corpus item {item.key}")
         path = self.out / rel
+        parts = rel.split("/")
+        if ".." in parts or any("\\" in p or not p for p in parts):  # names come from lists
+            raise CorpusError(
+                f"corpus item {item.key}: {rel!r} would be written outside {self.out}"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         h, w = item.pixels.shape[:2]

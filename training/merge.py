@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from training.corpus import MANIFEST_FIELDS
+from training.datasets import file_key
 
 __all__ = ["merge_manifests"]
 
@@ -95,9 +96,27 @@ def merge_manifests(inputs: list[Path], out: Path, exclude_pools: tuple[str, ...
     if not merged:
         excluded = f" (--exclude-pools {','.join(exclude_pools)})" if exclude_pools else ""
         raise ValueError(f"no rows left to merge{excluded}")
-    paths = [r["path"] for r in merged]
-    if len(set(paths)) != len(paths):
-        raise ValueError("an image is listed twice across the inputs")
+    seen: dict[object, int] = {}
+    for i, r in enumerate(merged):  # the same file by any spelling (a/../b, absolute)
+        first = seen.setdefault(file_key(r["path"]), i)
+        if first != i:
+            raise ValueError(
+                f"an image is listed twice across the inputs: {merged[first]['path']} "
+                f"({merged[first]['label']}) and {r['path']} ({r['label']})"
+            )
+    # corpus sources keeps each repository on one side of the split (its groups share
+    # photographers, prompts and post-processing); corpora built apart (--families) do not
+    splits_of: dict[str, set[str]] = {}
+    for r in merged:
+        if r.get("repo"):
+            splits_of.setdefault(r["repo"], set()).add(r["split"])
+    spread = sorted(repo for repo, splits in splits_of.items() if len(splits) > 1)
+    if spread:
+        raise ValueError(
+            f"repository {spread[0]} is on splits {sorted(splits_of[spread[0]])} across the "
+            f"inputs ({len(spread)} such): its images would train and validate the same "
+            "source; build those rows in one corpus sources run"
+        )
     out.mkdir(parents=True, exist_ok=True)
     for r in merged:
         r["path"] = Path(os.path.relpath(r["path"], out)).as_posix()

@@ -36,6 +36,9 @@ __all__ = [
 GITHUB = "https://github.com/"
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# family and source_group name files and folders of the corpus: no separators, no "..", no
+# leading dot (``../../x`` wrote outside --out)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
 class PinnedError(RuntimeError):
@@ -79,14 +82,27 @@ def git_blob_id(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
+def _breaks(row: dict) -> int:
+    return sum(v.count("\n") for v in row.values() if isinstance(v, str))
+
+
 def _read_csv(path: Path, required: Iterable[str]) -> list[tuple[int, dict[str, str]]]:
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
-            rows = [(n, row) for n, row in enumerate(reader, 2)]
+            # the line a row starts on, as an editor shows it (a count of rows is off after a
+            # blank line or a field over several lines): where it ends, less its fields' breaks
+            rows = [(reader.line_num - _breaks(row), row) for row in reader]
             columns = reader.fieldnames or []
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise PinnedError(f"{path}: cannot read the list ({exc})") from None
+    for n, row in rows:  # an unquoted comma shifted the notes (a grid's tile size was lost)
+        if None in row or None in row.values():
+            more = "more" if None in row else "fewer"
+            raise PinnedError(
+                f"{path} line {n}: {more} fields than the header's {len(columns)} (quote a "
+                "value that holds a comma)"
+            )
     missing = [c for c in required if c not in columns]
     if missing:
         raise PinnedError(f"{path}: missing columns {missing} (has {columns})")
@@ -102,7 +118,8 @@ def _check_pin(path: Path, n: int, row: dict[str, str]) -> None:
     for key in ("commit", "blob_sha"):
         if not _SHA.match((row[key] or "").lower()):
             raise PinnedError(f"{where}: {key} {row[key]!r} is not a 40-digit git object id")
-    if not row["path"] or row["path"].startswith("/") or ".." in row["path"].split("/"):
+    parts = (row["path"] or "").split("/")
+    if not row["path"] or row["path"].startswith("/") or {"..", ".", ""} & set(parts):
         raise PinnedError(f"{where}: path {row['path']!r} is not a path inside the repository")
     if any(ord(c) < 32 or ord(c) == 127 for c in row["path"]):  # git cat-file reads lines
         raise PinnedError(f"{where}: path {row['path']!r} holds a control character")
@@ -120,6 +137,12 @@ def read_sources(path: str | os.PathLike[str]) -> list[SourceRow]:
             raise PinnedError(f"{path} line {n}: label {raw['label']!r} is not real or fake")
         if not raw["source_group"] or not raw["family"]:
             raise PinnedError(f"{path} line {n}: every row needs a family and a source_group")
+        for key in ("family", "source_group"):
+            if not _NAME.match(raw[key].strip()):
+                raise PinnedError(
+                    f"{path} line {n}: {key} {raw[key]!r} is not a plain name (letters, digits, "
+                    "'.', '_', '+', '-'; it names the corpus's files)"
+                )
         values = {k: (v or "").strip() for k, v in raw.items() if k in own}
         values.update(label=label, commit=raw["commit"].lower(), blob_sha=raw["blob_sha"].lower())
         row = SourceRow(**values, line=n)

@@ -149,6 +149,8 @@ def regions(notes: str, width: int, height: int) -> list[tuple[str, Box]]:
     grid = _GRID.search(notes)
     if grid:
         rows, cols = int(grid.group(1)), int(grid.group(2))
+        if rows < 1 or cols < 1:  # (1x0 divided by zero: a traceback)
+            raise ValueError(f"a grid needs at least one row and column, got {rows}x{cols}")
         if grid.group(3):
             size, pad = int(grid.group(3)), int(grid.group(4) or 0)
             tw = th = size

@@ -117,6 +117,21 @@ def test_merge_rewrites_paths_keeps_columns_and_refuses_shared_sources(tmp_path)
     assert sorted(f.name for f in (tmp_path / "m4").iterdir()) == ["manifest.csv", "merge.json"]
 
 
+def test_merge_refuses_one_image_by_two_spellings_and_a_repository_on_two_splits(tmp_path):
+    """The same file listed as a/images/1.png and alt/../a/images/1.png (one real, one fake)
+    was merged twice; two corpora built apart (--families) put one repository's groups on
+    train and test."""
+    a = _write(tmp_path / "a", [{"path": "images/1.png", "label": "real", "split": "train", "source_id": "s1"}])  # fmt: skip
+    alt = _write(tmp_path / "alt", [{"path": "../a/images/1.png", "label": "fake", "split": "test", "source_id": "t1"}])  # fmt: skip
+    with pytest.raises(ValueError, match=r"listed twice .*1\.png \(real\) and .*1\.png \(fake\)"):
+        merge_manifests([a, alt], tmp_path / "m")
+    real = _write(tmp_path / "r", [{"path": "r.png", "label": "real", "split": "train", "source_id": "g-real", "repo": "o/r0", "src_path": "r.png"}])  # fmt: skip
+    fake = _write(tmp_path / "f", [{"path": "f.png", "label": "fake", "split": "test", "source_id": "g-fake", "repo": "o/r0", "src_path": "f.png"}])  # fmt: skip
+    with pytest.raises(ValueError, match=r"repository o/r0 is on splits \['test', 'train'\]"):
+        merge_manifests([real, fake], tmp_path / "m2")
+    assert not (tmp_path / "m").exists() and not (tmp_path / "m2").exists()
+
+
 def test_merge_refuses_one_source_file_in_two_corpora_and_an_empty_result(tmp_path):
     """The own corpus's wild-train images and the sources corpus cut crops from the same files
     under other source ids, and split them independently: crops of one image on two splits."""

@@ -253,6 +253,11 @@ def test_a_mirror_folder_without_the_repository_is_named(gallery, tmp_path):
         ({"path": "../etc/passwd"}, "not a path inside the repository"),
         ({"path": "a\nb.png"}, "holds a control character"),
         ({"source_group": ""}, "needs a family and a source_group"),
+        # they name the corpus's files: ../../x wrote outside --out
+        ({"source_group": "../../../escaped"}, "source_group '../../../escaped' is not a plain"),
+        ({"family": "a/b"}, "family 'a/b' is not a plain name"),
+        ({"path": "./a.png"}, "not a path inside the repository"),  # git: a fatal error
+        ({"path": "dir//a.png"}, "not a path inside the repository"),
     ],
 )
 def test_a_bad_sources_list_is_refused_with_its_line(gallery, tmp_path, change, message):
@@ -260,6 +265,22 @@ def test_a_bad_sources_list_is_refused_with_its_line(gallery, tmp_path, change, 
     rows[2].update(change)
     with pytest.raises(PinnedError, match=f"line 4: .*{message}"):
         read_sources(_sources(tmp_path / "s.csv", rows))
+
+
+def test_ragged_rows_and_line_numbers_as_an_editor_shows_them(gallery, tmp_path):
+    """A row with an unquoted comma had its notes cut (a grid's tile size lost, the file cut
+    in equal parts); lines were counted as rows (off after a blank line or a multi-line
+    field)."""
+    good = _sources(tmp_path / "s.csv", gallery["rows"]).read_text().splitlines()
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("\n".join([*good, good[1] + ",grid 3x2 (128px tiles, 2px padding)"]) + "\n")
+    with pytest.raises(PinnedError, match=f"line {len(good) + 1}: more fields than the header"):
+        read_sources(ragged)
+    spaced = tmp_path / "spaced.csv"
+    bad = good[2].replace(",real,", ",maybe,").replace(",fake,", ",maybe,")
+    spaced.write_text("\n".join([good[0], good[1], "", "", bad]) + "\n")
+    with pytest.raises(PinnedError, match="line 5: label 'maybe'"):
+        read_sources(spaced)
 
 
 def test_the_cli_reports_a_bad_list_in_one_line(gallery, tmp_path):
@@ -293,6 +314,9 @@ def test_regions_read_every_layout_the_list_uses():
     ]
     with pytest.raises(ValueError, match="needs crop boxes"):
         regions("UI screenshot", 100, 100)
+    for empty in ("grid 1x0", "grid 0x3"):  # (a ZeroDivisionError traceback)
+        with pytest.raises(ValueError, match="at least one row and column"):
+            regions(empty, 100, 100)
 
 
 def test_splits_keep_groups_and_repositories_on_one_side():
