@@ -90,7 +90,33 @@ def new_corpus_folder(out: str | Path) -> Path:
         raise CorpusError(f"{given} is not empty; choose a new --out directory")
     if out == Path.cwd().resolve() or out in Path.cwd().resolve().parents:
         raise CorpusError(f"--out {given} is the current folder or above it; give a new folder")
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists() and not (partial / PARTIAL_MARK).is_file():  # someone's own folder
+        raise CorpusError(
+            f"{partial} exists and is not an unfinished build (the build works there and "
+            "would delete it): move it away or choose another --out"
+        )
     return out
+
+
+PARTIAL_MARK = ".synthdetect-build"  # in <out>.partial: an unfinished build, safe to remove
+
+
+def start_partial(out: Path) -> Path:
+    """``<out>.partial``, emptied of an earlier unfinished build and marked as ours."""
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    (partial / "images").mkdir(parents=True)
+    (partial / PARTIAL_MARK).touch()
+    return partial
+
+
+def finish_partial(partial: Path, out: Path) -> None:
+    """The finished build takes the place of ``out`` (absent or empty, checked before)."""
+    (partial / PARTIAL_MARK).unlink()
+    if out.exists():
+        out.rmdir()
+    partial.rename(out)
 
 
 class CorpusError(RuntimeError):
@@ -205,9 +231,17 @@ def build_corpus(
 
     # Built in <out>.partial and renamed to out only when complete (as `corpus sources` does):
     # an interrupted or failed build leaves nothing that blocks a rerun or that a run would read.
-    final, out = out, out.with_name(out.name + ".partial")
-    shutil.rmtree(out, ignore_errors=True)
-    (out / "images").mkdir(parents=True)
+    final, out = out, start_partial(out)
+    try:
+        return _write_corpus(out, final, config, generators, photos, crops256, crops64,
+                             wild_dir, cache, log, start)  # fmt: skip
+    except BaseException:  # failed or interrupted: nothing half-built is left behind
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _write_corpus(out, final, config, generators, photos, crops256, crops64, wild_dir, cache,
+                  log, start) -> dict:  # fmt: skip
     stats = CorpusStats()
     writer = CorpusWriter(out, config, stats)
     for item in crops256:
@@ -243,9 +277,7 @@ def build_corpus(
         "manifest_sha256": hashlib.sha256((out / "manifest.csv").read_bytes()).hexdigest(),
     }  # fmt: skip
     (out / "corpus.json").write_text(json.dumps(info, indent=2) + "\n")
-    if final.exists():  # empty (checked above): the finished build takes its place
-        final.rmdir()
-    out.rename(final)
+    finish_partial(out, final)
     log(summary)
     log(f"built {len(stats.rows)} images in {info['build_seconds']} s -> {final}")
     return info
@@ -292,6 +324,14 @@ def _real_photos(config: CorpusConfig, real_dir: Path | None, cache: Path) -> li
             raise CorpusError(f"{exc}. Pass your own photos with --real-dir DIR instead.") from None
     if len(photos) < 3:
         raise CorpusError(f"need at least 3 source photos for train/val/test, found {len(photos)}")
+    named: dict[str, str] = {}
+    for photo in photos:  # a/x.jpg and b/x.jpg: one name for their crops' files
+        first = named.setdefault(_slug(photo.source_id), photo.source_id)
+        if first != photo.source_id:
+            raise CorpusError(
+                f"two source photos share the name {_slug(photo.source_id)!r} ({first} and "
+                f"{photo.source_id}): rename one"
+            )
     return photos
 
 

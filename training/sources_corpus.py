@@ -55,8 +55,10 @@ from training.corpus import (
     CorpusItem,
     CorpusStats,
     CorpusWriter,
+    finish_partial,
     new_corpus_folder,
     psnr,
+    start_partial,
     stream_rng,
     write_manifest,
 )
@@ -290,9 +292,7 @@ def build_sources_corpus(
         raise CorpusError(f"{len(problems)} pinned files are not as listed:\n  {shown}{more}")
     split_of, unit_of = assign_splits(rows, config.split_fractions)
     twins = _twin_generators(config, store, cache, log)
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    (partial / "images").mkdir(parents=True)
+    partial = start_partial(out)
     try:
         stats, unusable = _extract(rows, split_of, store, config, partial, log, twins)
         if unusable and not config.skip_unusable:
@@ -312,9 +312,7 @@ def build_sources_corpus(
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    if out.exists():
-        out.rmdir()
-    partial.rename(out)
+    finish_partial(partial, out)
     log(f"built {len(stats.rows)} images from {len(rows) - len(unusable)} files in "
         f"{info['build_seconds']} s -> {out}")  # fmt: skip
     return info
@@ -333,6 +331,11 @@ def _twin_generators(config: SourcesConfig, store: Store, cache, log) -> dict[st
         cls = GENERATORS.get(name)
         if not cls.aligned:
             raise CorpusError(f"twin generator {name!r} is not aligned (it must transform a crop)")
+        if cls.trains:  # prepared here on no data: an untrained network's output as fakes
+            raise CorpusError(
+                f"twin generator {name!r} is trained by corpus build on its crops; twins are "
+                "generators with fixed weights (a decoder or an upscaler)"
+            )
         if cls.availability():
             raise CorpusError(f"twin generator {name}: {cls.availability()}")
         gen = cls()

@@ -125,6 +125,33 @@ def test_a_failed_build_leaves_no_output_folder(tiny_corpus, tmp_path, monkeypat
     with pytest.raises(OSError, match="No space left"):
         build_corpus(out, SIZES["tiny"], wild_dir=None, log=lambda m: None)
     assert not out.exists()
+    assert not (tmp_path / "c.partial").exists()  # (it was left, until the next build)
+
+
+def test_a_folder_named_like_the_build_s_partial_is_not_deleted(tmp_path):
+    """Both builders emptied <out>.partial without asking: a user's folder of that name went."""
+    mine = tmp_path / "keep.partial"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(CorpusError, match=r"keep\.partial exists and is not an unfinished build"):
+        build_corpus(tmp_path / "keep", SIZES["tiny"], log=lambda m: None)
+    assert (mine / "notes.txt").read_text() == "mine"
+
+
+def test_real_photos_that_share_a_name_are_refused_before_any_work(tmp_path):
+    """a/x.jpg and b/x.jpg: their crops' files share names; it failed after the generators
+    trained ("duplicate corpus item x.jpg-c000")."""
+    for sub in ("a", "b", "c"):
+        (tmp_path / "photos" / sub).mkdir(parents=True)
+        Image.fromarray(np.zeros((300, 300, 3), np.uint8)).save(
+            tmp_path / "photos" / sub / f"{sub}.png"
+        )
+    Image.fromarray(np.zeros((300, 300, 3), np.uint8)).save(tmp_path / "photos" / "b" / "a.png")
+    with pytest.raises(CorpusError, match="two source photos share the name 'a.png'"):
+        build_corpus(
+            tmp_path / "c", SIZES["tiny"], real_dir=tmp_path / "photos", log=lambda m: None
+        )
+    assert not (tmp_path / "c").exists() and not (tmp_path / "c.partial").exists()
 
 
 def test_refuses_a_non_empty_output(tmp_path):

@@ -378,3 +378,8 @@ def test_twins_remake_real_crops_in_their_split_and_group(gallery, tmp_path):
     with pytest.raises(CorpusError, match="not aligned"):
         build_sources_corpus(rows, tmp_path / "x", Store(gallery["mirror"]),
                              SourcesConfig(twins=("dcgan_faces",)), log=lambda m: None)  # fmt: skip
+    # an autoencoder the project trains: prepared on no data, its fakes were noise (10.8 dB)
+    with pytest.raises(CorpusError, match="'ae_bilinear' is trained by corpus build"):
+        build_sources_corpus(rows, tmp_path / "x", Store(gallery["mirror"]),
+                             SourcesConfig(twins=("ae_bilinear",)), log=lambda m: None)  # fmt: skip
+    assert not (tmp_path / "x").exists()
