@@ -147,7 +147,7 @@ def test_real_photos_that_share_a_name_are_refused_before_any_work(tmp_path):
             tmp_path / "photos" / sub / f"{sub}.png"
         )
     Image.fromarray(np.zeros((300, 300, 3), np.uint8)).save(tmp_path / "photos" / "b" / "a.png")
-    with pytest.raises(CorpusError, match="two source photos share the name 'a.png'"):
+    with pytest.raises(CorpusError, match=r"two source photos share the name 'a\.png'"):
         build_corpus(
             tmp_path / "c", SIZES["tiny"], real_dir=tmp_path / "photos", log=lambda m: None
         )
