@@ -614,6 +614,13 @@ def _wild(root: Path, config: CorpusConfig, writer: CorpusWriter, log) -> None:
         split_of.update(
             {(label, g): s for g, s in _assign_groups(sizes, config.split_fractions).items()}
         )
+    # one repository on one side: its sources share photographers and post-processing, and
+    # some hold both classes (taming-transformers: its photos and their VQGAN remakes); the
+    # first assignment of a repository's photos, then of its fakes, holds for all its sources
+    repo_of = {r.slug: r.repo or r.slug for r in rows}
+    taken: dict[str, str] = {}
+    for key in sorted(split_of, key=lambda k: (k[0] != "real", k[1])):
+        split_of[key] = taken.setdefault(repo_of[key[1]], split_of[key])
     log(f"  wild: {len(rows)} images from {len(split_of)} sources")
     for row in rows:
         pixels = load_pixels(row.path)

@@ -189,3 +189,32 @@ def test_real_dir_with_too_few_photos(tmp_path):
         build_corpus(
             tmp_path / "c", SIZES["tiny"], real_dir=folder, wild_dir=None, log=lambda m: None
         )
+
+
+def test_a_wild_repository_s_sources_share_one_split(tmp_path):
+    """Splits were drawn per (label, source): one repository's photos on train and their VQGAN
+    remakes on test (taming-transformers in wild-train)."""
+    from training import corpus
+
+    root = tmp_path / "wild"
+    lines = ["file,label,generator_or_source,repo,path_in_repo,commit,license"]
+    sources = [("real", f"shared-{k}", "o/shared") for k in "abcd"] + [
+        ("fake", "shared-gan", "o/shared")
+    ]
+    sources += [
+        (label, f"{label}{i}", f"o/r{label}{i}") for label in ("real", "fake") for i in range(6)
+    ]
+    rng = np.random.default_rng(0)
+    for label, slug, repo in sources:
+        for n in range(2):
+            name = f"{label}/{slug}__{n:04d}.png"
+            (root / label).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), np.uint8)).save(root / name)
+            lines.append(f"{name},{label},x,{repo},{slug}-{n}.png,{'0' * 40},MIT")
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    stats = corpus.CorpusStats()
+    config = replace(SIZES["tiny"], wild_limit=None)
+    corpus._wild(root, config, corpus.CorpusWriter(tmp_path / "out", config, stats), lambda m: None)
+    splits = Counter(r["split"] for r in stats.rows)
+    assert len(splits) == 3  # the others still spread over train, val and test
+    assert len({r["split"] for r in stats.rows if r["repo"] == "o/shared"}) == 1
