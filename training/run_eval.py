@@ -48,8 +48,10 @@ HELD_OUT_FAKE_SPLITS = ("train", "val", "heldout-generators")
 
 def parse_equalise(text: str | None) -> list[Degradation]:
     """``jpeg:Q`` -> the re-encoding applied to every image of both classes; none -> []."""
-    if not text or text.strip() == "none":
+    if text is None or text.strip() == "none":
         return []
+    if not text.strip():  # an unset shell variable: not a silent "none"
+        raise ValueError("--equalise is empty; give jpeg:QUALITY (e.g. jpeg:90) or none")
     chain = parse_chain(text)
     if len(chain) != 1 or chain[0].kind != "jpeg":
         raise ValueError(f"--equalise takes jpeg:QUALITY (e.g. jpeg:90), got {text!r}")
@@ -287,8 +289,13 @@ def read_holdouts(path: Path | None, samples: list[Sample]) -> dict[str, dict[st
                 f"{path}: group {name!r} has unknown keys {unknown} "
                 "(a group takes exclude, score and exclude_sources)"
             )
+        score = spec.get("score", spec["exclude"])
+        if not isinstance(score, list):  # a string was read letter by letter
+            raise ValueError(f"{path}: group {name!r}: score must be a list of families")
+        if not spec["exclude"] or not score:  # a whole run for a row of n = 0
+            raise ValueError(f"{path}: group {name!r} holds out or scores no family")
         exclude = [str(f) for f in spec["exclude"]]
-        score = [str(f) for f in spec.get("score", exclude)]
+        score = [str(f) for f in score]
         trained = sorted(set(score) - set(exclude))
         if trained:  # scored as held out, yet the group's run trains on them
             raise ValueError(

@@ -288,6 +288,18 @@ def test_holdout_groups_from_yaml(tmp_path):
     f.write_text("x: 3\n")
     with pytest.raises(ValueError, match="needs a list"):
         read_holdouts(f, samples)
+    # a whole training run for a row of n = 0; a string read letter by letter
+    for text, message in (("x: []\n", "holds out or scores no family"),
+                          ("x:\n  exclude: [a]\n  score: []\n", "holds out or scores no family"),
+                          ("x:\n  exclude: [a]\n  score: a\n", "score must be a list")):  # fmt: skip
+        f.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            read_holdouts(f, samples)
+    from training.run_eval import parse_equalise
+
+    assert parse_equalise(None) == [] == parse_equalise("none")
+    with pytest.raises(ValueError, match="--equalise is empty"):
+        parse_equalise("  ")
     f.write_text("x:\n  exclude: [a]\n  exclude_sources: [twins, elsewhere]\n")
     with pytest.raises(ValueError, match="sources not in the data: \\['elsewhere'\\]"):
         read_holdouts(f, samples)
