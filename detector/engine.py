@@ -221,6 +221,17 @@ class OnnxEngine:
 TORCH_PRECISIONS = ("fp32", "fp16", "bf16")
 
 
+def torch_engine_name(device: str, precision: str, cuda_graphs: bool, tf32: bool) -> str:
+    """The engine's name in results: ``+tf32`` where "fp32" convolutions run in TF32 on the
+    GPU (torch's default for cuDNN: about 10 mantissa bits, not float32's 23), so that a row
+    is not read as float32 arithmetic."""
+    return (
+        f"torch:{device}:{precision}"
+        + ("+tf32" if tf32 else "")
+        + ("+graphs" if cuda_graphs else "")
+    )
+
+
 class TorchEngine:
     """Runs a SynthDetectNet in torch (for GPUs without onnxruntime-gpu, and for checkpoints).
 
@@ -256,7 +267,8 @@ class TorchEngine:
         self.cuda_graphs = cuda_graphs
         self.memory_format = torch.channels_last if device == "cuda" else torch.contiguous_format
         self.model = model.to(device=device).to(memory_format=self.memory_format).eval()
-        self.name = f"torch:{device}:{precision}" + ("+graphs" if cuda_graphs else "")
+        tf32 = device == "cuda" and precision == "fp32" and torch.backends.cudnn.allow_tf32
+        self.name = torch_engine_name(device, precision, cuda_graphs, tf32)
         self._graphs: dict[tuple[int, ...], tuple[Any, Any, Any]] = {}
         self._lock = threading.Lock()
 

@@ -35,6 +35,18 @@ def test_torch_settings_are_refused_for_onnx_and_bad_values(exported_model, untr
         load_bundle(untrained_checkpoint, device="tensorrt")
 
 
+def test_an_fp32_engine_in_tf32_says_so():
+    """torch runs "fp32" convolutions on a GPU in TF32 by default (cuDNN): results named the
+    rows fp32 as if they were float32 arithmetic."""
+    import torch
+
+    from detector.engine import TorchEngine, torch_engine_name
+
+    assert torch_engine_name("cuda", "fp32", True, tf32=True) == "torch:cuda:fp32+tf32+graphs"
+    assert torch_engine_name("cuda", "fp16", False, tf32=False) == "torch:cuda:fp16"
+    assert TorchEngine(torch.nn.Conv2d(3, 1, 1), "cpu", "fp32").name == "torch:cpu:fp32"
+
+
 def test_empty_batch_gives_no_logits(untrained_checkpoint):
     assert load_bundle(untrained_checkpoint).engine.run(_tiles(0, 0)).shape == (0,)
 
@@ -45,8 +57,11 @@ def test_cuda_engine_matches_cpu_eager_and_graphs_match_eager(untrained_checkpoi
     cpu = load_bundle(untrained_checkpoint)
     eager = load_bundle(untrained_checkpoint, "cuda", precision=precision)
     graphs = load_bundle(untrained_checkpoint, "cuda", precision=precision, cuda_graphs=True)
-    assert eager.engine.name == f"torch:cuda:{precision}"
-    assert graphs.engine.name == f"torch:cuda:{precision}+graphs"
+    import torch
+
+    tf32 = "+tf32" if precision == "fp32" and torch.backends.cudnn.allow_tf32 else ""
+    assert eager.engine.name == f"torch:cuda:{precision}{tf32}"
+    assert graphs.engine.name == f"torch:cuda:{precision}{tf32}+graphs"
     # Sizes that hit a bucket exactly and ones that are padded; fresh inputs each call so a
     # replay that returned a stale output buffer would fail.
     for seed, n in enumerate((1, 3, 8, 5, 3, 16)):
