@@ -119,6 +119,12 @@ def make_soup(
         raise SoupError(f"{out} already holds {held}; choose a new folder")
 
     ckpts = [(run, read_checkpoint(_best(run))) for run in runs]
+    unfinished = [str(run) for run, c in ckpts if not c.get("calibration")]
+    if unfinished:  # best.pt of a run still training (or stopped): its weights of the moment
+        raise SoupError(
+            f"{unfinished[0]} has not finished training (its best.pt is not calibrated): "
+            "finish it (run its train command again) or leave it out"
+        )
     first_run, first = ckpts[0]
     for run, ckpt in ckpts[1:]:
         if _spec_key(ckpt["model_spec"]) != _spec_key(first["model_spec"]):

@@ -106,7 +106,10 @@ def test_runs_that_cannot_be_averaged(two_runs, tmp_path):
         make_soup([runs[0], tmp_path], tmp_path / "s6")
     with pytest.raises(SoupError, match="calibration data"):
         make_soup(runs, tmp_path / "s7", data=tmp_path / "missing.csv")
-    assert not any((tmp_path / f"s{i}").exists() for i in range(1, 8))  # nothing half-written
+    torch.save(dict(ckpt, calibration=None), tmp_path / "training.pt")  # a run still training
+    with pytest.raises(SoupError, match=r"training\.pt has not finished training"):
+        make_soup([runs[0], tmp_path / "training.pt"], tmp_path / "s9")
+    assert not any((tmp_path / f"s{i}").exists() for i in range(1, 10))  # nothing half-written
     make_soup(runs, tmp_path / "done")
     with pytest.raises(SoupError, match=r"already holds a training run \(checkpoints/\)"):
         make_soup(runs, tmp_path / "done")
