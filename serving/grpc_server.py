@@ -40,6 +40,7 @@ from serving.protocol import (
     Tensor,
     binary_tensor,
     check_batch,
+    check_output_parameters,
     check_shape,
     count_elements,
     encode_bytes_tensor,
@@ -111,6 +112,10 @@ def parse_infer_request(
         if spec.name in tensors:
             raise ProtocolError(f"input {spec.name!r} given twice")
         tensors[spec.name] = tensor
+    for out in msg.outputs:
+        check_output_parameters(
+            {k: _param(v) for k, v in out.parameters.items()}, f"output {out.name!r}"
+        )
     outputs = [o.name for o in msg.outputs] or None
     params = {k: _param(v) for k, v in msg.parameters.items()}
     return InferRequest(
@@ -240,7 +245,10 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request, context):
         async def work(_):
-            resolve_model(self.s, request.name, request.version)  # one engine: the server's answer
+            try:  # one engine: the server's answer
+                resolve_model(self.s, request.name, request.version)
+            except InferError:  # as Triton: an unknown model or version is not ready
+                return service_pb2.ModelReadyResponse(ready=False)
             return service_pb2.ModelReadyResponse(ready=await self.s.readiness() is None)
 
         return await self._call("ModelReady", context, work)

@@ -26,6 +26,7 @@ __all__ = [
     "ProtocolError",
     "Tensor",
     "binary_tensor",
+    "check_output_parameters",
     "check_shape",
     "count_elements",
     "decode_bytes_tensor",
@@ -242,16 +243,41 @@ def parse_request(
             if not isinstance(out, dict) or not isinstance(out.get("name"), str):
                 raise ProtocolError("every requested output needs a 'name'")
             outputs.append(out["name"])
-            if _parameters(out.get("parameters"), f"output {out['name']!r}").get("binary_data"):
+            where = f"output {out['name']!r}"
+            out_params = _parameters(out.get("parameters"), where)
+            check_output_parameters(out_params, where)
+            if _flag(out_params, "binary_data", where):
                 binary_outputs.add(out["name"])
+    if req.get("id") is not None and not isinstance(req["id"], str):  # Triton: 400 as well
+        raise ProtocolError(f"'id' must be a string, got {req['id']!r}")
     return InferRequest(
-        id=str(req["id"]) if req.get("id") is not None else None,
+        id=req.get("id"),
         tensors=tensors,
         outputs=outputs,
         binary_outputs=binary_outputs,
-        binary_all=bool(params.get("binary_data_output")),
+        # as Triton: the default for outputs not listed; a listed one has its own binary_data
+        binary_all=_flag(params, "binary_data_output", "request") and outputs is None,
         parameters=params,
     )
+
+
+def _flag(params: dict, key: str, where: str) -> bool:
+    """A boolean parameter: absent is false; "false" (a string) is not true, it is refused."""
+    value = params.get(key, False)
+    if not isinstance(value, bool):
+        raise ProtocolError(f"{where}: parameter {key!r} must be true or false, got {value!r}")
+    return value
+
+
+def check_output_parameters(params: dict, where: str) -> None:
+    """Triton's classification extension (``classification``: the top-k classes as
+    "score:index" strings) is not served: refused, not ignored (the client would read floats
+    where it parses strings)."""
+    if "classification" in params:
+        raise ProtocolError(
+            f"{where}: the classification extension is not served here (the server's "
+            "extensions: GET /v2); ask for the output without it"
+        )
 
 
 def json_safe(value: Any) -> Any:

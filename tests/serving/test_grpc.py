@@ -165,11 +165,17 @@ def test_bad_requests_get_triton_status_codes_and_the_server_keeps_serving(serve
         (lambda: client.infer("synthdetect", [_bytes_input([jpeg(1)])],
                               outputs=[grpcclient.InferRequestedOutput("nope")]),
          "StatusCode.INVALID_ARGUMENT", "unknown outputs"),
+        # the classification extension is refused, not ignored (floats came back)
+        (lambda: client.infer("synthdetect", [_bytes_input([jpeg(1)])],
+                              outputs=[grpcclient.InferRequestedOutput("probability", class_count=1)]),
+         "StatusCode.INVALID_ARGUMENT", "classification extension is not served"),
     ]  # fmt: skip
     for fn, code, reason in cases:
         status, message = _status(fn)
         assert status == code and reason in message, (status, message)
     assert client.infer("synthdetect", [_bytes_input([jpeg(8)])]).as_numpy("label") is not None
+    # as Triton (and the HTTP side): an unknown model or version is not ready, not an error
+    assert not client.is_model_ready("synthdetect", "2") and not client.is_model_ready("gpt")
 
 
 def test_typed_contents_and_malformed_raw_contents(server):

@@ -108,3 +108,32 @@ def test_the_v1_json_responses_write_non_finite_numbers_as_null():
     res = json_response(200, payload)
     assert _strict(res.body) == {"probability": None, "ok": 0.5, "nested": [{"x": None}, [1, None]]}
     assert _strict(json_response(200, {"a": 1.0, "b": "c"}).body) == {"a": 1.0, "b": "c"}
+
+
+def test_infer_parameters_are_read_as_triton_reads_them():
+    """binary_data_output is the default for outputs not listed (it overrode a listed output's
+    own choice); "false" as a string was true; a numeric id was echoed as text; a
+    classification request was ignored (floats came back where "score:index" strings are
+    parsed)."""
+    from serving.protocol import ProtocolError, parse_request
+
+    def body(**extra) -> bytes:
+        req = {"inputs": [{"name": "images", "shape": [1], "datatype": "FP32", "data": [0.5]}]}
+        return json.dumps({**req, **extra}).encode()
+
+    listed = {"outputs": [{"name": "logits"}], "parameters": {"binary_data_output": True}}
+    req = parse_request(body(**listed), None)
+    assert not req.binary_all and req.binary_outputs == set()
+    assert parse_request(body(parameters={"binary_data_output": True}), None).binary_all
+    own = [{"name": "logits", "parameters": {"binary_data": True}}]
+    assert parse_request(body(outputs=own), None).binary_outputs == {"logits"}
+    assert parse_request(body(id="a-1"), None).id == "a-1"
+    for bad, message in (
+        ({"parameters": {"binary_data_output": "false"}}, "'binary_data_output' must be true"),
+        ({"outputs": [{"name": "logits", "parameters": {"binary_data": 1}}]}, "'binary_data'"),
+        ({"id": 123}, "'id' must be a string"),
+        ({"outputs": [{"name": "logits", "parameters": {"classification": 1}}]},
+         "classification extension is not served"),
+    ):  # fmt: skip
+        with pytest.raises(ProtocolError, match=message):
+            parse_request(body(**bad), None)
