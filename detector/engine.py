@@ -444,7 +444,7 @@ def load_bundle(
     """An exported directory / ``.onnx`` file (ONNX Runtime) or a ``.pt`` checkpoint / run dir.
 
     ``precision`` and ``cuda_graphs`` are torch-engine settings; an ONNX file's precision is
-    the one it was exported in (``synthdetect export --precision``). ``threads``: ONNX Runtime's
+    the one it was exported in (``synthdetect export --fp16`` / ``--int8``). ``threads``: ONNX Runtime's
     intra-op threads (default: every core this process may use). ``max_tiles``: at most this
     many tiles per image instead of the model's own (fewer: faster, and the image less covered;
     the model card measures both).

@@ -32,9 +32,11 @@ The rule (also in the README):
    flagging the image at 0.975 pulled the verdict down to 0.960, under the threshold.)
 4. The label is ``generated`` when p >= ``threshold``, ``camera`` when p <= ``camera_threshold``,
    otherwise ``uncertain``; a confirmed result gives its own side, a decisive one
-   ``generated``. The default threshold 0.5 (camera band 0.25) is replaced by the model's
-   calibrated threshold (chosen for a target false-positive rate) and its band when the model
-   scored the image; when it abstained or failed, the neutral ones apply.
+   ``generated``. ``fuse`` applies the ``FusionConfig`` it is given (default: threshold 0.5,
+   camera band 0.25); ``Detector`` gives it the model's calibrated threshold (chosen for a
+   target false-positive rate) and band where the model scored the image, and the neutral
+   ones where it abstained or failed. A caller of ``fuse`` with a model's results passes
+   ``FusionConfig(model.threshold, model.camera_threshold)`` itself.
 """
 
 from __future__ import annotations

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
 from detector.fusion import FusionConfig, Verdict, fuse
 from detector.image import DecodedImage, DecodeLimits, ImageError, decode
-from detector.methods import Evidence, Method, create_methods
+from detector.methods import Evidence, Method, create_methods, default_method_names
 from detector.methods.base import Kind, MethodResult
 
 __all__ = ["Detector", "Overloaded", "default_fusion", "fuse_results", "image_info"]
@@ -20,12 +21,17 @@ class Overloaded(RuntimeError):
     around: the caller sheds the request (the server answers 503) and the client retries."""
 
 
-def fuse_results(results: Sequence[MethodResult], config: FusionConfig) -> Verdict:
+def fuse_results(
+    results: Sequence[MethodResult], config: FusionConfig, model_bands: bool = True
+) -> Verdict:
     """``fuse`` with the model's calibrated bands only where the model scored the image: they
     were chosen for its score, not for what the metadata methods say without it (a lone
-    camera hint read as 'camera' at the model's 0.48 band)."""
-    if config != FusionConfig() and not any(
-        r.kind is Kind.MODEL and r.probability is not None for r in results
+    camera hint read as 'camera' at the model's 0.48 band). ``model_bands`` False: ``config``
+    is the caller's own choice, kept whatever scored."""
+    if (
+        model_bands
+        and config != FusionConfig()
+        and not any(r.kind is Kind.MODEL and r.probability is not None for r in results)
     ):
         config = FusionConfig()
     return fuse(results, config)
@@ -54,8 +60,10 @@ def image_info(image: DecodedImage) -> dict[str, Any]:
 class Detector:
     """Runs a set of registered methods on batches of images and fuses their results.
 
-    ``methods`` names registered methods (default: every method that can run here);
-    ``method_options`` reach the methods that accept them (e.g. ``include_prompt=True``).
+    ``methods`` names registered methods (default: every method that can run here, and
+    ``known_image`` when a ``memory_db`` is given); ``method_options`` reach the methods that
+    accept them (e.g. ``include_prompt=True``). ``fusion`` (default: the model's calibrated
+    threshold and camera band) is kept as given, also for images the model did not score.
     """
 
     def __init__(
@@ -65,9 +73,20 @@ class Detector:
         limits: DecodeLimits | None = None,
         **method_options: Any,
     ) -> None:
+        if isinstance(methods, str):  # "c2pa" was read as the methods c, 2, p, a
+            raise TypeError(f"methods is a list of names, e.g. [{methods!r}]")
+        memory = method_options.get("memory_db")  # a path, or an open MemoryStore
+        if memory is not None:
+            from detector.memory import require_database
+
+            if isinstance(memory, str | os.PathLike):  # a mistyped path: an empty memory
+                require_database(memory)
+            if methods is None:  # as the CLI and the server: the memory decides first
+                methods = default_method_names(also=("known_image",))
         self.methods: list[Method] = create_methods(methods, **method_options)
         if not self.methods:
             raise ValueError("no methods selected")
+        self._model_bands = fusion is None
         self.fusion = fusion or default_fusion(self.methods)
         self.limits = limits or DecodeLimits()
 
@@ -75,8 +94,16 @@ class Detector:
     def method_names(self) -> list[str]:
         return [m.name for m in self.methods]
 
-    def score(self, images: Sequence[DecodedImage]) -> list[Verdict]:
+    def score(self, images: Iterable[DecodedImage]) -> list[Verdict]:
         """One verdict per decoded image, in order."""
+        images = list(images)  # a generator was used up by the first method: no verdicts
+        for i, image in enumerate(images):
+            if not isinstance(image, DecodedImage):
+                raise TypeError(
+                    f"image {i} is a {type(image).__name__}, not a DecodedImage: decode it "
+                    "first (detector.decode(bytes) or detector.decode_file(path)), or use "
+                    "score_bytes"
+                )
         if not images:
             return []
         per_method = []
@@ -102,7 +129,7 @@ class Detector:
         verdicts = []
         for i, image in enumerate(images):
             results = [res[i] for res in per_method]
-            verdict = fuse_results(results, self.fusion)
+            verdict = fuse_results(results, self.fusion, self._model_bands)
             timings = {r.method: r.seconds * 1000 for r in results}
             one = [  # a method that failed on this image alone (its batch went on)
                 f"{r.method}: {r.details['failure']}"

@@ -5,7 +5,7 @@ in order. A result carries the probability that the image is AI-generated, or ``
 method abstains: it found nothing it can judge by (no metadata is an abstention, never "camera").
 Whatever the method saw is listed as ``Evidence`` so that a verdict can be explained.
 
-Methods come in three kinds:
+Methods come in four kinds:
 
 - ``model``: a trained classifier on pixels (ONNX Runtime or torch);
 - ``artifact``: hand-crafted spectral / residual statistics on pixels;

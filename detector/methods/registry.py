@@ -74,6 +74,10 @@ def create_methods(names: Sequence[str] | None = None, **options: Any) -> list[M
     ``options`` are passed to each method whose constructor accepts them, so one flag such as
     ``include_prompt`` reaches the methods that understand it.
     """
+    known = {o for n in METHODS.names() for o in getattr(METHODS.get(n), "options", ())}
+    unknown = sorted(set(options) - known)
+    if unknown:  # a misspelt option (modle_path=) was dropped and the default used
+        raise TypeError(f"unknown method options {unknown}; the methods take {sorted(known)}")
     # A name given twice runs once (its evidence would count twice in fusion otherwise).
     chosen = list(dict.fromkeys(names)) if names is not None else default_method_names()
     methods = []
