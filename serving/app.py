@@ -8,7 +8,7 @@ and rate limits. A new endpoint is a route in one of those modules (or a new one
 Every error is JSON ``{"error": reason}`` with a 4xx/5xx status: 400 malformed request, 401
 missing or wrong API key, 403 a key without the role, 404 unknown route or model, 408 body not
 received in time, 413 body too large, 415 compressed body (any ``Content-Encoding`` but
-``identity``: see ``serving.http``), 422 image that cannot be decoded (or too small for a
+``identity``, and gzip or deflate on KServe infer: see ``serving.http``), 422 image that cannot be decoded (or too small for a
 heatmap), 429 rate limit, 503 overloaded, too slow or shutting down.
 """
 
@@ -175,7 +175,7 @@ def make_app(service: Service, config: HttpConfig | None = None) -> web.Applicat
     app.on_response_prepare.append(no_version)
     app[SERVICE] = service
     app[GUARD] = guard
-    KServeRoutes(service, config.body_timeout_s, _actor).add_to(app)
+    KServeRoutes(service, config.body_timeout_s, _actor, config.max_body_bytes).add_to(app)
     ScoreRoutes(service, config.body_timeout_s, config.max_body_bytes, _actor).add_to(app)
     ReviewRoutes(service, config.body_timeout_s, config.max_body_bytes, CALLER).add_to(app)
 

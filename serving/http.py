@@ -5,7 +5,9 @@ Handlers raise ``HttpError(status, reason)``; the middleware in ``serving.app`` 
 a byte limit counted as it streams, however the client frames it. A compressed body (any
 ``Content-Encoding`` but ``identity``) is refused with 415 before it is read: aiohttp would
 inflate it ahead of the byte limit, so a small gzip bomb would cost the server its memory,
-and images are compressed already.
+and images are compressed already. The KServe infer endpoint alone takes ``gzip`` and
+``deflate`` (tritonclient's ``request_compression_algorithm``, which Triton accepts): read
+compressed and inflated here, in steps, stopping at the byte limit (413).
 """
 
 from __future__ import annotations
@@ -58,22 +60,57 @@ def flag(request: web.Request, name: str, default: bool = False) -> bool:
     return _FLAGS[raw.lower()]
 
 
-def _uncompressed(request: web.Request) -> None:
-    """415 for a body with a ``Content-Encoding`` other than ``identity``, before any of it is
-    read (and inflated: see the module's docstring)."""
+INFLATED = ("gzip", "deflate")  # the codings read_body(inflate=True) undoes
+
+
+def _uncompressed(request: web.Request, accepted: tuple[str, ...] = ()) -> str | None:
+    """The body's one coding among ``accepted`` (None: identity), else 415 before any of it
+    is read (and inflated: see the module's docstring)."""
     given = request.headers.get("Content-Encoding", "")
-    codings = [c.strip().lower() for c in given.split(",") if c.strip()]
-    if any(c != "identity" for c in codings):
-        raise HttpError(
-            415, f"Content-Encoding {given.strip()} is not accepted: send the body uncompressed"
-        )
+    codings = [c.strip().lower() for c in given.split(",")]
+    codings = [c for c in codings if c and c != "identity"]
+    if not codings:
+        return None
+    if len(codings) == 1 and codings[0] in accepted:
+        return codings[0]
+    also = f" or as {' / '.join(accepted)}" if accepted else ""
+    raise HttpError(
+        415,
+        f"Content-Encoding {given.strip()} is not accepted: send the body uncompressed{also}",
+        {"Accept-Encoding": ", ".join(accepted) or "identity"},
+    )
 
 
-async def read_body(request: web.Request, timeout: float = 30.0, limit: int | None = None) -> bytes:
+def _inflate(body: bytes, coding: str, limit: int) -> bytes:
+    """``body`` inflated, never past ``limit`` bytes (413): a gzip bomb stops there."""
+    import zlib
+
+    wbits = 16 + zlib.MAX_WBITS if coding == "gzip" else zlib.MAX_WBITS
+    if coding == "deflate" and body[:1] and (body[0] & 0x0F) != 8:  # raw deflate, no header
+        wbits = -zlib.MAX_WBITS
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise HttpError(400, f"malformed {coding} body: {exc}") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise HttpError(413, f"request body inflates past {limit} bytes")
+    if not inflater.eof:
+        raise HttpError(400, f"malformed {coding} body: it ends before its stream does")
+    return out
+
+
+async def read_body(
+    request: web.Request,
+    timeout: float = 30.0,
+    limit: int | None = None,
+    inflate: int | None = None,
+) -> bytes:
     """The whole body, or a 4xx when the client sends less than it declared, stalls, sends
     more than ``limit`` bytes (413; the app-wide body limit applies in any case) or sends it
-    compressed (415)."""
-    _uncompressed(request)
+    compressed (415). ``inflate``: a gzip or deflate body is taken and inflated up to that
+    many bytes."""
+    coding = _uncompressed(request, INFLATED if inflate is not None else ())
     if limit is not None and (request.content_length or 0) > limit:
         raise HttpError(413, f"request body of {request.content_length} bytes exceeds {limit}")
     try:
@@ -90,6 +127,8 @@ async def read_body(request: web.Request, timeout: float = 30.0, limit: int | No
         raise HttpError(400, "connection closed before the body was complete") from None
     if limit is not None and len(body) > limit:
         raise HttpError(413, f"request body of {len(body)} bytes exceeds {limit}")
+    if coding is not None and inflate is not None:
+        return _inflate(body, coding, inflate)
     return body
 
 

@@ -30,9 +30,12 @@ def http_status(exc: InferError) -> HttpError:
 
 
 class KServeRoutes:
-    def __init__(self, service: Service, body_timeout_s: float, actor) -> None:
+    def __init__(
+        self, service: Service, body_timeout_s: float, actor, max_body_bytes: int = 64 << 20
+    ) -> None:
         self.s = service
         self.body_timeout_s = body_timeout_s
+        self.max_body_bytes = max_body_bytes  # an inflated (gzip, deflate) body's limit too
         self.actor = actor  # request -> the caller's key label (for the review queue)
 
     def add_to(self, app: web.Application) -> None:
@@ -95,7 +98,8 @@ class KServeRoutes:
             header_len = int(raw_len) if raw_len is not None else None
         except ValueError:
             raise HttpError(400, f"{HEADER} must be an integer") from None
-        body = await read_body(request, self.body_timeout_s)
+        # tritonclient's request_compression_algorithm (gzip, deflate), as Triton takes it
+        body = await read_body(request, self.body_timeout_s, inflate=self.max_body_bytes)
         limit = self.s.config.batcher.max_batch_size
         try:
             if len(body) > PARSE_INLINE_BYTES:  # a big JSON tensor must not block the loop

@@ -137,3 +137,39 @@ def test_infer_parameters_are_read_as_triton_reads_them():
     ):  # fmt: skip
         with pytest.raises(ProtocolError, match=message):
             parse_request(body(**bad), None)
+
+
+def _body_request(headers: dict[str, str], data: bytes) -> web.Request:
+    payload = StreamReader(mock.Mock(_reading_paused=False), 2**16, loop=asyncio.get_running_loop())
+    payload.feed_data(data)
+    payload.feed_eof()
+    return make_mocked_request("POST", "/v2/models/m/infer", headers, payload=payload)
+
+
+def test_the_infer_body_may_come_gzip_or_deflate_and_inflates_within_the_limit():
+    """tritonclient's request_compression_algorithm was refused with 415 (Triton takes it);
+    inflating stops at the byte limit, so a gzip bomb costs no memory."""
+    import gzip
+    import zlib
+
+    def read(coding: str, data: bytes, inflate: int = 1000):
+        async def go():
+            return await read_body(_body_request({"Content-Encoding": coding}, data), inflate=inflate)
+
+        return asyncio.run(go())
+
+    text = b'{"inputs": []}' * 20
+    assert read("gzip", gzip.compress(text)) == text
+    assert read("deflate", zlib.compress(text)) == text
+    raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    assert read("deflate", raw.compress(text) + raw.flush()) == text  # headerless deflate
+    for coding, data, status, reason in (
+        ("gzip", gzip.compress(bytes(10_000_000)), 413, "inflates past 1000 bytes"),
+        ("gzip", gzip.compress(text)[:-12], 400, "ends before its stream does"),
+        ("gzip", b"not gzip at all", 400, "malformed gzip body"),
+        ("br", b"x", 415, "or as gzip / deflate"),
+    ):
+        with pytest.raises(HttpError) as err:
+            read(coding, data)
+        assert err.value.status == status and reason in err.value.reason, err.value.reason
+    assert err.value.headers == {"Accept-Encoding": "gzip, deflate"}

@@ -68,14 +68,19 @@ def test_health_and_metadata(server):
     assert "dynamic_batching" in cfg
 
 
-@pytest.mark.parametrize("binary", [False, True])
-def test_tensor_model_matches_the_engine(server, binary):
+@pytest.mark.parametrize(
+    "binary, compression", [(False, None), (True, None), (True, "gzip"), (False, "deflate")]
+)
+def test_tensor_model_matches_the_engine(server, binary, compression):
+    """Also with tritonclient's request_compression_algorithm (it was refused with 415)."""
     client = httpclient.InferenceServerClient(server.url)
     tiles = np.random.default_rng(3).normal(size=(5, 3, 64, 64)).astype(np.float32)
     inp = httpclient.InferInput("images", list(tiles.shape), "FP32")
     inp.set_data_from_numpy(tiles, binary_data=binary)
     out = httpclient.InferRequestedOutput("logits", binary_data=binary)
-    result = client.infer("synthdetect_tiles", [inp], outputs=[out])
+    result = client.infer(
+        "synthdetect_tiles", [inp], outputs=[out], request_compression_algorithm=compression
+    )
     logits = result.as_numpy("logits")
     assert logits.shape == (5, 1)
     expected = server.service.bundle.engine._run(tiles)  # the engine behind the batcher
