@@ -154,7 +154,9 @@ def test_the_infer_body_may_come_gzip_or_deflate_and_inflates_within_the_limit()
 
     def read(coding: str, data: bytes, inflate: int = 1000):
         async def go():
-            return await read_body(_body_request({"Content-Encoding": coding}, data), inflate=inflate)
+            return await read_body(
+                _body_request({"Content-Encoding": coding}, data), inflate=inflate
+            )
 
         return asyncio.run(go())
 
