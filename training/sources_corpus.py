@@ -291,6 +291,13 @@ def build_sources_corpus(
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise CorpusError(f"{len(problems)} pinned files are not as listed:\n  {shown}{more}")
     split_of, unit_of = assign_splits(rows, config.split_fractions)
+    empty = [s for s, share in zip(("train", "val", "test"), config.split_fractions, strict=True)
+             if share > 0 and s not in set(split_of.values())]  # fmt: skip
+    if empty:  # too few repositories to go round: said, not found out by the first run
+        log(
+            f"warning: no {' or '.join(empty)} split: {len(set(unit_of.values()))} repositories "
+            "(a repository is on one side) do not go round; list more sources"
+        )
     twins = _twin_generators(config, store, cache, log)
     partial = start_partial(out)
     try:

@@ -107,11 +107,15 @@ def _manifest(out: Path) -> list[dict]:
 def test_good_rows_extract_cut_and_record_provenance(gallery, tmp_path):
     rows = read_sources(_sources(tmp_path / "s.csv", gallery["rows"]))
     out = tmp_path / "corpus"
+    logs: list[str] = []
     info = build_sources_corpus(
-        rows, out, Store(gallery["mirror"]), SourcesConfig(crop=192), log=lambda m: None
+        rows, out, Store(gallery["mirror"]), SourcesConfig(crop=192), log=logs.append
     )
     manifest = _manifest(out)
     assert info["files"] == 7 and info["images"] == len(manifest) and not info["skipped"]
+    # one repository: every row on train, and the build says so (it exited 0 in silence)
+    assert {r["split"] for r in manifest} == {"train"}
+    assert "warning: no val or test split: 1 repositories" in "\n".join(logs)
     by_path = {}
     for r in manifest:
         by_path.setdefault(r["src_path"], []).append(r)
