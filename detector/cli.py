@@ -221,13 +221,14 @@ def _add_score(sub: Any) -> None:
     p.set_defaults(func=_cmd_score)
 
 
-# `score` decodes and scores its files in chunks of at most this many files or pixels, so
-# that its memory does not grow with the number of files (one 80 MP image decodes to 240 MB)
-_SCORE_CHUNK_FILES = 32
-_SCORE_CHUNK_PIXELS = 100_000_000
+# `score` decodes and scores its files in Detector.score's chunks (at most CHUNK_IMAGES files
+# or CHUNK_PIXELS pixels), so that its memory does not grow with the number of files (one 80 MP
+# image decodes to 240 MB)
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
+    from detector.pipeline import CHUNK_IMAGES, CHUNK_PIXELS
+
     detector = _make_detector(args)
     heat_out = _heatmap_target(args, detector) if args.heatmap else None
     records: list[dict[str, Any]] = []
@@ -260,7 +261,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         pending.append((len(records), image))
         records.append({})  # filled in once its chunk is scored
         pending_pixels += image.width * image.height
-        if len(pending) >= _SCORE_CHUNK_FILES or pending_pixels >= _SCORE_CHUNK_PIXELS:
+        if len(pending) >= CHUNK_IMAGES or pending_pixels >= CHUNK_PIXELS:
             flush()
     if pending:
         flush()

@@ -16,6 +16,28 @@ from detector.methods.base import Kind, MethodResult
 __all__ = ["Detector", "Overloaded", "default_fusion", "fuse_results", "image_info"]
 
 
+# Detector.score runs its methods on at most this many images or pixels at once, so that its
+# memory (tiles, engine buffers) does not grow with the batch it is given; `synthdetect score`
+# decodes its files in chunks of the same size.
+CHUNK_IMAGES = 32
+CHUNK_PIXELS = 100_000_000
+
+
+def chunks(images: Sequence[DecodedImage]) -> Iterable[Sequence[DecodedImage]]:
+    """``images`` in order, in runs of at most ``CHUNK_IMAGES`` images or ``CHUNK_PIXELS``
+    pixels (an image larger than that is a run of its own)."""
+    start = pixels = 0
+    for i, image in enumerate(images):
+        if i > start and (
+            i - start >= CHUNK_IMAGES or pixels + image.width * image.height > CHUNK_PIXELS
+        ):
+            yield images[start:i]
+            start, pixels = i, 0
+        pixels += image.width * image.height
+    if start < len(images):
+        yield images[start:]
+
+
 class Overloaded(RuntimeError):
     """A method's engine refuses work for now (its queue is full). Not a failure to degrade
     around: the caller sheds the request (the server answers 503) and the client retries."""
@@ -104,8 +126,9 @@ class Detector:
                     "first (detector.decode(bytes) or detector.decode_file(path)), or use "
                     "score_bytes"
                 )
-        if not images:
-            return []
+        return [v for chunk in chunks(images) for v in self._score_chunk(chunk)]
+
+    def _score_chunk(self, images: Sequence[DecodedImage]) -> list[Verdict]:
         per_method = []
         failed: list[str] = []  # "method: reason" of the methods that failed on the whole batch
         failed_methods: set[str] = set()

@@ -642,7 +642,7 @@ def test_score_decodes_and_scores_in_bounded_chunks(files, monkeypatch, capsys):
         return scores(self, images)
 
     monkeypatch.setattr(Detector, "score", spy)
-    monkeypatch.setattr(cli, "_SCORE_CHUNK_FILES", 2)
+    monkeypatch.setattr("detector.pipeline.CHUNK_IMAGES", 2)
     assert cli.main(argv) == 0
     assert sizes == [2, 2]  # 4 readable files in chunks of 2
     assert _untimed(json.loads(capsys.readouterr().out)) == _untimed(whole)

@@ -58,3 +58,28 @@ def test_a_memory_database_brings_the_known_image_method_and_must_exist(tmp_path
     with pytest.raises(KnownImageError, match="no memory database"):
         Detector(memory_db=tmp_path / "typo.sqlite")
     assert not (tmp_path / "typo.sqlite").exists()
+
+
+def test_a_large_batch_is_scored_in_chunks_with_the_same_verdicts(monkeypatch):
+    """Every method ran on the whole batch at once: 1,000 small images took 3.2 GB."""
+    from detector import pipeline
+
+    detector = Detector(methods=["exif_hints", "generator_params"])
+    images = [decode(_image(i % 5)) for i in range(70)]
+    sizes = []
+    run = detector.methods[0].score
+
+    def spy(batch):
+        sizes.append(len(batch))
+        return run(batch)
+
+    monkeypatch.setattr(detector.methods[0], "score", spy)
+    verdicts = detector.score(images)
+    assert sizes == [32, 32, 6] and len(verdicts) == 70
+    one_by_one = [detector.score([im])[0] for im in images]
+    assert [v.image["sha256"] for v in verdicts] == [v.image["sha256"] for v in one_by_one]
+    assert [v.probability for v in verdicts] == [v.probability for v in one_by_one]
+    monkeypatch.setattr(pipeline, "CHUNK_PIXELS", 3 * 96 * 96)  # by pixels too
+    sizes.clear()
+    detector.score(images[:7])
+    assert sizes == [3, 3, 1]
