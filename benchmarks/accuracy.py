@@ -279,6 +279,9 @@ def _run(args: argparse.Namespace) -> int:
     from training.datasets import DatasetError
     from training.degrade import DEFAULT_GRID
 
+    from detector.outputs import check_not_an_input
+
+    check_not_an_input(args.out, args.data, args.model)
     options = {"model": {"model_path": args.model}} if args.model else {}
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     grid = DEFAULT_GRID if args.degrade == "default" else args.degrade

@@ -106,7 +106,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from detector.outputs import check_not_an_input
 
+    check_not_an_input(args.out, args.data, args.model)
     try:
         result = quick_profile(args.data, args.out, args.model)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:

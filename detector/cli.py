@@ -24,6 +24,7 @@ from typing import Any
 from detector.argtypes import positive_int
 from detector.image import DecodeLimits, ImageError, decode, decode_file, file_identity, read_file
 from detector.memory import KnownImageError, require_database
+from detector.outputs import OutputError, check_not_an_input
 from detector.registry import RegistryError
 
 __all__ = ["main"]
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return int(args.func(args) or 0)
-    except CliError as exc:
+    except (CliError, OutputError) as exc:
         print(f"synthdetect: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except RegistryError as exc:  # an unknown method, model or generator name, from any command
@@ -592,6 +593,10 @@ def _cmd_memory_export(args: argparse.Namespace) -> int:
                 raise CliError(
                     f"--out {out} is not a regular file; give a file path, or - for stdout"
                 )
+            db = Path(args.db)  # the database and its write-ahead log are what is read
+            check_not_an_input(
+                out, db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")
+            )
             tmp = out.with_name(out.name + ".partial")
             try:
                 with open(tmp, "w") as fh:

@@ -728,3 +728,34 @@ def test_a_source_tree_never_installed_has_every_command(monkeypatch, capsys):
         cli.build_parser().parse_args(["--help"])
     shown = capsys.readouterr().out
     assert all(f"    {name} " in shown for name in ("train", "serve", "bench", "probe"))
+
+
+def test_a_report_is_never_written_over_an_input(exported_model, tmp_path):
+    """evaluate --out MODEL/model.json replaced the model's sidecar (the model then failed to
+    load), and --out the manifest replaced the data; both exited 0."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(exported_model, model)
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = ["path,label,split"]
+    for i, label in enumerate(["real", "fake"] * 2):
+        (data / f"{i}.png").write_bytes(P.encode(P.synthetic_scene(i, 64, 64), "PNG"))
+        rows.append(f"{i}.png,{label},test")
+    manifest = data / "manifest.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    before = {p: p.read_bytes() for p in (model / "model.json", manifest)}
+    model_json = model / "model.json"
+    for command, targets in (
+        (["evaluate", "--model", str(model), "--data", str(manifest), "--split", "test"],
+         (model_json, manifest)),
+        (["bench", "accuracy", "--data", str(manifest), "--model", str(model), "--methods",
+          "model"], (model_json, manifest)),
+        (["train-artifact", "--data", str(manifest)], (manifest,)),
+    ):  # fmt: skip
+        for target in targets:
+            done = run(*command, "--out", str(target))
+            assert done.returncode == 2 and "an input of this command" in done.stderr, done.stderr
+            assert "Traceback" not in done.stderr
+    assert {p: p.read_bytes() for p in before} == before

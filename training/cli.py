@@ -424,7 +424,11 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
+    from detector.outputs import check_not_an_input
     from training.run_eval import HELD_OUT_FAKE_SPLITS, evaluate_model, leave_one_out
+
+    # (a report written over the model's model.json or the manifest replaced it, exit 0)
+    check_not_an_input(args.out, args.model, args.data, args.config)
 
     if (args.groups or args.previous) and not args.leave_one_out:
         print("synthdetect: --groups and --previous go with --leave-one-out", file=sys.stderr)
@@ -612,6 +616,9 @@ def _probe(args: argparse.Namespace) -> int:
 def _train_artifact(args: argparse.Namespace) -> int:
     from training.artifact_train import train_artifact
 
+    from detector.outputs import check_not_an_input
+
+    check_not_an_input(args.out, args.data)
     try:
         model = train_artifact(args.data, args.out)
     except USER_ERRORS as exc:

@@ -368,6 +368,8 @@ def test_memory_commands(tmp_path):
         (("memory", "export", "--out", str(tmp_path / "no" / "e.jsonl"), "--db", db),
          f"cannot write {tmp_path / 'no' / 'e.jsonl'}: No such file or directory"),
         (("score", "--memory-db", str(tmp_path / "none.sqlite"), str(img)), "no memory database at"),
+        # the export written over the database it read (it said "exported 1 records")
+        (("memory", "export", "--out", db, "--db", db), "an input of this command"),
     ]:  # fmt: skip
         out = _cli(*args)
         assert out.returncode == 2, (args, out.stderr)
