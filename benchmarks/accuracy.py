@@ -276,10 +276,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from detector.outputs import check_not_an_input
     from training.datasets import DatasetError
     from training.degrade import DEFAULT_GRID
-
-    from detector.outputs import check_not_an_input
 
     check_not_an_input(args.out, args.data, args.model)
     options = {"model": {"model_path": args.model}} if args.model else {}

@@ -14,6 +14,7 @@ import argparse
 import csv
 import hashlib
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -76,8 +77,10 @@ def build_metadata_set(corpus: Path, out: Path, per_signal: int = 12, min_side: 
         jobs.append(("real", "real", i % len(real_pixels)))
     # built beside ``out`` and moved in whole: a failed build leaves no folder, an earlier set
     # stays as it was until the new one is complete
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
+    # a fresh folder of its own beside out: a folder the user named <out>.partial was deleted
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    staging.chmod(0o755)  # as a folder made with mkdir (mkdtemp's is private to its owner)
     try:
         _write(jobs, {"fake": fake_pixels, "real": real_pixels}, chain, staging)
     except BaseException:

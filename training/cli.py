@@ -614,9 +614,8 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _train_artifact(args: argparse.Namespace) -> int:
-    from training.artifact_train import train_artifact
-
     from detector.outputs import check_not_an_input
+    from training.artifact_train import train_artifact
 
     check_not_an_input(args.out, args.data)
     try:

@@ -119,9 +119,11 @@ def merge_manifests(inputs: list[Path], out: Path, exclude_pools: tuple[str, ...
         )
     out.mkdir(parents=True, exist_ok=True)
     for r in merged:
-        r["path"] = Path(os.path.relpath(r["path"], out)).as_posix()
+        # between resolved paths: out reached through a symlink has another ".." than its
+        # spelling (the manifest's paths then named nothing)
+        r["path"] = Path(os.path.relpath(Path(r["path"]).resolve(), out.resolve())).as_posix()
         if r.get("pair"):
-            r["pair"] = Path(os.path.relpath(r["pair"], out)).as_posix()
+            r["pair"] = Path(os.path.relpath(Path(r["pair"]).resolve(), out.resolve())).as_posix()
     # Written whole, then moved into place: a failure never leaves a manifest a run would trust.
     partial = out / "manifest.csv.partial"
     try:

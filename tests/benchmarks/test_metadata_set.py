@@ -57,8 +57,13 @@ def test_both_splits_and_every_signal(corpus, tmp_path):
 
 
 def test_an_earlier_set_is_replaced_whole(corpus, tmp_path):
+    mine = tmp_path / "set.partial"  # a folder of the user's that the build used to delete
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("precious")
     out = tmp_path / "set"
     build_metadata_set(corpus, out, per_signal=2)
+    assert (mine / "thesis.txt").read_text() == "precious"
+    assert not any(p.name.startswith(".set-") for p in tmp_path.iterdir())  # no staging left
     (out / "declared" / "stale.png").write_bytes(b"left from before")
     build_metadata_set(corpus, out, per_signal=1)
     assert len(_rows(out / "manifest.csv")) == 2 * 2 * len(SIGNALS)
@@ -75,4 +80,4 @@ def test_refusals_leave_nothing(corpus, tmp_path):
     out = tmp_path / "set"
     with pytest.raises(ValueError, match="not enough test images of at least 256px"):
         build_metadata_set(corpus, out, per_signal=3)
-    assert not out.exists() and not (tmp_path / "set.partial").exists()
+    assert not out.exists() and not any(p.name.startswith(".set-") for p in tmp_path.iterdir())

@@ -117,6 +117,21 @@ def test_merge_rewrites_paths_keeps_columns_and_refuses_shared_sources(tmp_path)
     assert sorted(f.name for f in (tmp_path / "m4").iterdir()) == ["manifest.csv", "merge.json"]
 
 
+def test_a_merge_written_through_a_symlinked_folder_names_its_images(tmp_path):
+    """Paths were made relative to --out as spelt (link/m), but the system resolves ".." from
+    the folder the link points to: every row named nothing."""
+    a = _write(tmp_path / "a", [{"path": "images/1.png", "label": "real", "split": "train", "source_id": "s1"}])  # fmt: skip
+    b = _write(tmp_path / "b", [{"path": "images/2.png", "label": "fake", "split": "train", "source_id": "s2"}])  # fmt: skip
+    for corpus, name in ((a, "1.png"), (b, "2.png")):
+        (corpus / "images").mkdir()
+        (corpus / "images" / name).write_bytes(b"x")
+    (tmp_path / "far" / "deep" / "er").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "far" / "deep" / "er")
+    merge_manifests([a, b], tmp_path / "link" / "m")
+    samples = load_samples(tmp_path / "link" / "m" / "manifest.csv")
+    assert all(s.path.is_file() for s in samples) and len(samples) == 2
+
+
 def test_merge_refuses_one_image_by_two_spellings_and_a_repository_on_two_splits(tmp_path):
     """The same file listed as a/images/1.png and alt/../a/images/1.png (one real, one fake)
     was merged twice; two corpora built apart (--families) put one repository's groups on
