@@ -80,7 +80,7 @@ def register(sub: Any) -> None:
         "--max-queue-tiles",
         type=positive_int,
         default=BatcherConfig.max_queue_tiles,
-        help="queued tiles before 503",
+        help="queued tiles before 503 (per process)",
     )
     p.add_argument(
         "--workers",
@@ -99,7 +99,7 @@ def register(sub: Any) -> None:
         "--max-inflight",
         type=positive_int,
         default=ServiceConfig.max_inflight,
-        help="concurrent requests before 503",
+        help="concurrent requests before 503 (per process)",
     )
     p.add_argument(
         "--max-body-mb",
@@ -130,12 +130,13 @@ def register(sub: Any) -> None:
         "--max-megapixels-in-flight",
         type=positive_float,
         default=ServiceConfig.max_pixels_in_flight / 1e6,
-        help="decoded pixels of the images scored at once (memory: ~12 bytes each); more wait",
+        help="decoded pixels of the images scored at once, per process (memory: ~12 bytes each); "
+        "more wait",
     )
     p.add_argument("--api-key-file", type=Path)
     p.add_argument(
         "--rate-limit", type=positive_float,
-        help="requests per second per API key (a token bucket with a burst of 20)",
+        help="requests per second per API key and process (a token bucket with a burst of 20)",
     )  # fmt: skip
     p.add_argument(
         "--cors-origin", action="append", default=[], help="allow this origin (repeatable)"
@@ -212,8 +213,20 @@ def serve(args: argparse.Namespace) -> int:
             return 2
     if args.processes == 1:
         return serve_one(args)
-    from serving.processes import supervise
+    from serving.processes import ports_free, supervise
 
+    if args.port == 0:  # each process would pick a random port of its own (gRPC's 0 is off)
+        print(
+            f"synthdetect: --port 0 picks a port per process; give a port with --processes "
+            f"{args.processes}",
+            file=sys.stderr,
+        )
+        return 2
+    # SO_REUSEPORT lets the processes share a port, and lets them join a server that already
+    # holds it (another model's, an old one's): refused, as with one process
+    if (taken := ports_free(args.host, [args.port, args.grpc_port])) is not None:
+        print(f"synthdetect: cannot listen on {taken} (the port is in use)", file=sys.stderr)
+        return 2
     return supervise(serve_one, args, args.processes)
 
 

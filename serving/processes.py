@@ -7,17 +7,22 @@ processes. Each loads its own engine and batcher and listens on the same port wi
 SO_REUSEPORT, so the kernel spreads connections over them; a request is batched with the
 other requests of its process.
 
-- Start-up: process 0 starts first, so a configuration error (bad model, port taken) is
-  reported once; the others start when it is up.
+- Start-up: the ports are checked first (SO_REUSEPORT would let the processes join a server
+  that already holds them), then process 0 starts, so a configuration error (bad model) is
+  reported once; the others start when it is up. ``--port 0`` is refused (one random port
+  per process).
 - Signals: SIGINT and SIGTERM to the supervisor are forwarded as SIGTERM; each process drains
   its queue and exits (the servers run in their own process group, so a terminal's Ctrl-C
   reaches them only through the supervisor). If the supervisor is killed, the kernel sends
-  its processes SIGTERM (``PR_SET_PDEATHSIG``).
+  its processes SIGTERM (``PR_SET_PDEATHSIG``; a process that finds its supervisor gone
+  before that is set exits). A process stopped while still starting ends by the signal: a
+  requested stop, exit 0.
 - Failure: if one process dies, the supervisor stops the others and exits non-zero. A server
   running at 1/N capacity without saying so is worse than a restart by the orchestrator.
 - Metrics: ``/metrics`` aggregates every process (prometheus_client's multiprocess mode, in a
-  temporary folder removed on exit). Triton statistics (``/v2/models/stats``) and
-  ``--rate-limit`` count per process.
+  temporary folder removed on exit). Triton statistics (``/v2/models/stats``),
+  ``--rate-limit``, ``--max-inflight``, ``--max-queue-tiles``, ``--max-connections`` and
+  ``--max-megapixels-in-flight`` count per process.
 - ONNX Runtime on the CPU gets ``cores // N`` intra-op threads per process.
 """
 
@@ -30,6 +35,7 @@ import multiprocessing as mp
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -47,15 +53,34 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
 
 
+def ports_free(host: str, ports: list[int | None]) -> str | None:
+    """The first of ``ports`` (None, 0: none) that another socket holds on ``host``, as
+    ``host:port``, else None. Bound without SO_REUSEPORT, which a listener with it refuses."""
+    for port in ports:
+        if not port:
+            continue
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is free
+            try:
+                probe.bind((host, port))
+            except OSError:
+                return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return None
+
+
 def _child(
     serve_one: Callable[..., int],
     args: argparse.Namespace,
     index: int,
     total: int,
     started: mp.synchronize.Event,
+    parent: int,
 ) -> None:
     os.setpgid(0, 0)
     _die_with_parent()
+    if os.getppid() != parent:  # the supervisor died before the line above: nobody to serve
+        sys.exit(0)
     sys.exit(serve_one(args, index=index, total=total, on_started=started.set))
 
 
@@ -69,7 +94,7 @@ def supervise(serve_one: Callable[..., int], args: argparse.Namespace, processes
     procs = [
         ctx.Process(
             target=_child,
-            args=(serve_one, args, i, processes, events[i]),
+            args=(serve_one, args, i, processes, events[i], os.getpid()),
             name=f"synthdetect-serve-{i}",
         )
         for i in range(processes)
@@ -107,17 +132,32 @@ def supervise(serve_one: Callable[..., int], args: argparse.Namespace, processes
                 announced = True
             wait([p.sentinel for p in procs if p.pid is not None], timeout=0.2)
     finally:
-        _stop(procs)
+        stopped = _stop(procs)
         signal.signal(signal.SIGINT, previous[signal.SIGINT])
         signal.signal(signal.SIGTERM, previous[signal.SIGTERM])
         shutil.rmtree(metrics_dir, ignore_errors=True)
         os.environ.pop(METRICS_DIR_ENV, None)
-    if code == 0 and any(p.exitcode not in (0, None) for p in procs if p.pid is not None):
-        code = 1  # a process failed to drain cleanly
+    # a process stopped while still starting (before it could drain) ends by the SIGTERM
+    # sent to it: a requested stop, not a failure
+    failed = [
+        p
+        for p in procs
+        if p.pid is not None
+        and p.exitcode not in (0, None)
+        and not (p in stopped and p.exitcode == -signal.SIGTERM)
+    ]
+    if code == 0 and failed:  # a process failed to drain cleanly: said, not only exit 1
+        print(
+            "synthdetect: "
+            + ", ".join(f"{p.name} (pid {p.pid}) exited with code {p.exitcode}" for p in failed),
+            file=sys.stderr,
+        )
+        code = 1
     return code
 
 
-def _stop(procs: list[mp.Process]) -> None:
+def _stop(procs: list[mp.Process]) -> list[mp.Process]:
+    """SIGTERM to every process still running, then join them; -> the ones signalled."""
     running = [p for p in procs if p.pid is not None and p.exitcode is None]
     for p in running:
         with contextlib.suppress(ProcessLookupError):
@@ -130,3 +170,4 @@ def _stop(procs: list[mp.Process]) -> None:
             print(f"synthdetect: {p.name} did not drain in time; killing it", file=sys.stderr)
             p.kill()
             p.join()
+    return running

@@ -214,6 +214,45 @@ def test_serve_rejects_bad_process_count_and_model(exported_model, tmp_path):
         assert message in out.stderr and "Traceback" not in out.stderr
 
 
+def test_serve_processes_refuse_a_port_another_server_holds_and_port_0(exported_model):
+    """With SO_REUSEPORT a second --processes server joined a port the first held and took
+    part of its traffic; --port 0 put each process on a random port of its own."""
+    import socket
+
+    with socket.socket() as taken:  # a server with SO_REUSEPORT, as ours are
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        held = taken.getsockname()[1]
+        for ports, message in (
+            (["--port", str(held), "--grpc-port", str(free_port())],
+             f"cannot listen on 127.0.0.1:{held} (the port is in use)"),
+            (["--port", str(free_port()), "--grpc-port", str(held)],
+             f"cannot listen on 127.0.0.1:{held} (the port is in use)"),
+            (["--port", "0", "--grpc-port", "0"], "--port 0 picks a port per process"),
+        ):  # fmt: skip
+            out = subprocess.run(
+                [sys.executable, "-m", "detector.cli", "serve", "--model", str(exported_model),
+                 "--processes", "2", *ports],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert out.returncode == 2 and message in out.stderr, out.stderr
+
+
+def test_a_stop_while_the_processes_load_is_clean(exported_model):
+    """SIGTERM while a process was still loading: it died of the signal (-15) and the
+    supervisor exited 1 without a word; a routine stop read as a failure."""
+    proc = _serve(exported_model, free_port(), "--processes", "2")
+    deadline = time.monotonic() + 60
+    while not (children := _children(proc.pid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # process 0 is importing and loading its model
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=90) == 0, proc.stderr.read()
+    time.sleep(0.5)
+    assert not any(_alive(pid) for pid in children)
+
+
 def test_serve_refuses_a_taken_grpc_port_and_an_empty_key_file(exported_model, tmp_path):
     """A gRPC port another process holds: one line naming it, exit 2 (grpc raises, not 0, in
     the installed version). A key file with no keys would turn authentication off: refused."""
