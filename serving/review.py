@@ -221,12 +221,17 @@ class ReviewQueue:
         self._hold_cap(keep=sha256)
 
     def _drop_images(self, shas: list[str], why: str) -> None:
-        for sha in shas:
-            self.image_path(sha).unlink(missing_ok=True)
+        """Remove the images' rows, then the files of those whose row this call removed: two
+        server processes that chose the same image (``--processes``) log its removal once."""
+        removed = []
         with self._db:
             for sha in shas:
-                self._db.execute("DELETE FROM review_images WHERE sha256 = ?", (sha,))
-                self._audit(None, "server", "image_removed", {"image_sha256": sha, "why": why})
+                cur = self._db.execute("DELETE FROM review_images WHERE sha256 = ?", (sha,))
+                if cur.rowcount == 1:
+                    removed.append(sha)
+                    self._audit(None, "server", "image_removed", {"image_sha256": sha, "why": why})
+        for sha in removed:
+            self.image_path(sha).unlink(missing_ok=True)
 
     def _expire(self) -> None:
         cutoff = _iso(_now() - timedelta(days=self.config.expiry_days))

@@ -192,6 +192,11 @@ def test_image_folder_cap_and_expiry(tmp_path):
     assert q.get(ids[1])["decision"] == "camera"  # the item outlives its image
     removed = [a for a in q.audit() if a["action"] == "image_removed"]
     assert len(removed) == 1 and "cap" in removed[0]["detail"]["why"]
+    # another server process (--processes) chose the same image: removed, and logged, once
+    other = ReviewQueue(db, memory, ReviewConfig(max_image_bytes=cap, expiry_days=1))
+    other._drop_images([q.get(ids[1])["image_sha256"]], "image folder over its cap")
+    other.close()
+    assert len([a for a in q.audit() if a["action"] == "image_removed"]) == 1
     # expiry: images stored more than a day ago are removed when the queue opens
     old = (datetime.now(timezone.utc) - timedelta(days=2)).isoformat(timespec="seconds")
     with sqlite3.connect(db) as raw:
