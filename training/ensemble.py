@@ -14,9 +14,12 @@ Its held-out families are those every member was trained without.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -182,9 +185,13 @@ def make_ensemble(
     except ValueError as exc:
         raise EnsembleError(f"calibration data {data}: {exc}") from None
 
-    created = not out.exists()  # a failed merge removes the folder it made, not the user's
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "model.onnx"
+    # Built in a staging folder beside out and moved in once calibrated and checked: a merge
+    # stopped midway (SIGTERM, a crash) left out with the graph and the members' calibration,
+    # a model that loaded and scored with the wrong threshold.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    staging.chmod(0o755)  # as a folder made with mkdir (mkdtemp's is private to its owner)
+    path = staging / "model.onnx"
     onnx.save(merged, str(path))
     meta = {
         **{k: v for k, v in metas[0].items() if k not in _NOT_INHERITED},
@@ -214,8 +221,8 @@ def make_ensemble(
     }
     try:
         # the members' calibration until the merged model's own is fitted below
-        (out / SIDECAR).write_text(json.dumps(meta, indent=2) + "\n")
-        bundle = load_bundle(out)
+        (staging / SIDECAR).write_text(json.dumps(meta, indent=2) + "\n")
+        bundle = load_bundle(staging)
         bundles = [load_bundle(f) for f in folders]
 
         def score(samples, transform):
@@ -228,19 +235,23 @@ def make_ensemble(
         diff = float(np.abs(np.asarray(bundle.logits(tiles)) - want).max())
         if diff > tolerance:
             raise EnsembleError(f"the merged graph differs from its members by {diff:.2e}")
-    except BaseException:
-        path.unlink(missing_ok=True)
-        (out / SIDECAR).unlink(missing_ok=True)
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    meta["calibration"] = calib.to_dict()
-    meta["parity"] = {
-        "tiles": len(tiles),
-        "max_abs_logit_diff": diff,
-        "tolerance": tolerance,
-        "against": "the members' weighted temperature-scaled logits",
-    }
-    meta["training"]["val_ap"] = average_precision([s.label for s in val], logits)
-    (out / SIDECAR).write_text(json.dumps(meta, indent=2) + "\n")
+        meta["calibration"] = calib.to_dict()
+        meta["parity"] = {
+            "tiles": len(tiles),
+            "max_abs_logit_diff": diff,
+            "tolerance": tolerance,
+            "against": "the members' weighted temperature-scaled logits",
+        }
+        meta["training"]["val_ap"] = average_precision([s.label for s in val], logits)
+        (staging / SIDECAR).write_text(json.dumps(meta, indent=2) + "\n")
+        if not out.exists() or not any(out.iterdir()):  # absent or empty: one rename
+            with contextlib.suppress(FileNotFoundError):
+                out.rmdir()
+            staging.rename(out)
+        else:  # a folder of other files (model_in refused a model): the sidecar first, so
+            # that a stop between the two leaves a folder the loader refuses, not a lone graph
+            os.replace(staging / SIDECAR, out / SIDECAR)
+            os.replace(path, out / "model.onnx")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return meta

@@ -163,6 +163,30 @@ def test_a_merge_that_fails_while_calibrating_leaves_no_folder(setup, tmp_path):
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]  # the user's folder: kept as it was
 
 
+def test_nothing_is_in_the_output_folder_until_the_merge_is_calibrated(
+    setup, tmp_path, monkeypatch
+):
+    """The graph and a sidecar with the first member's calibration were written into --out
+    before calibrating: a merge stopped there (SIGTERM) left a model that loaded and scored
+    with the wrong threshold, and a rerun was refused ("already holds an ONNX model")."""
+    from training import ensemble
+
+    manifest, a, b = setup
+    out = tmp_path / "ens"
+    seen = []
+    calibrate = ensemble.validation_calibration
+
+    def during(*args, **kwargs):
+        seen.append(out.exists())
+        return calibrate(*args, **kwargs)
+
+    monkeypatch.setattr(ensemble, "validation_calibration", during)
+    meta = make_ensemble([a, b], out, manifest)
+    assert seen == [False]
+    assert json.loads((out / "model.json").read_text())["calibration"] == meta["calibration"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".ens-")) == []
+
+
 def test_cli_reports_a_bad_model_folder_without_a_traceback(setup, tmp_path):
     manifest, a, _ = setup
     res = subprocess.run(
