@@ -244,11 +244,18 @@ def _load_done_any(out: Path) -> tuple[dict[str, str], list[dict]]:
         import pyarrow.parquet as pq
 
         try:
-            rows = pq.read_table(out).to_pylist()
+            table = pq.read_table(out)
         except Exception as exc:  # any unreadable file: not ours to overwrite
             raise ScanError(
                 f"{out} is not a readable Parquet file ({exc}); choose another --out"
             ) from None
+        missing = sorted(set(PARQUET_TYPES) - {"stat"} - set(table.column_names))
+        if missing:  # someone else's table: it was merged into, and lost the verdicts
+            raise ScanError(
+                f"{out} is a Parquet file without the columns of scan results {missing}; "
+                "choose another --out"
+            )
+        rows = [{k: r.get(k) for k in PARQUET_TYPES} for r in table.to_pylist()]
     partial = _partial(out)
     if partial.exists():
         _load_done(partial)  # checks it and repairs a line cut off by a crash
@@ -260,6 +267,20 @@ def _load_done_any(out: Path) -> tuple[dict[str, str], list[dict]]:
     # every resume, an undecodable one is decoded again (a limit may have been raised)
     done = {r["path"]: done_key(r) for r in rows}
     return {p: key for p, key in done.items() if key}, rows
+
+
+# A Parquet result's columns (written with this schema: from rows alone, pyarrow takes its
+# columns from the first row, and a kept row of other columns dropped the verdicts); "stat"
+# came later, so an older result may lack it
+PARQUET_TYPES = {"path": "string", "sha256": "string", "label": "string",
+                 "probability": "float64", "error": "string", "verdict": "string",
+                 "stat": "string"}  # fmt: skip
+
+
+def _parquet_schema():
+    import pyarrow as pa
+
+    return pa.schema([(name, getattr(pa, kind)()) for name, kind in PARQUET_TYPES.items()])
 
 
 def _parquet_row(rec: dict) -> dict:
@@ -386,6 +407,6 @@ def _write(
         merged = [r for r in kept if r["path"] not in new_paths] + fresh
         if merged:
             tmp = _tmp(out)
-            pq.write_table(pa.Table.from_pylist(merged), tmp)
+            pq.write_table(pa.Table.from_pylist(merged, schema=_parquet_schema()), tmp)
             os.replace(tmp, out)
         target.unlink(missing_ok=True)

@@ -113,6 +113,32 @@ def test_ray_scan_writes_parquet_and_resumes(tmp_path):
     assert "0 unreadable" in again.stderr or "unreadable" not in again.stderr
     table = pq.read_table(out).to_pylist()
     assert len(table) == 8 and len({r["path"] for r in table}) == 8
+    # a result of an older scan (no "stat" column) is resumed, and written whole: built from
+    # rows alone, the table took its columns from the first kept row
+    pq.write_table(pq.read_table(out).drop(["stat"]), out)
+    (root / "img4.png").write_bytes(P.encode(P.synthetic_scene(11, 180, 180), "JPEG"))
+    _scan(str(root), "--out", str(out), "--ray")
+    table = pq.read_table(out)
+    assert "stat" in table.column_names and table.num_rows == 8
+    assert json.loads(next(r for r in table.to_pylist() if r["path"] == "img4.png")["verdict"])
+
+
+def test_ray_scan_refuses_a_parquet_file_that_is_not_its_results(tmp_path):
+    """Someone's inventory.parquet was merged into: its rows kept, the scan's rows cut to
+    their paths (no verdicts), exit 0."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    root = tmp_path / "tree"
+    _tree(root)
+    out = tmp_path / "inventory.parquet"
+    pq.write_table(pa.table({"path": ["a", "b"], "owner": ["me", "you"], "size": [1, 2]}), out)
+    before = out.read_bytes()
+    done = subprocess.run(
+        [sys.executable, "-m", "detector.cli", "scan", str(root), "--out", str(out), "--ray",
+         "--no-progress"], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2 and "without the columns of scan results" in done.stderr
+    assert out.read_bytes() == before and "Traceback" not in done.stderr
 
 
 def test_ray_scan_refuses_bad_output_and_source(tmp_path):
