@@ -15,6 +15,7 @@ import json
 import os
 import sqlite3
 import sys
+import tempfile
 import warnings
 from collections.abc import Sequence
 from importlib import metadata
@@ -597,14 +598,24 @@ def _cmd_memory_export(args: argparse.Namespace) -> int:
             check_not_an_input(
                 out, db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")
             )
-            tmp = out.with_name(out.name + ".partial")
+            try:  # a file of its own beside out (a fixed OUT.partial name replaced the user's)
+                fd, name = tempfile.mkstemp(
+                    prefix=f".{out.name}-", suffix=".partial", dir=out.parent
+                )
+            except OSError as exc:
+                raise CliError(f"cannot write {out}: {exc.strerror or exc}") from None
+            tmp = Path(name)
+            mask = os.umask(0)
+            os.umask(mask)
+            os.fchmod(fd, 0o666 & ~mask)  # as a file made with open() (mkstemp's is private)
             try:
-                with open(tmp, "w") as fh:
+                with open(fd, "w") as fh:
                     n = store.export_jsonl(fh)
                 tmp.replace(out)
             except OSError as exc:
-                tmp.unlink(missing_ok=True)
                 raise CliError(f"cannot write {out}: {exc.strerror or exc}") from None
+            finally:  # also when interrupted: nothing half-written is left beside out
+                tmp.unlink(missing_ok=True)
     print(f"exported {n} records", file=sys.stderr)
     return EXIT_OK
 

@@ -342,7 +342,11 @@ def test_memory_commands(tmp_path):
     verdict = json.loads(out.stdout)[0]["verdict"]
     assert verdict["label"] == "generated" and verdict["decided_by"] == "known_image"
     export = tmp_path / "mem.jsonl"
+    mine = tmp_path / "mem.jsonl.partial"  # a file of the user's that the export replaced
+    mine.write_text("mine")
     assert _cli("memory", "export", "--out", str(export), "--db", db).returncode == 0
+    assert mine.read_text() == "mine" and export.stat().st_mode & 0o044  # readable as before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".mem.jsonl-")]
     db2 = str(tmp_path / "m2.sqlite")
     assert _cli("memory", "import", str(export), "--db", db2).returncode == 0
     out = _cli("memory", "import", str(export), "--db", db2)  # again: nothing new
