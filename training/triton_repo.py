@@ -51,16 +51,25 @@ def write_triton_repo(
     # built beside the model folder and swapped in whole: a failure leaves no half-written model
     # for Triton to load, and an earlier export stays as it was until this one is complete
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=repo))
+    old: Path | None = None
     try:
         (staging / "1").mkdir()
         shutil.copy2(model_dir / ONNX_FILE, staging / "1" / ONNX_FILE)
         shutil.copy2(model_dir / SIDECAR, staging / SIDECAR)  # preprocessing + calibration
         _config(staging, description, max_batch_size, max_queue_delay_us, gpu, instances, tensorrt)
+        # the earlier export is renamed aside, then removed: a crash between the removal and
+        # the rename (as before) left the repository without the model
         if target.exists():
-            shutil.rmtree(target)
+            old = Path(tempfile.mkdtemp(prefix=f".{name}-old-", dir=repo))
+            target.rename(old / name)
         staging.rename(target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if old is not None and (old / name).exists() and not target.exists():
+            (old / name).rename(target)  # the earlier export back in its place
+            shutil.rmtree(old, ignore_errors=True)
         raise
     return target
 

@@ -120,6 +120,32 @@ def test_reduced_precision_exports_run_and_stay_close(untrained_checkpoint, tmp_
         assert result.sidecar["parity"]["max_abs_logit_diff"] <= 5e-2
 
 
+def test_a_triton_export_that_fails_at_the_swap_keeps_the_earlier_one(
+    exported_model, tmp_path, monkeypatch
+):
+    """The earlier export was removed before the new one was renamed into place: a failure
+    between the two left the repository without the model."""
+    import pathlib
+
+    from training.triton_repo import write_triton_repo
+
+    target = write_triton_repo(exported_model, tmp_path / "repo", max_batch_size=32)
+    before = (target / "config.pbtxt").read_text()
+    rename = pathlib.Path.rename
+
+    def failing(self, dest):
+        if pathlib.Path(dest) == target and "-old-" not in str(self):
+            raise OSError(28, "No space left on device")
+        return rename(self, dest)
+
+    monkeypatch.setattr(pathlib.Path, "rename", failing)
+    with pytest.raises(OSError, match="No space left"):
+        write_triton_repo(exported_model, tmp_path / "repo", max_batch_size=8)
+    assert (target / "config.pbtxt").read_text() == before
+    assert (target / "1" / "model.onnx").is_file()
+    assert [p.name for p in (tmp_path / "repo").iterdir()] == [target.name]  # nothing left
+
+
 def test_triton_repository_parses_with_the_model_config_protobuf(exported_model, tmp_path):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
