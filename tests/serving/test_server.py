@@ -322,14 +322,40 @@ BAD["nested multipart"] = (
     400,
     "nested multipart parts are not read",
 )
+BAD.update(
+    {
+        f"{what} on {where}": (
+            path,
+            body,
+            {**headers, "Content-Encoding": coding},
+            415,
+            f"Content-Encoding {coding} is not accepted",
+        )
+        for what, coding, body in (
+            ("bad gzip", "gzip", b"not gzip"),
+            ("bad deflate", "deflate", b"no"),
+            ("bad br", "br", b"not br"),
+            ("gzip of 1 MB", "gzip", gzip.compress(b"\0" * 1_000_000)),
+        )
+        for where, path, headers in (
+            ("score", "/v1/score", {}),
+            ("multipart", "/v1/score", _MULTIPART),
+            ("infer", "/v2/models/synthdetect/infer", {}),
+        )
+        # KServe infer takes gzip and deflate (tritonclient's request compression, as Triton)
+        if where != "infer" or coding == "br"
+    }
+)
+_INFER = "/v2/models/synthdetect/infer"
 BAD.update({
-    f"{what} on {where}": (path, body, {**headers, "Content-Encoding": coding}, 415,
-                           f"Content-Encoding {coding} is not accepted")
-    for what, coding, body in (("bad gzip", "gzip", b"not gzip"), ("bad deflate", "deflate", b"no"),
-                               ("bad br", "br", b"not br"),
-                               ("gzip of 1 MB", "gzip", gzip.compress(b"\0" * 1_000_000)))
-    for where, path, headers in (("score", "/v1/score", {}), ("multipart", "/v1/score", _MULTIPART),
-                                 ("infer", "/v2/models/synthdetect/infer", {}))
+    "bad gzip on infer": (_INFER, b"not gzip", {"Content-Encoding": "gzip"}, 400,
+                          "malformed gzip body"),
+    "bad deflate on infer": (_INFER, b"no", {"Content-Encoding": "deflate"}, 400,
+                             "malformed deflate body"),
+    # a gzip bomb: inflated in steps and stopped at the body limit
+    "gzip past the body limit on infer": (
+        _INFER, gzip.compress(b"\0" * (HttpConfig().max_body_bytes + 1)),
+        {"Content-Encoding": "gzip"}, 413, "inflates past"),
 })  # fmt: skip
 
 
