@@ -60,7 +60,7 @@ def flag(request: web.Request, name: str, default: bool = False) -> bool:
     return _FLAGS[raw.lower()]
 
 
-INFLATED = ("gzip", "deflate")  # the codings read_body(inflate=True) undoes
+INFLATED = ("gzip", "deflate")  # the codings read_body(inflate=LIMIT) undoes
 
 
 def _uncompressed(request: web.Request, accepted: tuple[str, ...] = ()) -> str | None:
