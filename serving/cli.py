@@ -235,8 +235,10 @@ def serve_one(
     index: int = 0,
     total: int = 1,
     on_started: Callable[[], None] | None = None,
+    all_started: Callable[[], bool] | None = None,
 ) -> int:
-    """One server process; ``index`` of ``total`` sharing the port (``serve --processes``)."""
+    """One server process; ``index`` of ``total`` sharing the port (``serve --processes``);
+    ``all_started``: whether every process is up (readiness waits for it)."""
     from aiohttp import web
 
     from detector.bundled import SAMPLES
@@ -279,6 +281,7 @@ def serve_one(
                 ),
             )
         )
+        service.peers_up = all_started
         http = HttpConfig(
             max_body_bytes=int(args.max_body_mb * 1024 * 1024),
             api_keys=_keys(args.api_key_file, "SYNTHDETECT_API_KEYS"),

@@ -127,8 +127,8 @@ async def read_body(
         raise HttpError(400, "connection closed before the body was complete") from None
     if limit is not None and len(body) > limit:
         raise HttpError(413, f"request body of {len(body)} bytes exceeds {limit}")
-    if coding is not None and inflate is not None:
-        return _inflate(body, coding, inflate)
+    if coding is not None and inflate is not None:  # zlib lets go of the GIL: off the loop
+        return await asyncio.to_thread(_inflate, body, coding, inflate)
     return body
 
 

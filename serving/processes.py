@@ -17,6 +17,8 @@ other requests of its process.
   its processes SIGTERM (``PR_SET_PDEATHSIG``; a process that finds its supervisor gone
   before that is set exits). A process stopped while still starting ends by the signal: a
   requested stop, exit 0.
+- Readiness: every process answers not ready ("starting") until all of them are up, so a
+  load balancer does not send the whole traffic to the first one alone.
 - Failure: if one process dies, the supervisor stops the others and exits non-zero. A server
   running at 1/N capacity without saying so is worse than a restart by the orchestrator.
 - Metrics: ``/metrics`` aggregates every process (prometheus_client's multiprocess mode, in a
@@ -74,14 +76,22 @@ def _child(
     args: argparse.Namespace,
     index: int,
     total: int,
-    started: mp.synchronize.Event,
+    events: list[mp.synchronize.Event],
     parent: int,
 ) -> None:
     os.setpgid(0, 0)
     _die_with_parent()
     if os.getppid() != parent:  # the supervisor died before the line above: nobody to serve
         sys.exit(0)
-    sys.exit(serve_one(args, index=index, total=total, on_started=started.set))
+    sys.exit(
+        serve_one(
+            args,
+            index=index,
+            total=total,
+            on_started=events[index].set,
+            all_started=lambda: all(e.is_set() for e in events),
+        )
+    )
 
 
 def supervise(serve_one: Callable[..., int], args: argparse.Namespace, processes: int) -> int:
@@ -94,7 +104,7 @@ def supervise(serve_one: Callable[..., int], args: argparse.Namespace, processes
     procs = [
         ctx.Process(
             target=_child,
-            args=(serve_one, args, i, processes, events[i], os.getpid()),
+            args=(serve_one, args, i, processes, events, os.getpid()),
             name=f"synthdetect-serve-{i}",
         )
         for i in range(processes)

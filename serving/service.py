@@ -17,6 +17,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -276,6 +277,10 @@ class Service:
         self.model_failure_reason = ""
         self.deadline_misses = 0  # requests in a row whose --deadline-ms passed
         self.ready = True
+        # serve --processes: whether every server process is up (they start one by one); a
+        # process answers not ready until then, so a load balancer does not send the whole
+        # traffic to the first process alone
+        self.peers_up: Callable[[], bool] | None = None
 
     def model_config(self, name: str) -> dict:
         """Triton's configuration of a served model, with this server's batching settings."""
@@ -647,6 +652,8 @@ class Service:
         check (the server's and each model's, over HTTP and gRPC)."""
         if not self.ready:
             return "shutting down"
+        if self.peers_up is not None and not self.peers_up():
+            return "starting: not every server process is up yet"
         if self.model_healthy or await self.probe_model():
             return None
         return f"model unhealthy: {self.model_failure_reason or 'the model keeps failing'}"

@@ -576,6 +576,21 @@ def test_failing_engine_gives_degraded_verdicts_not_500(make_server):
     assert status == 200 and json.loads(body)["verdict"]["degraded"] is False
 
 
+def test_a_process_is_not_ready_until_every_server_process_is_up(server):
+    """serve --processes starts its processes one by one: the first answered ready alone, so
+    a load balancer sent it the whole traffic while the others loaded."""
+    peers = {"up": False}
+    server.service.peers_up = lambda: peers["up"]
+    try:
+        status, _, body = request(server.url, "/v2/health/ready")
+        assert status == 503 and "not every server process is up" in json.loads(body)["error"]
+        assert request(server.url, "/v2/health/live")[0] == 200  # alive all along
+        peers["up"] = True
+        assert request(server.url, "/v2/health/ready")[0] == 200
+    finally:
+        server.service.peers_up = None
+
+
 def test_readiness_follows_model_health_and_deadline_degrades(make_server):
     live = make_server()
     with _engine(live, _lost_gpu):
