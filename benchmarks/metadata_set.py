@@ -14,7 +14,6 @@ import argparse
 import csv
 import hashlib
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ import numpy as np
 from benchmarks.registry import Benchmark, fail, register_benchmark
 from detector.argtypes import positive_int
 from detector.image import decode_file
+from detector.outputs import staging_folder
 from training import metadata_writers as P
 from training.datasets import load_samples
 from training.degrade import encode_jpeg
@@ -78,9 +78,7 @@ def build_metadata_set(corpus: Path, out: Path, per_signal: int = 12, min_side: 
     # built beside ``out`` and moved in whole: a failed build leaves no folder, an earlier set
     # stays as it was until the new one is complete
     # a fresh folder of its own beside out: a folder the user named <out>.partial was deleted
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    staging.chmod(0o755)  # as a folder made with mkdir (mkdtemp's is private to its owner)
+    staging = staging_folder(out)
     try:
         _write(jobs, {"fake": fake_pixels, "real": real_pixels}, chain, staging)
     except BaseException:

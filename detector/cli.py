@@ -15,7 +15,6 @@ import json
 import os
 import sqlite3
 import sys
-import tempfile
 import warnings
 from collections.abc import Sequence
 from importlib import metadata
@@ -25,7 +24,7 @@ from typing import Any
 from detector.argtypes import positive_int
 from detector.image import DecodeLimits, ImageError, decode, decode_file, file_identity, read_file
 from detector.memory import KnownImageError, require_database
-from detector.outputs import OutputError, check_not_an_input
+from detector.outputs import OutputError, check_not_an_input, staging_file
 from detector.registry import RegistryError
 
 __all__ = ["main"]
@@ -599,15 +598,9 @@ def _cmd_memory_export(args: argparse.Namespace) -> int:
                 out, db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")
             )
             try:  # a file of its own beside out (a fixed OUT.partial name replaced the user's)
-                fd, name = tempfile.mkstemp(
-                    prefix=f".{out.name}-", suffix=".partial", dir=out.parent
-                )
+                fd, tmp = staging_file(out)
             except OSError as exc:
                 raise CliError(f"cannot write {out}: {exc.strerror or exc}") from None
-            tmp = Path(name)
-            mask = os.umask(0)
-            os.umask(mask)
-            os.fchmod(fd, 0o666 & ~mask)  # as a file made with open() (mkstemp's is private)
             try:
                 with open(fd, "w") as fh:
                     n = store.export_jsonl(fh)

@@ -9,11 +9,12 @@ file it was told to (``--out``) asks ``check_not_an_input`` first.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from detector.image import file_identity
 
-__all__ = ["OutputError", "check_not_an_input"]
+__all__ = ["OutputError", "check_not_an_input", "staging_file", "staging_folder"]
 
 
 class OutputError(ValueError):
@@ -43,3 +44,30 @@ def check_not_an_input(out: str | os.PathLike[str] | None, *inputs: object) -> N
                     f"--out {out} is {file}, an input of this command: write the output "
                     "somewhere else"
                 )
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def staging_folder(out: Path) -> Path:
+    """A new hidden folder beside ``out`` (its parent made if need be), on the same file
+    system so that it can be renamed into place, with the permissions ``mkdir`` would give
+    (``mkdtemp``'s are private to their owner). A fixed name such as ``<out>.partial`` would
+    delete or reuse a folder of the user's that has it."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    folder.chmod(0o777 & ~_umask())
+    return folder
+
+
+def staging_file(out: Path) -> tuple[int, Path]:
+    """(descriptor, path) of a new hidden file beside ``out`` to write and rename into
+    place, with the permissions ``open`` would give (``mkstemp``'s are private)."""
+    out = Path(out)
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}-", suffix=".partial", dir=out.parent)
+    os.fchmod(fd, 0o666 & ~_umask())
+    return fd, Path(name)

@@ -30,9 +30,7 @@ def http_status(exc: InferError) -> HttpError:
 
 
 class KServeRoutes:
-    def __init__(
-        self, service: Service, body_timeout_s: float, actor, max_body_bytes: int = 64 << 20
-    ) -> None:
+    def __init__(self, service: Service, body_timeout_s: float, actor, max_body_bytes: int) -> None:
         self.s = service
         self.body_timeout_s = body_timeout_s
         self.max_body_bytes = max_body_bytes  # an inflated (gzip, deflate) body's limit too

@@ -90,7 +90,7 @@ def new_corpus_folder(out: str | Path) -> Path:
         raise CorpusError(f"{given} is not empty; choose a new --out directory")
     if out == Path.cwd().resolve() or out in Path.cwd().resolve().parents:
         raise CorpusError(f"--out {given} is the current folder or above it; give a new folder")
-    partial = out.with_name(out.name + ".partial")
+    partial = _partial(out)
     if partial.exists() and not (partial / PARTIAL_MARK).is_file():  # someone's own folder
         raise CorpusError(
             f"{partial} exists and is not an unfinished build (the build works there and "
@@ -102,9 +102,13 @@ def new_corpus_folder(out: str | Path) -> Path:
 PARTIAL_MARK = ".synthdetect-build"  # in <out>.partial: an unfinished build, safe to remove
 
 
+def _partial(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
 def start_partial(out: Path) -> Path:
     """``<out>.partial``, emptied of an earlier unfinished build and marked as ours."""
-    partial = out.with_name(out.name + ".partial")
+    partial = _partial(out)
     shutil.rmtree(partial, ignore_errors=True)
     (partial / "images").mkdir(parents=True)
     (partial / PARTIAL_MARK).touch()

@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ import onnx
 from onnx import TensorProto, compose, helper, numpy_helper
 
 from detector.engine import SIDECAR, load_bundle
+from detector.outputs import staging_folder
 from detector.preprocess import PreprocessConfig
 from training.datasets import load_samples
 from training.evaluate import predict_logits
@@ -188,9 +188,7 @@ def make_ensemble(
     # Built in a staging folder beside out and moved in once calibrated and checked: a merge
     # stopped midway (SIGTERM, a crash) left out with the graph and the members' calibration,
     # a model that loaded and scored with the wrong threshold.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    staging.chmod(0o755)  # as a folder made with mkdir (mkdtemp's is private to its owner)
+    staging = staging_folder(out)
     path = staging / "model.onnx"
     onnx.save(merged, str(path))
     meta = {

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 
 from detector.checkpoint import load_checkpoint
 from detector.engine import ONNX_FILE, SIDECAR, OnnxEngine, load_bundle
+from detector.outputs import staging_folder
 from detector.preprocess import PreprocessConfig, preprocess
 from training.datasets import read_pixels
 
@@ -185,8 +185,7 @@ def export_onnx(
     tiles = parity_tiles(images, prep)
     calib = calibration_tiles(calib_images or [], prep) if precision == "int8" else None
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    staging = staging_folder(out)
     try:
         staged = staging / ONNX_FILE
         write_onnx(model, staged, prep.input_size, opset)
@@ -284,8 +283,7 @@ def reduce_precision(
     ref = bundle.engine.run(tiles)
     # Built beside ``out`` and moved in only when it passed: a failure leaves nothing behind.
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    staging = staging_folder(out)
     try:
         (staging / ONNX_FILE).write_bytes(source.read_bytes())
         if precision == "fp16":

@@ -118,12 +118,13 @@ def merge_manifests(inputs: list[Path], out: Path, exclude_pools: tuple[str, ...
             "source; build those rows in one corpus sources run"
         )
     out.mkdir(parents=True, exist_ok=True)
+    # between resolved paths: out reached through a symlink has another ".." than its
+    # spelling (the manifest's paths then named nothing)
+    home = out.resolve()
     for r in merged:
-        # between resolved paths: out reached through a symlink has another ".." than its
-        # spelling (the manifest's paths then named nothing)
-        r["path"] = Path(os.path.relpath(Path(r["path"]).resolve(), out.resolve())).as_posix()
+        r["path"] = Path(os.path.relpath(Path(r["path"]).resolve(), home)).as_posix()
         if r.get("pair"):
-            r["pair"] = Path(os.path.relpath(Path(r["pair"]).resolve(), out.resolve())).as_posix()
+            r["pair"] = Path(os.path.relpath(Path(r["pair"]).resolve(), home)).as_posix()
     # Written whole, then moved into place: a failure never leaves a manifest a run would trust.
     partial = out / "manifest.csv.partial"
     try:

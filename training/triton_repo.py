@@ -19,6 +19,7 @@ from pathlib import Path
 
 from detector.engine import ONNX_FILE, SIDECAR, check_onnx_sha256, read_sidecar
 from detector.model_io import TENSOR_MODEL, tensor_model
+from detector.outputs import staging_folder
 
 __all__ = ["write_triton_repo"]
 
@@ -50,7 +51,7 @@ def write_triton_repo(
     repo.mkdir(parents=True, exist_ok=True)
     # built beside the model folder and swapped in whole: a failure leaves no half-written model
     # for Triton to load, and an earlier export stays as it was until this one is complete
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=repo))
+    staging = staging_folder(target)
     old: Path | None = None
     try:
         (staging / "1").mkdir()
