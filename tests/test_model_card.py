@@ -13,7 +13,11 @@ import pytest
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[1]
-CARD = (ROOT / "model_cards" / "efficientnet_lite0_default.md").read_text()
+# the card and its appendix (every candidate of the recipe search): one text to search
+CARD = "\n".join(
+    (ROOT / "model_cards" / name).read_text()
+    for name in ("efficientnet_lite0_default.md", "efficientnet_lite0_default-selection.md")
+)
 RESULTS = ROOT / "benchmarks" / "results"
 
 
