@@ -26,7 +26,8 @@ def register(sub: Any) -> None:
         "serve",
         help="serve the model over HTTP (KServe v2 / Triton protocol and /v1/score)",
         description="Serve the detector. Binds to 127.0.0.1 unless --host says otherwise. "
-        "API keys: --api-key-file (one key per line) or SYNTHDETECT_API_KEYS (comma-separated).",
+        "API keys: --api-key-file (one key per line) or SYNTHDETECT_API_KEYS (comma-separated); "
+        "each at least 16 characters.",
     )
     p.add_argument("--model", type=Path, help="ONNX model folder or checkpoint (default: bundled)")
     p.add_argument("--host", default="127.0.0.1")
@@ -183,18 +184,49 @@ def register(sub: Any) -> None:
     p.set_defaults(func=serve)
 
 
+MIN_KEY_CHARS = 16  # failed key checks are not throttled: a key must not be guessable
+
+
 def _keys(file: Path | None, env: str) -> tuple[str, ...]:
-    keys: list[str] = []
+    """The keys of ``file`` (one per line) and of the comma-separated ``env``; ValueError for an
+    empty file, a key shorter than MIN_KEY_CHARS or one with a space inside."""
+    keys: list[tuple[str, str]] = []  # (key, where it was given)
     if file:
-        from_file = [k.strip() for k in file.read_text().splitlines() if k.strip()]
-        if not from_file:  # an empty file must not turn authentication off
+        lines = file.read_text().splitlines()
+        keys += [(k.strip(), f"{file} line {n}") for n, k in enumerate(lines, 1) if k.strip()]
+        if not keys:  # an empty file must not turn authentication off
             raise ValueError(f"{file} holds no keys (one key per line)")
-        keys += from_file
-    keys += [k.strip() for k in os.environ.get(env, "").split(",") if k.strip()]
-    return tuple(keys)
+    keys += [(k.strip(), f"${env}") for k in os.environ.get(env, "").split(",") if k.strip()]
+    for key, where in keys:
+        if len(key) < MIN_KEY_CHARS:
+            problem = f"is shorter than {MIN_KEY_CHARS} characters"
+        elif any(c.isspace() for c in key):
+            problem = "has a space in it"
+        else:
+            continue
+        raise ValueError(
+            f"the key in {where} {problem} (make one with: "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return tuple(dict.fromkeys(key for key, _ in keys))
+
+
+def _all_keys(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The scorers' and the reviewers' keys (``_keys``); ValueError for a key in both lists: it
+    would get the scorer's role only, without a word."""
+    api = _keys(args.api_key_file, "SYNTHDETECT_API_KEYS")
+    review = _keys(args.reviewer_key_file, "SYNTHDETECT_REVIEWER_KEYS")
+    if set(api) & set(review):
+        raise ValueError("a key is both a scorer's and a reviewer's: give each role its own keys")
+    return api, review
 
 
 def serve(args: argparse.Namespace) -> int:
+    try:  # before a model loads or a process starts
+        _all_keys(args)
+    except (ValueError, OSError) as exc:
+        print(f"synthdetect: {exc}", file=sys.stderr)
+        return 2
     if args.model is not None and not Path(args.model).exists():
         print(f"synthdetect: no model at {args.model}", file=sys.stderr)
         return 2
@@ -282,10 +314,11 @@ def serve_one(
             )
         )
         service.peers_up = all_started
+        api_keys, reviewer_keys = _all_keys(args)
         http = HttpConfig(
             max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-            api_keys=_keys(args.api_key_file, "SYNTHDETECT_API_KEYS"),
-            reviewer_keys=_keys(args.reviewer_key_file, "SYNTHDETECT_REVIEWER_KEYS"),
+            api_keys=api_keys,
+            reviewer_keys=reviewer_keys,
             rate_limit=args.rate_limit,
             cors_origins=tuple(args.cors_origin),
             access_log=not args.no_access_log,

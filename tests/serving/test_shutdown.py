@@ -279,6 +279,37 @@ def test_serve_refuses_a_taken_grpc_port_and_an_empty_key_file(exported_model, t
             assert message in out.stderr and "Traceback" not in out.stderr
 
 
+def test_serve_refuses_weak_keys_and_a_key_with_two_roles(tmp_path):
+    """Failed key checks are not throttled, so a guessable key is refused before any model
+    loads (naming where it was given), as is a key both a scorer's and a reviewer's (it got
+    the scorer's role only). A strong key passes the check (and a missing model is next)."""
+    strong = "k" * 16
+    keys, reviewers = tmp_path / "keys.txt", tmp_path / "reviewers.txt"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNTHDETECT_")}
+    cases = (
+        ({"keys": f"{strong}\nsecret\n"}, {}, f"the key in {keys} line 2 is shorter than 16"),
+        ({"keys": f"{strong} {strong}\n"}, {}, f"the key in {keys} line 1 has a space in it"),
+        ({}, {"SYNTHDETECT_REVIEWER_KEYS": f"{strong}x,short"},
+         "the key in $SYNTHDETECT_REVIEWER_KEYS is shorter than 16"),
+        ({"keys": strong, "reviewers": strong}, {}, "a key is both a scorer's and a reviewer's"),
+        ({"keys": strong, "reviewers": strong + "r"}, {}, "no model at"),
+    )  # fmt: skip
+    for files, extra_env, message in cases:
+        args = []
+        for name, path in (("keys", keys), ("reviewers", reviewers)):
+            path.unlink(missing_ok=True)
+            if name in files:
+                path.write_text(files[name])
+                args += [f"--{'api' if name == 'keys' else 'reviewer'}-key-file", str(path)]
+        out = subprocess.run(
+            [sys.executable, "-m", "detector.cli", "serve", "--model", str(tmp_path / "absent"),
+             "--port", str(free_port()), *args],
+            capture_output=True, text=True, timeout=120, env={**env, **extra_env},
+        )  # fmt: skip
+        assert out.returncode == 2, out.stderr
+        assert message in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
 def test_connection_cap_and_idle_timeout(exported_model):
     """Past --max-connections a new connection gets 503 and is closed at once; a connection
     that sends no request is closed after --idle-timeout-s, freeing its slot."""
