@@ -25,6 +25,30 @@ PARSE_INLINE_BYTES = 256 * 1024  # larger bodies are parsed on a worker thread (
 _STATUS = {"invalid": 400, "not_found": 404, "unprocessable": 422}
 
 
+# Triton's HTTP paths this server does not serve, and what a client asked for there
+UNSERVED = {
+    "/v2/repository/{tail:.*}": "the model repository extension",
+    "/v2/systemsharedmemory{tail:(/.*)?}": "the system shared-memory extension",
+    "/v2/cudasharedmemory{tail:(/.*)?}": "the CUDA shared-memory extension",
+    "/v2/trace/setting": "the trace extension",
+    "/v2/models/{model}/trace/setting": "the trace extension",
+    "/v2/logging": "the logging extension",
+    "/v2/models/{model}/generate": "the generate extension",
+    "/v2/models/{model}/generate_stream": "the generate extension",
+}
+
+
+def _unserved(name: str):
+    async def handler(request: web.Request) -> web.Response:
+        raise HttpError(
+            404,
+            f"{name} is not served here (health, metadata, configuration, statistics and "
+            f"inference are; extensions: GET /v2)",
+        )
+
+    return handler
+
+
 def http_status(exc: InferError) -> HttpError:
     return HttpError(_STATUS[exc.kind], exc.message)
 
@@ -47,6 +71,10 @@ class KServeRoutes:
             app.router.add_get(prefix + "/stats", self.model_stats)
             app.router.add_post(prefix + "/infer", self.infer)
         app.router.add_get("/v2/models/stats", self.all_stats)
+        # Triton's other extensions: a reason instead of a bare 404 (gRPC: UNIMPLEMENTED)
+        for path, name in UNSERVED.items():
+            for method in ("GET", "POST"):
+                app.router.add_route(method, path, _unserved(name))
 
     def _model(self, request: web.Request) -> str:
         try:

@@ -16,6 +16,7 @@ import urllib.request
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 from serving.app import HttpConfig
 from serving.batcher import BatcherConfig
@@ -66,6 +67,14 @@ def test_health_and_metadata(server):
     cfg = client.get_model_config("synthdetect_tiles")
     assert cfg["max_batch_size"] == 16 and cfg["input"][0]["dims"] == [3, 64, 64]
     assert "dynamic_batching" in cfg
+    # the extensions it does not serve answer with a reason tritonclient shows, not "Not Found"
+    for call, name in (
+        (client.get_model_repository_index, "model repository"),
+        (client.get_system_shared_memory_status, "system shared-memory"),
+        (client.get_log_settings, "logging"),
+    ):
+        with pytest.raises(InferenceServerException, match=f"the {name} extension is not served"):
+            call()
 
 
 @pytest.mark.parametrize(
@@ -249,6 +258,12 @@ BAD = {
                             *_binary_infer("t", {"inputs": [{"name": "images", "shape": [1, 3, 64, 64], "datatype": "FP32", "parameters": {"binary_data_size": 49152}}]}, b"\x00" * 100),
                             400, "exceeds the body"),
     "unknown route": ("/v3/whatever", b"x", {}, 404, "Not Found"),
+    # Triton's extensions this server lacks name themselves (tritonclient shows the reason)
+    "repository load": ("/v2/repository/models/synthdetect/load", b"{}", {}, 404,
+                        "the model repository extension is not served here"),
+    "shm register": ("/v2/systemsharedmemory/region/r0/register", b"{}", {}, 404,
+                     "the system shared-memory extension is not served here"),
+    "trace": ("/v2/models/synthdetect/trace/setting", b"{}", {}, 404, "the trace extension"),
 }  # fmt: skip
 
 
