@@ -14,7 +14,7 @@ import numpy as np
 
 from detector.preprocess import is_number
 
-__all__ = ["Calibration", "log_odds"]
+__all__ = ["Calibration", "log_odds", "sigmoid"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,11 @@ class Calibration:
         if not isinstance(values.get("fitted_on", ""), str):
             raise ValueError(f"fitted_on must be a string, got {values['fitted_on']!r}")
         return cls(**values)
+
+
+def sigmoid(x: float) -> float:
+    """The probability of log-odds ``x`` (the inverse of ``log_odds``), without overflow."""
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
 def log_odds(p: float) -> float:

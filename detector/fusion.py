@@ -34,19 +34,21 @@ The rule (also in the README):
    otherwise ``uncertain``; a confirmed result gives its own side, a decisive one
    ``generated``. ``fuse`` applies the ``FusionConfig`` it is given (default: threshold 0.5,
    camera band 0.25); ``Detector`` gives it the model's calibrated threshold (chosen for a
-   target false-positive rate) and band where the model scored the image, and the neutral
-   ones where it abstained or failed. A caller of ``fuse`` with a model's results passes
+   target false-positive rate) and band where the model scored the image; where it abstained,
+   failed or did not run, the artifact method's, mapped through its weight 0.5
+   (``sigmoid(0.5 * logit(t))``: where the artifact is the only pixel evidence the verdict
+   flags what it flags), if it scored; else the neutral ones (``pipeline.method_bands``). A
+   caller of ``fuse`` with a model's results passes
    ``FusionConfig(model.threshold, model.camera_threshold)`` itself.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from detector.calibration import log_odds
+from detector.calibration import log_odds, sigmoid
 from detector.methods.base import Evidence, Kind, MethodResult, Supports
 
 __all__ = ["FusionConfig", "Verdict", "fuse"]
@@ -107,10 +109,6 @@ _SOURCE = {
 }  # fmt: skip
 
 
-def _sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x))
-
-
 def fuse(results: Sequence[MethodResult], config: FusionConfig | None = None) -> Verdict:
     """Combine one image's method results into a verdict (rule in the module docstring)."""
     config = config or FusionConfig()
@@ -133,7 +131,7 @@ def fuse(results: Sequence[MethodResult], config: FusionConfig | None = None) ->
         for same in sources.values():  # averaged within a source, added across sources
             weight = sum(r.weight for r in same)
             total += sum(r.weight * log_odds(r.probability) for r in same) / max(1.0, weight)  # type: ignore[arg-type]
-        probability = _sigmoid(total)
+        probability = sigmoid(total)
         decided_by = "fusion"
     else:
         probability, decided_by = None, "none"

@@ -8,12 +8,21 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from detector.calibration import log_odds, sigmoid
 from detector.fusion import FusionConfig, Verdict, fuse
 from detector.image import DecodedImage, DecodeLimits, ImageError, decode
 from detector.methods import Evidence, Method, create_methods, default_method_names
 from detector.methods.base import Kind, MethodResult
 
-__all__ = ["Detector", "Overloaded", "default_fusion", "fuse_results", "image_info"]
+__all__ = [
+    "Bands",
+    "Detector",
+    "Overloaded",
+    "default_fusion",
+    "fuse_results",
+    "image_info",
+    "method_bands",
+]
 
 
 # Detector.score runs its methods on at most this many images or pixels at once, so that its
@@ -43,28 +52,44 @@ class Overloaded(RuntimeError):
     around: the caller sheds the request (the server answers 503) and the client retries."""
 
 
-def fuse_results(
-    results: Sequence[MethodResult], config: FusionConfig, model_bands: bool = True
-) -> Verdict:
-    """``fuse`` with the model's calibrated bands only where the model scored the image: they
-    were chosen for its score, not for what the metadata methods say without it (a lone
-    camera hint read as 'camera' at the model's 0.48 band). ``model_bands`` False: ``config``
-    is the caller's own choice, kept whatever scored."""
-    if (
-        model_bands
-        and config != FusionConfig()
-        and not any(r.kind is Kind.MODEL and r.probability is not None for r in results)
-    ):
-        config = FusionConfig()
-    return fuse(results, config)
+Bands = Sequence[tuple[str, FusionConfig]]  # (method name, the bands its calibration gives)
+
+
+def fuse_results(results: Sequence[MethodResult], bands: Bands | FusionConfig) -> Verdict:
+    """``fuse`` with the bands of the first method in ``bands`` (``method_bands``) that scored
+    the image, else the neutral ones: a method's bands were chosen for its score, not for what
+    the others say without it (a lone camera hint read as 'camera' at the model's 0.48 band).
+    A ``FusionConfig``: the caller's own choice, kept whatever scored."""
+    if isinstance(bands, FusionConfig):
+        return fuse(results, bands)
+    scored = {r.method for r in results if r.probability is not None}
+    return fuse(results, next((c for name, c in bands if name in scored), FusionConfig()))
+
+
+def method_bands(methods: Sequence[Method]) -> list[tuple[str, FusionConfig]]:
+    """The bands each calibrated pixel method gives the fused probability, the model first.
+
+    A method that fuses at weight ``w`` < 1 (the artifact statistics, 0.5) and is the only
+    pixel evidence moves the fused log-odds by ``w`` times its own, so its threshold there is
+    ``sigmoid(w * logit(threshold))``: the verdict then says 'generated' exactly where the
+    method's own evidence does (at the neutral 0.5 a score under its threshold was flagged)."""
+    calibrated = [m for m in methods if hasattr(m, "threshold") and hasattr(m, "camera_threshold")]
+    calibrated.sort(key=lambda m: m.kind is not Kind.MODEL)  # stable: otherwise as given
+    out = []
+    for m in calibrated:
+        w = min(1.0, float(getattr(m, "fusion_weight", 1.0)))
+        thr, cam = (
+            t if w == 1 else sigmoid(w * log_odds(t)) for t in (m.threshold, m.camera_threshold)
+        )
+        out.append((m.name, FusionConfig(threshold=thr, camera_threshold=cam)))
+    return out
 
 
 def default_fusion(methods: Sequence[Method]) -> FusionConfig:
-    """The model's calibrated threshold when a model runs, else the neutral 0.5."""
-    models = [m for m in methods if m.kind.value == "model" and hasattr(m, "threshold")]
-    if not models:
-        return FusionConfig()
-    return FusionConfig(threshold=models[0].threshold, camera_threshold=models[0].camera_threshold)
+    """The bands of the first of ``method_bands`` (the model's when a model runs), else the
+    neutral 0.5: what a verdict's threshold is when that method scored."""
+    bands = method_bands(methods)
+    return bands[0][1] if bands else FusionConfig()
 
 
 def image_info(image: DecodedImage) -> dict[str, Any]:
@@ -108,7 +133,9 @@ class Detector:
         self.methods: list[Method] = create_methods(methods, **method_options)
         if not self.methods:
             raise ValueError("no methods selected")
-        self._model_bands = fusion is None
+        # the bands of the method that scored each image (model, else artifact), or the
+        # caller's own, kept whatever scored
+        self.bands: Bands | FusionConfig = fusion or method_bands(self.methods)
         self.fusion = fusion or default_fusion(self.methods)
         self.limits = limits or DecodeLimits()
 
@@ -152,7 +179,7 @@ class Detector:
         verdicts = []
         for i, image in enumerate(images):
             results = [res[i] for res in per_method]
-            verdict = fuse_results(results, self.fusion, self._model_bands)
+            verdict = fuse_results(results, self.bands)
             timings = {r.method: r.seconds * 1000 for r in results}
             one = [  # a method that failed on this image alone (its batch went on)
                 f"{r.method}: {r.details['failure']}"

@@ -176,14 +176,14 @@ class _Prepare:
 class _Score:
     def __init__(self, spec: DetectorSpec) -> None:
         from detector.methods import create_methods
-        from detector.pipeline import default_fusion
+        from detector.pipeline import method_bands
 
         methods = create_methods(list(spec.methods), **spec.options)
         self.model = next((m for m in methods if m.name == "model"), None)
-        self.fusion = default_fusion(methods)
+        self.bands = method_bands(methods)  # as Detector: those of the method that scored
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        from detector.fusion import fuse
+        from detector.pipeline import fuse_results
 
         rows = list(
             zip(batch["rel"], batch["sha256"], batch["status"], batch["payload"], strict=True)
@@ -200,7 +200,7 @@ class _Score:
                 info, results, _, decode_ms = prepared[i]
                 if i in model_results:
                     results = [*results, model_results[i]]
-                verdict = fuse(results, self.fusion)
+                verdict = fuse_results(results, self.bands)
                 timings = {"decode": decode_ms, **{r.method: r.seconds * 1000 for r in results}}
                 verdict = replace(verdict, image=info, timings_ms=timings)
                 record = {"path": rel, "sha256": sha, "verdict": verdict.to_dict()}

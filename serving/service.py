@@ -583,7 +583,7 @@ class Service:
                 results = None
             if results is not None:
                 for i, res in zip(fast, results, strict=True):
-                    verdict = fuse_results([res], detector.fusion)
+                    verdict = fuse_results([res], detector.bands)
                     out[i] = replace(
                         verdict,
                         image=prepared[i].info,  # type: ignore[union-attr]

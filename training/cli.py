@@ -623,6 +623,11 @@ def _train_artifact(args: argparse.Namespace) -> int:
     except USER_ERRORS as exc:
         return _refused(exc)
     test = model.get("test") or {}
+    for warning in model["warnings"]:
+        print(f"synthdetect: warning: {warning}", file=sys.stderr)
+    skipped = sum(model["training"]["skipped"].values())
+    if skipped:
+        print(f"left out {skipped} images the method does not judge (smaller than 64 px, or flat)")
     print(f"wrote {args.out}; test AP {test.get('ap')}, TPR@1%FPR {test.get('tpr_at_1pct_fpr')}")
     return 0
 

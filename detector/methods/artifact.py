@@ -29,9 +29,10 @@ from detector.methods.base import Evidence, Kind, MethodResult, PerImageMethod, 
 from detector.methods.registry import register_method
 from detector.preprocess import too_small
 
-__all__ = ["FEATURE_NAMES", "ArtifactMethod", "artifact_features"]
+__all__ = ["FEATURE_NAMES", "ArtifactMethod", "artifact_features", "unjudged"]
 
 _BLOCK = 64
+FLAT_STD = 1.0  # grey levels: a central region that varies less has no texture to judge
 _MAX_SIDE = 512  # features from the central region, at native resolution
 _BINS = 24
 
@@ -104,16 +105,20 @@ def _kurtosis(x: np.ndarray) -> float:
 
 
 def _channel_correlation(planes: np.ndarray) -> np.ndarray:
-    """Pearson correlation between the rows of (3, N); identity when a row is constant."""
+    """Pearson correlation between the rows of (3, N); 0 for a pair with a constant row (1 on
+    the diagonal), whatever the third row holds."""
     centred = planes - planes.mean(axis=1, keepdims=True)
     cov = np.empty((3, 3))
     for i in range(3):
         for j in range(i, 3):
             cov[i, j] = cov[j, i] = (centred[i] * centred[j]).mean()
-    var = np.diag(cov)
-    if np.sqrt(var).min() <= 1e-9:
-        return np.eye(3)
-    return np.clip(cov / np.sqrt(np.outer(var, var)), -1.0, 1.0)
+    sd = np.sqrt(np.diag(cov))
+    flat = sd <= 1e-9
+    corr = cov / np.outer(np.where(flat, 1.0, sd), np.where(flat, 1.0, sd))
+    corr[flat, :] = 0.0
+    corr[:, flat] = 0.0
+    np.fill_diagonal(corr, 1.0)
+    return np.clip(corr, -1.0, 1.0)
 
 
 def artifact_features(pixels: np.ndarray) -> np.ndarray:
@@ -161,6 +166,18 @@ def artifact_features(pixels: np.ndarray) -> np.ndarray:
     return np.concatenate([spectrum, dct, np.asarray(stats, dtype=np.float64)])
 
 
+def unjudged(pixels: np.ndarray, features: np.ndarray | None = None) -> str | None:
+    """Why the method does not judge an image (too small, or flat: its central region's grey
+    levels vary by less than ``FLAT_STD``), else None. ``features``: the image's, if known."""
+    if small := too_small(pixels, _BLOCK):
+        return small
+    features = artifact_features(pixels) if features is None else features
+    grey_std = float(np.expm1(features[FEATURE_NAMES.index("grey_std")]))
+    if grey_std < FLAT_STD:
+        return f"no texture to judge: its grey levels vary by {grey_std:.2f} (below {FLAT_STD})"
+    return None
+
+
 @register_method("artifact")
 class ArtifactMethod(PerImageMethod):
     kind = Kind.ARTIFACT
@@ -174,15 +191,40 @@ class ArtifactMethod(PerImageMethod):
     # own GAN and autoencoder crops, where the benchmarks compare it.
     in_default = False
 
+    fusion_weight = 0.5  # a linear model on hand-crafted features is weaker than the CNN
+
     def __init__(self, artifact_model: str | Path | None = None) -> None:
-        data = json.loads(Path(artifact_model or ARTIFACT_MODEL).read_text())
-        if data.get("features") != FEATURE_NAMES:
-            raise ValueError("artifact model was trained on a different feature set; retrain it")
-        self.mean = np.asarray(data["mean"])
-        self.std = np.asarray(data["std"])
-        self.weights = np.asarray(data["weights"])
-        self.bias = float(data["bias"])
+        path = Path(artifact_model or ARTIFACT_MODEL)
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or data.get("features") != FEATURE_NAMES:
+            raise ValueError(f"{path}: trained on a different feature set; retrain it")
+        n = len(FEATURE_NAMES)
+        fields = {}
+        for name in ("mean", "std", "weights"):
+            try:
+                value = np.asarray(data.get(name), dtype=np.float64)
+            except (TypeError, ValueError):
+                value = np.empty(0)
+            if value.shape != (n,) or not np.isfinite(value).all():
+                raise ValueError(f"{path}: {name!r} must be {n} finite numbers")
+            fields[name] = value
+        if (fields["std"] <= 0).any():
+            raise ValueError(f"{path}: 'std' must be positive")
+        bias = data.get("bias")
+        if isinstance(bias, bool) or not isinstance(bias, int | float) or not np.isfinite(bias):
+            raise ValueError(f"{path}: 'bias' must be a finite number")
+        self.mean, self.std, self.weights = fields["mean"], fields["std"], fields["weights"]
+        self.bias = float(bias)
         self.calibration = Calibration.from_dict(data.get("calibration"))
+
+    @property
+    def threshold(self) -> float:
+        return self.calibration.threshold
+
+    @property
+    def camera_threshold(self) -> float:
+        """Half the calibrated threshold, as the model's (fusion's camera band)."""
+        return self.threshold / 2
 
     @classmethod
     def availability(cls, artifact_model: str | None = None, **options: Any) -> str | None:
@@ -190,17 +232,21 @@ class ArtifactMethod(PerImageMethod):
             return f"no trained artifact model at {ARTIFACT_MODEL} (synthdetect train-artifact)"
         return None
 
-    def logit(self, pixels: np.ndarray) -> float:
-        z = (artifact_features(pixels) - self.mean) / self.std
+    def logit(self, pixels: np.ndarray, features: np.ndarray | None = None) -> float:
+        features = artifact_features(pixels) if features is None else features
+        z = (features - self.mean) / self.std
         return float(z @ self.weights + self.bias)
 
     def score_one(self, image: DecodedImage) -> MethodResult:
         # Its spectrum is averaged over 64 px blocks: a smaller image would be mostly padding
         # (on the small corpus' 64 px pool downscaled to 48 px, its AP fell to 0.14-0.20).
-        small = too_small(image.pixels, _BLOCK)
-        if small:
+        if small := too_small(image.pixels, _BLOCK):
             return self.abstain(Evidence("artifact.too_small", small))
-        logit = self.logit(image.pixels)
+        features = artifact_features(image.pixels)
+        # a flat image scored 0.28 with moderate 'camera' evidence; one pixel set, 0.55
+        if flat := unjudged(image.pixels, features):
+            return self.abstain(Evidence("artifact.flat", flat))
+        logit = self.logit(image.pixels, features)
         p = float(self.calibration.probability(np.array([logit]))[0])
         thr = self.calibration.threshold
         generated = p >= thr
@@ -210,5 +256,4 @@ class ArtifactMethod(PerImageMethod):
             Strength.WEAK if abs(p - thr) < 0.3 else Strength.MODERATE,
             Supports.GENERATED if generated else Supports.CAMERA,
         )
-        # A linear model on hand-crafted features is weaker than the trained CNN: half weight.
-        return self.result(p, [ev], weight=0.5, details={"logit": round(logit, 4)})
+        return self.result(p, [ev], weight=self.fusion_weight, details={"logit": round(logit, 4)})

@@ -92,3 +92,74 @@ def test_channel_correlation_matches_corrcoef_and_constant_images_are_finite():
     flat = artifact_features(np.full((40, 40, 3), 90, dtype=np.uint8))
     assert np.isfinite(flat).all()
     assert [flat[FEATURE_NAMES.index(n)] for n in names] == [0.0, 0.0, 0.0]  # identity
+
+
+def test_a_constant_channel_leaves_the_other_pair_correlated():
+    """Red equal to green and blue constant: corr_rg was 0 (every pair was zeroed when one
+    channel was flat), and one blue pixel changed by 1 moved the logit by 0.76."""
+    g = np.random.default_rng(1).integers(0, 256, (96, 96), dtype=np.uint8)
+    a = np.dstack([g, g, np.zeros_like(g)])
+    b = a.copy()
+    b[50, 50, 2] = 1
+    names = ["corr_rg", "corr_rb", "corr_gb"]
+    got = artifact_features(a)
+    assert [round(float(got[FEATURE_NAMES.index(n)]), 6) for n in names] == [1.0, 0.0, 0.0]
+    near = artifact_features(b)
+    assert near[FEATURE_NAMES.index("corr_rg")] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_flat_images_are_not_judged():
+    """A flat image scored P 0.28 with moderate 'camera' evidence, and the same image with one
+    pixel set 0.55: there is no texture to judge, so the method abstains."""
+    import io
+
+    from PIL import Image
+
+    from detector.image import decode
+    from detector.methods.artifact import ArtifactMethod
+
+    def png(pixels: np.ndarray):
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, "PNG")
+        return decode(buf.getvalue())
+
+    method = ArtifactMethod()
+    black = np.zeros((201, 201, 3), np.uint8)
+    speck = black.copy()
+    speck[100, 100] = 1
+    for pixels in (black, np.full((96, 300, 3), 255, np.uint8), speck):
+        result = method.score_one(png(pixels))
+        assert result.probability is None
+        assert result.evidence[0].code == "artifact.flat", result.evidence
+    textured = method.score_one(png(_image(h=96, w=96)))
+    assert textured.probability is not None
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("weights", [0.1] * 10, "'weights' must be 95 finite numbers"),
+        ("std", "zeros", "'std' must be positive"),
+        ("mean", "nan", "'mean' must be 95 finite numbers"),
+        ("bias", "1", "'bias' must be a finite number"),
+    ],
+)
+def test_a_malformed_artifact_model_is_refused_when_loaded(tmp_path, field, value, message):
+    """Cut or non-finite fields loaded, then every image abstained with a matmul error or a
+    NaN probability."""
+    import json
+
+    from detector.bundled import ARTIFACT_MODEL
+    from detector.methods.artifact import ArtifactMethod
+
+    data = json.loads(ARTIFACT_MODEL.read_text())
+    n = len(FEATURE_NAMES)
+    data[field] = (
+        {"zeros": [0.0] * n, "nan": [float("nan")] * n}.get(value, value)
+        if isinstance(value, str)
+        else value
+    )
+    path = tmp_path / "artifact.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        ArtifactMethod(artifact_model=path)

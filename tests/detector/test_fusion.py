@@ -154,8 +154,35 @@ def test_without_a_model_the_camera_band_is_half_the_threshold():
 def test_the_models_bands_apply_only_where_it_scored():
     from detector.pipeline import fuse_results
 
+    bands = [("model", _MODEL_BANDS)]
     hint = [r("iptc", 0.25, 0.5), r("model", None, kind=Kind.MODEL)]  # the model abstained
-    v = fuse_results(hint, _MODEL_BANDS)
+    v = fuse_results(hint, bands)
     assert v.threshold == 0.5 and v.label == "uncertain"  # not 'camera' by the model's band
     scored = [r("iptc", 0.25, 0.5), r("model", 0.45, kind=Kind.MODEL)]
-    assert fuse_results(scored, _MODEL_BANDS).threshold == 0.969
+    assert fuse_results(scored, bands).threshold == 0.969
+    assert fuse_results(hint, _MODEL_BANDS).threshold == 0.969  # a caller's own: kept
+
+
+def test_without_the_model_the_artifact_method_flags_what_its_evidence_flags():
+    """The model failed or did not run: the artifact statistics (weight 0.5) are the pixel
+    evidence. A score under their own threshold (0.829) read 'generated' at the neutral 0.5
+    (0.557 fused to 0.528); their bands, carried through the weight, agree with their evidence
+    on either side of the threshold, and the model's bands still win where it scored."""
+    from detector.methods import create_methods
+    from detector.pipeline import fuse_results, method_bands
+
+    methods = create_methods(["model", "artifact"])
+    artifact = methods[1]
+    bands = method_bands(methods)
+    assert [name for name, _ in bands] == ["model", "artifact"]
+    thr = artifact.threshold
+    for p, label in ((0.557, "uncertain"), (thr - 1e-3, "uncertain"), (thr + 1e-3, "generated"),
+                     (artifact.camera_threshold - 1e-3, "camera")):  # fmt: skip
+        results = [r("model", None, kind=Kind.MODEL), r("artifact", p, 0.5, kind=Kind.ARTIFACT)]
+        assert fuse_results(results, bands).label == label, p
+    scored = [r("model", 0.5, kind=Kind.MODEL), r("artifact", 0.99, 0.5, kind=Kind.ARTIFACT)]
+    assert fuse_results(scored, bands).threshold == methods[0].threshold
+    # the artifact alone: the verdict's threshold is its own, as the fused p carries it
+    alone = method_bands(create_methods(["artifact"]))
+    results = [r("artifact", 0.557, 0.5, kind=Kind.ARTIFACT)]
+    assert fuse_results(results, alone).label == "uncertain"

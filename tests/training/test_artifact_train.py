@@ -57,3 +57,64 @@ def test_an_out_that_is_a_folder_is_a_usage_error(tmp_path):
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert out.returncode == 2 and ". is a directory; give a file path" in out.stderr
+
+
+def _flat_manifest(folder: Path, size: int = 96, same: bool = False) -> Path:
+    """Flat single-colour images (or, ``same``, the same textured scene in both classes)."""
+    rows = []
+    for i, split in enumerate(["train"] * 6 + ["val"] * 4):
+        for label in ("real", "fake"):
+            if same:
+                pixels = synthetic_scene(i, size, size)
+            else:
+                pixels = np.full((size, size, 3), (40 * i + (label == "fake") * 7) % 256, np.uint8)
+            path = folder / f"{label}{i}.png"
+            Image.fromarray(pixels).save(path)
+            rows.append({"path": path.name, "label": label, "split": split, "generator": label})
+    with open(folder / "manifest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder / "manifest.csv"
+
+
+def test_images_the_method_does_not_judge_are_left_out(tmp_path):
+    """Flat images (and images under 64 px) abstain when scored, so they are not trained on:
+    flat ones made a model from float rounding (logits of millions, test AP 1.0, exit 0)."""
+    with pytest.raises(ValueError, match="once the 12 images the method does not judge"):
+        train_artifact(_flat_manifest(tmp_path), tmp_path / "a.json")
+    small = tmp_path / "small"
+    small.mkdir()
+    with pytest.raises(ValueError, match="does not judge \\(smaller than 64 px, or flat\\)"):
+        train_artifact(_flat_manifest(small, size=8), small / "a.json")
+    assert not (tmp_path / "a.json").exists() and not (small / "a.json").exists()
+
+
+def test_constant_features_get_no_weight_and_all_constant_is_refused(tmp_path, monkeypatch):
+    """A feature the same over every training image but for float rounding was scaled by
+    1e-6 into logits of millions; it now gets unit scale and weight 0. Features all constant:
+    refused. Too few validation reals for the target rate: a warning in the model."""
+    from training import artifact_train
+
+    real = artifact_train.features_of
+    rng = np.random.default_rng(0)
+
+    def rounding_noise(samples, workers=2):  # feature 5: a constant plus float32 rounding
+        kept, x = real(samples, workers)
+        x[:, 5] = 0.25 + rng.normal(0, 1e-8, len(kept))
+        return kept, x
+
+    monkeypatch.setattr(artifact_train, "features_of", rounding_noise)
+    model = train_artifact(_manifest(tmp_path), tmp_path / "a.json")
+    assert model["std"][5] == 1.0 and model["weights"][5] == 0.0
+    assert model["training"]["constant_features"] == [model["features"][5]]
+    assert model["training"]["skipped"] == {"train": 0, "val": 0, "test": 0}
+    assert "fewer than the 100 that measure a 1% false-positive rate" in model["warnings"][0]
+
+    def constant(samples, workers=2):  # every image yields the same feature vector
+        kept, x = real(samples, workers)
+        return kept, np.repeat(x[:1], len(kept), axis=0)
+
+    monkeypatch.setattr(artifact_train, "features_of", constant)
+    with pytest.raises(ValueError, match="every feature is the same over the 24 training"):
+        train_artifact(tmp_path / "manifest.csv", tmp_path / "b.json")
