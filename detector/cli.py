@@ -127,6 +127,12 @@ def _add_detector_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="for the model method")
     p.add_argument(
+        "--artifact-model",
+        metavar="PATH",
+        help="the artifact method's linear model (JSON from `synthdetect train-artifact`; "
+        "default: bundled); runs the artifact method beside the default set",
+    )
+    p.add_argument(
         "--max-tiles",
         type=positive_int,
         metavar="N",
@@ -161,6 +167,13 @@ def _detector_spec(args: argparse.Namespace) -> tuple[list[str] | None, dict[str
     if args.memory_db:
         options["memory_db"] = args.memory_db
         extra.add("known_image")
+    if args.artifact_model:
+        options["artifact_model"] = args.artifact_model
+        extra.add("artifact")  # opt-in otherwise: a model of one's own is asked for
+    if names is not None:  # a model given for a method not asked for was never used
+        for flag, method in (("--model", "model"), ("--artifact-model", "artifact")):
+            if method in extra and method not in names:
+                raise CliError(f"{flag} is for the {method} method, which --methods leaves out")
     if names is None and extra:
         from detector.methods import default_method_names
 
@@ -181,7 +194,9 @@ def _make_detector(args: argparse.Namespace) -> Any:
     try:
         limits = DecodeLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels)
         return Detector(names, limits=limits, **options)
-    except (RegistryError, MethodUnavailable, ValueError, FileNotFoundError) as exc:
+    except (RegistryError, MethodUnavailable, ValueError, OSError) as exc:
+        if isinstance(exc, OSError) and args.artifact_model and exc.filename == args.artifact_model:
+            raise CliError(f"--artifact-model: {exc.strerror}: {args.artifact_model}") from None
         raise CliError(str(exc)) from None
     except KnownImageError as exc:
         raise CliError(f"--memory-db: {exc}") from None

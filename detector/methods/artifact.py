@@ -195,7 +195,12 @@ class ArtifactMethod(PerImageMethod):
 
     def __init__(self, artifact_model: str | Path | None = None) -> None:
         path = Path(artifact_model or ARTIFACT_MODEL)
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(
+                f"{path}: not JSON from `synthdetect train-artifact` ({exc})"
+            ) from None
         if not isinstance(data, dict) or data.get("features") != FEATURE_NAMES:
             raise ValueError(f"{path}: trained on a different feature set; retrain it")
         n = len(FEATURE_NAMES)

@@ -163,3 +163,41 @@ def test_a_malformed_artifact_model_is_refused_when_loaded(tmp_path, field, valu
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         ArtifactMethod(artifact_model=path)
+
+
+def test_score_takes_an_artifact_model_of_ones_own(tmp_path):
+    """A model from train-artifact could only be used from Python: `--artifact-model` runs the
+    artifact method with it beside the default set; a file that is not one, or a model for a
+    method --methods leaves out, is a one-line error and exit 2."""
+    import json
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from detector.bundled import ARTIFACT_MODEL
+
+    image = tmp_path / "noise.png"
+    Image.fromarray(_image(h=128, w=128)).save(image)
+    mine = json.loads(ARTIFACT_MODEL.read_text())
+    mine["bias"] = 50.0  # flags everything: the score shows which model ran
+    (tmp_path / "mine.json").write_text(json.dumps(mine))
+
+    def score(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "detector.cli", "score", "--json", str(image), *args],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    out = score("--artifact-model", str(tmp_path / "mine.json"))
+    assert out.returncode == 0, out.stderr
+    methods = json.loads(out.stdout)[0]["verdict"]["methods"]
+    assert "model" in methods and methods["artifact"]["probability"] > 0.99
+    for args, message in (
+        (["--artifact-model", str(image)], "not JSON from `synthdetect train-artifact`"),
+        (["--artifact-model", str(tmp_path / "no.json")], "--artifact-model: No such file"),
+        (["--methods", "model", "--artifact-model", str(tmp_path / "mine.json")],
+         "--artifact-model is for the artifact method, which --methods leaves out"),
+    ):  # fmt: skip
+        out = score(*args)
+        assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
