@@ -426,6 +426,12 @@ def _to_rgb(im: Image.Image) -> tuple[np.ndarray, str | None]:
         if mode == "I" and wide.size and (wide.min() < 0 or wide.max() > 65535):
             raise ImageError("32-bit integer pixels outside the 16-bit range are not supported")
         grey = (wide >> 8).astype(np.uint8)
+        key = im.info.get("transparency")
+        if keyed and isinstance(key, int):  # a tRNS grey key: transparent, as in 8-bit grey
+            grey[wide == key] = 255  # onto white, as every other transparent pixel
+            return np.repeat(grey[:, :, None], 3, axis=2), (
+                "16-bit greyscale reduced to 8-bit RGB, its transparent key composited onto white"
+            )
         return np.repeat(grey[:, :, None], 3, axis=2), "16-bit greyscale reduced to 8-bit RGB"
     if mode == "F":
         raise ImageError("floating-point pixel data is not supported")

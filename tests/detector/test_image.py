@@ -419,3 +419,26 @@ def test_an_error_message_over_several_lines_is_said_on_one(monkeypatch, scene):
         "could not decode image (RuntimeError: Invalid input: Unexpected end of file "
         "(points to file position 379))"
     )
+
+
+def test_a_16_bit_grey_transparent_key_is_composited_as_the_8_bit_one():
+    """A tRNS grey key made its pixels white in 8-bit greyscale and was ignored in 16-bit."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from detector.image import decode
+
+    def png(array: np.ndarray, key: int) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(array).save(buf, "PNG", transparency=key)
+        return buf.getvalue()
+
+    grey = np.full((8, 8), 214, np.uint8)
+    grey[0, 0] = 3
+    eight = decode(png(grey, 214))
+    sixteen = decode(png(grey.astype(np.uint16) * 257, 214 * 257))
+    assert (eight.pixels[1, 1] == 255).all() and (eight.pixels[0, 0] == 3).all()
+    np.testing.assert_array_equal(sixteen.pixels, eight.pixels)
+    assert "transparent key composited onto white" in sixteen.notes[0]
