@@ -30,9 +30,10 @@ from benchmarks.report import _f, _table, save_figure
 from detector.argtypes import positive_int
 from detector.image import ImageError, decode
 from detector.methods import METHODS, create_method
-from detector.pipeline import default_fusion, fuse_results
+from detector.pipeline import default_fusion, fuse_results, method_bands
 from training.datasets import Sample, load_samples
 from training.degrade import apply_chain, chain_name, encode_jpeg, parse_grid
+from training.evaluate import generator_groups
 from training.metrics import compute_metrics, roc_curve
 
 __all__ = ["accuracy_benchmark"]
@@ -91,9 +92,11 @@ def _metrics_row(
     labels: np.ndarray,
     probs: list[float | None],
     threshold: float,
-    generators: list[str],
+    groups: dict[str, np.ndarray],
     ms: float,
 ) -> dict:
+    """One method's metrics over the images it judged; per generator over ``groups`` (its
+    fakes and the reals of the same pools, ``training.evaluate.generator_groups``)."""
     covered = np.array([p is not None for p in probs])
     row: dict = {"coverage": float(covered.mean()), "ms_per_image": ms, "n": len(labels)}
     if covered.any() and len(set(labels[covered])) == 2:
@@ -101,16 +104,15 @@ def _metrics_row(
         row.update(compute_metrics(labels[covered], p, threshold).to_dict())
         row["roc"] = _roc(labels[covered], p)
         per_gen = {}
-        gens = np.array(generators)
-        for gen in sorted(set(gens[labels == 1])):
-            m = covered & ((labels == 0) | (gens == gen))
+        for gen, group in groups.items():
+            m = covered & group
             if m.sum() and len(set(labels[m])) == 2:
                 pp = np.array([probs[i] for i in np.flatnonzero(m)], dtype=np.float64)
                 metrics = compute_metrics(labels[m], pp, threshold)
                 per_gen[gen] = {
                     "ap": metrics.ap,
                     "fake_accuracy": metrics.fake_accuracy_at_threshold,
-                    "coverage": float(covered[gens == gen].mean()),
+                    "coverage": float(covered[group & (labels == 1)].mean()),
                 }
         row["per_generator"] = per_gen
     elif covered.any():  # judged one class only: no ranking, but whether it judged right
@@ -152,8 +154,9 @@ def accuracy_benchmark(
     # default set (an opt-in method is still measured on its own row).
     fused_names = [n for n in built if methods or built[n].in_default]
     config = default_fusion([built[n] for n in fused_names])
+    bands = method_bands([built[n] for n in fused_names])  # those of the method that scored
     labels = np.array([s.label for s in samples])
-    generators = [s.generator for s in samples]
+    groups = generator_groups(samples)
     rows = []
     variants = [(chain, e) for chain in parse_grid(grid) for e in ([[], eq] if eq else [[]])]
     for chain, e in variants:
@@ -174,17 +177,17 @@ def accuracy_benchmark(
                 getattr(built[name], "calibration", None), "threshold", 0.5
             )
             row = _metrics_row(
-                labels, [r.probability for r in results], threshold, generators, timing[name]
+                labels, [r.probability for r in results], threshold, groups, timing[name]
             )
             rows.append(
                 {"degradation": cname, "equalise": ename, "method": name,
                  "kind": built[name].kind.value, **row}
             )  # fmt: skip
-        verdicts = [fuse_results([per_method[n][i] for n in fused_names], config)
+        verdicts = [fuse_results([per_method[n][i] for n in fused_names], bands)
                     for i in range(len(images))]  # fmt: skip
         fused = [v.probability for v in verdicts]
         fused_ms = sum(timing[n] for n in fused_names)  # the fused methods' time, no other
-        row = _metrics_row(labels, fused, config.threshold, generators, fused_ms)
+        row = _metrics_row(labels, fused, config.threshold, groups, fused_ms)
         rows.append(
             {"degradation": cname, "equalise": ename, "method": "fused", "kind": "fused", **row}
         )
@@ -241,9 +244,19 @@ def _model_name(method, options: dict) -> dict | None:
 # --- command line, report section and plots (the benchmark registry) ----------------------
 
 
+def _coverage(share: float) -> str:
+    """The share of images a method judged: a method that judged a few is not shown as one
+    that judged none (0.00), nor one that abstained on a few as judging all (1.00)."""
+    if 0 < share < 0.005:
+        return "<0.01"
+    if 0.995 <= share < 1:
+        return ">0.99"
+    return _f(share, 2)
+
+
 def accuracy_table(result: dict) -> str:
     rows = [
-        [r["degradation"], r.get("equalise", "none"), r["method"], r["kind"], _f(r["coverage"], 2), _f(r.get("ap")),
+        [r["degradation"], r.get("equalise", "none"), r["method"], r["kind"], _coverage(r["coverage"]), _f(r.get("ap")),
          _f(r.get("roc_auc")), _f(r.get("accuracy_at_threshold")),
          _f(r.get("real_accuracy_at_threshold")), _f(r.get("fake_accuracy_at_threshold")),
          _f(r.get("tpr_at_1pct_fpr")), _f(r["ms_per_image"], 1)]
@@ -332,7 +345,8 @@ def _plots(files: Results, out: Path) -> list[str]:
     ax.set_ylabel("AP (over images the method judged)")
     ax.set_title("Robustness: AP under degradations (both classes degraded alike)")
     ax.tick_params(axis="x", rotation=30)
-    ax.set_ylim(0.3, 1.02)
+    lowest = min((r["ap"] for r in acc["rows"] if r.get("ap") is not None), default=1.0)
+    ax.set_ylim(max(0.0, min(0.3, lowest - 0.02)), 1.02)  # every AP on the chart, however low
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     made.append(save_figure(fig, out / "robustness.png"))
@@ -340,10 +354,11 @@ def _plots(files: Results, out: Path) -> list[str]:
     if rocs:
         fig, ax = plt.subplots(figsize=(5.5, 5))
         for r in rocs:
+            cov = _coverage(r["coverage"])
             ax.plot(
                 r["roc"]["fpr"],
                 r["roc"]["tpr"],
-                label=f"{r['method']} (AUC {_f(r.get('roc_auc'), 3)}, cov {r['coverage']:.2f})",
+                label=f"{r['method']} (AUC {_f(r.get('roc_auc'), 3)}, cov {cov})",
             )
         ax.plot([0, 1], [0, 1], "k:", lw=0.8)
         ax.set_xlabel("false positive rate (reals)")

@@ -5,7 +5,8 @@ value}}``, every value higher-is-better. Accuracy may drop by at most ``accuracy
 (absolute); a speed ratio by at most ``speed_tol`` (relative). Only ratios measured within one
 run are gated for speed (e.g. server / in-process), never absolute times from two machines.
 A metric in the baseline that the new result lacks is a failure too. A baseline that gates
-nothing, or two results of different benchmarks, splits or fused method sets, are refused.
+nothing, or two results of different benchmarks, splits, fused method sets or server settings,
+are refused; another data set, model (sha256), machine or load generator is noted.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.registry import Benchmark, fail, register_benchmark
+from benchmarks.report import distinct_decimals
 from detector.argtypes import fraction
 
 __all__ = ["GateResult", "compare_results", "load_result"]
@@ -50,12 +52,21 @@ def load_result(path: Path) -> dict:
     if not isinstance(gate, dict):
         raise ValueError(f"{path}: 'gate' must be an object, got {type(gate).__name__}")
     for kind in GATED:
-        metrics = gate.get(kind) or {}
+        metrics = gate.get(kind)
+        if metrics is None:  # absent: gates nothing of this kind
+            continue
         if not isinstance(metrics, dict):
             raise ValueError(f"{path}: gate.{kind} must be an object of name: value")
         for name, value in metrics.items():
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"{path}: gate.{kind}.{name} must be a number, got {value!r}")
+            try:  # JSON integers have no size limit; the gate does float arithmetic on them
+                metrics[name] = float(value)
+            except OverflowError:
+                raise ValueError(
+                    f"{path}: gate.{kind}.{name} is an integer too large for a float, not a "
+                    "measurement"
+                ) from None
     return data
 
 
@@ -63,8 +74,10 @@ GATED = ("accuracy", "speed_ratio")
 
 
 # What the two results must share to be compared (where both record it): the kind of
-# benchmark, the split scored, and which methods the fused verdict fused.
-SAME = ("benchmark", "split", "fused_methods")
+# benchmark, the split scored, which methods the fused verdict fused (in any order), and how
+# the servers ran (engine device and precision, our server's processes): another setting is
+# another measurement, not a regression.
+SAME = ("benchmark", "split", "fused_methods", "engine_args", "server_processes")
 
 
 def compare_results(
@@ -77,7 +90,7 @@ def compare_results(
         )
     for key in SAME:
         old, now = baseline.get(key), new.get(key)
-        if old is not None and now is not None and old != now:
+        if old is not None and now is not None and _same_form(key, old) != _same_form(key, now):
             raise ValueError(
                 f"the baseline's {key} is {old!r}, the new result's {now!r}: they do not "
                 "measure the same thing"
@@ -98,8 +111,10 @@ def compare_results(
                 failures.append(f"{kind} {name}: {value} in the new result (not measured)")
                 continue
             floor = old * (1 - tol) if relative else old - tol
+            d = distinct_decimals(value, floor, 4)
             line = (
-                f"{kind:<11} {name:<45} baseline {old:8.4f}  new {value:8.4f}  floor {floor:8.4f}"
+                f"{kind:<11} {name:<45} baseline {old:8.{d}f}  new {value:8.{d}f}  "
+                f"floor {floor:8.{d}f}"
             )
             checked.append(line)
             if value < floor - 1e-9 * max(1.0, abs(floor)):  # a drop of exactly tol passes
@@ -107,18 +122,58 @@ def compare_results(
     return GateResult(failures, checked, _differences(baseline, new))
 
 
+def _same_form(key: str, value):
+    """A SAME field as compared: the fused verdict does not depend on its methods' order."""
+    if key == "fused_methods" and isinstance(value, list):
+        return sorted(value, key=json.dumps)
+    return value
+
+
 # Where two results may differ and still be compared, but a reader must know: another data
-# set, model or machine moves the numbers by more than a regression would
-NOTED = ("data", "model", "device")
+# set, model, machine or load generator moves the numbers by more than a regression would
+NOTED = ("data", "model", "device", "client_processes")
 
 
 def _differences(baseline: dict, new: dict) -> list[str]:
-    return [
-        f"the baseline's {key} is {baseline[key]!r}, the new result's {new[key]!r}: the gate "
-        "compares them all the same"
-        for key in NOTED
-        if baseline.get(key) is not None and new.get(key) is not None and baseline[key] != new[key]
-    ]
+    notes = []
+    for key in NOTED:
+        old, now = baseline.get(key), new.get(key)
+        if old is None or now is None:
+            continue
+        if key == "model":
+            notes += _model_note(old, now)
+        elif old != now:
+            notes.append(
+                f"the baseline's {key} is {old!r}, the new result's {now!r}: the gate compares "
+                "them all the same"
+            )
+    return notes
+
+
+def _model_note(old, now) -> list[str]:
+    """Two results ran the same model when they record the same sha256 (``bench accuracy``,
+    ``bench quick``), wherever it was loaded from; an older result that records a path alone
+    is compared with a note."""
+    digest = [m.get("onnx_sha256") if isinstance(m, dict) else None for m in (old, now)]
+    if digest[0] and digest[1]:
+        if digest[0] == digest[1]:
+            return []
+        return [
+            f"the baseline's model is {old!r}, the new result's {now!r}: another model (sha256 "
+            f"{digest[0][:12]} vs {digest[1][:12]}), which the gate compares all the same"
+        ]
+    if digest[0] or digest[1]:
+        which, model = ("baseline", old) if digest[1] else ("new result", now)
+        return [
+            f"the {which}'s model {model!r} has no sha256 (an older result): the gate cannot "
+            "tell whether both ran the same model"
+        ]
+    if old != now:
+        return [
+            f"the baseline's model is {old!r}, the new result's {now!r}: the gate compares them "
+            "all the same"
+        ]
+    return []
 
 
 # --- command line (the benchmark registry) ---------------------------------------------------

@@ -265,31 +265,41 @@ def _section(files: Results) -> list[str]:
 
 
 def _plots(files: Results, out: Path) -> list[str]:
+    """One chart per result file (each measured on its own machine), one line per engine,
+    precision and network, in batch order."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     made: list[str] = []
-    lat = files[0][1]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    model_only = [r for _, data in files for r in data["model_only"]]
-    for key in dict.fromkeys((r["engine"], r["precision"]) for r in model_only):
-        rows = [r for r in model_only if (r["engine"], r["precision"]) == key]
-        ax.plot(
-            [r["batch"] for r in rows],
-            [r["items_per_s"] for r in rows],
-            marker="o",
-            label=f"{key[0]} {key[1]}",
+    for file, lat in files:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        model_only = lat["model_only"]
+        models = {r.get("model") for r in model_only}
+        for key in dict.fromkeys((r["engine"], r["precision"], r.get("model")) for r in model_only):
+            rows = sorted(
+                (r for r in model_only if (r["engine"], r["precision"], r.get("model")) == key),
+                key=lambda r: r["batch"],
+            )
+            ax.plot(
+                [r["batch"] for r in rows],
+                [r["items_per_s"] for r in rows],
+                marker="o",
+                label=f"{key[0]} {key[1]}" + (f" ({key[2]})" if len(models) > 1 else ""),
+            )
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size (tiles)")
+        ax.set_ylabel("tiles / s")
+        where = lat["device"].get("gpu") or lat["device"]["cpu"]
+        ax.set_title(
+            f"Model throughput vs batch size ({where[:40]})"
+            + (f"\n{file}.json" if len(files) > 1 else "")
         )
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch size (tiles)")
-    ax.set_ylabel("tiles / s")
-    where = lat["device"].get("gpu") or lat["device"]["cpu"]
-    ax.set_title(f"Model throughput vs batch size ({where[:40]})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    made.append(save_figure(fig, out / "latency_vs_batch.png"))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        suffix = f"-{file}" if len(files) > 1 else ""
+        made.append(save_figure(fig, out / f"latency_vs_batch{suffix}.png"))
     return made
 
 

@@ -21,7 +21,7 @@ from benchmarks.env import environment
 from benchmarks.latency import measure
 from benchmarks.loadgen import grpc_tiles_payload, run_load, score_payload, tiles_payload
 from benchmarks.registry import Benchmark, Results, fail, register_benchmark, result_file
-from benchmarks.report import _f, _table, save_figure, subhead
+from benchmarks.report import _f, _table, distinct_decimals, save_figure, subhead
 from benchmarks.serving import benchmark_images, free_port, spawn_ready, start_server
 from detector.argtypes import positive_float, positive_int, positive_ints
 from detector.engine import load_bundle
@@ -294,7 +294,10 @@ def _peers_targets(peers: dict) -> list[str]:
     rows = []
     for name, op, target, value, met in target_status(peers.get("ratios", {})):
         unit = " ms" if "_ms_" in name else "x"
-        rows.append([f"`{name}` {op} {target:g}", f"{value:.2f}{unit}", "yes" if met else "**no**"])
+        measured = (
+            f"{value:.{distinct_decimals(value, target, 2)}f}{unit}"  # never printed as the target
+        )
+        rows.append([f"`{name}` {op} {target:g}", measured, "yes" if met else "**no**"])
     if not rows:
         return []
     return [*_table(["target", "measured", "met"], rows, 1), ""]

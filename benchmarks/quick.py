@@ -71,7 +71,7 @@ def quick_profile(data: Path, out: Path, model: Path | None = None, seconds: flo
         **environment(),
         "benchmark": "quick",
         "data": str(data),
-        "model": str(model),
+        "model": acc["model"],  # path, name and sha256, as bench accuracy records it
         "accuracy_rows": [r for r in acc["rows"] if r["method"] in ("model", "artifact", "fused")],
         "engine_tiles_per_s": {
             "batch1": median(lambda r: r["batch1"]),

@@ -8,13 +8,24 @@ the result files, hands each benchmark the files of its kind, and keeps the help
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
-__all__ = ["save_figure", "subhead", "write_report"]
+__all__ = ["distinct_decimals", "save_figure", "subhead", "write_report"]
 
 
 def _f(v, digits: int = 3) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
+
+
+def distinct_decimals(a: float, b: float, least: int) -> int:
+    """Decimals, at least ``least``, at which two different numbers print differently (up to
+    12; numbers equal that far print alike): a value printed equal to the floor or target it
+    is judged against must not be reported as below it."""
+    digits = least
+    while digits < 12 and f"{a:.{digits}f}" == f"{b:.{digits}f}":
+        digits += 1
+    return digits if f"{a:.{digits}f}" != f"{b:.{digits}f}" else least
 
 
 def _table(header: list[str], rows: list[list[str]], text_columns: int) -> list[str]:
@@ -47,42 +58,69 @@ def _device(data: dict) -> str:
     return f"{device['cpu']} ({device.get('cores', '?')} cores){gpu}"
 
 
-def _rendered(kind: str, results: list, render, *args) -> list[str]:
-    """A benchmark's section or plots; a result file of its kind lacking a field is named."""
+_INCOMPLETE = (KeyError, TypeError, ValueError, IndexError)  # a field missing or mistyped
+
+
+def _rendered(kind: str, results: list, render, out: Path | None = None) -> list[str]:
+    """A benchmark's section (or, given ``out``, its plots); a result file of its kind lacking
+    a field is named: on failure each file is rendered alone to find which."""
+
+    def made(files: list, folder: Path | None) -> list[str]:
+        return render(files) if folder is None else render(files, folder)
+
     try:
-        return render(results, *args)
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
-        names = ", ".join(f"{stem}.json" for stem, _ in results)
-        raise ValueError(
-            f"{names}: not a complete {kind} result ({type(exc).__name__}: {exc})"
-        ) from None
+        return made(results, out)
+    except _INCOMPLETE as exc:
+        error = exc
+    bad: dict[str, Exception] = {}
+    for stem, data in results:
+        with tempfile.TemporaryDirectory() as scratch:  # not over the report's own plots
+            try:
+                made([(stem, data)], None if out is None else Path(scratch))
+            except _INCOMPLETE as exc:
+                bad[stem] = exc
+    error = next(iter(bad.values()), error)  # none fails alone: they fail together, all named
+    names = ", ".join(f"{stem}.json" for stem in bad or dict(results))
+    raise ValueError(f"{names}: not a complete {kind} result ({type(error).__name__}: {error})")
 
 
 def write_report(results_dir: Path, out: Path) -> Path:
+    """REPORT.md and plots in ``out`` from the result files in ``results_dir``: every file of
+    a kind whose benchmark has a section or plots (or its first, for a kind shown once); the
+    report names the other JSON files as skipped, and with none rendered it is an error."""
     from benchmarks.registry import all_benchmarks
 
     benchmarks = sorted(
-        (b for b in all_benchmarks().values() if b.kind), key=lambda b: b.report_order
+        (b for b in all_benchmarks().values() if b.kind and (b.section or b.plots)),
+        key=lambda b: b.report_order,
     )
-    every_file = {b.kind for b in benchmarks if b.every_file}
+    shown = {b.kind: b for b in benchmarks}
     files: dict[str, list[tuple[str, dict]]] = {}  # kind -> the files the report uses
     sources: list[str] = []
+    skipped: list[str] = []
     for path in sorted(Path(results_dir).glob("*.json")):
         try:
             data = json.loads(path.read_text())
         except (ValueError, OSError) as exc:
             raise ValueError(f"{path}: not a readable JSON file ({exc})") from None
-        if not isinstance(data, dict):
-            continue  # a JSON file that is not a result record: not the report's
-        kind = data.get("benchmark")
-        if kind and (kind in every_file or kind not in files):
+        kind = data.get("benchmark") if isinstance(data, dict) else None
+        if not isinstance(kind, str) or not kind:
+            skipped.append(f"`{path.name}` (not a benchmark result)")
+        elif kind not in shown:
+            skipped.append(f"`{path.name}` ({kind}: no report section)")
+        elif kind in files and not shown[kind].every_file:
+            skipped.append(f"`{path.name}` ({kind}: the report shows the first file only)")
+        else:
             files.setdefault(kind, []).append((path.stem, data))
             sources.append(
                 f"- `{path.name}`: {kind}, {_device(data)}, commit {data.get('commit')}, "
                 f"{data.get('time')}"
             )
     if not files:
-        raise ValueError(f"no benchmark results in {results_dir}")
+        raise ValueError(
+            f"no benchmark results to report in {results_dir}"
+            + (f" (skipped: {', '.join(skipped)})" if skipped else "")
+        )
     out.mkdir(parents=True, exist_ok=True)
     devices = sorted({_device(data) for kind_files in files.values() for _, data in kind_files})
     where = (
@@ -91,6 +129,8 @@ def write_report(results_dir: Path, out: Path) -> Path:
         else f"Measured on {len(devices)} machines ({'; '.join(devices)}): each file's below."
     )
     sections = ["# Benchmark report", "", where, "", *sources, ""]
+    if skipped:
+        sections += [f"Not in this report: {', '.join(skipped)}.", ""]
     plots: list[str] = []
     for b in benchmarks:
         if b.kind in files and b.section is not None:

@@ -22,7 +22,7 @@ from training.data import EvalDataset, collate_tiles
 from training.datasets import Sample
 from training.metrics import Metrics, compute_metrics
 
-__all__ = ["EvalReport", "evaluate_scores", "predict_logits"]
+__all__ = ["EvalReport", "evaluate_scores", "generator_groups", "predict_logits"]
 
 
 def predict_logits(
@@ -120,6 +120,22 @@ class EvalReport:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
 
+def generator_groups(samples: Sequence[Sample]) -> dict[str, np.ndarray]:
+    """The images each generator's metrics compare, by generator name: its fakes and the reals
+    of the pools its fakes come from, as a mask over ``samples`` (``evaluate`` and ``bench
+    accuracy`` both judge a generator this way)."""
+    groups = {}
+    for gen in sorted({s.generator for s in samples if s.label == 1}):
+        gen_pools = {s.pool for s in samples if s.label == 1 and s.generator == gen}
+        groups[gen] = np.array(
+            [
+                (s.label == 1 and s.generator == gen) or (s.label == 0 and s.pool in gen_pools)
+                for s in samples
+            ]
+        )
+    return groups
+
+
 def evaluate_scores(
     samples: Sequence[Sample],
     logits: np.ndarray,
@@ -132,18 +148,10 @@ def evaluate_scores(
     thr = calibration.threshold
     per_pool, per_gen = {}, {}
     pools = sorted({s.pool for s in samples})
-    for pool in pools:
+    for pool in pools:  # a one-class pool too (held-out photos): no AP, its class's accuracy
         m = np.array([s.pool == pool for s in samples])
-        if labels[m].min(initial=1) == 0 or labels[m].max(initial=0) == 1:
-            per_pool[pool or "-"] = compute_metrics(labels[m], probs[m], thr)
-    for gen in sorted({s.generator for s in samples if s.label == 1}):
-        gen_pools = {s.pool for s in samples if s.label == 1 and s.generator == gen}
-        m = np.array(
-            [
-                (s.label == 1 and s.generator == gen) or (s.label == 0 and s.pool in gen_pools)
-                for s in samples
-            ]
-        )
+        per_pool[pool or "-"] = compute_metrics(labels[m], probs[m], thr)
+    for gen, m in generator_groups(samples).items():
         per_gen[gen] = compute_metrics(labels[m], probs[m], thr)
     return EvalReport(
         split=split,

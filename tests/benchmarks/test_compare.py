@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 
-from benchmarks.compare import compare_results
+from benchmarks.compare import compare_results, load_result
 from benchmarks.loadgen import run_load, score_payload
 
 pytestmark = pytest.mark.unit
@@ -79,6 +80,8 @@ def test_a_nan_is_not_a_measurement_on_either_side():
         ({"accuracy": 5}, "gate.accuracy must be an object"),
         ({"accuracy": {"ap": "high"}}, "gate.accuracy.ap must be a number, got 'high'"),
         ({"speed_ratio": {"r": True}}, "gate.speed_ratio.r must be a number, got True"),
+        # an OverflowError traceback, exit 1, before
+        ({"accuracy": {"ap": 10**400}}, "gate.accuracy.ap is an integer too large for a float"),
     ],
 )
 def test_a_malformed_gate_is_a_clear_error_not_a_regression(tmp_path, gate, reason):
@@ -209,3 +212,74 @@ def test_runs_on_other_data_models_or_machines_are_compared_with_a_note():
     assert "the baseline's data is 'runs/corpus-tiny/manifest.csv'" in gate.render()
     assert "the baseline's device is {'cpu': 'Xeon'}" in gate.render()
     assert compare_results(base, base).notes == []
+
+
+@pytest.mark.parametrize("empty", [[], 0, ""])
+def test_a_gate_kind_that_is_empty_but_not_absent_is_refused(tmp_path, empty):
+    """A baseline's gate.accuracy of [], 0 or "" passed as no accuracy metric at all."""
+    path = tmp_path / "base.json"
+    path.write_text(json.dumps({"gate": {"accuracy": empty, "speed_ratio": {"r": 1.0}}}))
+    with pytest.raises(ValueError, match=r"gate\.accuracy must be an object"):
+        load_result(path)
+    path.write_text(json.dumps({"gate": {"accuracy": None, "speed_ratio": {"r": 1.0}}}))
+    assert load_result(path)["gate"]["speed_ratio"] == {"r": 1.0}  # absent: gates no accuracy
+
+
+def test_a_failed_metric_prints_differently_from_its_floor():
+    """0.87996 against a floor of 0.88 printed `new 0.8800 floor 0.8800` beside REGRESSION."""
+    base = {"gate": {"accuracy": {"m@none.ap": 0.9}}}
+    near = {"gate": {"accuracy": {"m@none.ap": 0.87996}}}
+    gate = compare_results(base, near, accuracy_tol=0.02)
+    (line,) = gate.failures
+    new, floor = re.search(r"new\s+(\S+)\s+floor\s+(\S+)", line).groups()
+    assert (new, floor) == ("0.87996", "0.88000")
+    # a drop of exactly the tolerance (a floor a hair off in floating point) prints as before
+    exact = compare_results({"gate": {"accuracy": {"m": 0.8}}}, {"gate": {"accuracy": {"m": 0.7}}},
+                            accuracy_tol=0.1)  # fmt: skip
+    assert exact.ok and "new   0.7000  floor   0.7000" in exact.checked[0]
+
+
+def test_peers_runs_with_other_server_settings_are_refused_or_noted():
+    """A CUDA fp16 run passed against a CPU fp32 baseline, and an 8-process server against a
+    1-process one, without a word."""
+    peers = {**BASE, "benchmark": "peers", "engine_args": ["--device", "cpu", "--precision", "fp32"],
+             "server_processes": 1, "client_processes": 1}  # fmt: skip
+    cuda = {**peers, "engine_args": ["--device", "cuda", "--precision", "fp16"]}
+    with pytest.raises(ValueError, match="the baseline's engine_args is"):
+        compare_results(peers, cuda)
+    with pytest.raises(
+        ValueError, match="the baseline's server_processes is 1, the new result's 8"
+    ):
+        compare_results(peers, {**peers, "server_processes": 8})
+    gate = compare_results(peers, {**peers, "client_processes": 4})
+    assert gate.ok and gate.notes == [
+        "the baseline's client_processes is 1, the new result's 4: the gate compares them all "
+        "the same"
+    ]
+    assert compare_results(peers, BASE).ok  # an older result that does not record them
+
+
+def test_the_same_fused_methods_in_another_order_are_compared():
+    a = {**BASE, "benchmark": "accuracy", "fused_methods": ["model", "artifact"]}
+    b = {**a, "fused_methods": ["artifact", "model"]}
+    assert compare_results(a, b).ok
+    with pytest.raises(ValueError, match="fused_methods"):
+        compare_results(a, {**a, "fused_methods": ["artifact"]})
+
+
+def test_models_are_compared_by_sha256_and_an_older_baseline_is_noted():
+    """The quick profile recorded its model as a bare path: the gate could not tell another
+    model from the same one elsewhere."""
+    model = {"path": "/a/default", "name": "net", "onnx_sha256": "ab" * 32}
+    moved = {**model, "path": "/b/default"}
+    other = {**model, "onnx_sha256": "cd" * 32}
+    assert compare_results({**BASE, "model": model}, {**BASE, "model": moved}).notes == []
+    (note,) = compare_results({**BASE, "model": model}, {**BASE, "model": other}).notes
+    assert "another model (sha256 abababababab vs cdcdcdcdcdcd)" in note
+    older = {**BASE, "model": "/a/default"}  # quick-baseline.json before it recorded the sha256
+    gate = compare_results(older, {**BASE, "model": model})
+    assert gate.ok
+    assert gate.notes == [
+        "the baseline's model '/a/default' has no sha256 (an older result): the gate cannot tell "
+        "whether both ran the same model"
+    ]

@@ -24,6 +24,11 @@ def test_quick_profile_passes_the_gate_and_a_degraded_copy_fails(tiny_corpus, tm
     # more. Speed ratios are measured within this run; CI machines are noisy, hence 50%.
     gate = compare_results(baseline, result, accuracy_tol=0.1, speed_tol=0.5)
     assert gate.ok, gate.render()
+    # which model ran, as bench accuracy records it (it was a bare path), so the gate can tell
+    assert set(result["model"]) == {"path", "name", "onnx_sha256"}
+    assert result["model"]["name"] and len(result["model"]["onnx_sha256"]) == 64
+    if isinstance(baseline["model"], str):  # a baseline from before: compared, with a note
+        assert "has no sha256 (an older result)" in gate.render()
     degraded = copy.deepcopy(result)
     key = next(k for k in degraded["gate"]["accuracy"] if k.startswith("model@"))
     degraded["gate"]["accuracy"][key] -= 0.3

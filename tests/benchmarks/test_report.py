@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -146,3 +148,134 @@ def test_report_names_a_malformed_result_file_and_skips_foreign_json(tmp_path):
     (tmp_path / "broken.json").write_text('{"benchmark": "latency", ')
     with pytest.raises(ValueError, match=r"broken\.json: not a readable JSON file"):
         write_report(tmp_path, tmp_path / "out")
+
+
+def _kept_figures(monkeypatch, module) -> dict:
+    """The figures a benchmark's plots save, by file name: (title, y limits, {label: x})."""
+    charts: dict = {}
+    save = module.save_figure
+
+    def keep(fig, path):
+        ax = fig.axes[0]
+        lines = {line.get_label(): list(line.get_xdata()) for line in ax.get_lines()}
+        charts[path.name] = (ax.get_title(), ax.get_ylim(), lines)
+        return save(fig, path)
+
+    monkeypatch.setattr(module, "save_figure", keep)
+    return charts
+
+
+@pytest.mark.unit
+def test_latency_plot_is_one_chart_per_file_with_its_machine_and_lines_in_batch_order(
+    tmp_path, monkeypatch
+):
+    """Two latency files were drawn on one chart titled with the first file's machine, each
+    engine and precision one zigzag line across both files."""
+    import benchmarks.latency as latency
+
+    charts = _kept_figures(monkeypatch, latency)
+    lat = json.loads((RESULTS / "latency-cpu.json").read_text())
+    cpu = {**lat, "device": {"cpu": "CPU A", "cores": 2},
+           "model_only": lat["model_only"][::-1]}  # fmt: skip
+    gpu = {**lat, "device": {"cpu": "CPU B", "cores": 16, "gpu": "GPU B"}}
+    made = latency._plots([("lat-a", cpu), ("lat-b", gpu)], tmp_path)
+    assert made == ["latency_vs_batch-lat-a.png", "latency_vs_batch-lat-b.png"]
+    engines = {(r["engine"], r["precision"]) for r in lat["model_only"]}
+    for name, machine in zip(made, ("CPU A", "GPU B"), strict=True):
+        title, _, lines = charts[name]
+        assert machine in title and len(lines) == len(engines)
+        assert all(xs == sorted(xs) for xs in lines.values())
+
+
+@pytest.mark.unit
+def test_robustness_plot_shows_an_ap_below_0_3(tmp_path, monkeypatch):
+    import benchmarks.accuracy as accuracy
+
+    charts = _kept_figures(monkeypatch, accuracy)
+    rows = [{"degradation": d, "equalise": "none", "method": "model", "ap": ap, "coverage": 1.0}
+            for d, ap in (("none", 0.95), ("jpeg:30", 0.12))]  # fmt: skip
+    accuracy._plots([("acc", {"split": "test", "rows": rows})], tmp_path)
+    bottom, top = charts["robustness.png"][1]
+    assert bottom <= 0.12 and top >= 1.0
+
+
+@pytest.mark.unit
+def test_coverage_of_a_few_images_is_not_printed_as_none_or_all():
+    """A method that judged 1 of 441 images showed coverage 0.00 in REPORT.md."""
+    from benchmarks.accuracy import accuracy_table
+
+    rows = [{"degradation": "none", "method": m, "kind": "metadata", "coverage": c,
+             "ms_per_image": 0.1} for m, c in (("few", 1 / 441), ("most", 440 / 441),
+                                               ("none", 0.0), ("half", 0.5))]  # fmt: skip
+    text = accuracy_table({"data": "x.csv", "split": "test", "images": 441, "rows": rows})
+    cells = {line.split(" | ")[2]: line.split(" | ")[4] for line in text.splitlines()[4:]}
+    assert cells == {"few": "<0.01", "most": ">0.99", "none": "0.00", "half": "0.50"}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("kind", [["accuracy"], {"a": 1}, 3, ""])
+def test_a_benchmark_field_that_is_not_a_name_is_skipped_and_named(tmp_path, kind):
+    """{"benchmark": ["accuracy"]} crashed the report with TypeError: unhashable type."""
+    (tmp_path / "x.json").write_text(json.dumps({"benchmark": kind}))
+    with pytest.raises(ValueError, match=r"no benchmark results.*`x\.json` \(not a benchmark"):
+        write_report(tmp_path, tmp_path / "out")
+    shutil.copy(RESULTS / "latency-cpu.json", tmp_path)
+    text = write_report(tmp_path, tmp_path / "out").read_text()
+    assert "Not in this report: `x.json` (not a benchmark result)." in text
+
+
+@pytest.mark.unit
+def test_only_rendered_files_are_listed_and_nothing_to_render_is_an_error(tmp_path):
+    """quick-baseline.json and scan-ray-cpu.json were listed as sources of a report that shows
+    neither; a folder of {"benchmark": "foo"} wrote an empty report and exited 0."""
+    (tmp_path / "foo.json").write_text(json.dumps({"benchmark": "foo"}))
+    cmd = [sys.executable, "-m", "detector.cli", "bench", "report", str(tmp_path),
+           "--out", str(tmp_path / "out")]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "no benchmark results to report" in run.stderr and "`foo.json` (foo: " in run.stderr
+    assert not (tmp_path / "out" / "REPORT.md").exists()
+    for name in ("latency-cpu.json", "quick-baseline.json", "scan-ray-cpu.json"):
+        shutil.copy(RESULTS / name, tmp_path)
+    text = write_report(tmp_path, tmp_path / "out").read_text()
+    assert "- `latency-cpu.json`: latency" in text
+    assert "- `quick-baseline.json`" not in text and "- `scan-ray-cpu.json`" not in text
+    assert (
+        "Not in this report: `foo.json` (foo: no report section), `quick-baseline.json` (quick: "
+        "no report section), `scan-ray-cpu.json` (scan-ray: no report section)."
+    ) in text
+
+
+@pytest.mark.unit
+def test_an_incomplete_file_among_several_of_its_kind_is_named_alone(tmp_path):
+    """One bad accuracy file was reported as 'a.json, b.json, c.json: not a complete ...'."""
+    for name in ("accuracy-metadata-declared.json", "accuracy-small-test.json"):
+        shutil.copy(RESULTS / name, tmp_path)
+    bad = json.loads((RESULTS / "accuracy-metadata-stripped.json").read_text())
+    del bad["rows"][3]["method"]
+    (tmp_path / "accuracy-metadata-stripped.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError) as exc:
+        write_report(tmp_path, tmp_path / "out")
+    assert str(exc.value) == (
+        "accuracy-metadata-stripped.json: not a complete accuracy result (KeyError: 'method')"
+    )
+    peers = json.loads((RESULTS / "peers-cpu.json").read_text())
+    (tmp_path / "accuracy-metadata-stripped.json").unlink()
+    shutil.copy(RESULTS / "peers-cpu.json", tmp_path)
+    peers["servers"]["naive"]["tiles"][0] = {"concurrency": 1}  # the plots need items_per_s too
+    (tmp_path / "peers-other.json").write_text(json.dumps(peers))
+    with pytest.raises(ValueError, match=r"^peers-other\.json: not a complete peers result"):
+        write_report(tmp_path, tmp_path / "out")
+
+
+@pytest.mark.unit
+def test_a_target_missed_by_less_than_the_last_digit_prints_the_digit():
+    """0.8996 against '>= 0.9' rendered '0.90x | **no**'; 1.004 against '<= 1' '1.00 ms'."""
+    from benchmarks.peers import _peers_targets
+
+    ratios = {"tiles_vs_ceiling_c16": 0.8996, "tiles_p50_minus_naive_ms_c1": 1.004,
+              "tiles_p99_vs_naive_c1": 0.9}  # fmt: skip
+    text = "\n".join(_peers_targets({"ratios": ratios}))
+    assert "| `tiles_vs_ceiling_c16` >= 0.9 | 0.8996x | **no** |" in text
+    assert "| `tiles_p50_minus_naive_ms_c1` <= 1 | 1.004 ms | **no** |" in text
+    assert "| `tiles_p99_vs_naive_c1` <= 1.2 | 0.90x | yes |" in text
