@@ -27,6 +27,7 @@ import os
 import sqlite3
 import tempfile
 import threading
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -182,18 +183,40 @@ class ReviewQueue:
     # --- checks ----------------------------------------------------------------------------
 
     def _text(self, value: Any, what: str, limit: int, required: bool = True) -> str:
+        r"""A reviewer's or reporter's text: line breaks as ``\n`` (a browser's textarea sends
+        ``\r\n``), no other control character than ``\n`` and ``\t``: C0, DEL and C1 (``\x85``,
+        ``\x9b``: a terminal reading the audit trail acts on them) are refused."""
         if value is None:
             value = ""
         if not isinstance(value, str):
             raise ReviewError(f"{what} must be a string")
-        value = value.strip()
+        value = value.replace("\r\n", "\n").replace("\r", "\n").strip()
         if required and not value:
             raise ReviewError(f"{what} is required")
         if len(value) > limit:
             raise ReviewError(f"{what} is {len(value)} characters long; the limit is {limit}")
-        if any(ord(c) < 32 and c not in "\n\t" for c in value):
+        if any(unicodedata.category(c) == "Cc" and c not in "\n\t" for c in value):
             raise ReviewError(f"{what} contains control characters")
+        if any(unicodedata.category(c) == "Cs" for c in value):  # JSON's "\ud800": no UTF-8
+            raise ReviewError(f"{what} is not valid Unicode (a lone surrogate)")
         return value
+
+    def _filename(self, value: str | None) -> str | None:
+        """An uploaded file's name as the client sent it, kept for people to read: every
+        control character (line breaks and tabs too) becomes a space, a byte that was not
+        UTF-8 (a lone surrogate from the header's decoding) becomes U+FFFD, and a name over
+        ``max_name_chars`` keeps its first characters, "..." and its extension. Never
+        refused: the name is a label, and the upload is queued whatever it is called."""
+        if value is None:
+            return None
+        clean = {"Cc": " ", "Cs": "\ufffd"}
+        name = "".join(clean.get(unicodedata.category(c), c) for c in value).strip()
+        limit = self.config.max_name_chars
+        if len(name) > limit:
+            stem, dot, ext = name.rpartition(".")
+            ext = dot + ext if stem and len(ext) < 10 and limit >= 20 else ""
+            name = name[: max(limit - len(ext) - 3, 0)] + "..." + ext
+        return name or None
 
     # --- images ----------------------------------------------------------------------------
 
@@ -315,6 +338,7 @@ class ReviewQueue:
         if reason not in REASONS:
             raise ReviewError(f"reason must be one of {', '.join(REASONS)}, got {reason!r}")
         sha = hashes.file_sha256 or ""
+        filename = self._filename(filename)
         with self._lock:
             self._store_image(sha, data)
             with self._db:
@@ -372,6 +396,7 @@ class ReviewQueue:
         the sha256 of one the server kept. Joins the image's open item, or opens one."""
         reporter = self._text(reporter, "reporter", self.config.max_name_chars)
         reason = self._text(reason, "reason", self.config.max_note_chars)
+        filename = self._filename(filename)
         with self._lock:
             if scored is not None:
                 data, hashes, verdict = scored

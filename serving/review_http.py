@@ -5,9 +5,10 @@
   raw image with ``?reason=...&reporter=...``. Any valid key may report.
 - ``GET /v1/reviews?status=open|decided|all&limit=&offset=``, ``GET /v1/reviews/{id}``
   (verdict, reports, audit trail, known-image matches), ``GET /v1/reviews/{id}/image``,
-  ``GET /v1/reviews/{id}/heatmap`` (422 for an image too small to have one), ``POST
-  /v1/reviews/{id}`` with JSON ``{"decision": "generated|camera|skip", "reviewer", "note"}``:
-  reviewers only (a reviewer key when the server has keys).
+  ``GET /v1/reviews/{id}/heatmap`` (422 for an image too small to have one; either is a 422
+  when it must decode a kept file that no longer decodes), ``POST /v1/reviews/{id}`` with
+  JSON ``{"decision": "generated|camera|skip", "reviewer", "note"}``: reviewers only (a
+  reviewer key when the server has keys).
 - ``GET /review``: the review page (plain HTML and one script, served from ``serving/static``).
 
 With no review database (``--review-db``) the queue's routes answer 404 saying so; the page
@@ -178,18 +179,31 @@ class ReviewRoutes:
         )  # fmt: skip
         return json_response(200, item)
 
+    async def _decoded(self, item_id: int, fn, *args):
+        """``fn`` over the item's kept file, which decoded when it was queued: a file that no
+        longer does (damaged on disk, or a decoder's limits since lowered) is a 422 saying so,
+        not a server error."""
+        try:
+            return await self._call(fn, *args)
+        except ImageError as exc:
+            raise HttpError(
+                422, f"the kept image of review {item_id} no longer decodes: {exc}"
+            ) from None
+
     async def image(self, request: web.Request) -> web.Response:
         queue = self._reviewer_only(request)
-        data, fmt = await self._call(queue.image, self._id(request))
+        item_id = self._id(request)
+        data, fmt = await self._call(queue.image, item_id)
         if fmt in _BROWSER_TYPES:
             return web.Response(body=data, content_type=_BROWSER_TYPES[fmt])
-        png = await self._call(_png_rendition, data, self.s.config.limits)
+        png = await self._decoded(item_id, _png_rendition, data, self.s.config.limits)
         return web.Response(body=png, content_type="image/png")
 
     async def heatmap(self, request: web.Request) -> web.Response:
         queue = self._reviewer_only(request)
-        data, _ = await self._call(queue.image, self._id(request))
-        heat = await self._call(self.s.heatmap, data, False)
+        item_id = self._id(request)
+        data, _ = await self._call(queue.image, item_id)
+        heat = await self._decoded(item_id, self.s.heatmap, data, False)
         if "error" in heat:  # the image is there but gives no heatmap (too small): a 422
             raise HttpError(422, heat["error"])
         return json_response(200, heat)

@@ -5,7 +5,11 @@
 
 const $ = (id) => document.getElementById(id);
 const state = { key: sessionStorage.getItem("synthdetect-key") || "", queue: [], current: null,
-                queueOn: true, objectUrl: null };
+                queueOn: true, objectUrl: null, load: 0, ready: false, failed: null,
+                deciding: false };
+const DECISION_BUTTONS = ["decide-generated", "decide-camera", "decide-skip"];
+// Keys typed into these are text, not shortcuts; a checkbox or the file input is not typed in.
+const TEXT_INPUTS = new Set(["text", "password", "search", "email", "number", "url", "tel"]);
 
 function say(text, kind) {
   const box = $("message");
@@ -105,18 +109,26 @@ function setImage(blob) {
   });
 }
 
-async function showItem(id) {
-  // A slow image (a large TIFF converted, a heatmap) must not land on the next item: each
-  // load has a number, and a response for an earlier one is dropped. Until this item's image
-  // is shown, the old one is gone and no decision is taken.
-  const load = (state.load = (state.load || 0) + 1);
-  const stale = () => load !== state.load;
+function newLoad() {
+  // A slow image (a large TIFF converted, a heatmap, an upload being scored) must not land on
+  // what the page shows next: each load (an item opened, an upload) has a number, and a
+  // response for an earlier one is dropped. Until the new image is shown, the old one is gone
+  // and no decision is taken.
+  const load = ++state.load;
   state.ready = false;
+  state.failed = null;
   $("image").removeAttribute("src");
   clearHeatmap();
+  return () => load !== state.load;
+}
+
+async function showItem(id) {
+  // true once the item is shown in full; false when a later load took over or it failed
+  const stale = newLoad();
   try {
     const item = await api(`/v1/reviews/${id}`);
-    if (stale()) return;
+    if (stale()) return false;
+    say("", "");  // what was said about the previous item is not about this one
     state.current = item;
     $("item").hidden = false;
     $("item-title").textContent = `Review #${item.id} (${item.reason}, ${item.status})`;
@@ -128,23 +140,26 @@ async function showItem(id) {
     clearHeatmap();
     if (item.image_kept) {
       const blob = await api(`/v1/reviews/${id}/image`);
-      if (stale()) return;
+      if (stale()) return false;
       await setImage(blob);
-      if (stale()) return;
+      if (stale()) return false;
       state.ready = true;
-      // 422: the image is too small for a heatmap; the item is still shown, saying so
-      const heat = await api(`/v1/reviews/${id}/heatmap`).catch((error) => {
-        if (error.status !== 422) throw error;
-        return { error: error.message };
-      });
-      if (stale()) return;
+      // No heatmap (422: too small for the model; or the server busy) is said, not a failure:
+      // the image is on the page, and the decision is about the image.
+      const heat = await api(`/v1/reviews/${id}/heatmap`).catch((error) => (
+        { error: error.message }));
+      if (stale()) return false;
       drawHeatmap(heat, item.verdict.image.width, item.verdict.image.height);
     } else {
       state.ready = true;
       say("the image is no longer kept (expired or over the folder's cap); verdict only", "");
     }
+    return true;
   } catch (error) {
-    if (!stale()) say(`could not open review #${id}: ${error.message}`, "error");
+    if (stale()) return false;
+    state.failed = id;  // decisions wait for a retry, saying so (not "still loading" for ever)
+    say(`could not open review #${id}: ${error.message}`, "error");
+    return false;
   }
 }
 
@@ -215,7 +230,7 @@ function renderDecision(item) {
   box.textContent = decided
     ? `Decided ${item.decision} by ${item.decided_by} on ${item.decided_at}` +
       (item.note ? ` (${item.note})` : "") : "";
-  for (const id of ["decide-generated", "decide-camera", "decide-skip"]) $(id).disabled = decided;
+  for (const id of DECISION_BUTTONS) $(id).disabled = decided || state.deciding;
   $("note").value = "";
 }
 
@@ -262,7 +277,14 @@ function toggleHeatmap() {
 
 async function decide(decision) {
   const item = state.current;
-  if (!item || item.status !== "open") return;
+  // One decision at a time: a double click or a second key press while the first is on its
+  // way would decide twice (a 409) or skip twice, jumping over the next item.
+  if (!item || item.status !== "open" || state.deciding) return;
+  if (state.failed !== null) {
+    say("the image failed to load: click the item in the queue to try again, or n for the " +
+        "next", "error");
+    return;
+  }
   if (!state.ready) {  // the decision is about the picture: not before it is on the page
     say("the image is still loading", "error");
     return;
@@ -273,6 +295,19 @@ async function decide(decision) {
     $("reviewer").focus();
     return;
   }
+  state.deciding = true;
+  for (const id of DECISION_BUTTONS) $(id).disabled = true;
+  try {
+    await submitDecision(item, decision, reviewer);
+  } finally {
+    state.deciding = false;
+    const open = state.current && state.current.status === "open";
+    for (const id of DECISION_BUTTONS) $(id).disabled = !open;
+  }
+}
+
+async function submitDecision(item, decision, reviewer) {
+  const here = () => state.current && state.current.id === item.id;  // not moved on meanwhile
   try {
     const done = await api(`/v1/reviews/${item.id}`, {
       method: "POST",
@@ -280,19 +315,34 @@ async function decide(decision) {
       body: JSON.stringify({ decision, reviewer, note: $("note").value }),
     });
     if (decision === "skip") {
-      say(`skipped review #${item.id}`, "ok");
+      if (!here()) {
+        say(`skipped review #${item.id}`, "ok");
+        await loadQueue();
+        return;
+      }
       state.current = done;
       await next();
+      // the next item's own message (no heatmap, no image kept) matters more than this one
+      if (!$("message").textContent) say(`skipped review #${item.id}`, "ok");
       return;
     }
     say(`review #${item.id} decided ${done.decision}; written to the known-image memory ` +
         `(record ${done.memory_id})`, "ok");
-    state.current = done;
-    renderDecision(done);
-    $("item-title").textContent = `Review #${done.id} (${done.reason}, ${done.status})`;
+    if (here()) {
+      state.current = done;
+      renderDecision(done);
+      $("item-title").textContent = `Review #${done.id} (${done.reason}, ${done.status})`;
+    }
     await loadQueue();
   } catch (error) {
-    say(`decision not saved: ${error.message}`, "error");
+    const message = `decision not saved: ${error.message}`;
+    say(message, "error");
+    if (error.status === 409 && here()) {
+      // decided by another reviewer meanwhile: show it as it is now, and the queue without it
+      await showItem(item.id);
+      await loadQueue();
+      if (here()) say(message, "error");
+    }
   }
 }
 
@@ -306,18 +356,27 @@ async function upload(event) {
     return;
   }
   const queue = state.queueOn && $("upload-queue").checked;
+  // the page is about to show this upload: an item still loading must not land on it
+  const stale = newLoad();
+  state.current = null;
+  $("item").hidden = true;
+  renderQueue();
   say(`scoring ${file.name}...`, "");
   try {
-    const result = await api(`/v1/score?heatmap=true${queue ? "&review=true" : ""}`, {
+    // multipart, so that the server keeps the file's name (the queue shows it)
+    const form = new FormData();
+    form.append("image", file, file.name);
+    const answer = await api(`/v1/score?heatmap=true${queue ? "&review=true" : ""}`, {
       method: "POST",
-      headers: { "Content-Type": "application/octet-stream" },
-      body: file,
+      body: form,
     });
+    if (stale()) return;
+    const result = answer.results[0];
+    if (result.error) throw new Error(result.error);  // not an image: the 422 of a raw body
     if (result.review_id) {
       await loadQueue();
-      await showItem(result.review_id);
+      if (stale() || !(await showItem(result.review_id))) return;
     } else {
-      state.current = null;
       $("item").hidden = false;
       $("item-title").textContent = `Scored ${file.name} (not queued)`;
       renderVerdict(result.verdict);
@@ -327,19 +386,21 @@ async function upload(event) {
       renderDecision({ status: "decided", decision: "-", decided_by: "-", decided_at: "-" });
       $("decided").hidden = true;
       await setImage(file);
+      if (stale()) return;
       drawHeatmap(result.heatmap, result.verdict.image.width, result.verdict.image.height);
     }
     say(`${file.name}: ${result.verdict.label}` +
         (result.review_id ? ` (review #${result.review_id})` : ""), "ok");
   } catch (error) {
-    say(`could not score ${file.name}: ${error.message}`, "error");
+    if (!stale()) say(`could not score ${file.name}: ${error.message}`, "error");
   }
 }
 
 // --- wiring -------------------------------------------------------------------------------
 
 function typing(target) {
-  return target instanceof HTMLInputElement || target instanceof HTMLTextAreaElement;
+  if (target instanceof HTMLInputElement) return TEXT_INPUTS.has(target.type);
+  return target instanceof HTMLTextAreaElement || Boolean(target && target.isContentEditable);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -352,7 +413,7 @@ document.addEventListener("DOMContentLoaded", () => {
     sessionStorage.setItem("synthdetect-key", state.key);
     next();
   });
-  for (const id of ["decide-generated", "decide-camera", "decide-skip"]) {
+  for (const id of DECISION_BUTTONS) {
     $(id).addEventListener("click", () => decide($(id).dataset.decision));
   }
   $("next").addEventListener("click", next);
@@ -361,6 +422,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("upload-form").addEventListener("submit", upload);
   document.addEventListener("keydown", (event) => {
     if (typing(event.target) || event.ctrlKey || event.metaKey || event.altKey) return;
+    if (event.repeat) return;  // a key held down repeats: one decision per press
     const keys = { g: () => decide("generated"), c: () => decide("camera"),
                    s: () => decide("skip"), n: next, r: loadQueue,
                    h: () => { $("heatmap-toggle").click(); } };

@@ -16,6 +16,7 @@ from detector.memory import MemoryStore, hash_pixels
 from serving.app import HttpConfig
 from serving.review import ReviewConfig, ReviewError, ReviewQueue
 from tests.serving.test_server import jpeg, request, tiny_png
+from training import metadata_writers as P
 
 
 def _scored(seed: int, size: int = 96) -> tuple[bytes, object, dict]:
@@ -533,3 +534,114 @@ def test_another_sqlite_file_is_refused_as_the_review_database(tmp_path):
 def test_a_cursor_past_sqlites_integers_is_refused(queue, after):
     with pytest.raises(ReviewError, match="after must be SKIPS:ID"):
         queue.items("open", after=after)
+
+
+def _multipart(filename_header: str, data: bytes, boundary: str = "b0undary") -> tuple:
+    """One file part named ``image`` whose Content-Disposition ends with ``filename_header``
+    (sent as Latin-1: one byte per character, UTF-8 or not)."""
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; {filename_header}\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode("latin-1")
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+@pytest.mark.integration
+def test_text_fields_refuse_every_control_character_and_keep_line_breaks(make_server, tmp_path):
+    """DEL and the C1 controls (\\x85 next line, \\x9b CSI: a terminal showing the audit trail
+    acts on it) were accepted while \\r was refused; a browser's textarea sends \\r\\n."""
+    live = make_server(review_db=tmp_path / "review.sqlite")
+    item_id = json.loads(request(live.url, "/v1/score?review=true", jpeg(81, 128))[2])["review_id"]
+    sha = json.loads(_get(live, f"/v1/reviews/{item_id}")[2])["image_sha256"]
+    path = f"/v1/reviews/{item_id}"
+    for reviewer, note in [("al\x7fice", ""), ("alice", "a\x85b"), ("alice", "red \x9b31m"),
+                           ("al\x00ice", ""), ("alice", "a\x1bb")]:  # fmt: skip
+        status, _, body = _post_json(live, path, {"decision": "camera", "reviewer": reviewer,
+                                                  "note": note})  # fmt: skip
+        assert status == 400 and "contains control characters" in json.loads(body)["error"]
+    for reporter, reason in [("u\x7f1", "fake"), ("u1", "fake\x9b"), ("u1", "fa\x85ke")]:
+        status, _, body = _post_json(
+            live, "/v1/reports", {"sha256": sha, "reason": reason, "reporter": reporter}
+        )
+        assert status == 400 and "contains control characters" in json.loads(body)["error"]
+    # a lone surrogate (JSON's "\ud800") has no UTF-8 form: refused, not a 500 from SQLite
+    status, _, body = request(live.url, path, b'{"decision": "skip", "reviewer": "a\\ud800"}',
+                              {"Content-Type": "application/json"})  # fmt: skip
+    assert status == 400 and "not valid Unicode" in json.loads(body)["error"]
+    status, _, body = _post_json(
+        live, "/v1/reports", {"sha256": sha, "reason": "one\r\ntwo\rthree", "reporter": "u1"}
+    )
+    assert status == 201
+    status, _, body = _post_json(
+        live, path, {"decision": "camera", "reviewer": "alice", "note": "line\r\nnext\r\tend"}
+    )
+    item = json.loads(body)
+    assert status == 200 and item["note"] == "line\nnext\n\tend"
+    assert item["reports"] == [{"reporter": "u1", "reason": "one\ntwo\nthree",
+                                "at": item["reports"][0]["at"]}]  # fmt: skip
+    assert [a["action"] for a in item["audit"]] == ["created", "reported", "decided"]
+
+
+@pytest.mark.integration
+def test_an_uploaded_files_name_is_kept_readable_and_bounded(make_server, tmp_path):
+    live = make_server(review_db=tmp_path / "review.sqlite")
+    cases = [
+        # RFC 5987 lets a client send any character; each control one becomes a space
+        ("filename*=UTF-8''a%01b%0Ac%7Fd%C2%85e%09.jpg", "a b c d e .jpg"),
+        (f'filename="{"x" * 300}.jpeg"', "x" * 192 + "....jpeg"),
+        ("filename*=UTF-8''%01%02", None),  # nothing left to show: the queue shows the sha256
+        ('filename="\xe9t\xe9.jpg"', "\ufffdt\ufffd.jpg"),  # Latin-1 bytes, not UTF-8
+        ('filename="\xc3\xa9t\xc3\xa9 \xf0\x9f\x8c\x85.jpg"', "\xe9t\xe9 \U0001f305.jpg"),  # UTF-8
+    ]
+    for seed, (header, stored) in enumerate(cases, 90):
+        body, headers = _multipart(header, jpeg(seed, 128))
+        status, _, out = request(live.url, "/v1/score?review=true", body, headers)
+        assert status == 200, out
+        item_id = json.loads(out)["results"][0]["review_id"]
+        item = json.loads(_get(live, f"/v1/reviews/{item_id}")[2])
+        assert item["filename"] == stored, (header, item["filename"])
+        assert stored is None or len(stored) <= 200
+    # a report's image is named the same way
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="reason"\r\n\r\nfake\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="reporter"\r\n\r\nu1\r\n'
+        b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename*=UTF-8''r%0D%0A.jpg"
+        b"\r\n\r\n" + jpeg(99, 128) + b"\r\n--b--\r\n"
+    )
+    status, _, out = request(live.url, "/v1/reports", body,
+                             {"Content-Type": "multipart/form-data; boundary=b"})  # fmt: skip
+    assert status == 201, out
+    item = json.loads(_get(live, f"/v1/reviews/{json.loads(out)['review_id']}")[2])
+    assert item["filename"] == "r  .jpg"
+
+
+@pytest.mark.integration
+def test_a_kept_file_that_no_longer_decodes_is_a_422(make_server, tmp_path):
+    """The kept file decoded when it was queued; damaged on disk since, the image (a PNG
+    rendition for a TIFF) and the heatmap answer 422 with a reason, not a 500."""
+    db = tmp_path / "review.sqlite"
+    live = make_server(review_db=db)
+    tiff = P.encode(P.synthetic_scene(95, 96, 112), "TIFF")
+    ids = [json.loads(request(live.url, "/v1/score?review=true", blob)[2])["review_id"]
+           for blob in (jpeg(96, 128), tiff)]  # fmt: skip
+    for item_id in ids:
+        sha = json.loads(_get(live, f"/v1/reviews/{item_id}")[2])["image_sha256"]
+        kept = tmp_path / "review.sqlite.images" / sha[:2] / sha
+        kept.write_bytes(kept.read_bytes()[:200])  # truncated
+    jpeg_id, tiff_id = ids
+    for path in (f"/v1/reviews/{jpeg_id}/heatmap", f"/v1/reviews/{tiff_id}/heatmap",
+                 f"/v1/reviews/{tiff_id}/image"):  # fmt: skip
+        status, headers, body = _get(live, path)
+        assert status == 422 and headers["Content-Type"].startswith("application/json"), body
+        item_id = path.split("/")[3]
+        assert json.loads(body)["error"].startswith(
+            f"the kept image of review {item_id} no longer decodes: "
+        )
+    # a JPEG goes to the browser as kept (the page says when it cannot show it)
+    status, _, body = _get(live, f"/v1/reviews/{jpeg_id}/image")
+    assert status == 200 and len(body) == 200
+    assert _get(live, f"/v1/reviews/{jpeg_id}")[0] == 200

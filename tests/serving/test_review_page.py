@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 
 import pytest
 
@@ -144,3 +145,248 @@ def test_an_item_too_small_for_a_heatmap_opens_saying_so(make_server, tmp_path):
         assert browser.find_element(By.ID, "heatmap").get_attribute("data-tiles") == "0"
     finally:
         browser.quit()
+
+
+# --- one check per way the page went wrong (an audit with a real browser) ------------------
+
+# Responses held back or refused on the page's side of the network, by path: a slow image, a
+# slow score, a server that answers 503, without a server that can be made slow on cue.
+_FETCH_HOOK = """
+window.delays = {}; window.refuse = {};
+const realFetch = window.fetch;
+window.fetch = async (path, options) => {
+  const match = (table) => Object.keys(table).find((part) => String(path).includes(part));
+  const slow = match(window.delays);
+  if (slow) await new Promise((resolve) => setTimeout(resolve, window.delays[slow]));
+  if (match(window.refuse)) {
+    return new Response(JSON.stringify({ error: "overloaded, retry" }),
+                        { status: 503, headers: { "Content-Type": "application/json" } });
+  }
+  return realFetch(path, options);
+};
+"""
+
+
+@pytest.fixture
+def browser():
+    b = _browser()
+    yield b
+    b.quit()
+
+
+def _queue(live, *seeds: int, size: int = 150) -> list[int]:
+    return [
+        json.loads(request(live.url, "/v1/score?review=true", jpeg(seed, size))[2])["review_id"]
+        for seed in seeds
+    ]
+
+
+def _open(browser, live, first: int):
+    """The page on ``first`` with its image shown, as reviewer dana (a server without keys)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(f"http://{live.url}/review")
+    browser.execute_script(_FETCH_HOOK + "$('reviewer').value = 'dana';")
+    _until_shown(browser, first)
+    return WebDriverWait(browser, 60)
+
+
+def _until_shown(browser, item_id: int) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 60).until(
+        lambda b: b.execute_script(
+            "return state.ready && state.current !== null && state.current.id === arguments[0]",
+            item_id,
+        )
+    )
+
+
+def _text(browser, element_id: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    return browser.find_element(By.ID, element_id).text
+
+
+def _item(live, item_id: int) -> dict:
+    return json.loads(request(live.url, f"/v1/reviews/{item_id}")[2])
+
+
+def _key(browser, key: str, target: str = "document.body", repeat: bool = False) -> None:
+    browser.execute_script(
+        f"{target}.dispatchEvent(new KeyboardEvent('keydown', "
+        "{key: arguments[0], repeat: arguments[1], bubbles: true}));",
+        key,
+        repeat,
+    )
+
+
+def test_a_double_click_or_a_held_key_decides_once(make_server, tmp_path, browser):
+    """A second click while the first decision was on its way skipped twice (the page jumped
+    over the next item) or sent a second decision (a 409 on screen)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    live = make_server(review_db=tmp_path / "review.sqlite")
+    a, b, c, d = _queue(live, 1, 2, 3, 4)
+    _open(browser, live, a)
+    browser.execute_script("window.delays['/v1/reviews/'] = 300")  # a decision takes a while
+    ActionChains(browser).double_click(browser.find_element(By.ID, "decide-skip")).perform()
+    _until_shown(browser, b)
+    time.sleep(1.5)  # a second skip would have landed by now
+    assert browser.execute_script("return state.current.id") == b
+    assert _item(live, a)["skips"] == 1
+    assert [x["action"] for x in _item(live, a)["audit"]] == ["created", "skipped"]
+    ActionChains(browser).double_click(browser.find_element(By.ID, "decide-camera")).perform()
+    time.sleep(2.5)
+    assert "written to the known-image memory" in _text(browser, "message")
+    assert [x["action"] for x in _item(live, b)["audit"]] == ["created", "decided"]
+    assert browser.find_element(By.ID, "decide-camera").get_attribute("disabled")
+    browser.execute_script("window.delays = {}")
+    _key(browser, "n")
+    _until_shown(browser, c)
+    _key(browser, "s", repeat=True)  # a key held down: its repeats are not presses
+    time.sleep(1)
+    assert _item(live, c)["skips"] == 0 and browser.execute_script("return state.current.id") == c
+    _key(browser, "s")
+    _until_shown(browser, d)  # not a: skipped before, it comes after those never skipped
+    assert _item(live, c)["skips"] == 1
+
+
+def test_an_item_decided_by_another_reviewer_meanwhile_is_shown_decided(
+    make_server, tmp_path, browser
+):
+    from selenium.webdriver.common.by import By
+
+    live = make_server(review_db=tmp_path / "review.sqlite")
+    a, b = _queue(live, 11, 12)
+    wait = _open(browser, live, a)
+    status, _, _ = request(
+        live.url, f"/v1/reviews/{a}", json.dumps({"decision": "generated", "reviewer": "erin"})
+        .encode(), {"Content-Type": "application/json"},
+    )  # fmt: skip
+    assert status == 200
+    _key(browser, "c")
+    # the item is shown again as it is now, then the refusal is said again over it
+    wait.until(
+        lambda br: "decided" in _text(br, "item-title") and "not saved" in _text(br, "message")
+    )
+    assert "already decided (generated) by erin" in _text(browser, "message")
+    assert _text(browser, "item-title").startswith(f"Review #{a} (requested, decided)")
+    assert _text(browser, "decided").startswith("Decided generated by erin")
+    for button in ("decide-generated", "decide-camera", "decide-skip"):
+        assert browser.find_element(By.ID, button).get_attribute("disabled")
+    queue = [
+        li.get_attribute("data-id") for li in browser.find_elements(By.CSS_SELECTOR, "#queue li")
+    ]
+    assert queue == [str(b)]
+    assert _item(live, a)["decided_by"] == "erin"
+
+
+def test_keys_work_with_a_checkbox_or_the_file_input_focused(make_server, tmp_path, browser):
+    from selenium.webdriver.common.by import By
+
+    live = make_server(review_db=tmp_path / "review.sqlite")
+    a, b = _queue(live, 21, 22)
+    _open(browser, live, a)
+    browser.find_element(By.ID, "heatmap-toggle").click()  # the checkbox has the focus
+    assert browser.execute_script("return document.activeElement.id") == "heatmap-toggle"
+    browser.switch_to.active_element.send_keys("n")
+    _until_shown(browser, b)
+    _key(browser, "n", target="$('upload-input')")
+    _until_shown(browser, a)  # n: the first open item other than the one shown
+    # typing text is not a shortcut: the note and the reviewer's name take the letters
+    browser.find_element(By.ID, "note").send_keys("sn")
+    browser.find_element(By.ID, "reviewer").send_keys("n")
+    assert browser.execute_script("return state.current.id") == a
+    assert _item(live, a)["skips"] == 0
+
+
+def test_an_image_that_failed_to_load_says_so_and_a_message_stays_with_its_item(
+    make_server, tmp_path, browser
+):
+    """A 503 on the image left every decision refused as "still loading" for good; the
+    message about one item (its image expired) stayed on screen over the next."""
+    live = make_server(review_db=tmp_path / "review.sqlite")
+    a, b = _queue(live, 31, 32)
+    sha = _item(live, a)["image_sha256"]
+    (tmp_path / "review.sqlite.images" / sha[:2] / sha).unlink()  # a's image expired
+    wait = _open(browser, live, a)
+    assert "no longer kept" in _text(browser, "message")
+    _key(browser, "n")
+    _until_shown(browser, b)
+    assert _text(browser, "message") == ""
+    browser.execute_script("window.refuse['/image'] = true; showItem(arguments[0]);", b)
+    wait.until(lambda br: "overloaded" in _text(br, "message"))
+    assert _text(browser, "message") == f"could not open review #{b}: overloaded, retry"
+    _key(browser, "g")
+    assert _text(browser, "message").startswith("the image failed to load: click the item")
+    browser.execute_script("window.refuse = {};")
+    browser.find_element("css selector", f"#queue li[data-id='{b}']").click()  # try again
+    _until_shown(browser, b)
+    _key(browser, "g")
+    wait.until(lambda br: "written to the known-image memory" in _text(br, "message"))
+    assert _item(live, b)["decision"] == "generated"
+
+
+def test_an_upload_and_an_item_loading_do_not_land_on_each_other(make_server, tmp_path, browser):
+    from selenium.webdriver.common.by import By
+
+    live = make_server(review_db=tmp_path / "review.sqlite")
+    (item,) = _queue(live, 41)  # 166 px wide
+    upload = tmp_path / "upload.jpg"
+    upload.write_bytes(jpeg(42, 200))  # 216 px wide
+    # decided as camera, so scoring it again is confident (the memory) and not queued
+    (known,) = _queue(live, 42, size=200)
+    status, _, _ = request(
+        live.url, f"/v1/reviews/{known}", json.dumps({"decision": "camera", "reviewer": "x"})
+        .encode(), {"Content-Type": "application/json"},
+    )  # fmt: skip
+    assert status == 200
+    wait = _open(browser, live, item)
+    browser.execute_script("$('upload-queue').checked = false")
+    browser.find_element(By.ID, "upload-input").send_keys(str(upload))
+    shown = "return [$('image').naturalWidth, $('heatmap').width, $('item-title').textContent]"
+
+    # the item's image is slow; the upload is scored meanwhile and keeps the page
+    browser.execute_script(
+        "window.delays['/image'] = 3000; showItem(arguments[0]);"
+        "setTimeout(() => $('upload-button').click(), 300);",
+        item,
+    )
+    wait.until(lambda br: _text(br, "message").startswith("upload.jpg: camera"))
+    time.sleep(4)  # past the item's image
+    assert browser.execute_script(shown) == [216, 216, "Scored upload.jpg (not queued)"]
+    assert _text(browser, "message") == "upload.jpg: camera"
+
+    # the score is slow; the reviewer opens an item meanwhile and it keeps the page
+    browser.execute_script(
+        "window.delays = {'/v1/score': 3000}; $('upload-button').click();"
+        "setTimeout(() => showItem(arguments[0]), 300);",
+        item,
+    )
+    _until_shown(browser, item)
+    time.sleep(4)  # past the score
+    assert browser.execute_script(shown)[:2] == [166, 166]
+    assert _text(browser, "item-title").startswith(f"Review #{item} (requested, open)")
+    assert browser.execute_script("return state.ready && state.current.id") == item
+
+
+def test_an_upload_from_the_page_keeps_its_file_name(make_server, tmp_path, browser):
+    from selenium.webdriver.common.by import By
+
+    live = make_server(review_db=tmp_path / "review.sqlite")
+    (first,) = _queue(live, 51)
+    name = "holiday <img src=x onerror=alert(1)> été 🌅.jpg"
+    upload = tmp_path / name
+    upload.write_bytes(jpeg(52, 160))
+    wait = _open(browser, live, first)
+    browser.find_element(By.ID, "upload-input").send_keys(str(upload))
+    browser.find_element(By.ID, "upload-button").click()
+    wait.until(lambda br: "(review #" in _text(br, "message"))
+    item_id = int(_text(browser, "message").split("#")[1].rstrip(")"))
+    assert _text(browser, "message").startswith(name + ": ")
+    assert _item(live, item_id)["filename"] == name
+    entry = browser.find_element(By.CSS_SELECTOR, f"#queue li[data-id='{item_id}'] small")
+    assert entry.text.endswith(" · " + name)  # as text: no element was made of the name
+    assert not browser.find_elements(By.CSS_SELECTOR, "#queue img")
