@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from detector.buildinfo import git_commit
 
-__all__ = ["environment", "git_commit"]
+__all__ = ["environment", "git_commit", "model_record"]
 
 SCHEMA = 1
 
@@ -61,3 +62,15 @@ def environment() -> dict:
         "device": device,
         "versions": versions,
     }
+
+
+def model_record(path: str | Path) -> dict:
+    """A model folder as result files record it: its path, name and graph sha256 (from its
+    sidecar), what ``bench compare`` and the report compare; a path without a readable
+    sidecar (a checkpoint) records the path alone."""
+    try:
+        meta = json.loads((Path(path) / "model.json").read_text())
+    except (OSError, ValueError):
+        meta = {}
+    meta = meta if isinstance(meta, dict) else {}
+    return {"path": str(path), "name": meta.get("name"), "onnx_sha256": meta.get("onnx_sha256")}

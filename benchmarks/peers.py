@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.env import environment
+from benchmarks.env import environment, model_record
 from benchmarks.latency import measure
 from benchmarks.loadgen import grpc_tiles_payload, run_load, score_payload, tiles_payload
 from benchmarks.registry import Benchmark, Results, fail, register_benchmark, result_file
@@ -161,7 +161,7 @@ def peers_benchmark(
     }
     servers.update({name: {"skipped": why} for name, why in skipped.items()})
     ratios = _ratios(measured, concurrency, ceiling)
-    result = {**environment(), "benchmark": "peers", "model": str(model), "concurrency": list(concurrency),
+    result = {**environment(), "benchmark": "peers", "model": model_record(model), "concurrency": list(concurrency),
               "engine_args": list(engine_args), "server_processes": server_processes,
               "client_processes": client_processes, "rounds": rounds,
               "seconds_per_level": seconds, "engine_ceiling": ceiling,

@@ -58,6 +58,34 @@ def _device(data: dict) -> str:
     return f"{device['cpu']} ({device.get('cores', '?')} cores){gpu}"
 
 
+def _models(data: dict) -> str:
+    """Which model a result measured, as far as it records one (the file's own ``model``, or
+    its rows'), and whether that is the bundled model: results measured with an earlier model
+    stay in the report, but a reader must see that they are not today's."""
+    from detector.bundled import DEFAULT_MODEL
+
+    top = data.get("model")  # one model, or a list (bench latency: each model it timed)
+    found = top if isinstance(top, list) else [top]
+    named: dict[str, str | None] = {}  # label -> sha256
+    for m in found:
+        if isinstance(m, dict):
+            sha = m.get("onnx_sha256") or m.get("sha256")
+            named.setdefault(f"{m.get('name')} ({sha[:12] if sha else 'no sha256'})", sha)
+        elif isinstance(m, str) and m:
+            named.setdefault(f"{m} (no sha256 recorded)", None)
+    if not named:
+        return "model not recorded"
+    try:
+        bundled = json.loads((DEFAULT_MODEL / "model.json").read_text()).get("onnx_sha256")
+    except (OSError, ValueError):
+        bundled = None
+    marks = [
+        label + (" = the bundled model" if sha and sha == bundled else "")
+        for label, sha in named.items()
+    ]
+    return "model " + "; ".join(marks)
+
+
 _INCOMPLETE = (KeyError, TypeError, ValueError, IndexError)  # a field missing or mistyped
 
 
@@ -114,7 +142,7 @@ def write_report(results_dir: Path, out: Path) -> Path:
             files.setdefault(kind, []).append((path.stem, data))
             sources.append(
                 f"- `{path.name}`: {kind}, {_device(data)}, commit {data.get('commit')}, "
-                f"{data.get('time')}"
+                f"{data.get('time')}, {_models(data)}"
             )
     if not files:
         raise ValueError(

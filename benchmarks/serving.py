@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.env import environment
+from benchmarks.env import environment, model_record
 from benchmarks.loadgen import run_load, score_payload, tiles_payload
 from benchmarks.registry import Benchmark, Results, fail, register_benchmark, result_file
 from detector.argtypes import positive_float, positive_int
@@ -271,7 +271,7 @@ def serving_benchmark(
     result = {
         **environment(),
         "benchmark": "serving",
-        "model": str(model_dir),
+        "model": model_record(model_dir),
         "server_args": args,
         "in_process": base,
         "server": {

@@ -279,3 +279,28 @@ def test_a_target_missed_by_less_than_the_last_digit_prints_the_digit():
     assert "| `tiles_vs_ceiling_c16` >= 0.9 | 0.8996x | **no** |" in text
     assert "| `tiles_p50_minus_naive_ms_c1` <= 1 | 1.004 ms | **no** |" in text
     assert "| `tiles_p99_vs_naive_c1` <= 1.2 | 0.90x | yes |" in text
+
+
+@pytest.mark.unit
+def test_each_file_says_which_model_it_measured_and_whether_it_is_the_bundled_one(tmp_path):
+    """The report showed results of models retired since beside today's with nothing to tell
+    them apart: each source line names the model its file records (name and sha256, or a
+    path alone) and marks the bundled model; a file that records none says so."""
+    from detector.bundled import DEFAULT_MODEL
+
+    bundled = json.loads((DEFAULT_MODEL / "model.json").read_text())
+    base = json.loads((RESULTS / "accuracy-metadata-declared.json").read_text())
+    for name, model in (
+        ("a-bundled", {"path": "x", "name": bundled["name"], "onnx_sha256": bundled["onnx_sha256"]}),
+        ("b-other", {"path": "y", "name": "older", "onnx_sha256": "ab" * 32}),
+        ("d-none", None),
+    ):  # fmt: skip
+        (tmp_path / f"{name}.json").write_text(json.dumps({**base, "model": model}))
+    shutil.copy(RESULTS / "peers-cpu.json", tmp_path / "c-path.json")  # a path, as peers recorded
+    lines = (write_report(tmp_path, tmp_path / "out")).read_text().splitlines()
+    said = {ln.split("`")[1]: ln for ln in lines if ln.startswith("- `")}
+    sha = bundled["onnx_sha256"][:12]
+    assert said["a-bundled.json"].endswith(f"model {bundled['name']} ({sha}) = the bundled model")
+    assert said["b-other.json"].endswith("model older (abababababab)")
+    assert said["c-path.json"].endswith("model detector/assets/models/default (no sha256 recorded)")
+    assert said["d-none.json"].endswith("model not recorded")
