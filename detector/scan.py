@@ -11,6 +11,7 @@ Only regular files are read (FIFOs, devices and sockets are refused without bloc
 every bad entry (unreadable file or folder, symlink loop, oversized file) is one error line,
 never an abort; an entry that failed and has not changed since is not reported again. Paths
 that are not valid UTF-8 are written with their undecodable bytes escaped (``\\xNN``).
+Hidden files and folders (a leading dot, ``__MACOSX/``) are not scanned, ``--all-files`` or not.
 """
 
 from __future__ import annotations
@@ -28,7 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from detector.image import DecodedImage, ImageError, decode, file_identity, read_file
+from detector.image import (
+    SUPPORTED_FORMATS,
+    DecodedImage,
+    ImageError,
+    decode,
+    file_identity,
+    read_file,
+)
 from detector.pipeline import Detector
 
 __all__ = [
@@ -36,16 +44,26 @@ __all__ = [
     "ScanError",
     "ScanStats",
     "done_key",
+    "is_hidden",
     "open_results",
     "scan_directory",
 ]
 
+# The phone formats' names, taken only where this installation decodes them (detector.image)
+_PHONE_EXTENSIONS = {"AVIF": (".avif",), "HEIF": (".heic", ".heif")}
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".dib", ".tif", ".tiff", ".gif"}
+    | {ext for fmt in SUPPORTED_FORMATS for ext in _PHONE_EXTENSIONS.get(fmt, ())}
 )
 _FSYNC_EVERY_S = 2.0
 # How every result line starts (the writer puts "path" first): what a cut-off line may be.
 _RECORD_START = b'{"path": '
+
+
+def is_hidden(name: str) -> bool:
+    """A name never holding images to read: hidden (``.ipynb_checkpoints/``, ``.DS_Store``,
+    macOS's ``._IMG_0001.JPG`` resource forks) or the ``__MACOSX/`` folder of a Mac's zip."""
+    return name.startswith(".") or name == "__MACOSX"
 
 
 class ScanError(Exception):
@@ -292,7 +310,7 @@ def _walk(root: Path, out: Path | tuple[Path, ...], all_files: bool) -> Iterator
             exc = unlisted.pop()
             rel = Path(exc.filename or dirpath).relative_to(root).as_posix() + "/"
             yield _Entry(_display(rel), None, f"cannot list folder ({exc.strerror or exc})")
-        dirnames.sort()
+        dirnames[:] = sorted(n for n in dirnames if not is_hidden(n))
         # real folders claim their place before links to them at the same level
         for name in sorted(dirnames, key=lambda n: os.path.islink(os.path.join(dirpath, n))):
             key = file_identity(Path(dirpath) / name)
@@ -304,6 +322,8 @@ def _walk(root: Path, out: Path | tuple[Path, ...], all_files: bool) -> Iterator
                 seen.add(key)
         for name in sorted(filenames):
             path = Path(dirpath) / name
+            if is_hidden(name):
+                continue
             if not all_files and path.suffix.lower() not in IMAGE_EXTENSIONS:
                 continue
             try:

@@ -364,6 +364,34 @@ def test_scan_follows_symlinked_folders_once_and_keeps_odd_names_apart(tmp_path,
     assert again.skipped == 6 and len(_lines(out)) == 6  # nothing scored twice on a resume
 
 
+def test_scan_skips_hidden_names_and_reads_the_phone_formats_it_decodes(tmp_path, scene):
+    """macOS's ._x.png resource forks, hidden files and folders and __MACOSX/ were scanned (an
+    "unreadable" line each); .heic/.heif/.avif, which the decoder reads, were left out."""
+    from PIL import Image
+
+    from detector.image import SUPPORTED_FORMATS
+    from detector.pipeline import Detector
+    from detector.scan import scan_directory
+
+    root = tmp_path / "tree"
+    for hidden in (".ipynb_checkpoints", "__MACOSX"):
+        (root / hidden).mkdir(parents=True)
+        (root / hidden / "a.png").write_bytes(P.encode(scene, "PNG"))
+    (root / "a.png").write_bytes(P.encode(scene, "PNG"))
+    (root / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (root / ".hidden.png").write_bytes(P.encode(scene, "PNG"))
+    phone = {"HEIF": ["p.heic", "p.heif"], "AVIF": ["p.avif"]}
+    expected = {"a.png", *(n for fmt in SUPPORTED_FORMATS for n in phone.get(fmt, []))}
+    for name in expected - {"a.png"}:
+        Image.fromarray(scene).save(root / name, "AVIF" if name.endswith(".avif") else "HEIF")
+    out = tmp_path / "r.jsonl"
+    stats = scan_directory(root, out, Detector(["c2pa"]), progress=False)
+    assert {r["path"] for r in _lines(out)} == expected and stats.errors == 0
+    stats = scan_directory(root, tmp_path / "all.jsonl", Detector(["c2pa"]), all_files=True,
+                           progress=False)  # fmt: skip
+    assert {r["path"] for r in _lines(tmp_path / "all.jsonl")} == expected
+
+
 @pytest.mark.parametrize(
     ("text", "bad_line"),
     [

@@ -173,13 +173,39 @@ RUN_DEFINING = (
 )
 
 
+def _hashed_val(train: list[Sample]) -> list[Sample]:
+    """About 10% of ``train``'s units (a source group, else a file) for validation, by a hash
+    of the unit: its source id, or its path relative to the data's common folder (the same
+    split however ``data=`` is written). A class none of whose units hashes into validation
+    gives it its lowest-hashing unit, where it has two or more (a small folder of reals and
+    fakes had no validation fakes, and could not be trained on)."""
+    import zlib
+
+    resolved = {s.path: Path(s.path).resolve() for s in train}
+    parents = [str(p.parent) for p in resolved.values()]
+    root = os.path.commonpath(parents) if parents else ""
+
+    def unit(s: Sample) -> str:
+        return s.source_id or os.path.relpath(resolved[s.path], root)
+
+    def crc(key: str) -> int:
+        return zlib.crc32(key.encode())
+
+    chosen = {unit(s) for s in train if crc(unit(s)) % 10 == 0}
+    for label in (0, 1):
+        units = {unit(s) for s in train if s.label == label}
+        if units and not units & chosen and len(units) >= 2:
+            chosen.add(min(units, key=lambda k: (crc(k), k)))
+    return [s for s in train if unit(s) in chosen]
+
+
 def split_samples(
     samples: list[Sample],
     exclude_families: Collection[str],
     exclude_sources: Collection[str] = (),
 ) -> tuple[list[Sample], list[Sample], list[Sample]]:
-    """(train, val, test) without the excluded families and sources; without a val split, 10%
-    of train sources (by hash) become val."""
+    """(train, val, test) without the excluded families and sources; without a val split, about
+    10% of train's source groups or files (``_hashed_val``) become val."""
     unknown = sorted({s.split for s in samples} - {"", *SPLITS})
     if unknown:  # a "validation" split was dropped, and val taken from the training images
         raise ValueError(
@@ -197,9 +223,7 @@ def split_samples(
     if not train:
         train = [s for s in kept if s.split in ("", "train")]
     if not val:
-        import zlib
-
-        val = [s for s in train if zlib.crc32((s.source_id or str(s.path)).encode()) % 10 == 0]
+        val = _hashed_val(train)
         held = set(val)
         train = [s for s in train if s not in held]
     if not train or not val:

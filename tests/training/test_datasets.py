@@ -211,3 +211,296 @@ def test_forensynths_pairs_each_generator_with_its_own_reals(tmp_path):
     pools = {(s.generator, s.label, s.pool) for s in load_samples(tmp_path)}
     assert pools == {("real", 0, "progan"), ("progan", 1, "progan"),
                      ("real", 0, "stylegan"), ("stylegan", 1, "stylegan")}  # fmt: skip
+
+
+def _link(path: Path, target: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.symlink_to(target)
+
+
+def test_a_real_fake_split_spreads_flat_files_and_keeps_subfolders_whole(tmp_path):
+    """Every file directly in real/ had source group "real" and each generator was one group:
+    the hashed validation split took all of a class or none ("the validation split has no
+    camera images"). A flat file is now its own group; a subfolder stays one."""
+    from training.train import split_samples
+
+    for i in range(100):
+        _img(tmp_path / "real" / f"r{i}.png")
+        _img(tmp_path / "fake" / "sd" / f"s{i}.png")
+        _img(tmp_path / "fake" / "mj" / f"m{i}.png")
+    for g in range(30):
+        for i in range(3):
+            _img(tmp_path / "real" / f"album{g}" / f"a{i}.png")
+    samples = load_samples(tmp_path)
+    flat = [s for s in samples if s.path.parent.name in ("real", "sd", "mj")]
+    assert {s.source_id for s in flat} == {""}
+    nested = {s.source_id for s in samples if s not in flat}
+    assert nested == {f"real/album{g}" for g in range(30)}
+    train, val, _ = split_samples(samples, ())
+    for group in ("real", "sd", "mj"):  # each class and generator on both sides
+        assert any(s.path.parent.name == group for s in train)
+        assert any(s.path.parent.name == group for s in val)
+    assert not {s.source_id for s in train if s.source_id} & {s.source_id for s in val}
+    assert split_samples(load_samples(tmp_path), ())[1] == val  # the same split every time
+
+
+def test_a_small_split_less_folder_has_both_classes_in_validation_however_it_is_written(
+    tmp_path, monkeypatch
+):
+    """20 reals and 3 x 5 fakes: the 10% hash gave validation 1 real and no fake ("the
+    validation split has no generated images"), and the split hashed the path as written,
+    so data=./x and data=/abs/x validated on other images."""
+    from training.train import split_samples
+
+    for i in range(20):
+        _img(tmp_path / "d" / "real" / f"r{i}.png")
+    for gen in ("a", "b", "c"):
+        for i in range(5):
+            _img(tmp_path / "d" / "fake" / gen / f"{gen}{i}.png")
+    train, val, _ = split_samples(load_samples(tmp_path / "d"), ())
+    assert {s.label for s in val} == {0, 1} and len(train) + len(val) == 35
+    monkeypatch.chdir(tmp_path)
+    for spelt in ("d", "./d", "d/../d", str(tmp_path / "d")):
+        again = split_samples(load_samples(Path(spelt)), ())[1]
+        assert sorted(s.path.resolve() for s in again) == sorted(s.path.resolve() for s in val)
+
+
+def test_cnndetection_dataset_folder_reads_each_split(tmp_path, monkeypatch):
+    """dataset/{train,val,test}/...: the split folders were read as generators "train"/"val",
+    all in split test (and test/<generator>/<category>/ was refused)."""
+    root = tmp_path / "dataset"
+    for split in ("train", "val"):
+        for cat in ("airplane", "cat"):
+            _img(root / split / cat / "0_real" / "r.png")
+            _img(root / split / cat / "1_fake" / "f.png")
+    _img(root / "test" / "stylegan" / "car" / "0_real" / "r.png")
+    _img(root / "test" / "stylegan" / "car" / "1_fake" / "f.png")
+    _img(root / "test" / "biggan" / "0_real" / "r.png")
+    _img(root / "test" / "biggan" / "1_fake" / "f.png")
+    fakes = {(s.split, s.generator, s.source_id) for s in load_samples(root) if s.label}
+    assert fakes == {
+        ("train", "airplane", "airplane"),
+        ("train", "cat", "cat"),
+        ("val", "airplane", "airplane"),
+        ("val", "cat", "cat"),
+        ("test", "stylegan", "stylegan/car"),
+        ("test", "biggan", "biggan"),
+    }
+    assert {s.split for s in load_samples(root / "val")} == {"val"}
+    _img(root / "notes" / "x.png")
+    with pytest.raises(DatasetError, match=r"dataset: notes/ beside the split folders"):
+        load_samples(root)
+
+
+@pytest.mark.parametrize(
+    "cwd,spelling", [("train", "."), ("train/airplane", ".."), ("train/airplane", "../../train")]
+)
+def test_the_forensynths_split_does_not_depend_on_how_the_path_is_written(
+    tmp_path, monkeypatch, cwd, spelling
+):
+    """`--data .` in a train/ folder gave split test (Path(".").name is "")."""
+    for cat in ("airplane", "cat"):
+        _img(tmp_path / "train" / cat / "0_real" / "r.png")
+        _img(tmp_path / "train" / cat / "1_fake" / "f.png")
+    monkeypatch.chdir(tmp_path / cwd)
+    assert {s.split for s in load_samples(spelling)} == {"train"}
+
+
+def test_layout_folder_names_match_in_any_case(tmp_path):
+    """mj/val/Nature/ was dropped silently (its reals gone); 0_Real/ and Real/ were refused."""
+    gi = tmp_path / "gi"
+    _img(gi / "mj" / "Val" / "Nature" / "r.JPEG", "JPEG")
+    _img(gi / "mj" / "Val" / "AI" / "f.png")
+    _img(gi / "sd" / "train" / "nature" / "r.png")
+    _img(gi / "sd" / "train" / "ai" / "f.png")
+    assert sorted((s.generator, s.label, s.split) for s in load_samples(gi)) == [
+        ("mj", 1, "val"),
+        ("real", 0, "train"),
+        ("real", 0, "val"),
+        ("sd", 1, "train"),
+    ]
+    fs = tmp_path / "fs"
+    _img(fs / "biggan" / "0_Real" / "r.png")
+    _img(fs / "biggan" / "1_FAKE" / "f.png")
+    _img(fs / "progan" / "cat" / "0_real" / "r.png")
+    _img(fs / "progan" / "cat" / "1_fake" / "f.png")
+    assert len(load_samples(fs)) == 4
+    rf = tmp_path / "rf"
+    _img(rf / "Real" / "r.png")
+    _img(rf / "FAKE" / "sd" / "f.png")
+    assert sorted((s.label, s.generator) for s in load_samples(rf)) == [(0, "real"), (1, "sd")]
+    cnnd = tmp_path / "cnnd"
+    _img(cnnd / "Train" / "cat" / "0_real" / "r.png")
+    _img(cnnd / "Train" / "cat" / "1_fake" / "f.png")
+    assert {s.split for s in load_samples(cnnd)} == {"train"}
+
+
+def _mixed(p: Path) -> None:  # GenImage and ForenSynths generators side by side
+    _img(p / "sd" / "val" / "ai" / "f.png")
+    _img(p / "sd" / "val" / "nature" / "r.png")
+    _img(p / "progan" / "0_real" / "r.png")
+    _img(p / "progan" / "1_fake" / "f.png")
+
+
+def _flat_and_categories(p: Path) -> None:  # a generator with both
+    _img(p / "progan" / "0_real" / "r.png")
+    _img(p / "progan" / "1_fake" / "f.png")
+    _img(p / "progan" / "extra" / "0_real" / "r.png")
+    _img(p / "progan" / "extra" / "1_fake" / "f.png")
+
+
+def _one_class_category(p: Path) -> None:
+    _img(p / "stylegan" / "car" / "0_real" / "r.png")
+    _img(p / "stylegan" / "car" / "1_fake" / "f.png")
+    _img(p / "stylegan" / "cat" / "0_real" / "r.png")
+
+
+@pytest.mark.parametrize(
+    "setup,message",
+    [
+        (_mixed, r"mixes dataset layouts: progan/ \(ForenSynths\), sd/ \(GenImage\)"),
+        (
+            lambda p: _mixed(p) or _img(p / "real" / "r.png") or _img(p / "fake" / "f.png"),
+            "progan/, sd/ beside real/ and fake/ would be left out",
+        ),
+        (_flat_and_categories, "progan: extra/ beside 0_real/ and 1_fake/ would be left out"),
+        (_one_class_category, r"stylegan/cat: has only 0_real/"),
+        (
+            lambda p: _one_class_category(p) or _img(p / "stylegan" / "car" / "notes" / "n.png"),
+            "stylegan/car: notes/ beside 0_real/ and 1_fake/",
+        ),
+        (
+            lambda p: (
+                _img(p / "mj" / "val" / "ai" / "f.png") or _img(p / "sd" / "val" / "ai" / "f.png")
+            ),
+            r"mj/val: has only ai/",
+        ),
+        (
+            lambda p: _mixed(p) or _img(p / "wukong" / "test" / "ai" / "f.png"),
+            r"mixes dataset layouts: .* wukong/ \(neither\)",
+        ),
+        (
+            lambda p: (
+                _img(p / "sd" / "val" / "ai" / "f.png")
+                or _img(p / "sd" / "val" / "nature" / "r.png")
+                or _img(p / "sd" / "test" / "ai" / "f.png")
+            ),
+            r"sd: test/ would be left out; expected train/ and/or val/",
+        ),
+        (
+            lambda p: (
+                _img(p / "real" / "r.png")
+                or _img(p / "Real" / "s.png")
+                or _img(p / "fake" / "f.png")
+            ),
+            r"Real/, real/ differ only in case",
+        ),
+    ],
+)
+def test_data_a_layout_would_leave_out_is_refused_by_name(tmp_path, setup, message):
+    setup(tmp_path)
+    with pytest.raises(DatasetError, match=message) as info:
+        load_samples(tmp_path)
+    assert str(tmp_path) in str(info.value)
+
+
+def test_the_same_file_twice_in_a_folder_layout_is_refused_naming_both(tmp_path):
+    """A file symlink, a hard link, fake/oops -> ../real and two generators' 0_real/ linked to one
+    folder were all counted twice (reals as fakes too), where a manifest refuses a row listed
+    twice."""
+    rf = tmp_path / "rf"
+    _img(rf / "real" / "r0.png")
+    _img(rf / "fake" / "sd" / "f0.png")
+    _link(rf / "real" / "r0_copy.png", Path("r0.png"))
+    with pytest.raises(DatasetError, match=r"real/r0_copy.png is the same file as .*real/r0.png"):
+        load_samples(rf)
+    (rf / "real" / "r0_copy.png").unlink()
+    (rf / "fake" / "sd" / "hard.png").hardlink_to(rf / "real" / "r0.png")
+    with pytest.raises(DatasetError, match=r"sd/hard.png is the same file as .*real/r0.png"):
+        load_samples(rf)
+    (rf / "fake" / "sd" / "hard.png").unlink()
+    _link(rf / "fake" / "oops", Path("../real"))
+    with pytest.raises(DatasetError, match=r"fake/oops links to .*real \(read as real\)"):
+        load_samples(rf)
+    fs = tmp_path / "fs"
+    _img(tmp_path / "shared" / "r.png")
+    for gen in ("progan", "stylegan"):
+        _link(fs / gen / "0_real", tmp_path / "shared")
+        _img(fs / gen / "1_fake" / "f.png")
+    with pytest.raises(DatasetError, match=r"stylegan/0_real/r.png is the same file as .*progan"):
+        load_samples(fs)
+
+
+def test_a_link_to_another_generator_does_not_take_its_images(tmp_path):
+    """fake/a/also_b -> ../b: os.walk went down a/ first, so b's images were labelled a and b
+    disappeared."""
+    _img(tmp_path / "real" / "r.png")
+    _img(tmp_path / "fake" / "a" / "f.png")
+    _img(tmp_path / "fake" / "b" / "g.png")
+    _link(tmp_path / "fake" / "a" / "also_b", Path("../b"))
+    fakes = sorted((s.generator, s.path.name) for s in load_samples(tmp_path) if s.label)
+    assert fakes == [("a", "f.png"), ("b", "g.png")]
+
+
+def test_links_reaching_one_outside_folder_twice_are_refused_and_a_loop_ends(tmp_path):
+    root = tmp_path / "data"
+    _img(root / "real" / "r.png")
+    _img(tmp_path / "elsewhere" / "g.png")
+    _link(tmp_path / "elsewhere" / "loop", tmp_path / "elsewhere")
+    _link(root / "fake" / "sd", tmp_path / "elsewhere")
+    assert len(load_samples(root)) == 2
+    _link(root / "fake" / "sd2", tmp_path / "elsewhere")
+    with pytest.raises(DatasetError, match=r"fake/sd2 and .*fake/sd are the same folder"):
+        load_samples(root)
+
+
+def test_hidden_files_and_folders_are_skipped(tmp_path):
+    """macOS's real/._r0.JPG and real/.hidden.png were counted (evaluate then aborted: "not a
+    recognized image"); an empty .ipynb_checkpoints/ beside generators was refused."""
+    rf = tmp_path / "rf"
+    _img(rf / "real" / "r0.JPG", "JPEG")
+    (rf / "real" / "._r0.JPG").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    _img(rf / "real" / ".hidden.png")
+    _img(rf / "real" / ".thumbs" / "t.png")
+    _img(rf / "fake" / "sd" / "f.png")
+    _img(rf / "__MACOSX" / "fake" / "sd" / "._f.png")
+    assert sorted(s.path.name for s in load_samples(rf)) == ["f.png", "r0.JPG"]
+    fs = tmp_path / "fs"
+    _img(fs / "progan" / "0_real" / "r.png")
+    _img(fs / "progan" / "1_fake" / "f.png")
+    (fs / ".ipynb_checkpoints").mkdir()
+    (fs / "progan" / ".DS_Store").write_bytes(b"")
+    assert len(load_samples(fs)) == 2
+
+
+def test_phone_formats_the_decoder_reads_are_dataset_images(tmp_path):
+    from detector.image import SUPPORTED_FORMATS
+
+    names = {"HEIF": ["p.heic", "p.heif"], "AVIF": ["p.avif"]}
+    phone = [n for fmt in SUPPORTED_FORMATS for n in names.get(fmt, [])]
+    if not phone:
+        pytest.skip("this installation decodes neither HEIF nor AVIF")
+    for name in phone:
+        _img(tmp_path / "real" / name, "AVIF" if name.endswith(".avif") else "HEIF")
+    _img(tmp_path / "fake" / "f.png")
+    reals = [s.path for s in load_samples(tmp_path) if s.label == 0]
+    assert sorted(p.name for p in reals) == sorted(phone)
+    assert all(read_pixels(p).shape == (8, 8, 3) for p in reals)
+
+
+def test_a_folder_that_cannot_be_listed_is_an_error_not_a_gap(tmp_path, monkeypatch):
+    import os
+
+    _img(tmp_path / "real" / "r.png")
+    _img(tmp_path / "fake" / "g" / "f.png")
+    _img(tmp_path / "fake" / "locked" / "x.png")
+    real = os.scandir
+
+    def scandir(path="."):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(DatasetError, match=r"fake/locked: cannot list folder \(Permission denied"):
+        load_samples(tmp_path)
