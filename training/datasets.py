@@ -284,13 +284,26 @@ def _forensynths_holders(gen_dir: Path) -> list[tuple[Path, Path, Path]]:
     return found
 
 
+def _genimage_base(gen_dir: Path) -> Path:
+    """Where a GenImage generator's ``{train,val}/`` are: in its folder, or, as the published
+    download nests them (``BigGAN/imagenet_ai_0419_biggan/train/ai``), in its one subfolder."""
+    subs = _subdirs(gen_dir)
+    if len(subs) == 1 and not _child(gen_dir, "train") and not _child(gen_dir, "val"):
+        inner = subs[0]
+        if _child(inner, "train") or _child(inner, "val"):
+            return inner
+    return gen_dir
+
+
 def read_genimage(root: Path) -> list[Sample]:
-    """``root/<generator>/{train,val}/{ai,nature}/``."""
+    """``root/<generator>/{train,val}/{ai,nature}/``, or with the download's one folder more,
+    ``root/<generator>/<release>/{train,val}/{ai,nature}/`` (the generator is named by
+    ``<generator>``)."""
     root = Path(root)
     expect = "expected train/ and/or val/, each with ai/ and nature/ (GenImage layout)"
     classes, meta = [], []
     for gen_dir in _subdirs(root):
-        splits = _subdirs(gen_dir)
+        splits = _subdirs(_genimage_base(gen_dir))
         extra = [s for s in splits if s.name.lower() not in ("train", "val")]
         if extra or not splits:
             left = f"{_names(extra)} would be left out; " if extra else ""
@@ -395,7 +408,7 @@ def _kind(folder: Path) -> str:
     subs = _subdirs(folder)
     if any(
         s.name.lower() in ("train", "val") and (_child(s, "ai") or _child(s, "nature"))
-        for s in subs
+        for s in _subdirs(_genimage_base(folder))
     ):
         return "GenImage"
     if any(c.name.lower() in _FS_CLASSES for f in (folder, *subs) for c in _subdirs(f)):

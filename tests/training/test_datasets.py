@@ -504,3 +504,19 @@ def test_a_folder_that_cannot_be_listed_is_an_error_not_a_gap(tmp_path, monkeypa
     monkeypatch.setattr(os, "scandir", scandir)
     with pytest.raises(DatasetError, match=r"fake/locked: cannot list folder \(Permission denied"):
         load_samples(tmp_path)
+
+
+def test_genimage_as_downloaded_with_its_release_folder(tmp_path):
+    """The published GenImage nests one folder more (BigGAN/imagenet_ai_0419_biggan/train/ai):
+    it was 'no dataset layout recognised'. The generator is named by the outer folder."""
+    for gen, release in (("BigGAN", "imagenet_ai_0419_biggan"), ("ADM", "imagenet_ai_0508_adm")):
+        for split in ("train", "val"):
+            for cls in ("ai", "nature"):
+                for i in range(2):
+                    _img(tmp_path / gen / release / split / cls / f"{cls}{i}.png")
+    samples = load_samples(tmp_path)
+    assert len(samples) == 16
+    assert {(s.generator, s.split) for s in samples if s.label} == {
+        (g, sp) for g in ("BigGAN", "ADM") for sp in ("train", "val")
+    }
+    assert {s.generator for s in samples if not s.label} == {"real"}
