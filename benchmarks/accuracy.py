@@ -31,7 +31,7 @@ from detector.argtypes import positive_int
 from detector.image import ImageError, decode
 from detector.methods import METHODS, create_method
 from detector.pipeline import default_fusion, fuse_results, method_bands
-from training.datasets import Sample, load_samples
+from training.datasets import Sample, load_samples, no_images_in_split
 from training.degrade import apply_chain, chain_name, encode_jpeg, parse_grid
 from training.evaluate import generator_groups
 from training.metrics import compute_metrics, roc_curve
@@ -142,12 +142,11 @@ def accuracy_benchmark(
 
     options = options or {}
     eq = parse_equalise(equalise)
-    samples = load_samples(data)
-    if split != "all":
-        samples = [s for s in samples if s.split == split]
+    every = load_samples(data)
+    samples = every if split == "all" else [s for s in every if s.split == split]
     samples = _spread(samples, limit)
     if not samples:
-        raise ValueError(f"{data}: no images in split {split!r}")
+        raise no_images_in_split(data, split, every)
     names = _available(methods, options)
     built = {n: create_method(n, **options.get(n, {})) for n in names}
     # The fused row is the verdict a user gets: over the named methods, or else over the

@@ -37,6 +37,7 @@ __all__ = [
     "data_digest",
     "file_key",
     "load_samples",
+    "no_images_in_split",
     "read_forensynths",
     "read_genimage",
     "read_manifest",
@@ -118,6 +119,16 @@ def worker_message(exc: BaseException) -> str:
     last = [line for line in text.splitlines() if line.strip()][-1]
     name = type(exc).__name__
     return last.split(f"{name}: ", 1)[1] if f"{name}: " in last else last
+
+
+def no_images_in_split(data: str | Path, split: str, samples: list[Sample]) -> ValueError:
+    """The error for a ``--split`` that selects nothing, naming the splits the data have."""
+    counts: dict[str, int] = {}
+    for s in samples:
+        counts[s.split or "(none)"] = counts.get(s.split or "(none)", 0) + 1
+    have = ", ".join(f"{name} {n}" for name, n in sorted(counts.items())) or "no images"
+    hint = "; --split all scores every image" if counts else ""
+    return ValueError(f"{data}: no images in split {split!r} (its splits: {have}){hint}")
 
 
 def load_samples(path: str | Path) -> list[Sample]:

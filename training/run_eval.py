@@ -25,7 +25,7 @@ import yaml
 
 from detector.engine import ModelBundle, load_bundle
 from training.config import load_config
-from training.datasets import Sample, load_samples
+from training.datasets import Sample, load_samples, no_images_in_split
 from training.degrade import Degradation, apply_chain, chain_name, parse_chain
 from training.evaluate import EvalReport, evaluate_scores, predict_logits
 from training.metrics import Metrics, compute_metrics
@@ -81,9 +81,10 @@ def evaluate_model(
 ) -> EvalReport:
     """Metrics on ``split``; with ``equalise`` the report carries the equalised one beside it."""
     bundle = load_bundle(model, device=device)
-    samples = _select(load_samples(data), split)
+    every = load_samples(data)
+    samples = _select(every, split)
     if not samples:
-        raise ValueError(f"{data}: no images in split {split!r}")
+        raise no_images_in_split(data, split, every)
     chain = parse_chain(degrade)
     eq = parse_equalise(equalise)
     reports = []
