@@ -18,15 +18,20 @@ from training.metadata_writers import synthetic_scene
 pytestmark = pytest.mark.unit
 
 
-def _manifest(folder: Path, labels: tuple[str, ...] = ("real", "fake")) -> Path:
+def _upsampled(i: int, label: str) -> np.ndarray:
     """Camera-like scenes (real) against the same scenes with blocky 2x upsampling (fake)."""
+    scene = synthetic_scene(i, 96, 96)
+    return scene if label == "real" else np.repeat(np.repeat(scene[::2, ::2], 2, 0), 2, 1)
+
+
+def _manifest(folder: Path, labels=("real", "fake"), pixels=_upsampled, splits=(12, 8, 4)) -> Path:
+    """A manifest of ``pixels(i, label)`` images, ``splits`` train / val / test per label."""
     rows = []
-    for i, split in enumerate(["train"] * 12 + ["val"] * 8 + ["test"] * 4):
-        scene = synthetic_scene(i, 96, 96)
+    names = ["train"] * splits[0] + ["val"] * splits[1] + ["test"] * splits[2]
+    for i, split in enumerate(names):
         for label in labels:
-            pixels = scene if label == "real" else np.repeat(np.repeat(scene[::2, ::2], 2, 0), 2, 1)
             path = folder / f"{label}{i}.png"
-            Image.fromarray(pixels).save(path)
+            Image.fromarray(pixels(i, label)).save(path)
             rows.append({"path": path.name, "label": label, "split": split, "generator": label})
     with open(folder / "manifest.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -59,23 +64,13 @@ def test_an_out_that_is_a_folder_is_a_usage_error(tmp_path):
     assert out.returncode == 2 and ". is a directory; give a file path" in out.stderr
 
 
-def _flat_manifest(folder: Path, size: int = 96, same: bool = False) -> Path:
-    """Flat single-colour images (or, ``same``, the same textured scene in both classes)."""
-    rows = []
-    for i, split in enumerate(["train"] * 6 + ["val"] * 4):
-        for label in ("real", "fake"):
-            if same:
-                pixels = synthetic_scene(i, size, size)
-            else:
-                pixels = np.full((size, size, 3), (40 * i + (label == "fake") * 7) % 256, np.uint8)
-            path = folder / f"{label}{i}.png"
-            Image.fromarray(pixels).save(path)
-            rows.append({"path": path.name, "label": label, "split": split, "generator": label})
-    with open(folder / "manifest.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return folder / "manifest.csv"
+def _flat_manifest(folder: Path, size: int = 96) -> Path:
+    """Flat single-colour images, a shade apart between the classes."""
+
+    def flat(i: int, label: str) -> np.ndarray:
+        return np.full((size, size, 3), (40 * i + (label == "fake") * 7) % 256, np.uint8)
+
+    return _manifest(folder, pixels=flat, splits=(6, 4, 0))
 
 
 def test_images_the_method_does_not_judge_are_left_out(tmp_path):
