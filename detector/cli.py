@@ -549,7 +549,7 @@ def _hash_files(files: list[str], windows: bool = False) -> tuple[list[tuple[str
 
 
 def _cmd_memory_add(args: argparse.Namespace) -> int:
-    from detector.memory import has_structure
+    from detector.memory import plainness
 
     good, bad = _hash_files(args.files, windows=True)
     for line in bad:
@@ -559,13 +559,20 @@ def _cmd_memory_add(args: argparse.Namespace) -> int:
     with _open_memory(args) as store:
         for path, hashes in good:
             try:
-                rec = store.add(hashes, args.label, args.by, args.note, args.source)
+                rec, added = store.add_checked(hashes, args.label, args.by, args.note, args.source)
             except KnownImageError as exc:
                 raise CliError(str(exc)) from None
+            if not added:  # the latest decision about these pixels says this already
+                print(
+                    f"{path}: already recorded as {rec.label} (#{rec.id}, by {rec.confirmed_by} "
+                    f"on {rec.confirmed_at[:10]}); nothing added"
+                )
+                continue
+            plain = plainness(hashes)
             only_exact = (
-                ""
-                if has_structure(hashes)
-                else "; too plain for near matches: only this exact image will match"
+                f"; too plain for near matches ({plain}): only this exact image will match"
+                if plain
+                else ""
             )
             print(f"{path}: recorded #{rec.id} as {rec.label} (pHash {rec.phash}{only_exact})")
     return EXIT_OK
@@ -588,7 +595,11 @@ def _cmd_memory_find(args: argparse.Namespace) -> int:
             if not item["matches"]:
                 print(f"{item['path']}: no match")
             for m in item["matches"]:
-                how = "same image" if m["exact"] else f"distance {m['distance']}"
+                how = (
+                    "same image"
+                    if m["exact"]
+                    else f"{'a crop of it, ' if m['cropped'] else ''}distance {m['distance']}"
+                )
                 print(
                     f"{item['path']}: #{m['id']} {m['label']}, confirmed {m['confirmed_at']} "
                     f"by {m['confirmed_by']}, {how}"
@@ -629,16 +640,32 @@ def _cmd_memory_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_memory_import(args: argparse.Namespace) -> int:
+    from detector.memory import parse_jsonl
+
     try:
         lines = Path(args.file).read_text().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise CliError(f"cannot read {args.file}: {exc}") from None
-    with _open_memory(args) as store:
-        try:
-            added, skipped = store.import_jsonl(lines, origin=args.file)
-        except KnownImageError as exc:
-            raise CliError(f"{exc}; nothing imported") from None
-    print(f"imported {added} records, skipped {skipped} already in the memory")
+    try:  # checked before the memory is opened: a bad file leaves no new, empty memory behind
+        rows = parse_jsonl(lines, origin=args.file)
+    except KnownImageError as exc:
+        raise CliError(f"{exc}; nothing imported") from None
+    db = Path(args.db) if args.db else None
+    created = db is not None and not db.exists()
+    try:
+        with _open_memory(args) as store:
+            result = store.import_rows(rows)
+    except (KnownImageError, CliError) as exc:
+        if created and db is not None:  # a memory this command created holds nothing: gone
+            for leftover in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+                leftover.unlink(missing_ok=True)
+        if isinstance(exc, CliError):
+            raise
+        raise CliError(f"{exc}; nothing imported") from None
+    repeats = f", {result.repeated} repeated within the file" if result.repeated else ""
+    print(
+        f"imported {result.added} records, skipped {result.present} already in the memory" + repeats
+    )
     return EXIT_OK
 
 

@@ -5,7 +5,9 @@ SQLite file with a faiss Hamming index). A match is a reviewer's decision about 
 picture, so it decides the verdict (``decided_by: known_image``) over every other method: an
 image confirmed as generated is flagged even after re-compression or rescaling, and a photo
 confirmed as a camera image stops being flagged whatever the model says. No match is an
-abstention. The method runs only when a memory database is given (``--memory-db``).
+abstention. When several records match they are decisions about one picture: the latest decides
+(a newer human judgement overrides an older one), and the evidence names the decisions that
+disagree with it. The method runs only when a memory database is given (``--memory-db``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import importlib.util
 from typing import Any
 
 from detector.image import DecodedImage
-from detector.memory import MemoryStore, hash_pixels
+from detector.memory import MemoryStore, hash_pixels, plainness
 from detector.methods.base import Evidence, Kind, MethodResult, PerImageMethod, Strength, Supports
 from detector.methods.registry import register_method
 
@@ -48,12 +50,13 @@ class KnownImageMethod(PerImageMethod):
     def score_one(self, image: DecodedImage) -> MethodResult:
         hashes = hash_pixels(image.pixels, image.data)
         matches = self.store.find(hashes)
+        plain = plainness(hashes)
         if not matches:
-            return self.abstain(
-                Evidence("known_image.none", "no image confirmed by a reviewer matches"),
-                phash=hashes.phash,
+            message = "no image confirmed by a reviewer matches" + (
+                f" (only exact copies are looked up: {plain})" if plain else ""
             )
-        best = matches[0]
+            return self.abstain(Evidence("known_image.none", message), phash=hashes.phash)
+        best = matches[0]  # the latest decision (``MemoryStore.find``)
         rec = best.record
         how = (
             "the same image"
@@ -64,10 +67,21 @@ class KnownImageMethod(PerImageMethod):
             f"matches an image confirmed as {rec.label} on {rec.confirmed_at[:10]} by "
             f"{rec.confirmed_by}, {how}" + (f" ({rec.note})" if rec.note else "")
         )
+        overruled = [m for m in matches[1:] if m.record.label != rec.label]
+        if overruled:
+            also = ", ".join(
+                f"{m.record.label} by {m.record.confirmed_by} on {m.record.confirmed_at[:10]}"
+                for m in overruled[:3]
+            )
+            more = f" and {len(overruled) - 3} more" if len(overruled) > 3 else ""
+            message += f"; also confirmed {also}{more} before: the latest decision holds"
         supports = Supports.GENERATED if rec.label == "generated" else Supports.CAMERA
+        details = {"match": best.to_dict(), "matches": len(matches), "phash": hashes.phash}
+        if overruled:
+            details["conflicts"] = [m.to_dict() for m in overruled]
         return self.result(
             _CONFIRMED[rec.label],
             [Evidence(f"known_image.{rec.label}", message, Strength.STRONG, supports)],
             confirmed=True,
-            details={"match": best.to_dict(), "matches": len(matches), "phash": hashes.phash},
+            details=details,
         )

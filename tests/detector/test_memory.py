@@ -15,7 +15,7 @@ from PIL import Image
 
 from detector.fusion import FusionConfig, fuse
 from detector.image import decode
-from detector.memory import KnownImageError, MatchRule, MemoryStore, hash_pixels
+from detector.memory import ImportResult, KnownImageError, MatchRule, MemoryStore, hash_pixels
 from detector.methods import Kind, MethodResult, MethodUnavailable, create_method, method_names
 from training import metadata_writers as P
 
@@ -220,7 +220,7 @@ def test_export_import_round_trip_is_all_or_nothing(tmp_path):
     assert a.export_jsonl(buf) == 3
     lines = buf.getvalue().splitlines()
     b = MemoryStore(tmp_path / "b.sqlite")
-    assert b.import_jsonl(lines) == (3, 0)
+    assert b.import_jsonl(lines) == ImportResult(3, 0, 0)
     assert [(r.label, r.note, r.phash) for r in b.records()] == [
         (r.label, r.note, r.phash) for r in a.records()
     ]
@@ -242,13 +242,13 @@ def test_importing_an_export_again_adds_nothing(tmp_path):
     a.export_jsonl(buf)
     lines = buf.getvalue().splitlines()
     b = MemoryStore(tmp_path / "b.sqlite")
-    assert b.import_jsonl(lines) == (2, 0)
-    assert b.import_jsonl(lines) == (0, 2)
-    assert a.import_jsonl(lines) == (0, 2)
+    assert b.import_jsonl(lines) == ImportResult(2, 0, 0)
+    assert b.import_jsonl(lines) == ImportResult(0, 2, 0)
+    assert a.import_jsonl(lines) == ImportResult(0, 2, 0)
     assert b.stats()["records"] == 2 and b.stats()["indexed"] == 2 + 34
     assert len(b.find(_hashes(_jpeg(_scene(1))))) == 1
     later = {**json.loads(lines[1]), "label": "generated", "confirmed_at": "2099-01-01T00:00:00Z"}
-    assert b.import_jsonl([*lines, json.dumps(later)]) == (1, 2)
+    assert b.import_jsonl([*lines, json.dumps(later)]) == ImportResult(1, 2, 0)
     assert b.stats()["by_label"] == {"generated": 2, "camera": 1}
     # the other label at the very moment of the recorded decision: which one holds? refused
     same_time = json.dumps({**json.loads(lines[1]), "label": "generated"})
@@ -268,11 +268,13 @@ def test_a_file_repeating_a_record_adds_it_once_and_an_old_decision_does_not_ove
     a.export_jsonl(buf)
     old = buf.getvalue().splitlines()
     b = MemoryStore(tmp_path / "b.sqlite")
-    assert b.import_jsonl(old + old) == (1, 1)  # the repeat within the file is skipped too
+    assert b.import_jsonl(old + old) == ImportResult(
+        1, 0, 1
+    )  # the repeat within the file is skipped too
     photo = _hashes(_jpeg(_scene(2)))
     c = MemoryStore(tmp_path / "c.sqlite")
     c.add(photo, "camera", "frank", confirmed_at="2026-12-01T00:00:00+00:00")
-    assert c.import_jsonl(old) == (1, 0)  # kept: a decision on record, not hidden
+    assert c.import_jsonl(old) == ImportResult(1, 0, 0)  # kept: a decision on record, not hidden
     assert c.find(photo)[0].record.label == "camera"  # but the newer one leads
     newer = json.dumps({**json.loads(old[0]), "confirmed_at": "2026-12-05T00:00:00+00:00"})
     c.import_jsonl([newer])
@@ -392,7 +394,7 @@ def test_imported_times_are_utc_and_fields_are_checked(tmp_path):
     # 20:00 in Tokyo is 11:00 UTC: earlier than alice's decision, so hers still leads
     tokyo = {**record, "label": "camera", "confirmed_by": "mallory",
              "confirmed_at": "2026-12-07T20:00:00+09:00"}  # fmt: skip
-    assert a.import_jsonl([json.dumps(tokyo)]) == (1, 0)
+    assert a.import_jsonl([json.dumps(tokyo)]) == ImportResult(1, 0, 0)
     (first, *_) = a.find(_hashes(_jpeg(_scene(3))))
     assert first.record.label == "generated"
     stored = {
@@ -459,3 +461,224 @@ def test_a_damaged_memory_is_a_message_not_a_traceback(tmp_path):
     res = _cli("memory", "stats", "--db", str(path))
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "malformed" in res.stderr or "not a usable memory database" in res.stderr
+
+
+def _sticker(seed: int, size: int = 120, at: tuple[int, int] = (620, 40)) -> np.ndarray:
+    """A picture pasted small on a white 800x600 canvas (the audit's sticker)."""
+    canvas = np.full((600, 800, 3), 255, np.uint8)
+    canvas[at[1] : at[1] + size, at[0] : at[0] + size] = _scene(seed, size)
+    return canvas
+
+
+def test_a_small_picture_on_a_plain_background_matches_only_exactly(tmp_path):
+    """Two different pictures pasted small at one spot of a plain canvas hashed within 2 bits
+    of each other (the hashes encode where they sit): one confirmed sticker decided the other,
+    'generated 0.999'. Such an image is matched only exactly, and the evidence says why."""
+    store = MemoryStore(tmp_path / "m.sqlite")
+    blob = _jpeg(_sticker(1))
+    store.add(_hashes(blob, windows=True), "generated", "alice")
+    assert store.find(_hashes(blob))[0].exact  # the same file still matches
+    for seed in (2, 3, 4):
+        assert store.find(_hashes(_jpeg(_sticker(seed)))) == [], seed
+
+    from detector.memory import detail_share, has_structure, plainness
+
+    for seed in (2, 3, 4):
+        other = _hashes(_jpeg(_sticker(seed)))
+        assert other.detail is not None and other.detail < 0.05
+        assert not has_structure(other) and "detail covers" in plainness(other)
+    method = create_method("known_image", memory_db=store)
+    (r,) = method.score([decode(_jpeg(_sticker(2)))])
+    assert r.abstained and "only exact copies are looked up" in r.evidence[0].message
+    assert "detail covers" in r.evidence[0].message
+    # a photo covers its frame: near-duplicates of a picture still match
+    assert detail_share(_scene(3)) == 1.0 and detail_share(np.full((9, 9, 3), 7, np.uint8)) == 1
+    store.add(_hashes(_jpeg(_scene(3)), windows=True), "generated", "alice")
+    assert store.find(_hashes(_jpeg(_scene(3), 60, 0.5)))
+
+
+def test_the_latest_decision_decides_and_the_evidence_names_the_others(tmp_path):
+    """Ten older copies confirmed as generated outvoted a newer camera decision by hash noise,
+    and the camera decision went unmentioned: the latest decision leads whatever the
+    distances, and the verdict says who decided otherwise before."""
+    store = MemoryStore(tmp_path / "m.sqlite")
+    px = _scene(7, 320)
+    for i, q in enumerate((60, 70, 80, 90, 95, 65, 75, 85, 92, 97)):
+        store.add(_hashes(_jpeg(px, q), True), "generated", "alice",
+                  confirmed_at=f"2026-01-{i + 1:02d}T00:00:00Z")  # fmt: skip
+    store.add(_hashes(_jpeg(px, 88, 0.9), True), "camera", "bob", note="overturned",
+              confirmed_at="2026-06-01T00:00:00Z")  # fmt: skip
+    for crop in ((0, 0, 0, 0), (0.03, 0.03, 0.03, 0.03), (0.05, 0.0, 0.0, 0.05)):
+        matches = store.find(_hashes(_crop(px, *crop)))
+        assert matches[0].record.label == "camera", (crop, matches[0])
+    exact = store.find(_hashes(_jpeg(px, 60)))  # the same file as alice's first record
+    assert exact[0].record.label == "camera" and any(m.exact for m in exact)
+    method = create_method("known_image", memory_db=store)
+    (r,) = method.score([decode(_jpeg(px, 60))])
+    assert r.probability == pytest.approx(0.001) and "by bob" in r.evidence[0].message
+    message = r.evidence[0].message
+    assert "also confirmed generated by alice on 2026-01-10" in message and "7 more" in message
+    assert len(r.details["conflicts"]) == 10
+    # one decision each way: the newer one holds, the older is named
+    a = MemoryStore(tmp_path / "a.sqlite")
+    a.add(_hashes(_jpeg(px, 95)), "generated", "alice", confirmed_at="2026-03-01T10:00:00Z")
+    a.add(_hashes(_jpeg(px, 90)), "camera", "bob", confirmed_at="2026-03-02T10:00:00Z")
+    (r,) = create_method("known_image", memory_db=a).score([decode(_jpeg(px, 95))])
+    assert r.probability == pytest.approx(0.001)
+    assert "also confirmed generated by alice on 2026-03-01" in r.evidence[0].message
+
+
+def test_two_labels_in_one_second_export_and_import_again(tmp_path):
+    """Times were stored to the second: a picture labelled twice within one second exported
+    a file that its own import refused ('same pixels at the same time')."""
+    a = MemoryStore(tmp_path / "a.sqlite")
+    h = _hashes(_jpeg(_scene(8)))
+    first = a.add(h, "generated", "alice")
+    second = a.add(h, "camera", "bob")
+    assert "." in first.confirmed_at and first.confirmed_at != second.confirmed_at
+    assert first.confirmed_at.endswith("+00:00")
+    buf = io.StringIO()
+    a.export_jsonl(buf)
+    b = MemoryStore(tmp_path / "b.sqlite")
+    assert b.import_jsonl(buf.getvalue().splitlines()) == ImportResult(2, 0, 0)
+    assert b.import_jsonl(buf.getvalue().splitlines()) == ImportResult(0, 2, 0)
+    assert b.find(h)[0].record.label == "camera"
+    # add refuses the other label at the very moment of a decision, as import does
+    with pytest.raises(KnownImageError, match="at the same time"):
+        a.add(h, "generated", "carol", confirmed_at=second.confirmed_at)
+    # records stored to the second are read and ordered with the new ones
+    a.add(_hashes(_jpeg(_scene(9))), "camera", "old", confirmed_at="2026-01-01T00:00:00Z")
+    assert [r.confirmed_at for r in a.records()][-1] == "2026-01-01T00:00:00+00:00"
+
+
+def test_the_same_decision_twice_is_one_record(tmp_path):
+    """`memory add` of one file twice with one label stored two identical records; an import
+    reported a line its file repeated as 'already in the memory'."""
+    store = MemoryStore(tmp_path / "m.sqlite")
+    h = _hashes(_jpeg(_scene(10)), True)
+    assert store.add(h, "generated", "alice") == store.add(h, "generated", "alice")
+    assert store.stats()["records"] == 1
+    store = MemoryStore(tmp_path / "m2.sqlite")
+    rec, added = store.add_checked(h, "generated", "alice")
+    assert added
+    again, added = store.add_checked(h, "generated", "bob")
+    assert not added and again == rec and store.stats()["records"] == 1
+    assert store.add_checked(h, "camera", "carol")[1]  # a new decision is recorded
+    assert store.add_checked(h, "generated", "dave")[1]  # and so is the one overturning it
+    assert store.stats()["records"] == 3
+    buf = io.StringIO()
+    store.export_jsonl(buf)
+    line = buf.getvalue().splitlines()[0]
+    fresh = MemoryStore(tmp_path / "fresh.sqlite")
+    assert fresh.import_jsonl([line, line, line]) == ImportResult(1, 0, 2)
+    assert fresh.import_jsonl([line]) == ImportResult(0, 1, 0)
+
+
+def _open_old(path: str, barrier, queue) -> None:
+    barrier.wait()
+    try:
+        MemoryStore(path).close()
+        queue.put("ok")
+    except Exception as exc:  # reported to the test, which names it
+        queue.put(f"{type(exc).__name__}: {exc}")
+
+
+def _schema_1(path) -> None:
+    import sqlite3
+
+    with MemoryStore(path) as store:
+        store.add(_hashes(_jpeg(_scene(11, 64))), "generated", "old")
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE known_images DROP COLUMN windows")
+    db.execute("UPDATE memory_meta SET value = '1'")
+    db.commit()
+    db.close()
+
+
+def test_several_processes_upgrade_a_schema_1_memory_at_once(tmp_path):
+    """Processes opening an old memory together each added the windows column: 'duplicate
+    column name: windows' in 1 of 5 trials with 4 processes."""
+    ctx = mp.get_context("fork")
+    for trial in range(6):
+        path = tmp_path / f"old{trial}.sqlite"
+        _schema_1(path)
+        barrier, queue = ctx.Barrier(6), ctx.Queue()
+        procs = [ctx.Process(target=_open_old, args=(str(path), barrier, queue)) for _ in range(6)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [queue.get(timeout=5) for _ in procs] == ["ok"] * 6, trial
+        with MemoryStore(path) as store:
+            assert store.stats()["records"] == 1
+
+
+@pytest.mark.slow
+def test_memory_commands_say_what_they_did_and_leave_nothing_behind(tmp_path):
+    """`memory add` of one file twice stored it twice; a sticker was recorded without the
+    warning plain images get; a failed import into a new path left an empty memory that
+    `score --memory-db` accepted; an import called a line its file repeated 'already in the
+    memory'; `memory find` called a crop match just 'distance N'."""
+    db = str(tmp_path / "m.sqlite")
+    img, sticker, crop = tmp_path / "a.jpg", tmp_path / "s.jpg", tmp_path / "a-crop.jpg"
+    px = _scene(12, 320)
+    img.write_bytes(_jpeg(px))
+    sticker.write_bytes(_jpeg(_sticker(5)))
+    crop.write_bytes(_crop(px, 0.06, 0.0, 0.0, 0.04))
+    add = ("memory", "add", "--label", "generated", "--by", "dana", "--db", db)
+    out = _cli(*add, str(img), str(sticker))
+    assert out.returncode == 0 and "recorded #1" in out.stdout, out.stderr
+    assert "s.jpg: recorded #2" in out.stdout and "detail covers" in out.stdout
+    assert "only this exact image will match" in out.stdout
+    out = _cli(*add, str(img))
+    assert out.returncode == 0 and "already recorded as generated (#1, by dana" in out.stdout
+    assert json.loads(_cli("memory", "stats", "--db", db).stdout)["records"] == 2
+    out = _cli("memory", "find", "--db", db, str(crop))
+    assert out.returncode == 0 and "a crop of it, distance" in out.stdout, out.stdout
+    # a file repeating a line: told apart from records the memory held
+    export = tmp_path / "mem.jsonl"
+    assert _cli("memory", "export", "--out", str(export), "--db", db).returncode == 0
+    first = export.read_text().splitlines()[0]
+    export.write_text("\n".join([first, *export.read_text().splitlines()]) + "\n")
+    out = _cli("memory", "import", str(export), "--db", str(tmp_path / "new.sqlite"))
+    assert out.stdout == (
+        "imported 2 records, skipped 0 already in the memory, 1 repeated within the file\n"
+    )
+    # a failed import into a new path leaves no memory behind, bad line or conflicting record
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(first + "\n" + json.dumps({"label": "generated"}) + "\n")
+    fresh = tmp_path / "fresh.sqlite"
+    out = _cli("memory", "import", str(bad), "--db", str(fresh))
+    assert out.returncode == 2 and "line 2: missing field 'phash'" in out.stderr
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("fresh")]
+    out = _cli("score", "--memory-db", str(fresh), str(img))
+    assert out.returncode == 2 and "no memory database at" in out.stderr
+
+
+def test_an_upgrade_finished_by_another_process_meanwhile_is_not_repeated(tmp_path, monkeypatch):
+    """The race of the test above made certain: another process upgrades the memory after this
+    one read schema 1 and before it alters the table."""
+    import sqlite3
+
+    import detector.memory as memory
+
+    path = tmp_path / "old.sqlite"
+    _schema_1(path)
+    shared, fired = memory.connect_shared, []
+
+    class Interleaved(sqlite3.Connection):
+        def execute(self, sql, *args):
+            if not fired and sql.lstrip().upper().startswith(("BEGIN IMMEDIATE", "ALTER")):
+                fired.append(sql)
+                MemoryStore(path).close()  # the other process, done before this one writes
+            return super().execute(sql, *args)
+
+    def connect_once(db_path):  # this store's connection; the other one's is the usual
+        monkeypatch.setattr(memory, "connect_shared", shared)
+        db = sqlite3.connect(db_path, timeout=30.0, check_same_thread=False, factory=Interleaved)
+        db.execute("PRAGMA journal_mode=WAL")
+        return db
+
+    monkeypatch.setattr(memory, "connect_shared", connect_once)
+    with MemoryStore(path) as store:
+        assert fired and store.stats()["records"] == 1
