@@ -30,7 +30,7 @@ from benchmarks.report import _f, _table, save_figure
 from detector.argtypes import positive_int
 from detector.image import ImageError, decode
 from detector.methods import METHODS, create_method
-from detector.pipeline import default_fusion, fuse_results, method_bands
+from detector.pipeline import default_fusion, fuse_results, method_bands, score_guarded
 from training.datasets import Sample, load_samples, no_images_in_split
 from training.degrade import apply_chain, chain_name, encode_jpeg, parse_grid
 from training.evaluate import generator_groups
@@ -63,10 +63,12 @@ def _available(names: Sequence[str] | None, options: dict) -> list[str]:
     must run (a named method that cannot is an error, as for ``score --methods``)."""
     if not names:
         return [
-            n for n in METHODS.names() if METHODS.get(n).availability(**options.get(n, {})) is None
+            n
+            for n in METHODS.names()
+            if METHODS.get(n).unavailable_reason(**options.get(n, {})) is None
         ]
     for name in names:
-        reason = METHODS.get(name).availability(**options.get(name, {}))
+        reason = METHODS.get(name).unavailable_reason(**options.get(name, {}))
         if reason is not None:
             raise ValueError(f"method {name!r} is unavailable: {reason}")
     return list(names)
@@ -166,9 +168,13 @@ def accuracy_benchmark(
         timing: dict[str, float] = defaultdict(float)
         for name, method in built.items():
             start = time.perf_counter()
-            results = []
-            for i in range(0, len(images), 16):
-                results += method.score(images[i : i + 16])
+            results, failures = [], []
+            for i in range(0, len(images), 16):  # a batch it fails on: abstentions, as scored
+                part, failure = score_guarded(method, images[i : i + 16])
+                results += part
+                failures += [failure] if failure else []
+            if failures:
+                log(f"  {name} failed on {len(failures)} batch(es): {failures[0]}")
             timing[name] = (time.perf_counter() - start) / len(images) * 1000
             per_method[name] = results
         for name, results in per_method.items():

@@ -703,16 +703,64 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
 
 def _load_plugins(sub: Any) -> None:
-    """Subcommands contributed by other packages (entry-point group ``synthdetect.commands``).
+    """Subcommands contributed by packages (entry-point group ``synthdetect.commands``).
 
-    Each entry point is a function ``register(subparsers)``. A plugin that fails to load is
-    reported on stderr and skipped, so one broken optional dependency never breaks scoring.
+    Each entry point is a function ``register(subparsers)``. synthdetect's own (train, serve,
+    bench) load first, then the other packages' in name order, and a command of another package
+    that has a built-in command's name is refused: a plugin named before ``serving`` replaced
+    ``serve``. A plugin that fails to load is reported on stderr in one line and skipped,
+    leaving no method it registered before it failed, so one broken optional dependency never
+    breaks scoring.
     """
-    for ep in sorted(_plugin_entry_points(), key=lambda e: e.name):
-        try:
+    from detector.methods import METHODS
+
+    found = _plugin_entry_points()
+    own = sorted((ep for ep in found if _own_entry_point(ep)), key=lambda e: e.name)
+    others = sorted((ep for ep in found if not _own_entry_point(ep)), key=lambda e: e.name)
+    for ep in own:
+        _load_plugin(ep, sub, METHODS)
+    builtin = set(sub.choices)  # aliases included
+    for ep in others:
+        _load_plugin(ep, _ThirdPartyCommands(sub, builtin, ep.name), METHODS)
+
+
+def _load_plugin(ep: metadata.EntryPoint, sub: Any, methods: Any) -> None:
+    try:
+        with methods.atomic():  # what it registered before it failed is undone
             ep.load()(sub)
-        except Exception as exc:
-            print(f"synthdetect: command {ep.name!r} unavailable: {exc}", file=sys.stderr)
+    except _CommandRefused as exc:
+        print(f"synthdetect: {exc}", file=sys.stderr)
+    except Exception as exc:
+        print(f"synthdetect: command {ep.name!r} unavailable: {exc}", file=sys.stderr)
+
+
+def _own_entry_point(ep: metadata.EntryPoint) -> bool:
+    """Declared by synthdetect itself (installed, or read from its pyproject.toml)."""
+    dist = getattr(ep, "dist", None)
+    return dist is None or (dist.name or "").lower() == "synthdetect"
+
+
+class _CommandRefused(Exception):
+    """A plugin's command has a built-in command's name."""
+
+
+class _ThirdPartyCommands:
+    """The subparsers as another package's plugin gets them: a built-in name is refused."""
+
+    def __init__(self, sub: Any, builtin: set[str], plugin: str) -> None:
+        self._sub, self._builtin, self._plugin = sub, builtin, plugin
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        clash = sorted({name, *kwargs.get("aliases", ())} & self._builtin)
+        if clash:
+            raise _CommandRefused(
+                f"command {clash[0]!r} of plugin {self._plugin!r} refused: a built-in "
+                "command has that name"
+            )
+        return self._sub.add_parser(name, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sub, name)
 
 
 def _plugin_entry_points() -> list[metadata.EntryPoint]:

@@ -2,8 +2,9 @@
 
 The rule (also in the README):
 
-1. Abstentions are ignored. If every method abstained, the label is ``uncertain`` and the
-   probability is ``None``: having no evidence is not evidence of a camera.
+1. Abstentions are ignored, and so is a result of weight 0 (trusted not at all: it neither
+   decides nor moves the probability). If every method abstained, the label is ``uncertain``
+   and the probability is ``None``: having no evidence is not evidence of a camera.
    A *confirmed* result (the known-image memory found an image a reviewer confirmed) decides
    the verdict before anything else: its probability, ``decided_by`` the method's name. A
    person looked at this picture; a confirmed photo is not flagged whatever the model says.
@@ -22,7 +23,8 @@ The rule (also in the README):
        L_s = sum_{i in s} w_i * logit(p_i) / max(1, sum_{i in s} w_i)
        p   = sigmoid( L_pixels + L_metadata )
 
-   A calibrated model has weight 1. Weak hints (weight 0.5) on their own therefore stay close
+   (computed on the weights divided by the source's largest, the same value, so that a huge
+   weight does not overflow). A calibrated model has weight 1. Weak hints (weight 0.5) on their own therefore stay close
    to 0.5 instead of being stretched into confident scores; results that read the same thing
    (two pixel statistics, two metadata fields one tool wrote) are averaged rather than
    multiplied as if independent; and what the pixels say and what the file declares are
@@ -51,7 +53,7 @@ from typing import Any
 from detector.calibration import log_odds, sigmoid
 from detector.methods.base import Evidence, Kind, MethodResult, Supports
 
-__all__ = ["FusionConfig", "Verdict", "fuse"]
+__all__ = ["FusionConfig", "Verdict", "counts", "fuse"]
 
 
 @dataclass(frozen=True)
@@ -109,10 +111,24 @@ _SOURCE = {
 }  # fmt: skip
 
 
+def counts(result: MethodResult) -> bool:
+    """Whether the fusion uses this result: it did not abstain and its weight is not 0."""
+    return result.probability is not None and result.weight > 0
+
+
+def _source_log_odds(same: Sequence[MethodResult]) -> float:
+    """``sum(w * logit(p)) / max(1, sum(w))`` over one source's results (rule 3), on weights
+    scaled by the largest when it is over 1 (the same value: a weight of 1e308 overflowed)."""
+    scale = max(1.0, *(r.weight for r in same))
+    weights = [r.weight / scale for r in same]
+    total = sum(w * log_odds(r.probability) for w, r in zip(weights, same, strict=True))  # type: ignore[arg-type]
+    return total / max(1.0 / scale, sum(weights))
+
+
 def fuse(results: Sequence[MethodResult], config: FusionConfig | None = None) -> Verdict:
     """Combine one image's method results into a verdict (rule in the module docstring)."""
     config = config or FusionConfig()
-    scored = [r for r in results if r.probability is not None]
+    scored = [r for r in results if counts(r)]
     decisive = [r for r in scored if r.decisive]
     confirmed = [r for r in scored if r.confirmed]
     if confirmed:
@@ -127,11 +143,8 @@ def fuse(results: Sequence[MethodResult], config: FusionConfig | None = None) ->
         sources: dict[str, list[MethodResult]] = {}
         for r in scored:
             sources.setdefault(_SOURCE[r.kind], []).append(r)
-        total = 0.0
-        for same in sources.values():  # averaged within a source, added across sources
-            weight = sum(r.weight for r in same)
-            total += sum(r.weight * log_odds(r.probability) for r in same) / max(1.0, weight)  # type: ignore[arg-type]
-        probability = sigmoid(total)
+        # averaged within a source, added across sources
+        probability = sigmoid(sum(_source_log_odds(same) for same in sources.values()))
         decided_by = "fusion"
     else:
         probability, decided_by = None, "none"
@@ -191,13 +204,13 @@ def _summary(
     label: str, results: Sequence[MethodResult], evidence: Sequence[tuple[str, Evidence]]
 ) -> str:
     """One line a person can read: the strongest evidence, or who abstained and why."""
-    if results and all(r.abstained for r in results):
+    if results and not any(counts(r) for r in results):
         kinds = {r.kind.value for r in results}
         who = "metadata methods" if kinds == {"metadata"} else "all methods"
         names = ", ".join(r.method for r in results)
         text = f"{who} abstain, no provenance signal found ({names})"
         return text + (f"; {evidence[0][1].message}" if evidence else "")
-    scored = {r.method for r in results if not r.abstained}
+    scored = {r.method for r in results if counts(r)}
     directional = [
         e
         for m, e in evidence

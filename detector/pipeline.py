@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from detector.calibration import log_odds, sigmoid
-from detector.fusion import FusionConfig, Verdict, fuse
+from detector.fusion import FusionConfig, Verdict, counts, fuse
 from detector.image import DecodedImage, DecodeLimits, ImageError, decode
 from detector.methods import Evidence, Method, create_methods, default_method_names
 from detector.methods.base import Kind, MethodResult
@@ -22,6 +22,7 @@ __all__ = [
     "fuse_results",
     "image_info",
     "method_bands",
+    "score_guarded",
 ]
 
 
@@ -52,6 +53,43 @@ class Overloaded(RuntimeError):
     around: the caller sheds the request (the server answers 503) and the client retries."""
 
 
+def score_guarded(
+    method: Method, images: Sequence[DecodedImage]
+) -> tuple[list[MethodResult], str | None]:
+    """``method``'s results on ``images``, and None; or, where it fails on the whole batch,
+    an abstention for each image and the reason ("name: Error: message").
+
+    A method fails on the batch when it raises (an engine error, a model that is not loaded, a
+    timeout, a result it built that is not valid), or returns other than one ``MethodResult``
+    of its own per image: a wrong count, or a result under another method's name or kind
+    (it replaced that method's result in the verdict). The verdicts then come from the methods
+    that did answer, marked degraded: never no answer. ``Overloaded`` is raised: it is not a
+    failure but a request to shed. The one rule for ``Detector`` and ``bench accuracy``.
+    """
+    try:
+        results = method.score(images)
+        if not isinstance(results, Sequence) or len(results) != len(images):
+            got = len(results) if isinstance(results, Sequence) else type(results).__name__
+            raise RuntimeError(f"returned {got} results for {len(images)} images")
+        results = list(results)
+        for r in results:
+            if not isinstance(r, MethodResult):
+                raise RuntimeError(f"returned a {type(r).__name__}, not a MethodResult")
+            if r.method != method.name or r.kind != method.kind:
+                kind = getattr(r.kind, "value", r.kind)
+                raise RuntimeError(
+                    f"returned a result of {r.method!r} ({kind}), not its own "
+                    f"({method.name!r}, {method.kind.value})"
+                )
+    except Overloaded:
+        raise
+    except Exception as exc:
+        why = Evidence(f"{method.name}.failed", f"{method.name} failed: {exc}")
+        failed = [method.abstain(why, failure=type(exc).__name__) for _ in images]
+        return failed, f"{method.name}: {type(exc).__name__}: {exc}"
+    return results, None
+
+
 Bands = Sequence[tuple[str, FusionConfig]]  # (method name, the bands its calibration gives)
 
 
@@ -62,7 +100,7 @@ def fuse_results(results: Sequence[MethodResult], bands: Bands | FusionConfig) -
     A ``FusionConfig``: the caller's own choice, kept whatever scored."""
     if isinstance(bands, FusionConfig):
         return fuse(results, bands)
-    scored = {r.method for r in results if r.probability is not None}
+    scored = {r.method for r in results if counts(r)}
     return fuse(results, next((c for name, c in bands if name in scored), FusionConfig()))
 
 
@@ -160,21 +198,10 @@ class Detector:
         failed: list[str] = []  # "method: reason" of the methods that failed on the whole batch
         failed_methods: set[str] = set()
         for method in self.methods:
-            # A method that fails on the whole batch (an engine error, a model that is not
-            # loaded, a timeout) abstains for every image, and the verdicts come from the
-            # methods that did answer, marked degraded with the reason: never no answer.
-            try:
-                results = method.score(images)
-                if len(results) != len(images):
-                    raise RuntimeError(f"returned {len(results)} results for {len(images)} images")
-            except Overloaded:
-                raise
-            except Exception as exc:
-                reason = f"{method.name}: {type(exc).__name__}: {exc}"
-                failed.append(reason)
+            results, failure = score_guarded(method, images)  # abstentions where it failed
+            if failure is not None:
+                failed.append(failure)
                 failed_methods.add(method.name)
-                why = Evidence(f"{method.name}.failed", f"{method.name} failed: {exc}")
-                results = [method.abstain(why, failure=type(exc).__name__) for _ in images]
             per_method.append(results)
         verdicts = []
         for i, image in enumerate(images):

@@ -152,3 +152,18 @@ def tiny_corpus(tmp_path_factory) -> Path:
 
     build_corpus(out, SIZES["tiny"], wild_dir=WILD_DEFAULT, log=lambda m: None)
     return out
+
+
+@pytest.fixture
+def method_registry():
+    """The method registry, as it was before the test once the test ends: methods a test
+    registers (``register_method``) never reach the registry-driven tests."""
+    from detector.methods import METHODS
+
+    METHODS.names()  # installed method plugins load before the snapshot, not inside it
+    entries, errors = dict(METHODS._entries), dict(METHODS.plugin_errors)
+    yield METHODS
+    METHODS._entries.clear()
+    METHODS._entries.update(entries)
+    METHODS.plugin_errors.clear()
+    METHODS.plugin_errors.update(errors)

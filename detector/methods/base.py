@@ -14,13 +14,18 @@ Methods come in four kinds:
 - ``memory``: what reviewers confirmed about this very image (``known_image``).
 
 ``weight`` and ``decisive`` on a result tell the fusion how much to trust it (see
-``detector.fusion``). A method must not raise for one bad image in a batch: it abstains for that
+``detector.fusion``): a weight is a finite number >= 0 (0 counts as an abstention), and a
+decisive result declares generation, so its probability is at least 0.5. A result is checked
+when it is built (plain float probability and weight, strength and supports from their enums),
+so a method that builds a bad one fails there, alone (``pipeline.score_guarded``), not the
+fusion of every method. A method must not raise for one bad image in a batch: it abstains for that
 image with an ``error`` evidence item, so one odd file never loses the other results.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -74,6 +79,20 @@ class Evidence:
     strength: Strength = Strength.INFO
     supports: Supports = Supports.NEITHER
 
+    def __post_init__(self) -> None:
+        # A plain string ("strong") is read as its member; anything else is refused here, in
+        # the method that built it (fusion sorts by strength: it failed there, for every
+        # method of the batch).
+        for name, enum in (("strength", Strength), ("supports", Supports)):
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, enum(value))
+            except ValueError:
+                allowed = ", ".join(m.value for m in enum)
+                raise ValueError(
+                    f"evidence {self.code!r}: {name} {value!r} is not one of {allowed}"
+                ) from None
+
     def to_dict(self) -> dict[str, str]:
         return {
             "code": self.code,
@@ -96,14 +115,24 @@ class MethodResult:
     seconds: float = 0.0  # this image's share of the batch's wall time
 
     def __post_init__(self) -> None:
-        if self.probability is not None and not (
-            math.isfinite(self.probability) and 0.0 <= self.probability <= 1.0
-        ):
-            raise ValueError(f"{self.method}: probability {self.probability!r} not in [0, 1]")
-        if self.weight < 0:
-            raise ValueError(f"{self.method}: negative weight {self.weight}")
+        # Plain floats: a numpy float32 is not JSON-serialisable (score --json, scan and the
+        # server failed on it), and a bool is no probability.
+        if self.probability is not None:
+            object.__setattr__(
+                self, "probability", _real(self.method, "probability", self.probability)
+            )
+            if not (math.isfinite(self.probability) and 0.0 <= self.probability <= 1.0):
+                raise ValueError(f"{self.method}: probability {self.probability!r} not in [0, 1]")
+        object.__setattr__(self, "weight", _real(self.method, "weight", self.weight))
+        if not (math.isfinite(self.weight) and self.weight >= 0):  # NaN < 0 is False
+            raise ValueError(f"{self.method}: weight {self.weight!r} is not a finite number >= 0")
         if (self.decisive or self.confirmed) and self.probability is None:
             raise ValueError(f"{self.method}: an abstention cannot be decisive or confirmed")
+        if self.decisive and self.probability < 0.5:  # type: ignore[operator]
+            raise ValueError(
+                f"{self.method}: a decisive result declares generation; probability "
+                f"{self.probability} < 0.5 says the opposite"
+            )
 
     @property
     def abstained(self) -> bool:
@@ -121,6 +150,13 @@ class MethodResult:
             "details": dict(self.details),
             "ms": round(self.seconds * 1000, 3),
         }
+
+
+def _real(method: str, name: str, value: Any) -> float:
+    """``value`` as a plain float; a bool or a non-number is refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy floats are Real
+        raise TypeError(f"{method}: {name} {value!r} is not a number")
+    return float(value)
 
 
 class Method(ABC):
@@ -158,9 +194,18 @@ class Method(ABC):
         return MethodResult(self.name, self.kind, None, tuple(evidence), details=details)
 
     @classmethod
+    def unavailable_reason(cls, **options: Any) -> str | None:
+        """``availability``, where a check that raises is a reason too: one method's broken
+        check must not break listing, choosing or building the others."""
+        try:
+            return cls.availability(**options)
+        except Exception as exc:
+            return f"availability check failed: {type(exc).__name__}: {exc}"
+
+    @classmethod
     def describe(cls) -> dict[str, Any]:
         """What ``synthdetect methods`` lists: name, kind, whether it can run here and why not."""
-        reason = cls.availability()
+        reason = cls.unavailable_reason()
         return {
             "name": cls.name,
             "kind": cls.kind.value,

@@ -1,8 +1,18 @@
-"""The method registry: every method, of every kind, registered by name."""
+"""The method registry: every method, of every kind, registered by name.
+
+The built-in methods register when ``detector.methods`` is imported. Other installed packages
+add theirs through the entry-point group ``synthdetect.methods``: each entry names a module
+that registers its methods on import (``register_method``). Those modules are imported at the
+registry's first lookup, in every process that looks (a ``serve --processes`` child, a scan
+worker, a script that never ran the command line); one that fails to import is logged, named
+in ``METHODS.plugin_errors`` and leaves nothing registered, and the other methods work.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Sequence
+from importlib import metadata
 from typing import Any
 
 from detector.methods.base import Kind, Method
@@ -10,6 +20,7 @@ from detector.registry import Registry, RegistryError
 
 __all__ = [
     "METHODS",
+    "PLUGIN_GROUP",
     "MethodUnavailable",
     "create_method",
     "create_methods",
@@ -18,20 +29,53 @@ __all__ = [
     "register_method",
 ]
 
-METHODS: Registry[type[Method]] = Registry("method")
+PLUGIN_GROUP = "synthdetect.methods"
+_log = logging.getLogger(__name__)
 
 
-class MethodUnavailable(RuntimeError):
-    """A registered method cannot run in this environment (the message says why)."""
+def _load_method_plugins() -> None:
+    """Import the module of every ``synthdetect.methods`` entry point, in name order; one that
+    fails is reported and rolled back (module docstring)."""
+    for ep in sorted(metadata.entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+        try:
+            with METHODS.atomic():
+                ep.load()
+        except Exception as exc:
+            METHODS.plugin_errors[ep.name] = f"{type(exc).__name__}: {exc}"
+            _log.warning(
+                "synthdetect: method plugin %r (%s) failed to load: %s",
+                ep.name,
+                ep.value,
+                METHODS.plugin_errors[ep.name],
+            )
+
+
+METHODS: Registry[type[Method]] = Registry("method", plugins=_load_method_plugins)
+
+
+class MethodUnavailable(RuntimeError, ValueError):
+    """A registered method cannot run in this environment, or failed to start (the message
+    says why). A ``ValueError`` too: every command reports a method it was asked for and
+    cannot run as it reports a bad option (``serve`` and ``bench accuracy`` stopped with a
+    traceback), and the server answers it as it answers an unavailable method."""
 
 
 def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
-    """Class decorator: register a ``Method`` subclass and set its ``name``."""
+    """Class decorator: register a ``Method`` subclass and set its ``name``; its ``kind`` must
+    be a ``Kind`` (or its value, "metadata"), else every verdict and the listing failed."""
     outer = METHODS.register(name)
 
     def deco(cls: type[Method]) -> type[Method]:
         if not (isinstance(cls, type) and issubclass(cls, Method)):
             raise RegistryError(f"{cls!r} is not a Method subclass")
+        kind = getattr(cls, "kind", None)
+        try:
+            cls.kind = Kind(kind)
+        except ValueError:
+            kinds = ", ".join(k.value for k in Kind)
+            raise RegistryError(
+                f"method {name!r}: kind {kind!r} is not a Kind (one of {kinds})"
+            ) from None
         cls.name = name
         return outer(cls)
 
@@ -46,7 +90,7 @@ def method_names(kind: Kind | str | None = None, available_only: bool = False) -
         cls = METHODS.get(name)
         if kind is not None and cls.kind != kind:
             continue
-        if available_only and cls.availability() is not None:
+        if available_only and cls.unavailable_reason() is not None:
             continue
         names.append(name)
     return names
@@ -60,12 +104,21 @@ def default_method_names(also: Iterable[str] = ()) -> list[str]:
 
 
 def create_method(name: str, **options: Any) -> Method:
-    """Build a method by name; raises ``MethodUnavailable`` if it cannot run here."""
+    """Build a method by name; raises ``MethodUnavailable`` if it cannot run here or its
+    constructor fails. A ``ValueError`` or ``OSError`` (an option's bad value or file: a model
+    path, trust anchors) is raised as it is, for the caller to name the option."""
     cls = METHODS.get(name)
-    reason = cls.availability(**options)
+    reason = cls.unavailable_reason(**options)
     if reason is not None:
         raise MethodUnavailable(f"method {name!r} is unavailable: {reason}")
-    return cls(**options)
+    try:
+        return cls(**options)
+    except (ValueError, OSError):
+        raise
+    except Exception as exc:  # the method's own fault: named, not a traceback
+        raise MethodUnavailable(
+            f"method {name!r} failed to start: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def create_methods(names: Sequence[str] | None = None, **options: Any) -> list[Method]:

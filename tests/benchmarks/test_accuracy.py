@@ -156,3 +156,25 @@ def test_per_generator_rows_compare_fakes_with_the_reals_of_their_pool():
         {g: m.ap for g, m in report.per_generator.items()}
     )
     assert row["per_generator"]["gb"]["coverage"] == 1.0
+
+
+def test_a_failing_method_is_measured_as_abstaining(sorted_manifest, method_registry):
+    """A method that raised ended `bench accuracy` in a traceback, and one that returned a
+    wrong number of results in an IndexError; Detector degrades around both (one guard)."""
+    from detector.methods import Kind, Method, register_method
+
+    def raising(self, images):
+        raise RuntimeError("batch exploded")
+
+    def one_too_many(self, images):
+        return [self.result(0.9) for _ in range(len(images) + 1)]
+
+    for name, score in (("raising", raising), ("one_too_many", one_too_many)):
+        register_method(name)(type(name, (Method,), {"kind": Kind.METADATA, "score": score}))
+    logged: list[str] = []
+    result = accuracy_benchmark(sorted_manifest, methods=["generator_params", "raising",
+                                "one_too_many"], log=logged.append)  # fmt: skip
+    rows = {r["method"]: r for r in result["rows"]}
+    assert rows["raising"]["coverage"] == 0 and rows["one_too_many"]["coverage"] == 0
+    assert rows["fused"]["fake_coverage"] == 1.0  # the declarations still decide
+    assert "  raising failed on 1 batch(es): raising: RuntimeError: batch exploded" in logged

@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from detector.image import decode
+from detector.methods import Evidence, Kind, MethodResult
 from detector.pipeline import Detector
 from training import metadata_writers as P
 
@@ -46,3 +47,51 @@ def test_engine_failure_gives_a_degraded_verdict_from_the_other_methods(exported
         assert d["methods"]["model"]["evidence"][0]["code"] == "model.failed"
     assert v_plain.label == "uncertain" and v_plain.probability is None
     assert not any(v.degraded for v in det.score([declared, plain]))  # recovered
+
+
+def _method(kind, score):
+    """A Method subclass of ``kind`` whose score is ``score(self, images)``."""
+    from detector.methods import Method
+
+    return type("Scripted", (Method,), {"kind": kind, "score": score, "__module__": __name__})
+
+
+@pytest.mark.parametrize(
+    "name, score, reason",
+    [
+        ("raising", lambda self, ims: 1 / 0, "ZeroDivisionError: division by zero"),
+        ("extra", lambda self, ims: [self.result(0.9) for _ in range(len(ims) + 1)],
+         "returned 3 results for 2 images"),
+        ("none", lambda self, ims: None, "returned NoneType results for 2 images"),
+        # a result that is not valid fails where the method builds it (in its score)
+        ("bad_evidence", lambda self, ims: [
+            self.result(0.9, [Evidence("x", "y", "loud")]) for _ in ims
+        ], "strength 'loud' is not one of"),
+        # results under another method's name replaced that method's result in the verdict
+        ("liar", lambda self, ims: [
+            MethodResult("generator_params", Kind.METADATA, 0.01) for _ in ims
+        ], "returned a result of 'generator_params' (metadata), not its own ('liar'"),
+        ("wrong_kind", lambda self, ims: [
+            MethodResult("wrong_kind", Kind.MODEL, 0.99) for _ in ims
+        ], "not its own ('wrong_kind', metadata)"),
+    ],
+)  # fmt: skip
+def test_a_method_that_breaks_the_contract_fails_alone(method_registry, name, score, reason):
+    """Detector and `bench accuracy` share one guard (``score_guarded``): whatever a method
+    does wrong on a batch, the other methods' results make the verdict, marked degraded."""
+    from detector.methods import register_method
+
+    register_method(name)(_method(Kind.METADATA, score))
+    det = Detector(["generator_params", name])
+    declared = decode(
+        P.encode(P.synthetic_scene(1, 96, 96), "PNG", png_text={"parameters": P.a1111_parameters()})
+    )
+    plain = decode(P.encode(P.synthetic_scene(2, 96, 96), "JPEG"))
+    v_declared, v_plain = det.score([declared, plain])
+    assert v_declared.label == "generated" and v_declared.decided_by == "declaration"
+    assert v_declared.to_dict()["methods"]["generator_params"]["probability"] > 0.9
+    for v in (v_declared, v_plain):
+        (why,) = v.degraded
+        assert why.startswith(f"{name}: ") and reason in why, why
+        assert v.to_dict()["methods"][name]["evidence"][0]["code"] == f"{name}.failed"
+        assert [r.method for r in v.results] == ["generator_params", name]

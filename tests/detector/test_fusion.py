@@ -186,3 +186,66 @@ def test_without_the_model_the_artifact_method_flags_what_its_evidence_flags():
     alone = method_bands(create_methods(["artifact"]))
     results = [r("artifact", 0.557, 0.5, kind=Kind.ARTIFACT)]
     assert fuse_results(results, alone).label == "uncertain"
+
+
+@pytest.mark.parametrize("weight", [math.nan, math.inf, -math.inf, -0.5])
+def test_a_weight_must_be_a_finite_number_at_least_zero(weight):
+    """A NaN weight passed (NaN < 0 is False) and the verdict's probability was NaN, which is
+    no JSON (score --json, scan lines)."""
+    with pytest.raises(ValueError, match="weight"):
+        r("hint", 0.9, weight=weight)
+
+
+def test_a_huge_weight_does_not_overflow_the_fusion():
+    """A weight of 1e308 made w * logit(p) infinite and the fused probability NaN."""
+    model = r("model", 0.9, kind=Kind.MODEL)
+    huge = r("artifact", 0.2, weight=1e308, kind=Kind.ARTIFACT)
+    v = fuse([model, huge])  # the pixels' mean is the huge one's: logit(0.2)
+    assert v.probability == pytest.approx(0.2)
+    two = fuse([huge, r("other", 0.2, weight=1e308, kind=Kind.ARTIFACT)])
+    assert two.probability == pytest.approx(0.2)
+    json.dumps(v.to_dict(), allow_nan=False)
+
+
+def test_numpy_numbers_are_plain_floats_and_a_bool_is_no_probability():
+    """A numpy float32 probability or weight made score --json and scan fail (not JSON
+    serialisable) and the server answer 500; True was taken as probability 1."""
+    np = pytest.importorskip("numpy")
+    res = r("hint", np.float32(0.75), weight=np.float32(0.5))
+    assert type(res.probability) is float and type(res.weight) is float
+    assert res.probability == 0.75 and res.weight == 0.5
+    json.dumps(fuse([res]).to_dict(), allow_nan=False)
+    for bad in (True, np.bool_(True), "0.7"):
+        with pytest.raises(TypeError, match="not a number"):
+            r("hint", bad)
+    with pytest.raises(TypeError, match="weight"):
+        r("hint", 0.7, weight=False)
+
+
+def test_evidence_strength_and_supports_are_their_enums():
+    """A plain string strength passed and failed later in fusion's sort, outside the guard
+    that degrades one method: every method of the batch lost its verdict."""
+    ev = Evidence("x.y", "says so", "strong", "generated")
+    assert ev.strength is Strength.STRONG and ev.supports is Supports.GENERATED
+    with pytest.raises(ValueError, match="strength 'loud' is not one of info, weak"):
+        Evidence("x.y", "says so", "loud")
+    with pytest.raises(ValueError, match="supports 1 is not one of generated, camera"):
+        Evidence("x.y", "says so", Strength.WEAK, 1)
+
+
+def test_a_decisive_result_declares_generation():
+    """Decisive at 0.1 gave label 'generated' at probability 0.1."""
+    with pytest.raises(ValueError, match="decisive"):
+        r("params", 0.1, decisive=True)
+    assert fuse([r("params", 0.5, decisive=True)]).label == "generated"
+
+
+def test_a_weight_of_zero_is_an_abstention():
+    """Alone it gave 'generated' at 0.5; decisive at weight 0 still decided."""
+    v = fuse([r("hint", 0.9, weight=0.0)])
+    assert v.label == "uncertain" and v.probability is None and v.decided_by == "none"
+    v = fuse([r("model", 0.1, kind=Kind.MODEL), r("params", 0.99, weight=0.0, decisive=True)])
+    assert v.decided_by == "fusion" and v.probability == pytest.approx(0.1)
+    assert v.label == "camera"
+    v = fuse([r("model", 0.9, kind=Kind.MODEL), r("hint", 0.01, weight=0.0)])
+    assert v.probability == pytest.approx(0.9)
