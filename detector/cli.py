@@ -381,7 +381,10 @@ def _add_scan(sub: Any) -> None:
         help="score every image under a directory into a JSONL file (resumable)",
         description="Recursively score a directory. Each result is appended to OUT as one JSON "
         "line and flushed at once; re-running skips files whose path and sha256 are already in "
-        "OUT, so an interrupted scan resumes where it stopped.",
+        "OUT, so an interrupted scan resumes where it stopped (with the same options and "
+        "folder: OUT.scan.json records them, and a resume with others is refused). Exit code 0 "
+        "when at least one file could be read (by this run or an earlier one), 2 when none "
+        "could.",
     )
     p.add_argument(
         "directory", metavar="DIR", help="a folder (with --ray also a pyarrow.fs URI: s3://...)"
@@ -432,13 +435,23 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         )
     except ScanError as exc:
         raise CliError(str(exc)) from None
+    return _scan_done(stats, args.directory)
+
+
+def _scan_done(stats: Any, directory: str) -> int:
+    """Print a scan's notes and summary; its exit code (2: no file could be read)."""
+    for note in stats.notes:
+        print(note, file=sys.stderr)
     print(stats.summary(), file=sys.stderr)
+    if not stats.readable:
+        print(f"synthdetect: no image could be read under {directory}", file=sys.stderr)
+        return EXIT_NONE_READABLE
     return EXIT_OK
 
 
 def _cmd_scan_ray(args: argparse.Namespace) -> int:
-    from detector.scan import ScanError
-    from detector.scan_ray import DetectorSpec, scan_ray
+    from detector.scan import ScanError, scan_config
+    from detector.scan_ray import DetectorSpec, resolved_source, scan_ray
 
     detector = _make_detector(args)  # checks every option here, before any worker starts
     _, options = _detector_spec(args)
@@ -458,11 +471,11 @@ def _cmd_scan_ray(args: argparse.Namespace) -> int:
             workers=args.ray_workers,
             batch_size=args.batch_size,
             all_files=args.all_files,
+            config=scan_config(resolved_source(args.directory), detector),
         )
     except ScanError as exc:
         raise CliError(str(exc)) from None
-    print(stats.summary(), file=sys.stderr)
-    return EXIT_OK
+    return _scan_done(stats, args.directory)
 
 
 # --- memory -------------------------------------------------------------------------------

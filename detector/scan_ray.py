@@ -14,7 +14,9 @@ The driver streams the records out as they come: JSON lines (``.jsonl``: the sam
 ``scan``) or Parquet (``.parquet``: path, sha256, label, probability, error and the verdict as
 JSON; the records go to ``OUT.partial.jsonl`` as they come and into the Parquet file at the end,
 so an interrupted run loses nothing either way). A re-run skips every file whose path and
-sha256 the output holds; a file that fails is a row with its error, never a failed job. Stage 1 hands stage 2 its results pickled: both are
+sha256 the output holds (a degraded verdict is scored again), and refuses other settings than
+those ``OUT.scan.json`` records (``detector.scan.check_settings``); a file that fails is a
+row with its error, never a failed job. Stage 1 hands stage 2 its results pickled: both are
 this module's own workers.
 """
 
@@ -35,17 +37,21 @@ from detector.methods.model import model_tiles
 from detector.preprocess import PreprocessConfig
 from detector.scan import (
     IMAGE_EXTENSIONS,
+    LINK_NOTE,
     ScanError,
     ScanStats,
     _load_done,
+    _settings_files,
     _walk,
+    check_settings,
     decode_failure_key,
     done_key,
     failure_key,
     open_results,
+    scan_config,
 )
 
-__all__ = ["DetectorSpec", "scan_ray"]
+__all__ = ["DetectorSpec", "resolved_source", "scan_ray"]
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,7 @@ def _list(source: str, out: Path, all_files: bool) -> list[dict]:
             raise ScanError(f"not a directory: {source}")
         return [
             {"rel": e.rel, "path": str(e.path) if e.path else "", "error": e.error or ""}
-            for e in _walk(root, (out, _partial(out), _tmp(out)), all_files)
+            for e in _walk(root, (out, _partial(out), _tmp(out), *_settings_files(out)), all_files)
         ]
     import pyarrow.fs as pafs
 
@@ -91,6 +97,11 @@ def _list(source: str, out: Path, all_files: bool) -> list[dict]:
         rel = info.path[len(root) :].lstrip("/")
         rows.append({"rel": rel, "path": info.path, "error": ""})
     return rows
+
+
+def resolved_source(source: str) -> str:
+    """The tree a scan's settings record: a local folder resolved, a URI as given."""
+    return source if _is_uri(source) else str(Path(source.removeprefix("file://")).resolve())
 
 
 def _reader(source: str):
@@ -140,7 +151,7 @@ class _Prepare:
                 data = self.read(path, self.spec.limits.max_bytes)
             except ImageError as exc:  # never read: keyed by what it looked like
                 key = failure_key(path if path and not _is_uri(self.source) else None, str(exc))
-                status = "skip" if self.done.get(rel) == key else "error"
+                status = "skip_failure" if self.done.get(rel) == key else "error"
                 payload = json.dumps({"error": str(exc), "stat": key}).encode()
             else:
                 sha = hashlib.sha256(data).hexdigest()
@@ -165,7 +176,7 @@ class _Prepare:
             tiles = model_tiles([image], self.spec.tiles)[0] if self.spec.tiles else None
         except ImageError as exc:
             if self.done.get(rel) == decode_failure_key(sha, str(exc)):
-                return "skip", b""  # failed the same way before
+                return "skip_failure", b""  # failed the same way before
             return "error", json.dumps({"error": str(exc)}).encode()
         return "ok", pickle.dumps((image_info(image), results, tiles, decode_ms))
 
@@ -259,8 +270,8 @@ def _load_done_any(out: Path) -> tuple[dict[str, str], list[dict]]:
     partial = _partial(out)
     if partial.exists():
         _load_done(partial)  # checks it and repairs a line cut off by a crash
-        lines = partial.read_text(encoding="utf-8").splitlines()
-        recent = [_parquet_row(json.loads(line)) for line in lines if line.strip()]
+        with open(partial, "rb") as fh:  # lines end at b"\n" alone, as _load_done reads them
+            recent = [_parquet_row(json.loads(line)) for line in fh if line.strip()]
         seen = {r["path"] for r in recent}
         rows = [r for r in rows if r["path"] not in seen] + recent
     # keyed as in JSONL (``done_key``): an unchanged unreadable file is not reported again on
@@ -306,9 +317,12 @@ def scan_ray(
     batch_size: int = 32,
     all_files: bool = False,
     log=print,
+    config: dict[str, Any] | None = None,
 ) -> ScanStats:
     """Scan ``source`` on Ray (``address``: a cluster's, or None for a local Ray on this
-    machine) with ``workers`` model actors; write ``out`` (.jsonl or .parquet)."""
+    machine) with ``workers`` model actors; write ``out`` (.jsonl or .parquet). ``config``:
+    the settings recorded beside ``out`` and checked on a resume (``detector.scan.scan_config``
+    of the detector ``spec`` builds; None: built here, which loads the model once)."""
     try:
         import ray
         import ray.data  # noqa: F401 - whether Ray is here, before anything is opened
@@ -323,20 +337,28 @@ def scan_ray(
         raise ScanError(f"cannot write {out}: {exc.strerror or exc}") from None
     fh = open_results(target)  # locked: a second scan of the same --out is refused
     try:
-        return _scan_locked(source, out, spec, fh, address, workers, batch_size, all_files)
+        return _scan_locked(source, out, spec, fh, address, workers, batch_size, all_files, config)
     finally:
         fh.close()
         if target != out and target.exists() and target.stat().st_size == 0:
             target.unlink()  # the partial file this run opened and never wrote
 
 
-def _scan_locked(source, out, spec, fh, address, workers, batch_size, all_files) -> ScanStats:
+def _scan_locked(
+    source, out, spec, fh, address, workers, batch_size, all_files, config
+) -> ScanStats:
     import ray
     import ray.data
 
     done, kept = _load_done_any(out)
-    rows = _list(source, out, all_files)
-    stats = ScanStats(files=len(rows))
+    rows = _list(source, out, all_files)  # a source that is no folder: refused, nothing kept
+    if config is None:
+        from detector.pipeline import Detector
+
+        detector = Detector(list(spec.methods), limits=spec.limits, **spec.options)
+        config = scan_config(resolved_source(source), detector)
+    note = check_settings(out, config, bool(done or kept))
+    stats = ScanStats(files=len(rows), notes=[note] if note else [])
     if not rows:
         return stats
     started_here = not ray.is_initialized()
@@ -386,14 +408,19 @@ def _write(
     fresh: list[dict] = []
     try:
         for row in rows:
-            if row["status"] == "skip":
+            if row["status"].startswith("skip"):
                 stats.skipped += 1
+                stats.skipped_failures += row["status"] == "skip_failure"
                 continue
             rec = json.loads(row["record"])
             if "error" in rec:
-                stats.errors += 1
+                link = rec["error"] == LINK_NOTE
+                stats.count_error(
+                    "link" if link else "unreadable" if "stat" in rec else "undecodable"
+                )
             else:
                 stats.labels[rec["verdict"]["label"]] += 1
+                stats.degraded += bool(rec["verdict"].get("degraded"))
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
             fh.flush()
             fresh.append(_parquet_row(rec))

@@ -262,7 +262,7 @@ def test_scan_is_recursive_and_resumable(tmp_path, scene):
     assert [r["path"] for r in errors] == ["sub/bad.jpg"]
     generated = [r for r in recs if "verdict" in r and r["verdict"]["label"] == "generated"]
     assert len(generated) == 6
-    assert "12 scored" in first.stderr and "1 unreadable" in first.stderr
+    assert "12 scored" in first.stderr and "0 unreadable, 1 undecodable" in first.stderr
 
     again = run("scan", str(root), "--out", str(out), "--no-progress")
     assert again.returncode == 0 and "13 already in the results" in again.stderr

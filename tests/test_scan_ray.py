@@ -44,7 +44,7 @@ def test_ray_scan_matches_scan_and_resumes(tmp_path):
     os.mkfifo(root / "fifo.jpg")  # never readable: keyed by its stat, reported once
     _scan(str(root), "--out", str(tmp_path / "plain.jsonl"))
     first = _scan(str(root), "--out", str(tmp_path / "ray.jsonl"), "--ray", "--ray-workers", "2")
-    assert "6 scored" in first.stderr and "2 unreadable" in first.stderr
+    assert "6 scored" in first.stderr and "1 unreadable, 1 undecodable" in first.stderr
     plain = {
         r["path"]: r for r in map(json.loads, (tmp_path / "plain.jsonl").read_text().splitlines())
     }
@@ -172,3 +172,27 @@ def test_ray_scan_resumes_a_partial_file_with_a_blank_line_and_never_scans_it(tm
     paths = [r["path"] for r in pq.read_table(out).to_pylist()]
     assert sorted(paths) == sorted({*paths} - {"x.parquet.partial.jsonl"}) and len(paths) == 7
     assert not (root / "x.parquet.partial.jsonl").exists()
+
+
+def test_ray_scan_resumes_records_with_line_separators_and_refuses_other_settings(tmp_path):
+    """A record holding U+2028 (written raw) was two lines to the partial file's reader; a
+    resume with other methods was mixed into the same results."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    root = tmp_path / "tree"
+    _tree(root)
+    (root / "odd\u2028name.png").write_bytes(P.encode(P.synthetic_scene(3, 120, 120), "PNG"))
+    _scan(str(root), "--out", str(tmp_path / "plain.jsonl"), "--methods", "c2pa")
+    lines = (tmp_path / "plain.jsonl").read_bytes().split(b"\n")
+    odd = next(line for line in lines if "\u2028".encode() in line)
+    out = tmp_path / "r.parquet"
+    (tmp_path / "r.parquet.partial.jsonl").write_bytes(odd + b"\n")
+    again = _scan(str(root), "--out", str(out), "--ray", "--methods", "c2pa")
+    assert "1 already in the results" in again.stderr and "before scans recorded" in again.stderr
+    assert len(pq.read_table(out)) == 8
+    refused = subprocess.run(
+        [sys.executable, "-m", "detector.cli", "scan", str(root), "--out", str(out), "--ray",
+         "--methods", "exif_hints", "--no-progress"], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "other settings (methods: ['c2pa'] there, ['exif_hints'] now)" in refused.stderr
+    assert len(pq.read_table(out)) == 8
