@@ -20,7 +20,7 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import BadHttpMessage, ContentLengthError
 from aiohttp.web_protocol import RequestPayloadError
 
-from serving.protocol import json_safe
+from detector.methods.base import json_safe
 
 __all__ = ["HttpError", "Multipart", "flag", "json_response", "read_body", "read_multipart"]
 

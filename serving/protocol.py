@@ -13,12 +13,13 @@ it stays as it is.
 from __future__ import annotations
 
 import json
-import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from detector.methods.base import json_safe
 
 __all__ = [
     "DTYPES",
@@ -278,17 +279,6 @@ def check_output_parameters(params: dict, where: str) -> None:
             f"{where}: the classification extension is not served here (the server's "
             "extensions: GET /v2); ask for the output without it"
         )
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with every NaN or infinity (JSON has none) as None, containers rebuilt."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def _json_numbers(value: np.ndarray) -> list:

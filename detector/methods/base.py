@@ -33,6 +33,8 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, ClassVar
 
+import numpy as np
+
 from detector.image import DecodedImage
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "PerImageMethod",
     "Strength",
     "Supports",
+    "json_safe",
 ]
 
 
@@ -147,9 +150,24 @@ class MethodResult:
             "decisive": self.decisive,
             "confirmed": self.confirmed,
             "evidence": [e.to_dict() for e in self.evidence],
-            "details": dict(self.details),
+            "details": json_safe(dict(self.details)),  # what a method put there, as JSON takes it
             "ms": round(self.seconds * 1000, 3),
         }
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` as JSON takes it: NaN and infinities (JSON has none) as None, numpy scalars and
+    arrays as Python numbers and lists, containers rebuilt. A method's ``details`` go through
+    it, so the CLI, scan and the server write the same valid JSON whatever a method put there."""
+    if isinstance(value, np.generic | np.ndarray):
+        value = value.tolist()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def _real(method: str, name: str, value: Any) -> float:

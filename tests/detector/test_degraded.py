@@ -95,3 +95,28 @@ def test_a_method_that_breaks_the_contract_fails_alone(method_registry, name, sc
         assert why.startswith(f"{name}: ") and reason in why, why
         assert v.to_dict()["methods"][name]["evidence"][0]["code"] == f"{name}.failed"
         assert [r.method for r in v.results] == ["generator_params", name]
+
+
+def test_non_finite_and_numpy_details_are_written_as_valid_json(method_registry):
+    """A method's details holding NaN, infinity or numpy numbers made `score --json` and scan
+    write `NaN` (not JSON) or fail (float32 is not serialisable); the server already wrote
+    null. One rule now, in MethodResult.to_dict, for every writer."""
+    import json
+
+    import numpy as np
+
+    from detector.methods import register_method
+
+    def score(self, ims):
+        details = {"nan": float("nan"), "inf": [np.inf, 1.5], "f32": np.float32(0.25),
+                   "arr": np.array([1, 2]), "nested": {"x": (float("-inf"),)}}  # fmt: skip
+        return [self.result(0.7, details=details) for _ in ims]
+
+    register_method("odd_details")(_method(Kind.METADATA, score))
+    (verdict,) = Detector(["odd_details"]).score(
+        [decode(P.encode(P.synthetic_scene(3, 64, 64), "PNG"))]
+    )
+    text = json.dumps(verdict.to_dict(), allow_nan=False)  # raises on NaN, fails on float32
+    details = json.loads(text)["methods"]["odd_details"]["details"]
+    assert details == {"nan": None, "inf": [None, 1.5], "f32": 0.25, "arr": [1, 2],
+                       "nested": {"x": [None]}}  # fmt: skip
