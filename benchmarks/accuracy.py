@@ -33,8 +33,7 @@ from detector.methods import METHODS, create_method
 from detector.pipeline import default_fusion, fuse_results, method_bands, score_guarded
 from training.datasets import Sample, load_samples, no_images_in_split
 from training.degrade import apply_chain, chain_name, encode_jpeg, parse_grid
-from training.evaluate import generator_groups
-from training.metrics import compute_metrics, roc_curve
+from training.metrics import compute_metrics, generator_groups, roc_curve
 
 __all__ = ["accuracy_benchmark"]
 
@@ -98,7 +97,7 @@ def _metrics_row(
     ms: float,
 ) -> dict:
     """One method's metrics over the images it judged; per generator over ``groups`` (its
-    fakes and the reals of the same pools, ``training.evaluate.generator_groups``)."""
+    fakes and the reals of the same pools, ``training.metrics.generator_groups``)."""
     covered = np.array([p is not None for p in probs])
     row: dict = {"coverage": float(covered.mean()), "ms_per_image": ms, "n": len(labels)}
     if covered.any() and len(set(labels[covered])) == 2:

@@ -20,9 +20,9 @@ from detector.calibration import Calibration
 from detector.preprocess import PreprocessConfig
 from training.data import EvalDataset, collate_tiles
 from training.datasets import Sample
-from training.metrics import Metrics, compute_metrics
+from training.metrics import Metrics, compute_metrics, generator_groups
 
-__all__ = ["EvalReport", "evaluate_scores", "generator_groups", "predict_logits"]
+__all__ = ["EvalReport", "evaluate_scores", "predict_logits"]
 
 
 def predict_logits(
@@ -118,22 +118,6 @@ class EvalReport:
     def write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-
-def generator_groups(samples: Sequence[Sample]) -> dict[str, np.ndarray]:
-    """The images each generator's metrics compare, by generator name: its fakes and the reals
-    of the pools its fakes come from, as a mask over ``samples`` (``evaluate`` and ``bench
-    accuracy`` both judge a generator this way)."""
-    groups = {}
-    for gen in sorted({s.generator for s in samples if s.label == 1}):
-        gen_pools = {s.pool for s in samples if s.label == 1 and s.generator == gen}
-        groups[gen] = np.array(
-            [
-                (s.label == 1 and s.generator == gen) or (s.label == 0 and s.pool in gen_pools)
-                for s in samples
-            ]
-        )
-    return groups
 
 
 def evaluate_scores(

@@ -9,9 +9,14 @@ ties as half; TPR at a target FPR uses the threshold chosen on the real images t
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from training.datasets import Sample
 
 __all__ = [
     "Metrics",
@@ -19,6 +24,7 @@ __all__ = [
     "average_precision",
     "compute_metrics",
     "expected_calibration_error",
+    "generator_groups",
     "roc_auc",
     "roc_curve",
     "threshold_at_fpr",
@@ -191,3 +197,20 @@ def compute_metrics(labels, scores, threshold: float | None = None) -> Metrics:
         ece=expected_calibration_error(y, s),
         **extra,
     )
+
+
+def generator_groups(samples: Sequence[Sample]) -> dict[str, np.ndarray]:
+    """The images each generator's metrics compare, by generator name: its fakes and the reals
+    of the pools its fakes come from, as a mask over ``samples`` (``evaluate`` and ``bench
+    accuracy`` both judge a generator this way). Here, not in ``training.evaluate``: that
+    imports torch, which the CLI must not load to start (``bench`` is one of its commands)."""
+    groups = {}
+    for gen in sorted({s.generator for s in samples if s.label == 1}):
+        gen_pools = {s.pool for s in samples if s.label == 1 and s.generator == gen}
+        groups[gen] = np.array(
+            [
+                (s.label == 1 and s.generator == gen) or (s.label == 0 and s.pool in gen_pools)
+                for s in samples
+            ]
+        )
+    return groups

@@ -9,7 +9,8 @@ import pytest
 
 from detector.calibration import Calibration
 from training.datasets import Sample
-from training.evaluate import evaluate_scores, generator_groups
+from training.evaluate import evaluate_scores
+from training.metrics import generator_groups
 
 pytestmark = pytest.mark.unit
 
