@@ -30,7 +30,7 @@ from benchmarks.report import _f, _table, save_figure
 from detector.argtypes import positive_int
 from detector.image import ImageError, decode
 from detector.methods import METHODS, create_method
-from detector.pipeline import default_fusion, fuse_results, method_bands, score_guarded
+from detector.pipeline import first_bands, fuse_results, method_bands, score_guarded
 from training.datasets import Sample, load_samples, no_images_in_split
 from training.degrade import apply_chain, chain_name, encode_jpeg, parse_grid
 from training.metrics import compute_metrics, generator_groups, roc_curve
@@ -153,8 +153,8 @@ def accuracy_benchmark(
     # The fused row is the verdict a user gets: over the named methods, or else over the
     # default set (an opt-in method is still measured on its own row).
     fused_names = [n for n in built if methods or built[n].in_default]
-    config = default_fusion([built[n] for n in fused_names])
     bands = method_bands([built[n] for n in fused_names])  # those of the method that scored
+    config = first_bands(bands)
     labels = np.array([s.label for s in samples])
     groups = generator_groups(samples)
     rows = []

@@ -19,6 +19,7 @@ __all__ = [
     "Detector",
     "Overloaded",
     "default_fusion",
+    "first_bands",
     "fuse_results",
     "image_info",
     "method_bands",
@@ -126,7 +127,11 @@ def method_bands(methods: Sequence[Method]) -> list[tuple[str, FusionConfig]]:
 def default_fusion(methods: Sequence[Method]) -> FusionConfig:
     """The bands of the first of ``method_bands`` (the model's when a model runs), else the
     neutral 0.5: what a verdict's threshold is when that method scored."""
-    bands = method_bands(methods)
+    return first_bands(method_bands(methods))
+
+
+def first_bands(bands: Bands) -> FusionConfig:
+    """The first method's bands (``method_bands`` order), else the neutral ones."""
     return bands[0][1] if bands else FusionConfig()
 
 
@@ -174,7 +179,7 @@ class Detector:
         # the bands of the method that scored each image (model, else artifact), or the
         # caller's own, kept whatever scored
         self.bands: Bands | FusionConfig = fusion or method_bands(self.methods)
-        self.fusion = fusion or default_fusion(self.methods)
+        self.fusion = fusion or first_bands(self.bands)  # type: ignore[arg-type]
         self.limits = limits or DecodeLimits()
 
     @property

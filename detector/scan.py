@@ -105,10 +105,9 @@ class ScanStats:
         return sum(self.labels.values()) + self.skipped - self.skipped_failures > 0
 
     def count_error(self, kind: str) -> None:
-        """One error line of ``kind`` ("unreadable", "undecodable" or "link")."""
-        name = {"unreadable": "unreadable", "undecodable": "undecodable", "link": "links"}[kind]
+        """One error line of ``kind`` ("unreadable", "undecodable" or "links")."""
         self.errors += 1
-        setattr(self, name, getattr(self, name) + 1)
+        setattr(self, kind, getattr(self, kind) + 1)
 
     def summary(self) -> str:
         scored = sum(self.labels.values())
@@ -144,7 +143,7 @@ class _Loaded:
     image: DecodedImage | None = None
     error: str | None = None
     skip: bool = False
-    kind: str = "unreadable"  # of an error: "unreadable", "undecodable" or "link"
+    kind: str = "unreadable"  # of an error: "unreadable", "undecodable" or "links"
     failed_before: bool = False  # skipped: an unchanged failure, not an earlier result
 
 
@@ -402,7 +401,7 @@ class _Writer:
 def _load(entry: _Entry, done: dict[str, str], detector: Detector) -> _Loaded:
     if entry.path is None:
         loaded = _failed(entry, done, None, entry.error or "cannot list")
-        loaded.kind = "link" if entry.link else "unreadable"
+        loaded.kind = "links" if entry.link else "unreadable"
         return loaded
     try:
         data = read_file(entry.path, detector.limits.max_bytes)

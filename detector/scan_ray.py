@@ -416,7 +416,7 @@ def _write(
             if "error" in rec:
                 link = rec["error"] == LINK_NOTE
                 stats.count_error(
-                    "link" if link else "unreadable" if "stat" in rec else "undecodable"
+                    "links" if link else "unreadable" if "stat" in rec else "undecodable"
                 )
             else:
                 stats.labels[rec["verdict"]["label"]] += 1

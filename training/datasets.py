@@ -22,6 +22,7 @@ import json
 import os
 import stat
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -448,11 +449,8 @@ def _list_images(root: Path, classes: list[tuple[Path, int]]) -> list[list[Path]
     links: deque[tuple[Path, int]] = deque()
     for i, (folder, label) in enumerate(classes):
         found: list[tuple[Path, object]] = []
-        for top, dirs, names in os.walk(folder, onerror=_unlisted):
+        for top in _walk_images(folder, i, links, found):
             owned[file_identity(top)] = (Path(top), label)
-            dirs[:] = sorted(d for d in dirs if not is_hidden(d))
-            links += [(Path(top, d), i) for d in dirs if os.path.islink(os.path.join(top, d))]
-            found += _image_files(top, names)
         files.append(found)
     linked: dict[object, Path] = {}  # folders outside them, reached through a link
     while links:
@@ -478,11 +476,8 @@ def _list_images(root: Path, classes: list[tuple[Path, int]]) -> list[list[Path]
                 f"{link} and {linked[target]} are the same folder: its images would be read "
                 "twice; remove one link"
             )
-        for top, dirs, names in os.walk(link, onerror=_unlisted):
+        for top in _walk_images(link, i, links, files[i]):
             linked[file_identity(top)] = Path(top)
-            dirs[:] = sorted(d for d in dirs if not is_hidden(d))
-            links += [(Path(top, d), i) for d in dirs if os.path.islink(os.path.join(top, d))]
-            files[i] += _image_files(top, names)
     first: dict[object, Path] = {}
     for path, key in (p for found in files for p in sorted(found)):
         where = first.setdefault(key, path)
@@ -492,6 +487,18 @@ def _list_images(root: Path, classes: list[tuple[Path, int]]) -> list[list[Path]
                 "read once; remove one"
             )
     return [sorted(path for path, _ in found) for found in files]
+
+
+def _walk_images(
+    start: Path, i: int, links: deque[tuple[Path, int]], found: list[tuple[Path, object]]
+) -> Iterator[str]:
+    """Each folder under ``start`` (hidden ones left out), yielded as it is listed: its image
+    files go into ``found``, its symlinked subfolders into ``links`` with class index ``i``."""
+    for top, dirs, names in os.walk(start, onerror=_unlisted):
+        dirs[:] = sorted(d for d in dirs if not is_hidden(d))
+        links += [(Path(top, d), i) for d in dirs if os.path.islink(os.path.join(top, d))]
+        found += _image_files(top, names)
+        yield top
 
 
 def _image_files(top: str, names: list[str]) -> list[tuple[Path, object]]:
